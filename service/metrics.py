@@ -1,0 +1,77 @@
+"""All Prometheus collectors of the gateway, in one place, on a per-app registry.
+
+A registry per `GatewayMetrics` (not prometheus-client's global default) keeps apps built in
+one process (tests, the demo) from sharing counters. Names follow Prometheus conventions:
+`_total` counters, `_seconds` durations, base units only.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Purification takes seconds on CPU and tens of ms on a GPU: buckets span both.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+STEPS_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 50, 100, 250, 1000)
+
+
+class Stage(str, enum.Enum):
+    """Request stages timed in `latency_ms`, `Server-Timing` and the stage histogram."""
+
+    DECODE = "decode"
+    QUEUE = "queue"
+    PURIFY = "purify"
+    UPSTREAM = "upstream"
+
+
+class DropReason(str, enum.Enum):
+    """Why an image left the queue without being purified."""
+
+    DEADLINE = "deadline"
+    CANCELLED = "cancelled"
+    OVERLOAD = "overload"
+    DRAINING = "draining"
+
+
+class GatewayMetrics:
+    """The gateway's collectors; `registry` is what `/metrics` exposes."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("zipgate_requests_total", "HTTP requests answered, by endpoint and status code.",
+                                ["endpoint", "status"], registry=r)
+        self.request_duration = Histogram("zipgate_request_duration_seconds", "End-to-end request duration.",
+                                          ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.inflight = Gauge("zipgate_inflight_requests", "Requests being processed now.", registry=r)
+        self.stage_duration = Histogram("zipgate_stage_duration_seconds",
+                                        "Duration of each request stage (decode, queue, purify, upstream).",
+                                        ["stage"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.images_purified = Counter("zipgate_images_purified_total", "Images purified by the workers.",
+                                       registry=r)
+        self.upstream_requests = Counter("zipgate_upstream_requests_total",
+                                         "Calls to the vendor API, by HTTP status ('error' = no response).",
+                                         ["status"], registry=r)
+        self.upstream_duration = Histogram("zipgate_upstream_duration_seconds", "Vendor API call duration.",
+                                           buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue_depth = Gauge("zipgate_queue_depth", "Images waiting for a worker (the scaling signal).",
+                                 registry=r)
+        self.batch_size = Histogram("zipgate_batch_size", "Images per purification batch.",
+                                    buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.worker_busy = Counter("zipgate_worker_busy_seconds_total", "Seconds each worker spent computing.",
+                                   ["device"], registry=r)
+        self.dropped = Counter("zipgate_dropped_images_total", "Images not purified, by reason.",
+                               ["reason"], registry=r)
+        self.oom_splits = Counter("zipgate_oom_splits_total", "Batches split in half after running out of memory.",
+                                  ["device"], registry=r)
+        self.batch_failures = Counter("zipgate_batch_failures_total", "Batches that failed (their items got 500).",
+                                      ["device"], registry=r)
+        self.steps_used = Histogram("zipgate_purify_steps", "Sampling steps used per batch (adaptive steps).",
+                                    buckets=STEPS_BUCKETS, registry=r)
+        self.ready = Gauge("zipgate_ready", "1 when the model is loaded and workers run, else 0.", registry=r)
+        for stage in Stage:
+            self.stage_duration.labels(stage.value)  # export every stage from the start (dashboards, alerts)
+        for reason in DropReason:
+            self.dropped.labels(reason.value)

@@ -1,0 +1,1 @@
+"""Pure tensor code for ZIP purification: transforms, schedule, the reverse loop, model loading."""

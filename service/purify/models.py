@@ -1,0 +1,119 @@
+"""Load ε-models (diffusers UNet2DModel directories) and place them on a device and dtype."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DModel
+
+
+class DType(str, enum.Enum):
+    """Compute dtype of the ε-model (the sampling state always stays float32)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    AUTO = "auto"
+
+    def resolve(self, device: torch.device) -> torch.dtype:
+        """The torch dtype; AUTO = fp16 on CUDA, fp32 elsewhere (see docs/benchmarks.md for bf16 on CPU)."""
+        if self is DType.AUTO:
+            return torch.float16 if device.type == "cuda" else torch.float32
+        return {DType.FP32: torch.float32, DType.BF16: torch.bfloat16, DType.FP16: torch.float16}[self]
+
+
+class ModelLoadError(ValueError):
+    """The model path is missing, not a model directory, or holds weights we cannot read."""
+
+
+@dataclass(frozen=True)
+class EpsModelInfo:
+    """What the rest of the system needs to know about a loaded ε-model."""
+
+    name: str
+    sample_size: int
+    channels: int
+    learned_sigma: bool
+    device: str
+    dtype: str
+
+
+class EpsModel:
+    """ε_θ(x, t) on a device and dtype: float32 in, float32 out, C output channels (σ dropped)."""
+
+    def __init__(self, unet: UNet2DModel, name: str, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.unet = unet.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+        config = unet.config
+        self.channels: int = int(config.in_channels)
+        self.sample_size: int = _as_int_size(config.sample_size)
+        self.learned_sigma = int(config.out_channels) == 2 * self.channels
+        if not self.learned_sigma and int(config.out_channels) != self.channels:
+            raise ModelLoadError(
+                f"{name}: out_channels {config.out_channels} is neither in_channels ({self.channels}) "
+                f"nor 2x in_channels (learned variance); this is not an ε-prediction model"
+            )
+        self.info = EpsModelInfo(
+            name=name, sample_size=self.sample_size, channels=self.channels, learned_sigma=self.learned_sigma,
+            device=str(self.device), dtype=str(dtype).removeprefix("torch."),
+        )
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε for x (N, C, H, W) at integer timesteps t (N,); learned-σ channels are dropped."""
+        with torch.inference_mode():
+            out = self.unet(x.to(device=self.device, dtype=self.dtype), t.to(self.device)).sample
+        return out[:, : self.channels].float()
+
+
+def _as_int_size(sample_size: int | list[int] | tuple[int, ...]) -> int:
+    if isinstance(sample_size, int):
+        return sample_size
+    if len(set(sample_size)) != 1:
+        raise ModelLoadError(f"only square models are supported, got sample_size {sample_size}")
+    return int(sample_size[0])
+
+
+def load_unet(path: Path | str) -> UNet2DModel:
+    """Read a diffusers UNet2DModel directory from local disk only (no hub access, ever).
+
+    Raises:
+        ModelLoadError: missing path, a checkpoint file instead of a directory, or no config.json.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(
+            f"model path '{path}' does not exist; expected a diffusers UNet2DModel directory "
+            "(config.json + diffusion_pytorch_model.safetensors), e.g. models/fmnist-ddpm"
+        )
+    if path.is_file():
+        hint = " Convert an OpenAI guided-diffusion checkpoint with `zipgate convert adm`." if path.suffix in {
+            ".pt", ".pth", ".ckpt"} else ""
+        raise ModelLoadError(f"model path '{path}' is a file; expected a diffusers model directory.{hint}")
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise ModelLoadError(f"'{path}' has no config.json; it is not a diffusers model directory")
+    class_name = json.loads(config_path.read_text()).get("_class_name")
+    if class_name not in (None, "UNet2DModel"):
+        raise ModelLoadError(f"'{path}' holds a {class_name}; only UNet2DModel ε-models are supported")
+    try:
+        return UNet2DModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not load the UNet in '{path}': {exc}") from exc
+
+
+def load_eps_model(path: Path | str, device: torch.device | str = "cpu",
+                   dtype: DType | torch.dtype = DType.FP32) -> EpsModel:
+    """Load a local diffusers UNet2DModel directory as an `EpsModel` on `device` in `dtype`.
+
+    Raises:
+        ModelLoadError: see `load_unet`.
+    """
+    device = torch.device(device)
+    torch_dtype = dtype.resolve(device) if isinstance(dtype, DType) else dtype
+    return EpsModel(load_unet(path), name=Path(path).name, device=device, dtype=torch_dtype)

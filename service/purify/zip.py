@@ -1,0 +1,181 @@
+"""ZipPurifier: ZIP's guided reverse process (DESIGN.md §2; Shi et al., NeurIPS 2023).
+
+Notation (DESIGN.md §2):
+    x_in            input batch (N, C, H, W) in [-1, 1]
+    A_k, A_k⁺       linear degradations and pseudo-inverses (`transforms.py`)
+    y_k = A_k x_in  degraded inputs, computed once
+    ε = ε_θ(x_t, t) the model's noise prediction (first C channels if it learns σ)
+    ᾱ_t             cumulative product of (1 − β); ᾱ(−1) = 1
+    λ               guidance_power (paper: at_threshold); inf disables the mix step
+    η               DDIM stochasticity (1 = DDPM-like ancestral noise)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from service.purify.schedule import alpha_bar, alphas_cumprod, linear_betas, timestep_pairs
+from service.purify.transforms import LinearTransform, parse_transforms
+
+EpsFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _as_eps_function(model: object) -> EpsFunction:
+    """Accept an `EpsModel`, any `eps(x, t)` callable, or a bare diffusers UNet2DModel."""
+    from diffusers import UNet2DModel  # local: keeps `import service.purify.zip` light for plain callables
+
+    if isinstance(model, UNet2DModel):
+        unet = model
+        dtype = next(unet.parameters()).dtype
+
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return unet(x.to(dtype), t).sample.float()
+
+        return eps
+    if not callable(model):
+        raise TypeError(f"model must be a UNet2DModel or a callable eps(x, t), got {type(model).__name__}")
+    return model  # type: ignore[return-value]
+
+
+def draw_noise(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
+    """Gaussian noise of `shape` (float32): from one generator, or one generator per batch item.
+
+    Per-item generators make a batch of N purify exactly like N single runs (the worker pool
+    batches images from unrelated requests, each of which may ask for its own seed).
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.cat(
+        [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32, device=device) for g in generator]
+    )
+
+
+class ZipPurifier:
+    """Purify a batch with ZIP: start from noise, keep the degraded input's range, repaint the rest.
+
+    Args:
+        model: an `EpsModel`, a diffusers UNet2DModel, or any callable eps(x, t) -> Tensor,
+            where t is an int64 tensor of shape (N,). 2C output channels = learned σ (first C kept).
+        transforms: a spec string ("blur:4", "blur:4,gray"), one transform or a sequence of them.
+        steps: S, sampling steps on the grid t = T·i/S.
+        guidance_power: λ in the mix x̂ ← (1 − ᾱ_t^λ) x̂ + ᾱ_t^λ x_t; float("inf") skips the mix.
+        eta: η of the DDIM step.
+        travel_length, travel_repeat: RePaint time travel (L, R); 1, 1 = a plain descent.
+        clip: clamp the output to [-1, 1].
+        betas: the model's training schedule (default: linear 1e-4 … 0.02, T = 1000).
+
+    Raises:
+        ValueError: bad steps / η / λ / transforms.
+    """
+
+    def __init__(
+        self,
+        model: object,
+        transforms: str | LinearTransform | Sequence[LinearTransform],
+        steps: int = 20,
+        guidance_power: float = 1.0,
+        eta: float = 1.0,
+        travel_length: int = 1,
+        travel_repeat: int = 1,
+        clip: bool = True,
+        betas: torch.Tensor | None = None,
+    ) -> None:
+        if not (guidance_power > 0):
+            raise ValueError(f"guidance_power must be > 0 (inf disables the mix), got {guidance_power}")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        self.eps = _as_eps_function(model)
+        self.channels: int | None = getattr(model, "channels", None) or getattr(
+            getattr(model, "config", None), "in_channels", None
+        )
+        self.transforms_spec = transforms
+        self._transforms_by_channels: dict[int, tuple[LinearTransform, ...]] = {}
+        self.steps = steps
+        self.guidance_power = guidance_power
+        self.eta = eta
+        self.clip = clip
+        self.alpha_bars = alphas_cumprod(linear_betas() if betas is None else betas)
+        self.pairs = timestep_pairs(steps, travel_length, travel_repeat, num_timesteps=self.alpha_bars.shape[0])
+        if isinstance(transforms, str) and self.channels is not None:
+            self.transforms_for(self.channels)  # fail fast on a bad spec
+
+    def transforms_for(self, channels: int) -> tuple[LinearTransform, ...]:
+        """The transforms for inputs with `channels` channels (spec strings are parsed once per count)."""
+        if channels not in self._transforms_by_channels:
+            spec = self.transforms_spec
+            if isinstance(spec, str):
+                built = parse_transforms(spec, channels)
+            elif isinstance(spec, Sequence):
+                built = tuple(spec)
+            else:
+                built = (spec,)
+            if not built:
+                raise ValueError("ZipPurifier needs at least one transform")
+            self._transforms_by_channels[channels] = built
+        return self._transforms_by_channels[channels]
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("empty batch")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a float tensor in [-1, 1], got {x.dtype}")
+        if self.channels is not None and x.shape[1] != self.channels:
+            raise ValueError(f"model expects {self.channels} channels, input has {x.shape[1]}")
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite values")
+
+    def __call__(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+        """Purify `x` (N, C, H, W) in [-1, 1]; returns a float32 batch of the same shape.
+
+        Noise contract: x_T is drawn first, then one z per step in step order (every step, the
+        last included), each of x's shape, float32, on x's device, from `generator` (or from one
+        generator per item).
+        """
+        self._check_input(x)
+        transforms = self.transforms_for(x.shape[1])
+        n = x.shape[0]
+        with torch.inference_mode():
+            x_in = x.float()
+            # y_k = A_k x_in, kept only as A_k⁺ y_k: the range component every step reuses.
+            range_components = [A.pinv(A.apply(x_in)) for A in transforms]
+            x_t = draw_noise(x.shape, generator, x.device)
+            x0 = x_t  # replaced by the first step, which always goes down
+            for t, t_next in self.pairs:
+                a_t = alpha_bar(self.alpha_bars, t)
+                a_next = alpha_bar(self.alpha_bars, t_next)
+                z = draw_noise(x.shape, generator, x.device)
+                if t_next > t:
+                    # RePaint time travel: re-noise the latest clean estimate up to t′.
+                    x_t = math.sqrt(a_next) * x0 + math.sqrt(1.0 - a_next) * z
+                    continue
+                # 1. ε = ε_θ(x_t, t); a learned-variance model returns 2C channels: keep the first C.
+                eps = self.eps(x_t, torch.full((n,), t, dtype=torch.long, device=x.device)).float()
+                if eps.shape[1] == 2 * x.shape[1]:
+                    eps = eps[:, : x.shape[1]]
+                # 2. Range–null fusion, averaged over transforms:
+                #    x̂_k = √ᾱ_t A_k⁺y_k + (x_t − A_k⁺A_k x_t) + √(1−ᾱ_t) A_k⁺A_k ε
+                x_hat = torch.zeros_like(x_t)
+                for A, range_k in zip(transforms, range_components):
+                    x_hat += math.sqrt(a_t) * range_k + x_t - A.pinv(A.apply(x_t)) + math.sqrt(1.0 - a_t) * A.pinv(
+                        A.apply(eps)
+                    )
+                x_hat /= len(transforms)
+                # 3. Time-dependent mix: early steps follow the input, late steps let the model repaint.
+                if math.isfinite(self.guidance_power):
+                    weight = a_t**self.guidance_power
+                    x_hat = (1.0 - weight) * x_hat + weight * x_t
+                # 4. Predicted clean image x₀ = (x̂ − √(1−ᾱ_t) ε) / √ᾱ_t.
+                x0 = (x_hat - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+                # 5. DDIM step (Song et al. 2021, eq. 12): σ = η √((1−ᾱ′)/(1−ᾱ)) √(1 − ᾱ/ᾱ′).
+                sigma = self.eta * math.sqrt((1.0 - a_next) / (1.0 - a_t)) * math.sqrt(max(0.0, 1.0 - a_t / a_next))
+                direction = math.sqrt(max(0.0, 1.0 - a_next - sigma**2))
+                x_t = math.sqrt(a_next) * x0 + direction * eps + sigma * z
+            return x_t.clamp(-1.0, 1.0) if self.clip else x_t

@@ -1,0 +1,1 @@
+"""Training of the shipped default models (Fashion-MNIST DDPM and vendor classifiers)."""

@@ -1,0 +1,79 @@
+"""Adapters to the vendor's model API, one per wire protocol, built by `build_upstream`."""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+import httpx
+
+from service.upstream.base import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
+from service.upstream.client import RetryPolicy, make_http_client
+from service.upstream.raw import RawUpstream
+from service.upstream.tfserving import TFServingUpstream
+from service.upstream.v2 import V2Upstream
+
+__all__ = [
+    "RawUpstream",
+    "RelayedResponse",
+    "RetryPolicy",
+    "TFServingUpstream",
+    "Upstream",
+    "UpstreamProtocol",
+    "UpstreamResult",
+    "V2Upstream",
+    "build_upstream",
+    "make_http_client",
+]
+
+
+def build_upstream(
+    protocol: UpstreamProtocol | str,
+    client: httpx.AsyncClient,
+    base_url: str,
+    model_name: str | None = None,
+    raw_path: str = "/predict",
+    *,
+    input_name: str = "image",
+    retry: RetryPolicy = RetryPolicy(),
+    total_timeout_s: float | None = None,
+) -> Upstream:
+    """Create the adapter for a protocol.
+
+    Args:
+        protocol: the vendor's wire protocol (an `UpstreamProtocol` or its value, e.g. "v2").
+        client: the shared client from `make_http_client`; the caller closes it.
+        base_url: the vendor's root URL, e.g. "http://vendor:8080".
+        model_name: the served model's name; required for tfserving and v2, unused for raw.
+        raw_path: the inference path of the raw protocol.
+        input_name: the v2 BYTES input that carries the images.
+        retry: resends after connection errors.
+        total_timeout_s: wall-clock bound on one upstream call with its retries (None: only the
+            client's per-operation timeouts).
+
+    Returns:
+        The adapter.
+
+    Raises:
+        ValueError: an unknown protocol, or a setting the adapter rejects (the message says which).
+    """
+    try:
+        protocol = UpstreamProtocol(protocol)
+    except ValueError:
+        choices = ", ".join(member.value for member in UpstreamProtocol)
+        raise ValueError(f"unknown upstream protocol {protocol!r}; choose one of {choices}") from None
+    if protocol is UpstreamProtocol.RAW:
+        return RawUpstream(client, base_url, path=raw_path, retry=retry, total_timeout_s=total_timeout_s)
+    if protocol is UpstreamProtocol.TFSERVING:
+        return TFServingUpstream(
+            client, base_url, model_name=model_name or "", retry=retry, total_timeout_s=total_timeout_s
+        )
+    if protocol is UpstreamProtocol.V2:
+        return V2Upstream(
+            client,
+            base_url,
+            model_name=model_name or "",
+            input_name=input_name,
+            retry=retry,
+            total_timeout_s=total_timeout_s,
+        )
+    assert_never(protocol)

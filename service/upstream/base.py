@@ -1,0 +1,346 @@
+"""The one interface every vendor-API adapter implements, and what they share.
+
+An adapter does three jobs for one wire protocol (`UpstreamProtocol`):
+- `predict`: send purified images in the vendor's format, return one prediction per image;
+- sidecar: `extract_images` / `replace_images` read and rewrite a client's request that is
+  already in the vendor's format, and `forward` relays it and the vendor's answer unchanged;
+- wire encoding lives in pure methods (`encode_request`, `decode_predictions`) so it can be
+  tested without a socket; HTTP, retries and error mapping live in `client.py`.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import time
+from collections.abc import Iterable, Mapping, Set as AbstractSet
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from service.upstream.client import RetryPolicy, raise_for_upstream_status, send_with_retries
+from service.upstream.wire import (
+    JSON_CONTENT_TYPE,
+    decode_image,
+    decode_response_json,
+    dump_json,
+    encode_image,
+    malformed_response,
+    parse_request_json,
+)
+
+# Headers that describe one hop, not the message (RFC 9110 §7.6.1); so does any header that a
+# Connection header names.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Host and Content-Length are recomputed by httpx for the new target and body.
+_NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "x-request-id"}
+# httpx has already decoded any content-encoding, so length and encoding no longer describe the
+# relayed body; date/server are the gateway's own; X-Request-ID is set by the gateway (same id).
+_NOT_RELAYED = _HOP_BY_HOP | {"content-length", "content-encoding", "date", "server", "x-request-id"}
+
+
+class UpstreamProtocol(str, enum.Enum):
+    """The vendor API's wire protocol."""
+
+    RAW = "raw"  # SageMaker-style: one image per POST, body = image bytes
+    TFSERVING = "tfserving"  # TF-Serving / Vertex: {"instances": [{"b64": ...}]}
+    V2 = "v2"  # Open Inference Protocol (KServe, Triton): BYTES input tensor
+
+
+@dataclass(frozen=True)
+class UpstreamResult:
+    """The vendor's answer to one `predict` call.
+
+    Attributes:
+        predictions: one JSON value per image, in the order of the images sent.
+        status_code: the vendor's HTTP status (2xx).
+        latency_s: wall-clock seconds of the call, retries included.
+    """
+
+    predictions: list[Any]
+    status_code: int
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class RelayedResponse:
+    """A vendor response relayed unchanged in sidecar mode.
+
+    Attributes:
+        status_code: the vendor's status, whatever it is.
+        body: the vendor's body (decompressed if it was content-encoded).
+        content_type: the vendor's Content-Type ("" when absent).
+        headers: the vendor's end-to-end headers as (name, value) pairs, repeats kept; hop-by-hop
+            headers and those that no longer describe the body are dropped.
+    """
+
+    status_code: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...]
+
+
+class Upstream(abc.ABC):
+    """An adapter to one vendor API, sharing the gateway's AsyncClient (which it does not close)."""
+
+    protocol: ClassVar[UpstreamProtocol]
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        total_timeout_s: float | None = None,
+    ) -> None:
+        """Bind the adapter to a vendor.
+
+        Args:
+            client: the shared client (see `make_http_client`); the lifespan owns and closes it.
+            base_url: the vendor's root, e.g. "http://vendor:8080" (a path prefix is kept).
+            retry: resends after connection errors.
+            total_timeout_s: wall-clock bound on one upstream call with its retries; None leaves
+                only the client's per-operation timeouts.
+
+        Raises:
+            ValueError: the base URL is not an absolute http(s) URL, or the timeout is not positive.
+        """
+        url = httpx.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"upstream base_url must look like http://host:port, got {base_url!r}")
+        if url.query or url.fragment:
+            raise ValueError(f"upstream base_url must not carry a query or fragment, got {base_url!r}")
+        if total_timeout_s is not None and total_timeout_s <= 0:
+            raise ValueError(f"total_timeout_s must be > 0 seconds or None, got {total_timeout_s}")
+        self._client = client
+        self._base_url = base_url.rstrip("/")
+        self._retry = retry
+        self._total_timeout_s = total_timeout_s
+
+    @property
+    @abc.abstractmethod
+    def predict_path(self) -> str:
+        """The vendor's inference path (under base_url) that `predict` posts to."""
+
+    @abc.abstractmethod
+    async def predict(
+        self, images: list[bytes], request_id: str, content_type: str = "image/png"
+    ) -> UpstreamResult:
+        """Send images to the vendor and return one prediction per image.
+
+        Args:
+            images: encoded images (PNG by default), at least one.
+            request_id: sent as the X-Request-ID header (and in the body where the protocol has one).
+            content_type: the images' media type, where the protocol carries it (raw only).
+
+        Returns:
+            The predictions in image order, the vendor's status and the latency.
+
+        Raises:
+            ValueError: `images` is empty.
+            UpstreamTimeout: the vendor did not answer in time (504).
+            UpstreamRejected: the vendor answered 4xx (relayed with its status and body).
+            UpstreamError: 5xx, refused or reset connection, or an unreadable 2xx body (502).
+        """
+
+    @abc.abstractmethod
+    def extract_images(self, body: bytes, content_type: str) -> list[bytes]:
+        """Read the images out of a client's request in the vendor's own format (sidecar mode).
+
+        Args:
+            body: the client's request body.
+            content_type: its Content-Type header.
+
+        Returns:
+            The images, in request order (at least one).
+
+        Raises:
+            UnsupportedMediaType: the content type does not fit the protocol (415).
+            BadRequest: undecodable JSON or base64, or an empty image (400).
+            InvalidShape: JSON that is not the documented shape (422).
+        """
+
+    @abc.abstractmethod
+    def replace_images(
+        self,
+        body: bytes,
+        content_type: str,
+        images: list[bytes],
+        *,
+        image_content_type: str = "image/png",
+    ) -> tuple[bytes, str]:
+        """Rewrite a client's request with new images in place of the old ones, all else kept.
+
+        Args:
+            body: the client's request body, as given to `extract_images`.
+            content_type: its Content-Type header.
+            images: the replacements, as many as `extract_images` returned.
+            image_content_type: the replacements' media type (used where the body is the image).
+
+        Returns:
+            The new body and its Content-Type.
+
+        Raises:
+            ValueError: the number of images differs from the number in the body.
+            BadRequest, InvalidShape, UnsupportedMediaType: as `extract_images`.
+        """
+
+    async def forward(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        request_id: str | None = None,
+        content_type: str | None = None,
+    ) -> RelayedResponse:
+        """Relay a request to the vendor and its response back unchanged, whatever its status.
+
+        Only transport failures become errors; a vendor 4xx or 5xx is a response to relay.
+        The caller must not pass its own credentials (e.g. the gateway's API key) in `headers`.
+
+        Args:
+            method: the HTTP method.
+            path: the path under base_url, with its query string, e.g. "/v1/models/m:predict".
+            body: the (rewritten) request body.
+            headers: the client's headers; hop-by-hop, Host and Content-Length are dropped.
+            request_id: sent as X-Request-ID, replacing any the client sent.
+            content_type: replaces the client's Content-Type (after `replace_images`).
+
+        Returns:
+            The vendor's status, body, content type and end-to-end headers.
+
+        Raises:
+            ValueError: `path` does not start with "/".
+            UpstreamTimeout: the vendor did not answer in time (504).
+            UpstreamError: the connection was refused or reset (502).
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"the forwarded path must start with '/', got {path!r}")
+        dropped = _NOT_FORWARDED | ({"content-type"} if content_type is not None else set())
+        sent = dict(_end_to_end(headers.items(), dropped))
+        if content_type is not None:
+            sent["Content-Type"] = content_type
+        if request_id is not None:
+            sent["X-Request-ID"] = request_id
+        request = self._client.build_request(method, self._base_url + path, content=body, headers=sent)
+        response = await self._send(request)
+        return RelayedResponse(
+            status_code=response.status_code,
+            body=response.content,
+            content_type=response.headers.get("content-type", ""),
+            headers=tuple(_end_to_end(response.headers.multi_items(), _NOT_RELAYED)),
+        )
+
+    async def _post(self, path: str, content: bytes, content_type: str, request_id: str) -> httpx.Response:
+        """POST to the vendor and return its 2xx response, or raise the mapped error."""
+        request = self._client.build_request(
+            "POST",
+            self._base_url + path,
+            content=content,
+            headers={"Content-Type": content_type, "Accept": JSON_CONTENT_TYPE, "X-Request-ID": request_id},
+        )
+        response = await self._send(request)
+        raise_for_upstream_status(response)
+        return response
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        return await send_with_retries(
+            self._client, request, self._retry, total_timeout_s=self._total_timeout_s
+        )
+
+
+def _end_to_end(headers: Iterable[tuple[str, str]], dropped: AbstractSet[str]) -> list[tuple[str, str]]:
+    """The headers without `dropped` ones and without those a Connection header names."""
+    pairs = list(headers)
+    connection = ",".join(value for name, value in pairs if name.lower() == "connection")
+    named = {token.strip().lower() for token in connection.split(",")}
+    return [(name, value) for name, value in pairs if name.lower() not in dropped | named]
+
+
+class JsonUpstream(Upstream):
+    """An adapter whose protocol sends all images in one JSON request (TF-Serving, v2)."""
+
+    @abc.abstractmethod
+    def encode_request(self, images: list[bytes], request_id: str) -> dict[str, Any]:
+        """The JSON request body for `images` (pure: no I/O)."""
+
+    @abc.abstractmethod
+    def decode_predictions(self, payload: Any, count: int) -> list[Any]:
+        """One prediction per image from the vendor's JSON answer (pure: no I/O).
+
+        Args:
+            payload: the decoded response JSON.
+            count: how many images were sent.
+
+        Returns:
+            The predictions in image order (`predict` checks that there are `count`).
+
+        Raises:
+            ValueError: the payload has the wrong shape; the message says what is wrong.
+        """
+
+    @abc.abstractmethod
+    def read_image_fields(self, payload: dict[str, Any]) -> list[Any]:
+        """The base64 values of the images in a client's JSON request, in order (pure: no I/O).
+
+        Raises:
+            InvalidShape: the request is not the documented shape, or holds no image.
+        """
+
+    @abc.abstractmethod
+    def write_image_fields(self, payload: dict[str, Any], encoded: list[str]) -> None:
+        """Put base64 images where `read_image_fields` found them (same count; mutates payload)."""
+
+    def extract_images(self, body: bytes, content_type: str) -> list[bytes]:
+        """See `Upstream.extract_images`."""
+        fields = self.read_image_fields(parse_request_json(body, content_type))
+        return [decode_image(value, f"image {i} of the request") for i, value in enumerate(fields)]
+
+    def replace_images(
+        self,
+        body: bytes,
+        content_type: str,
+        images: list[bytes],
+        *,
+        image_content_type: str = "image/png",
+    ) -> tuple[bytes, str]:
+        """See `Upstream.replace_images`: only the image values change; all other JSON is kept."""
+        payload = parse_request_json(body, content_type)
+        count = len(self.read_image_fields(payload))
+        if len(images) != count:
+            raise ValueError(f"the request holds {count} images, got {len(images)} replacements")
+        self.write_image_fields(payload, [encode_image(image) for image in images])
+        return dump_json(payload), JSON_CONTENT_TYPE
+
+    async def predict(
+        self, images: list[bytes], request_id: str, content_type: str = "image/png"
+    ) -> UpstreamResult:
+        """See `Upstream.predict`; `content_type` is unused: the images travel as base64 in JSON."""
+        if not images:
+            raise ValueError("predict needs at least one image")
+        started = time.perf_counter()
+        body = dump_json(self.encode_request(images, request_id))
+        response = await self._post(self.predict_path, body, JSON_CONTENT_TYPE, request_id)
+        payload = decode_response_json(response)
+        try:
+            predictions = self.decode_predictions(payload, len(images))
+            if len(predictions) != len(images):
+                raise ValueError(f"expected {len(images)} predictions, got {len(predictions)}")
+        except ValueError as exc:
+            raise malformed_response(response, str(exc)) from exc
+        return UpstreamResult(predictions, response.status_code, time.perf_counter() - started)

@@ -1,0 +1,147 @@
+"""Wire helpers shared by the adapters: media types, JSON and base64 in both directions.
+
+Two directions, two error families: a body a *client* sent us (sidecar mode) that we cannot
+read is the client's fault (`BadRequest` 400, `InvalidShape` 422, `UnsupportedMediaType` 415);
+a 2xx body the *vendor* sent us that we cannot read is the vendor's fault (`UpstreamError` 502).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import httpx
+
+from service.errors import BadRequest, InvalidShape, UnsupportedMediaType, UpstreamError
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+def media_type(content_type: str | None) -> str:
+    """The bare, lower-case media type of a Content-Type value ("" when absent).
+
+    Args:
+        content_type: a header value such as "Application/JSON; charset=utf-8".
+
+    Returns:
+        The media type without parameters, e.g. "application/json".
+    """
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a Content-Type names JSON (application/json or any `+json` type)."""
+    kind = media_type(content_type)
+    return kind == JSON_CONTENT_TYPE or kind.endswith("+json")
+
+
+def parse_request_json(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """Parse a client's JSON request body that must be a JSON object.
+
+    Args:
+        body: the request body.
+        content_type: its Content-Type; absent is accepted, a non-JSON type is not.
+
+    Returns:
+        The decoded object.
+
+    Raises:
+        UnsupportedMediaType: the content type is set and is not JSON.
+        BadRequest: the body is not valid UTF-8 JSON.
+        InvalidShape: the JSON is not an object.
+    """
+    if content_type and not is_json_media_type(content_type):
+        raise UnsupportedMediaType(
+            f"expected a JSON body (Content-Type: application/json), got {media_type(content_type)!r}"
+        )
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidShape(f"the request body must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def describe_json(value: Any) -> str:
+    """A short description of a JSON value for error messages: an object's keys, else its type."""
+    if isinstance(value, dict):
+        return f"an object with keys {sorted(value)}"
+    return f"a JSON {type(value).__name__}"
+
+
+def dump_json(payload: Any) -> bytes:
+    """Compact UTF-8 JSON bytes (no spaces: image payloads are large enough already)."""
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def encode_image(image: bytes) -> str:
+    """Standard base64 text of image bytes, as TF-Serving `b64` and v2 BYTES carry them."""
+    return base64.b64encode(image).decode("ascii")
+
+
+def decode_image(text: Any, where: str) -> bytes:
+    """Decode one base64 image from a client's request.
+
+    Args:
+        text: the JSON value that should be a base64 string.
+        where: its location in the body, for the message (e.g. "instances[2].b64").
+
+    Returns:
+        The image bytes.
+
+    Raises:
+        InvalidShape: the value is not a string.
+        BadRequest: the string is not valid base64 or decodes to nothing.
+    """
+    if not isinstance(text, str):
+        raise InvalidShape(f"{where} must be a base64 string, got {type(text).__name__}")
+    try:
+        image = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest(f"{where} is not valid base64: {exc}") from exc
+    if not image:
+        raise BadRequest(f"{where} is an empty image")
+    return image
+
+
+def decode_response_json(response: httpx.Response) -> Any:
+    """Parse a vendor's 2xx response body as JSON.
+
+    Args:
+        response: a response whose body has been read.
+
+    Returns:
+        The decoded JSON value.
+
+    Raises:
+        UpstreamError: the body is not JSON (502, with the vendor's status).
+    """
+    try:
+        return json.loads(response.content)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        kind = media_type(response.headers.get("content-type")) or "no content type"
+        raise UpstreamError(
+            f"upstream {response.request.url} answered {response.status_code} with a body that is "
+            f"not JSON ({kind}, {len(response.content)} bytes)",
+            upstream_status=response.status_code,
+        ) from exc
+
+
+def malformed_response(response: httpx.Response, problem: str) -> UpstreamError:
+    """The error for a vendor's 2xx JSON body of the wrong shape (502).
+
+    Args:
+        response: the vendor's response.
+        problem: what is wrong, e.g. "expected 3 predictions, got 2".
+
+    Returns:
+        An UpstreamError to raise, carrying the vendor's status.
+    """
+    return UpstreamError(
+        f"upstream {response.request.url} answered {response.status_code} with an unexpected body: "
+        f"{problem}",
+        upstream_status=response.status_code,
+    )

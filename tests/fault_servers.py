@@ -1,0 +1,247 @@
+"""Loopback servers for tests: an ASGI app under uvicorn or a raw asyncio TCP handler, each in
+its own thread on a free 127.0.0.1 port, plus small fault upstreams (slow, fixed status or body,
+reset, refused) for testing HTTP clients against real sockets.
+
+Usage:
+    with serve_asgi(StaticApp(500, b"boom")) as base_url: ...
+    with serve_tcp(reset_after_head) as base_url: ...
+    with refused_port() as base_url: ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+TcpHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()
+    return f"http://{host}:{port}"
+
+
+def _wait_until(ready: Callable[[], bool], thread: threading.Thread, timeout_s: float, what: str) -> None:
+    """Poll `ready` until true, failing fast if the server thread died or the deadline passed."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if not thread.is_alive():
+            raise RuntimeError(f"{what} exited during start-up")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready within {timeout_s} s")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def serve_asgi(
+    app: Any, *, startup_timeout_s: float = 10.0, shutdown_timeout_s: float = 5.0
+) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on a free loopback port in a background thread.
+
+    Args:
+        app: the ASGI application (lifespan events are sent; an app without them is fine).
+        startup_timeout_s: seconds to wait for the server to accept connections.
+        shutdown_timeout_s: seconds to wait for it to stop; in-flight requests are cancelled
+            after a short grace period so a slow handler cannot stall the test's teardown.
+
+    Yields:
+        The base URL, e.g. "http://127.0.0.1:43117".
+    """
+    sock = _bound_socket()
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="auto", timeout_graceful_shutdown=0.5
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="asgi-server")
+    thread.start()
+    try:
+        _wait_until(lambda: server.started, thread, startup_timeout_s, "uvicorn")
+        yield _url(sock)
+    finally:
+        server.should_exit = True
+        thread.join(shutdown_timeout_s)
+        sock.close()
+        if thread.is_alive():
+            raise RuntimeError(f"uvicorn did not stop within {shutdown_timeout_s} s")
+
+
+@contextlib.contextmanager
+def serve_tcp(handler: TcpHandler, *, startup_timeout_s: float = 10.0) -> Iterator[str]:
+    """Run a raw asyncio TCP handler on a free loopback port in a background thread.
+
+    Args:
+        handler: called with (reader, writer) for every connection; it speaks HTTP by hand,
+            which is how a test misbehaves in ways a real server framework would not allow.
+        startup_timeout_s: seconds to wait for the listener.
+
+    Yields:
+        The base URL. On exit, handlers still running are cancelled and the loop is closed.
+    """
+    sock = _bound_socket()
+    loop = asyncio.new_event_loop()
+    listening = threading.Event()
+    stop = asyncio.Event()
+
+    async def closing_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        finally:
+            # Close every connection before the loop closes, also for handlers cancelled at exit.
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def main() -> None:
+        server = await asyncio.start_server(closing_handler, sock=sock)
+        listening.set()
+        async with server:
+            await stop.wait()
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True, name="tcp-server")
+    thread.start()
+    try:
+        _wait_until(listening.is_set, thread, startup_timeout_s, "tcp server")
+        yield _url(sock)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(5.0)
+        if not thread.is_alive():
+            loop.close()
+        sock.close()
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[str]:
+    """A loopback URL where connections are refused: the port is bound (so no one else takes it)
+    but never listens, so the kernel answers every SYN with RST.
+
+    Yields:
+        The base URL.
+    """
+    sock = _bound_socket()
+    try:
+        yield _url(sock)
+    finally:
+        sock.close()
+
+
+# --- fault upstreams -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as a server received it."""
+
+    method: str
+    path: str  # with the query string, if any
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+@dataclass
+class StaticApp:
+    """ASGI app that answers every request with one fixed response, optionally after a delay,
+    and records the requests it received (a slow app gives up early when the client hangs up).
+
+    Attributes:
+        status: the HTTP status to answer.
+        body: the body to answer.
+        content_type: its Content-Type.
+        delay_s: seconds to wait before answering.
+        requests: what arrived, in order (appended from the server thread).
+    """
+
+    status: int = 200
+    body: bytes = b"{}"
+    content_type: str = "application/json"
+    delay_s: float = 0.0
+    requests: list[RecordedRequest] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan: nothing to start
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        query = scope["query_string"].decode()
+        self.requests.append(
+            RecordedRequest(
+                method=scope["method"],
+                path=scope["path"] + (f"?{query}" if query else ""),
+                headers={name.decode().lower(): value.decode() for name, value in scope["headers"]},
+                body=body,
+            )
+        )
+        if self.delay_s and await _client_left_within(receive, self.delay_s):
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [(b"content-type", self.content_type.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
+async def _client_left_within(receive: Receive, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for the client to disconnect; True if it did."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+    except TimeoutError:
+        return False
+    return True
+
+
+async def read_request_head(reader: asyncio.StreamReader) -> bytes:
+    """Read an HTTP/1.1 request head (up to the blank line) from a raw connection."""
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def reset_connection(writer: asyncio.StreamWriter) -> None:
+    """Close a connection with a TCP RST instead of a FIN (SO_LINGER with a zero timeout)."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def reset_after_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """TCP handler: read the request head, then reset the connection without answering."""
+    await read_request_head(reader)
+    reset_connection(writer)
+
+
+def http_response_head(status: int, content_length: int, content_type: str = "application/json") -> bytes:
+    """The bytes of an HTTP/1.1 response head with a fixed Content-Length."""
+    return (
+        f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n"
+        f"content-length: {content_length}\r\n\r\n"
+    ).encode()
