@@ -38,10 +38,11 @@ def purify(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder for purified PNGs.")] = Path("purified"),
     model: Annotated[Path, typer.Option(help="diffusers UNet2DModel directory.")] = DEFAULT_MODEL,
-    transforms: Annotated[str, typer.Option(help="e.g. 'blur:4' or 'blur:4,gray' (averaged).")] = "blur:2",
-    steps: Annotated[int, typer.Option(min=1)] = 20,
-    guidance_power: Annotated[float, typer.Option(help="λ; 'inf' disables the mix step.")] = 0.25,
-    eta: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    preset: Annotated[str, typer.Option(help="fmnist | paper: defaults for the knobs below.")] = "fmnist",
+    transforms: Annotated[Optional[str], typer.Option(help="e.g. 'blur:4' or 'blur:4,gray' (averaged).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    guidance_power: Annotated[Optional[float], typer.Option(help="λ; 'inf' disables the mix step.")] = None,
+    eta: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | auto")] = "fp32",
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible noise.")] = 0,
@@ -54,12 +55,18 @@ def purify(
 
     from service.purify.models import DType, ModelLoadError, load_eps_model
     from service.purify.pipeline import purify_pil_images
+    from service.purify.presets import PRESETS, PresetName
     from service.purify.zip import ZipPurifier
 
     paths = _image_paths(images)
     try:
+        chosen = PRESETS[PresetName(preset)]
         eps_model = load_eps_model(model, device=device, dtype=DType(dtype))
-        purifier = ZipPurifier(eps_model, transforms, steps=steps, guidance_power=guidance_power, eta=eta)
+        purifier = ZipPurifier(
+            eps_model, transforms or chosen.transforms, steps=steps or chosen.steps,
+            guidance_power=chosen.guidance_power if guidance_power is None else guidance_power,
+            eta=chosen.eta if eta is None else eta,
+        )
     except (ModelLoadError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     loaded = []
@@ -70,7 +77,7 @@ def purify(
     with tqdm(total=len(loaded), desc="purify", unit="img") as bar:
         purified, degraded = purify_pil_images(
             purifier, loaded, eps_model.sample_size, eps_model.channels, device=device,
-            batch_size=batch_size, seed=seed, on_batch=lambda n: bar.update(min(n, bar.total - bar.n)),
+            batch_size=batch_size, seed=seed, tile_small=chosen.tile_small_images, on_batch=lambda n: bar.update(min(n, bar.total - bar.n)),
         )
         bar.update(bar.total - bar.n)
     for path, clean, blurred in zip(paths, purified, degraded):
@@ -104,6 +111,66 @@ def train_ddpm_command(
     train_ddpm(DDPMTrainConfig(out_dir=out, init_dir=init, minutes=minutes, max_steps=max_steps,
                                batch_size=batch_size, learning_rate=learning_rate, checkpoint_dir=checkpoint_dir,
                                train_limit=train_limit, seed=seed))
+
+
+@train_app.command("score-ddpm")
+def score_ddpm_command(
+    model: Annotated[Path, typer.Option(help="DDPM directory to score.")] = DEFAULT_MODEL,
+    classifier: Annotated[Path, typer.Option(help="Clean Fashion-MNIST classifier.")] = Path("models/vendor-clean"),
+    samples: Annotated[int, typer.Option(min=10)] = 1000,
+    steps: Annotated[int, typer.Option(min=1)] = 50,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option()] = 2,
+) -> None:
+    """Sample quality for the model card: samples.png and quality.json written into the model folder."""
+    import torch
+
+    from service.purify.models import load_eps_model
+    from service.training.ddpm_quality import write_quality_report
+    from service.training.vendor import load_vendor
+
+    torch.set_num_threads(threads)
+    score = write_quality_report(load_eps_model(model), load_vendor(classifier).eval(), model, count=samples,
+                                 steps=steps, seed=seed)
+    typer.echo(f"mean max-softmax {score.mean_max_softmax:.3f}; min class fraction {score.min_class_fraction:.3f}; "
+               f"histogram check {'passed' if score.passes_histogram_check else 'FAILED'}")
+
+
+@convert_app.command("adm")
+def convert_adm_command(
+    checkpoint: Annotated[Path, typer.Argument(help="guided-diffusion .pt state dict, e.g. 256x256_diffusion_uncond.pt")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output diffusers directory.")],
+    preset: Annotated[Optional[str], typer.Option(help="imagenet-256-uncond | imagenet-64")] = None,
+    image_size: Annotated[Optional[int], typer.Option()] = None,
+    num_channels: Annotated[Optional[int], typer.Option()] = None,
+    num_res_blocks: Annotated[Optional[int], typer.Option()] = None,
+    channel_mult: Annotated[Optional[str], typer.Option(help="e.g. 1,1,2,2,4,4")] = None,
+    attention_resolutions: Annotated[Optional[str], typer.Option(help="e.g. 32,16,8")] = None,
+    num_head_channels: Annotated[Optional[int], typer.Option()] = None,
+    num_heads: Annotated[Optional[int], typer.Option()] = None,
+    learn_sigma: Annotated[Optional[bool], typer.Option("--learn-sigma/--no-learn-sigma")] = None,
+    scale_shift_norm: Annotated[Optional[bool], typer.Option("--scale-shift-norm/--no-scale-shift-norm")] = None,
+    resblock_updown: Annotated[Optional[bool], typer.Option("--resblock-updown/--no-resblock-updown")] = None,
+    new_attention_order: Annotated[Optional[bool], typer.Option(
+        "--new-attention-order/--no-new-attention-order")] = None,
+) -> None:
+    """Convert an OpenAI guided-diffusion (ADM) checkpoint into a diffusers UNet2DModel directory."""
+    from service.purify.adm_arch import architecture_from_preset
+    from service.purify.adm_convert import convert_adm_checkpoint
+
+    try:
+        arch = architecture_from_preset(
+            preset, image_size=image_size, num_channels=num_channels, num_res_blocks=num_res_blocks,
+            channel_mult=channel_mult, attention_resolutions=attention_resolutions,
+            num_head_channels=num_head_channels, num_heads=num_heads, learn_sigma=learn_sigma,
+            use_scale_shift_norm=scale_shift_norm, resblock_updown=resblock_updown,
+            use_new_attention_order=new_attention_order,
+        )
+        written = convert_adm_checkpoint(checkpoint, out, arch)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"wrote diffusers model to {written}")
 
 
 def main() -> None:

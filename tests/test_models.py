@@ -29,9 +29,15 @@ def test_learned_sigma_directory_is_detected(tmp_path):
     assert model(torch.randn(1, 3, 16, 16), torch.tensor([3])).shape == (1, 3, 16, 16)
 
 
-def test_auto_dtype_is_fp32_on_cpu_and_fp16_on_cuda():
-    assert DType.AUTO.resolve(torch.device("cpu")) == torch.float32
+def test_auto_dtype_is_fp16_on_cuda_and_bf16_only_on_native_bf16_cpus(monkeypatch):
+    import service.purify.models as models
+
     assert DType.AUTO.resolve(torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert DType.AUTO.resolve("cpu") == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert DType.AUTO.resolve("cpu") == torch.float32
+    assert DType.FP32.resolve("cuda") == torch.float32
 
 
 def test_missing_path(tmp_path):

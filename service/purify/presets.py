@@ -1,0 +1,41 @@
+"""Named purification settings: the shipped default world and the ZIP paper's setting."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class PresetName(str, enum.Enum):
+    """Names accepted by `--preset` and `ZIPGATE_PRESET`."""
+
+    FMNIST = "fmnist"
+    PAPER = "paper"
+
+
+@dataclass(frozen=True)
+class PurificationPreset:
+    """A model's native size plus the ZIP knobs that suit it."""
+
+    model_size: int
+    transforms: str
+    steps: int
+    guidance_power: float
+    eta: float
+    tile_small_images: bool
+    note: str
+
+
+PRESETS: dict[PresetName, PurificationPreset] = {
+    # Best trade-off measured on the shipped 32² Fashion-MNIST DDPM (docs/defense.md, DESIGN.md §6).
+    PresetName.FMNIST: PurificationPreset(
+        model_size=32, transforms="blur:2", steps=20, guidance_power=0.25, eta=1.0, tile_small_images=False,
+        note="shipped Fashion-MNIST DDPM (models/fmnist-ddpm)",
+    ),
+    # Shi et al. 2023 with OpenAI's 256² unconditional ADM: blur and grayscale averaged, 20 steps,
+    # small images (CIFAR-10) packed 64 to a canvas. Convert the checkpoint with `zipgate convert adm`.
+    PresetName.PAPER: PurificationPreset(
+        model_size=256, transforms="blur:4,gray", steps=20, guidance_power=1.0, eta=1.0, tile_small_images=True,
+        note="OpenAI 256x256_diffusion_uncond converted to diffusers (docs/adm.md)",
+    ),
+}

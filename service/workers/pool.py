@@ -1,0 +1,328 @@
+"""The worker pool: admission (backpressure, deadlines, cancellation), one worker per device, drain.
+
+A request's images become queue items (all or none: a full queue rejects the whole request with
+`Overloaded`); the batcher groups items of any requests into batches; each device's worker pulls
+batches when free. The caller awaits `submit` and gets its images back in order.
+
+Lifecycle: NEW → (start) → RUNNING → (drain) → DRAINING → DRAINED → (close) → CLOSED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import torch
+
+from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge
+from service.metrics import DropReason, GatewayMetrics
+from service.workers.batcher import Batch, DynamicBatcher, WorkItem
+from service.workers.capacity import adaptive_steps, seconds_for, total_rate
+from service.workers.purifier import BatchPurifier, PurifierFactory
+from service.workers.worker import (DEFAULT_OOM_ERRORS, DeviceWorker, ItemPayload, ItemResult, PoolItem,
+                                    settle_with_error)
+
+__all__ = ["BatchPurifier", "PoolConfig", "PoolResult", "PurifierFactory", "WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How the pool batches and admits work; validated at construction.
+
+    Args:
+        devices: resolved torch devices, one worker each (see `resolve_devices`).
+        max_batch_size: most images in one batch.
+        max_wait_ms: how long a partial batch waits for more images after its first arrived.
+        queue_limit: most images waiting at once, across requests.
+        drain_timeout_s: how long `drain` lets queued and running work finish.
+        default_steps: sampling steps when a request does not say.
+        adaptive_steps_min: enables adaptive steps, never running fewer than this; None = off.
+        adaptive_target_wait_ms: expected queue wait above which adaptive steps start lowering steps.
+    """
+
+    devices: tuple[str, ...]
+    max_batch_size: int = 8
+    max_wait_ms: float = 10.0
+    queue_limit: int = 64
+    drain_timeout_s: float = 30.0
+    default_steps: int = 20
+    adaptive_steps_min: int | None = None
+    adaptive_target_wait_ms: float = 2000.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (len(self.devices) > 0, "devices is empty; give at least one, e.g. ('cpu',)"),
+            (self.max_batch_size >= 1, f"max_batch_size must be >= 1, got {self.max_batch_size}"),
+            (self.max_wait_ms >= 0, f"max_wait_ms must be >= 0, got {self.max_wait_ms}"),
+            (self.queue_limit >= 1, f"queue_limit must be >= 1, got {self.queue_limit}"),
+            (self.drain_timeout_s >= 0, f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}"),
+            (self.default_steps >= 1, f"default_steps must be >= 1, got {self.default_steps}"),
+            (self.adaptive_steps_min is None or 1 <= self.adaptive_steps_min <= self.default_steps,
+             f"adaptive_steps_min must be in [1, default_steps={self.default_steps}] or None (off), "
+             f"got {self.adaptive_steps_min}"),
+            (self.adaptive_target_wait_ms > 0,
+             f"adaptive_target_wait_ms must be > 0, got {self.adaptive_target_wait_ms}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class PoolResult:
+    """A request's purified images and how long they took."""
+
+    images: torch.Tensor  # (N, C, H, W) purified, CPU float32, same order as submitted
+    steps: int  # steps actually used; the fewest of its images when adaptive steps varied by batch
+    queue_s: float  # longest time an image of the request waited before compute
+    purify_s: float  # compute time of the slowest batch holding its images
+
+
+class PoolState(str, enum.Enum):
+    """Where the pool is in its lifecycle."""
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    DRAINED = "drained"
+    CLOSED = "closed"
+
+
+class WorkerPool:
+    """Batches images from concurrent requests onto one worker per device.
+
+    Args:
+        config: batching, admission and drain settings.
+        factory: builds a device's purifier (loads its model copy) inside that worker's thread.
+        metrics: the gateway's collectors (queue depth, batch sizes, drops, OOM splits, ...).
+        oom_errors: exception types treated as out-of-memory (default: CUDA OOM).
+    """
+
+    def __init__(self, config: PoolConfig, factory: PurifierFactory, metrics: GatewayMetrics, *,
+                 oom_errors: tuple[type[BaseException], ...] = DEFAULT_OOM_ERRORS) -> None:
+        self.config = config
+        self._factory = factory
+        self._metrics = metrics
+        self._batcher: DynamicBatcher[ItemPayload] = DynamicBatcher(
+            config.max_batch_size, config.max_wait_ms / 1000.0, config.queue_limit, metrics)
+        self._workers = [DeviceWorker(device, metrics, oom_errors, self._steps_for) for device in config.devices]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state = PoolState.NEW
+
+    @property
+    def ready(self) -> bool:
+        """True while accepting work: started, not draining, every worker alive."""
+        return self._state is PoolState.RUNNING and all(not task.done() for task in self._tasks)
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for a worker."""
+        return self._batcher.depth
+
+    @property
+    def device_info(self) -> list[dict[str, object]]:
+        """Per worker: device, dtype, model (and sample_size, channels when the purifier tells)."""
+        return [worker.info for worker in self._workers]
+
+    def estimated_wait_s(self) -> float:
+        """Expected seconds before a newly queued image starts computing (0 until measured)."""
+        rate = total_rate([worker.meter.rate for worker in self._workers])
+        wait = seconds_for(self._batcher.pending_cost, rate)
+        now = time.monotonic()
+        remaining = [worker.remaining_s(now) for worker in self._workers]
+        if remaining and all(r is not None for r in remaining):  # every worker busy: wait for the first
+            wait += min(r for r in remaining if r is not None)
+        return wait
+
+    async def start(self) -> None:
+        """Load one model copy per device (in parallel, off the event loop) and start the workers.
+
+        Raises:
+            RuntimeError: called twice.
+            Exception: what the factory raises (e.g. a missing model); the pool is then closed.
+        """
+        if self._state is not PoolState.NEW:
+            raise RuntimeError(f"the pool was already started (state {self._state.value})")
+        self._state = PoolState.STARTING
+        try:
+            await asyncio.gather(*(worker.load(self._factory) for worker in self._workers))
+        except BaseException:
+            self._close_workers()
+            self._state = PoolState.CLOSED
+            raise
+        if self._state is not PoolState.STARTING:  # drained or closed while the models loaded
+            self._close_workers()
+            return
+        self._tasks = [asyncio.create_task(worker.serve(self._batcher), name=f"zipgate-worker-{worker.device}")
+                       for worker in self._workers]
+        for task in self._tasks:
+            task.add_done_callback(self._on_worker_exit)
+        self._state = PoolState.RUNNING
+        self._metrics.ready.set(1)
+        log.info("worker pool ready: %s", self.device_info)
+
+    async def submit(self, images: torch.Tensor, *, request_id: str, deadline: float | None = None,
+                     seed: int | None = None, steps: int | None = None) -> PoolResult:
+        """Purify a request's images; returns when all are done, in the order given.
+
+        Args:
+            images: (N, C, H, W) float in [-1, 1], on the CPU.
+            request_id: for logs and error messages.
+            deadline: `time.monotonic()` seconds; images not started by then are dropped.
+            seed: image i uses seed + i (same seed, same result, whatever the batching); None = random.
+            steps: sampling steps; None = `config.default_steps`.
+
+        Returns:
+            The purified images and timings.
+
+        Raises:
+            ValueError: images not a non-empty 4-D float tensor of finite values, or steps < 1.
+            NotReady: the pool is not started, or is draining.
+            PayloadTooLarge: more images than the whole queue holds.
+            Overloaded: the queue lacks room for all N images (none were queued).
+            DeadlineExceeded: the deadline passed before the images were purified.
+            PurificationFailed: a batch holding one of the images failed.
+        """
+        steps = self.config.default_steps if steps is None else steps
+        _check_images(images, steps)
+        count = images.shape[0]
+        if not self.ready:
+            if self._state in (PoolState.DRAINING, PoolState.DRAINED, PoolState.CLOSED):
+                self._metrics.dropped.labels(DropReason.DRAINING.value).inc(count)
+            raise NotReady(f"the worker pool is {self._state.value}; not accepting images")
+        if count > self.config.queue_limit:
+            raise PayloadTooLarge(f"{count} images in one request; the queue holds {self.config.queue_limit}; "
+                                  "send fewer images per request or raise the queue limit")
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            self._metrics.dropped.labels(DropReason.DEADLINE.value).inc(count)
+            raise DeadlineExceeded(f"request {request_id}: deadline passed before queueing")
+        base_seed = secrets.randbits(63) if seed is None else seed
+        loop = asyncio.get_running_loop()
+        key = (*images.shape[1:], steps)  # items that stack into one tensor and share a schedule
+        pixels = images.detach().to("cpu", torch.float32)
+        items = [WorkItem(key=key, payload=ItemPayload(pixels[i], base_seed + i, steps), future=loop.create_future(),
+                          request_id=request_id, enqueued_at=now, deadline=deadline, cost=float(steps))
+                 for i in range(count)]
+        if not self._batcher.offer(items):
+            self._metrics.dropped.labels(DropReason.OVERLOAD.value).inc(count)
+            raise Overloaded(
+                f"queue full ({self._batcher.depth}/{self.config.queue_limit} images); retry later",
+                retry_after_s=self._retry_after_s(count, steps))
+        try:
+            results = await self._wait(items, deadline)
+        except BaseException:
+            self._abandon(items)
+            raise
+        return PoolResult(images=torch.stack([r.image for r in results]), steps=min(r.steps for r in results),
+                          queue_s=max(r.queue_s for r in results), purify_s=max(r.purify_s for r in results))
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Stop accepting, let queued and running work finish, then stop the workers.
+
+        After the timeout, images still queued fail with `NotReady` and running batches are
+        abandoned (their requests get `NotReady`). Safe to call more than once.
+
+        Args:
+            timeout_s: seconds to wait; None = `config.drain_timeout_s`.
+        """
+        if self._state in (PoolState.NEW, PoolState.STARTING):
+            self._state = PoolState.DRAINED
+        if self._state is not PoolState.RUNNING and self._state is not PoolState.DRAINING:
+            return
+        self._state = PoolState.DRAINING
+        self._metrics.ready.set(0)
+        self._batcher.close()
+        timeout_s = self.config.drain_timeout_s if timeout_s is None else timeout_s
+        log.info("draining: %d images queued, up to %.1f s", self._batcher.depth, timeout_s)
+        _, unfinished = await asyncio.wait(self._tasks, timeout=timeout_s)
+        if unfinished:
+            leftover = self._batcher.remove_all()
+            settle_with_error(leftover, NotReady("the gateway shut down before this image was purified"))
+            self._metrics.dropped.labels(DropReason.DRAINING.value).inc(len(leftover))
+            log.warning("drain timed out after %.1f s; %d queued images dropped", timeout_s, len(leftover))
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        self._state = PoolState.DRAINED
+
+    async def close(self) -> None:
+        """Drain without waiting (anything left fails with `NotReady`) and release threads and models."""
+        if self._state is PoolState.CLOSED:
+            return
+        await self.drain(timeout_s=0.0)
+        self._close_workers()
+        self._state = PoolState.CLOSED
+
+    async def _wait(self, items: list[PoolItem], deadline: float | None) -> list[ItemResult]:
+        """Wait for every item; at the deadline, drop those not started (running ones finish)."""
+        futures = [item.future for item in items]
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, pending = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
+        if pending and not any(_error_of(f) for f in done):
+            expired = self._batcher.remove([item for item in items if not item.future.done()])
+            settle_with_error(expired, DeadlineExceeded(
+                f"request {items[0].request_id}: deadline passed with {len(expired)} images still queued"))
+            self._metrics.dropped.labels(DropReason.DEADLINE.value).inc(len(expired))
+            await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        errors = [_error_of(f) for f in futures if f.done()]  # reading marks them retrieved (no warnings)
+        first_error = next((error for error in errors if error is not None), None)
+        if first_error is not None:
+            raise first_error
+        return [f.result() for f in futures]
+
+    def _abandon(self, items: list[PoolItem]) -> None:
+        """Withdraw a request nobody waits for (client gone, or one of its images failed): queued items never run."""
+        removed = self._batcher.remove(items)
+        self._metrics.dropped.labels(DropReason.CANCELLED.value).inc(len(removed))
+        for item in items:
+            item.future.cancel()  # no-op when settled; a running batch skips cancelled futures
+
+    def _steps_for(self, batch: Batch[ItemPayload]) -> int:
+        """Adaptive steps: fewer steps when clearing the queue would take longer than the target."""
+        requested = batch.items[0].payload.steps
+        minimum = self.config.adaptive_steps_min
+        rate = total_rate([worker.meter.rate for worker in self._workers])
+        if minimum is None or rate is None:
+            return requested
+        expected_wait_s = seconds_for(self._batcher.pending_cost + batch.cost, rate)
+        return adaptive_steps(requested, expected_wait_s, self.config.adaptive_target_wait_ms / 1000.0, minimum)
+
+    def _retry_after_s(self, count: int, steps: int) -> float:
+        """Seconds until the queue has room for `count` more images, from measured throughput (>= 1)."""
+        must_leave = self._batcher.depth + count - self.config.queue_limit  # images to dequeue first
+        rate = total_rate([worker.meter.rate for worker in self._workers])
+        return max(1.0, seconds_for(must_leave * steps, rate))
+
+    def _on_worker_exit(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker task %s crashed", task.get_name(), exc_info=task.exception())
+            self._metrics.ready.set(0)
+
+    def _close_workers(self) -> None:
+        for worker in self._workers:
+            worker.close()
+
+
+def _error_of(future: asyncio.Future[ItemResult]) -> BaseException | None:
+    """A settled future's error (a cancelled one reads as `CancelledError`), or None."""
+    return asyncio.CancelledError() if future.cancelled() else future.exception()
+
+
+def _check_images(images: torch.Tensor, steps: int) -> None:
+    """Reject what would fail a whole batch, so one bad request cannot fail its batch-mates."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected images of shape (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"expected float images in [-1, 1], got {images.dtype}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or infinite values")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
