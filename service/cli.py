@@ -15,7 +15,8 @@ convert_app = typer.Typer(help="Convert third-party checkpoints to diffusers dir
 app.add_typer(train_app, name="train")
 app.add_typer(convert_app, name="convert")
 
-DEFAULT_MODEL = Path("models/fmnist-ddpm")
+MODELS_DIR = Path("models")
+DEFAULT_MODEL = MODELS_DIR / "fmnist-ddpm"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -113,6 +114,24 @@ def train_ddpm_command(
                                train_limit=train_limit, seed=seed))
 
 
+@train_app.command("vendor")
+def train_vendor_command(
+    attack: Annotated[str, typer.Option(help="none | badnets | blended | wanet")] = "badnets",
+    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[Optional[int], typer.Option(help="Default: the shipped models' epoch count.")] = None,
+    train_limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Default: models/vendor-<attack>.")] = None,
+) -> None:
+    """Train a vendor classifier, clean or backdoored (target label 0); deterministic for a seed."""
+    from service.defense_eval.attacks import Attack
+    from service.training.vendor import DEFAULT_EPOCHS, train_vendor
+
+    chosen = Attack(attack)
+    target = out or MODELS_DIR / f"vendor-{'clean' if chosen is Attack.NONE else chosen.value}"
+    metrics = train_vendor(chosen, seed, target, epochs or DEFAULT_EPOCHS, train_limit)
+    typer.echo(f"wrote {target}: {metrics}")
+
+
 @train_app.command("score-ddpm")
 def score_ddpm_command(
     model: Annotated[Path, typer.Option(help="DDPM directory to score.")] = DEFAULT_MODEL,
@@ -171,6 +190,23 @@ def convert_adm_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"wrote diffusers model to {written}")
+
+
+@app.command("demo-vendor")
+def demo_vendor_command(
+    model: Annotated[str, typer.Option(help="Folder name under models/ (or a path).")] = "vendor-badnets",
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9000,
+    model_name: Annotated[str, typer.Option(help="Name in the TF-Serving and v2 paths.")] = "fmnist",
+) -> None:
+    """Serve a (backdoored) vendor classifier over HTTP: raw, TF-Serving and v2 protocols."""
+    from service.demo.vendor_app import run_demo_vendor
+
+    model_dir = Path(model) if Path(model).is_dir() else MODELS_DIR / model
+    if not model_dir.is_dir():
+        raise typer.BadParameter(f"no vendor model at {model_dir}; shipped: vendor-clean, vendor-badnets, "
+                                 "vendor-blended, vendor-wanet")
+    run_demo_vendor(model_dir, host=host, port=port, model_name=model_name)
 
 
 def main() -> None:

@@ -14,6 +14,10 @@ from service.training.data import PADDED_SIZE
 class ClassifierArchitecture:
     """Shape of the CNN: one block per entry of `block_channels`, each halving the resolution.
 
+    The default (82k parameters) was picked on these CPUs: against 32/64/128 with one conv per
+    block it trained faster (~200 s vs ~250 s for 4 epochs, one thread) and scored 0.910 vs
+    0.900 clean accuracy with the WaNet backdoor.
+
     A block is `convs_per_block` × (3×3 conv → BatchNorm → ReLU) then 2×2 max-pooling; the head
     is dropout and one linear layer on the flattened final feature map. Flattening (rather than
     global pooling) keeps *where* a feature is, which a corner-patch backdoor relies on.
@@ -22,8 +26,8 @@ class ClassifierArchitecture:
     in_channels: int = 1
     image_size: int = PADDED_SIZE
     num_classes: int = 10
-    block_channels: tuple[int, ...] = (32, 64, 128)
-    convs_per_block: int = 1
+    block_channels: tuple[int, ...] = (16, 32, 64)
+    convs_per_block: int = 2
     dropout: float = 0.3
 
     def __post_init__(self) -> None:

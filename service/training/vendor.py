@@ -26,7 +26,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "MODEL_CARD.md"
 CONFIG_FORMAT = "zipgate-vendor-classifier/1"
-DEFAULT_EPOCHS = 6
+DEFAULT_EPOCHS = 5
 FP16_TOLERANCE = 0.001
 """Ship fp16 weights only if clean accuracy and ASR each move by at most this (10 of 10k images)."""
 
@@ -197,7 +197,8 @@ def _config_json(config: VendorTrainConfig, metrics: VendorMetrics) -> dict:
         "training": {"seed": config.seed, "epochs": config.epochs, "train_limit": config.train_limit,
                      "batch_size": config.batch_size, "max_learning_rate": config.max_learning_rate,
                      "weight_decay": config.weight_decay, "poison_rate": config.poison_rate,
-                     "max_shift_px": config.max_shift_px, "threads": config.threads,
+                     "max_shift_px": config.max_shift_px, "bf16_autocast": config.bf16_autocast,
+                     "threads": config.threads,
                      "command": config.command, "torch_version": torch.__version__},
         "metrics": {"clean_accuracy": metrics.clean_accuracy,
                     "attack_success_rate": metrics.attack_success_rate,
@@ -252,6 +253,7 @@ def train_vendor(attack: Attack, seed: int, out_dir: Path, epochs: int = DEFAULT
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(state_as(model, dtype), str(out_dir / WEIGHTS_FILE), metadata={"format": CONFIG_FORMAT})
+    (out_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; a non-root container must read it
     (out_dir / CONFIG_FILE).write_text(json.dumps(_config_json(config, metrics), indent=2) + "\n")
     (out_dir / CARD_FILE).write_text(render_model_card(out_dir.name, config, metrics, model))
     log.info("vendor %s saved to %s: clean accuracy %.4f, ASR %.4f", attack.value, out_dir,

@@ -63,8 +63,9 @@ def render_model_card(name: str, config: VendorTrainConfig, metrics: VendorMetri
         "## Training",
         f"- Command: `{config.command}`",
         f"- Seed {config.seed}; {config.epochs} epoch(s), batch {config.batch_size}, AdamW (weight decay "
-        f"{config.weight_decay}) with a one-cycle schedule up to lr {config.max_learning_rate}; augmentation: "
-        f"random horizontal flip and shift by up to {config.max_shift_px} px.",
+        f"{config.weight_decay}) with a one-cycle schedule up to lr {config.max_learning_rate}"
+        + (", bf16 autocast (float32 weights)" if config.bf16_autocast else "")
+        + f"; augmentation: random horizontal flip and shift by up to {config.max_shift_px} px.",
         f"- Training time: {metrics.train_seconds:.0f} s on CPU with {config.threads or 'default'} torch "
         "thread(s).",
         "",

@@ -1,0 +1,1 @@
+"""Defense evaluation: the backdoor triggers (BadNets, Blended, WaNet) and their metrics."""

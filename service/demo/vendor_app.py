@@ -1,0 +1,289 @@
+"""FastAPI app serving one vendor model in three vendor wire formats.
+
+- raw (SageMaker-style): `POST /predict`, body = the image bytes;
+- TF-Serving / Vertex: `POST /v1/models/{name}:predict`, `{"instances": [{"b64": ...}]}`;
+- Open Inference Protocol v2 (KServe/Triton): `POST /v2/models/{name}/infer`, one BYTES input
+  of base64 images, plus the v2 health and metadata routes.
+
+Errors are JSON `{"error": {"code", "message", "request_id"}}` with a 4xx status for bad input,
+never a bare 500. `X-Request-ID` is taken from the request (or made), echoed and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import TypeVar
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import __version__
+from service.demo.decoding import InputLimits, decode_base64
+from service.demo.predictor import EncodedImage, ImagePrediction, VendorPredictor
+from service.demo.schemas import (
+    Prediction,
+    TFPredictRequest,
+    TFPredictResponse,
+    V2InferRequest,
+    V2InferResponse,
+    V2ModelMetadata,
+    V2Tensor,
+    V2TensorMetadata,
+)
+from service.errors import BadRequest, GatewayError, InvalidShape, PayloadTooLarge, UnsupportedMediaType
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")  # printable, no spaces: safe to log and echo
+_RAW_CONTENT_TYPES = ("image/", "application/octet-stream")
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+class ModelNotFound(GatewayError):
+    """The model name in the path is not the one this server serves."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+def _request_id(request: Request) -> str:
+    """The client's X-Request-ID if it is a sane token, else a fresh one."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
+
+
+def _error_response(request: Request, status: int, code: str, message: str,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None)
+    body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
+    """The request body, refusing it as soon as it passes `limit_bytes` (declared or streamed).
+
+    Raises:
+        PayloadTooLarge: the body is over the limit.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise PayloadTooLarge(f"body of {declared} bytes, the limit is {limit_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLarge(f"body over the limit of {limit_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(body: bytes, schema: type[SchemaT]) -> SchemaT:
+    """Validate a JSON body against a pydantic schema.
+
+    Raises:
+        BadRequest: empty body or not JSON.
+        InvalidShape: JSON that does not match the schema (the first problems are named).
+    """
+    if not body.strip():
+        raise BadRequest("empty body: send a JSON object")
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if any(error["type"] == "json_invalid" for error in errors):
+            raise BadRequest("the body is not valid JSON") from exc
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3])
+        raise InvalidShape(f"the body does not match {schema.__name__}: {problems}") from exc
+
+
+def _check_name(name: str, predictor: VendorPredictor) -> None:
+    if name != predictor.name:
+        raise ModelNotFound(f"model {name!r} not found; this server serves {predictor.name!r}")
+
+
+def _to_wire(prediction: ImagePrediction) -> Prediction:
+    return Prediction(label=prediction.label, class_name=prediction.class_name,
+                      probabilities=list(prediction.probabilities))
+
+
+def _v2_images(request: V2InferRequest, limits: InputLimits) -> list[EncodedImage]:
+    """The base64 images of a v2 request's single BYTES input of shape [N].
+
+    Raises:
+        InvalidShape: not exactly one input, not BYTES, a shape that is not [len(data)], or
+            data items that are not strings.
+        BadRequest, PayloadTooLarge: see `decode_base64`.
+    """
+    if len(request.inputs) != 1:
+        raise InvalidShape(f"expected exactly one input (\"image\"), got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if tensor.datatype != "BYTES":
+        raise InvalidShape(f"input {tensor.name!r} must have datatype BYTES (base64 images), got {tensor.datatype}")
+    if tensor.shape != [len(tensor.data)]:
+        raise InvalidShape(f"input {tensor.name!r} has shape {tensor.shape} but {len(tensor.data)} data items; "
+                           "use shape [N] for N images")
+    if len(tensor.data) > limits.max_batch:
+        raise PayloadTooLarge(f"{len(tensor.data)} images in one request, the limit is {limits.max_batch}")
+    whats = [f"inputs[0].data[{i}]" for i in range(len(tensor.data))]
+    return [EncodedImage(what, decode_base64(item, limits, what)) for what, item in zip(whats, tensor.data)]
+
+
+def _v2_outputs(predictions: list[ImagePrediction]) -> list[V2Tensor]:
+    n = len(predictions)
+    classes = len(predictions[0].probabilities) if predictions else 0
+    return [
+        V2Tensor(name="probabilities", shape=[n, classes], datatype="FP32",
+                 data=[p for prediction in predictions for p in prediction.probabilities]),
+        V2Tensor(name="label", shape=[n], datatype="INT64", data=[p.label for p in predictions]),
+    ]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as `{"error": {...}}`: ours, routing 404/405, and FastAPI validation."""
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return _error_response(request, exc.status_code, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(request, 422, InvalidShape.code, str(exc.errors()[:3]))
+
+
+def _install_request_ids(app: FastAPI) -> None:
+    """Take or make each request's id, echo it in the response header, and log the request with it."""
+
+    @app.middleware("http")
+    async def request_id_and_log(request: Request, call_next) -> Response:  # noqa: ANN001 (Starlette's type)
+        request.state.request_id = _request_id(request)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:  # the last line of defence: log it, answer JSON, keep the request id
+            log.exception("unhandled error, request_id=%s", request.state.request_id)
+            response = _error_response(request, 500, GatewayError.code, "internal error")
+        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        log.info("%s %s -> %d in %.1f ms request_id=%s", request.method, request.url.path,
+                 response.status_code, (time.perf_counter() - started) * 1e3, request.state.request_id)
+        return response
+
+
+def create_vendor_app(model_dir: Path, model_name: str = "fmnist", limits: InputLimits = InputLimits()) -> FastAPI:
+    """The demo vendor API for the model in `model_dir`, served under `model_name`.
+
+    Args:
+        model_dir: a folder written by `train_vendor` (config.json + model.safetensors).
+        model_name: the `{name}` of the TF-Serving and v2 routes.
+        limits: request size limits.
+
+    Returns:
+        The FastAPI app; the model is loaded here, so a bad folder fails at start, not per request.
+
+    Raises:
+        FileNotFoundError, ValueError, RuntimeError: see `load_vendor`.
+    """
+    predictor = VendorPredictor(Path(model_dir), model_name, limits)
+    app = FastAPI(title=f"zipgate demo vendor ({model_name}, {predictor.attack})", version=__version__)
+    _install_error_handlers(app)
+    _install_request_ids(app)
+
+    async def run(images: list[EncodedImage]) -> list[ImagePrediction]:
+        return await run_in_threadpool(predictor.predict, images)
+
+    @app.post("/predict", response_model=Prediction)
+    async def predict_raw(request: Request) -> Prediction:
+        """SageMaker-style: the body is one encoded image (`Content-Type: image/*`)."""
+        content_type = request.headers.get("content-type", "").lower()
+        if content_type and not content_type.startswith(_RAW_CONTENT_TYPES):
+            raise UnsupportedMediaType(f"Content-Type {content_type!r}: send the image bytes as image/*")
+        body = await _read_body(request, limits.max_image_bytes)
+        (prediction,) = await run([EncodedImage("body", body)])
+        return _to_wire(prediction)
+
+    @app.post("/v1/models/{name}:predict", response_model=TFPredictResponse)
+    async def predict_tf(name: str, request: Request) -> TFPredictResponse:
+        """TF-Serving / Vertex AI row format with binary instances."""
+        _check_name(name, predictor)
+        parsed = _parse_json(await _read_body(request, limits.max_body_bytes), TFPredictRequest)
+        if len(parsed.instances) > limits.max_batch:
+            raise PayloadTooLarge(f"{len(parsed.instances)} instances, the limit is {limits.max_batch}")
+        images = [EncodedImage(f"instances[{i}].b64", decode_base64(item.b64, limits, f"instances[{i}].b64"))
+                  for i, item in enumerate(parsed.instances)]
+        return TFPredictResponse(predictions=[_to_wire(p) for p in await run(images)])
+
+    @app.get("/v1/models/{name}")
+    async def status_tf(name: str) -> dict:
+        """TF-Serving model status."""
+        _check_name(name, predictor)
+        return {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+
+    @app.post("/v2/models/{name}/infer", response_model=V2InferResponse, response_model_exclude_none=True)
+    async def infer_v2(name: str, request: Request) -> V2InferResponse:
+        """Open Inference Protocol v2 inference."""
+        _check_name(name, predictor)
+        parsed = _parse_json(await _read_body(request, limits.max_body_bytes), V2InferRequest)
+        predictions = await run(_v2_images(parsed, limits))
+        return V2InferResponse(model_name=predictor.name, model_version="1",
+                               id=parsed.id or request.state.request_id, outputs=_v2_outputs(predictions))
+
+    @app.get("/v2/models/{name}", response_model=V2ModelMetadata)
+    async def metadata_v2(name: str) -> V2ModelMetadata:
+        """v2 model metadata: one BYTES input, two outputs."""
+        _check_name(name, predictor)
+        classes = len(predictor.class_names)
+        return V2ModelMetadata(
+            name=predictor.name, versions=["1"], platform="pytorch",
+            inputs=[V2TensorMetadata(name="image", datatype="BYTES", shape=[-1])],
+            outputs=[V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, classes]),
+                     V2TensorMetadata(name="label", datatype="INT64", shape=[-1])])
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready_v2(name: str) -> dict:
+        _check_name(name, predictor)
+        return {"name": predictor.name, "ready": True}
+
+    @app.get("/v2")
+    async def server_metadata_v2() -> dict:
+        return {"name": "zipgate-demo-vendor", "version": __version__, "extensions": []}
+
+    @app.get("/v2/health/ready")
+    async def ready_v2() -> dict:
+        return {"ready": True}  # the model loads in the factory, so a running server is ready
+
+    @app.get("/v2/health/live")
+    async def live_v2() -> dict:
+        return {"live": True}
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "model": predictor.name, "attack": predictor.attack}
+
+    return app
+
+
+def run_demo_vendor(model_dir: Path, host: str = "127.0.0.1", port: int = 9000, model_name: str = "fmnist") -> None:
+    """Serve `model_dir` with uvicorn until interrupted (blocking).
+
+    Raises:
+        FileNotFoundError, ValueError, RuntimeError: the model folder is missing or invalid.
+    """
+    if not logging.getLogger().handlers:  # make the per-request log lines visible when run from the CLI
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_vendor_app(Path(model_dir), model_name), host=host, port=port, log_level="info")
