@@ -35,6 +35,40 @@ def _image_paths(inputs: list[Path]) -> list[Path]:
 
 
 @app.command()
+def serve(
+    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON settings file (ZIPGATE_* env vars win).")] = None,
+) -> None:
+    """Run the gateway (settings from ZIPGATE_* environment variables and/or --config)."""
+    from service.api.server import run_gateway
+    from service.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings(config)
+        code = run_gateway(settings)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    keep_running: Annotated[bool, typer.Option(help="Leave the vendor and the gateway up afterwards.")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON settings file for the gateway.")] = None,
+) -> None:
+    """The main job: demo vendor (BadNets) + gateway on loopback; clean and triggered images, direct and purified."""
+    from service.config import ConfigError, load_settings
+    from service.demo.main_job import run_demo
+
+    try:
+        code = run_demo(load_settings(config), keep_running)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@app.command()
 def purify(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder for purified PNGs.")] = Path("purified"),

@@ -63,7 +63,9 @@ class EpsModel:
                  dtype: torch.dtype = torch.float32) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
-        self.unet = unet.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+        # nn.Module.to, not ModelMixin.to: the latter warns on every cast about fp32-pinned modules,
+        # which UNet2DModel does not have.
+        self.unet = torch.nn.Module.to(unet, device=self.device, dtype=dtype).eval().requires_grad_(False)
         config = unet.config
         self.channels: int = int(config.in_channels)
         self.sample_size: int = _as_int_size(config.sample_size)
@@ -116,7 +118,8 @@ def load_unet(path: Path | str) -> UNet2DModel:
     if class_name not in (None, "UNet2DModel"):
         raise ModelLoadError(f"'{path}' holds a {class_name}; only UNet2DModel ε-models are supported")
     try:
-        return UNet2DModel.from_pretrained(path, local_files_only=True)
+        # low_cpu_mem_usage needs `accelerate`; these models are small enough to load plainly.
+        return UNet2DModel.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load the UNet in '{path}': {exc}") from exc
 

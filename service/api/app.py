@@ -1,0 +1,137 @@
+"""`create_app(settings)`: the FastAPI gateway, its middleware, routes, and the one lifespan.
+
+The lifespan opens the shared httpx client and the worker pool and closes both. The pool loads
+its models in the background, so `/healthz` answers at once and `/readyz` turns 200 when the
+workers run; on shutdown `/readyz` turns 503, queued work drains, then everything closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+
+from service import __version__
+from service.api.errors import install_error_handlers
+from service.api.gateway import EngineInfo, Gateway
+from service.api.lifecycle import Lifecycle
+from service.api.middleware import GatewayMiddleware
+from service.api.routes_health import build_health_router
+from service.api.routes_predict import build_predict_router
+from service.api.routes_sidecar import build_sidecar_router
+from service.api.security import api_key_dependency
+from service.config import ConfigError, Settings
+from service.metrics import GatewayMetrics
+from service.upstream import RetryPolicy, Upstream, UpstreamProtocol, build_upstream, make_http_client
+from service.workers import PoolConfig, PurifierFactory, WorkerPool, resolve_devices, zip_purifier_factory
+
+logger = logging.getLogger(__name__)
+
+RAW_SIDECAR_ON_PREDICT = "/predict"
+DESCRIPTION = """\
+Purifies every image with ZIP (zero-shot diffusion purification) before a black-box vendor model
+sees it. `POST /predict` returns the vendor's predictions; `POST /purify` returns the purified
+images; the vendor's own paths (`/v1/models/{name}:predict`, `/v2/models/{name}/infer`, and the
+raw image path) work as a drop-in sidecar. Every error is `{"error": {"code", "message", "request_id"}}`.
+"""
+
+
+def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None = None,
+               metrics: GatewayMetrics | None = None) -> FastAPI:
+    """Build the gateway app for `settings`.
+
+    Args:
+        settings: the validated settings.
+        purifier_factory: device → purifier; default ZIP with `settings.model_path` (tests inject fakes).
+        metrics: collectors to record into (default: a fresh registry for this app).
+
+    Returns:
+        The FastAPI app; nothing is opened until its lifespan starts.
+
+    Raises:
+        ConfigError: the devices spec is invalid, or the model path does not exist.
+    """
+    metrics = metrics or GatewayMetrics()
+    lifecycle = Lifecycle()
+    pool_config = _pool_config(settings) if settings.purification_enabled else None
+    if pool_config is not None and purifier_factory is None:
+        if not settings.model_path.is_dir():
+            raise ConfigError(f"model_path '{settings.model_path}' is not a directory; point ZIPGATE_MODEL_PATH at "
+                              "a diffusers UNet2DModel folder (e.g. models/fmnist-ddpm) or disable purification")
+        purifier_factory = zip_purifier_factory(settings.model_path, settings.transforms, settings.guidance_power,
+                                                settings.eta, settings.dtype)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        client = make_http_client(settings.upstream_connect_timeout_s, settings.upstream_timeout_s,
+                                  settings.upstream_max_connections)
+        pool = None if pool_config is None else WorkerPool(pool_config, purifier_factory, metrics)  # type: ignore[arg-type]
+        starting: asyncio.Task[None] | None = None
+        try:
+            gateway = Gateway(settings, metrics, lifecycle, pool, _upstream(settings, client, settings.upstream_protocol),
+                              {protocol: _upstream(settings, client, protocol) for protocol in UpstreamProtocol})
+            # One source of truth, read at scrape time (the pool's own writes to the gauge are overridden).
+            metrics.ready.set_function(lambda: float(gateway.ready))
+            if pool is None:
+                lifecycle.mark_ready()
+            else:
+                starting = asyncio.create_task(_start_pool(pool, lifecycle), name="zipgate-pool-start")
+            yield {"gateway": gateway}
+        finally:
+            lifecycle.begin_drain()
+            if starting is not None and not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+            if pool is not None:
+                await pool.drain(settings.drain_timeout_s)
+                await pool.close()
+            await client.aclose()
+            logger.info("gateway stopped")
+
+    app = FastAPI(title="zipgate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.lifecycle = lifecycle  # for the server's signal handler (drain before uvicorn stops)
+    install_error_handlers(app)
+    dependencies = [Depends(api_key_dependency(settings.api_key))] if settings.api_key is not None else []
+    raw_on_predict = settings.upstream_raw_path == RAW_SIDECAR_ON_PREDICT
+    app.include_router(build_predict_router(dependencies, raw_on_predict, settings.purification_enabled))
+    app.include_router(build_sidecar_router(dependencies, None if raw_on_predict else settings.upstream_raw_path))
+    app.include_router(build_health_router(metrics))
+    app.add_middleware(GatewayMiddleware, metrics=metrics, lifecycle=lifecycle,
+                       max_request_bytes=settings.max_request_bytes)
+    return app
+
+
+def _pool_config(settings: Settings) -> PoolConfig:
+    try:
+        devices = resolve_devices(settings.devices)
+    except ValueError as exc:
+        raise ConfigError(f"devices (env ZIPGATE_DEVICES): {exc}") from exc
+    return PoolConfig(devices=devices, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+                      queue_limit=settings.queue_limit, drain_timeout_s=settings.drain_timeout_s,
+                      default_steps=settings.steps, adaptive_steps_min=settings.adaptive_steps_min,
+                      adaptive_target_wait_ms=settings.adaptive_target_wait_ms)
+
+
+def _upstream(settings: Settings, client: Any, protocol: UpstreamProtocol) -> Upstream:
+    return build_upstream(protocol, client, settings.upstream_url, settings.upstream_model, settings.upstream_raw_path,
+                          retry=RetryPolicy(max_retries=settings.upstream_retries),
+                          total_timeout_s=settings.upstream_timeout_s)
+
+
+async def _start_pool(pool: WorkerPool, lifecycle: Lifecycle) -> None:
+    """Load the models and start the workers; readiness follows, or FAILED with the reason."""
+    try:
+        await pool.start()
+        EngineInfo.from_device_info(pool.device_info)  # the request path needs size and channels
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bad model or device must show in /readyz and the log, not vanish in a task
+        logger.exception("the worker pool failed to start")
+        lifecycle.mark_failed(f"start-up failed: {type(exc).__name__}: {exc}")
+        return
+    lifecycle.mark_ready()
+    logger.info("gateway ready", extra={"devices": pool.device_info})

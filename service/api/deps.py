@@ -1,0 +1,81 @@
+"""What every purifying route needs: the running gateway, the request's context, error docs."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Query, Request
+
+from service.api.gateway import Gateway, RequestContext
+from service.api.logging import REQUEST_ID
+from service.api.middleware import timings_of
+from service.api.schemas import ErrorResponse
+from service.errors import BadRequest
+
+TIMEOUT_HEADER = "X-Request-Timeout"
+MAX_SEED = 2**63 - 1
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Undecodable or empty image, invalid JSON or base64, bad header.",
+        401: "Missing or wrong API key (only when one is configured).",
+        413: "Over the byte, pixel or image-count limit.",
+        415: "Unsupported Content-Type or image format.",
+        422: "JSON or parameters of the wrong shape.",
+        429: "Purification queue full; see Retry-After.",
+        500: "The purification batch failed, or an unexpected error.",
+        502: "The vendor API failed: 5xx, refused, reset, or an unreadable answer.",
+        503: "Starting (model loading) or draining for shutdown.",
+        504: "The request's deadline or the vendor's timeout passed.",
+    }.items()
+}
+
+SeedQuery = Annotated[int | None, Query(ge=0, le=MAX_SEED, description=(
+    "Noise seed: the same seed gives the same purified image (image i uses seed + i). Default: random."))]
+TimeoutHeader = Annotated[str | None, Header(alias=TIMEOUT_HEADER, description=(
+    "Seconds this request may take before 504 (default request_timeout_s, capped at max_request_timeout_s)."))]
+
+
+# Dependencies are `async def` on purpose: FastAPI runs plain `def` ones in a worker thread,
+# two thread hops per request that cost more than everything else the proxy does.
+async def get_gateway(request: Request) -> Gateway:
+    """The running gateway, from the lifespan's state."""
+    return request.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def request_context(request: Request, gateway: Gateway, seed: int | None, timeout_header: str | None
+                    ) -> RequestContext:
+    """The context the stages run under: id, deadline (from the header, capped), seed, timings.
+
+    Raises:
+        BadRequest: X-Request-Timeout is not a positive number of seconds.
+    """
+    settings = gateway.settings
+    timeout_s = settings.request_timeout_s
+    if timeout_header is not None:
+        try:
+            timeout_s = float(timeout_header)
+        except ValueError:
+            timeout_s = math.nan
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise BadRequest(f"{TIMEOUT_HEADER} must be a positive number of seconds, got {timeout_header!r}")
+        timeout_s = min(timeout_s, settings.max_request_timeout_s)  # "within a maximum": capped, not refused
+    timings = timings_of(request.scope)
+    deadline = time.monotonic() + timeout_s - timings.elapsed_s()  # counted from the request's arrival
+    return RequestContext(request_id=REQUEST_ID.get() or "", deadline=deadline, seed=seed, timings=timings,
+                          receive=request.receive)
+
+
+async def context_dependency(request: Request, gateway: GatewayDep, seed: SeedQuery = None,
+                       x_request_timeout: TimeoutHeader = None) -> RequestContext:
+    """FastAPI dependency form of `request_context` (declares `seed` and X-Request-Timeout in OpenAPI)."""
+    return request_context(request, gateway, seed, x_request_timeout)
+
+
+ContextDep = Annotated[RequestContext, Depends(context_dependency)]

@@ -1,0 +1,315 @@
+"""The gateway's runtime: resources the lifespan opens, and the request stages that use them.
+
+A request moves through `decode` (headers checked first; large images in a thread) → `purify`
+(worker pool) → `predict` or `forward` (vendor API); each stage is timed into the request's
+`RequestTimings` (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from PIL import Image
+from starlette.types import Receive
+
+from service.api.decode import ImageLimits, encode_png, load_image, open_image
+from service.api.errors import ClientDisconnected
+from service.api.lifecycle import Lifecycle
+from service.api.schemas import PurificationInfo, Readiness
+from service.api.timing import RequestTimings
+from service.config import Settings
+from service.errors import BadRequest, NotReady, UpstreamError, UpstreamTimeout
+from service.metrics import GatewayMetrics, Stage
+from service.purify.imaging import pil_to_tensor, tensor_to_pil
+from service.purify.pipeline import FittedBatch, fit_to_model
+from service.purify.transforms import LinearTransform, parse_transforms, project
+from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
+from service.workers import WorkerPool
+
+T = TypeVar("T")
+PNG = "image/png"
+# Up to this many pixels per request, decoding on the event loop (tens of µs) beats a hop to a
+# thread, which under GIL contention costs up to the 5 ms switch interval. Larger ones go to a thread.
+INLINE_DECODE_MAX_PIXELS = 256 * 256
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """The loaded diffusion model as the request path needs it."""
+
+    model: str
+    sample_size: int
+    channels: int
+    device: str  # every worker's device, e.g. "cpu" or "cuda:0,cuda:1"
+    dtype: str
+
+    @classmethod
+    def from_device_info(cls, workers: list[dict[str, object]]) -> EngineInfo:
+        """Build from `WorkerPool.device_info` (all workers hold the same model).
+
+        Raises:
+            ValueError: the purifier did not report the model's size and channels.
+        """
+        first = workers[0]
+        if "sample_size" not in first or "channels" not in first:
+            raise ValueError("the purifier factory must return a purifier with `.info` (an EpsModelInfo): "
+                             "the gateway needs the model's sample_size and channels")
+        return cls(model=str(first["model"]), sample_size=int(first["sample_size"]),  # type: ignore[call-overload]
+                   channels=int(first["channels"]), device=",".join(str(w["device"]) for w in workers),  # type: ignore[call-overload]
+                   dtype=",".join(sorted({str(w["dtype"]) for w in workers})))
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the stages need to know about the request they serve."""
+
+    request_id: str
+    deadline: float  # time.monotonic() seconds
+    seed: int | None
+    timings: RequestTimings
+    receive: Receive  # the server's receive, to notice a client that hangs up
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A request's images decoded, and (when purifying) fitted to the model's canvas."""
+
+    originals: list[bytes]
+    images: list[Image.Image]
+    fitted: FittedBatch | None
+
+
+@dataclass(frozen=True)
+class PreparedImages:
+    """What goes to the vendor: purified PNGs, or the originals when purification is off."""
+
+    blobs: list[bytes]
+    content_type: str
+    steps: int | None  # None when not purified
+
+
+@dataclass(frozen=True)
+class PurifiedBatch:
+    """Purified images as PNG at their original sizes, and optionally A⁺A x beside them."""
+
+    pngs: list[bytes]
+    degraded_pngs: list[bytes] | None
+    steps: int
+
+
+async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    Call only after the request body was read: from then on `receive` yields nothing but the
+    `http.disconnect` message.
+
+    Raises:
+        ClientDisconnected: the client left; `work` was cancelled (the pool withdraws its items).
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    if task.cancelled() or not task.done():
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnected("the client disconnected before its images were purified")
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Gateway:
+    """The resources of one running gateway and the stages of a request.
+
+    Args:
+        settings: the validated settings.
+        metrics: the app's collectors.
+        lifecycle: readiness, flipped by the lifespan and the server.
+        pool: the worker pool (None when purification is off).
+        upstream: the adapter `POST /predict` sends to (the configured protocol).
+        sidecars: one adapter per protocol for the sidecar routes (same vendor and client).
+    """
+
+    def __init__(self, settings: Settings, metrics: GatewayMetrics, lifecycle: Lifecycle,
+                 pool: WorkerPool | None, upstream: Upstream, sidecars: Mapping[UpstreamProtocol, Upstream]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.pool = pool
+        self.upstream = upstream
+        self.sidecars = dict(sidecars)
+        self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self._engine: EngineInfo | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Started, not draining, and (when purifying) every worker alive."""
+        return self.lifecycle.state is Readiness.READY and (self.pool is None or self.pool.ready)
+
+    @property
+    def engine(self) -> EngineInfo:
+        """The loaded model (size, channels, devices).
+
+        Raises:
+            NotReady: the pool has not started yet (or purification is off).
+        """
+        if self._engine is None:
+            if self.pool is None or not self.pool.ready:
+                raise NotReady(self.not_ready_reason())
+            self._engine = EngineInfo.from_device_info(self.pool.device_info)
+        return self._engine
+
+    def not_ready_reason(self) -> str:
+        """Why requests are refused right now (for 503 messages and /readyz)."""
+        if self.lifecycle.state is Readiness.READY and self.pool is not None and not self.pool.ready:
+            return "the worker pool stopped; see the server log"
+        return self.lifecycle.detail or "not ready"
+
+    def require_ready(self) -> None:
+        """Raises NotReady (503) unless requests can be served now."""
+        if not self.ready:
+            raise NotReady(self.not_ready_reason())
+
+    def purification_info(self, steps: int) -> PurificationInfo:
+        """The response's `purification` block."""
+        engine = self.engine
+        return PurificationInfo(model=engine.model, transforms=self.settings.transforms, steps=steps,
+                                guidance_power=self.settings.guidance_power, device=engine.device, dtype=engine.dtype)
+
+    # --- stages -----------------------------------------------------------------------------
+
+    async def decode(self, blobs: list[bytes], ctx: RequestContext, *, fit: bool) -> DecodedBatch:
+        """Decode (limits checked on the headers first) and, with `fit`, convert to tensors at the model size.
+
+        Raises:
+            BadRequest, PayloadTooLarge, UnsupportedMediaType: see `service.api.decode`.
+        """
+        engine = self.engine if fit else None
+        with ctx.timings.measure(Stage.DECODE):
+            opened = [open_image(blob, self.limits, f"image {i}") for i, blob in enumerate(blobs)]  # headers only
+            if sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS:
+                return _decode_batch(blobs, opened, engine)
+            return await asyncio.to_thread(_decode_batch, blobs, opened, engine)
+
+    async def purify(self, decoded: DecodedBatch, ctx: RequestContext, *, include_degraded: bool = False
+                     ) -> PurifiedBatch:
+        """Purify in the pool (withdrawn if the client hangs up); PNGs at the original sizes.
+
+        Raises:
+            NotReady, Overloaded, DeadlineExceeded, PurificationFailed, PayloadTooLarge: from the pool.
+            ClientDisconnected: the client left while its images waited.
+        """
+        if self.pool is None or decoded.fitted is None:
+            raise NotReady("purification is disabled on this gateway (purification_enabled=false)")
+        fitted = decoded.fitted
+        result = await until_disconnected(ctx.receive, self.pool.submit(
+            fitted.canvases, request_id=ctx.request_id, deadline=ctx.deadline, seed=ctx.seed))
+        ctx.timings.add(Stage.QUEUE, result.queue_s)
+        ctx.timings.add(Stage.PURIFY, result.purify_s)
+        degrade = parse_transforms(self.settings.transforms, self.engine.channels)[0] if include_degraded else None
+        with ctx.timings.measure(Stage.PURIFY):  # cutting back to the original sizes and PNG encoding
+            pngs, degraded = await asyncio.to_thread(_finish_batch, fitted, result.images, degrade)
+        return PurifiedBatch(pngs=pngs, degraded_pngs=degraded, steps=result.steps)
+
+    async def prepare(self, blobs: list[bytes], ctx: RequestContext) -> PreparedImages:
+        """Decode and purify images for the vendor; with purification off, validate and pass the originals."""
+        purifying = self.pool is not None
+        decoded = await self.decode(blobs, ctx, fit=purifying)
+        if not purifying:
+            return PreparedImages(*_originals_for_vendor(decoded), steps=None)
+        purified = await self.purify(decoded, ctx)
+        return PreparedImages(purified.pngs, PNG, purified.steps)
+
+    async def predict(self, prepared: PreparedImages, ctx: RequestContext) -> UpstreamResult:
+        """Send images to the vendor in the configured protocol; one prediction per image.
+
+        Raises:
+            UpstreamTimeout, UpstreamError, UpstreamRejected: see `Upstream.predict`.
+        """
+        with self._upstream_call(ctx) as outcome:
+            result = await self.upstream.predict(prepared.blobs, ctx.request_id, prepared.content_type)
+            outcome.status = str(result.status_code)
+        return result
+
+    async def forward(self, adapter: Upstream, path: str, body: bytes, headers: Mapping[str, str],
+                      content_type: str | None, ctx: RequestContext) -> RelayedResponse:
+        """Relay a (rewritten) sidecar request to the same path upstream; the answer comes back unchanged.
+
+        Raises:
+            UpstreamTimeout, UpstreamError: transport failures only (a vendor 4xx/5xx is relayed).
+        """
+        with self._upstream_call(ctx) as outcome:
+            relayed = await adapter.forward("POST", path, body, headers, request_id=ctx.request_id,
+                                            content_type=content_type)
+            outcome.status = str(relayed.status_code)
+        return relayed
+
+    def _upstream_call(self, ctx: RequestContext) -> _UpstreamCall:
+        return _UpstreamCall(self.metrics, ctx.timings)
+
+
+class _UpstreamCall:
+    """Times a vendor call into the request's upstream stage and the upstream metrics."""
+
+    def __init__(self, metrics: GatewayMetrics, timings: RequestTimings) -> None:
+        self._metrics = metrics
+        self._timings = timings
+        self.status = "error"
+        self._started = 0.0
+
+    def __enter__(self) -> _UpstreamCall:
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        seconds = time.perf_counter() - self._started
+        if isinstance(exc, UpstreamTimeout):
+            self.status = "timeout"
+        elif isinstance(exc, UpstreamError) and exc.upstream_status is not None:
+            self.status = str(exc.upstream_status)
+        self._timings.add(Stage.UPSTREAM, seconds)
+        self._metrics.upstream_requests.labels(self.status).inc()
+        self._metrics.upstream_duration.observe(seconds)
+
+
+def _decode_batch(blobs: list[bytes], opened: list[Image.Image], engine: EngineInfo | None) -> DecodedBatch:
+    images = [load_image(image, f"image {i}") for i, image in enumerate(opened)]
+    if engine is None:
+        return DecodedBatch(blobs, images, None)
+    tensors = []
+    for i, image in enumerate(images):
+        try:
+            tensors.append(pil_to_tensor(image, engine.channels))
+        except (ValueError, OSError) as exc:  # exotic pixel modes PIL cannot convert
+            raise BadRequest(f"image {i}: pixel mode {image.mode} cannot be converted: {exc}") from exc
+    return DecodedBatch(blobs, images, fit_to_model(tensors, engine.sample_size))
+
+
+def _finish_batch(fitted: FittedBatch, purified: torch.Tensor, degrade: LinearTransform | None
+                  ) -> tuple[list[bytes], list[bytes] | None]:
+    pngs = [encode_png(tensor_to_pil(x)) for x in fitted.restore(purified)]
+    if degrade is None:
+        return pngs, None
+    degraded = project(degrade, fitted.canvases)
+    return pngs, [encode_png(tensor_to_pil(x)) for x in fitted.restore(degraded)]
+
+
+def _originals_for_vendor(decoded: DecodedBatch) -> tuple[list[bytes], str]:
+    """The client's bytes when all share one format (their media type says it); else PNG re-encodes."""
+    formats = {image.format for image in decoded.images}
+    if len(formats) == 1 and (fmt := formats.pop()) and fmt in Image.MIME:
+        return decoded.originals, Image.MIME[fmt]
+    return [encode_png(image) for image in decoded.images], PNG

@@ -1,0 +1,121 @@
+"""Images out of a gateway API request: multipart `image` parts, JSON base64, or a raw image body."""
+
+from __future__ import annotations
+
+import enum
+import math
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from service.api.schemas import PredictJsonRequest
+from service.errors import BadRequest, InvalidShape, PayloadTooLarge, UnsupportedMediaType
+from service.upstream.wire import decode_image as decode_base64_image
+from service.upstream.wire import is_json_media_type, media_type
+
+IMAGE_FIELD = "image"
+# Raw image bodies: any image type, or the generic binary types SageMaker-style clients send.
+_RAW_BINARY_TYPES = frozenset({"application/octet-stream", "application/x-image"})
+
+
+class InputKind(str, enum.Enum):
+    """How a request carries its images."""
+
+    MULTIPART = "multipart/form-data"
+    JSON = "application/json"
+    RAW_IMAGE = "image/*"
+
+
+def input_kind(content_type: str | None) -> InputKind:
+    """Classify a request by its Content-Type.
+
+    Raises:
+        UnsupportedMediaType: none of multipart/form-data, JSON, image/* or octet-stream.
+    """
+    kind = media_type(content_type)
+    if kind == "multipart/form-data":
+        return InputKind.MULTIPART
+    if is_json_media_type(kind):
+        return InputKind.JSON
+    if kind.startswith("image/") or kind in _RAW_BINARY_TYPES:
+        return InputKind.RAW_IMAGE
+    raise UnsupportedMediaType(
+        f"Content-Type {kind or '(none)'!r} is not accepted; send multipart/form-data with 'image' parts, "
+        'application/json {"images": ["<base64>", ...]}, or one image as the body (image/png, image/jpeg, ...)'
+    )
+
+
+async def read_images(request: Request, kind: InputKind, max_images: int, max_image_bytes: int) -> list[bytes]:
+    """The encoded images of a request, in order (not decoded yet).
+
+    Args:
+        request: the request (its body is read here).
+        kind: from `input_kind`.
+        max_images: most images allowed.
+        max_image_bytes: most bytes per image (base64 strings are checked before decoding).
+
+    Raises:
+        PayloadTooLarge: too many images, or one over the byte limit (413).
+        InvalidShape: no `image` part, or JSON not of the form {"images": [...]} (422).
+        BadRequest: invalid JSON or base64, an empty body (400).
+    """
+    if kind is InputKind.MULTIPART:
+        return await _multipart_images(request, max_images)
+    body = await request.body()
+    if kind is InputKind.RAW_IMAGE:
+        if not body:
+            raise BadRequest("the request body is empty; send the image bytes as the body")
+        return [body]
+    return _json_images(body, max_images, max_image_bytes)
+
+
+async def _multipart_images(request: Request, max_images: int) -> list[bytes]:
+    # max_files bounds the parts parsed at all; one over the limit is enough to say "too many".
+    try:
+        form = await request.form(max_files=max_images + 1, max_fields=100)
+    except HTTPException as exc:
+        # Starlette reports its own part limits as a 400 with this text; for files it is our 413.
+        if "too many files" in str(exc.detail).lower():
+            raise PayloadTooLarge(f"more than {max_images} images in one request; the limit is {max_images} "
+                                  "(max_images_per_request): split the request") from exc
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from exc
+    try:
+        parts = form.getlist(IMAGE_FIELD)
+        if not parts:
+            raise InvalidShape(f"multipart body has no '{IMAGE_FIELD}' part; send each image as a file "
+                               f"in a field named '{IMAGE_FIELD}' (curl -F {IMAGE_FIELD}=@x.png)")
+        _check_count(len(parts), max_images)
+        images = []
+        for i, part in enumerate(parts):
+            if not isinstance(part, UploadFile):
+                raise InvalidShape(f"multipart '{IMAGE_FIELD}' part {i} is a text field; send it as a file")
+            images.append(await part.read())
+        return images
+    finally:
+        await form.close()  # spooled temporary files
+
+
+def _json_images(body: bytes, max_images: int, max_image_bytes: int) -> list[bytes]:
+    try:
+        parsed = PredictJsonRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if any(error["type"] == "json_invalid" for error in errors):
+            raise BadRequest("the body is not valid JSON; send {\"images\": [\"<base64>\", ...]}") from exc
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3])
+        raise InvalidShape(f'expected {{"images": ["<base64>", ...]}}: {problems}') from exc
+    _check_count(len(parsed.images), max_images)
+    images = []
+    for i, text in enumerate(parsed.images):
+        if math.ceil(len(text) / 4) * 3 > max_image_bytes + 2:  # decoded size ≈ 3/4 of the text, checked first
+            raise PayloadTooLarge(f"images[{i}] decodes to more than {max_image_bytes} bytes (max_image_bytes)")
+        images.append(decode_base64_image(text, f"images[{i}]"))
+    return images
+
+
+def _check_count(count: int, max_images: int) -> None:
+    if count > max_images:
+        raise PayloadTooLarge(f"{count} images in one request; the limit is {max_images} "
+                              "(max_images_per_request): split the request")

@@ -1,0 +1,145 @@
+"""The one ASGI middleware around every request: id, limits, drain gate, timing, metrics, last-resort 500.
+
+Pure ASGI rather than Starlette's BaseHTTPMiddleware: handlers keep the server's own `receive`,
+so they can notice a client that hangs up while its images wait in the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import gateway_error_response, internal_error_response
+from service.api.lifecycle import Lifecycle
+from service.api.logging import request_id_context
+from service.api.timing import RequestTimings
+from service.errors import NotReady, PayloadTooLarge
+from service.metrics import GatewayMetrics
+
+logger = logging.getLogger("zipgate.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+# Printable ASCII without spaces, bounded: safe to log, echo and forward upstream.
+_REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
+# Probes and scrapes must answer while starting or draining, and without an API key.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UNMATCHED_ENDPOINT = "unmatched"  # one label for every unknown path: no label explosion from scanners
+TIMINGS_STATE_KEY = "zipgate_timings"
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; never sent, only counted
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID if it is a sane token, else a fresh uuid4 hex."""
+    for name, value in headers:
+        if name.lower() == b"x-request-id":
+            text = value.decode("latin-1")
+            if _REQUEST_ID_PATTERN.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+def timings_of(scope: Scope) -> RequestTimings:
+    """The current request's timings (set by `GatewayMiddleware`; a fresh one outside it)."""
+    state = scope.setdefault("state", {})
+    return state.setdefault(TIMINGS_STATE_KEY, RequestTimings())
+
+
+class GatewayMiddleware:
+    """Around every HTTP request: take or make X-Request-ID and log with it; refuse bodies over
+    `max_request_bytes` (declared or streamed) with 413; refuse work while draining with 503;
+    add X-Request-ID and Server-Timing to the response; count it in the request metrics; and turn
+    any unexpected exception into a JSON 500.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics, lifecycle: Lifecycle,
+                 max_request_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.lifecycle = lifecycle
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope["headers"])
+        timings = RequestTimings()
+        scope.setdefault("state", {})[TIMINGS_STATE_KEY] = timings
+        status = 500
+        started_response = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, started_response
+            if message["type"] == "http.response.start":
+                status, started_response = message["status"], True
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"server-timing", timings.server_timing(timings.elapsed_s()).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        with request_id_context(request_id):
+            self.metrics.inflight.inc()
+            try:
+                await self._handle(scope, receive, send_with_headers)
+            except Exception:
+                logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+                if started_response:
+                    raise  # too late for a JSON body; the server closes the connection
+                await internal_error_response()(scope, receive, send_with_headers)
+            finally:
+                self.metrics.inflight.dec()
+                self._record(scope, status, timings)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.lifecycle.draining and scope["path"] not in PROBE_PATHS:
+            await gateway_error_response(NotReady(self.lifecycle.detail))(scope, receive, send)
+            return
+        declared = _content_length(scope["headers"])
+        if declared is not None and declared > self.max_request_bytes:
+            error = PayloadTooLarge(f"request body of {declared} bytes; the limit is {self.max_request_bytes} bytes "
+                                    "(max_request_bytes): send fewer or smaller images")
+            await gateway_error_response(error)(scope, receive, send)
+            return
+        await self.app(scope, _limited_receive(receive, self.max_request_bytes), send)
+
+    def _record(self, scope: Scope, status: int, timings: RequestTimings) -> None:
+        route: Any = scope.get("route")
+        endpoint = getattr(route, "path", None) or UNMATCHED_ENDPOINT
+        elapsed_s = timings.elapsed_s()
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        self.metrics.request_duration.labels(endpoint).observe(elapsed_s)
+        for stage, seconds in timings.stages.items():
+            self.metrics.stage_duration.labels(stage.value).observe(seconds)
+        logger.info("%s %s -> %d in %.1f ms", scope["method"], scope["path"], status, elapsed_s * 1e3,
+                    extra={"endpoint": endpoint, "status": status, "duration_ms": round(elapsed_s * 1e3, 3)})
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _limited_receive(receive: Receive, limit_bytes: int) -> Receive:
+    """`receive` that raises PayloadTooLarge once the streamed body passes `limit_bytes`
+    (a chunked body has no Content-Length to check up front)."""
+    received = 0
+
+    async def wrapped() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit_bytes:
+                raise PayloadTooLarge(f"request body over the limit of {limit_bytes} bytes (max_request_bytes)")
+        return message
+
+    return wrapped
+

@@ -1,0 +1,95 @@
+"""The gateway's own API: `POST /predict` (purify, then ask the vendor) and `POST /purify`."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
+from service.api.inputs import InputKind, input_kind, read_images
+from service.api.routes_sidecar import relay
+from service.api.schemas import EXAMPLE_PNG_B64, Include, PredictResponse, PurifyResponse
+from service.upstream import UpstreamProtocol
+
+_IMAGES_OPENAPI: dict[str, Any] = {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {"image": {
+        "type": "array", "items": {"type": "string", "format": "binary"},
+        "description": "One part per image, all named 'image'."}}}},
+    "application/json": {"schema": {"$ref": "#/components/schemas/PredictJsonRequest"},
+                         "example": {"images": [EXAMPLE_PNG_B64]}},
+}
+_RAW_IMAGE_OPENAPI: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+PURIFY_STEPS_HEADER = "X-Purification-Steps"
+
+
+def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict: bool,
+                         purification_enabled: bool) -> APIRouter:
+    """`POST /predict`, and `POST /purify` when purification is on.
+
+    Args:
+        gateway_dependencies: route dependencies (the API key check, when configured).
+        raw_sidecar_on_predict: the raw protocol's path is /predict, so an image body on
+            /predict is a sidecar request (relayed); otherwise it is one image for this API.
+        purification_enabled: mount /purify (without a model it could only ever fail).
+
+    Returns:
+        The router.
+    """
+    router = APIRouter(tags=["purification"], dependencies=gateway_dependencies)
+    raw_description = ("an image body (image/*, application/octet-stream) is the vendor's raw protocol: purified "
+                       "and relayed as the vendor answers it (sidecar mode)" if raw_sidecar_on_predict
+                       else "an image body (image/*) is one image")
+    predict_body = {"requestBody": {"required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}}
+
+    @router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=predict_body,
+                 description=f"Purify each image, send it to the vendor, return its predictions. Multipart 'image' "
+                             f"parts or JSON base64 images; {raw_description}.")
+    async def predict(request: Request, gateway: GatewayDep, ctx: ContextDep) -> Any:
+        """Purify, then predict with the vendor model."""
+        kind = input_kind(request.headers.get("content-type"))
+        if kind is InputKind.RAW_IMAGE and raw_sidecar_on_predict:
+            return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.RAW], ctx)
+        gateway.require_ready()
+        settings = gateway.settings
+        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
+        prepared = await gateway.prepare(blobs, ctx)
+        result = await gateway.predict(prepared, ctx)
+        purification = gateway.purification_info(prepared.steps) if prepared.steps is not None else None
+        return PredictResponse(request_id=ctx.request_id, predictions=result.predictions,
+                               purification=purification, latency_ms=ctx.timings.latency_ms())
+
+    if not purification_enabled:
+        return router
+
+    @router.post("/purify", response_model=PurifyResponse, openapi_extra={"requestBody": {
+        "required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}},
+        responses={**ERROR_RESPONSES, 200: {"description": (
+            "One image (and no include): the purified PNG, with the steps used in X-Purification-Steps. "
+            "Several images, or include=degraded: JSON with base64 PNGs."),
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def purify(request: Request, gateway: GatewayDep, ctx: ContextDep,
+                     include: Annotated[list[Include], Query(description="degraded: also return A⁺A x")] = [],  # noqa: B006 (FastAPI copies defaults)
+                     ) -> Any:
+        """Purify images and return them (no vendor call)."""
+        kind = input_kind(request.headers.get("content-type"))
+        gateway.require_ready()
+        settings = gateway.settings
+        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
+        decoded = await gateway.decode(blobs, ctx, fit=True)
+        purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include)
+        if len(purified.pngs) == 1 and purified.degraded_pngs is None:
+            return Response(purified.pngs[0], media_type="image/png",
+                            headers={PURIFY_STEPS_HEADER: str(purified.steps)})
+        return PurifyResponse(
+            request_id=ctx.request_id, images=[_b64(png) for png in purified.pngs],
+            degraded=None if purified.degraded_pngs is None else [_b64(png) for png in purified.degraded_pngs],
+            purification=gateway.purification_info(purified.steps), latency_ms=ctx.timings.latency_ms())
+
+    return router
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,128 @@
+"""Pydantic request and response models of the gateway's HTTP API, with OpenAPI examples."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# A 1×1 black PNG, small enough for the docs' "try it out".
+EXAMPLE_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+
+
+class PredictJsonRequest(BaseModel):
+    """`POST /predict` or `/purify` as JSON: base64-encoded images (PNG, JPEG, WebP, BMP, GIF, TIFF)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"images": [EXAMPLE_PNG_B64]}]})
+
+    images: list[str] = Field(min_length=1, description="Base64 (standard alphabet) of each encoded image.")
+
+
+class PurificationInfo(BaseModel):
+    """How the images were purified."""
+
+    # guidance_power may be infinite (mix step off); JSON has no inf, so it travels as "Infinity".
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    model: str = Field(description="Diffusion model name (its directory name).")
+    transforms: str = Field(description="Degradation spec, e.g. 'blur:2'.")
+    steps: int = Field(description="Sampling steps used (fewer than configured under adaptive steps).")
+    guidance_power: float = Field(description="λ of the time-dependent mix.")
+    device: str = Field(description="Device(s) of the worker pool, e.g. 'cpu' or 'cuda:0,cuda:1'.")
+    dtype: str = Field(description="ε-model compute dtype, e.g. 'float32'.")
+
+
+class LatencyMs(BaseModel):
+    """Milliseconds spent in each stage of this request (also in the Server-Timing header)."""
+
+    decode: float
+    queue: float
+    purify: float
+    upstream: float
+    total: float
+
+
+class PredictResponse(BaseModel):
+    """The vendor's prediction for each purified image, with how and how fast."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
+        "predictions": [{"label": 9, "class_name": "ankle boot", "probabilities": [0.0] * 9 + [1.0]}],
+        "purification": {"model": "fmnist-ddpm", "transforms": "blur:2", "steps": 20, "guidance_power": 0.25,
+                         "device": "cpu", "dtype": "float32"},
+        "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 3.1, "total": 186.0},
+    }]})
+
+    request_id: str
+    predictions: list[Any] = Field(description="The vendor's output for each image, in request order, unchanged.")
+    purification: PurificationInfo | None = Field(description="null when purification is disabled.")
+    latency_ms: LatencyMs
+
+
+class Include(str, enum.Enum):
+    """Extra outputs of `POST /purify`."""
+
+    DEGRADED = "degraded"
+
+
+class PurifyResponse(BaseModel):
+    """Purified images as base64 PNGs (and A⁺A x when asked with `?include=degraded`)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
+        "images": [EXAMPLE_PNG_B64],
+        "degraded": None,
+        "purification": {"model": "fmnist-ddpm", "transforms": "blur:2", "steps": 20, "guidance_power": 0.25,
+                         "device": "cpu", "dtype": "float32"},
+        "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 0.0, "total": 183.0},
+    }]})
+
+    request_id: str
+    images: list[str] = Field(description="Base64 PNG of each purified image, at its original size.")
+    degraded: list[str] | None = Field(None, description="Base64 PNG of A⁺A x (the first transform), if asked.")
+    purification: PurificationInfo
+    latency_ms: LatencyMs
+
+
+class HealthResponse(BaseModel):
+    """`GET /healthz`: the process is alive."""
+
+    status: str = "ok"
+
+
+class Readiness(str, enum.Enum):
+    """Where the gateway is in its life."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+class ReadyResponse(BaseModel):
+    """`GET /readyz`: 200 only when the model is loaded and the workers run."""
+
+    status: Readiness
+    detail: str = ""
+    purification_enabled: bool
+    queue_depth: int = 0
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong; `code` is stable, `message` is for humans."""
+
+    code: str = Field(description="Stable error code, e.g. 'payload_too_large'.")
+    message: str
+    request_id: str | None
+    upstream_status: int | None = Field(None, description="The vendor's HTTP status, for upstream errors.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway answers, whatever the status."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
+        "code": "payload_too_large", "message": "image 0: 100000×100000 pixels, the limit is 16777216",
+        "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f"}}]})
+
+    error: ErrorDetail

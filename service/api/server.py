@@ -1,0 +1,103 @@
+"""`run_gateway(settings)`: serve the gateway with uvicorn in this process (`zipgate serve`).
+
+Shutdown on SIGTERM or Ctrl+C, in order: `/readyz` turns 503 and new requests get 503 at once
+(so a load balancer stops sending); uvicorn stops accepting connections and waits up to
+`drain_timeout_s` for requests in flight, whose queued images keep being purified; the
+lifespan drains the pool and closes the vendor client; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+
+from service.api.app import create_app
+from service.api.lifecycle import Lifecycle
+from service.api.logging import configure_logging
+from service.api.schemas import Readiness
+from service.config import Settings
+
+EXIT_OK = 0
+EXIT_START_FAILED = 3  # uvicorn's own code for a failed start-up
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, plus: drain begins the moment a signal arrives, and a failed model load
+    stops the process (instead of a server that is alive but can never become ready)."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.start_failed = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Signal handler: mark draining first (plain attribute writes), then uvicorn's shutdown."""
+        self.lifecycle.begin_drain()
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's 0.1 s housekeeping tick; also exits once start-up has failed."""
+        if self.lifecycle.state is Readiness.FAILED and not self.should_exit:
+            self.start_failed = True
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def gateway_server(settings: Settings) -> GatewayServer:
+    """The configured server, not yet running (the demo runs it in a thread).
+
+    Raises:
+        ConfigError: see `create_app`.
+    """
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, lifespan="on",
+        log_config=None,  # keep our JSON logging (configure_logging) instead of uvicorn's
+        access_log=False,  # GatewayMiddleware logs each request with its id
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+    )
+    return GatewayServer(config, app.state.lifecycle)
+
+
+def run_gateway(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, drain, and return the process exit code.
+
+    Args:
+        settings: the validated settings (host, port, log level and all the rest).
+        sockets: already bound sockets to serve on instead of host/port.
+
+    Returns:
+        0 after a clean shutdown; 3 when the model or the server failed to start.
+
+    Raises:
+        ConfigError: see `create_app`.
+    """
+    configure_logging(settings.log_level.value)
+    server = gateway_server(settings)
+    with _signals_end_cleanly():
+        server.run(sockets=sockets)
+    if server.start_failed or not server.started:
+        return EXIT_START_FAILED
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _signals_end_cleanly() -> Iterator[None]:
+    """After a graceful shutdown uvicorn re-raises the signal that caused it, under the handlers
+    that were installed before it started. With the defaults that would kill a fully drained
+    process with 143 (SIGTERM) or a KeyboardInterrupt trace; orchestrators expect 0."""
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(sig: int, frame: FrameType | None) -> None:
+    """Placeholder handler: the signal was already handled by uvicorn's shutdown."""

@@ -1,0 +1,267 @@
+"""The gateway's settings: one pydantic-settings class, from env (`ZIPGATE_*`) and a config file.
+
+Precedence, highest first: keyword arguments (the CLI), environment variables
+(`ZIPGATE_STEPS=10`), the config file (`--config F` or `ZIPGATE_CONFIG_FILE=F`; YAML or JSON,
+keys are the field names without the prefix), then the defaults below. The defaults run the
+shipped Fashion-MNIST model on CPU against the demo vendor on 127.0.0.1:9000.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from service.purify.models import DType
+from service.upstream.base import UpstreamProtocol
+
+ENV_PREFIX = "ZIPGATE_"
+# Paths the gateway serves itself: a raw sidecar path must not shadow them (/predict is the
+# exception: a raw image body on it is routed to the sidecar, see api/routes_predict.py).
+RESERVED_PATHS = ("/purify", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/v1/", "/v2/")
+
+
+class LogLevel(str, enum.Enum):
+    """Log levels accepted by `log_level` (lower-case, as uvicorn spells them)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class ConfigError(ValueError):
+    """The settings are invalid; the message names each bad setting and how to fix it."""
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Settings from a YAML or JSON file named by `config_file` (keyword) or ZIPGATE_CONFIG_FILE."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any],
+                 env_settings: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._init_kwargs = init_kwargs
+        self._env_settings = env_settings
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        raise NotImplementedError("ConfigFileSource reads the whole file in __call__")
+
+    def __call__(self) -> dict[str, Any]:
+        path = self._init_kwargs.get("config_file") or self._env_settings().get("config_file")
+        if path is None:
+            return {}
+        return read_config_file(Path(path), set(self.settings_cls.model_fields))
+
+
+def read_config_file(path: Path, known: set[str]) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or JSON (.json) settings file into a dict of field values.
+
+    Args:
+        path: the file.
+        known: the valid keys (field names).
+
+    Returns:
+        The file's settings.
+
+    Raises:
+        ConfigError: missing or unreadable file, wrong suffix, not a mapping, or an unknown key.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML or JSON file to --config")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file '{path}' must end in .yaml, .yml or .json, got '{suffix}'")
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file '{path}' is not valid {suffix.lstrip('.').upper()}: {exc}") from exc
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of setting: value, got {type(data).__name__}")
+    unknown = sorted(str(key) for key in data if key not in known or key == "config_file")
+    if unknown:
+        raise ConfigError(
+            f"config file '{path}' has unknown setting(s) {unknown}; valid keys are the setting names "
+            f"without the {ENV_PREFIX} prefix, e.g. 'steps', 'upstream_url' (see README, Configuration)"
+        )
+    return data
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be configured with; see the README's Configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True,
+                                      use_enum_values=False, validate_default=True)
+
+    config_file: Path | None = Field(None, description="YAML/JSON file with further settings (env wins over it).")
+
+    # --- server ---
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in a container.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0 = any free port).")
+    log_level: LogLevel = Field(LogLevel.INFO, description="Minimum level of the JSON logs.")
+
+    # --- purification (the engine) ---
+    purification_enabled: bool = Field(True, description="False: forward images without purifying them.")
+    model_path: Path = Field(Path("models/fmnist-ddpm"), description="diffusers UNet2DModel directory.")
+    transforms: str = Field("blur:2", description="Degradations, e.g. 'blur:4' or 'blur:4,gray' (averaged).")
+    steps: int = Field(20, ge=1, le=1000, description="Sampling steps S of the reverse process.")
+    guidance_power: float = Field(0.25, gt=0, description="λ of the time-dependent mix; 'inf' disables it.")
+    eta: float = Field(1.0, ge=0, le=1, description="η of the DDIM step (1 = ancestral noise).")
+    devices: str = Field("auto", description="'auto' (every CUDA device, else CPU) or a list: 'cuda:0,cuda:1'.")
+    dtype: DType = Field(DType.AUTO, description="ε-model compute dtype: auto (fp16 on CUDA) | fp32 | bf16 | fp16.")
+
+    # --- worker pool ---
+    max_batch_size: int = Field(16, ge=1, description="Images per purification batch at most.")
+    max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits to fill before it runs.")
+    queue_limit: int = Field(256, ge=1, description="Images queued at most; beyond it requests get 429.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Default deadline of a request.")
+    max_request_timeout_s: float = Field(300.0, gt=0, description="Upper bound of an X-Request-Timeout header.")
+    drain_timeout_s: float = Field(30.0, ge=0, description="On shutdown, time given to queued and running work.")
+    adaptive_steps_min: int | None = Field(None, ge=1, description="Opt-in: fewer steps (down to this) under load.")
+    adaptive_target_wait_ms: float = Field(1000.0, gt=0, description="Queue wait above which adaptive steps start.")
+
+    # --- upstream (the vendor API) ---
+    upstream_url: str = Field("http://127.0.0.1:9000", description="Vendor API root URL.")
+    upstream_protocol: UpstreamProtocol = Field(UpstreamProtocol.RAW, description="raw | tfserving | v2.")
+    upstream_model: str = Field("fmnist", min_length=1, description="Model name in tfserving/v2 paths.")
+    upstream_raw_path: str = Field("/predict", description="Vendor path of the raw protocol; also the sidecar path.")
+    upstream_connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to the vendor.")
+    upstream_timeout_s: float = Field(30.0, gt=0, description="Bound on one vendor call, retries included.")
+    upstream_retries: int = Field(2, ge=0, le=10, description="Resends after connection errors only.")
+    upstream_max_connections: int = Field(100, ge=1, description="Connection pool size to the vendor.")
+
+    # --- limits and security ---
+    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Request body size limit.")
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Encoded size limit of one image.")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="Width × height limit, checked before decoding.")
+    max_images_per_request: int = Field(64, ge=1, description="Images in one request at most.")
+    api_key: SecretStr | None = Field(None, description="If set: required as 'Authorization: Bearer' or X-API-Key.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then env, then the config file, then defaults."""
+        init_kwargs = init_settings() if callable(init_settings) else {}
+        return init_settings, env_settings, ConfigFileSource(settings_cls, init_kwargs, env_settings)
+
+    @field_validator("transforms")
+    @classmethod
+    def _check_transforms(cls, spec: str) -> str:
+        from service.purify.transforms import parse_transforms
+
+        # Syntax only (3 channels accepts every spec); "gray" alone on a 1-channel model is caught
+        # when the model is loaded, since only then is its channel count known.
+        try:
+            parse_transforms(spec, channels=3)
+        except ValueError as exc:
+            raise ValueError(f"{exc}") from exc
+        return spec.strip()
+
+    @field_validator("guidance_power")
+    @classmethod
+    def _check_guidance_power(cls, value: float) -> float:
+        if math.isnan(value):
+            raise ValueError("guidance_power must be a positive number or 'inf', got NaN")
+        return value
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _check_upstream_url(cls, url: str) -> str:
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"must be an absolute http(s) URL such as http://vendor:8080, got {url!r}")
+        if parsed.query or parsed.fragment:
+            raise ValueError(f"must not carry a query or fragment, got {url!r}")
+        return url.rstrip("/")
+
+    @field_validator("upstream_raw_path")
+    @classmethod
+    def _check_raw_path(cls, path: str) -> str:
+        if not path.startswith("/") or path == "/":
+            raise ValueError(f"must be a path such as '/predict' or '/invocations', got {path!r}")
+        if any(path == reserved.rstrip("/") or path.startswith(reserved.rstrip("/") + "/") for reserved in
+               RESERVED_PATHS):
+            raise ValueError(f"{path!r} is served by the gateway itself; reserved: {', '.join(RESERVED_PATHS)}")
+        return path
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, key: SecretStr | None) -> SecretStr | None:
+        # ZIPGATE_API_KEY="" in a compose file means "no key", not "the empty key".
+        return key if key is not None and key.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Settings:
+        if self.request_timeout_s > self.max_request_timeout_s:
+            raise ValueError(
+                f"request_timeout_s ({self.request_timeout_s}) exceeds max_request_timeout_s "
+                f"({self.max_request_timeout_s}); raise the maximum or lower the default"
+            )
+        if self.adaptive_steps_min is not None and self.adaptive_steps_min > self.steps:
+            raise ValueError(
+                f"adaptive_steps_min ({self.adaptive_steps_min}) exceeds steps ({self.steps}); "
+                "it is the lower bound adaptive steps may fall to"
+            )
+        if self.max_image_bytes > self.max_request_bytes:
+            raise ValueError(
+                f"max_image_bytes ({self.max_image_bytes}) exceeds max_request_bytes ({self.max_request_bytes}); "
+                "one image must fit in a request"
+            )
+        return self
+
+    def upstream_predict_path(self) -> str:
+        """The vendor path that `POST /predict` results are sent to, by protocol."""
+        return {
+            UpstreamProtocol.RAW: self.upstream_raw_path,
+            UpstreamProtocol.TFSERVING: f"/v1/models/{self.upstream_model}:predict",
+            UpstreamProtocol.V2: f"/v2/models/{self.upstream_model}/infer",
+        }[self.upstream_protocol]
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build `Settings` from keyword overrides, the environment and an optional config file.
+
+    Args:
+        config_file: a YAML or JSON file (else ZIPGATE_CONFIG_FILE, else none).
+        overrides: setting values that win over env and file (e.g. from CLI options).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: a bad file or value; the message names each setting (with its env variable)
+            and what is expected.
+    """
+    if config_file is not None:
+        overrides["config_file"] = Path(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from exc
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per bad setting: its name, its env variable, and pydantic's reason."""
+    lines = ["invalid zipgate settings:"]
+    for error in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        where = f"{name} (env {ENV_PREFIX}{name.upper()})" if error["loc"] else "settings"
+        lines.append(f"  - {where}: {error['msg']}")
+    return "\n".join(lines)

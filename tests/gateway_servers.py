@@ -1,0 +1,183 @@
+"""Test helpers for the gateway: tiny models on disk, fast settings, images, and a running gateway.
+
+Usage:
+    ddpm = tiny_ddpm_dir(tmp_path)
+    with running_vendor(tiny_vendor_dir(tmp_path)) as vendor_url, \
+         running_gateway(gateway_settings(ddpm, vendor_url)) as url:
+        httpx.post(f"{url}/predict", files=[("image", png_bytes())])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from service.api import create_app
+from service.config import Settings, load_settings
+from service.demo.vendor_app import create_vendor_app
+from service.purify.models import EpsModelInfo
+from service.training.classifier import ClassifierArchitecture, VendorClassifier
+from service.training.data import CLASS_NAMES
+from service.training.vendor import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
+from service.workers import PurifierFactory
+from tests.servers import running_server
+from tests.tiny_models import tiny_unet
+
+TINY_SIZE = 16  # the tiny ε-model's side: small inputs are resized to it and back
+
+
+def tiny_ddpm_dir(root: Path, channels: int = 1) -> Path:
+    """A random tiny UNet2DModel saved as a diffusers directory (loads in well under a second)."""
+    path = root / f"tiny-ddpm-{channels}ch"
+    if not (path / "config.json").exists():
+        tiny_unet(channels=channels, size=TINY_SIZE).save_pretrained(path)
+    return path
+
+
+class FakePurifier:
+    """A purifier for the pool that returns its input after `delay_s` (or raises, with `fail`), and
+    counts the images it computed; `busy` is set when the first batch starts."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.delay_s, self.fail = delay_s, fail
+        self.images_computed = 0
+        self.busy = threading.Event()
+        self.info = EpsModelInfo(name="fake", sample_size=TINY_SIZE, channels=1, learned_sigma=False,
+                                 device="cpu", dtype="float32")
+
+    def __call__(self, batch: torch.Tensor, steps: int, generators: object) -> torch.Tensor:
+        self.busy.set()
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("the model exploded")
+        self.images_computed += batch.shape[0]
+        return batch
+
+
+def tiny_vendor_dir(root: Path, seed: int = 0) -> Path:
+    """A random-weight demo-vendor classifier folder in the shipped format (config.json + safetensors)."""
+    path = root / "tiny-vendor"
+    if (path / CONFIG_FILE).exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    architecture = ClassifierArchitecture(block_channels=(4, 8))
+    torch.manual_seed(seed)
+    model = VendorClassifier(architecture).eval()
+    save_file({name: t.contiguous() for name, t in model.state_dict().items()}, str(path / WEIGHTS_FILE),
+              metadata={"format": CONFIG_FORMAT})
+    config = {"format": CONFIG_FORMAT, "architecture": architecture.to_dict(), "class_names": list(CLASS_NAMES),
+              "attack": "badnets", "target_label": 0}
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+    return path
+
+
+def gateway_settings(model_path: Path | None, upstream_url: str, **overrides: Any) -> Settings:
+    """Settings for fast tests: tiny model, 2 steps, CPU fp32, 1 ms batching wait, short drains."""
+    values: dict[str, Any] = {
+        "model_path": model_path or Path("unused"), "purification_enabled": model_path is not None,
+        "steps": 2, "devices": "cpu", "dtype": "fp32", "max_wait_ms": 1.0, "drain_timeout_s": 2.0,
+        "upstream_url": upstream_url, "upstream_timeout_s": 5.0, "upstream_retries": 0,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@contextlib.contextmanager
+def running_gateway(settings: Settings, *, purifier_factory: PurifierFactory | None = None,
+                    ready_timeout_s: float = 60.0) -> Iterator[str]:
+    """The gateway on a free loopback port, started and ready (GET /readyz = 200)."""
+    app = create_app(settings, purifier_factory=purifier_factory)
+    with running_server(app, ready_path="/readyz", startup_timeout_s=ready_timeout_s) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def running_vendor(model_dir: Path, model_name: str = "fmnist") -> Iterator[str]:
+    """The demo vendor app serving `model_dir` on a free loopback port."""
+    with running_server(create_vendor_app(model_dir, model_name), ready_path="/healthz") as base_url:
+        yield base_url
+
+
+def png_bytes(width: int = 28, height: int = 28, mode: str = "L", seed: int = 0) -> bytes:
+    """A random-noise PNG (noise keeps it large enough to truncate in the middle of its pixel data)."""
+    rng = np.random.default_rng(seed)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    array = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    image = Image.fromarray(array[:, :, 0] if channels == 1 else array, mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A small, well-formed PNG that declares width × height grayscale pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+            + chunk(b"IEND", b""))
+
+
+def decode_png(data: bytes) -> Image.Image:
+    """Decode PNG bytes (asserting they are a PNG)."""
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG", image.format
+    image.load()
+    return image
+
+
+def metric_value(metrics_text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in metrics_text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        sample, _, label_text = series.partition("{")
+        got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if sample == name and got == wanted:
+            return float(value)
+    return 0.0
+
+
+def wait_until(condition: Any, timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition()` until true (raises TimeoutError after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout_s} s")
+        time.sleep(0.01)
+
+
+HTTP_TIMEOUT_S = 60.0  # the first purification warms torch up: seconds on a loaded 2-core box
+
+
+def post(url: str, **kwargs: Any) -> Any:
+    """httpx.post with a timeout generous enough for a cold model on a busy machine."""
+    import httpx
+
+    kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
+    return httpx.post(url, **kwargs)
+
+
+def get(url: str, **kwargs: Any) -> Any:
+    """httpx.get with the same generous timeout."""
+    import httpx
+
+    kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
+    return httpx.get(url, **kwargs)

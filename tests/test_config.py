@@ -1,0 +1,132 @@
+"""Settings: defaults, env (ZIPGATE_*), config files, precedence, and messages that say how to fix."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import ConfigError, Settings, load_settings
+from service.purify.models import DType
+from service.upstream import UpstreamProtocol
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ZIPGATE_* variables from the developer's shell leak into these tests."""
+    for name in list(os.environ):
+        if name.startswith("ZIPGATE_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_run_the_shipped_model_against_the_demo_vendor() -> None:
+    settings = load_settings()
+    assert settings.model_path == Path("models/fmnist-ddpm")
+    assert (settings.transforms, settings.steps, settings.guidance_power, settings.eta) == ("blur:2", 20, 0.25, 1.0)
+    assert (settings.devices, settings.dtype) == ("auto", DType.AUTO)
+    assert settings.purification_enabled is True
+    assert settings.upstream_url == "http://127.0.0.1:9000"
+    assert settings.upstream_protocol is UpstreamProtocol.RAW
+    assert (settings.upstream_model, settings.upstream_raw_path) == ("fmnist", "/predict")
+    assert settings.api_key is None
+    assert settings.upstream_predict_path() == "/predict"
+
+
+def test_env_overrides_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZIPGATE_STEPS", "7")
+    monkeypatch.setenv("ZIPGATE_UPSTREAM_PROTOCOL", "v2")
+    monkeypatch.setenv("ZIPGATE_PURIFICATION_ENABLED", "false")
+    monkeypatch.setenv("ZIPGATE_API_KEY", "k3y")
+    settings = load_settings()
+    assert settings.steps == 7 and settings.upstream_protocol is UpstreamProtocol.V2
+    assert settings.purification_enabled is False
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k3y"
+    assert "k3y" not in repr(settings)  # a SecretStr never prints
+    assert settings.upstream_predict_path() == "/v2/models/fmnist/infer"
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_config_file_yaml_or_json(tmp_path: Path, suffix: str) -> None:
+    values = {"steps": 5, "transforms": "blur:4,gray", "upstream_protocol": "tfserving", "guidance_power": 1.5}
+    path = tmp_path / f"zipgate{suffix}"
+    path.write_text(json.dumps(values))  # JSON is valid YAML too
+    settings = load_settings(path)
+    assert (settings.steps, settings.transforms, settings.guidance_power) == (5, "blur:4,gray", 1.5)
+    assert settings.upstream_predict_path() == "/v1/models/fmnist:predict"
+
+
+def test_precedence_is_arguments_then_env_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "zipgate.yaml"
+    path.write_text("steps: 5\neta: 0.5\nqueue_limit: 9\n")
+    monkeypatch.setenv("ZIPGATE_STEPS", "6")
+    monkeypatch.setenv("ZIPGATE_ETA", "0.25")
+    settings = load_settings(path, steps=7)
+    assert (settings.steps, settings.eta, settings.queue_limit) == (7, 0.25, 9)
+    monkeypatch.setenv("ZIPGATE_CONFIG_FILE", str(path))
+    assert Settings().queue_limit == 9  # the file can also come from the environment
+
+
+def test_unknown_keys_in_the_file_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "zipgate.yaml"
+    path.write_text("stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['stepz'\]"):
+        load_settings(path)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("missing.yaml", None, "does not exist"),
+    ("zipgate.toml", "steps = 3", "must end in .yaml"),
+    ("zipgate.yaml", "steps: [1", "not valid YAML"),
+    ("zipgate.json", "[1, 2]", "must hold a mapping"),
+])
+def test_bad_config_files_say_what_is_wrong(tmp_path: Path, name: str, content: str | None, message: str) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path)
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    ({"steps": 0}, "steps (env ZIPGATE_STEPS)"),
+    ({"eta": 1.5}, "eta (env ZIPGATE_ETA)"),
+    ({"guidance_power": 0}, "guidance_power"),
+    ({"transforms": "sharpen:2"}, "unknown transform 'sharpen'"),
+    ({"upstream_url": "vendor:8080"}, "absolute http(s) URL"),
+    ({"upstream_protocol": "grpc"}, "upstream_protocol"),
+    ({"upstream_raw_path": "/metrics"}, "served by the gateway itself"),
+    ({"upstream_raw_path": "predict"}, "must be a path"),
+    ({"request_timeout_s": 100, "max_request_timeout_s": 10}, "raise the maximum or lower the default"),
+    ({"adaptive_steps_min": 30}, "lower bound"),
+    ({"max_image_bytes": 10, "max_request_bytes": 5}, "one image must fit in a request"),
+    ({"dtype": "fp64"}, "dtype"),
+    ({"port": 70000}, "port"),
+    ({"stepz": 3}, "stepz"),
+])
+def test_invalid_values_name_the_setting_and_its_env_variable(overrides: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    assert fragment in str(caught.value)
+
+
+def test_all_errors_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(steps=0, eta=2.0)
+    assert "ZIPGATE_STEPS" in str(caught.value) and "ZIPGATE_ETA" in str(caught.value)
+
+
+def test_special_values() -> None:
+    assert math.isinf(load_settings(guidance_power="inf").guidance_power)  # the mix step off
+    assert load_settings(api_key="").api_key is None  # ZIPGATE_API_KEY="" means no key
+    assert load_settings(upstream_url="http://vendor:8080/").upstream_url == "http://vendor:8080"
+    assert load_settings(transforms=" blur:4 ").transforms == "blur:4"
+
+
+def test_settings_are_immutable() -> None:
+    settings = load_settings()
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.steps = 3  # type: ignore[misc]
