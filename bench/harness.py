@@ -1,0 +1,135 @@
+"""Shared benchmark plumbing: servers in their own processes on loopback, and a load generator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+GATEWAY_SCRIPT = """
+import socket, sys
+from service.api.server import run_gateway
+from service.config import load_settings
+sys.exit(run_gateway(load_settings(), sockets=[socket.socket(fileno=int(sys.argv[1]))]))
+"""
+
+
+@dataclass(frozen=True)
+class Round:
+    """One measured round: throughput, latency percentiles, and answers by status."""
+
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: int
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+def bound_socket() -> socket.socket:
+    """A socket bound to a free loopback port, to hand to a child server (no port race)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """http://127.0.0.1:PORT of a bound socket."""
+    host, port = sock.getsockname()
+    return f"http://{host}:{port}"
+
+
+def spawn(script: str, sock: socket.socket, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Run `python -c script <fd>` serving on `sock`, with extra environment variables."""
+    return subprocess.Popen([sys.executable, "-c", script, str(sock.fileno())], pass_fds=[sock.fileno()],
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env}, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
+    """Poll `url` until it answers 200, failing fast if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready within {timeout_s} s")
+
+
+def stop(*processes: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the gateway drains), then wait; kill what does not exit in 60 s."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextlib.contextmanager
+def gateway_process(env: dict[str, str]) -> Iterator[str]:
+    """A `zipgate serve` process with ZIPGATE_* overrides; yields its URL once /readyz is 200."""
+    sock = bound_socket()
+    process = spawn(GATEWAY_SCRIPT, sock, {"ZIPGATE_LOG_LEVEL": "warning", **env})
+    try:
+        wait_ready(f"{url_of(sock)}/readyz", process)
+        yield url_of(sock)
+    finally:
+        stop(process)
+        sock.close()
+
+
+def percentile_ms(ordered: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of sorted latencies in seconds, in ms."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3 if ordered else float("nan")
+
+
+async def load(url: str, body: bytes, requests: int, concurrency: int, content_type: str = "image/png",
+               timeout_s: float = 300.0) -> Round:
+    """Send `requests` POSTs from `concurrency` workers on one pooled client; latencies of 200s only."""
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    remaining = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+        async def worker() -> None:
+            for _ in remaining:
+                started = time.perf_counter()
+                response = await client.post(url, content=body, headers={"Content-Type": content_type})
+                statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return Round(len(latencies) / elapsed, percentile_ms(ordered, 0.5), percentile_ms(ordered, 0.95),
+                 percentile_ms(ordered, 0.99), requests - statuses[200], dict(statuses))
+
+
+def median_round(rounds: list[Round]) -> Round:
+    """Field-wise median of rounds (errors summed)."""
+    return Round(*(statistics.median(getattr(r, name) for r in rounds) for name in ("rps", "p50_ms", "p95_ms", "p99_ms")),
+                 sum(r.errors for r in rounds))
