@@ -121,6 +121,10 @@ def zip_purifier_factory(model_path: Path | str, transforms: str, guidance_power
 
     def build(device: str) -> ZipBatchPurifier:
         model = load_eps_model(model_path, device, resolve_dtype(dtype, device))
-        return ZipBatchPurifier(model, transforms, guidance_power, eta, travel_length, travel_repeat)
+        purifier = ZipBatchPurifier(model, transforms, guidance_power, eta, travel_length, travel_repeat)
+        # Warm-up: the first forward pass picks kernels and grows the allocator (~3 s on CPU); do it
+        # before the worker reports ready, so that "ready" means "fast".
+        purifier(torch.zeros(1, model.channels, model.sample_size, model.sample_size, device=model.device), 1, None)
+        return purifier
 
     return build

@@ -1,0 +1,94 @@
+"""Helpers for the deployment tests: the Grafana dashboard's queries, PromQL metric names, the
+metric names a `/metrics` scrape exports, and compose-style `${VAR:-default}` interpolation.
+
+Usage:
+    for query in dashboard_queries():
+        promql = to_promql(query.expr, rate_interval="1m")  # from tools.dashboard_snapshot
+        assert promql_metric_names(promql) <= exported_sample_names(metrics_text)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.dashboard_snapshot import DASHBOARD, to_promql
+
+REPO = Path(__file__).resolve().parents[1]
+PROMETHEUS_CONFIG = REPO / "docker" / "prometheus.yml"
+# Rare-event counters are written `<query> or vector(0)` so the panel shows 0 instead of "No data".
+RARE_EVENT_SUFFIX = " or vector(0)"
+
+# PromQL words that are not metric names (functions, aggregations, operators, modifiers).
+PROMQL_WORDS = frozenset({
+    "sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
+    "group", "rate", "irate", "increase", "delta", "idelta", "deriv", "predict_linear", "histogram_quantile",
+    "avg_over_time", "min_over_time", "max_over_time", "sum_over_time", "count_over_time", "last_over_time",
+    "quantile_over_time", "vector", "scalar", "abs", "ceil", "floor", "round", "clamp", "clamp_min", "clamp_max",
+    "time", "timestamp", "sort", "sort_desc", "label_replace", "label_join", "absent", "changes", "resets",
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+    "inf", "nan",
+})
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One query of one dashboard panel."""
+
+    panel: str
+    ref_id: str
+    expr: str
+
+
+def load_dashboard(path: Path = DASHBOARD) -> dict:
+    """The dashboard JSON."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def dashboard_queries(path: Path = DASHBOARD) -> list[PanelQuery]:
+    """Every Prometheus query of every panel, in panel order (rows' nested panels included)."""
+    queries = []
+    for panel in _panels(load_dashboard(path)["panels"]):
+        for target in panel.get("targets", []):
+            queries.append(PanelQuery(panel["title"], target["refId"], target["expr"]))
+    return queries
+
+
+def _panels(panels: list[dict]) -> list[dict]:
+    flat = []
+    for panel in panels:
+        flat.append(panel)
+        flat.extend(_panels(panel.get("panels", [])))  # collapsed rows keep their panels inside
+    return [p for p in flat if p.get("type") != "row"]
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (label matchers, groupings, ranges,
+    strings, numbers and PromQL's own words left out)."""
+    text = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'', '""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][+-]?\d+)?", " ", text)
+    return {word for word in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", text) if word.lower() not in PROMQL_WORDS}
+
+
+def exported_sample_names(metrics_text: str) -> set[str]:
+    """Every sample name a Prometheus text exposition can hold, from its `# TYPE` lines
+    (a labelled metric with no children yet has a TYPE line but no samples)."""
+    suffixes = {"counter": ("",), "gauge": ("",), "untyped": ("",), "summary": ("", "_sum", "_count"),
+                "histogram": ("_bucket", "_sum", "_count")}
+    names = set()
+    for line in metrics_text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[:2] == ["#", "TYPE"]:
+            names.update(parts[2] + suffix for suffix in suffixes.get(parts[3], ("",)))
+    return names
+
+
+def interpolate(value: str) -> str:
+    """Compose-style interpolation with an empty environment: `${VAR:-default}` → default,
+    `${VAR}` → ''."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)

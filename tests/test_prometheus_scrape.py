@@ -1,0 +1,214 @@
+"""A real Prometheus scrapes a running gateway with a loopback copy of docker/prometheus.yml; after
+traffic, every query of the Grafana dashboard returns data through Prometheus's HTTP API.
+
+Prometheus comes from the Debian package (`scripts/setup.sh` installs it). The gateway runs a tiny
+random ε-model in front of a random-weight demo vendor, both under uvicorn on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.deploy_support import PROMETHEUS_CONFIG, dashboard_queries, load_dashboard, to_promql
+from tests.gateway_servers import (
+    gateway_settings,
+    png_bytes,
+    running_gateway,
+    running_vendor,
+    tiny_ddpm_dir,
+    tiny_vendor_dir,
+)
+from tools.dashboard_snapshot import fetch_panels, plot
+
+pytestmark = pytest.mark.slow
+
+SCRAPE_INTERVAL = "1s"
+# Grafana's $__rate_interval for the test: long enough that rates stay non-zero while we poll.
+RATE_INTERVAL = "1m"
+DEADLINE_S = 30.0
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (Prometheus binds it itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def loopback_config(gateway_url: str, prometheus_port: int) -> dict[str, Any]:
+    """docker/prometheus.yml with its targets moved to loopback and a 1 s scrape interval."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"].update(scrape_interval=SCRAPE_INTERVAL, scrape_timeout=SCRAPE_INTERVAL)
+    targets = {"zipgate": gateway_url.removeprefix("http://"), "prometheus": f"127.0.0.1:{prometheus_port}"}
+    assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            static["targets"] = [targets[job["job_name"]]]
+    return config
+
+
+@contextlib.contextmanager
+def running_prometheus(config: dict[str, Any], port: int, workdir: Path) -> Iterator[str]:
+    """Prometheus on 127.0.0.1:`port` with `config`, ready (GET /-/ready = 200); stopped after."""
+    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+    if not Path(binary).exists():
+        pytest.fail("prometheus is not installed; run scripts/setup.sh (Debian package 'prometheus')")
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = workdir / "prometheus.log"
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(f"{url}/-/ready", process, log_path)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"prometheus exited with {process.returncode}: {log_path.read_text()[-2000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"prometheus not ready within {DEADLINE_S} s: {log_path.read_text()[-2000:]}")
+
+
+def instant_query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
+    """Evaluate `promql` now; the result vector (an error from Prometheus fails the test)."""
+    response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": promql}, timeout=5.0)
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "success", f"{promql}: {body}"
+    return body["data"]["result"]
+
+
+def poll(what: str, condition: Any, timeout_s: float = DEADLINE_S) -> Any:
+    """Call `condition()` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout_s} s (last: {value!r})")
+        time.sleep(0.2)
+
+
+class Traffic:
+    """Client traffic of every kind a dashboard panel shows, one round at a time: predictions,
+    a purification, one bad image, and bursts that overflow the gateway's 2-image queue (429).
+
+    Rounds repeat while Prometheus is polled: a labelled series (say status="429") appears at its
+    first event, and `rate()` only counts increases after Prometheus's first sample of it.
+    """
+
+    def __init__(self, gateway_url: str) -> None:
+        self.client = httpx.Client(base_url=gateway_url, timeout=30.0)
+        self.statuses: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self.client.close()
+
+    def _count(self, response: httpx.Response) -> None:
+        with self._lock:
+            self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+
+    def round(self, seed: int) -> None:
+        """Send one round of traffic and count the answers by status."""
+        self._count(self.client.post("/predict", files=[("image", png_bytes(seed=seed))]))
+        self._count(self.client.post("/purify", files=[("image", png_bytes(seed=seed + 1))]))
+        self._count(self.client.post("/predict", files=[("image", ("x.png", b"not an image", "image/png"))]))
+
+        def burst(offset: int) -> None:
+            images = [("image", png_bytes(seed=seed + offset + s)) for s in range(2)]
+            self._count(self.client.post("/predict", files=images))
+
+        threads = [threading.Thread(target=burst, args=(2 * i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+def test_prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data(tmp_path: Path) -> None:
+    vendor_dir, model_dir = tiny_vendor_dir(tmp_path), tiny_ddpm_dir(tmp_path)
+    # A 2-image queue and batches of one, so concurrent requests overflow it and get 429.
+    with running_vendor(vendor_dir) as vendor_url, \
+            running_gateway(gateway_settings(model_dir, vendor_url, queue_limit=2, max_batch_size=1)) as gateway_url:
+        port = free_port()
+        with running_prometheus(loopback_config(gateway_url, port), port, tmp_path) as prometheus_url:
+            # Traffic after the first scrape, so every counter rises between two samples.
+            poll("gateway target up", lambda: [r for r in instant_query(prometheus_url, 'up{job="zipgate"} == 1')])
+            traffic = Traffic(gateway_url)
+            queries = dashboard_queries()
+            rate = f"[{RATE_INTERVAL}]"
+            # Beyond "some series": the traffic must show up as numbers.
+            positive = [f"sum(rate(zipgate_images_purified_total{rate}))",
+                        f'sum(rate(zipgate_requests_total{{status="429"}}{rate}))',
+                        f'sum(rate(zipgate_upstream_requests_total{{status="200"}}{rate}))',
+                        f'sum(rate(zipgate_dropped_images_total{{reason="overload"}}{rate}))',
+                        f'sum(rate(zipgate_requests_total{{endpoint="/purify", status="200"}}{rate}))']
+            stage_p95 = (f"histogram_quantile(0.95, sum by (le, stage) "
+                         f"(rate(zipgate_stage_duration_seconds_bucket{rate})))")
+            missing: list[str] = []
+
+            def dashboard_complete() -> bool:
+                traffic.round(seed=sum(traffic.statuses.values()))
+                missing[:] = [f"{q.panel} [{q.ref_id}]: {q.expr}" for q in queries
+                              if not instant_query(prometheus_url, to_promql(q.expr, RATE_INTERVAL))]
+                missing.extend(expr for expr in positive if not _first_value(prometheus_url, expr) > 0)
+                stages = {s["metric"]["stage"]: float(s["value"][1]) for s in instant_query(prometheus_url, stage_p95)}
+                missing.extend(f"p95 of stage {stage}" for stage in ("decode", "queue", "purify", "upstream")
+                               if not math.isfinite(stages.get(stage, math.nan)))
+                return not missing
+
+            try:
+                poll("every dashboard query returning data", dashboard_complete)
+            except pytest.fail.Exception:
+                pytest.fail(f"without data after traffic {traffic.statuses}: {missing}")
+            finally:
+                traffic.close()
+            bad_input = sum(n for status, n in traffic.statuses.items() if 400 <= status < 500 and status != 429)
+            assert traffic.statuses.get(200, 0) >= 3 and bad_input >= 1 and traffic.statuses.get(429, 0) >= 1
+            assert _first_value(prometheus_url, "sum(zipgate_ready)") == 1
+
+            # The snapshot tool (docs/dashboard.png) draws every panel from the same server.
+            now = time.time()
+            panels = fetch_panels(prometheus_url, load_dashboard(), now - 120, now, RATE_INTERVAL)
+            assert [p.title for p in panels] == [p["title"] for p in load_dashboard()["panels"]]
+            assert all(p.series for p in panels), [p.title for p in panels if not p.series]
+            png = plot(panels, tmp_path / "dashboard.png")
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def _first_value(prometheus_url: str, promql: str) -> float:
+    """The value of the first series `promql` returns (NaN when it returns none)."""
+    result = instant_query(prometheus_url, promql)
+    return float(result[0]["value"][1]) if result else math.nan
