@@ -75,3 +75,8 @@ class GatewayMetrics:
             self.stage_duration.labels(stage.value)  # export every stage from the start (dashboards, alerts)
         for reason in DropReason:
             self.dropped.labels(reason.value)
+        # A labelled series appears at its first event, so rate() would miss the first 429s or
+        # 504s on a dashboard; create the answers worth alerting on up front.
+        for endpoint in ("/predict", "/purify"):
+            for status in ("200", "429", "503", "504"):
+                self.requests.labels(endpoint, status)

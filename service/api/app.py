@@ -87,7 +87,7 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
             if pool is not None:
-                await pool.drain(settings.drain_timeout_s)
+                await pool.drain(lifecycle.drain_time_left(settings.drain_timeout_s))
                 await pool.close()
             await client.aclose()
             logger.info("gateway stopped")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from service.api.schemas import Readiness
 
 
@@ -16,6 +18,17 @@ class Lifecycle:
     def __init__(self) -> None:
         self.state = Readiness.STARTING
         self.detail = "loading the model and starting the workers"
+        self.drain_started: float | None = None  # time.monotonic() when shutdown began
+
+    def drain_time_left(self, budget_s: float) -> float:
+        """Seconds left of a drain budget that started at `begin_drain` (all of it if not yet begun).
+
+        uvicorn's graceful wait for open requests and the pool's drain share one budget, so that
+        shutdown takes at most `drain_timeout_s`, not twice that.
+        """
+        if self.drain_started is None:
+            return budget_s
+        return max(0.0, budget_s - (time.monotonic() - self.drain_started))
 
     @property
     def draining(self) -> bool:
@@ -35,4 +48,5 @@ class Lifecycle:
     def begin_drain(self) -> None:
         """Shutdown began: /readyz turns 503 and new requests are refused; running ones finish."""
         if self.state is not Readiness.DRAINING:
+            self.drain_started = time.monotonic()
             self.state, self.detail = Readiness.DRAINING, "shutting down; retry on another replica"
