@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 app = typer.Typer(help="zipgate: ZIP backdoor purification in front of a black-box image model.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -34,21 +38,26 @@ def _image_paths(inputs: list[Path]) -> list[Path]:
     return paths
 
 
+def _run_with_settings(config: Optional[Path], job: Callable[["Settings"], int]) -> None:
+    """Load settings (env + optional file), run `job`, exit with its code; bad settings exit 2."""
+    from service.config import ConfigError, load_settings
+
+    try:
+        code = job(load_settings(config))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
 @app.command()
 def serve(
     config: Annotated[Optional[Path], typer.Option(help="YAML/JSON settings file (ZIPGATE_* env vars win).")] = None,
 ) -> None:
     """Run the gateway (settings from ZIPGATE_* environment variables and/or --config)."""
     from service.api.server import run_gateway
-    from service.config import ConfigError, load_settings
 
-    try:
-        settings = load_settings(config)
-        code = run_gateway(settings)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    raise typer.Exit(code)
+    _run_with_settings(config, run_gateway)
 
 
 @app.command()
@@ -57,15 +66,9 @@ def demo(
     config: Annotated[Optional[Path], typer.Option(help="YAML/JSON settings file for the gateway.")] = None,
 ) -> None:
     """The main job: demo vendor (BadNets) + gateway on loopback; clean and triggered images, direct and purified."""
-    from service.config import ConfigError, load_settings
     from service.demo.main_job import run_demo
 
-    try:
-        code = run_demo(load_settings(config), keep_running)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    raise typer.Exit(code)
+    _run_with_settings(config, lambda settings: run_demo(settings, keep_running))
 
 
 @app.command()
