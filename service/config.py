@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     eta: float = Field(1.0, ge=0, le=1, description="η of the DDIM step (1 = ancestral noise).")
     devices: str = Field("auto", description="'auto' (every CUDA device, else CPU) or a list: 'cuda:0,cuda:1'.")
     dtype: DType = Field(DType.AUTO, description="ε-model compute dtype: auto (fp16 on CUDA) | fp32 | bf16 | fp16.")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: one per core). Set "
+                                      "it to the container's CPU limit: torch sees the host's cores, not the limit.")
 
     # --- worker pool ---
     max_batch_size: int = Field(16, ge=1, description="Images per purification batch at most.")

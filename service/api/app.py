@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import torch
 from fastapi import Depends, FastAPI
 
 from service import __version__
@@ -67,6 +68,8 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)  # process-wide, so here and not per worker
         client = make_http_client(settings.upstream_connect_timeout_s, settings.upstream_timeout_s,
                                   settings.upstream_max_connections)
         pool = None if pool_config is None else WorkerPool(pool_config, purifier_factory, metrics)  # type: ignore[arg-type]
