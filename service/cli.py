@@ -125,6 +125,46 @@ def purify(
     typer.echo(f"wrote {len(purified)} purified image(s) to {out}")
 
 
+@app.command("eval")
+def eval_command(
+    vendor: Annotated[str, typer.Option(help="Comma list: badnets,blended,wanet.")] = "badnets,blended,wanet",
+    defense: Annotated[str, typer.Option(help="Comma list: none,blur,zip.")] = "none,blur,zip",
+    n: Annotated[int, typer.Option(min=1, help="First n test images.")] = 1000,
+    steps: Annotated[int, typer.Option(min=1)] = 20,
+    transforms: Annotated[str, typer.Option()] = "blur:2",
+    guidance_power: Annotated[float, typer.Option()] = 0.25,
+    eta: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    device: Annotated[str, typer.Option()] = "cpu",
+    dtype: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    model: Annotated[Path, typer.Option(help="Diffusion model directory.")] = DEFAULT_MODEL,
+    models_dir: Annotated[Path, typer.Option(help="Where the vendor-<attack> folders are.")] = MODELS_DIR,
+    out: Annotated[Path, typer.Option("-o", "--out")] = Path("reports"),
+    gateway: Annotated[Optional[str], typer.Option(help="Evaluate ZIP end to end through this gateway URL.")] = None,
+    sweep: Annotated[Optional[str], typer.Option(
+        help="e.g. 'steps=10,20 guidance_power=0.25,1 transforms=blur:2,blur:4'")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+) -> None:
+    """CA / ASR / PA of defenses on the shipped vendor models; writes results.json, results.md and grids."""
+    from service.defense_eval.runner import EvalOptions, run_eval
+
+    try:
+        options = EvalOptions(
+            vendors=tuple(v.strip() for v in vendor.split(",")), defenses=tuple(d.strip() for d in defense.split(",")),
+            n=n, steps=steps, transforms=transforms, guidance_power=guidance_power, eta=eta, seed=seed, votes=votes,
+            batch_size=batch_size, device=device, dtype=dtype, model_path=model, models_dir=models_dir, out_dir=out,
+            gateway_url=gateway, sweep=sweep, threads=threads,
+        )
+        report = run_eval(options)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(report.files["table"].read_text())
+    typer.echo("wrote " + ", ".join(str(path) for path in report.files.values()))
+
+
 @train_app.command("ddpm")
 def train_ddpm_command(
     out: Annotated[Path, typer.Option("-o", "--out")] = DEFAULT_MODEL,
@@ -177,6 +217,7 @@ def score_ddpm_command(
     steps: Annotated[int, typer.Option(min=1)] = 50,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option()] = 2,
+    dtype: Annotated[str, typer.Option(help="auto | fp32 | bf16")] = "auto",
 ) -> None:
     """Sample quality for the model card: samples.png and quality.json written into the model folder."""
     import torch
@@ -186,7 +227,9 @@ def score_ddpm_command(
     from service.training.vendor import load_vendor
 
     torch.set_num_threads(threads)
-    score = write_quality_report(load_eps_model(model), load_vendor(classifier).eval(), model, count=samples,
+    from service.purify.models import DType
+
+    score = write_quality_report(load_eps_model(model, dtype=DType(dtype)), load_vendor(classifier).eval(), model, count=samples,
                                  steps=steps, seed=seed)
     typer.echo(f"mean max-softmax {score.mean_max_softmax:.3f}; min class fraction {score.min_class_fraction:.3f}; "
                f"histogram check {'passed' if score.passes_histogram_check else 'FAILED'}")
