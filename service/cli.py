@@ -86,19 +86,21 @@ def purify(
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible noise.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     save_degraded: Annotated[bool, typer.Option(help="Also write A⁺A x (the degraded input).")] = False,
+    small_fit: Annotated[str, typer.Option(help="pad | resize: images smaller than the model's canvas.")] = "pad",
 ) -> None:
     """Purify images with ZIP and write PNGs (and optionally the degraded A⁺A x beside them)."""
     from PIL import Image
     from tqdm import tqdm
 
     from service.purify.models import DType, ModelLoadError, load_eps_model
-    from service.purify.pipeline import purify_pil_images
+    from service.purify.pipeline import SmallImageFit, purify_pil_images
     from service.purify.presets import PRESETS, PresetName
     from service.purify.zip import ZipPurifier
 
     paths = _image_paths(images)
     try:
         chosen = PRESETS[PresetName(preset)]
+        fit = SmallImageFit(small_fit)
         eps_model = load_eps_model(model, device=device, dtype=DType(dtype))
         purifier = ZipPurifier(
             eps_model, transforms or chosen.transforms, steps=steps or chosen.steps,
@@ -115,7 +117,8 @@ def purify(
     with tqdm(total=len(loaded), desc="purify", unit="img") as bar:
         purified, degraded = purify_pil_images(
             purifier, loaded, eps_model.sample_size, eps_model.channels, device=device,
-            batch_size=batch_size, seed=seed, tile_small=chosen.tile_small_images, on_batch=lambda n: bar.update(min(n, bar.total - bar.n)),
+            batch_size=batch_size, seed=seed, tile_small=chosen.tile_small_images, small_fit=fit,
+            on_batch=lambda n: bar.update(min(n, bar.total - bar.n)),
         )
         bar.update(bar.total - bar.n)
     for path, clean, blurred in zip(paths, purified, degraded):

@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.purify.models import DType
+from service.purify.pipeline import SmallImageFit
 from service.upstream.base import UpstreamProtocol
 
 ENV_PREFIX = "ZIPGATE_"
@@ -118,6 +119,9 @@ class Settings(BaseSettings):
     steps: int = Field(20, ge=1, le=1000, description="Sampling steps S of the reverse process.")
     guidance_power: float = Field(0.25, gt=0, description="λ of the time-dependent mix; 'inf' disables it.")
     eta: float = Field(1.0, ge=0, le=1, description="η of the DDIM step (1 = ancestral noise).")
+    small_image_fit: SmallImageFit = Field(SmallImageFit.PAD, description="An image smaller than the model's "
+                                           "canvas: 'pad' (centred on black, as the shipped model was trained on "
+                                           "28² in 32²) or 'resize' (scaled up).")
     devices: str = Field("auto", description="'auto' (every CUDA device, else CPU) or a list: 'cuda:0,cuda:1'.")
     dtype: DType = Field(DType.AUTO, description="ε-model compute dtype: auto (fp16 on CUDA) | fp32 | bf16 | fp16.")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: one per core). Set "

@@ -26,7 +26,7 @@ from service.config import Settings
 from service.errors import BadRequest, NotReady, UpstreamError, UpstreamTimeout
 from service.metrics import GatewayMetrics, Stage
 from service.purify.imaging import pil_to_tensor, tensor_to_pil
-from service.purify.pipeline import FittedBatch, fit_to_model
+from service.purify.pipeline import FittedBatch, SmallImageFit, fit_to_model
 from service.purify.transforms import LinearTransform, parse_transforms, project
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
 from service.workers import WorkerPool
@@ -201,8 +201,8 @@ class Gateway:
         with ctx.timings.measure(Stage.DECODE):
             opened = [open_image(blob, self.limits, f"image {i}") for i, blob in enumerate(blobs)]  # headers only
             if sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS:
-                return _decode_batch(blobs, opened, engine)
-            return await asyncio.to_thread(_decode_batch, blobs, opened, engine)
+                return _decode_batch(blobs, opened, engine, self.settings.small_image_fit)
+            return await asyncio.to_thread(_decode_batch, blobs, opened, engine, self.settings.small_image_fit)
 
     async def purify(self, decoded: DecodedBatch, ctx: RequestContext, *, include_degraded: bool = False
                      ) -> PurifiedBatch:
@@ -285,7 +285,8 @@ class _UpstreamCall:
         self._metrics.upstream_duration.observe(seconds)
 
 
-def _decode_batch(blobs: list[bytes], opened: list[Image.Image], engine: EngineInfo | None) -> DecodedBatch:
+def _decode_batch(blobs: list[bytes], opened: list[Image.Image], engine: EngineInfo | None,
+                  small_fit: SmallImageFit) -> DecodedBatch:
     images = [load_image(image, f"image {i}") for i, image in enumerate(opened)]
     if engine is None:
         return DecodedBatch(blobs, images, None)
@@ -295,7 +296,7 @@ def _decode_batch(blobs: list[bytes], opened: list[Image.Image], engine: EngineI
             tensors.append(pil_to_tensor(image, engine.channels))
         except (ValueError, OSError) as exc:  # exotic pixel modes PIL cannot convert
             raise BadRequest(f"image {i}: pixel mode {image.mode} cannot be converted: {exc}") from exc
-    return DecodedBatch(blobs, images, fit_to_model(tensors, engine.sample_size))
+    return DecodedBatch(blobs, images, fit_to_model(tensors, engine.sample_size, small_fit=small_fit))
 
 
 def _finish_batch(fitted: FittedBatch, purified: torch.Tensor, degrade: LinearTransform | None

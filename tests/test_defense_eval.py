@@ -1,0 +1,273 @@
+"""`run_eval` end to end on 20 test images: in process, as a sweep, and through a gateway on loopback.
+
+The diffusion model is a tiny random UNet (purification quality is not under test here, the
+wiring is); the vendors are the shipped ones when present, else a tiny random classifier.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from service.defense_eval.attacks import TARGET_LABEL, Attack, apply_trigger
+from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefender, degrade, item_seed
+from service.defense_eval.gateway_client import GatewayClient, label_of
+from service.defense_eval.metrics import accuracy, attack_success_rate
+from service.defense_eval.runner import EvalOptions, run_eval
+from service.defense_eval.sweep import SweepKnob, parse_sweep, sweep_settings, varying_knobs
+from service.errors import UpstreamError
+from service.purify.models import load_eps_model
+from service.training.data import load_split
+from service.training.vendor import load_vendor, predict_labels
+from tests.gateway_servers import gateway_settings, running_gateway, running_vendor, tiny_ddpm_dir, tiny_vendor_dir
+
+ATTACKS = (Attack.BADNETS, Attack.BLENDED, Attack.WANET)
+SHIPPED = Path(__file__).resolve().parents[1] / "models"
+N = 20  # the first 20 test images include one of the target class (index 19), excluded from ASR and PA
+
+
+def _shipped(attack: Attack) -> bool:
+    return (SHIPPED / f"vendor-{attack.value}" / "config.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tiny ε-model dir, models dir holding vendor-<attack> for the three attacks)."""
+    root = tmp_path_factory.mktemp("world")
+    models_dir = root / "models"
+    tiny_vendor = tiny_vendor_dir(root)
+    for attack in ATTACKS:
+        source = SHIPPED / f"vendor-{attack.value}" if _shipped(attack) else tiny_vendor
+        shutil.copytree(source, models_dir / f"vendor-{attack.value}")
+    return tiny_ddpm_dir(root), models_dir
+
+
+def _options(world: tuple[Path, Path], out_dir: Path, **overrides: object) -> EvalOptions:
+    values: dict[str, object] = dict(vendors=[a.value for a in ATTACKS], defenses=["none", "blur", "zip"], n=N,
+                                     steps=2, transforms="blur:2", guidance_power=0.25, seed=0, batch_size=8,
+                                     dtype="fp32", model_path=world[0], models_dir=world[1], out_dir=out_dir,
+                                     progress=False)
+    values.update(overrides)
+    return EvalOptions(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def report_dir(world: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    run_eval(_options(world, out))
+    return out
+
+
+# ---- units: settings, seeds, sweep grammar ---------------------------------------------------------
+
+
+def test_item_seeds_are_consecutive_per_vote_and_disjoint_across_votes_and_seeds() -> None:
+    assert item_seed(0, 0, 5) - item_seed(0, 0, 0) == 5  # the gateway's seed + i contract
+    seeds = {item_seed(s, v, p) for s in range(2) for v in range(3) for p in range(100)}
+    assert len(seeds) == 2 * 3 * 100
+    with pytest.raises(ValueError):
+        item_seed(0, 0, 1 << 20)
+
+
+def test_blur_defense_is_the_projection_of_the_first_transform() -> None:
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    out = degrade(x, "blur:2,blur:4")
+    blocks = x.reshape(2, 1, 4, 2, 4, 2).mean(dim=(3, 5))
+    assert torch.allclose(out, blocks.repeat_interleave(2, -2).repeat_interleave(2, -1), atol=1e-6)
+
+
+def test_output_keys_ignore_knobs_a_defense_does_not_use() -> None:
+    a, b = DefenseSetting("blur:2", 10, 0.25), DefenseSetting("blur:2,blur:4", 20, 1.0, votes=3)
+    assert a.output_key(Defense.NONE) == b.output_key(Defense.NONE)
+    assert a.output_key(Defense.BLUR) == b.output_key(Defense.BLUR)
+    assert a.output_key(Defense.ZIP) != b.output_key(Defense.ZIP)
+    assert (a.purifications(Defense.ZIP), b.purifications(Defense.ZIP), b.purifications(Defense.BLUR)) == (1, 3, 1)
+
+
+def test_sweep_is_the_cartesian_grid_last_knob_fastest() -> None:
+    base = DefenseSetting("blur:2", 20, 0.25)
+    grid = sweep_settings(base, "steps=10,20 guidance_power=1,2 transforms=blur:2,blur:4")
+    assert len(grid) == 8
+    assert [(s.steps, s.guidance_power, s.transforms) for s in grid[:3]] == [
+        (10, 1.0, "blur:2"), (10, 1.0, "blur:4"), (10, 2.0, "blur:2")]
+    assert varying_knobs(grid) == (SweepKnob.TRANSFORMS, SweepKnob.STEPS, SweepKnob.GUIDANCE_POWER)
+    assert all(s.eta == base.eta and s.votes == base.votes for s in grid)
+
+
+def test_sweep_semicolons_keep_multi_transform_specs_and_accept_inf() -> None:
+    grid = parse_sweep(["transforms=blur:2;blur:2,blur:4", "guidance-power=inf,0.5", "votes=1,3,3"])
+    assert grid[SweepKnob.TRANSFORMS] == ("blur:2", "blur:2,blur:4")
+    assert math.isinf(grid[SweepKnob.GUIDANCE_POWER][0])
+    assert grid[SweepKnob.VOTES] == (1, 3)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("steps", "knob=values"), ("speed=1", "unknown knob"), ("steps=1 steps=2", "twice"),
+    ("steps=1,", "empty value"), ("steps=ten", "integer"), ("", "empty"),
+])
+def test_bad_sweep_specs_say_what_is_wrong(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_sweep(spec)
+
+
+def test_bad_setting_in_sweep_is_rejected() -> None:
+    with pytest.raises(ValueError, match="steps"):
+        sweep_settings(DefenseSetting(), "steps=0")
+
+
+def test_options_reject_unknown_names_and_gateway_sweeps() -> None:
+    with pytest.raises(ValueError, match="badnets"):
+        EvalOptions(vendors=["trojan"])
+    with pytest.raises(ValueError, match="only votes"):
+        EvalOptions(gateway_url="http://127.0.0.1:1", sweep="guidance_power=1,2")
+    EvalOptions(gateway_url="http://127.0.0.1:1", sweep="votes=1,3")  # votes are the client's business
+
+
+@pytest.mark.parametrize("prediction,label", [
+    ({"label": 3, "probabilities": [0.9, 0.1]}, 3), (7, 7), ([0.1, 0.7, 0.2], 1), ({"scores": [0.6, 0.4]}, 0),
+])
+def test_label_of_reads_the_vendor_shapes(prediction: object, label: int) -> None:
+    assert label_of(prediction) == label
+
+
+@pytest.mark.parametrize("prediction", ["cat", None, [], True])
+def test_label_of_rejects_what_it_cannot_read(prediction: object) -> None:
+    with pytest.raises(UpstreamError):
+        label_of(prediction)
+
+
+@pytest.mark.slow
+def test_zip_defense_does_not_depend_on_the_batch(world: tuple[Path, Path]) -> None:
+    defender = InProcessDefender(load_eps_model(world[0]), "cpu")
+    setting = DefenseSetting("blur:2", steps=2)
+    images = load_split(train=False).subset(4).images
+    seeds = [item_seed(0, 1, p) for p in range(4)]
+    whole = defender(Defense.ZIP, setting, images, seeds)
+    parts = torch.cat([defender(Defense.ZIP, setting, images[i : i + 1], seeds[i : i + 1]) for i in range(4)])
+    assert torch.allclose(whole, parts, atol=1e-4)  # batched conv sums in another order
+    other_vote = defender(Defense.ZIP, setting, images, [item_seed(0, 2, p) for p in range(4)])
+    assert not torch.allclose(whole, other_vote)
+
+
+# ---- end to end ---------------------------------------------------------------------------------------
+
+
+def test_report_files_are_written(report_dir: Path) -> None:
+    for name in ["results.json", "results.md", *(f"grid-{a.value}.png" for a in ATTACKS)]:
+        assert (report_dir / name).is_file(), name
+    assert not (report_dir / "sweep.png").exists()  # one setting: nothing to plot
+    with Image.open(report_dir / "grid-badnets.png") as grid:
+        assert grid.format == "PNG" and grid.width > grid.height > 100
+    table = (report_dir / "results.md").read_text().splitlines()
+    assert sum(line.startswith("| ") for line in table) == 1 + 3 * 3  # header + (3 defenses × 3 attacks)
+
+
+def test_results_json_holds_every_row_and_the_model_meta(report_dir: Path, world: tuple[Path, Path]) -> None:
+    results = json.loads((report_dir / "results.json").read_text())
+    rows = results["rows"]
+    assert {(r["attack"], r["defense"]) for r in rows} == {(a.value, d.value) for a in ATTACKS for d in Defense}
+    split = load_split(train=False).subset(N)
+    victims = int((split.labels != TARGET_LABEL).sum())
+    assert victims == N - 1
+    for row in rows:
+        assert (row["clean_items"], row["poisoned_items"]) == (N, victims)
+        for metric in ("clean_accuracy", "attack_success_rate", "poisoned_accuracy"):
+            assert 0.0 <= row[metric] <= 1.0
+    assert results["meta"]["diffusion_model"]["path"] == str(world[0])
+    assert results["meta"]["options"]["n"] == N
+
+
+def test_no_defense_rows_match_the_vendor_measured_directly(report_dir: Path, world: tuple[Path, Path]) -> None:
+    results = json.loads((report_dir / "results.json").read_text())
+    split = load_split(train=False).subset(N)
+    victims = split.labels != TARGET_LABEL
+    for attack in ATTACKS:
+        vendor = load_vendor(world[1] / f"vendor-{attack.value}")
+        row = next(r for r in results["rows"] if r["attack"] == attack.value and r["defense"] == "none")
+        clean = predict_labels(vendor, split.images)
+        triggered = predict_labels(vendor, apply_trigger(split.images[victims], attack))
+        assert row["clean_accuracy"] == pytest.approx(accuracy(clean, split.labels), abs=1e-4)
+        assert row["attack_success_rate"] == pytest.approx(
+            attack_success_rate(triggered, split.labels[victims], TARGET_LABEL), abs=1e-4)
+        if _shipped(attack):  # a real backdoor: the trigger works on the undefended vendor
+            assert row["attack_success_rate"] >= 0.8
+
+
+@pytest.mark.slow
+def test_sweep_writes_one_zip_row_per_setting_and_the_plot(world: tuple[Path, Path], tmp_path: Path) -> None:
+    report = run_eval(_options(world, tmp_path, vendors=["badnets", "wanet"], defenses=["none", "zip"], n=8,
+                               sweep="guidance_power=0.25,1 votes=1,3"))
+    zip_rows = [row for row in report.rows if row.defense is Defense.ZIP]
+    assert len(report.settings) == 4 and len(zip_rows) == 4 * 2
+    assert sorted({row.purifications_per_image for row in zip_rows}) == [1, 3]
+    assert len([row for row in report.rows if row.defense is Defense.NONE]) == 2  # one per vendor, not per setting
+    assert report.swept == (SweepKnob.GUIDANCE_POWER, SweepKnob.VOTES)
+    with Image.open(tmp_path / "sweep.png") as plot:
+        assert plot.format == "PNG"
+    assert "K=3" in (tmp_path / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def gateway_url(world: tuple[Path, Path]) -> Iterator[str]:
+    """A gateway on loopback (tiny ε-model, ZIP blur:2, λ = 0.25, 2 steps) in front of the badnets vendor."""
+    ddpm, models_dir = world
+    with running_vendor(models_dir / "vendor-badnets") as vendor_url, running_gateway(gateway_settings(
+            ddpm, vendor_url, transforms="blur:2", guidance_power=0.25, steps=2)) as url:
+        yield url
+
+
+def test_gateway_purifies_with_the_same_seeds_as_the_engine(world: tuple[Path, Path], gateway_url: str) -> None:
+    images = load_split(train=False).subset(4).images
+    defender = InProcessDefender(load_eps_model(world[0]), "cpu")
+    setting = DefenseSetting("blur:2", steps=2, guidance_power=0.25)
+    seeds = [item_seed(3, 1, p) for p in range(4)]
+    with GatewayClient(gateway_url) as client:
+        purified, degraded = client.purify(images, seeds[0])
+    # Equal up to the gateway's 8-bit PNG (half a grey level = 1/255 in [-1, 1]).
+    assert (purified - defender(Defense.ZIP, setting, images, seeds)).abs().max() <= 1 / 255 + 1e-6
+    assert (degraded - defender(Defense.BLUR, setting, images, seeds)).abs().max() <= 1 / 255 + 1e-6
+
+
+
+def test_gateway_pads_an_upload_smaller_than_the_model_instead_of_stretching_it(
+        world: tuple[Path, Path], gateway_url: str) -> None:
+    """As a 28² Fashion-MNIST upload sits in the shipped 32² model: here 12² in the tiny 16² one."""
+    small = load_split(train=False).subset(2).images[..., 10:22, 10:22]
+    defender = InProcessDefender(load_eps_model(world[0]), "cpu")
+    setting = DefenseSetting("blur:2", steps=2, guidance_power=0.25)
+    seeds = [item_seed(0, 0, p) for p in range(2)]
+    with GatewayClient(gateway_url) as client:
+        purified, _ = client.purify(small, seeds[0])
+    on_black = torch.nn.functional.pad(small, (2, 2, 2, 2), value=-1.0)
+    expected = defender(Defense.ZIP, setting, on_black, seeds)[..., 2:14, 2:14]
+    assert purified.shape == (2, 1, 12, 12)
+    assert (purified - expected).abs().max() <= 1 / 255 + 1e-6
+
+@pytest.mark.slow
+def test_gateway_mode_matches_the_in_process_run(world: tuple[Path, Path], gateway_url: str, tmp_path: Path) -> None:
+    options = dict(vendors=["badnets"], defenses=["none", "zip"], batch_size=8, sweep="votes=1,3")
+    local = run_eval(_options(world, tmp_path / "local", **options))
+    remote = run_eval(_options(world, tmp_path / "gateway", gateway_url=gateway_url, **options))
+    assert remote.meta["gateway_purification"]["steps"] == 2
+    assert (tmp_path / "gateway" / "grid-badnets.png").is_file()
+    for setting in remote.settings:
+        for defense in (Defense.NONE, Defense.ZIP):
+            here = local.row(Attack.BADNETS, defense, setting)
+            there = remote.row(Attack.BADNETS, defense, setting)
+            assert there.upstream_calls_per_image == here.upstream_calls_per_image == here.setting.purifications(defense)
+            # Same seeds and model; only the 8-bit PNG of the purified image differs on the way to the vendor.
+            assert there.scores.clean_accuracy == pytest.approx(here.scores.clean_accuracy, abs=2 / N)
+            assert there.scores.attack_success_rate == pytest.approx(here.scores.attack_success_rate, abs=2 / N)
+
+
+def test_gateway_errors_surface_as_upstream_errors(world: tuple[Path, Path], tmp_path: Path) -> None:
+    with pytest.raises(UpstreamError, match="cannot reach the gateway"):
+        run_eval(_options(world, tmp_path, vendors=["badnets"], defenses=["zip"], n=2,
+                          gateway_url="http://127.0.0.1:9", gateway_timeout_s=2.0))
