@@ -173,7 +173,7 @@ def train_ddpm_command(
     out: Annotated[Path, typer.Option("-o", "--out")] = DEFAULT_MODEL,
     init: Annotated[Optional[Path], typer.Option(help="Continue from these shipped weights.")] = None,
     minutes: Annotated[float, typer.Option(help="Wall-clock budget.")] = 60.0,
-    max_steps: Annotated[Optional[int], typer.Option()] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in this run.")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     learning_rate: Annotated[float, typer.Option()] = 3e-4,
     checkpoint_dir: Annotated[Path, typer.Option(help="Crash-recovery state (kept out of git).")] = Path(

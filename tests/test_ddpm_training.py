@@ -53,14 +53,16 @@ def test_tiny_training_run_exports_loadable_weights_and_resumes(tmp_path):
     assert model.sample_size == 32 and model.channels == 1
     state = json.loads((tmp_path / "out" / "training_state.json").read_text())
     assert state["total_steps"] == 2
-    # A second run resumes from the crash-recovery checkpoint, not from step 0.
+    # A second run resumes from the crash-recovery checkpoint, not from step 0; max_steps counts this run.
     train_ddpm(DDPMTrainConfig(**{**config.__dict__, "max_steps": 3}))
-    assert json.loads((tmp_path / "out" / "training_state.json").read_text())["steps_this_run"] == 3
-    # --init continues from shipped weights (no checkpoint), counting total steps across sessions.
+    resumed = json.loads((tmp_path / "out" / "training_state.json").read_text())
+    assert (resumed["steps_this_run"], resumed["total_steps"]) == (3, 5)
+    assert resumed["total_seconds"] > resumed["seconds_this_run"] > 0  # time adds up over runs
+    # --init continues from shipped weights (no checkpoint), counting steps and time across sessions.
     train_ddpm(DDPMTrainConfig(**{**config.__dict__, "init_dir": tmp_path / "out", "out_dir": tmp_path / "next",
                                   "checkpoint_dir": tmp_path / "fresh", "max_steps": 1}))
-    assert json.loads((tmp_path / "next" / "training_state.json").read_text())["total_steps"] == 4
-
+    continued = json.loads((tmp_path / "next" / "training_state.json").read_text())
+    assert continued["total_steps"] == 6 and continued["total_seconds"] > resumed["total_seconds"]
 
 def test_sampler_and_score_shapes():
     from service.purify.models import EpsModel

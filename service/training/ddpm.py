@@ -96,21 +96,22 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         ema_param.lerp_(param, 1.0 - decay)
 
 
-def _save_checkpoint(path: Path, model, ema, optimizer, step: int, epoch: int) -> None:
+def _save_checkpoint(path: Path, model, ema, optimizer, step: int, epoch: int, total_seconds: float) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / "state.pt.tmp"
     torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "epoch": epoch}, tmp)
+                "step": step, "epoch": epoch, "total_seconds": total_seconds}, tmp)
     tmp.replace(path / "state.pt")  # atomic: a crash mid-write keeps the previous checkpoint
 
 
-def _export(ema: UNet2DModel, config: DDPMTrainConfig, step: int, total_steps: int, seconds: float,
-            losses: list[float]) -> None:
+def _export(ema: UNet2DModel, config: DDPMTrainConfig, steps_this_run: int, total_steps: int, seconds: float,
+            total_seconds: float, losses: list[float]) -> None:
     ema.save_pretrained(config.out_dir, safe_serialization=True)
     summary = {
-        "steps_this_run": step,
+        "steps_this_run": steps_this_run,
         "total_steps": total_steps,
         "seconds_this_run": round(seconds, 1),
+        "total_seconds": round(total_seconds, 1),
         "recent_loss": round(sum(losses[-200:]) / max(1, len(losses[-200:])), 5),
         "config": {k: str(v) for k, v in asdict(config).items()},
     }
@@ -139,18 +140,20 @@ def train_ddpm(config: DDPMTrainConfig) -> Path:
         model = config.architecture.build()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    step = epoch = 0
-    prior_total = 0
+    step = epoch = 0  # `step` counts every step the weights have had, over all runs
+    prior_seconds = 0.0
     state_path = config.checkpoint_dir / "state.pt"
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        step, epoch = state["step"], state["epoch"]
+        step, epoch, prior_seconds = state["step"], state["epoch"], state.get("total_seconds", 0.0)
         log.info("resumed from %s at step %d", state_path, step)
     elif config.init_dir is not None and (config.init_dir / "training_state.json").exists():
-        prior_total = json.loads((config.init_dir / "training_state.json").read_text()).get("total_steps", 0)
+        shipped = json.loads((config.init_dir / "training_state.json").read_text())
+        step, prior_seconds = shipped.get("total_steps", 0), shipped.get("total_seconds", 0.0)
+    first_step = step
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
     loss_log = (config.checkpoint_dir / "loss.jsonl")
@@ -159,47 +162,54 @@ def train_ddpm(config: DDPMTrainConfig) -> Path:
     last_export = start
     losses: list[float] = []
     steps_per_epoch = math.ceil(data.shape[0] / config.batch_size)
-    progress = tqdm(desc="ddpm", unit="step", initial=step, total=config.max_steps, dynamic_ncols=True)
+    progress = tqdm(desc="ddpm", unit="step", initial=step, dynamic_ncols=True,
+                    total=first_step + config.max_steps if config.max_steps else None)
     model.train()
     done = False
-    while not done:
-        order = torch.randperm(data.shape[0], generator=generator)
-        for batch_start in range(0, data.shape[0], config.batch_size):
-            x0 = data[order[batch_start : batch_start + config.batch_size]]
-            if config.horizontal_flip:
-                flip = torch.rand(x0.shape[0], generator=generator) < 0.5
-                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-            for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate * min(1.0, (step + 1) / config.warmup_steps)
-            loss = ddpm_loss(model, x0, alpha_bars, generator, config.bf16_autocast)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            # EMA warm-up: a fresh run's EMA would otherwise be dominated by the random init.
-            decay = config.ema_decay if config.init_dir else min(config.ema_decay, (1 + step) / (10 + step))
-            update_ema(ema, model, decay)
-            step += 1
-            losses.append(loss.item())
-            progress.update(1)
-            progress.set_postfix(epoch=epoch, loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-            if step % 50 == 0:
-                with loss_log.open("a") as handle:
-                    handle.write(json.dumps({"step": step, "epoch": epoch, "time_s": round(time.monotonic() - start, 1),
-                                             "loss": sum(losses[-50:]) / 50}) + "\n")
-            now = time.monotonic()
-            if now - last_export > config.export_every_minutes * 60:
-                _save_checkpoint(config.checkpoint_dir, model, ema, optimizer, step, epoch)
-                _export(ema, config, step, prior_total + step, now - start, losses)
-                last_export = now
-            if (now - start) > config.minutes * 60 or (config.max_steps and step >= config.max_steps):
-                done = True
-                break
-        epoch += 1
+    try:
+        while not done:
+            order = torch.randperm(data.shape[0], generator=generator)
+            for batch_start in range(0, data.shape[0], config.batch_size):
+                x0 = data[order[batch_start : batch_start + config.batch_size]]
+                if config.horizontal_flip:
+                    flip = torch.rand(x0.shape[0], generator=generator) < 0.5
+                    x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+                for group in optimizer.param_groups:
+                    # Warm-up at the start of every run: the optimizer state may be new (--init).
+                    group["lr"] = config.learning_rate * min(1.0, (step - first_step + 1) / config.warmup_steps)
+                loss = ddpm_loss(model, x0, alpha_bars, generator, config.bf16_autocast)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                # EMA warm-up over the total step count: early on, the random init would dominate.
+                decay = min(config.ema_decay, (1 + step) / (10 + step))
+                update_ema(ema, model, decay)
+                step += 1
+                losses.append(loss.item())
+                progress.update(1)
+                progress.set_postfix(epoch=epoch, loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+                if step % 50 == 0:
+                    with loss_log.open("a") as handle:
+                        handle.write(json.dumps({"step": step, "epoch": epoch, "time_s": round(prior_seconds + time.monotonic() - start, 1),
+                                                 "loss": sum(losses[-50:]) / 50}) + "\n")
+                now = time.monotonic()
+                if now - last_export > config.export_every_minutes * 60:
+                    _save_checkpoint(config.checkpoint_dir, model, ema, optimizer, step, epoch, prior_seconds + now - start)
+                    _export(ema, config, step - first_step, step, now - start, prior_seconds + now - start, losses)
+                    last_export = now
+                if (now - start) > config.minutes * 60 or (config.max_steps and step - first_step >= config.max_steps):
+                    done = True
+                    break
+            epoch += 1
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT: keep what was trained
+        log.warning("interrupted at step %d: saving the checkpoint and the EMA weights", step)
     progress.close()
-    _save_checkpoint(config.checkpoint_dir, model, ema, optimizer, step, epoch)
-    _export(ema, config, step, prior_total + step, time.monotonic() - start, losses)
-    log.info("trained %d steps (%.1f epochs of %d steps)", step, step / steps_per_epoch, steps_per_epoch)
+    seconds = time.monotonic() - start
+    _save_checkpoint(config.checkpoint_dir, model, ema, optimizer, step, epoch, prior_seconds + seconds)
+    _export(ema, config, step - first_step, step, seconds, prior_seconds + seconds, losses)
+    log.info("trained %d steps this run, %d in all (%.1f epochs of %d steps)", step - first_step, step,
+             step / steps_per_epoch, steps_per_epoch)
     return config.out_dir
 
 
