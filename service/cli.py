@@ -135,7 +135,7 @@ def eval_command(
     n: Annotated[int, typer.Option(min=1, help="First n test images.")] = 1000,
     steps: Annotated[int, typer.Option(min=1)] = 20,
     transforms: Annotated[str, typer.Option()] = "blur:2",
-    guidance_power: Annotated[float, typer.Option()] = 0.25,
+    guidance_power: Annotated[float, typer.Option()] = 0.5,
     eta: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,
     seed: Annotated[int, typer.Option()] = 0,

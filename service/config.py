@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     model_path: Path = Field(Path("models/fmnist-ddpm"), description="diffusers UNet2DModel directory.")
     transforms: str = Field("blur:2", description="Degradations, e.g. 'blur:4' or 'blur:4,gray' (averaged).")
     steps: int = Field(20, ge=1, le=1000, description="Sampling steps S of the reverse process.")
-    guidance_power: float = Field(0.25, gt=0, description="λ of the time-dependent mix; 'inf' disables it.")
+    guidance_power: float = Field(0.5, gt=0, description="λ of the time-dependent mix; 'inf' disables it.")
     eta: float = Field(1.0, ge=0, le=1, description="η of the DDIM step (1 = ancestral noise).")
     small_image_fit: SmallImageFit = Field(SmallImageFit.PAD, description="An image smaller than the model's "
                                            "canvas: 'pad' (centred on black, as the shipped model was trained on "

@@ -91,7 +91,7 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(gateway: tup
     for got, want in zip(body["predictions"], expected):
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
     assert body["purification"] == {"model": "tiny-ddpm-1ch", "transforms": "blur:2", "steps": 2,
-                                    "guidance_power": 0.25, "device": "cpu", "dtype": "float32"}
+                                    "guidance_power": 0.5, "device": "cpu", "dtype": "float32"}
     assert set(body["latency_ms"]) == {*STAGES, "total"}
     assert all(value >= 0 for value in body["latency_ms"].values())
     assert body["latency_ms"]["total"] >= sum(body["latency_ms"][s] for s in STAGES) - 1.0

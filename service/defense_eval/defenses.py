@@ -47,7 +47,7 @@ class DefenseSetting:
 
     transforms: str = "blur:2"
     steps: int = 20
-    guidance_power: float = 0.25
+    guidance_power: float = 0.5
     eta: float = 1.0
     votes: int = 1
 

@@ -80,7 +80,7 @@ class EvalOptions:
     n: int = 1000
     steps: int = 20
     transforms: str = "blur:2"
-    guidance_power: float = 0.25
+    guidance_power: float = 0.5
     eta: float = 1.0
     seed: int = 0
     votes: int = 1
