@@ -13,8 +13,8 @@ from enum import Enum
 
 import torch
 
-from service.purify.pipeline import fit_to_model
 from service.purify.models import EpsModel
+from service.purify.pipeline import fit_to_model
 from service.purify.transforms import parse_transforms, project
 from service.purify.zip import ZipPurifier
 from service.workers.purifier import seeded_generators

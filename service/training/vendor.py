@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from service.defense_eval.attacks import TARGET_LABEL, Attack, PoisonPlan, apply_trigger, plan_poison, poison_batch
+from service.defense_eval.metrics import accuracy, attack_success_rate
 from service.training.classifier import ClassifierArchitecture, VendorClassifier, random_shift_flip
 from service.training.data import CLASS_NAMES, Split, load_split
 from service.training.vendor_card import render_model_card
@@ -98,10 +99,10 @@ def evaluate_vendor(model: torch.nn.Module, split: Split, attack: Attack) -> tup
         (clean_accuracy, asr): ASR over triggered images whose true label is not the target; for
         `Attack.NONE` the rate at which clean non-target images are labelled as the target.
     """
-    clean_accuracy = (predict_labels(model, split.images) == split.labels).float().mean().item()
-    victims = split.images[split.labels != TARGET_LABEL]
-    asr = (predict_labels(model, apply_trigger(victims, attack)) == TARGET_LABEL).float().mean().item()
-    return clean_accuracy, asr
+    victims = split.labels != TARGET_LABEL
+    triggered = predict_labels(model, apply_trigger(split.images[victims], attack))
+    return (accuracy(predict_labels(model, split.images), split.labels),
+            attack_success_rate(triggered, split.labels[victims], TARGET_LABEL))
 
 
 @contextmanager
