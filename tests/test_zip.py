@@ -172,3 +172,43 @@ def test_bad_construction_arguments(gray_unet):
         ZipPurifier(gray_unet, "sharpen:2")
     with pytest.raises(ValueError, match="divisible"):
         ZipPurifier(gray_unet, "blur:3", steps=2)(_batch(1))
+
+
+def test_noise_start_begins_from_the_noised_input():
+    """t* < T: the first ε call sees √ᾱ x + √(1−ᾱ) z at the first grid time, z the generator's first draw."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy(x, t):
+        seen.append((x.clone(), t.clone()))
+        return torch.zeros_like(x)
+
+    x = _batch(1)
+    ZipPurifier(spy, "blur:4", steps=4, noise_start=0.4)(x, torch.Generator().manual_seed(9))
+    (t0, _), *_ = timestep_pairs(4, num_timesteps=400)
+    assert t0 == 300 and int(seen[0][1][0]) == 300, "the 4 steps must cover [0, 400) only"
+    assert max(int(t[0]) for _, t in seen) < 400
+    a = alpha_bar(alphas_cumprod(linear_betas()), t0)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(seen[0][0], math.sqrt(a) * x + math.sqrt(1 - a) * z)
+
+
+def test_noise_start_one_is_the_pure_noise_start(gray_unet):
+    x = _batch(1)
+    default = ZipPurifier(gray_unet, "blur:4", steps=5)(x, torch.Generator().manual_seed(2))
+    explicit = ZipPurifier(gray_unet, "blur:4", steps=5, noise_start=1.0)(x, torch.Generator().manual_seed(2))
+    assert torch.equal(default, explicit)
+
+
+def test_noise_start_keeps_more_of_the_input_than_pure_noise(gray_unet):
+    """Monotone sanity: a low t* with a zero-ε model returns nearly the input; t* = 1 does not."""
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    x = _batch(1)
+    low = ZipPurifier(model, "blur:4", steps=5, guidance_power=INF, noise_start=0.05)(x, torch.Generator().manual_seed(0))
+    full = ZipPurifier(model, "blur:4", steps=5, guidance_power=INF)(x, torch.Generator().manual_seed(0))
+    assert (low - x).abs().mean() < (full - x).abs().mean()
+
+
+@pytest.mark.parametrize("noise_start", [0.0, -0.1, 1.5, float("nan")])
+def test_bad_noise_start_is_refused(noise_start, gray_unet):
+    with pytest.raises(ValueError, match="noise_start"):
+        ZipPurifier(gray_unet, "blur:4", steps=5, noise_start=noise_start)

@@ -8,6 +8,7 @@ Notation (DESIGN.md §2):
     ᾱ_t             cumulative product of (1 − β); ᾱ(−1) = 1
     λ               guidance_power (paper: at_threshold); inf disables the mix step
     η               DDIM stochasticity (1 = DDPM-like ancestral noise)
+    t*              noise start: the reverse process starts at t* = noise_start·T (1 = pure noise)
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class ZipPurifier:
         guidance_power: λ in the mix x̂ ← (1 − ᾱ_t^λ) x̂ + ᾱ_t^λ x_t; float("inf") skips the mix.
         eta: η of the DDIM step.
         travel_length, travel_repeat: RePaint time travel (L, R); 1, 1 = a plain descent.
+        noise_start: t*/T in (0, 1]. 1 is ZIP's start from pure noise. Below 1, the S steps cover
+            [0, t*) only and the walk starts from the noised input √ᾱ x_in + √(1−ᾱ) z at the first
+            grid time (an SDEdit/DiffPure-style start, kept under ZIP's range guidance): more of
+            the input survives, the trigger included (docs/defense.md measures the trade).
         clip: clamp the output to [-1, 1].
         betas: the model's training schedule (default: linear 1e-4 … 0.02, T = 1000).
 
@@ -85,7 +90,10 @@ class ZipPurifier:
         travel_repeat: int = 1,
         clip: bool = True,
         betas: torch.Tensor | None = None,
+        noise_start: float = 1.0,
     ) -> None:
+        if not 0.0 < noise_start <= 1.0:
+            raise ValueError(f"noise_start must be in (0, 1] (1 = start from pure noise), got {noise_start}")
         if not (guidance_power > 0):
             raise ValueError(f"guidance_power must be > 0 (inf disables the mix), got {guidance_power}")
         if not 0.0 <= eta <= 1.0:
@@ -101,7 +109,12 @@ class ZipPurifier:
         self.eta = eta
         self.clip = clip
         self.alpha_bars = alphas_cumprod(linear_betas() if betas is None else betas)
-        self.pairs = timestep_pairs(steps, travel_length, travel_repeat, num_timesteps=self.alpha_bars.shape[0])
+        self.noise_start = noise_start
+        # The grid t = span·i/S spans [0, t*): all S steps are spent below the noise start.
+        span = max(1, round(noise_start * self.alpha_bars.shape[0]))
+        if noise_start < 1.0 and steps > span:
+            raise ValueError(f"steps ({steps}) exceed the {span} timesteps below noise_start={noise_start}")
+        self.pairs = timestep_pairs(steps, travel_length, travel_repeat, num_timesteps=span)
         if isinstance(transforms, str) and self.channels is not None:
             self.transforms_for(self.channels)  # fail fast on a bad spec
 
@@ -147,6 +160,10 @@ class ZipPurifier:
             # y_k = A_k x_in, kept only as A_k⁺ y_k: the range component every step reuses.
             range_components = [A.pinv(A.apply(x_in)) for A in transforms]
             x_t = draw_noise(x.shape, generator, x.device)
+            if self.noise_start < 1.0:
+                # 0. Noise start: x_t* = √ᾱ_t* x_in + √(1−ᾱ_t*) z, the forward process run to t*.
+                a_start = alpha_bar(self.alpha_bars, self.pairs[0][0])
+                x_t = math.sqrt(a_start) * x_in + math.sqrt(1.0 - a_start) * x_t
             x0 = x_t  # replaced by the first step, which always goes down
             for t, t_next in self.pairs:
                 a_t = alpha_bar(self.alpha_bars, t)
