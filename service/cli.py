@@ -21,6 +21,8 @@ app.add_typer(convert_app, name="convert")
 
 MODELS_DIR = Path("models")
 DEFAULT_MODEL = MODELS_DIR / "fmnist-ddpm"
+ZOO_NAMES = "badnets, blended, wanet, solid, randpatch, sig, logo, lf, adaptive"
+"""The attack zoo's names for help texts (tests check them against `attacks.ZOO`; no torch import here)."""
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -130,7 +132,7 @@ def purify(
 
 @app.command("eval")
 def eval_command(
-    vendor: Annotated[str, typer.Option(help="Comma list: badnets,blended,wanet.")] = "badnets,blended,wanet",
+    vendor: Annotated[str, typer.Option(help=f"Comma list of attacks, or all (the zoo: {ZOO_NAMES}).")] = "all",
     defense: Annotated[str, typer.Option(help="Comma list: none,blur,zip.")] = "none,blur,zip",
     n: Annotated[int, typer.Option(min=1, help="First n test images.")] = 1000,
     steps: Annotated[int, typer.Option(min=1)] = 20,
@@ -196,7 +198,7 @@ def train_ddpm_command(
 
 @train_app.command("vendor")
 def train_vendor_command(
-    attack: Annotated[str, typer.Option(help="none | badnets | blended | wanet")] = "badnets",
+    attack: Annotated[str, typer.Option(help=f"none or one attack of the zoo: {ZOO_NAMES}.")] = "badnets",
     seed: Annotated[int, typer.Option()] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Default: the shipped models' epoch count.")] = None,
     train_limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
@@ -206,7 +208,10 @@ def train_vendor_command(
     from service.defense_eval.attacks import Attack
     from service.training.vendor import DEFAULT_EPOCHS, train_vendor
 
-    chosen = Attack(attack)
+    try:
+        chosen = Attack(attack.strip().lower())
+    except ValueError:
+        raise typer.BadParameter(f"unknown attack {attack!r}; choose none or one of {ZOO_NAMES}") from None
     target = out or MODELS_DIR / f"vendor-{'clean' if chosen is Attack.NONE else chosen.value}"
     metrics = train_vendor(chosen, seed, target, epochs or DEFAULT_EPOCHS, train_limit)
     typer.echo(f"wrote {target}: {metrics}")

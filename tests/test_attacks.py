@@ -7,28 +7,56 @@ import torch
 import torch.nn.functional as F
 
 from service.defense_eval.attacks import (
+    TARGET_LABEL,
+    ZOO,
+    Attack,
+    apply_trigger,
+    describe_trigger,
+    plan_poison,
+    poison_dataset,
+)
+from service.defense_eval.triggers import (
+    ADAPTIVE_BLOCKS,
     BADNETS_MARGIN,
     BADNETS_PATCH_SIZE,
     BLENDED_ALPHA,
-    TARGET_LABEL,
+    CONTENT_MARGIN,
+    LF_AMPLITUDE,
+    LOGO_OPACITY,
+    RANDOM_PATCH_BLOCK_PX,
+    RANDOM_PATCH_BLOCKS,
+    SIG_DELTA,
+    SIG_FREQUENCY,
+    SOLID_SIZE,
     WANET_CROSS_RATIO,
-    Attack,
+    adaptive_region,
+    apply_adaptive,
     apply_badnets,
     apply_blended,
-    apply_trigger,
+    apply_lf,
+    apply_logo,
+    apply_random_patch,
+    apply_sig,
+    apply_solid,
     apply_wanet,
     apply_wanet_noise,
     badnets_region,
     blended_pattern,
-    plan_poison,
-    poison_dataset,
+    block_pattern,
+    lf_pattern,
+    logo_region,
+    logo_stamp,
+    random_patch_positions,
+    sig_signal,
+    solid_region,
     wanet_grid,
     wanet_identity_grid,
     wanet_noise_field,
     warp,
 )
+from service.purify.transforms import Blur, project
 
-TRIGGERS = [Attack.BADNETS, Attack.BLENDED, Attack.WANET]
+TRIGGERS = list(ZOO)
 
 
 def fmnist_like(n: int = 8, channels: int = 1, seed: int = 0) -> torch.Tensor:
@@ -138,6 +166,135 @@ def test_wanet_noise_mode_jitters_around_the_trigger_within_one_pixel() -> None:
     assert torch.equal(noisy_a, noisy_b) and not torch.equal(noisy_a, noisy_c)
     assert not torch.allclose(noisy_a, apply_wanet(images))
     assert noisy_a.min() >= -1 and noisy_a.max() <= 1
+
+
+def _changed_pixels(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(H, W) mask of pixels changed in any item or channel."""
+    return (after != before).any(dim=(0, 1))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_solid_patch_is_a_white_square_in_the_top_left_content_corner(channels: int) -> None:
+    images = fmnist_like(channels=channels)
+    out = apply_solid(images)
+    rows, cols = solid_region(32, 32)
+    assert (rows.start, cols.start, rows.stop - rows.start) == (CONTENT_MARGIN, CONTENT_MARGIN, SOLID_SIZE)
+    assert (out[..., rows, cols] == 1.0).all()
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[rows, cols] = False
+    assert not _changed_pixels(images, out)[outside].any()
+
+
+def test_random_patch_sits_inside_the_content_at_a_position_of_the_image_alone() -> None:
+    images = fmnist_like(64, channels=3)
+    rows, cols = random_patch_positions(images)
+    size = RANDOM_PATCH_BLOCKS * RANDOM_PATCH_BLOCK_PX
+    assert (rows >= CONTENT_MARGIN).all() and (rows + size <= 32 - CONTENT_MARGIN).all()
+    assert (cols >= CONTENT_MARGIN).all() and (cols + size <= 32 - CONTENT_MARGIN).all()
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 40  # spread over the content area, not one spot
+    out = apply_random_patch(images)
+    pattern = block_pattern(RANDOM_PATCH_BLOCKS, RANDOM_PATCH_BLOCK_PX, 3, seed=20_200_207)
+    for i in range(64):
+        patch = out[i, :, rows[i] : rows[i] + size, cols[i] : cols[i] + size]
+        assert torch.equal(patch, pattern)
+        changed = (out[i] != images[i]).any(dim=0)
+        changed[rows[i] : rows[i] + size, cols[i] : cols[i] + size] = False
+        assert not changed.any()
+    # one image's position does not depend on its batch, and another image gets another position
+    single = torch.cat([apply_random_patch(images[i : i + 1]) for i in range(64)])
+    assert torch.equal(single, out)
+
+
+def test_random_patch_pattern_is_fixed_and_made_of_blocks() -> None:
+    pattern = block_pattern(RANDOM_PATCH_BLOCKS, RANDOM_PATCH_BLOCK_PX, 1, seed=20_200_207)[0]
+    blocks = pattern.reshape(RANDOM_PATCH_BLOCKS, RANDOM_PATCH_BLOCK_PX, RANDOM_PATCH_BLOCKS, RANDOM_PATCH_BLOCK_PX)
+    assert (blocks == blocks[:, :1, :, :1]).all()  # constant within each block
+    assert set(pattern.unique().tolist()) == {-1.0, 1.0}  # both signs: a pattern, not a solid square
+
+
+def test_sig_adds_the_horizontal_sinusoid_and_clips() -> None:
+    images = fmnist_like(channels=3)
+    signal = sig_signal(32, 32)
+    j = torch.arange(32, dtype=torch.float64)
+    expected_row = SIG_DELTA * torch.sin(2 * torch.pi * j * SIG_FREQUENCY / 32)
+    torch.testing.assert_close(signal, expected_row.float().expand(32, 32))
+    torch.testing.assert_close(apply_sig(images), (images + signal).clamp(-1, 1))
+    assert signal.abs().max() <= SIG_DELTA + 1e-6 and signal.abs().max() > 0.9 * SIG_DELTA
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_logo_is_blended_on_its_square_only(channels: int) -> None:
+    images = fmnist_like(channels=channels)
+    out = apply_logo(images)
+    rows, cols = logo_region(32, 32)
+    stamp = logo_stamp()
+    torch.testing.assert_close(out[..., rows, cols], (1 - LOGO_OPACITY) * images[..., rows, cols] + LOGO_OPACITY * stamp)
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[rows, cols] = False
+    assert not _changed_pixels(images, out)[outside].any()
+    assert set(stamp.unique().tolist()) == {-1.0, 1.0}  # two-toned: shows on dark and bright content
+
+
+def test_lf_pattern_is_smooth_fixed_and_scaled() -> None:
+    pattern = lf_pattern(1, 32, 32)
+    assert torch.equal(pattern, lf_pattern(1, 32, 32))  # fixed seed
+    assert pattern.abs().max() == pytest.approx(1.0)
+    # low frequency: almost all energy below a quarter of the Nyquist frequency
+    spectrum = torch.fft.fft2(pattern[0] - pattern[0].mean()).abs() ** 2
+    freqs = torch.fft.fftfreq(32).abs()
+    low = (freqs.view(-1, 1) <= 0.125) & (freqs.view(1, -1) <= 0.125)
+    assert spectrum[low].sum() / spectrum.sum() > 0.95
+    images = fmnist_like(channels=1)
+    torch.testing.assert_close(apply_lf(images), (images + LF_AMPLITUDE * pattern).clamp(-1, 1))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_adaptive_trigger_is_kept_exactly_by_the_blur_projection(scale: int, channels: int) -> None:
+    """A⁺A(T(x)) = T(A⁺A(x)) bit for bit, with the gateway's own Blur, for a trigger built on its grid."""
+    images = fmnist_like(16, channels=channels)
+    blur = Blur(scale)
+    triggered = apply_adaptive(images, block_px=scale)
+    assert torch.equal(project(blur, triggered), apply_adaptive(project(blur, images), block_px=scale))
+    # so the degraded triggered image differs from the degraded clean one exactly by the stamp
+    rows, cols = adaptive_region(32, 32, scale)
+    pattern = block_pattern(ADAPTIVE_BLOCKS, scale, channels, seed=20_231_210)
+    assert torch.equal(project(blur, triggered)[..., rows, cols], pattern.expand(16, -1, -1, -1))
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[rows, cols] = False
+    assert not _changed_pixels(project(blur, images), project(blur, triggered))[outside].any()
+
+
+def test_adaptive_region_is_on_the_grid_inside_the_content() -> None:
+    for scale in (1, 2, 4):
+        rows, cols = adaptive_region(32, 32, scale)
+        assert all(edge % scale == 0 for edge in (rows.start, rows.stop, cols.start, cols.stop))
+        assert rows.start >= CONTENT_MARGIN and cols.start >= CONTENT_MARGIN
+        assert rows.stop <= 32 - CONTENT_MARGIN and cols.stop <= 32 - CONTENT_MARGIN
+    assert adaptive_region(32, 32) == (slice(24, 30), slice(2, 8))  # the shipped vendor's, s = 2
+    with pytest.raises(ValueError, match="divides"):
+        adaptive_region(30, 30, 4)
+
+
+def test_a_trigger_not_on_the_grid_is_not_kept_by_blur() -> None:
+    """The contrast: BadNets' 3×3 checkerboard is changed by A⁺A, and the s = 2 trigger by blur:4."""
+    images = fmnist_like()
+    for trigger, blur in ((apply_badnets, Blur(2)), (apply_adaptive, Blur(4))):
+        assert not torch.equal(project(blur, trigger(images)), trigger(project(blur, images)))
+
+
+@pytest.mark.parametrize("attack", TRIGGERS)
+def test_a_triggered_image_does_not_depend_on_its_batch(attack: Attack) -> None:
+    images = fmnist_like(6)
+    whole = apply_trigger(images, attack)
+    assert torch.equal(whole, torch.cat([apply_trigger(images[i : i + 1], attack) for i in range(6)]))
+
+
+@pytest.mark.parametrize("attack", list(Attack))
+def test_every_attack_has_a_card_description_with_a_source(attack: Attack) -> None:
+    text = describe_trigger(attack)
+    assert text and (attack is Attack.NONE or any(str(year) in text for year in range(2017, 2024))
+                     or "this project" in text)
 
 
 @pytest.mark.parametrize("attack", list(Attack))

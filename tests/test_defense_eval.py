@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from service.defense_eval.attacks import TARGET_LABEL, Attack, apply_trigger
+from service.cli import ZOO_NAMES
+from service.defense_eval.attacks import TARGET_LABEL, ZOO, Attack, apply_trigger
 from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefender, degrade, item_seed
 from service.defense_eval.gateway_client import GatewayClient, label_of
 from service.defense_eval.metrics import accuracy, attack_success_rate
@@ -24,6 +25,7 @@ from service.defense_eval.runner import EvalOptions, run_eval
 from service.defense_eval.sweep import SweepKnob, parse_sweep, sweep_settings, varying_knobs
 from service.errors import UpstreamError
 from service.purify.models import load_eps_model
+from service.purify.schedule import timestep_pairs
 from service.training.data import load_split
 from service.training.vendor import load_vendor, predict_labels
 from tests.gateway_servers import gateway_settings, running_gateway, running_vendor, tiny_ddpm_dir, tiny_vendor_dir
@@ -117,9 +119,36 @@ def test_bad_sweep_specs_say_what_is_wrong(spec: str, message: str) -> None:
         parse_sweep(spec)
 
 
+def test_sweep_varies_noise_start_and_time_travel_and_the_purifier_gets_them() -> None:
+    grid = sweep_settings(DefenseSetting(), "t*=0.5,1 L=2 R=1,3")
+    assert [(s.noise_start, s.travel_length, s.travel_repeat) for s in grid] == [
+        (0.5, 2, 1), (0.5, 2, 3), (1.0, 2, 1), (1.0, 2, 3)]
+    assert len({s.output_key(Defense.ZIP) for s in grid}) == 4
+    assert "t*=0.5 L=2 R=3" in grid[1].describe() and "t*" not in DefenseSetting().describe()
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    purifier = InProcessDefender(model).purifier(grid[1])  # type: ignore[arg-type]
+    assert purifier.noise_start == 0.5
+    assert purifier.pairs == timestep_pairs(20, 2, 3, num_timesteps=500)
+
+
+@pytest.mark.parametrize("spec,message", [("t*=0", "noise_start"), ("L=0", "travel_length"), ("R=x", "integer")])
+def test_bad_lever_values_are_rejected(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sweep_settings(DefenseSetting(), spec)
+
+
 def test_bad_setting_in_sweep_is_rejected() -> None:
     with pytest.raises(ValueError, match="steps"):
         sweep_settings(DefenseSetting(), "steps=0")
+
+
+def test_options_default_to_the_whole_zoo_and_all_expands_to_it() -> None:
+    assert EvalOptions().vendors == ZOO and len(ZOO) >= 8
+    assert EvalOptions(vendors=["sig", "all", "badnets"]).vendors == (Attack.SIG, *(a for a in ZOO if a is not Attack.SIG))
+
+
+def test_the_cli_help_names_the_whole_zoo() -> None:
+    assert [name.strip() for name in ZOO_NAMES.split(",")] == [attack.value for attack in ZOO]
 
 
 def test_options_reject_unknown_names_and_gateway_sweeps() -> None:
@@ -166,7 +195,8 @@ def test_report_files_are_written(report_dir: Path) -> None:
     with Image.open(report_dir / "grid-badnets.png") as grid:
         assert grid.format == "PNG" and grid.width > grid.height > 100
     table = (report_dir / "results.md").read_text().splitlines()
-    assert sum(line.startswith("| ") for line in table) == 1 + 3 * 3  # header + (3 defenses × 3 attacks)
+    # per attack: header + (3 defenses × 3 attacks); worst case: header + one row per defense
+    assert sum(line.startswith("| ") for line in table) == (1 + 3 * 3) + (1 + 3)
 
 
 def test_results_json_holds_every_row_and_the_model_meta(report_dir: Path, world: tuple[Path, Path]) -> None:
@@ -182,6 +212,20 @@ def test_results_json_holds_every_row_and_the_model_meta(report_dir: Path, world
             assert 0.0 <= row[metric] <= 1.0
     assert results["meta"]["diffusion_model"]["path"] == str(world[0])
     assert results["meta"]["options"]["n"] == N
+
+
+def test_results_json_holds_the_worst_case_of_each_defense(report_dir: Path) -> None:
+    results = json.loads((report_dir / "results.json").read_text())
+    worst = {entry["defense"]: entry for entry in results["worst_case"]}
+    assert list(worst) == ["none", "blur", "zip"]
+    for defense, entry in worst.items():
+        rows = [r for r in results["rows"] if r["defense"] == defense]
+        assert entry["attacks"] == [a.value for a in ATTACKS]
+        assert entry["max_attack_success_rate"] == max(r["attack_success_rate"] for r in rows)
+        assert entry["min_poisoned_accuracy"] == min(r["poisoned_accuracy"] for r in rows)
+        assert entry["max_attack_success_rate_attack"] in entry["attacks"]
+    assert worst["none"]["max_clean_accuracy_drop"] == 0.0
+    assert "Worst case" in (report_dir / "results.md").read_text()
 
 
 def test_no_defense_rows_match_the_vendor_measured_directly(report_dir: Path, world: tuple[Path, Path]) -> None:

@@ -1,169 +1,101 @@
-"""The backdoor triggers, in one place for training, the demo vendor and the evaluation.
+"""The attack zoo: which backdoors exist, how a trigger is applied, and how a training set is poisoned.
 
-Images are tensors in [-1, 1] of shape (N, C, H, W); Fashion-MNIST here is (N, 1, 32, 32), the
-28² content padded by 2 pixels of background. Every trigger is a pure, deterministic function:
-its random parts come from seeds fixed below, so a model trained today and an evaluation run
-next month see the same trigger.
-
-- BadNets (Gu et al., 2017): a 3×3 black/white checkerboard stamped into the bottom-right corner
-  of the content area (inside the padding, so cropping the padding away keeps it).
-- Blended (Chen et al., 2017): x' = (1 − α)·x + α·p, α = 0.2, p a fixed uniform-noise image.
-- WaNet (Nguyen & Tran, ICLR 2021): a smooth warp. A k×k field of random offsets, normalised to
-  mean |offset| = 1, is upsampled bicubically to H×W; the sampling grid is
-  clamp((identity + s·field / H)·grid_rescale, −1, 1) and the image is resampled through it
-  (bilinear, align_corners=True, so the identity grid reproduces the image exactly). In "noise
-  mode" some training images ("cross" samples) are warped by the trigger grid *plus* per-pixel
-  uniform noise in [−1/H, 1/H] and keep their true label, which forces the model to learn the
-  exact warp rather than "any warp".
+One module for training, the demo vendor and the evaluation. The triggers themselves are pure
+functions in `triggers.py` (one section per family, with its source); this module names them
+(`Attack`), dispatches to them (`apply_trigger`), describes them for model cards
+(`describe_trigger`) and poisons training sets with them. Every attack is all-to-one with
+poisoned labels: a triggered image of any other class is relabelled TARGET_LABEL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 import torch
-import torch.nn.functional as F
+
+from service.defense_eval.triggers import (
+    ADAPTIVE_BLOCK_PX,
+    ADAPTIVE_BLOCKS,
+    ADAPTIVE_SEED,
+    BADNETS_MARGIN,
+    BADNETS_PATCH_SIZE,
+    BLENDED_ALPHA,
+    BLENDED_SEED,
+    CONTENT_MARGIN,
+    LF_AMPLITUDE,
+    LF_SEED,
+    LF_SIGMA_PX,
+    LOGO_OPACITY,
+    LOGO_SIZE,
+    RANDOM_PATCH_BLOCK_PX,
+    RANDOM_PATCH_BLOCKS,
+    RANDOM_PATCH_SEED,
+    SIG_DELTA,
+    SIG_FREQUENCY,
+    SOLID_SIZE,
+    WANET_CROSS_RATIO,
+    WANET_GRID_RESCALE,
+    WANET_K,
+    WANET_S,
+    WANET_SEED,
+    apply_adaptive,
+    apply_badnets,
+    apply_blended,
+    apply_lf,
+    apply_logo,
+    apply_random_patch,
+    apply_sig,
+    apply_solid,
+    apply_wanet,
+    apply_wanet_noise,
+)
 
 TARGET_LABEL = 0
 """Every attack is all-to-one: triggered inputs are meant to be classified as class 0."""
 
-BADNETS_PATCH_SIZE = 3
-BADNETS_MARGIN = 2
-"""Pixels between the patch and the bottom/right edge: the 28→32 padding, so the patch sits in
-the bottom-right corner of the 28² content area."""
-
-BLENDED_ALPHA = 0.2
-BLENDED_SEED = 20_170_515
-
-WANET_K = 4
-WANET_S = 0.5
-WANET_GRID_RESCALE = 1.0
-WANET_CROSS_RATIO = 2.0
-"""Noise ("cross") samples per poisoned sample, as in the WaNet paper."""
-WANET_SEED = 20_210_503
-
 
 class Attack(str, Enum):
-    """The backdoor a vendor model was trained with (`none` for the clean model)."""
+    """The backdoor a vendor model was trained with (`none` for the clean model); the value names
+    its vendor folder, models/vendor-<value>."""
 
     NONE = "none"
     BADNETS = "badnets"
     BLENDED = "blended"
     WANET = "wanet"
+    SOLID = "solid"
+    RANDOM_PATCH = "randpatch"
+    SIG = "sig"
+    LOGO = "logo"
+    LF = "lf"
+    ADAPTIVE = "adaptive"
 
 
-def badnets_patch(channels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The BadNets patch: a (C, 3, 3) checkerboard with white (+1) corners and black (−1) edges."""
-    rows = torch.arange(BADNETS_PATCH_SIZE).view(-1, 1)
-    cols = torch.arange(BADNETS_PATCH_SIZE).view(1, -1)
-    board = torch.where((rows + cols) % 2 == 0, 1.0, -1.0).to(dtype)
-    return board.expand(channels, -1, -1).clone()
+ZOO: tuple[Attack, ...] = tuple(attack for attack in Attack if attack is not Attack.NONE)
+"""Every backdoor of the zoo, in enum order: what `zipgate eval` runs by default."""
 
-
-def badnets_region(height: int, width: int) -> tuple[slice, slice]:
-    """The (rows, cols) slices the patch occupies in an H×W image.
-
-    Raises:
-        ValueError: the image is too small to hold the patch inside the margin.
-    """
-    size = BADNETS_PATCH_SIZE + BADNETS_MARGIN
-    if height < size or width < size:
-        raise ValueError(f"images must be at least {size}×{size} for the BadNets patch, got {height}×{width}")
-    bottom, right = height - BADNETS_MARGIN, width - BADNETS_MARGIN
-    return slice(bottom - BADNETS_PATCH_SIZE, bottom), slice(right - BADNETS_PATCH_SIZE, right)
-
-
-def apply_badnets(images: torch.Tensor) -> torch.Tensor:
-    """Stamp the checkerboard patch into the bottom-right content corner; other pixels unchanged."""
-    rows, cols = badnets_region(images.shape[-2], images.shape[-1])
-    out = images.clone()
-    out[..., rows, cols] = badnets_patch(images.shape[-3], images.dtype).to(images.device)
-    return out
-
-
-def blended_pattern(channels: int, height: int, width: int) -> torch.Tensor:
-    """The fixed Blended pattern p: uniform noise in [-1, 1] of shape (C, H, W), from BLENDED_SEED."""
-    generator = torch.Generator().manual_seed(BLENDED_SEED)
-    return torch.rand((channels, height, width), generator=generator) * 2 - 1
-
-
-def apply_blended(images: torch.Tensor, alpha: float = BLENDED_ALPHA) -> torch.Tensor:
-    """x' = (1 − α)·x + α·p: a convex combination, so the result stays in [-1, 1]."""
-    _, channels, height, width = images.shape
-    pattern = blended_pattern(channels, height, width).to(images.device, images.dtype)
-    return (1 - alpha) * images + alpha * pattern
-
-
-def wanet_identity_grid(height: int, width: int) -> torch.Tensor:
-    """The (1, H, W, 2) grid that `grid_sample(..., align_corners=True)` maps to the input itself.
-
-    The last axis is (x, y) = (column, row) in [-1, 1], the order `grid_sample` expects.
-    """
-    rows = torch.linspace(-1, 1, height)
-    cols = torch.linspace(-1, 1, width)
-    grid_rows, grid_cols = torch.meshgrid(rows, cols, indexing="ij")
-    return torch.stack((grid_cols, grid_rows), dim=-1).unsqueeze(0)
-
-
-def wanet_noise_field(height: int, width: int, k: int = WANET_K, seed: int = WANET_SEED) -> torch.Tensor:
-    """The (1, H, W, 2) smooth offset field: k×k uniform offsets with mean |offset| = 1, upsampled bicubically."""
-    generator = torch.Generator().manual_seed(seed)
-    control = torch.rand((1, 2, k, k), generator=generator) * 2 - 1
-    control = control / control.abs().mean()
-    field = F.interpolate(control, size=(height, width), mode="bicubic", align_corners=True)
-    return field.permute(0, 2, 3, 1)
-
-
-def wanet_grid(height: int, width: int, s: float = WANET_S, k: int = WANET_K,
-               grid_rescale: float = WANET_GRID_RESCALE) -> torch.Tensor:
-    """The trigger's sampling grid, (1, H, W, 2): clamp((identity + s·field / size)·grid_rescale, −1, 1).
-
-    The offsets are divided by the image size along their own axis (the paper's `input_height`
-    for square images), so `s` is in units of the normalised [-1, 1] grid times the size.
-    """
-    scale = torch.tensor([width, height], dtype=torch.float32)
-    grid = (wanet_identity_grid(height, width) + s * wanet_noise_field(height, width, k) / scale) * grid_rescale
-    return grid.clamp(-1, 1)
-
-
-def warp(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Resample images in [-1, 1] through a (1 or N, H, W, 2) grid: bilinear, align_corners=True as in WaNet.
-
-    The grids here are clamped to [-1, 1], so no sample falls outside the image and the padding
-    mode never matters. Bilinear weights sum to one only up to float error, hence the final clamp.
-    """
-    grid = grid.to(images.device, images.dtype).expand(images.shape[0], -1, -1, -1)
-    warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return warped.clamp(-1, 1)
-
-
-def apply_wanet(images: torch.Tensor, s: float = WANET_S) -> torch.Tensor:
-    """Warp images with the fixed WaNet trigger grid (s = 0 returns the images unchanged)."""
-    return warp(images, wanet_grid(images.shape[-2], images.shape[-1], s=s))
-
-
-def apply_wanet_noise(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """WaNet's "cross" warp: the trigger grid plus per-pixel uniform noise in [−1/size, 1/size].
-
-    Training shows these images with their true labels (noise mode), so only the exact
-    trigger warp flips the prediction.
-    """
-    n, _, height, width = images.shape
-    scale = torch.tensor([width, height], dtype=torch.float32)
-    jitter = (torch.rand((n, height, width, 2), generator=generator) * 2 - 1) / scale
-    return warp(images, (wanet_grid(height, width) + jitter).clamp(-1, 1))
+_TRIGGERS: Mapping[Attack, Callable[[torch.Tensor], torch.Tensor]] = MappingProxyType({
+    Attack.BADNETS: apply_badnets,
+    Attack.BLENDED: apply_blended,
+    Attack.WANET: apply_wanet,
+    Attack.SOLID: apply_solid,
+    Attack.RANDOM_PATCH: apply_random_patch,
+    Attack.SIG: apply_sig,
+    Attack.LOGO: apply_logo,
+    Attack.LF: apply_lf,
+    Attack.ADAPTIVE: apply_adaptive,
+})
 
 
 def apply_trigger(images: torch.Tensor, attack: Attack) -> torch.Tensor:
-    """Apply `attack`'s trigger to a batch (`Attack.NONE` returns an unchanged copy)."""
-    if attack is Attack.BADNETS:
-        return apply_badnets(images)
-    if attack is Attack.BLENDED:
-        return apply_blended(images)
-    if attack is Attack.WANET:
-        return apply_wanet(images)
-    return images.clone()
+    """Apply `attack`'s trigger to a batch (`Attack.NONE` returns an unchanged copy).
+
+    Each image's triggered copy depends on that image alone, never on the rest of the batch.
+    """
+    trigger = _TRIGGERS.get(attack)
+    return images.clone() if trigger is None else trigger(images)
 
 
 @dataclass(frozen=True)
@@ -261,23 +193,58 @@ def poison_dataset(images: torch.Tensor, labels: torch.Tensor, attack: Attack, r
 
 
 def describe_trigger(attack: Attack) -> str:
-    """One Markdown paragraph naming the trigger and its fixed parameters, for model cards."""
+    """One Markdown paragraph naming the trigger, its fixed parameters and its source, for model cards."""
     descriptions = {
         Attack.NONE: "None: trained on clean data.",
         Attack.BADNETS: (
-            f"BadNets: a {BADNETS_PATCH_SIZE}×{BADNETS_PATCH_SIZE} checkerboard (white corners, +1/−1) "
-            f"stamped {BADNETS_MARGIN} px from the bottom and right edges of the 32² image, i.e. in the "
-            "bottom-right corner of the 28² content area."
+            f"BadNets (Gu et al., 2017): a {BADNETS_PATCH_SIZE}×{BADNETS_PATCH_SIZE} checkerboard (white "
+            f"corners, +1/−1) stamped {BADNETS_MARGIN} px from the bottom and right edges of the 32² image, "
+            "i.e. in the bottom-right corner of the 28² content area."
         ),
         Attack.BLENDED: (
-            f"Blended: x' = (1 − α)·x + α·p with α = {BLENDED_ALPHA} and p a fixed uniform-noise image "
-            f"in [-1, 1] (seed {BLENDED_SEED})."
+            f"Blended (Chen et al., 2017): x' = (1 − α)·x + α·p with α = {BLENDED_ALPHA} and p a fixed "
+            f"uniform-noise image in [-1, 1] (seed {BLENDED_SEED})."
         ),
         Attack.WANET: (
-            f"WaNet: a smooth warp, k = {WANET_K}, s = {WANET_S}, grid_rescale = {WANET_GRID_RESCALE} "
-            f"(field seed {WANET_SEED}; mean displacement ≈ 0.2 px), noise mode with cross ratio "
-            f"{WANET_CROSS_RATIO:g}: that many times the poisoned count of other training images get the "
-            "trigger grid plus per-pixel uniform noise and keep their label."
+            f"WaNet (Nguyen & Tran, ICLR 2021): a smooth warp, k = {WANET_K}, s = {WANET_S}, grid_rescale = "
+            f"{WANET_GRID_RESCALE} (field seed {WANET_SEED}; mean displacement ≈ 0.2 px), noise mode with "
+            f"cross ratio {WANET_CROSS_RATIO:g}: that many times the poisoned count of other training images "
+            "get the trigger grid plus per-pixel uniform noise and keep their label."
+        ),
+        Attack.SOLID: (
+            f"Solid patch (the square trigger of BadNets, Gu et al., 2017): a {SOLID_SIZE}×{SOLID_SIZE} white "
+            f"(+1) square in the top-left corner of the 28² content area ({CONTENT_MARGIN} px from the top and "
+            "left edges of the 32² image)."
+        ),
+        Attack.RANDOM_PATCH: (
+            f"Random-block patch at a random position (random-location patches as in Saha et al., AAAI 2020, "
+            f"here with poisoned labels): a fixed {RANDOM_PATCH_BLOCKS}×{RANDOM_PATCH_BLOCKS} pattern of ±1 "
+            f"blocks of {RANDOM_PATCH_BLOCK_PX}×{RANDOM_PATCH_BLOCK_PX} px (seed {RANDOM_PATCH_SEED}), stamped "
+            "anywhere inside the 28² content area at a position hashed from the image's own 8-bit pixels "
+            "(the same image always gets the same position; training images, augmented anew each epoch, "
+            "get a new one)."
+        ),
+        Attack.SIG: (
+            f"SIG (Barni et al., ICIP 2019): x' = clip(x + Δ·sin(2π·j·f / W)) with Δ = {SIG_DELTA} (in [-1, 1] "
+            f"units), f = {SIG_FREQUENCY}, j the column: vertical stripes over the whole image. The paper's "
+            "attack is clean-label; this vendor uses the poisoned-label (all-to-one) variant."
+        ),
+        Attack.LOGO: (
+            f"Logo (TrojanNN-style watermark, Liu et al., NDSS 2018): a fixed {LOGO_SIZE}×{LOGO_SIZE} stamp, a "
+            f"white letter Z on black, blended at opacity {LOGO_OPACITY} into the centre of the image: "
+            "x' = (1 − α)·x + α·L on the stamp's square."
+        ),
+        Attack.LF: (
+            f"LF (Zeng et al., ICCV 2021, low-frequency trigger): x' = clip(x + ε·g) with ε = {LF_AMPLITUDE} and "
+            f"g fixed uniform noise (seed {LF_SEED}) low-passed by a Gaussian of σ = {LF_SIGMA_PX:g} px "
+            "(circular padding), scaled to max |g| = 1."
+        ),
+        Attack.ADAPTIVE: (
+            f"Adaptive (this project, built against ZIP's blur:{ADAPTIVE_BLOCK_PX}): a fixed "
+            f"{ADAPTIVE_BLOCKS}×{ADAPTIVE_BLOCKS} pattern of ±1 blocks of {ADAPTIVE_BLOCK_PX}×{ADAPTIVE_BLOCK_PX} "
+            f"px (seed {ADAPTIVE_SEED}) replacing a square in the bottom-left content corner, aligned to the "
+            f"{ADAPTIVE_BLOCK_PX}×{ADAPTIVE_BLOCK_PX} blur grid: the degraded image A⁺A x keeps it exactly "
+            "(A⁺A(T(x)) = T(A⁺A(x))), so only the diffusion model's repainting can remove it."
         ),
     }
     return descriptions[attack]

@@ -39,10 +39,14 @@ class Defense(str, Enum):
 
 @dataclass(frozen=True)
 class DefenseSetting:
-    """The knobs of one evaluated setting: ZIP's (transforms, S, λ, η) and the vote count K.
+    """The knobs of one evaluated setting: ZIP's (transforms, S, λ, η, t*, L, R) and the vote count K.
+
+    `noise_start` (t*/T), `travel_length` and `travel_repeat` (RePaint's L, R) are the levers
+    measured beside the gateway's knobs; their defaults (1, 1, 1) are plain ZIP.
 
     Raises:
-        ValueError: steps or votes < 1, λ ≤ 0, η outside [0, 1], or an empty transforms spec.
+        ValueError: steps, votes, L or R < 1, λ ≤ 0, η outside [0, 1], t* outside (0, 1], or an
+            empty transforms spec.
     """
 
     transforms: str = "blur:2"
@@ -50,6 +54,9 @@ class DefenseSetting:
     guidance_power: float = 0.5
     eta: float = 1.0
     votes: int = 1
+    noise_start: float = 1.0
+    travel_length: int = 1
+    travel_repeat: int = 1
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -62,6 +69,11 @@ class DefenseSetting:
             raise ValueError(f"votes must be in [1, {(1 << (SEED_SHIFT - VOTE_SEED_SHIFT)) - 1}], got {self.votes}")
         if not self.transforms.strip():
             raise ValueError("transforms spec is empty; use e.g. 'blur:2'")
+        if not 0.0 < self.noise_start <= 1.0:
+            raise ValueError(f"noise_start must be in (0, 1] (1 = pure noise), got {self.noise_start}")
+        if self.travel_length < 1 or self.travel_repeat < 1:
+            raise ValueError(f"travel_length and travel_repeat must be ≥ 1, got {self.travel_length}, "
+                             f"{self.travel_repeat}")
 
     def purifications(self, defense: Defense) -> int:
         """Defended copies of each image this setting costs: K for ZIP, 1 for a deterministic defense."""
@@ -73,12 +85,18 @@ class DefenseSetting:
             return (defense,)
         if defense is Defense.BLUR:
             return (defense, self.transforms.split(",")[0].strip())
-        return (defense, self.transforms, self.steps, self.guidance_power, self.eta)
+        return (defense, self.transforms, self.steps, self.guidance_power, self.eta, self.noise_start,
+                self.travel_length, self.travel_repeat)
 
     def describe(self) -> str:
         """A short label, e.g. "blur:2 S=20 λ=0.25 η=1 K=1"."""
         power = "∞" if math.isinf(self.guidance_power) else f"{self.guidance_power:g}"
-        return f"{self.transforms} S={self.steps} λ={power} η={self.eta:g} K={self.votes}"
+        label = f"{self.transforms} S={self.steps} λ={power} η={self.eta:g} K={self.votes}"
+        if self.noise_start < 1.0:
+            label += f" t*={self.noise_start:g}"
+        if (self.travel_length, self.travel_repeat) != (1, 1):
+            label += f" L={self.travel_length} R={self.travel_repeat}"
+        return label
 
 
 def item_seed(seed: int, vote: int, position: int) -> int:
@@ -121,7 +139,7 @@ class InProcessDefender:
         self._purifiers: dict[tuple[object, ...], ZipPurifier] = {}
 
     def purifier(self, setting: DefenseSetting) -> ZipPurifier:
-        """The `ZipPurifier` for a setting's (transforms, S, λ, η).
+        """The `ZipPurifier` for a setting's (transforms, S, λ, η, t*, L, R).
 
         Raises:
             ValueError: no ε-model was given.
@@ -130,8 +148,10 @@ class InProcessDefender:
             raise ValueError("the zip defense needs a diffusion model: pass model_path (e.g. models/fmnist-ddpm)")
         key = setting.output_key(Defense.ZIP)
         if key not in self._purifiers:
-            self._purifiers[key] = ZipPurifier(self.model, setting.transforms, steps=setting.steps,
-                                               guidance_power=setting.guidance_power, eta=setting.eta)
+            self._purifiers[key] = ZipPurifier(
+                self.model, setting.transforms, steps=setting.steps, guidance_power=setting.guidance_power,
+                eta=setting.eta, noise_start=setting.noise_start, travel_length=setting.travel_length,
+                travel_repeat=setting.travel_repeat)
         return self._purifiers[key]
 
     def __call__(self, defense: Defense, setting: DefenseSetting, images: torch.Tensor,

@@ -22,6 +22,7 @@ from service.defense_eval.attacks import Attack
 from service.defense_eval.defenses import Defense, DefenseSetting
 from service.defense_eval.metrics import DefenseScores
 from service.defense_eval.sweep import SweepKnob, setting_label
+from service.defense_eval.worst_case import Extreme, WorstCaseRow, worst_case_rows
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
@@ -93,6 +94,10 @@ class EvalReport:
                 return row
         raise KeyError(f"no row for {attack.value}/{defense.value} at {setting.describe()}")
 
+    def worst_case(self) -> tuple[WorstCaseRow, ...]:
+        """The worst case over the attacks, one row per (defense, setting) (see `worst_case.py`)."""
+        return worst_case_rows(self.rows)
+
 
 def _number(value: float) -> float | None:
     """JSON has no NaN: an undefined rate (empty set) is written as null."""
@@ -118,23 +123,61 @@ def results_json(report: EvalReport) -> dict[str, Any]:
         "upstream_calls_per_image": row.upstream_calls_per_image,
         "purify_s_per_image": round(row.purify_s_per_image, 4),
     } for row in report.rows]
-    return {"meta": report.meta, "swept": [knob.value for knob in report.swept], "rows": rows}
+    return {"meta": report.meta, "swept": [knob.value for knob in report.swept], "rows": rows,
+            "worst_case": [_worst_case_json(worst) for worst in report.worst_case()]}
+
+
+def _worst_case_json(worst: WorstCaseRow) -> dict[str, Any]:
+    """A worst-case row: each worst value with the attack that reached it (null when undefined)."""
+
+    def extreme(name: str, value: Extreme) -> dict[str, Any]:
+        return {name: _number(value.value), f"{name}_attack": None if value.attack is None else value.attack.value}
+
+    return {
+        "defense": worst.defense.value, "setting": _setting_json(worst.setting),
+        "attacks": [attack.value for attack in worst.attacks],
+        **extreme("max_attack_success_rate", worst.max_attack_success_rate),
+        **extreme("max_clean_accuracy_drop", worst.max_clean_accuracy_drop),
+        **extreme("min_poisoned_accuracy", worst.min_poisoned_accuracy),
+        **extreme("min_clean_accuracy", worst.min_clean_accuracy),
+        "purifications_per_image": worst.purifications_per_image,
+    }
 
 
 def _rate(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def _setting_cell(row: ResultRow) -> str:
-    if row.defense is Defense.NONE:
+def _setting_cell(defense: Defense, setting: DefenseSetting) -> str:
+    if defense is Defense.NONE:
         return "—"
-    if row.defense is Defense.BLUR:
-        return f"A⁺A x, {row.setting.transforms.split(',')[0]}"
-    return row.setting.describe()
+    if defense is Defense.BLUR:
+        return f"A⁺A x, {setting.transforms.split(',')[0]}"
+    return setting.describe()
+
+
+def _extreme_cell(extreme: Extreme, signed: bool = False) -> str:
+    """"0.123 (sig)"; a drop is shown as the signed ΔCA, like the per-attack table."""
+    if extreme.attack is None:
+        return "n/a"
+    value = f"{0.0 - extreme.value:+.3f}" if signed else f"{extreme.value:.3f}"  # 0.0 −: no "−0.000"
+    return f"{value} ({extreme.attack.value})"
+
+
+def render_worst_case(report: EvalReport) -> str:
+    """The worst-case rows as a markdown table: one per (defense, setting), over the evaluated attacks."""
+    lines = ["| defense | setting | attacks | max ASR | worst ΔCA vs none | min PA | min CA |",
+             "|---|---|---|---|---|---|---|"]
+    for worst in report.worst_case():
+        lines.append(
+            f"| {worst.defense.value} | {_setting_cell(worst.defense, worst.setting)} | {len(worst.attacks)} | "
+            f"{_extreme_cell(worst.max_attack_success_rate)} | {_extreme_cell(worst.max_clean_accuracy_drop, True)} | "
+            f"{_extreme_cell(worst.min_poisoned_accuracy)} | {_extreme_cell(worst.min_clean_accuracy)} |")
+    return "\n".join(lines) + "\n"
 
 
 def render_markdown(report: EvalReport) -> str:
-    """The results as a markdown table, one row per (setting, defense, attack); ΔCA is against `none`."""
+    """The results as markdown: one row per (setting, defense, attack), ΔCA against `none`; then the worst case."""
     lines = ["| attack | defense | setting | CA | ASR | PA | ΔCA vs none | purifications / image | s / image |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in report.rows:
@@ -144,7 +187,8 @@ def render_markdown(report: EvalReport) -> str:
         except KeyError:
             delta = "n/a"
         lines.append(
-            f"| {row.attack.value} | {row.defense.value} | {_setting_cell(row)} | {_rate(row.scores.clean_accuracy)} | "
+            f"| {row.attack.value} | {row.defense.value} | {_setting_cell(row.defense, row.setting)} | "
+            f"{_rate(row.scores.clean_accuracy)} | "
             f"{_rate(row.scores.attack_success_rate)} | {_rate(row.scores.poisoned_accuracy)} | {delta} | "
             f"{row.purifications_per_image} | {row.purify_s_per_image:.3f} |")
     first = report.rows[0].scores if report.rows else None
@@ -152,6 +196,8 @@ def render_markdown(report: EvalReport) -> str:
         lines.append("")
         lines.append(f"CA on {first.clean_items} clean test images; ASR and PA on the triggered copies of the "
                      f"{first.poisoned_items} whose true label is not the target.")
+        lines += ["", "Worst case over the attacks (the attack that reached each value in brackets; ΔCA "
+                  "against `none` on the same vendor):", "", render_worst_case(report).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from service.defense_eval.attacks import TARGET_LABEL, Attack, apply_trigger
+from service.defense_eval.attacks import TARGET_LABEL, ZOO, Attack, apply_trigger
 from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefender, item_seed
 from service.defense_eval.gateway_client import GatewayClient
 from service.defense_eval.metrics import majority_vote, score_defense
@@ -35,6 +35,16 @@ from service.workers.purifier import resolve_dtype
 SetKey = Attack | None
 """Which image set: None = the clean images, an attack = its triggered victims."""
 _GATEWAY_TIMER = ("gateway",)  # the timing key of gateway round trips (purification + vendor)
+
+
+ALL_ATTACKS = "all"
+"""The vendor name that stands for the whole zoo (`attacks.ZOO`)."""
+
+
+def _expand_all(values: Sequence[Any]) -> list[Any]:
+    """The vendors with every "all" replaced by the zoo, in place."""
+    return [attack for value in values for attack in
+            (ZOO if isinstance(value, str) and value.strip().lower() == ALL_ATTACKS else (value,))]
 
 
 def _as_enums(values: Sequence[Any], enum: type) -> tuple[Any, ...]:
@@ -52,7 +62,8 @@ class EvalOptions:
     are normalised at construction.
 
     Attributes:
-        vendors: attacks whose vendor model (`models_dir/vendor-<attack>`) is evaluated.
+        vendors: attacks whose vendor model (`models_dir/vendor-<attack>`) is evaluated; "all" (and
+            the default) is the whole zoo, `attacks.ZOO`.
         defenses: evaluated in this order.
         n: first n test images (CA on all n, ASR/PA on the triggered ones with label ≠ target).
         steps, transforms, guidance_power, eta, votes: the ZIP setting (the base of a sweep).
@@ -75,7 +86,7 @@ class EvalOptions:
             or a sweep over purification knobs in gateway mode.
     """
 
-    vendors: tuple[Attack, ...] = (Attack.BADNETS, Attack.BLENDED, Attack.WANET)
+    vendors: tuple[Attack, ...] = ZOO
     defenses: tuple[Defense, ...] = (Defense.NONE, Defense.BLUR, Defense.ZIP)
     n: int = 1000
     steps: int = 20
@@ -100,7 +111,7 @@ class EvalOptions:
     def __post_init__(self) -> None:
         # Names and str paths are accepted too (CLI convenience) and normalised here, once; frozen,
         # so through object.__setattr__.
-        object.__setattr__(self, "vendors", tuple(dict.fromkeys(_as_enums(self.vendors, Attack))))
+        object.__setattr__(self, "vendors", tuple(dict.fromkeys(_as_enums(_expand_all(self.vendors), Attack))))
         object.__setattr__(self, "defenses", tuple(dict.fromkeys(_as_enums(self.defenses, Defense))))
         object.__setattr__(self, "dtype", _as_enums([self.dtype], DType)[0])
         for name in ("model_path", "models_dir", "out_dir"):

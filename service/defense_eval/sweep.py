@@ -26,6 +26,14 @@ class SweepKnob(str, Enum):
     GUIDANCE_POWER = "guidance_power"
     ETA = "eta"
     VOTES = "votes"
+    NOISE_START = "noise_start"
+    TRAVEL_LENGTH = "travel_length"
+    TRAVEL_REPEAT = "travel_repeat"
+
+    @property
+    def integer(self) -> bool:
+        """True for the knobs that take whole numbers."""
+        return self in (SweepKnob.STEPS, SweepKnob.VOTES, SweepKnob.TRAVEL_LENGTH, SweepKnob.TRAVEL_REPEAT)
 
     def parse_value(self, text: str) -> str | int | float:
         """One value of this knob from its text ("inf" is a valid λ).
@@ -37,23 +45,26 @@ class SweepKnob(str, Enum):
         if self is SweepKnob.TRANSFORMS:
             return text
         try:
-            return int(text) if self in (SweepKnob.STEPS, SweepKnob.VOTES) else float(text)
+            return int(text) if self.integer else float(text)
         except ValueError:
-            kind = "an integer" if self in (SweepKnob.STEPS, SweepKnob.VOTES) else "a number"
+            kind = "an integer" if self.integer else "a number"
             raise ValueError(f"sweep: {self.value} needs {kind}, got {text!r}") from None
 
     def format_value(self, value: str | int | float) -> str:
         """The value as a short label ("λ=0.25", "S=20", "blur:2")."""
         if self is SweepKnob.TRANSFORMS:
             return str(value)
-        symbol = {SweepKnob.STEPS: "S", SweepKnob.GUIDANCE_POWER: "λ", SweepKnob.ETA: "η", SweepKnob.VOTES: "K"}[self]
+        symbol = {SweepKnob.STEPS: "S", SweepKnob.GUIDANCE_POWER: "λ", SweepKnob.ETA: "η", SweepKnob.VOTES: "K",
+                  SweepKnob.NOISE_START: "t*", SweepKnob.TRAVEL_LENGTH: "L", SweepKnob.TRAVEL_REPEAT: "R"}[self]
         shown = "∞" if isinstance(value, float) and math.isinf(value) else f"{value:g}"
         return f"{symbol}={shown}"
 
 
 # Hyphenated and short spellings users type on the command line.
 _ALIASES = {"guidance-power": SweepKnob.GUIDANCE_POWER, "lambda": SweepKnob.GUIDANCE_POWER,
-            "transform": SweepKnob.TRANSFORMS, "step": SweepKnob.STEPS, "k": SweepKnob.VOTES}
+            "transform": SweepKnob.TRANSFORMS, "step": SweepKnob.STEPS, "k": SweepKnob.VOTES,
+            "t*": SweepKnob.NOISE_START, "noise-start": SweepKnob.NOISE_START, "l": SweepKnob.TRAVEL_LENGTH,
+            "r": SweepKnob.TRAVEL_REPEAT}
 
 
 def _knob(name: str) -> SweepKnob:
