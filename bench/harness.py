@@ -88,16 +88,31 @@ def stop(*processes: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def gateway_process(env: dict[str, str]) -> Iterator[str]:
-    """A `zipgate serve` process with ZIPGATE_* overrides; yields its URL once /readyz is 200."""
+def gateway_server(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A `zipgate serve` process with ZIPGATE_* overrides; yields its URL and process once /readyz is 200."""
     sock = bound_socket()
     process = spawn(GATEWAY_SCRIPT, sock, {"ZIPGATE_LOG_LEVEL": "warning", **env})
     try:
         wait_ready(f"{url_of(sock)}/readyz", process)
-        yield url_of(sock)
+        yield url_of(sock), process
     finally:
         stop(process)
         sock.close()
+
+
+@contextlib.contextmanager
+def gateway_process(env: dict[str, str]) -> Iterator[str]:
+    """`gateway_server` when only the URL matters."""
+    with gateway_server(env) as (url, _process):
+        yield url
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (Linux /proc), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def percentile_ms(ordered: list[float], q: float) -> float:

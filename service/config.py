@@ -11,22 +11,79 @@ from __future__ import annotations
 import enum
 import json
 import math
+import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.purify.models import DType
 from service.purify.pipeline import SmallImageFit
 from service.upstream.base import UpstreamProtocol
+from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES
+from service.upstream.failures import redact_url
 
 ENV_PREFIX = "ZIPGATE_"
 # Paths the gateway serves itself: a raw sidecar path must not shadow them (/predict is the
 # exception: a raw image body on it is routed to the sidecar, see api/routes_predict.py).
 RESERVED_PATHS = ("/purify", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/v1/", "/v2/")
+# A vendor model name as a path segment: nothing a server or proxy could decode or resolve into
+# another path (no "/", backslash or "%", no dot segments); see api/routes_sidecar.py.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a vendor model name (or version) in a path, or None when it can."""
+    if not MODEL_NAME_PATTERN.fullmatch(name):
+        return f"{name!r} may hold only letters, digits, '_', '.' and '-', unencoded"
+    if name in (".", ".."):
+        return f"{name!r} is a dot segment, not a name"
+    return None
+
+
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (a container's limit), or None when unlimited."""
+    def v2() -> list[str]:  # cpu.max: "<quota|max> <period>"
+        return (root / "cpu.max").read_text().split()
+
+    def v1() -> list[str]:
+        return [(root / "cpu" / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+
+    for read in (v2, v1):
+        try:
+            quota, period = read()[:2]
+            if quota not in ("max", "-1") and float(period) > 0:
+                return float(quota) / float(period)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (rounded down, at least 1)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return max(1, min(count, int(limit))) if limit is not None else count
+
+
+def default_torch_threads() -> int:
+    """Torch's CPU threads unless set: `OMP_NUM_THREADS` if the environment sets it, else usable cores - 1.
+
+    Torch's own default, a thread per core, collapses next to any other CPU load: every parallel
+    region waits for its slowest thread, and one thread preempted stalls them all (docs/benchmarks.md,
+    bench/threads.py). Leaving a core keeps the event loop, decoding and a neighbour off the torch threads.
+    """
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:
+        return int(omp)
+    return max(1, usable_cpus() - 1)
 
 
 class LogLevel(str, enum.Enum):
@@ -111,6 +168,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in a container.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port (0 = any free port).")
     log_level: LogLevel = Field(LogLevel.INFO, description="Minimum level of the JSON logs.")
+    # Below the common 1024 open-files limit, with room for the vendor pool and the model files.
+    max_connections: int = Field(512, ge=1, description="Open connections at most (uvicorn's limit_concurrency): "
+                                 "a request arriving with this many open, its own included, gets 503.")
 
     # --- purification (the engine) ---
     purification_enabled: bool = Field(True, description="False: forward images without purifying them.")
@@ -124,8 +184,10 @@ class Settings(BaseSettings):
                                            "28² in 32²) or 'resize' (scaled up).")
     devices: str = Field("auto", description="'auto' (every CUDA device, else CPU) or a list: 'cuda:0,cuda:1'.")
     dtype: DType = Field(DType.AUTO, description="ε-model compute dtype: auto (fp16 on CUDA) | fp32 | bf16 | fp16.")
-    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: one per core). Set "
-                                      "it to the container's CPU limit: torch sees the host's cores, not the limit.")
+    torch_threads: int = Field(default_factory=default_torch_threads, ge=1, description="CPU threads for torch "
+                               "(default: OMP_NUM_THREADS if set, else usable cores - 1, at least 1; usable = "
+                               "affinity, capped by a cgroup CPU quota). Torch's own one per core collapses next to "
+                               "other CPU load.")
 
     # --- worker pool ---
     max_batch_size: int = Field(16, ge=1, description="Images per purification batch at most.")
@@ -142,17 +204,28 @@ class Settings(BaseSettings):
     upstream_protocol: UpstreamProtocol = Field(UpstreamProtocol.RAW, description="raw | tfserving | v2.")
     upstream_model: str = Field("fmnist", min_length=1, description="Model name in tfserving/v2 paths.")
     upstream_raw_path: str = Field("/predict", description="Vendor path of the raw protocol; also the sidecar path.")
+    upstream_models: Annotated[tuple[str, ...], NoDecode] = Field((), description="Vendor models the sidecar "
+                                                                  "exposes (comma-separated; empty = all).")
     upstream_connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to the vendor.")
     upstream_timeout_s: float = Field(30.0, gt=0, description="Bound on one vendor call, retries included.")
-    upstream_retries: int = Field(2, ge=0, le=10, description="Resends after connection errors only.")
+    upstream_retries: int = Field(2, ge=0, le=10, description="Resends after failures to connect only.")
     upstream_max_connections: int = Field(100, ge=1, description="Connection pool size to the vendor.")
+    upstream_max_response_bytes: int = Field(DEFAULT_MAX_RESPONSE_BYTES, ge=1, description="Limit on a vendor "
+                                             "answer's decoded body; larger answers are cut off with a 502.")
 
     # --- limits and security ---
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Request body size limit.")
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Encoded size limit of one image.")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="Width × height limit, checked before decoding.")
+    # One request at this budget peaks under 1.5 GiB (README, Configuration; tests/test_hardening_edge.py).
+    max_request_pixels: int = Field(4096 * 4096, ge=1, description="Width × height summed over a request's "
+                                    "images, checked before decoding.")
+    body_read_timeout_s: float = Field(30.0, gt=0, description="Time from a request's arrival to the end of its "
+                                       "body; a slower body gets 408.")
     max_images_per_request: int = Field(64, ge=1, description="Images in one request at most.")
     api_key: SecretStr | None = Field(None, description="If set: required as 'Authorization: Bearer' or X-API-Key.")
+    public_docs: bool | None = Field(None, description="Serve /docs, /redoc, /openapi.json without the API key "
+                                     "(default: only when no key is set).")
 
     @classmethod
     def settings_customise_sources(
@@ -187,14 +260,20 @@ class Settings(BaseSettings):
             raise ValueError("guidance_power must be a positive number or 'inf', got NaN")
         return value
 
+    @field_validator("torch_threads", mode="before")
+    @classmethod
+    def _default_torch_threads(cls, threads: Any) -> Any:
+        # null in a file, or ZIPGATE_TORCH_THREADS="" / "auto": the default, never torch's one per core.
+        return default_torch_threads() if threads is None or str(threads).strip().lower() in ("", "auto") else threads
+
     @field_validator("upstream_url")
     @classmethod
     def _check_upstream_url(cls, url: str) -> str:
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"must be an absolute http(s) URL such as http://vendor:8080, got {url!r}")
+            raise ValueError(f"must be an absolute http(s) URL such as http://vendor:8080, got {redact_url(url)!r}")
         if parsed.query or parsed.fragment:
-            raise ValueError(f"must not carry a query or fragment, got {url!r}")
+            raise ValueError(f"must not carry a query or fragment, got {redact_url(url)!r}")
         return url.rstrip("/")
 
     @field_validator("upstream_raw_path")
@@ -213,6 +292,28 @@ class Settings(BaseSettings):
         # ZIPGATE_API_KEY="" in a compose file means "no key", not "the empty key".
         return key if key is not None and key.get_secret_value() else None
 
+    @field_validator("upstream_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        # The env form is "a,b" (pydantic-settings would expect JSON); a file may give a list.
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("upstream_models")
+    @classmethod
+    def _check_models(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        problems = [problem for name in names if (problem := model_name_problem(name))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return names
+
+    @field_validator("public_docs")
+    @classmethod
+    def _docs_public_without_key(cls, public: bool | None, info: ValidationInfo) -> bool:
+        # Unset: the API pages are as open as the API (they list every route and parameter).
+        return public if public is not None else info.data.get("api_key") is None
+
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:
         if self.request_timeout_s > self.max_request_timeout_s:
@@ -229,6 +330,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_image_bytes ({self.max_image_bytes}) exceeds max_request_bytes ({self.max_request_bytes}); "
                 "one image must fit in a request"
+            )
+        if self.max_image_pixels > self.max_request_pixels:
+            raise ValueError(
+                f"max_image_pixels ({self.max_image_pixels}) exceeds max_request_pixels ({self.max_request_pixels}); "
+                "one image must fit in a request's pixel budget"
             )
         return self
 

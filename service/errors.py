@@ -6,13 +6,19 @@
     │   ├── UnsupportedMediaType (415, unsupported_media_type)
     │   └── InvalidShape (422, invalid_request)         JSON of the wrong shape
     ├── Unauthorized (401, unauthorized)         missing or wrong API key
+    ├── ModelNotFound (404, model_not_found)     a sidecar model outside upstream_models
+    ├── RequestTimeout (408, request_timeout)    the body did not arrive within body_read_timeout_s
     ├── Overloaded (429, overloaded)             queue full; carries retry_after_s
-    ├── DeadlineExceeded (504, deadline_exceeded) request deadline passed before compute
-    ├── NotReady (503, not_ready)                starting or draining
+    ├── DeadlineExceeded (504, deadline_exceeded) request deadline passed (queue, compute or vendor call)
+    ├── NotReady (503, not_ready)                starting or draining; carries Retry-After
     ├── PurificationFailed (500, purification_failed)  the batch this item was in failed
     └── UpstreamError (502, upstream_error)      5xx, refused, reset, undecodable body
         ├── UpstreamTimeout (504, upstream_timeout)
-        └── UpstreamRejected (status of upstream, upstream_rejected)  a 4xx relayed as is
+        ├── UpstreamResponseTooLarge (502, upstream_response_too_large)  over upstream_max_response_bytes
+        └── UpstreamRejected (status of upstream, upstream_rejected)  a 4xx relayed as is, Retry-After kept
+
+Upstream messages name "the vendor" and the failure, never its URL (an internal host, perhaps with
+credentials): they reach the client.
 
 `api/errors.py` turns any of these into `{"error": {"code", "message", "request_id"}}`.
 This module imports nothing heavy: `upstream/` and `workers/` raise these without torch or FastAPI.
@@ -31,6 +37,11 @@ class GatewayError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = dict(headers or {})
+
+
+def retry_after_header(seconds: float) -> dict[str, str]:
+    """The Retry-After header for a wait of `seconds`: whole seconds (RFC 9110 §10.2.3), rounded up, at least 1."""
+    return {"Retry-After": str(max(1, int(seconds + 0.999)))}
 
 
 class BadRequest(GatewayError):
@@ -68,6 +79,25 @@ class Unauthorized(GatewayError):
     code = "unauthorized"
 
 
+class ModelNotFound(GatewayError):
+    """The sidecar does not expose this vendor model (it is not in `upstream_models`)."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class RequestTimeout(GatewayError):
+    """The request body did not arrive within `body_read_timeout_s`; the connection is closed."""
+
+    status_code = 408
+    code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        # The client may still be sending: without Connection: close the server would keep
+        # reading (and the connection open) after the answer.
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class Overloaded(GatewayError):
     """The purification queue is full; retry after `retry_after_s` seconds."""
 
@@ -75,22 +105,27 @@ class Overloaded(GatewayError):
     code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
-        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after_s + 0.999)))})
+        super().__init__(message, headers=retry_after_header(retry_after_s))
         self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(GatewayError):
-    """The request's deadline passed before its images were purified."""
+    """The request's deadline passed: queued, purifying, or waiting for the vendor."""
 
     status_code = 504
     code = "deadline_exceeded"
 
 
 class NotReady(GatewayError):
-    """The gateway is starting (model loading) or draining for shutdown."""
+    """The gateway is starting (model loading) or draining for shutdown; retry after `retry_after_s`."""
 
     status_code = 503
     code = "not_ready"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        # Behind a load balancer the retry reaches a replica that is ready, so a short wait is right.
+        super().__init__(message, headers=retry_after_header(retry_after_s))
+        self.retry_after_s = retry_after_s
 
 
 class PurificationFailed(GatewayError):
@@ -106,8 +141,10 @@ class UpstreamError(GatewayError):
     status_code = 502
     code = "upstream_error"
 
-    def __init__(self, message: str, *, upstream_status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, upstream_status: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, headers=headers)
         self.upstream_status = upstream_status
 
 
@@ -118,13 +155,29 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class UpstreamResponseTooLarge(UpstreamError):
+    """The vendor's answer, decoded, exceeds `upstream_max_response_bytes`; it was not read whole."""
+
+    code = "upstream_response_too_large"
+
+
 class UpstreamRejected(UpstreamError):
-    """The vendor API answered 4xx; relayed with its status and body."""
+    """The vendor API answered 4xx; relayed with its status and body, and its Retry-After if any."""
 
     code = "upstream_rejected"
 
-    def __init__(self, message: str, *, upstream_status: int, body: bytes = b"", content_type: str = "") -> None:
-        super().__init__(message, upstream_status=upstream_status)
+    def __init__(
+        self,
+        message: str,
+        *,
+        upstream_status: int,
+        body: bytes = b"",
+        content_type: str = "",
+        retry_after: str | None = None,
+    ) -> None:
+        # A vendor 429/503's Retry-After is the client's best hint of when to come back.
+        headers = {"Retry-After": retry_after} if retry_after else None
+        super().__init__(message, upstream_status=upstream_status, headers=headers)
         self.status_code = upstream_status
         self.body = body
         self.content_type = content_type

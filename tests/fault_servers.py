@@ -1,11 +1,12 @@
 """Loopback servers for tests: an ASGI app under uvicorn or a raw asyncio TCP handler, each in
 its own thread on a free 127.0.0.1 port, plus small fault upstreams (slow, fixed status or body,
-reset, refused) for testing HTTP clients against real sockets.
+reset, refused, a scripted byte reply, an endless body) for testing HTTP clients against real sockets.
 
 Usage:
     with serve_asgi(StaticApp(500, b"boom")) as base_url: ...
     with serve_tcp(reset_after_head) as base_url: ...
     with refused_port() as base_url: ...
+    with serve_tcp(vendor := ScriptedTcp(b"garbage\r\n\r\n")) as base_url: ... vendor.connections
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class StaticApp:
         body: the body to answer.
         content_type: its Content-Type.
         delay_s: seconds to wait before answering.
+        headers: further response headers, e.g. (("retry-after", "7"),).
         requests: what arrived, in order (appended from the server thread).
     """
 
@@ -178,6 +180,7 @@ class StaticApp:
     body: bytes = b"{}"
     content_type: str = "application/json"
     delay_s: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
     requests: list[RecordedRequest] = field(default_factory=list)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -204,7 +207,8 @@ class StaticApp:
             {
                 "type": "http.response.start",
                 "status": self.status,
-                "headers": [(b"content-type", self.content_type.encode())],
+                "headers": [(b"content-type", self.content_type.encode())]
+                + [(name.encode(), value.encode()) for name, value in self.headers],
             }
         )
         await send({"type": "http.response.body", "body": self.body})
@@ -239,9 +243,89 @@ async def reset_after_head(reader: asyncio.StreamReader, writer: asyncio.StreamW
     reset_connection(writer)
 
 
-def http_response_head(status: int, content_length: int, content_type: str = "application/json") -> bytes:
-    """The bytes of an HTTP/1.1 response head with a fixed Content-Length."""
-    return (
-        f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n"
-        f"content-length: {content_length}\r\n\r\n"
-    ).encode()
+def http_response_head(
+    status: int,
+    content_length: int | None,
+    content_type: str = "application/json",
+    headers: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """The bytes of an HTTP/1.1 response head: a fixed Content-Length, or chunked when None."""
+    framing = ("transfer-encoding", "chunked") if content_length is None else ("content-length", str(content_length))
+    lines = [f"HTTP/1.1 {status} X", f"content-type: {content_type}", "{}: {}".format(*framing)]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """Read a whole HTTP/1.1 request with a Content-Length body; return its head.
+
+    Reading the body too matters: closing a socket with unread bytes sends RST, not FIN.
+    """
+    head = await read_request_head(reader)
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            await reader.readexactly(int(value))
+    return head
+
+
+def request_header(head: bytes, name: str) -> str | None:
+    """One header's value from a raw request head (None when absent)."""
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+@dataclass
+class ScriptedTcp:
+    """TCP handler: count the connection, read the whole request, write `reply` verbatim (which may
+    be nothing, a garbage status line, a 101, a hand-built response ...), then close with a FIN.
+
+    Attributes:
+        reply: the bytes to answer with.
+        connections: connections accepted so far (each attempt of a client is one).
+        heads: the request heads received, in order.
+    """
+
+    reply: bytes = b""
+    connections: int = 0
+    heads: list[bytes] = field(default_factory=list)
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.heads.append(await read_request(reader))
+        if self.reply:
+            writer.write(self.reply)
+            await writer.drain()
+
+
+@dataclass
+class EndlessBody:
+    """TCP handler: answer 200 with a chunked body of `chunk_bytes` chunks that never ends (until
+    the client hangs up or `limit_bytes` went out), counting what was sent.
+
+    Attributes:
+        chunk_bytes: bytes per chunk.
+        limit_bytes: stop after this many (a safety net for a client that never gives up).
+        sent_bytes: body bytes written so far.
+    """
+
+    chunk_bytes: int = 64 * 1024
+    limit_bytes: int = 256 * 1024 * 1024
+    sent_bytes: int = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(http_response_head(200, None))
+        chunk = b"%x\r\n%s\r\n" % (self.chunk_bytes, b"7" * self.chunk_bytes)
+        try:
+            while self.sent_bytes < self.limit_bytes:
+                writer.write(chunk)
+                await writer.drain()
+                self.sent_bytes += self.chunk_bytes
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except ConnectionError:
+            return  # the client hung up: what it was meant to do

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,8 +18,10 @@ import httpx
 import pytest
 
 from service.api import create_app
+from service.api.server import gateway_server
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
+    FakePurifier,
     gateway_settings,
     get,
     metric_value,
@@ -57,6 +60,7 @@ def test_draining_turns_readyz_503_and_refuses_new_work_but_probes_answer(ddpm: 
             assert ready.status_code == 503 and ready.json()["status"] == "draining"
             refused = post(f"{url}/predict", files=_files(1))
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+            assert int(refused.headers["retry-after"]) >= 1  # another replica can take it now
             assert get(f"{url}/healthz").status_code == 200
             metrics = get(f"{url}/metrics")
             assert metrics.status_code == 200 and metric_value(metrics.text, "zipgate_ready") == 0.0
@@ -95,6 +99,13 @@ def _stop(process: subprocess.Popen[bytes], log_path: Path) -> tuple[int, str]:
     return process.returncode, log_path.read_text()
 
 
+def _predicts_arrived(metrics_text: str) -> float:
+    """/predict requests answered or in flight (the scrape asking is in flight too, and not counted)."""
+    answered = sum(metric_value(metrics_text, "zipgate_requests_total", endpoint="/predict", status=str(status))
+                   for status in (200, 503))
+    return answered + metric_value(metrics_text, "zipgate_inflight_requests") - 1
+
+
 @pytest.mark.slow
 def test_sigterm_finishes_queued_and_running_work_then_exits_0(ddpm: Path, bound_socket: socket.socket,
                                                               tmp_path: Path) -> None:
@@ -127,6 +138,9 @@ def test_sigterm_finishes_queued_and_running_work_then_exits_0(ddpm: Path, bound
             thread.start()
         wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") >= 1,
                    timeout_s=30, what="images queued behind the running batch")
+        # All three must have arrived before SIGTERM, or one is refused (503) as new work while draining.
+        wait_until(lambda: _predicts_arrived(get(f"{url}/metrics").text) >= 1 + len(threads),
+                   timeout_s=30, what="every request arrived")
         process.send_signal(signal.SIGTERM)
         try:
             after = get(f"{url}/readyz", timeout=5).status_code
@@ -158,11 +172,12 @@ def test_drain_gives_up_after_drain_timeout_and_still_exits_0(ddpm: Path, bound_
             "dtype": "fp32", "drain_timeout_s": "1", "upstream_timeout_s": "60"}, log_path)
         url = _url(bound_socket)
         wait_for_http(f"{url}/readyz", timeout_s=120)
-        outcome: list[object] = []
+        outcome: list[httpx.Response | str] = []
 
         def send() -> None:
             try:
-                outcome.append(post(f"{url}/predict", files=_files(0), timeout=60).status_code)
+                outcome.append(post(f"{url}/predict", files=_files(0), headers={"X-Request-ID": "on-vendor"},
+                                    timeout=60))
             except httpx.TransportError as exc:
                 outcome.append(type(exc).__name__)
 
@@ -176,4 +191,59 @@ def test_drain_gives_up_after_drain_timeout_and_still_exits_0(ddpm: Path, bound_
         thread.join(10)
     assert code == 0, stderr[-3000:]
     assert stopped_in < 10.0  # drain_timeout_s = 1 (+ start-up of the shutdown), not the vendor's 30 s
-    assert outcome and outcome[0] != 200
+    assert outcome and isinstance(outcome[0], httpx.Response), outcome
+    answer = outcome[0]  # cut short while it waited on the vendor: a 503 JSON, not uvicorn's text 500
+    assert answer.status_code == 503 and answer.headers["content-type"].startswith("application/json"), answer.text
+    assert answer.json()["error"]["request_id"] == "on-vendor" and int(answer.headers["retry-after"]) >= 1
+
+
+REQUESTS, IMAGES_PER_REQUEST = 8, 16
+
+
+@pytest.mark.slow
+def test_requests_cut_short_by_the_drain_timeout_get_a_503_json_with_retry_after(
+        bound_socket: socket.socket, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    # One batch (one request's 16 images) a second: the 8 requests need 8 s, the drain allows 2.
+    purifier = FakePurifier(delay_s=1.0)
+    with serve_asgi(StaticApp(200, b'{"label": 7}')) as upstream_url:
+        settings = gateway_settings(Path("unused"), upstream_url, drain_timeout_s=2.0,
+                                    max_batch_size=IMAGES_PER_REQUEST, request_timeout_s=120)
+        server = gateway_server(settings, purifier_factory=lambda device: purifier)
+        serving = threading.Thread(target=server.run, kwargs={"sockets": [bound_socket]}, daemon=True)
+        serving.start()
+        url = _url(bound_socket)
+        wait_for_http(f"{url}/readyz", timeout_s=60)
+        answers: dict[str, httpx.Response | str] = {}
+
+        def send(n: int) -> None:
+            files = [("image", (f"{i}.png", png_bytes(seed=n * 100 + i), "image/png")) for i in range(IMAGES_PER_REQUEST)]
+            try:
+                answers[f"cut-{n}"] = post(f"{url}/predict", files=files, headers={"X-Request-ID": f"cut-{n}"})
+            except httpx.TransportError as exc:  # a connection closed without an answer is a failure too
+                answers[f"cut-{n}"] = repr(exc)
+
+        clients = [threading.Thread(target=send, args=(n,)) for n in range(REQUESTS)]
+        for client in clients:
+            client.start()
+        wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth")
+                   == (REQUESTS - 1) * IMAGES_PER_REQUEST, timeout_s=30, what="one batch running, the rest queued")
+        server.handle_exit(signal.SIGTERM, None)
+        for client in clients:
+            client.join(60)
+        serving.join(30)
+        assert not serving.is_alive(), "the gateway did not stop"
+    statuses = {}
+    for request_id, answer in sorted(answers.items()):
+        assert isinstance(answer, httpx.Response), f"{request_id}: {answer}"
+        statuses[request_id] = answer.status_code
+        if answer.status_code == 200:
+            continue
+        assert answer.status_code == 503, f"{request_id}: {answer.status_code} {answer.text[:200]}"
+        assert answer.headers["content-type"].startswith("application/json")
+        error = answer.json()["error"]
+        assert error["code"] == "not_ready" and error["request_id"] == request_id == answer.headers["x-request-id"]
+        assert int(answer.headers["retry-after"]) >= 1
+    assert len(statuses) == REQUESTS and 503 in statuses.values(), statuses  # some were cut: the drain ran out
+    durations = [record.drain_s for record in caplog.records if hasattr(record, "drain_s")]
+    assert durations and all(seconds > 0 for seconds in durations), [r.getMessage() for r in caplog.records]

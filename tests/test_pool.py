@@ -20,9 +20,11 @@ from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLar
 from service.metrics import DropReason, GatewayMetrics
 from service.purify.models import DType
 from service.workers.devices import resolve_devices
+from service.workers.batcher import Batch, WorkItem
 from service.workers.pool import PoolConfig, WorkerPool
 from service.purify.models import cpu_has_native_bf16
 from service.workers.purifier import ZipBatchPurifier, resolve_dtype, zip_purifier_factory
+from service.workers.worker import DeviceWorker, ItemPayload
 from tests.tiny_models import tiny_unet
 
 WAIT_S = 5.0  # generous deadline for polling; tests finish far sooner
@@ -206,6 +208,44 @@ async def test_deadline_drops_queued_images_without_computing_them(make_pool: Ca
     after = await h.pool.submit(images(5), request_id="next", deadline=time.monotonic() + WAIT_S)
     torch.testing.assert_close(after.images, -images(5))
     assert {2, 3, 4}.isdisjoint(h.fake.seen_ids())
+
+
+async def test_an_image_whose_batch_ends_after_its_deadline_is_late(make_pool: Callable[..., Harness]) -> None:
+    h = await make_pool(max_batch_size=4, max_wait_ms=50.0)
+    h.fake.gate.clear()
+    deadline = time.monotonic() + 0.1
+    late = asyncio.create_task(h.pool.submit(images(1), request_id="late", deadline=deadline))
+    patient = asyncio.create_task(h.pool.submit(images(2), request_id="patient"))
+    await eventually(lambda: [1, 2] in [ids for ids, _ in h.fake.calls], "both images computing in one batch")
+    await eventually(lambda: time.monotonic() > deadline, "the deadline passed during compute")
+    h.fake.gate.set()
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.wait_for(late, WAIT_S)
+    result = await asyncio.wait_for(patient, WAIT_S)  # its batch-mate still gets its image
+    torch.testing.assert_close(result.images, -images(2))
+
+
+async def test_a_worker_drops_the_result_of_an_item_whose_deadline_passed_during_compute() -> None:
+    fake = FakePurifier()
+    fake.gate.clear()
+    worker = DeviceWorker("cpu", GatewayMetrics(), (FakeOOM,), lambda batch: 1)
+    await worker.load(lambda device: fake)
+    loop = asyncio.get_running_loop()
+    now = time.monotonic()
+    late, on_time = (WorkItem(key="k", payload=ItemPayload(images(i)[0], seed=i, steps=1), future=loop.create_future(),
+                              request_id=f"r{i}", enqueued_at=now, deadline=deadline)
+                     for i, deadline in ((1, now + 0.05), (2, None)))
+    try:
+        running = asyncio.create_task(worker.run(Batch(key="k", items=(late, on_time), dispatched_at=now)))
+        await eventually(lambda: fake.running == 1, "the batch computing")
+        await eventually(lambda: time.monotonic() > now + 0.05, "the deadline passed during compute")
+        fake.gate.set()
+        await asyncio.wait_for(running, WAIT_S)
+        assert isinstance(late.future.exception(), DeadlineExceeded)  # nobody awaited it: the worker decided
+        torch.testing.assert_close(on_time.future.result().image, -images(2)[0])
+    finally:
+        fake.gate.set()
+        worker.close()
 
 
 async def test_cancelling_a_request_removes_its_queued_images(make_pool: Callable[..., Harness]) -> None:

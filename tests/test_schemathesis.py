@@ -3,10 +3,15 @@
 The schema is built at import from an app with the same settings (schemathesis's lazy
 `from_fixture` loader does not work with this pytest), and a test checks that the running
 gateway serves exactly that document; the cases are then sent to the running gateway.
+A second test runs the real command line, `schemathesis run --checks all` with the repository's
+schemathesis.toml, against the live schema, with a fixed seed and a bounded number of examples.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +26,8 @@ from service.config import Settings
 from tests.gateway_servers import gateway_settings, running_gateway, running_vendor, tiny_ddpm_dir, tiny_vendor_dir
 
 pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _settings(model_path: Path, vendor_url: str) -> Settings:
@@ -79,3 +86,24 @@ def test_no_server_errors_and_every_error_is_json(case: schemathesis.Case, gatew
     if not case.path.startswith(("/v1/", "/v2/")):  # relayed vendor errors carry the vendor's own id
         assert error["request_id"] == _header(response, "x-request-id")
     assert status < 500 or _is_deadline_the_client_asked_for(case, status, error["code"]), (status, error)
+
+
+def test_schemathesis_run_checks_all_passes_on_the_live_schema(gateway_url: str, tmp_path: Path) -> None:
+    """`schemathesis run --checks all` (every phase: examples, coverage, fuzzing) exits 0; the only 5xx
+    schemathesis.toml lets through, 504, is the deadline the client asked for in X-Request-Timeout."""
+    har = tmp_path / "run.har"
+    command = [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(REPO / "schemathesis.toml"),
+               "run", f"{gateway_url}/openapi.json", "--checks", "all", "--max-examples", "10", "--seed", "0",
+               "--workers", "1", "--request-timeout", "30", "--no-color", "--report", "har",
+               "--report-har-path", str(har)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    entries = json.loads(har.read_text())["log"]["entries"]
+    assert len(entries) > 100  # every operation was exercised, not skipped
+    for entry in entries:
+        if entry["response"]["status"] < 500:
+            continue
+        sent = {header["name"].lower() for header in entry["request"]["headers"]}
+        body = json.loads(entry["response"]["content"].get("text") or "{}")
+        assert (entry["response"]["status"], body.get("error", {}).get("code")) == (504, "deadline_exceeded"), entry
+        assert "x-request-timeout" in sent, entry

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,9 +18,11 @@ from service.errors import (
     UnsupportedMediaType,
     UpstreamError,
     UpstreamRejected,
+    UpstreamResponseTooLarge,
     UpstreamTimeout,
 )
 from service.upstream import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     RawUpstream,
     RetryPolicy,
     TFServingUpstream,
@@ -30,7 +31,9 @@ from service.upstream import (
     V2Upstream,
     build_upstream,
     make_http_client,
+    redact_url,
 )
+from service.upstream.client import decodable_encodings
 from tests.fault_servers import (
     StaticApp,
     http_response_head,
@@ -206,6 +209,7 @@ async def test_transport_errors_map_through_one_table(
     assert info.value.status_code == (504 if mapped is UpstreamTimeout else 502)
     assert isinstance(info.value.__cause__, raised)
     assert info.value.upstream_status is None
+    assert "vendor.test" not in info.value.message and "boom" not in info.value.message
 
 
 @pytest.mark.parametrize("status", [400, 404, 413, 422, 429])
@@ -252,6 +256,7 @@ async def test_a_5xx_or_unexpected_status_is_a_502_carrying_the_upstream_status(
         (UpstreamProtocol.V2, {"predictions": [1, 2]}),
         (UpstreamProtocol.V2, {"outputs": [{"name": "a", "shape": [2, 1000, 0], "data": []}]}),
         (UpstreamProtocol.V2, b"[" * 100_000),  # nesting past the recursion limit
+        (UpstreamProtocol.RAW, b"7" * 5000),  # an integer past Python's conversion limit
     ],
 )
 async def test_a_2xx_that_cannot_be_read_is_a_502(protocol: UpstreamProtocol, answer: Any) -> None:
@@ -276,8 +281,8 @@ def failing_then_ok(failures: int, error: type[Exception], calls: list[httpx.Req
     return handler
 
 
-@pytest.mark.parametrize("error", [httpx.ConnectError, httpx.RemoteProtocolError])
-async def test_connection_errors_are_retried_up_to_the_limit(error: type[Exception]) -> None:
+@pytest.mark.parametrize("error", [httpx.ConnectError])
+async def test_failures_to_connect_are_retried_up_to_the_limit(error: type[Exception]) -> None:
     calls: list[httpx.Request] = []
     async with mock_client(failing_then_ok(2, error, calls)) as client:
         result = await adapter(UpstreamProtocol.V2, client).predict(IMAGES[:1], RID)
@@ -299,9 +304,10 @@ async def test_connection_errors_are_retried_up_to_the_limit(error: type[Excepti
 
 
 @pytest.mark.parametrize(
-    "error", [httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteTimeout, httpx.ReadError]
+    "error",
+    [httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.RemoteProtocolError],
 )
-async def test_timeouts_and_resets_of_a_sent_request_are_not_retried(error: type[Exception]) -> None:
+async def test_timeouts_resets_and_protocol_errors_are_not_retried(error: type[Exception]) -> None:
     calls: list[httpx.Request] = []
     async with mock_client(failing_then_ok(1, error, calls)) as client:
         with pytest.raises(UpstreamError):
@@ -354,11 +360,9 @@ async def test_a_raw_failure_cancels_the_other_images_requests() -> None:
         return httpx.Response(200, json={})
 
     async with mock_client(handler) as client:
-        started = time.perf_counter()
         with pytest.raises(UpstreamError):
             await adapter(UpstreamProtocol.RAW, client).predict(IMAGES, RID)
-        assert time.perf_counter() - started < 2
-    assert finished == []
+    assert finished == []  # cancelled, not left to finish (it would append after its sleep)
 
 
 # --- relay (sidecar forward) -------------------------------------------------------------------
@@ -462,6 +466,7 @@ def test_tfserving_sidecar_round_trip_keeps_other_keys() -> None:
         (json.dumps({"instances": [{"b64": ""}]}).encode(), "application/json", BadRequest),
         (json.dumps([{"b64": "eA=="}]).encode(), "application/json", InvalidShape),
         (b"[" * 100_000, "application/json", BadRequest),
+        (b'{"instances": ' + b"7" * 5000 + b"}", "application/json", BadRequest),
     ],
 )
 def test_tfserving_sidecar_rejects_undocumented_shapes(
@@ -591,12 +596,10 @@ async def test_slow_upstream_times_out_promptly_without_retry() -> None:
     client, sent = counting_client(timeout_read_s=0.3)
     with serve_asgi(app) as url:
         async with client:
-            started = time.perf_counter()
             with pytest.raises(UpstreamTimeout) as info:
                 await adapter(UpstreamProtocol.RAW, client, url).predict([b"img"], RID)
-            elapsed = time.perf_counter() - started
-    assert 0.25 < elapsed < 2.0
-    assert info.value.status_code == 504
+    assert info.value.status_code == 504 and isinstance(info.value.__cause__, httpx.ReadTimeout)
+    assert info.value.message == "the vendor sent no data: timed out after 0.3 s"
     assert len(sent) == 1 and len(app.requests) == 1  # it arrived: a read timeout, never resent
 
 
@@ -628,12 +631,11 @@ async def test_refused_connection_is_a_502_after_the_retries() -> None:
     client, sent = counting_client()
     with refused_port() as url:
         async with client:
-            started = time.perf_counter()
             with pytest.raises(UpstreamError) as info:
                 upstream = adapter(UpstreamProtocol.RAW, client, url, retry=RetryPolicy(2, 0.01))
                 await upstream.predict([b"i"], RID)
     assert type(info.value) is UpstreamError and isinstance(info.value.__cause__, httpx.ConnectError)
-    assert len(sent) == 3 and time.perf_counter() - started < 2.0
+    assert len(sent) == 3
 
 
 @pytest.mark.parametrize("protocol", list(UpstreamProtocol))
@@ -651,33 +653,10 @@ async def test_reset_connection_is_a_502() -> None:
     client, _ = counting_client()
     with serve_tcp(reset_after_head) as url:
         async with client:
-            started = time.perf_counter()
             with pytest.raises(UpstreamError) as info:
                 await adapter(UpstreamProtocol.RAW, client, url).predict([b"i"], RID)
     assert type(info.value) is UpstreamError
     assert isinstance(info.value.__cause__, (httpx.ReadError, httpx.RemoteProtocolError))
-    assert time.perf_counter() - started < 2.0
-
-
-async def test_a_connection_closed_before_the_answer_is_retried_once_and_succeeds() -> None:
-    """The keep-alive race: the vendor closes a connection as the request goes out."""
-    connections: list[int] = []
-    answer = json.dumps({"label": 1}).encode()
-
-    async def close_first_then_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        await read_request_head(reader)
-        if len(connections) > 1:
-            writer.write(http_response_head(200, len(answer)) + answer)
-            await writer.drain()
-        writer.close()
-
-    client, sent = counting_client()
-    with serve_tcp(close_first_then_answer) as url:
-        async with client:
-            result = await adapter(UpstreamProtocol.RAW, client, url).predict([b"i"], RID)
-    assert result.predictions == [{"label": 1}]
-    assert len(connections) == 2 and len(sent) == 2
 
 
 async def test_a_body_cut_short_is_a_502_and_not_resent() -> None:
@@ -710,10 +689,9 @@ async def test_a_trickling_upstream_is_cut_by_the_total_timeout() -> None:
     client, _ = counting_client(timeout_read_s=2.0)
     with serve_tcp(trickle) as url:
         async with client:
-            started = time.perf_counter()
+            # "within 0.4 s" is the total bound's message: the 2 s read timeout never fired.
             with pytest.raises(UpstreamTimeout, match="within 0.4 s"):
                 await adapter(UpstreamProtocol.RAW, client, url, total_timeout_s=0.4).predict([b"i"], RID)
-    assert 0.35 < time.perf_counter() - started < 2.0
 
 
 async def test_the_pool_limit_queues_requests_and_a_pool_timeout_is_a_504() -> None:
@@ -730,3 +708,108 @@ async def test_the_pool_limit_queues_requests_and_a_pool_timeout_is_a_504() -> N
     assert outcomes[0].predictions == [{"label": 1}]
     assert type(outcomes[1]) is UpstreamTimeout and isinstance(outcomes[1].__cause__, httpx.PoolTimeout)
     assert len(app.requests) == 1
+
+
+# --- hardening (issue 15): credentials, messages, Retry-After, encodings, per-call budget -------
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("http://user:pass@10.0.0.7:9000/v1", "http://***@10.0.0.7:9000/v1"),
+        ("https://token@vendor/x?q=a@b", "https://***@vendor/x?q=a@b"),  # an @ in the query is not userinfo
+        ("http://us%40er:p@ss@vendor", "http://***@vendor"),  # the last @ of the authority ends it
+        ("user:pass@vendor:80", "***@vendor:80"),  # no scheme: still redacted
+        ("http://vendor:9000/predict", "http://vendor:9000/predict"),
+    ],
+)
+def test_redact_url_hides_userinfo_only(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+
+
+async def test_url_credentials_go_as_basic_auth_and_never_into_the_url() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"label": 0})
+
+    async with mock_client(handler) as client:
+        upstream = adapter(UpstreamProtocol.RAW, client, "http://alice:s3cret@vendor.test/root/")
+        await upstream.predict([b"i"], RID)
+        await upstream.forward("POST", "/x", b"i", {"Authorization": "Bearer client-own"})
+    expected = "Basic " + b64(b"alice:s3cret")
+    for request in seen:
+        assert "s3cret" not in str(request.url) and request.url.host == "vendor.test"
+        assert request.headers["authorization"] == expected  # the configured vendor credential wins
+    assert str(seen[0].url) == "http://vendor.test/root/predict"
+
+
+def test_a_bad_base_url_is_named_without_its_credentials() -> None:
+    with pytest.raises(ValueError, match="http://host:port") as info:
+        build_upstream("raw", httpx.AsyncClient(), "ftp://alice:s3cret@vendor")
+    assert "s3cret" not in str(info.value) and "***@vendor" in str(info.value)
+
+
+@pytest.mark.parametrize("protocol", list(UpstreamProtocol))
+async def test_a_4xx_keeps_the_vendors_retry_after(protocol: UpstreamProtocol) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={"error": "slow down"}, headers={"Retry-After": "7"})
+
+    async with mock_client(handler) as client:
+        with pytest.raises(UpstreamRejected) as info:
+            await adapter(protocol, client).predict(IMAGES[:1], RID)
+    assert info.value.headers == {"Retry-After": "7"}
+    assert info.value.message == "the vendor rejected the request with HTTP 429"
+
+
+async def test_a_4xx_without_retry_after_sets_no_header() -> None:
+    async with mock_client(lambda request: httpx.Response(404)) as client:
+        with pytest.raises(UpstreamRejected) as info:
+            await adapter(UpstreamProtocol.RAW, client).predict(IMAGES[:1], RID)
+    assert info.value.headers == {}
+
+
+def test_the_client_offers_only_the_codings_it_can_decode() -> None:
+    offered = decodable_encodings()
+    assert {"gzip", "deflate"} <= set(offered) and "identity" not in offered
+    for coding, module in (("br", "brotli"), ("zstd", "zstandard")):
+        try:
+            __import__(module)
+        except ImportError:
+            assert coding not in offered
+    assert make_http_client().headers["accept-encoding"] == ", ".join(offered)
+
+
+async def test_a_body_that_does_not_decode_as_declared_is_a_502() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+
+    async with mock_client(handler) as client:
+        with pytest.raises(UpstreamError) as info:
+            await adapter(UpstreamProtocol.RAW, client).predict(IMAGES[:1], RID)
+    assert type(info.value) is UpstreamError and isinstance(info.value.__cause__, httpx.DecodingError)
+
+
+async def test_no_time_left_means_no_request() -> None:
+    calls: list[httpx.Request] = []
+    async with mock_client(failing_then_ok(0, httpx.ConnectError, calls)) as client:
+        for protocol in UpstreamProtocol:
+            with pytest.raises(UpstreamTimeout):
+                await adapter(protocol, client).predict(IMAGES[:1], RID, timeout_s=0.0)
+        with pytest.raises(UpstreamTimeout):
+            await adapter(UpstreamProtocol.V2, client).forward("POST", "/p", b"", {}, timeout_s=-1.0)
+    assert calls == []
+
+
+def test_max_response_bytes_is_validated_and_defaults_to_16_mib() -> None:
+    assert DEFAULT_MAX_RESPONSE_BYTES == 16 * 1024 * 1024
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        build_upstream("raw", httpx.AsyncClient(), BASE, max_response_bytes=0)
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
+    async with mock_client(lambda request: httpx.Response(200, content=b"7" * 2000)) as client:
+        with pytest.raises(UpstreamResponseTooLarge) as info:
+            await adapter(UpstreamProtocol.RAW, client, max_response_bytes=1000).predict(IMAGES[:1], RID)
+    assert info.value.status_code == 502 and info.value.upstream_status == 200

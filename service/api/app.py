@@ -21,6 +21,7 @@ from service.api.errors import install_error_handlers
 from service.api.gateway import EngineInfo, Gateway
 from service.api.lifecycle import Lifecycle
 from service.api.middleware import GatewayMiddleware
+from service.api.routes_docs import build_docs_router
 from service.api.routes_health import build_health_router
 from service.api.routes_predict import build_predict_router
 from service.api.routes_sidecar import build_sidecar_router
@@ -95,16 +96,21 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
             await client.aclose()
             logger.info("gateway stopped")
 
-    app = FastAPI(title="zipgate", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # Private API pages: FastAPI's own are off, and routes_docs serves them behind the key (none without one).
+    private_pages: dict[str, Any] = {} if settings.public_docs else {"docs_url": None, "redoc_url": None,
+                                                                      "openapi_url": None}
+    app = FastAPI(title="zipgate", version=__version__, description=DESCRIPTION, lifespan=lifespan, **private_pages)
     app.state.lifecycle = lifecycle  # for the server's signal handler (drain before uvicorn stops)
     install_error_handlers(app)
     dependencies = [Depends(api_key_dependency(settings.api_key))] if settings.api_key is not None else []
+    if not settings.public_docs and dependencies:
+        app.include_router(build_docs_router(app, dependencies))
     raw_on_predict = settings.upstream_raw_path == RAW_SIDECAR_ON_PREDICT
     app.include_router(build_predict_router(dependencies, raw_on_predict, settings.purification_enabled))
     app.include_router(build_sidecar_router(dependencies, None if raw_on_predict else settings.upstream_raw_path))
     app.include_router(build_health_router(metrics))
     app.add_middleware(GatewayMiddleware, metrics=metrics, lifecycle=lifecycle,
-                       max_request_bytes=settings.max_request_bytes)
+                       max_request_bytes=settings.max_request_bytes, body_read_timeout_s=settings.body_read_timeout_s)
     return app
 
 
@@ -122,7 +128,8 @@ def _pool_config(settings: Settings) -> PoolConfig:
 def _upstream(settings: Settings, client: Any, protocol: UpstreamProtocol) -> Upstream:
     return build_upstream(protocol, client, settings.upstream_url, settings.upstream_model, settings.upstream_raw_path,
                           retry=RetryPolicy(max_retries=settings.upstream_retries),
-                          total_timeout_s=settings.upstream_timeout_s)
+                          total_timeout_s=settings.upstream_timeout_s,
+                          max_response_bytes=settings.upstream_max_response_bytes)
 
 
 async def _start_pool(pool: WorkerPool, lifecycle: Lifecycle) -> None:

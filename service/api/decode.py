@@ -4,11 +4,16 @@ Why the order matters: a 100 kB PNG may declare 100 000 × 100 000 pixels; decod
 allocate 10 GB. `Image.open` reads only the header, so the declared size is checked first
 and `.load()` runs only for images within `max_image_pixels`. `open_image` is cheap (header
 only); `load_image` is CPU-bound for large images, which callers run in a thread.
+
+The same holds per request: many images each within the limit still add up (32 flat 4096²
+PNGs are 1.6 MB on the wire and 6.7 GB once decoded), so `check_request_pixels` sums the
+declared sizes of all a request's images against `max_request_pixels` before any is decoded.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -106,6 +111,40 @@ def open_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.I
     if width < 1 or height < 1:
         raise BadRequest(f"{what} has no pixels ({width}×{height})")
     return image
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width × height that an encoded image declares in its header (nothing is decoded).
+
+    Returns:
+        The pixel count; 0 for data whose header cannot be read, which `open_image` refuses
+        with its own error (so one bad image is not reported as a pixel-budget problem).
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            width, height = image.size
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 0
+    return width * height
+
+
+def check_request_pixels(blobs: Sequence[bytes], max_request_pixels: int) -> None:
+    """Refuse a request whose images declare more pixels in all than `max_request_pixels`, from their headers.
+
+    Args:
+        blobs: the request's encoded images.
+        max_request_pixels: the per-request budget of width × height, summed over the images.
+
+    Raises:
+        PayloadTooLarge: over the budget (413), before any pixel is decoded.
+    """
+    total = 0
+    for i, blob in enumerate(blobs):
+        total += declared_pixels(blob)
+        if total > max_request_pixels:
+            raise PayloadTooLarge(f"images 0-{i} of the request declare {total} pixels in all; the limit is "
+                                  f"{max_request_pixels} pixels per request (max_request_pixels): send fewer or "
+                                  "smaller images")
 
 
 def load_image(image: Image.Image, what: str = "image") -> Image.Image:

@@ -7,6 +7,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
+from pydantic import WithJsonSchema
 
 from service.api.gateway import Gateway, RequestContext
 from service.api.logging import REQUEST_ID
@@ -22,6 +23,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "Undecodable or empty image, invalid JSON or base64, bad header.",
         401: "Missing or wrong API key (only when one is configured).",
+        404: "A sidecar model outside UPSTREAM_MODELS.",
+        408: "The request body did not arrive within body_read_timeout_s.",
         413: "Over the byte, pixel or image-count limit.",
         415: "Unsupported Content-Type or image format.",
         422: "JSON or parameters of the wrong shape.",
@@ -35,7 +38,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 SeedQuery = Annotated[int | None, Query(ge=0, le=MAX_SEED, description=(
     "Noise seed: the same seed gives the same purified image (image i uses seed + i). Default: random."))]
-TimeoutHeader = Annotated[str | None, Header(alias=TIMEOUT_HEADER, description=(
+# Parsed by request_context (a bad value is our 400, not FastAPI's 422); documented as what it accepts.
+TimeoutHeader = Annotated[str | None, WithJsonSchema({"type": "number", "exclusiveMinimum": 0}), Header(
+    alias=TIMEOUT_HEADER, description=(
     "Seconds this request may take before 504 (default request_timeout_s, capped at max_request_timeout_s)."))]
 
 

@@ -2,7 +2,8 @@
 
 A request moves through `decode` (headers checked first; large images in a thread) → `purify`
 (worker pool) → `predict` or `forward` (vendor API); each stage is timed into the request's
-`RequestTimings` (DESIGN.md §4).
+`RequestTimings` (DESIGN.md §4). The request's deadline bounds all of them together, and the end
+of a drain ends any of them with a 503 (`service.api.guard`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from PIL import Image
 from starlette.types import Receive
 
 from service.api.decode import ImageLimits, encode_png, load_image, open_image
-from service.api.errors import ClientDisconnected
+from service.api.guard import guarded, time_left
 from service.api.lifecycle import Lifecycle
 from service.api.schemas import PurificationInfo, Readiness
 from service.api.timing import RequestTimings
 from service.config import Settings
-from service.errors import BadRequest, NotReady, UpstreamError, UpstreamTimeout
+from service.errors import BadRequest, DeadlineExceeded, NotReady, UpstreamError, UpstreamTimeout
 from service.metrics import GatewayMetrics, Stage
 from service.purify.imaging import pil_to_tensor, tensor_to_pil
 from service.purify.pipeline import FittedBatch, SmallImageFit, fit_to_model
@@ -102,35 +103,6 @@ class PurifiedBatch:
     steps: int
 
 
-async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it if the client disconnects first.
-
-    Call only after the request body was read: from then on `receive` yields nothing but the
-    `http.disconnect` message.
-
-    Raises:
-        ClientDisconnected: the client left; `work` was cancelled (the pool withdraws its items).
-    """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-    if task.cancelled() or not task.done():
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientDisconnected("the client disconnected before its images were purified")
-    return task.result()
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 class Gateway:
     """The resources of one running gateway and the stages of a request.
 
@@ -198,11 +170,13 @@ class Gateway:
             BadRequest, PayloadTooLarge, UnsupportedMediaType: see `service.api.decode`.
         """
         engine = self.engine if fit else None
+        time_left(ctx.deadline, ctx.request_id, "decoding")
         with ctx.timings.measure(Stage.DECODE):
             opened = [open_image(blob, self.limits, f"image {i}") for i, blob in enumerate(blobs)]  # headers only
             if sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS:
                 return _decode_batch(blobs, opened, engine, self.settings.small_image_fit)
-            return await asyncio.to_thread(_decode_batch, blobs, opened, engine, self.settings.small_image_fit)
+            return await self._guarded(asyncio.to_thread(
+                _decode_batch, blobs, opened, engine, self.settings.small_image_fit), ctx, "decoding")
 
     async def purify(self, decoded: DecodedBatch, ctx: RequestContext, *, include_degraded: bool = False
                      ) -> PurifiedBatch:
@@ -210,18 +184,23 @@ class Gateway:
 
         Raises:
             NotReady, Overloaded, DeadlineExceeded, PurificationFailed, PayloadTooLarge: from the pool.
+            NotReady: the drain ran out while the images waited (503).
             ClientDisconnected: the client left while its images waited.
         """
         if self.pool is None or decoded.fitted is None:
             raise NotReady("purification is disabled on this gateway (purification_enabled=false)")
         fitted = decoded.fitted
-        result = await until_disconnected(ctx.receive, self.pool.submit(
-            fitted.canvases, request_id=ctx.request_id, deadline=ctx.deadline, seed=ctx.seed))
+        # deadline=None: the pool enforces it, dropping queued images and late results (its metrics say which).
+        result = await guarded(
+            self.pool.submit(fitted.canvases, request_id=ctx.request_id, deadline=ctx.deadline, seed=ctx.seed),
+            request_id=ctx.request_id, what="purification", stopped=self.lifecycle.in_flight_stopped(),
+            deadline=None, receive=ctx.receive)
         ctx.timings.add(Stage.QUEUE, result.queue_s)
         ctx.timings.add(Stage.PURIFY, result.purify_s)
         degrade = parse_transforms(self.settings.transforms, self.engine.channels)[0] if include_degraded else None
         with ctx.timings.measure(Stage.PURIFY):  # cutting back to the original sizes and PNG encoding
-            pngs, degraded = await asyncio.to_thread(_finish_batch, fitted, result.images, degrade)
+            pngs, degraded = await self._guarded(
+                asyncio.to_thread(_finish_batch, fitted, result.images, degrade), ctx, "encoding")
         return PurifiedBatch(pngs=pngs, degraded_pngs=degraded, steps=result.steps)
 
     async def prepare(self, blobs: list[bytes], ctx: RequestContext) -> PreparedImages:
@@ -238,9 +217,14 @@ class Gateway:
 
         Raises:
             UpstreamTimeout, UpstreamError, UpstreamRejected: see `Upstream.predict`.
+            DeadlineExceeded: the request's deadline passed before or during the call.
+            NotReady: the drain ran out during the call.
         """
+        remaining = time_left(ctx.deadline, ctx.request_id, "calling the vendor")
         with self._upstream_call(ctx) as outcome:
-            result = await self.upstream.predict(prepared.blobs, ctx.request_id, prepared.content_type)
+            # The remaining budget caps the call; the guard is the outer bound, whatever the adapter does.
+            result = await self._guarded(self.upstream.predict(
+                prepared.blobs, ctx.request_id, prepared.content_type, timeout_s=remaining), ctx, "the vendor call")
             outcome.status = str(result.status_code)
         return result
 
@@ -250,15 +234,24 @@ class Gateway:
 
         Raises:
             UpstreamTimeout, UpstreamError: transport failures only (a vendor 4xx/5xx is relayed).
+            DeadlineExceeded: the request's deadline passed before or during the call.
+            NotReady: the drain ran out during the call.
         """
+        remaining = time_left(ctx.deadline, ctx.request_id, "calling the vendor")
         with self._upstream_call(ctx) as outcome:
-            relayed = await adapter.forward("POST", path, body, headers, request_id=ctx.request_id,
-                                            content_type=content_type)
+            relayed = await self._guarded(adapter.forward("POST", path, body, headers, request_id=ctx.request_id,
+                                                          content_type=content_type, timeout_s=remaining),
+                                          ctx, "the vendor call")
             outcome.status = str(relayed.status_code)
         return relayed
 
     def _upstream_call(self, ctx: RequestContext) -> _UpstreamCall:
         return _UpstreamCall(self.metrics, ctx.timings)
+
+    async def _guarded(self, work: Awaitable[T], ctx: RequestContext, what: str) -> T:
+        """`work` within the request's deadline and the drain (see `service.api.guard`)."""
+        return await guarded(work, request_id=ctx.request_id, what=what, stopped=self.lifecycle.in_flight_stopped(),
+                             deadline=ctx.deadline)
 
 
 class _UpstreamCall:
@@ -276,7 +269,7 @@ class _UpstreamCall:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         seconds = time.perf_counter() - self._started
-        if isinstance(exc, UpstreamTimeout):
+        if isinstance(exc, (UpstreamTimeout, DeadlineExceeded)):
             self.status = "timeout"
         elif isinstance(exc, UpstreamError) and exc.upstream_status is not None:
             self.status = str(exc.upstream_status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from service.api.schemas import Readiness
@@ -13,12 +14,14 @@ class Lifecycle:
     Plain attribute writes only, no locks and no logging: `begin_drain` runs inside a signal
     handler, which would deadlock on a lock the interrupted code holds (the `zipgate_ready`
     gauge is therefore computed at scrape time from `Gateway.ready`, not set from here).
+    The end of the drain (`stop_in_flight`) runs on the event loop, from the server's shutdown.
     """
 
     def __init__(self) -> None:
         self.state = Readiness.STARTING
         self.detail = "loading the model and starting the workers"
         self.drain_started: float | None = None  # time.monotonic() when shutdown began
+        self._in_flight_stopped: asyncio.Future[None] | None = None  # made on the loop that awaits it
 
     def drain_time_left(self, budget_s: float) -> float:
         """Seconds left of a drain budget that started at `begin_drain` (all of it if not yet begun).
@@ -50,3 +53,23 @@ class Lifecycle:
         if self.state is not Readiness.DRAINING:
             self.drain_started = time.monotonic()
             self.state, self.detail = Readiness.DRAINING, "shutting down; retry on another replica"
+
+    def in_flight_stopped(self) -> asyncio.Future[None]:
+        """A future that completes when requests still in flight must stop (shared: never cancel it).
+
+        Call on the event loop; request stages race their work against it (`Gateway` stages).
+        """
+        loop = asyncio.get_running_loop()
+        if self._in_flight_stopped is None or self._in_flight_stopped.get_loop() is not loop:
+            self._in_flight_stopped = loop.create_future()
+        return self._in_flight_stopped
+
+    def stop_in_flight(self) -> None:
+        """The drain budget is spent: every request still waiting ends now with a 503 (call on the event loop).
+
+        Without this, uvicorn cancels those requests at its graceful-shutdown timeout and answers
+        them with a plain-text 500 and no request id.
+        """
+        stopped = self.in_flight_stopped()
+        if not stopped.done():
+            stopped.set_result(None)

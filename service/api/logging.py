@@ -57,7 +57,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", stream: object = None) -> None:
-    """Send every logger (uvicorn's included) to one JSON handler on stderr.
+    """Send every logger (uvicorn's included) and Python's warnings to one JSON handler on stderr.
 
     Args:
         level: minimum level name, e.g. "info".
@@ -70,7 +70,11 @@ def configure_logging(level: str = "info", stream: object = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        uvicorn_logger = logging.getLogger(name)
-        uvicorn_logger.handlers.clear()
-        uvicorn_logger.propagate = True
+    # warnings.warn (PIL's DecompressionBombWarning, deprecations) writes raw multi-line text to
+    # stderr, which breaks a one-object-per-line log; captured, each warning is one JSON record of
+    # the 'py.warnings' logger at level warning.
+    logging.captureWarnings(True)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "py.warnings"):
+        named_logger = logging.getLogger(name)
+        named_logger.handlers.clear()
+        named_logger.propagate = True

@@ -10,15 +10,17 @@ from fastapi.responses import Response
 
 from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
 from service.api.inputs import InputKind, input_kind, read_images
-from service.api.routes_sidecar import relay
-from service.api.schemas import EXAMPLE_PNG_B64, Include, PredictResponse, PurifyResponse
+from service.api.routes_sidecar import RELAYED_RESPONSE, relay
+from service.api.schemas import (EXAMPLE_PNG_B64, Include, PredictJsonRequest, PredictResponse, PurifyResponse,
+                                 RelayedBody)
 from service.upstream import UpstreamProtocol
 
 _IMAGES_OPENAPI: dict[str, Any] = {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {"image": {
-        "type": "array", "items": {"type": "string", "format": "binary"},
+        "type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"},
         "description": "One part per image, all named 'image'."}}}},
-    "application/json": {"schema": {"$ref": "#/components/schemas/PredictJsonRequest"},
+    # Inline: the body is read by hand (not a FastAPI body parameter), so no component would hold a $ref.
+    "application/json": {"schema": PredictJsonRequest.model_json_schema(),
                          "example": {"images": [EXAMPLE_PNG_B64]}},
 }
 _RAW_IMAGE_OPENAPI: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
@@ -43,8 +45,18 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
                        "and relayed as the vendor answers it (sidecar mode)" if raw_sidecar_on_predict
                        else "an image body (image/*) is one image")
     predict_body = {"requestBody": {"required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}}
+    # A vendor 4xx is relayed with its own status ("default"); an image body relayed in sidecar mode answers
+    # whatever the vendor does, so there 200 has two shapes (serialized by hand below: a union
+    # response_model would drop "Infinity").
+    predict_responses: dict[int | str, dict[str, Any]] = {
+        **ERROR_RESPONSES, 200: {"model": PredictResponse},
+        "default": {"description": "A vendor 4xx, relayed with its status and body (upstream_rejected)."}}
+    if raw_sidecar_on_predict:
+        predict_responses = {**ERROR_RESPONSES, "default": RELAYED_RESPONSE["default"], 200: {
+            "model": PredictResponse | RelayedBody,
+            "description": "PredictResponse; for an image body, the vendor's answer relayed unchanged."}}
 
-    @router.post("/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=predict_body,
+    @router.post("/predict", response_model=None, responses=predict_responses, openapi_extra=predict_body,
                  description=f"Purify each image, send it to the vendor, return its predictions. Multipart 'image' "
                              f"parts or JSON base64 images; {raw_description}.")
     async def predict(request: Request, gateway: GatewayDep, ctx: ContextDep) -> Any:
@@ -54,12 +66,14 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
             return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.RAW], ctx)
         gateway.require_ready()
         settings = gateway.settings
-        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
+        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes,
+                                  settings.max_request_pixels)
         prepared = await gateway.prepare(blobs, ctx)
         result = await gateway.predict(prepared, ctx)
         purification = gateway.purification_info(prepared.steps) if prepared.steps is not None else None
-        return PredictResponse(request_id=ctx.request_id, predictions=result.predictions,
-                               purification=purification, latency_ms=ctx.timings.latency_ms())
+        response = PredictResponse(request_id=ctx.request_id, predictions=result.predictions,
+                                   purification=purification, latency_ms=ctx.timings.latency_ms())
+        return Response(response.model_dump_json(), media_type="application/json")
 
     if not purification_enabled:
         return router
@@ -77,7 +91,8 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
         kind = input_kind(request.headers.get("content-type"))
         gateway.require_ready()
         settings = gateway.settings
-        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
+        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes,
+                                  settings.max_request_pixels)
         decoded = await gateway.decode(blobs, ctx, fit=True)
         purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include)
         if len(purified.pngs) == 1 and purified.degraded_pngs is None:

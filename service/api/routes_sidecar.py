@@ -10,6 +10,12 @@ Routing of the raw protocol (the body is the image): `POST {upstream_raw_path}`.
 is `/predict` (the default) it is shared with the gateway's own API, and the Content-Type
 decides: `image/*` or `application/octet-stream` is the sidecar, multipart or JSON is the API
 (see routes_predict.py).
+
+Paths are checked before anything is read or forwarded: the vendor gets the path as the client
+sent it, so a model name must be a plain name (`config.MODEL_NAME_PATTERN`), neither a dot
+segment that httpx or the vendor resolves into another path (`/v2/models/../infer` is `/v2/infer`)
+nor percent-encoded (`%2e%2e`, `..%5C`, `%252e%252e` decode into those at some hop); and with
+`upstream_models` set, only those models are exposed.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
+from service.api.decode import check_request_pixels
 from service.api.gateway import Gateway, RequestContext
 from service.api.schemas import EXAMPLE_PNG_B64
 from service.api.security import headers_for_vendor
-from service.errors import PayloadTooLarge
+from service.config import model_name_problem
+from service.errors import BadRequest, ModelNotFound, PayloadTooLarge
 from service.upstream import Upstream, UpstreamProtocol
 
 RAW_BODY_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -46,18 +54,49 @@ V2_BODY_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": 
                 "datatype": {"type": "string", "enum": ["BYTES"]}, "data": {"type": "array"}}}}}},
     "example": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [EXAMPLE_PNG_B64]}]},
 }}}}
-RELAYED_RESPONSE = {200: {"description": "The vendor's response, relayed unchanged (any status, body and type).",
-                          "content": {"application/json": {}}}}
+RELAYED_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The vendor's response, relayed unchanged (any status, body and type).",
+          "content": {"application/json": {}}},
+    # The vendor's statuses are its own (e.g. 404 for an unknown model name): OpenAPI's catch-all.
+    "default": {"description": "Any other status the vendor answers, relayed unchanged with its body and type; "
+                               "the statuses listed are the gateway's own errors (JSON ErrorResponse)."},
+}
+
+
+def check_vendor_path(request: Request, exposed_models: tuple[str, ...]) -> None:
+    """Refuse a sidecar path that could reach another vendor path, or a model that is not exposed.
+
+    Args:
+        request: the sidecar request; its path parameters (model name, version) are checked.
+        exposed_models: `upstream_models`; empty exposes every model.
+
+    Raises:
+        BadRequest: percent-encoding anywhere in the path, or a path parameter that is not a plain name.
+        ModelNotFound: `exposed_models` is set and the model is not in it.
+    """
+    raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    if b"%" in raw_path:
+        raise BadRequest("the path holds percent-encoded characters; send the model name as plain "
+                         "letters, digits, '_', '.' and '-'")
+    for parameter, value in request.path_params.items():
+        if problem := model_name_problem(str(value)):
+            raise BadRequest(f"model {parameter} in the path: {problem}")
+    name = request.path_params.get("name")
+    if exposed_models and name is not None and name not in exposed_models:
+        raise ModelNotFound(f"model {name!r} is not exposed by this gateway (upstream_models)")
 
 
 async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: RequestContext) -> Response:
     """Purify the images inside a vendor-format request and relay it to the same path upstream.
 
     Raises:
-        BadRequest, InvalidShape, UnsupportedMediaType, PayloadTooLarge: the body or an image in it.
+        BadRequest: the path (see `check_vendor_path`), the body or an image in it.
+        ModelNotFound: a model outside `upstream_models`.
+        InvalidShape, UnsupportedMediaType, PayloadTooLarge: the body or an image in it.
         NotReady, Overloaded, DeadlineExceeded, PurificationFailed: from purification.
         UpstreamTimeout, UpstreamError: the vendor could not be reached or timed out.
     """
+    check_vendor_path(request, gateway.settings.upstream_models)
     gateway.require_ready()
     body = await request.body()
     content_type = request.headers.get("content-type", "")
@@ -65,6 +104,7 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
     limit = gateway.settings.max_images_per_request
     if len(blobs) > limit:
         raise PayloadTooLarge(f"{len(blobs)} images in one request; the limit is {limit} (max_images_per_request)")
+    check_request_pixels(blobs, gateway.settings.max_request_pixels)
     prepared = await gateway.prepare(blobs, ctx)
     forwarded_type: str | None = None  # purification off: the body and its type go as they came
     if prepared.steps is not None:

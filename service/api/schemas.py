@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 # A 1×1 black PNG, small enough for the docs' "try it out".
 EXAMPLE_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
@@ -17,6 +17,10 @@ class PredictJsonRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"images": [EXAMPLE_PNG_B64]}]})
 
     images: list[str] = Field(min_length=1, description="Base64 (standard alphabet) of each encoded image.")
+
+
+class RelayedBody(RootModel[Any]):
+    """The vendor's own answer in sidecar mode, relayed unchanged: any body, type and status."""
 
 
 class PurificationInfo(BaseModel):

@@ -47,8 +47,9 @@ def api_key_dependency(expected: SecretStr) -> Callable[..., Awaitable[None]]:
 
 
 def headers_for_vendor(headers: Mapping[str, str], api_key: SecretStr | None) -> dict[str, str]:
-    """The client's headers minus what is meant for the gateway: the gateway's own key and its
-    X-Request-Timeout. A vendor credential in the other header passes through untouched.
+    """The client's headers minus what is meant for the gateway: its X-Request-Timeout and, when a
+    key is configured, X-API-Key (the gateway's header, whatever it holds) and any Authorization
+    that carries the gateway's key in any form. A vendor credential in Authorization passes.
 
     Args:
         headers: the client's request headers.
@@ -63,18 +64,18 @@ def headers_for_vendor(headers: Mapping[str, str], api_key: SecretStr | None) ->
         lower = name.lower()
         if lower in GATEWAY_ONLY_HEADERS:
             continue
-        if secret is not None and lower == "authorization" and _same(_bearer_token(value), secret):
-            continue
-        if secret is not None and lower == API_KEY_HEADER.lower() and _same(value, secret):
+        if secret is not None and (lower == API_KEY_HEADER.lower()
+                                   or lower == "authorization" and _carries(value, secret)):
             continue
         kept[name] = value
     return kept
 
 
-def _same(presented: str | None, secret: str) -> bool:
-    return presented is not None and hmac.compare_digest(presented.encode(), secret.encode())
-
-
-def _bearer_token(value: str) -> str | None:
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
+def _carries(authorization: str, secret: str) -> bool:
+    """Whether an Authorization value holds `secret` as any of its words: "Bearer<TAB>key",
+    "bearer  key", "Token key" and a bare "key" all do. The admission check (HTTPBearer) reads
+    only "Bearer key", but a client may send the key in other spellings beside a valid X-API-Key,
+    and none of them may reach the vendor."""
+    # Every word is compared, each in constant time, so timing tells nothing about the key.
+    matches = [hmac.compare_digest(word.encode(), secret.encode()) for word in authorization.split()]
+    return any(matches)

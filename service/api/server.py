@@ -2,15 +2,19 @@
 
 Shutdown on SIGTERM or Ctrl+C, in order: `/readyz` turns 503 and new requests get 503 at once
 (so a load balancer stops sending); uvicorn stops accepting connections and waits up to
-`drain_timeout_s` for requests in flight, whose queued images keep being purified; the
+`drain_timeout_s` for requests in flight, whose queued images keep being purified; just before
+that budget ends, requests still in flight answer 503 with Retry-After (`stop_in_flight`); the
 lifespan drains the pool and closes the vendor client; the process exits 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -21,9 +25,16 @@ from service.api.lifecycle import Lifecycle
 from service.api.logging import configure_logging
 from service.api.schemas import Readiness
 from service.config import Settings
+from service.workers import PurifierFactory
+
+logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_START_FAILED = 3  # uvicorn's own code for a failed start-up
+# Kept back from the drain budget to answer the requests it cuts short (503 JSON) before uvicorn's
+# graceful timeout cancels what is left, which uvicorn answers with a plain-text 500 and no request id.
+ANSWER_RESERVE_S = 0.5
+ANSWER_RESERVE_FRACTION = 0.25  # of a budget too short for the full reserve
 
 
 class GatewayServer(uvicorn.Server):
@@ -40,6 +51,30 @@ class GatewayServer(uvicorn.Server):
         self.lifecycle.begin_drain()
         super().handle_exit(sig, frame)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, ending requests still in flight with a 503 shortly before its graceful timeout."""
+        self.lifecycle.begin_drain()  # no-op after a signal; covers should_exit set any other way
+        budget_s = self.config.timeout_graceful_shutdown
+        stopper: asyncio.Task[None] | None = None
+        if budget_s is not None:  # None: uvicorn waits for ever, and so do the requests
+            reserve_s = min(ANSWER_RESERVE_S, ANSWER_RESERVE_FRACTION * budget_s)
+            stopper = asyncio.create_task(self._stop_in_flight_after(
+                self.lifecycle.drain_time_left(budget_s) - reserve_s), name="zipgate-drain-stop")
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+        began = self.lifecycle.drain_started
+        drain_s = 0.0 if began is None else time.monotonic() - began
+        logger.info("shut down %.2f s after the drain began (drain_timeout_s %s)", drain_s, budget_s,
+                    extra={"drain_s": round(drain_s, 3)})
+
+    async def _stop_in_flight_after(self, delay_s: float) -> None:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        self.lifecycle.stop_in_flight()
+
     async def on_tick(self, counter: int) -> bool:
         """uvicorn's 0.1 s housekeeping tick; also exits once start-up has failed."""
         if self.lifecycle.state is Readiness.FAILED and not self.should_exit:
@@ -48,18 +83,24 @@ class GatewayServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def gateway_server(settings: Settings) -> GatewayServer:
+def gateway_server(settings: Settings, *, purifier_factory: PurifierFactory | None = None) -> GatewayServer:
     """The configured server, not yet running (the demo runs it in a thread).
+
+    Args:
+        settings: the validated settings.
+        purifier_factory: see `create_app` (tests inject a slow or failing purifier).
 
     Raises:
         ConfigError: see `create_app`.
     """
-    app = create_app(settings)
+    app = create_app(settings, purifier_factory=purifier_factory)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, lifespan="on",
         log_config=None,  # keep our JSON logging (configure_logging) instead of uvicorn's
         access_log=False,  # GatewayMiddleware logs each request with its id
         timeout_graceful_shutdown=settings.drain_timeout_s,
+        # Bounds open connections (and with them file descriptors): past it uvicorn answers 503 itself.
+        limit_concurrency=settings.max_connections,
     )
     return GatewayServer(config, app.state.lifecycle)
 

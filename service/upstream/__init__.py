@@ -7,12 +7,14 @@ from typing import assert_never
 import httpx
 
 from service.upstream.base import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
-from service.upstream.client import RetryPolicy, make_http_client
+from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, make_http_client
+from service.upstream.failures import redact_url
 from service.upstream.raw import RawUpstream
 from service.upstream.tfserving import TFServingUpstream
 from service.upstream.v2 import V2Upstream
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "RawUpstream",
     "RelayedResponse",
     "RetryPolicy",
@@ -23,6 +25,7 @@ __all__ = [
     "V2Upstream",
     "build_upstream",
     "make_http_client",
+    "redact_url",
 ]
 
 
@@ -36,6 +39,7 @@ def build_upstream(
     input_name: str = "image",
     retry: RetryPolicy = RetryPolicy(),
     total_timeout_s: float | None = None,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> Upstream:
     """Create the adapter for a protocol.
 
@@ -46,9 +50,10 @@ def build_upstream(
         model_name: the served model's name; required for tfserving and v2, unused for raw.
         raw_path: the inference path of the raw protocol.
         input_name: the v2 BYTES input that carries the images.
-        retry: resends after connection errors.
+        retry: resends after failures to connect.
         total_timeout_s: wall-clock bound on one upstream call with its retries (None: only the
             client's per-operation timeouts).
+        max_response_bytes: limit on a vendor answer's decoded body (`upstream_max_response_bytes`).
 
     Returns:
         The adapter.
@@ -62,10 +67,22 @@ def build_upstream(
         choices = ", ".join(member.value for member in UpstreamProtocol)
         raise ValueError(f"unknown upstream protocol {protocol!r}; choose one of {choices}") from None
     if protocol is UpstreamProtocol.RAW:
-        return RawUpstream(client, base_url, path=raw_path, retry=retry, total_timeout_s=total_timeout_s)
+        return RawUpstream(
+            client,
+            base_url,
+            path=raw_path,
+            retry=retry,
+            total_timeout_s=total_timeout_s,
+            max_response_bytes=max_response_bytes,
+        )
     if protocol is UpstreamProtocol.TFSERVING:
         return TFServingUpstream(
-            client, base_url, model_name=model_name or "", retry=retry, total_timeout_s=total_timeout_s
+            client,
+            base_url,
+            model_name=model_name or "",
+            retry=retry,
+            total_timeout_s=total_timeout_s,
+            max_response_bytes=max_response_bytes,
         )
     if protocol is UpstreamProtocol.V2:
         return V2Upstream(
@@ -75,5 +92,6 @@ def build_upstream(
             input_name=input_name,
             retry=retry,
             total_timeout_s=total_timeout_s,
+            max_response_bytes=max_response_bytes,
         )
     assert_never(protocol)

@@ -19,9 +19,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from service.upstream.client import RetryPolicy, raise_for_upstream_status, send_with_retries
+from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, send_with_retries
+from service.upstream.failures import raise_for_upstream_status, redact_url
 from service.upstream.wire import (
     JSON_CONTENT_TYPE,
+    VendorResponse,
     decode_image,
     decode_response_json,
     dump_json,
@@ -45,8 +47,10 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Host and Content-Length are recomputed by httpx for the new target and body.
-_NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "x-request-id"}
+# Host and Content-Length are recomputed by httpx for the new target and body. Accept-Encoding is
+# the client's own (`make_http_client`): the gateway decodes the answer to bound its size and
+# relays it decoded, so the vendor may only use codings httpx can decode.
+_NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "x-request-id", "accept-encoding"}
 # httpx has already decoded any content-encoding, so length and encoding no longer describe the
 # relayed body; date/server are the gateway's own; X-Request-ID is set by the gateway (same id).
 _NOT_RELAYED = _HOP_BY_HOP | {"content-length", "content-encoding", "date", "server", "x-request-id"}
@@ -105,30 +109,39 @@ class Upstream(abc.ABC):
         *,
         retry: RetryPolicy = RetryPolicy(),
         total_timeout_s: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         """Bind the adapter to a vendor.
 
         Args:
             client: the shared client (see `make_http_client`); the lifespan owns and closes it.
-            base_url: the vendor's root, e.g. "http://vendor:8080" (a path prefix is kept).
-            retry: resends after connection errors.
+            base_url: the vendor's root, e.g. "http://vendor:8080" (a path prefix is kept);
+                credentials in it (http://user:pass@vendor) are sent as Basic auth.
+            retry: resends after failures to connect.
             total_timeout_s: wall-clock bound on one upstream call with its retries; None leaves
                 only the client's per-operation timeouts.
+            max_response_bytes: limit on a vendor answer's decoded body.
 
         Raises:
-            ValueError: the base URL is not an absolute http(s) URL, or the timeout is not positive.
+            ValueError: the base URL is not an absolute http(s) URL, or a limit is not positive.
         """
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"upstream base_url must look like http://host:port, got {base_url!r}")
+            raise ValueError(f"upstream base_url must look like http://host:port, got {redact_url(base_url)!r}")
         if url.query or url.fragment:
-            raise ValueError(f"upstream base_url must not carry a query or fragment, got {base_url!r}")
+            raise ValueError(f"upstream base_url must not carry a query or fragment, got {redact_url(base_url)!r}")
         if total_timeout_s is not None and total_timeout_s <= 0:
             raise ValueError(f"total_timeout_s must be > 0 seconds or None, got {total_timeout_s}")
+        if max_response_bytes <= 0:
+            raise ValueError(f"max_response_bytes must be > 0, got {max_response_bytes}")
         self._client = client
-        self._base_url = base_url.rstrip("/")
+        # Credentials travel as an Authorization header, never in a URL that httpx (which logs
+        # every request URL at INFO) or an error message could print.
+        self._auth = httpx.BasicAuth(url.username, url.password) if url.userinfo else None
+        self._base_url = str(url.copy_with(userinfo=b"")).rstrip("/") if url.userinfo else base_url.rstrip("/")
         self._retry = retry
         self._total_timeout_s = total_timeout_s
+        self._max_response_bytes = max_response_bytes
 
     @property
     @abc.abstractmethod
@@ -137,7 +150,12 @@ class Upstream(abc.ABC):
 
     @abc.abstractmethod
     async def predict(
-        self, images: list[bytes], request_id: str, content_type: str = "image/png"
+        self,
+        images: list[bytes],
+        request_id: str,
+        content_type: str = "image/png",
+        *,
+        timeout_s: float | None = None,
     ) -> UpstreamResult:
         """Send images to the vendor and return one prediction per image.
 
@@ -145,6 +163,8 @@ class Upstream(abc.ABC):
             images: encoded images (PNG by default), at least one.
             request_id: sent as the X-Request-ID header (and in the body where the protocol has one).
             content_type: the images' media type, where the protocol carries it (raw only).
+            timeout_s: bound on this call's total time, body and resends included (the request's
+                remaining budget); the tighter of it and the adapter's `total_timeout_s` applies.
 
         Returns:
             The predictions in image order, the vendor's status and the latency.
@@ -152,7 +172,8 @@ class Upstream(abc.ABC):
         Raises:
             ValueError: `images` is empty.
             UpstreamTimeout: the vendor did not answer in time (504).
-            UpstreamRejected: the vendor answered 4xx (relayed with its status and body).
+            UpstreamRejected: the vendor answered 4xx (relayed with its status, body, Retry-After).
+            UpstreamResponseTooLarge: the answer exceeds `max_response_bytes` (502).
             UpstreamError: 5xx, refused or reset connection, or an unreadable 2xx body (502).
         """
 
@@ -207,6 +228,7 @@ class Upstream(abc.ABC):
         *,
         request_id: str | None = None,
         content_type: str | None = None,
+        timeout_s: float | None = None,
     ) -> RelayedResponse:
         """Relay a request to the vendor and its response back unchanged, whatever its status.
 
@@ -220,6 +242,7 @@ class Upstream(abc.ABC):
             headers: the client's headers; hop-by-hop, Host and Content-Length are dropped.
             request_id: sent as X-Request-ID, replacing any the client sent.
             content_type: replaces the client's Content-Type (after `replace_images`).
+            timeout_s: bound on this call's total time, as in `predict`.
 
         Returns:
             The vendor's status, body, content type and end-to-end headers.
@@ -227,7 +250,8 @@ class Upstream(abc.ABC):
         Raises:
             ValueError: `path` does not start with "/".
             UpstreamTimeout: the vendor did not answer in time (504).
-            UpstreamError: the connection was refused or reset (502).
+            UpstreamResponseTooLarge: the answer exceeds `max_response_bytes` (502).
+            UpstreamError: the connection was refused or reset, or the answer was unusable (502).
         """
         if not path.startswith("/"):
             raise ValueError(f"the forwarded path must start with '/', got {path!r}")
@@ -238,7 +262,7 @@ class Upstream(abc.ABC):
         if request_id is not None:
             sent["X-Request-ID"] = request_id
         request = self._client.build_request(method, self._base_url + path, content=body, headers=sent)
-        response = await self._send(request)
+        response = await self._send(request, timeout_s)
         return RelayedResponse(
             status_code=response.status_code,
             body=response.content,
@@ -246,7 +270,9 @@ class Upstream(abc.ABC):
             headers=tuple(_end_to_end(response.headers.multi_items(), _NOT_RELAYED)),
         )
 
-    async def _post(self, path: str, content: bytes, content_type: str, request_id: str) -> httpx.Response:
+    async def _post(
+        self, path: str, content: bytes, content_type: str, request_id: str, timeout_s: float | None
+    ) -> VendorResponse:
         """POST to the vendor and return its 2xx response, or raise the mapped error."""
         request = self._client.build_request(
             "POST",
@@ -254,13 +280,19 @@ class Upstream(abc.ABC):
             content=content,
             headers={"Content-Type": content_type, "Accept": JSON_CONTENT_TYPE, "X-Request-ID": request_id},
         )
-        response = await self._send(request)
+        response = await self._send(request, timeout_s)
         raise_for_upstream_status(response)
         return response
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
+    async def _send(self, request: httpx.Request, timeout_s: float | None) -> VendorResponse:
+        limits = [limit for limit in (self._total_timeout_s, timeout_s) if limit is not None]
         return await send_with_retries(
-            self._client, request, self._retry, total_timeout_s=self._total_timeout_s
+            self._client,
+            request,
+            self._retry,
+            total_timeout_s=min(limits) if limits else None,
+            max_response_bytes=self._max_response_bytes,
+            auth=self._auth,
         )
 
 
@@ -328,14 +360,19 @@ class JsonUpstream(Upstream):
         return dump_json(payload), JSON_CONTENT_TYPE
 
     async def predict(
-        self, images: list[bytes], request_id: str, content_type: str = "image/png"
+        self,
+        images: list[bytes],
+        request_id: str,
+        content_type: str = "image/png",
+        *,
+        timeout_s: float | None = None,
     ) -> UpstreamResult:
         """See `Upstream.predict`; `content_type` is unused: the images travel as base64 in JSON."""
         if not images:
             raise ValueError("predict needs at least one image")
         started = time.perf_counter()
         body = dump_json(self.encode_request(images, request_id))
-        response = await self._post(self.predict_path, body, JSON_CONTENT_TYPE, request_id)
+        response = await self._post(self.predict_path, body, JSON_CONTENT_TYPE, request_id, timeout_s)
         payload = decode_response_json(response)
         try:
             predictions = self.decode_predictions(payload, len(images))

@@ -1,53 +1,43 @@
-"""The shared HTTP client to the vendor API: pool and timeouts, error mapping, bounded retries.
+"""The shared HTTP client to the vendor API: pool and timeouts, bounded reads, bounded retries.
 
-Every transport failure is translated in ONE table, `TRANSPORT_ERRORS` (in the manner of
-httpx's `map_httpcore_exceptions`), and every non-2xx status in `raise_for_upstream_status`:
+Failures are translated to gateway errors in `failures.py`; this module adds two of its own: a
+decoded body over `max_response_bytes` (UpstreamResponseTooLarge, 502; the body is counted as it
+streams in and abandoned at the limit) and a Content-Encoding httpx cannot decode (UpstreamError).
 
-    httpx.TimeoutException (connect, read, write, pool)  → UpstreamTimeout   (504)
-    httpx.ConnectError  (refused, unreachable)           → UpstreamError     (502)
-    httpx.ReadError / WriteError (reset)                 → UpstreamError     (502)
-    httpx.RemoteProtocolError (closed early, bad HTTP)   → UpstreamError     (502)
-    any other httpx.TransportError                       → UpstreamError     (502)
-    upstream 4xx                                         → UpstreamRejected  (the same 4xx)
-    upstream 5xx, 1xx, 3xx                               → UpstreamError     (502, upstream_status)
-
-Retries (`send_with_retries`) happen only where the vendor cannot have answered: a refused
-connection, or a connection closed before the response head arrived (the keep-alive race of a
-pooled connection the vendor just closed). A timed-out request is never retried: the vendor may
-still be computing it, and a retry would multiply the latency the caller waits for.
+Retries (`send_with_retries`) happen only where the request provably never reached the vendor:
+the connection could not be established (`httpx.ConnectError`). Everything later is ambiguous —
+a reset, a close without an answer, a garbage status line, a timeout: the vendor may have run
+(and billed) the POST, and a resend would run it twice or multiply the caller's wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 
-from service.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
+from service.errors import UpstreamError, UpstreamResponseTooLarge, UpstreamTimeout
+from service.upstream.failures import map_transport_errors, redact_url
+from service.upstream.wire import VendorResponse
+
+try:
+    # The exact table httpx decodes with: br and zstd appear only when brotli / zstandard import.
+    from httpx._decoders import SUPPORTED_DECODERS as _HTTPX_DECODERS
+except ImportError:  # pragma: no cover - a future httpx that moved it; these two it always decoded
+    _HTTPX_DECODERS = {"identity": None, "gzip": None, "deflate": None}
 
 logger = logging.getLogger(__name__)
 
-# Most specific wins (a ConnectTimeout is a TimeoutException, not a ConnectError).
-TRANSPORT_ERRORS: dict[type[httpx.TransportError], type[UpstreamError]] = {
-    httpx.TransportError: UpstreamError,
-    httpx.TimeoutException: UpstreamTimeout,
-    httpx.ConnectError: UpstreamError,
-    httpx.ReadError: UpstreamError,
-    httpx.WriteError: UpstreamError,
-    httpx.RemoteProtocolError: UpstreamError,
-}
-
-# Errors after which the vendor cannot have sent an answer, so resending is safe.
-_RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError)
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+_RAW_STEP_BYTES = 1024  # encoded bytes decoded at a time (see `_decoded_chunks`)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often a request is resent after a connection error (never after a timeout or status).
+    """How often a request is resent after it failed to connect (never after anything later).
 
     Attributes:
         max_retries: resends after the first attempt (0 disables retries).
@@ -64,13 +54,18 @@ class RetryPolicy:
             raise ValueError(f"backoff_s must be >= 0 seconds, got {self.backoff_s}")
 
 
+def decodable_encodings() -> tuple[str, ...]:
+    """The content codings the client can decode: gzip and deflate, br and zstd where installed."""
+    return tuple(name for name in _HTTPX_DECODERS if name != "identity")
+
+
 def make_http_client(
     timeout_connect_s: float = 2.0,
     timeout_read_s: float = 30.0,
     max_connections: int = 100,
     *,
     max_keepalive_connections: int | None = None,
-    keepalive_expiry_s: float = 5.0,
+    keepalive_expiry_s: float = 4.0,
     timeout_write_s: float | None = None,
     timeout_pool_s: float | None = None,
 ) -> httpx.AsyncClient:
@@ -83,12 +78,16 @@ def make_http_client(
         timeout_read_s: seconds to wait for each chunk of the response (not the whole body).
         max_connections: open connections at most; further requests wait for a free one.
         max_keepalive_connections: idle connections kept; defaults to `max_connections`.
-        keepalive_expiry_s: seconds an idle connection is kept before closing.
+        keepalive_expiry_s: seconds an idle connection is kept before closing. Below the common
+            server idle timeout of 5 s (uvicorn's), so the gateway drops an idle connection before
+            the vendor does: a request sent on a connection the vendor is closing fails ambiguously
+            and is not resent.
         timeout_write_s: seconds to send each chunk of the request; defaults to `timeout_read_s`.
         timeout_pool_s: seconds to wait for a free pooled connection; defaults to `timeout_read_s`.
 
     Returns:
-        An httpx.AsyncClient without redirects (a vendor redirect is an error, not a hop).
+        An httpx.AsyncClient without redirects (a vendor redirect is an error, not a hop) that
+        offers only the content codings it can decode (`decodable_encodings`).
 
     Raises:
         ValueError: a timeout or limit is not positive.
@@ -114,54 +113,12 @@ def make_http_client(
         ),
         keepalive_expiry=keepalive_expiry_s,
     )
+    # Explicit, so a sidecar client's own Accept-Encoding never replaces it (base.py drops it).
+    headers = {"Accept-Encoding": ", ".join(decodable_encodings())}
     # trust_env=False: proxy variables of the host must not silently reroute vendor traffic.
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False)
-
-
-@contextlib.contextmanager
-def map_transport_errors(url: str) -> Iterator[None]:
-    """Translate httpx transport errors raised inside the block through `TRANSPORT_ERRORS`.
-
-    Args:
-        url: the upstream URL, named in the error message.
-
-    Raises:
-        UpstreamTimeout: the request timed out.
-        UpstreamError: any other transport failure.
-    """
-    try:
-        yield
-    except httpx.TransportError as exc:
-        mapped: type[UpstreamError] = UpstreamError
-        for from_exc, to_exc in TRANSPORT_ERRORS.items():
-            if isinstance(exc, from_exc) and issubclass(to_exc, mapped):
-                mapped = to_exc
-        detail = f": {exc}" if str(exc) else ""
-        raise mapped(f"upstream {url}: {type(exc).__name__}{detail}") from exc
-
-
-def raise_for_upstream_status(response: httpx.Response) -> None:
-    """Raise the gateway error for a non-2xx upstream response; return for a 2xx.
-
-    Args:
-        response: a response whose body has been read.
-
-    Raises:
-        UpstreamRejected: 4xx, carrying the vendor's status, body and content type.
-        UpstreamError: any other non-2xx, carrying `upstream_status`.
-    """
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    url = str(response.request.url)
-    if 400 <= status < 500:
-        raise UpstreamRejected(
-            f"upstream {url} rejected the request with {status}",
-            upstream_status=status,
-            body=response.content,
-            content_type=response.headers.get("content-type", ""),
-        )
-    raise UpstreamError(f"upstream {url} answered {status}", upstream_status=status)
+    return httpx.AsyncClient(
+        timeout=timeout, limits=limits, headers=headers, follow_redirects=False, trust_env=False
+    )
 
 
 async def send_with_retries(
@@ -170,8 +127,10 @@ async def send_with_retries(
     retry: RetryPolicy,
     *,
     total_timeout_s: float | None = None,
-) -> httpx.Response:
-    """Send a request and read its whole body, resending only after connection errors.
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    auth: httpx.Auth | None = None,
+) -> VendorResponse:
+    """Send a request and read its whole body, resending only when it could not connect.
 
     Status codes are not checked here (see `raise_for_upstream_status`): the relay passes
     them through.
@@ -180,51 +139,125 @@ async def send_with_retries(
         client: the shared client.
         request: a request with an in-memory body (so it can be resent).
         retry: the retry policy.
-        total_timeout_s: wall-clock bound on all attempts together; the client's timeouts bound
-            each network operation only, and a vendor trickling bytes would never trip them.
+        total_timeout_s: wall-clock bound on all attempts together, body included; the client's
+            timeouts bound each network operation only, and a vendor trickling bytes would never
+            trip them. Zero or less: no time is left, nothing is sent.
+        max_response_bytes: limit on the decoded body, enforced while it streams in.
+        auth: credentials for the vendor (kept out of the URL, so no log line carries them).
 
     Returns:
-        The response, body read and connection released.
+        The vendor's status, headers and decoded body; the connection is released.
 
     Raises:
-        UpstreamTimeout: a timeout of the client or `total_timeout_s` passed.
-        UpstreamError: a transport failure, after the allowed retries where it is retryable.
+        UpstreamTimeout: a timeout of the client, or `total_timeout_s` passed.
+        UpstreamResponseTooLarge: the decoded body exceeds `max_response_bytes`.
+        UpstreamError: any other failure, after the allowed resends where it could not connect.
     """
-    url = str(request.url)
+    if total_timeout_s is not None and total_timeout_s <= 0:
+        raise UpstreamTimeout("no time was left for the vendor call (the request's deadline has passed)")
     deadline = asyncio.timeout(total_timeout_s)
     try:
         async with deadline:
-            return await _attempts(client, request, retry, url)
+            return await _attempts(client, request, retry, max_response_bytes, auth)
     except TimeoutError as exc:
         if not deadline.expired():
             raise
-        raise UpstreamTimeout(f"upstream {url}: no complete answer within {total_timeout_s} s") from exc
+        logger.warning(
+            "upstream %s %s: no complete answer within %g s",
+            request.method,
+            redact_url(request.url),
+            total_timeout_s,
+            extra={"request_id": request.headers.get("x-request-id")},
+        )
+        raise UpstreamTimeout(f"the vendor timed out: no complete answer within {total_timeout_s:g} s") from exc
 
 
 async def _attempts(
-    client: httpx.AsyncClient, request: httpx.Request, retry: RetryPolicy, url: str
-) -> httpx.Response:
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    retry: RetryPolicy,
+    max_response_bytes: int,
+    auth: httpx.Auth | None,
+) -> VendorResponse:
     for attempt in range(retry.max_retries + 1):
-        with map_transport_errors(url):
-            try:
-                # stream=True returns once the response head is in: an error raised here means
-                # the vendor has not answered; an error while reading the body comes later.
-                response = await client.send(request, stream=True)
-            except _RETRYABLE as exc:
-                if attempt == retry.max_retries:
-                    raise
-                logger.warning(
-                    "upstream attempt %d failed (%s: %s); retrying",
-                    attempt + 1,
-                    type(exc).__name__,
-                    exc,
-                    extra={"request_id": request.headers.get("x-request-id"), "upstream_url": url},
-                )
-                await asyncio.sleep(retry.backoff_s * 2**attempt)
-                continue
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-            return response
+        try:
+            with map_transport_errors(request):
+                # stream=True returns once the response head is in, so the body can be counted
+                # as it arrives instead of being buffered whole by httpx first.
+                response = await client.send(request, stream=True, auth=auth)
+        except UpstreamError as exc:
+            if not isinstance(exc.__cause__, httpx.ConnectError) or attempt == retry.max_retries:
+                raise
+            logger.warning(
+                "upstream attempt %d could not connect (%s); retrying",
+                attempt + 1,
+                exc.message,
+                extra={"request_id": request.headers.get("x-request-id")},
+            )
+            await asyncio.sleep(retry.backoff_s * 2**attempt)
+            continue
+        try:
+            with map_transport_errors(request):
+                content = await _read_bounded(response, max_response_bytes)
+        finally:
+            await response.aclose()
+        return VendorResponse(response.status_code, response.headers, content)
     raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+
+async def _read_bounded(response: httpx.Response, max_bytes: int) -> bytes:
+    """The decoded body, counted chunk by chunk and abandoned once it exceeds `max_bytes`.
+
+    Decoded bytes are what costs memory: a small gzip body can expand a thousandfold.
+    """
+    status = response.status_code
+    undecodable = [
+        coding
+        for value in response.headers.get_list("content-encoding")
+        for coding in (part.strip().lower() for part in value.split(","))
+        if coding and coding not in _HTTPX_DECODERS
+    ]
+    if undecodable:
+        # httpx would pass such a body through still encoded, and the relay drops the header.
+        raise UpstreamError(
+            f"the vendor answered HTTP {status} with Content-Encoding {', '.join(undecodable)}, which was "
+            f"not offered and cannot be decoded (offered: {', '.join(decodable_encodings())})",
+            upstream_status=status,
+        )
+    declared = response.headers.get("content-length", "")
+    if not response.headers.get("content-encoding") and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(status, max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in _decoded_chunks(response):
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(status, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _decoded_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body, decoded a little at a time.
+
+    `aiter_bytes` decodes a whole network read at once: 64 KiB of a deflate bomb is ~64 MB before
+    anything can count it. Feeding httpx's own decoder chain 1 KiB encoded steps bounds the
+    overshoot past the limit to about 1 MB (deflate tops out near 1000:1).
+    """
+    if not response.headers.get("content-encoding") or response.is_stream_consumed:
+        # Nothing to expand (or a transport handed over a body already read): reads are the bound.
+        async for chunk in response.aiter_bytes():
+            yield chunk
+        return
+    decoder = response._get_content_decoder()
+    async for raw in response.aiter_raw(_RAW_STEP_BYTES):
+        yield decoder.decode(raw)
+    yield decoder.flush()
+
+
+def _too_large(status: int, max_bytes: int) -> UpstreamResponseTooLarge:
+    return UpstreamResponseTooLarge(
+        f"the vendor's HTTP {status} answer exceeds {max_bytes} bytes (decoded); raise "
+        "upstream_max_response_bytes if the vendor's answers are legitimately that large",
+        upstream_status=status,
+    )

@@ -10,7 +10,7 @@ import httpx
 
 from service.errors import BadRequest, UnsupportedMediaType
 from service.upstream.base import Upstream, UpstreamProtocol, UpstreamResult
-from service.upstream.client import RetryPolicy
+from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
 from service.upstream.wire import decode_response_json, media_type
 
 # What a client may send as a raw image body: any image type, or the generic binary types that
@@ -34,6 +34,7 @@ class RawUpstream(Upstream):
         path: str = "/predict",
         retry: RetryPolicy = RetryPolicy(),
         total_timeout_s: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         """Bind the adapter to a vendor.
 
@@ -41,13 +42,16 @@ class RawUpstream(Upstream):
             client: the shared client; not closed here.
             base_url: the vendor's root URL.
             path: the inference path under base_url, e.g. "/invocations" for SageMaker.
-            retry: resends after connection errors.
+            retry: resends after failures to connect.
             total_timeout_s: wall-clock bound on one image's call with its retries.
+            max_response_bytes: limit on a vendor answer's decoded body.
 
         Raises:
             ValueError: a bad base URL or timeout, or a path without a leading "/".
         """
-        super().__init__(client, base_url, retry=retry, total_timeout_s=total_timeout_s)
+        super().__init__(
+            client, base_url, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=max_response_bytes
+        )
         if not path.startswith("/"):
             raise ValueError(f"the raw upstream path must start with '/', e.g. '/predict'; got {path!r}")
         self._path = path
@@ -58,9 +62,16 @@ class RawUpstream(Upstream):
         return self._path
 
     async def predict(
-        self, images: list[bytes], request_id: str, content_type: str = "image/png"
+        self,
+        images: list[bytes],
+        request_id: str,
+        content_type: str = "image/png",
+        *,
+        timeout_s: float | None = None,
     ) -> UpstreamResult:
         """See `Upstream.predict`. The first failing image fails the call and cancels the rest.
+
+        The images' requests run concurrently, so `timeout_s` bounds each of them and the call.
 
         Returns:
             The predictions in image order; `status_code` is the highest 2xx the vendor sent.
@@ -68,7 +79,9 @@ class RawUpstream(Upstream):
         if not images:
             raise ValueError("predict needs at least one image")
         started = time.perf_counter()
-        tasks = [asyncio.create_task(self._predict_one(image, request_id, content_type)) for image in images]
+        tasks = [
+            asyncio.create_task(self._predict_one(image, request_id, content_type, timeout_s)) for image in images
+        ]
         try:
             answers = await asyncio.gather(*tasks)
         except BaseException:
@@ -83,8 +96,10 @@ class RawUpstream(Upstream):
             latency_s=time.perf_counter() - started,
         )
 
-    async def _predict_one(self, image: bytes, request_id: str, content_type: str) -> tuple[int, Any]:
-        response = await self._post(self._path, image, content_type, request_id)
+    async def _predict_one(
+        self, image: bytes, request_id: str, content_type: str, timeout_s: float | None
+    ) -> tuple[int, Any]:
+        response = await self._post(self._path, image, content_type, request_id, timeout_s)
         return response.status_code, decode_response_json(response)
 
     def extract_images(self, body: bytes, content_type: str) -> list[bytes]:

@@ -9,7 +9,7 @@ import httpx
 
 from service.errors import InvalidShape
 from service.upstream.base import JsonUpstream, UpstreamProtocol
-from service.upstream.client import RetryPolicy
+from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
 from service.upstream.wire import describe_json, encode_image
 
 # The one documented instance shape: a binary value, base64 under the key "b64".
@@ -29,6 +29,7 @@ class TFServingUpstream(JsonUpstream):
         model_name: str,
         retry: RetryPolicy = RetryPolicy(),
         total_timeout_s: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         """Bind the adapter to a vendor model.
 
@@ -36,13 +37,16 @@ class TFServingUpstream(JsonUpstream):
             client: the shared client; not closed here.
             base_url: the vendor's root URL.
             model_name: the served model's name, as in /v1/models/{model_name}.
-            retry: resends after connection errors.
+            retry: resends after failures to connect.
             total_timeout_s: wall-clock bound on one call with its retries.
+            max_response_bytes: limit on a vendor answer's decoded body.
 
         Raises:
             ValueError: a bad base URL or timeout, or an empty model name.
         """
-        super().__init__(client, base_url, retry=retry, total_timeout_s=total_timeout_s)
+        super().__init__(
+            client, base_url, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=max_response_bytes
+        )
         if not model_name:
             raise ValueError("the tfserving upstream needs a model name (the {model} in /v1/models/{model})")
         self._model_name = model_name

@@ -10,7 +10,7 @@ import httpx
 
 from service.errors import InvalidShape
 from service.upstream.base import JsonUpstream, UpstreamProtocol
-from service.upstream.client import RetryPolicy
+from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
 from service.upstream.wire import describe_json, encode_image
 
 _BYTES = "BYTES"
@@ -36,6 +36,7 @@ class V2Upstream(JsonUpstream):
         input_name: str = "image",
         retry: RetryPolicy = RetryPolicy(),
         total_timeout_s: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         """Bind the adapter to a vendor model.
 
@@ -44,13 +45,16 @@ class V2Upstream(JsonUpstream):
             base_url: the vendor's root URL.
             model_name: the served model's name, as in /v2/models/{model_name}.
             input_name: the name of the model's BYTES image input.
-            retry: resends after connection errors.
+            retry: resends after failures to connect.
             total_timeout_s: wall-clock bound on one call with its retries.
+            max_response_bytes: limit on a vendor answer's decoded body.
 
         Raises:
             ValueError: a bad base URL or timeout, or an empty model or input name.
         """
-        super().__init__(client, base_url, retry=retry, total_timeout_s=total_timeout_s)
+        super().__init__(
+            client, base_url, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=max_response_bytes
+        )
         if not model_name:
             raise ValueError("the v2 upstream needs a model name (the {model} in /v2/models/{model}/infer)")
         if not input_name:

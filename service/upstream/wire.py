@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -17,6 +18,22 @@ import httpx
 from service.errors import BadRequest, InvalidShape, UnsupportedMediaType, UpstreamError
 
 JSON_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class VendorResponse:
+    """A vendor's answer with its whole body read (content-decoded, within the size limit).
+
+    Attributes:
+        status_code: the vendor's HTTP status.
+        headers: its headers as received (Content-Encoding and Content-Length describe the wire,
+            not `content`).
+        content: the decoded body.
+    """
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
 
 
 def media_type(content_type: str | None) -> str:
@@ -58,7 +75,7 @@ def parse_request_json(body: bytes, content_type: str | None) -> dict[str, Any]:
         )
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, or an int over 4300 digits
         raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidShape(f"the request body must be a JSON object, got {type(payload).__name__}")
@@ -107,11 +124,11 @@ def decode_image(text: Any, where: str) -> bytes:
     return image
 
 
-def decode_response_json(response: httpx.Response) -> Any:
+def decode_response_json(response: VendorResponse) -> Any:
     """Parse a vendor's 2xx response body as JSON.
 
     Args:
-        response: a response whose body has been read.
+        response: the vendor's answer.
 
     Returns:
         The decoded JSON value.
@@ -121,16 +138,16 @@ def decode_response_json(response: httpx.Response) -> Any:
     """
     try:
         return json.loads(response.content)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, or an int over 4300 digits
         kind = media_type(response.headers.get("content-type")) or "no content type"
         raise UpstreamError(
-            f"upstream {response.request.url} answered {response.status_code} with a body that is "
-            f"not JSON ({kind}, {len(response.content)} bytes)",
+            f"the vendor answered HTTP {response.status_code} with a body that is not JSON "
+            f"({kind}, {len(response.content)} bytes)",
             upstream_status=response.status_code,
         ) from exc
 
 
-def malformed_response(response: httpx.Response, problem: str) -> UpstreamError:
+def malformed_response(response: VendorResponse, problem: str) -> UpstreamError:
     """The error for a vendor's 2xx JSON body of the wrong shape (502).
 
     Args:
@@ -141,7 +158,6 @@ def malformed_response(response: httpx.Response, problem: str) -> UpstreamError:
         An UpstreamError to raise, carrying the vendor's status.
     """
     return UpstreamError(
-        f"upstream {response.request.url} answered {response.status_code} with an unexpected body: "
-        f"{problem}",
+        f"the vendor answered HTTP {response.status_code} with an unexpected body: {problem}",
         upstream_status=response.status_code,
     )

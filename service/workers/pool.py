@@ -175,7 +175,8 @@ class WorkerPool:
         Args:
             images: (N, C, H, W) float in [-1, 1], on the CPU.
             request_id: for logs and error messages.
-            deadline: `time.monotonic()` seconds; images not started by then are dropped.
+            deadline: `time.monotonic()` seconds; at it the request fails: queued images are
+                dropped, and results of images still purifying are discarded.
             seed: image i uses seed + i (same seed, same result, whatever the batching); None = random.
             steps: sampling steps; None = `config.default_steps`.
 
@@ -228,7 +229,7 @@ class WorkerPool:
         """Stop accepting, let queued and running work finish, then stop the workers.
 
         After the timeout, images still queued fail with `NotReady` and running batches are
-        abandoned (their requests get `NotReady`). Safe to call more than once.
+        abandoned (their requests get `NotReady`). Logs how long it waited. Safe to call more than once.
 
         Args:
             timeout_s: seconds to wait; None = `config.drain_timeout_s`.
@@ -242,12 +243,17 @@ class WorkerPool:
         self._batcher.close()
         timeout_s = self.config.drain_timeout_s if timeout_s is None else timeout_s
         log.info("draining: %d images queued, up to %.1f s", self._batcher.depth, timeout_s)
+        started = time.monotonic()
         _, unfinished = await asyncio.wait(self._tasks, timeout=timeout_s)
-        if unfinished:
+        waited_s = time.monotonic() - started  # measured: the budget may have been spent before this call
+        if not unfinished:
+            log.info("pool drained in %.2f s", waited_s, extra={"waited_s": round(waited_s, 3)})
+        else:
             leftover = self._batcher.remove_all()
             settle_with_error(leftover, NotReady("the gateway shut down before this image was purified"))
             self._metrics.dropped.labels(DropReason.DRAINING.value).inc(len(leftover))
-            log.warning("drain timed out after %.1f s; %d queued images dropped", timeout_s, len(leftover))
+            log.warning("pool drain timed out after %.2f s; %d queued images dropped", waited_s, len(leftover),
+                        extra={"waited_s": round(waited_s, 3)})
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
@@ -262,16 +268,20 @@ class WorkerPool:
         self._state = PoolState.CLOSED
 
     async def _wait(self, items: list[PoolItem], deadline: float | None) -> list[ItemResult]:
-        """Wait for every item; at the deadline, drop those not started (running ones finish)."""
+        """Wait for every item; at the deadline, fail the request: drop queued images, discard running ones.
+
+        A running batch cannot be stopped, but the deadline bounds the request, not the batch: its
+        batch-mates still get their images, this request gets DeadlineExceeded at once.
+        """
         futures = [item.future for item in items]
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         done, pending = await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION)
         if pending and not any(_error_of(f) for f in done):
             expired = self._batcher.remove([item for item in items if not item.future.done()])
-            settle_with_error(expired, DeadlineExceeded(
-                f"request {items[0].request_id}: deadline passed with {len(expired)} images still queued"))
             self._metrics.dropped.labels(DropReason.DEADLINE.value).inc(len(expired))
-            await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            settle_with_error(items, DeadlineExceeded(  # running ones too: the worker skips settled futures
+                f"request {items[0].request_id}: deadline passed with {len(expired)} images still queued "
+                f"and {len(pending) - len(expired)} purifying"))
         errors = [_error_of(f) for f in futures if f.done()]  # reading marks them retrieved (no warnings)
         first_error = next((error for error in errors if error is not None), None)
         if first_error is not None:

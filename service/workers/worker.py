@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.errors import GatewayError, NotReady, PurificationFailed
+from service.errors import DeadlineExceeded, GatewayError, NotReady, PurificationFailed
 from service.metrics import DropReason, GatewayMetrics
 from service.workers.batcher import Batch, DynamicBatcher, WorkItem
 from service.workers.capacity import ThroughputMeter
@@ -116,7 +116,11 @@ class DeviceWorker:
                 settle_with_error(batch.items, PurificationFailed(f"purification failed on {self.device}"))
 
     async def run(self, batch: Batch[ItemPayload]) -> None:
-        """Compute one batch and settle every item's future; an error fails only this batch."""
+        """Compute one batch and settle every item's future; an error fails only this batch.
+
+        An item whose deadline passed during compute gets DeadlineExceeded, not its image: the
+        deadline bounds the request end to end, even when nobody noticed the moment it passed.
+        """
         # No await since the batcher handed the batch out: a future done now was cancelled before compute.
         items = [item for item in batch.items if not item.future.done()]
         if not items:
@@ -149,8 +153,14 @@ class DeviceWorker:
         self.meter.record(len(items) * steps, elapsed)
         self._metrics.images_purified.inc(len(items))
         self._metrics.steps_used.observe(steps)
+        finished = started + elapsed
         for item, image in zip(items, out):
-            if not item.future.done():  # cancelled during compute: the result has no taker
+            if item.future.done():  # cancelled or failed during compute: the result has no taker
+                continue
+            if item.deadline is not None and finished > item.deadline:
+                item.future.set_exception(DeadlineExceeded(
+                    f"request {item.request_id}: deadline passed while its batch was purifying ({elapsed:.3f} s)"))
+            else:
                 item.future.set_result(ItemResult(image, steps, started - item.enqueued_at, elapsed))
 
     def close(self) -> None:
