@@ -140,6 +140,8 @@ def eval_command(
     guidance_power: Annotated[float, typer.Option()] = 0.5,
     eta: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,
+    mirror: Annotated[bool, typer.Option(help="Mirror defended images left-right for the vendor (the gateway's "
+                                               "VENDOR_MIRROR).")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     device: Annotated[str, typer.Option()] = "cpu",
@@ -159,6 +161,7 @@ def eval_command(
         options = EvalOptions(
             vendors=tuple(v.strip() for v in vendor.split(",")), defenses=tuple(d.strip() for d in defense.split(",")),
             n=n, steps=steps, transforms=transforms, guidance_power=guidance_power, eta=eta, seed=seed, votes=votes,
+            mirror=mirror,
             batch_size=batch_size, device=device, dtype=dtype, model_path=model, models_dir=models_dir, out_dir=out,
             gateway_url=gateway, sweep=sweep, threads=threads,
         )

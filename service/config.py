@@ -179,6 +179,10 @@ class Settings(BaseSettings):
     steps: int = Field(20, ge=1, le=1000, description="Sampling steps S of the reverse process.")
     guidance_power: float = Field(0.5, gt=0, description="λ of the time-dependent mix; 'inf' disables it.")
     eta: float = Field(1.0, ge=0, le=1, description="η of the DDIM step (1 = ancestral noise).")
+    vendor_mirror: bool = Field(False, description="Mirror purified images left-right before the vendor sees them "
+                                "(/predict and sidecar; /purify returns them unmirrored). Moves a trigger stamped "
+                                "at a fixed place to where the backdoor does not look; only for vendors whose "
+                                "task is mirror-invariant (docs/defense.md).")
     small_image_fit: SmallImageFit = Field(SmallImageFit.PAD, description="An image smaller than the model's "
                                            "canvas: 'pad' (centred on black, as the shipped model was trained on "
                                            "28² in 32²) or 'resize' (scaled up).")

@@ -131,6 +131,19 @@ def test_sweep_varies_noise_start_and_time_travel_and_the_purifier_gets_them() -
     assert purifier.pairs == timestep_pairs(20, 2, 3, num_timesteps=500)
 
 
+def test_mirror_flips_what_the_vendor_sees_and_is_a_sweep_knob() -> None:
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    defender = InProcessDefender(None)
+    plain, mirrored = DefenseSetting(), DefenseSetting(mirror=True)
+    assert torch.equal(defender(Defense.BLUR, mirrored, x, [0, 1, 2]), defender(Defense.BLUR, plain, x, [0, 1, 2]).flip(-1))
+    assert plain.output_key(Defense.BLUR) != mirrored.output_key(Defense.BLUR)
+    assert [s.mirror for s in sweep_settings(plain, "mirror=0,on")] == [False, True]
+    assert "mirror" in mirrored.describe() and "mirror" not in plain.describe()
+    assert EvalOptions(mirror=True).base_setting().mirror
+    with pytest.raises(ValueError, match="mirror"):
+        parse_sweep("mirror=maybe")
+
+
 @pytest.mark.parametrize("spec,message", [("t*=0", "noise_start"), ("L=0", "travel_length"), ("R=x", "integer")])
 def test_bad_lever_values_are_rejected(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):

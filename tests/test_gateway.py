@@ -71,6 +71,27 @@ def _vendor_direct(vendor_url: str, pngs: list[bytes]) -> list[dict]:
             for png in pngs]
 
 
+def test_vendor_mirror_shows_the_vendor_the_mirrored_purified_images(models: tuple[Path, Path],
+                                                                    vendor_url: str) -> None:
+    """/purify stays unmirrored; /predict's vendor answer is its answer to the mirrored /purify output."""
+    images = [png_bytes(seed=1), png_bytes(seed=2)]
+    with running_gateway(gateway_settings(models[0], vendor_url, vendor_mirror=True)) as url:
+        purified = [base64.b64decode(b64) for b64 in
+                    post(f"{url}/purify", params={"seed": 7}, files=_files(*images)).json()["images"]]
+        body = post(f"{url}/predict", params={"seed": 7}, files=_files(*images)).json()
+
+    def mirrored(png: bytes) -> bytes:
+        out = io.BytesIO()
+        decode_png(png).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(out, format="PNG")
+        return out.getvalue()
+
+    as_is, flipped = _vendor_direct(vendor_url, purified), _vendor_direct(vendor_url, [mirrored(p) for p in purified])
+    assert body["purification"]["vendor_mirror"] is True
+    for got, want, unmirrored in zip(body["predictions"], flipped, as_is):
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
+        assert got["probabilities"] != pytest.approx(unmirrored["probabilities"], abs=1e-6), "test has no power"
+
+
 def test_predict_returns_the_vendors_answer_for_the_purified_images(gateway: tuple[str, Settings],
                                                                    vendor_url: str) -> None:
     url, settings = gateway
@@ -91,7 +112,8 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(gateway: tup
     for got, want in zip(body["predictions"], expected):
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
     assert body["purification"] == {"model": "tiny-ddpm-1ch", "transforms": "blur:2", "steps": 2,
-                                    "guidance_power": 0.5, "device": "cpu", "dtype": "float32"}
+                                    "guidance_power": 0.5, "vendor_mirror": False, "device": "cpu",
+                                    "dtype": "float32"}
     assert set(body["latency_ms"]) == {*STAGES, "total"}
     assert all(value >= 0 for value in body["latency_ms"].values())
     assert body["latency_ms"]["total"] >= sum(body["latency_ms"][s] for s in STAGES) - 1.0

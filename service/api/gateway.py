@@ -159,7 +159,8 @@ class Gateway:
         """The response's `purification` block."""
         engine = self.engine
         return PurificationInfo(model=engine.model, transforms=self.settings.transforms, steps=steps,
-                                guidance_power=self.settings.guidance_power, device=engine.device, dtype=engine.dtype)
+                                guidance_power=self.settings.guidance_power, vendor_mirror=self.settings.vendor_mirror,
+                                device=engine.device, dtype=engine.dtype)
 
     # --- stages -----------------------------------------------------------------------------
 
@@ -178,9 +179,9 @@ class Gateway:
             return await self._guarded(asyncio.to_thread(
                 _decode_batch, blobs, opened, engine, self.settings.small_image_fit), ctx, "decoding")
 
-    async def purify(self, decoded: DecodedBatch, ctx: RequestContext, *, include_degraded: bool = False
-                     ) -> PurifiedBatch:
-        """Purify in the pool (withdrawn if the client hangs up); PNGs at the original sizes.
+    async def purify(self, decoded: DecodedBatch, ctx: RequestContext, *, include_degraded: bool = False,
+                     mirror: bool = False) -> PurifiedBatch:
+        """Purify in the pool (withdrawn if the client hangs up); PNGs at the original sizes (mirrored if asked).
 
         Raises:
             NotReady, Overloaded, DeadlineExceeded, PurificationFailed, PayloadTooLarge: from the pool.
@@ -200,7 +201,7 @@ class Gateway:
         degrade = parse_transforms(self.settings.transforms, self.engine.channels)[0] if include_degraded else None
         with ctx.timings.measure(Stage.PURIFY):  # cutting back to the original sizes and PNG encoding
             pngs, degraded = await self._guarded(
-                asyncio.to_thread(_finish_batch, fitted, result.images, degrade), ctx, "encoding")
+                asyncio.to_thread(_finish_batch, fitted, result.images, degrade, mirror), ctx, "encoding")
         return PurifiedBatch(pngs=pngs, degraded_pngs=degraded, steps=result.steps)
 
     async def prepare(self, blobs: list[bytes], ctx: RequestContext) -> PreparedImages:
@@ -209,7 +210,7 @@ class Gateway:
         decoded = await self.decode(blobs, ctx, fit=purifying)
         if not purifying:
             return PreparedImages(*_originals_for_vendor(decoded), steps=None)
-        purified = await self.purify(decoded, ctx)
+        purified = await self.purify(decoded, ctx, mirror=self.settings.vendor_mirror)
         return PreparedImages(purified.pngs, PNG, purified.steps)
 
     async def predict(self, prepared: PreparedImages, ctx: RequestContext) -> UpstreamResult:
@@ -292,9 +293,9 @@ def _decode_batch(blobs: list[bytes], opened: list[Image.Image], engine: EngineI
     return DecodedBatch(blobs, images, fit_to_model(tensors, engine.sample_size, small_fit=small_fit))
 
 
-def _finish_batch(fitted: FittedBatch, purified: torch.Tensor, degrade: LinearTransform | None
-                  ) -> tuple[list[bytes], list[bytes] | None]:
-    pngs = [encode_png(tensor_to_pil(x)) for x in fitted.restore(purified)]
+def _finish_batch(fitted: FittedBatch, purified: torch.Tensor, degrade: LinearTransform | None,
+                  mirror: bool = False) -> tuple[list[bytes], list[bytes] | None]:
+    pngs = [encode_png(tensor_to_pil(x.flip(-1) if mirror else x)) for x in fitted.restore(purified)]
     if degrade is None:
         return pngs, None
     degraded = project(degrade, fitted.canvases)

@@ -33,6 +33,7 @@ class PurificationInfo(BaseModel):
     transforms: str = Field(description="Degradation spec, e.g. 'blur:2'.")
     steps: int = Field(description="Sampling steps used (fewer than configured under adaptive steps).")
     guidance_power: float = Field(description="λ of the time-dependent mix.")
+    vendor_mirror: bool = Field(False, description="The vendor saw the purified images mirrored left-right.")
     device: str = Field(description="Device(s) of the worker pool, e.g. 'cpu' or 'cuda:0,cuda:1'.")
     dtype: str = Field(description="ε-model compute dtype, e.g. 'float32'.")
 

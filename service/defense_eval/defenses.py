@@ -42,7 +42,8 @@ class DefenseSetting:
     """The knobs of one evaluated setting: ZIP's (transforms, S, λ, η, t*, L, R) and the vote count K.
 
     `noise_start` (t*/T), `travel_length` and `travel_repeat` (RePaint's L, R) are the levers
-    measured beside the gateway's knobs; their defaults (1, 1, 1) are plain ZIP.
+    measured beside the gateway's knobs; their defaults (1, 1, 1) are plain ZIP. `mirror` flips the
+    defended image left-right before the vendor sees it, as the gateway's `vendor_mirror` does.
 
     Raises:
         ValueError: steps, votes, L or R < 1, λ ≤ 0, η outside [0, 1], t* outside (0, 1], or an
@@ -57,6 +58,7 @@ class DefenseSetting:
     noise_start: float = 1.0
     travel_length: int = 1
     travel_repeat: int = 1
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -84,9 +86,9 @@ class DefenseSetting:
         if defense is Defense.NONE:
             return (defense,)
         if defense is Defense.BLUR:
-            return (defense, self.transforms.split(",")[0].strip())
+            return (defense, self.transforms.split(",")[0].strip(), self.mirror)
         return (defense, self.transforms, self.steps, self.guidance_power, self.eta, self.noise_start,
-                self.travel_length, self.travel_repeat)
+                self.travel_length, self.travel_repeat, self.mirror)
 
     def describe(self) -> str:
         """A short label, e.g. "blur:2 S=20 λ=0.25 η=1 K=1"."""
@@ -96,6 +98,8 @@ class DefenseSetting:
             label += f" t*={self.noise_start:g}"
         if (self.travel_length, self.travel_repeat) != (1, 1):
             label += f" L={self.travel_length} R={self.travel_repeat}"
+        if self.mirror:
+            label += " mirror"
         return label
 
 
@@ -146,7 +150,7 @@ class InProcessDefender:
         """
         if self.model is None:
             raise ValueError("the zip defense needs a diffusion model: pass model_path (e.g. models/fmnist-ddpm)")
-        key = setting.output_key(Defense.ZIP)
+        key = setting.output_key(Defense.ZIP)[:-1]  # the mirror is applied after purification
         if key not in self._purifiers:
             self._purifiers[key] = ZipPurifier(
                 self.model, setting.transforms, steps=setting.steps, guidance_power=setting.guidance_power,
@@ -177,4 +181,5 @@ class InProcessDefender:
             out = degrade(fitted.canvases, setting.transforms)
         else:
             out = self.purifier(setting)(fitted.canvases.to(self.device), seeded_generators(seeds, self.device))
-        return torch.stack(fitted.restore(out.float().cpu()))
+        defended = torch.stack(fitted.restore(out.float().cpu()))
+        return defended.flip(-1) if setting.mirror else defended

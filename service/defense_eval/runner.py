@@ -66,7 +66,7 @@ class EvalOptions:
             the default) is the whole zoo, `attacks.ZOO`.
         defenses: evaluated in this order.
         n: first n test images (CA on all n, ASR/PA on the triggered ones with label ≠ target).
-        steps, transforms, guidance_power, eta, votes: the ZIP setting (the base of a sweep).
+        steps, transforms, guidance_power, eta, votes, mirror: the setting (the base of a sweep).
         seed: base noise seed (see `defenses.item_seed`).
         batch_size: images per purification batch (and per gateway request).
         device, dtype: where and in what precision the ε-model runs (AUTO: bf16 on CPUs that have it).
@@ -95,6 +95,7 @@ class EvalOptions:
     eta: float = 1.0
     seed: int = 0
     votes: int = 1
+    mirror: bool = False
     batch_size: int = 64
     device: str = "cpu"
     dtype: DType = DType.AUTO
@@ -128,7 +129,8 @@ class EvalOptions:
 
     def base_setting(self) -> DefenseSetting:
         """The ZIP setting of the options (a sweep varies it)."""
-        return DefenseSetting(self.transforms, self.steps, self.guidance_power, self.eta, self.votes)
+        return DefenseSetting(self.transforms, self.steps, self.guidance_power, self.eta, self.votes,
+                              mirror=self.mirror)
 
     def settings(self) -> list[DefenseSetting]:
         """The evaluated settings: the base setting, or the sweep's grid around it."""

@@ -29,6 +29,7 @@ class SweepKnob(str, Enum):
     NOISE_START = "noise_start"
     TRAVEL_LENGTH = "travel_length"
     TRAVEL_REPEAT = "travel_repeat"
+    MIRROR = "mirror"
 
     @property
     def integer(self) -> bool:
@@ -44,6 +45,10 @@ class SweepKnob(str, Enum):
         text = text.strip()
         if self is SweepKnob.TRANSFORMS:
             return text
+        if self is SweepKnob.MIRROR:
+            if text.lower() not in ("0", "1", "true", "false", "on", "off"):
+                raise ValueError(f"sweep: mirror needs 0/1 (or on/off), got {text!r}")
+            return text.lower() in ("1", "true", "on")
         try:
             return int(text) if self.integer else float(text)
         except ValueError:
@@ -54,6 +59,8 @@ class SweepKnob(str, Enum):
         """The value as a short label ("λ=0.25", "S=20", "blur:2")."""
         if self is SweepKnob.TRANSFORMS:
             return str(value)
+        if self is SweepKnob.MIRROR:
+            return "mirror" if value else "no mirror"
         symbol = {SweepKnob.STEPS: "S", SweepKnob.GUIDANCE_POWER: "λ", SweepKnob.ETA: "η", SweepKnob.VOTES: "K",
                   SweepKnob.NOISE_START: "t*", SweepKnob.TRAVEL_LENGTH: "L", SweepKnob.TRAVEL_REPEAT: "R"}[self]
         shown = "∞" if isinstance(value, float) and math.isinf(value) else f"{value:g}"
