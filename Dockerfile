@@ -65,8 +65,10 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/zipgate /opt/zipgate
 WORKDIR /opt/zipgate
 # HOME and caches under /tmp: the root filesystem may be read-only (Kubernetes manifests mount
-# an emptyDir there). The gateway listens on all interfaces inside the container.
+# an emptyDir there). The gateway listens on all interfaces inside the container. OpenMP threads
+# wait without spinning: spinning ones collapse next to any other CPU load (docs/benchmarks.md).
 ENV PATH=/opt/venv/bin:$PATH \
+    OMP_WAIT_POLICY=PASSIVE \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \

@@ -1,7 +1,9 @@
 """Soak: N minutes at a fixed concurrency through a real gateway (purification on) and the demo vendor.
 
 Gateway and vendor run in their own processes on loopback, with the shipped models (or `--tiny`,
-the test suite's tiny random ones). After `--warmup-s` of load (not counted), the load runs for
+the test suite's tiny random ones). Each request is one image as multipart to `/predict`, the
+gateway's own API (an image/png body there would be the raw sidecar relay: UPSTREAM_RAW_PATH's
+default is /predict). After `--warmup-s` of load (not counted), the load runs for
 `--minutes`; every `--window-s` a line gives that window's requests, errors, p50/p99 and the
 gateway's RSS. The last lines give the whole run's errors and p50/p99, the RSS at the start (after
 the warm-up) and at the end, and, last, `rss_ratio=<end ÷ start>`: the run is its own baseline.
@@ -61,7 +63,8 @@ def noise_pngs(count: int, side: int = 28) -> list[bytes]:
 
 
 async def run_load(url: str, bodies: list[bytes], concurrency: int, until: float, answers: list[Answer]) -> None:
-    """`concurrency` workers, each sending one image per request back to back, until `until` (monotonic)."""
+    """`concurrency` workers, each sending one image per request (multipart: the gateway API) back to back,
+    until `until` (monotonic)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=120.0) as client:
         async def worker(index: int) -> None:
@@ -69,8 +72,8 @@ async def run_load(url: str, bodies: list[bytes], concurrency: int, until: float
             while time.monotonic() < until:
                 started = time.monotonic()
                 try:
-                    response = await client.post(url, content=bodies[sent % len(bodies)],
-                                                 headers={"Content-Type": "image/png"})
+                    image = bodies[sent % len(bodies)]
+                    response = await client.post(url, files={"image": ("x.png", image, "image/png")})
                     status = response.status_code
                 except httpx.HTTPError:
                     status = 0
@@ -145,7 +148,8 @@ def main() -> None:
                    "ZIPGATE_STEPS": str(steps), "ZIPGATE_DEVICES": "cpu"}
             with gateway_server(env) as (url, gateway):
                 print(f"soak: {args.minutes:g} min at concurrency {args.concurrency}, {ddpm.name}, {steps} steps, "
-                      f"one 28x28 image per request to /predict, after {args.warmup_s:g} s of warm-up", flush=True)
+                      f"one 28x28 image per multipart request to /predict (the gateway API), after "
+                      f"{args.warmup_s:g} s of warm-up", flush=True)
                 asyncio.run(soak(url, gateway.pid, args))
         finally:
             stop(vendor)

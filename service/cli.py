@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -21,7 +22,7 @@ app.add_typer(convert_app, name="convert")
 
 MODELS_DIR = Path("models")
 DEFAULT_MODEL = MODELS_DIR / "fmnist-ddpm"
-ZOO_NAMES = "badnets, blended, wanet, solid, randpatch, sig, logo, lf, adaptive"
+ZOO_NAMES = "badnets, blended, wanet, solid, randpatch, sig, logo, lf, adaptive, mirrorsolid, adaptive4"
 """The attack zoo's names for help texts (tests check them against `attacks.ZOO`; no torch import here)."""
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -38,6 +39,16 @@ def _image_paths(inputs: list[Path]) -> list[Path]:
     if not paths:
         raise typer.BadParameter("no images found in the given paths")
     return paths
+
+
+def _openmp_waits_passively() -> None:
+    """OMP_WAIT_POLICY=PASSIVE unless the environment sets it; call before torch is imported.
+
+    OpenMP's idle threads spin by default, and next to any other CPU load a preempted thread then
+    stalls every parallel step of the model (docs/benchmarks.md, Torch threads). OpenMP reads the
+    variable once, when torch loads it, so this must run before the first `import torch`.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _run_with_settings(config: Optional[Path], job: Callable[["Settings"], int]) -> None:
@@ -57,6 +68,7 @@ def serve(
     config: Annotated[Optional[Path], typer.Option(help="YAML/JSON settings file (ZIPGATE_* env vars win).")] = None,
 ) -> None:
     """Run the gateway (settings from ZIPGATE_* environment variables and/or --config)."""
+    _openmp_waits_passively()  # first: the import below loads torch
     from service.api.server import run_gateway
 
     _run_with_settings(config, run_gateway)
@@ -68,6 +80,7 @@ def demo(
     config: Annotated[Optional[Path], typer.Option(help="YAML/JSON settings file for the gateway.")] = None,
 ) -> None:
     """The main job: demo vendor (BadNets) + gateway on loopback; clean and triggered images, direct and purified."""
+    _openmp_waits_passively()  # first: the import below loads torch
     from service.demo.main_job import run_demo
 
     _run_with_settings(config, lambda settings: run_demo(settings, keep_running))
@@ -136,7 +149,7 @@ def eval_command(
     defense: Annotated[str, typer.Option(help="Comma list: none,blur,zip.")] = "none,blur,zip",
     n: Annotated[int, typer.Option(min=1, help="First n test images.")] = 1000,
     steps: Annotated[int, typer.Option(min=1)] = 20,
-    transforms: Annotated[str, typer.Option()] = "blur:2",
+    transforms: Annotated[str, typer.Option()] = "blur:4",
     guidance_power: Annotated[float, typer.Option()] = 0.5,
     eta: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,

@@ -10,7 +10,8 @@
     ├── RequestTimeout (408, request_timeout)    the body did not arrive within body_read_timeout_s
     ├── Overloaded (429, overloaded)             queue full; carries retry_after_s
     ├── DeadlineExceeded (504, deadline_exceeded) request deadline passed (queue, compute or vendor call)
-    ├── NotReady (503, not_ready)                starting or draining; carries Retry-After
+    ├── NotReady (503, not_ready)                starting or draining (with Retry-After), or unable to serve
+    │                                            at all (pool stopped, purification off: none)
     ├── PurificationFailed (500, purification_failed)  the batch this item was in failed
     └── UpstreamError (502, upstream_error)      5xx, refused, reset, undecodable body
         ├── UpstreamTimeout (504, upstream_timeout)
@@ -116,15 +117,21 @@ class DeadlineExceeded(GatewayError):
     code = "deadline_exceeded"
 
 
+# Retry-After of a 503 by cause. Loading a model takes seconds; a draining gateway's retry goes to
+# another replica behind the load balancer, so a short wait is right.
+LOADING_RETRY_AFTER_S = 5.0
+DRAINING_RETRY_AFTER_S = 1.0
+
+
 class NotReady(GatewayError):
-    """The gateway is starting (model loading) or draining for shutdown; retry after `retry_after_s`."""
+    """The gateway is starting (model loading) or draining for shutdown, or cannot serve at all (its
+    worker pool stopped, purification is off); `retry_after_s` is None where waiting will not help."""
 
     status_code = 503
     code = "not_ready"
 
-    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
-        # Behind a load balancer the retry reaches a replica that is ready, so a short wait is right.
-        super().__init__(message, headers=retry_after_header(retry_after_s))
+    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+        super().__init__(message, headers=None if retry_after_s is None else retry_after_header(retry_after_s))
         self.retry_after_s = retry_after_s
 
 

@@ -1,6 +1,7 @@
-"""Loopback servers for tests: an ASGI app under uvicorn or a raw asyncio TCP handler, each in
-its own thread on a free 127.0.0.1 port, plus small fault upstreams (slow, fixed status or body,
-reset, refused, a scripted byte reply, an endless body) for testing HTTP clients against real sockets.
+"""Loopback servers for tests: an ASGI app (or an already configured uvicorn server) under uvicorn,
+or a raw asyncio TCP handler, each in its own thread on a free 127.0.0.1 port, plus small fault
+upstreams (slow, fixed status or body, reset, refused, a scripted byte reply, an endless body) for
+testing HTTP clients against real sockets.
 
 Usage:
     with serve_asgi(StaticApp(500, b"boom")) as base_url: ...
@@ -67,12 +68,36 @@ def serve_asgi(
     Yields:
         The base URL, e.g. "http://127.0.0.1:43117".
     """
-    sock = _bound_socket()
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="auto", timeout_graceful_shutdown=0.5
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="asgi-server")
+    with serve_uvicorn(
+        uvicorn.Server(config), startup_timeout_s=startup_timeout_s, shutdown_timeout_s=shutdown_timeout_s
+    ) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def serve_uvicorn(
+    server: uvicorn.Server, *, startup_timeout_s: float = 10.0, shutdown_timeout_s: float = 5.0
+) -> Iterator[str]:
+    """Run a configured uvicorn server (any subclass) on a free loopback port in a background thread.
+
+    Args:
+        server: the server, not yet running; its config's host and port are ignored.
+        startup_timeout_s: seconds to wait for it to accept connections (`server.started`).
+        shutdown_timeout_s: seconds to wait for the thread to end after `should_exit` is set on
+            leaving the block (a test may have stopped it already, e.g. with `handle_exit`).
+
+    Yields:
+        The base URL, e.g. "http://127.0.0.1:43117".
+
+    Raises:
+        RuntimeError: the server thread died during start-up, or had not stopped in time.
+        TimeoutError: not accepting connections before the deadline.
+    """
+    sock = _bound_socket()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn-server")
     thread.start()
     try:
         _wait_until(lambda: server.started, thread, startup_timeout_s, "uvicorn")

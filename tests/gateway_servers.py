@@ -5,6 +5,9 @@ Usage:
     with running_vendor(tiny_vendor_dir(tmp_path)) as vendor_url, \
          running_gateway(gateway_settings(ddpm, vendor_url)) as url:
         httpx.post(f"{url}/predict", files=[("image", png_bytes())])
+
+    with serving_gateway_server(settings) as (server, url):  # `zipgate serve`'s server: drain, connection bound
+        server.handle_exit(signal.SIGTERM, None)
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import struct
 import threading
 import time
@@ -26,6 +30,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from service.api import create_app
+from service.api.server import GatewayServer, gateway_server
 from service.config import Settings, load_settings
 from service.demo.vendor_app import create_vendor_app
 from service.purify.models import EpsModelInfo
@@ -33,7 +38,8 @@ from service.training.classifier import ClassifierArchitecture, VendorClassifier
 from service.training.data import CLASS_NAMES
 from service.training.vendor import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
 from service.workers import PurifierFactory
-from tests.servers import running_server
+from tests.fault_servers import serve_uvicorn
+from tests.servers import running_server, wait_for_http
 from tests.tiny_models import tiny_unet
 
 TINY_SIZE = 16  # the tiny ε-model's side: small inputs are resized to it and back
@@ -65,6 +71,50 @@ class FakePurifier:
             raise RuntimeError("the model exploded")
         self.images_computed += batch.shape[0]
         return batch
+
+
+class GatedPurifier(FakePurifier):
+    """A FakePurifier whose every batch waits at a gate until the test lets it through.
+
+    "One batch computing, the rest queued" then lasts exactly as long as the test needs, however
+    loaded the machine is (a delay ends on its own, perhaps before the test has looked). Open the
+    gate before the gateway stops (try/finally): its shutdown waits for the batch at the gate.
+
+    Attributes:
+        waiting: batches held at the gate right now.
+        hold_limit_s: a batch held longer fails (RuntimeError), so a test that never opens the
+            gate fails instead of hanging.
+    """
+
+    def __init__(self, hold_limit_s: float = 120.0) -> None:
+        super().__init__()
+        self.hold_limit_s = hold_limit_s
+        self.waiting = 0
+        self._passes = 0.0
+        self._gate = threading.Condition()
+
+    def allow(self, batches: int = 1) -> None:
+        """Let `batches` more batches through (the one waiting first)."""
+        with self._gate:
+            self._passes += batches
+            self._gate.notify_all()
+
+    def open(self) -> None:
+        """Let every batch through from now on."""
+        with self._gate:
+            self._passes = math.inf
+            self._gate.notify_all()
+
+    def __call__(self, batch: torch.Tensor, steps: int, generators: object) -> torch.Tensor:
+        with self._gate:
+            self.waiting += 1
+            self.busy.set()
+            let_through = self._gate.wait_for(lambda: self._passes > 0, timeout=self.hold_limit_s)
+            self.waiting -= 1
+            if not let_through:
+                raise RuntimeError(f"the test held this batch at the gate for over {self.hold_limit_s} s")
+            self._passes -= 1
+        return super().__call__(batch, steps, generators)
 
 
 def tiny_vendor_dir(root: Path, seed: int = 0) -> Path:
@@ -102,6 +152,27 @@ def running_gateway(settings: Settings, *, purifier_factory: PurifierFactory | N
     app = create_app(settings, purifier_factory=purifier_factory)
     with running_server(app, ready_path="/readyz", startup_timeout_s=ready_timeout_s) as base_url:
         yield base_url
+
+
+@contextlib.contextmanager
+def serving_gateway_server(settings: Settings, *, purifier_factory: PurifierFactory | None = None,
+                           ready_timeout_s: float = 60.0,
+                           shutdown_timeout_s: float = 30.0) -> Iterator[tuple[GatewayServer, str]]:
+    """`zipgate serve`'s own server (`gateway_server`: the drain on a signal, its 503s, the connection
+    bound) on a free loopback port in a thread, started and ready (GET /readyz = 200).
+
+    Yields:
+        The server (a test may stop it itself, e.g. `server.handle_exit(signal.SIGTERM, None)`)
+        and its base URL.
+
+    Raises:
+        RuntimeError: it had not stopped `shutdown_timeout_s` after the block (see `serve_uvicorn`).
+        TimeoutError: not ready within `ready_timeout_s`.
+    """
+    server = gateway_server(settings, purifier_factory=purifier_factory)
+    with serve_uvicorn(server, startup_timeout_s=ready_timeout_s, shutdown_timeout_s=shutdown_timeout_s) as base_url:
+        wait_for_http(f"{base_url}/readyz", timeout_s=ready_timeout_s)
+        yield server, base_url
 
 
 @contextlib.contextmanager

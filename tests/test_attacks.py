@@ -357,3 +357,27 @@ def test_poisoning_more_items_than_exist_is_rejected() -> None:
     labels = torch.zeros(10, dtype=torch.long)  # every item already has the target label
     with pytest.raises(ValueError, match="non-target"):
         poison_dataset(fmnist_like(10), labels, Attack.BADNETS, rate=0.1)
+
+
+def test_mirror_solid_is_kept_by_a_left_right_mirror_and_by_blur2() -> None:
+    """Built against VENDOR_MIRROR: mirroring the triggered image triggers the mirrored image."""
+    from service.purify.transforms import Blur
+
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    triggered = apply_trigger(x, Attack.MIRROR_SOLID)
+    assert torch.equal(triggered.flip(-1), apply_trigger(x.flip(-1), Attack.MIRROR_SOLID))
+    assert (triggered != x).flatten(1).sum(1).tolist() == [32, 32, 32]  # two 4×4 squares per image
+    blur = Blur(2)
+    assert torch.allclose(blur.pinv(blur.apply(triggered)), apply_trigger(blur.pinv(blur.apply(x)), Attack.MIRROR_SOLID),
+                          atol=1e-6)
+
+
+def test_adaptive4_is_kept_exactly_by_blur4() -> None:
+    """Built against the default blur:4: A⁺A(T(x)) = T(A⁺A(x)) bit for bit, an 8×8 patch on the 4×4 grid."""
+    from service.purify.transforms import Blur
+
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    blur = Blur(4)
+    triggered = apply_trigger(x, Attack.ADAPTIVE4)
+    assert torch.equal(blur.pinv(blur.apply(triggered)), apply_trigger(blur.pinv(blur.apply(x)), Attack.ADAPTIVE4))
+    assert (triggered != x).flatten(1).sum(1).tolist() == [64, 64, 64]

@@ -26,7 +26,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_run_the_shipped_model_against_the_demo_vendor() -> None:
     settings = load_settings()
     assert settings.model_path == Path("models/fmnist-ddpm")
-    assert (settings.transforms, settings.steps, settings.guidance_power, settings.eta) == ("blur:2", 20, 0.5, 1.0)
+    assert (settings.transforms, settings.steps, settings.guidance_power, settings.eta) == ("blur:4", 20, 0.5, 1.0)
     assert (settings.devices, settings.dtype) == ("auto", DType.AUTO)
     assert settings.purification_enabled is True
     assert settings.upstream_url == "http://127.0.0.1:9000"

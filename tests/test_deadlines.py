@@ -1,7 +1,8 @@
 """The request deadline (X-Request-Timeout) bounds the whole request: queue, compute and vendor call.
 
-Each test makes a 200 impossible within the deadline (a vendor or a purifier several times slower
-than it), so a 200 means the deadline was not enforced; no test reads the clock.
+Each test makes a 200 impossible within the deadline (a vendor 30 times slower than it, or a purifier
+that never finishes), so a 200 means the deadline was not enforced; no test reads the clock. The
+deadline itself is long enough for everything before the slow part, even on a loaded machine.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import httpx
 import pytest
 
 from tests.fault_servers import StaticApp, serve_asgi
-from tests.gateway_servers import FakePurifier, gateway_settings, png_bytes, post, running_gateway
+from tests.gateway_servers import GatedPurifier, gateway_settings, png_bytes, post, running_gateway
 
-SLOW_S = 1.5  # the vendor's or the purifier's time: five times the deadline below
-DEADLINE = "0.3"
+DEADLINE = "2"  # seconds: ample for decoding one small image and reaching the vendor or the purifier
+SLOW_VENDOR_S = 60.0  # the vendor's time, 30 deadlines (it stops waiting when the gateway hangs up)
 
 
 def assert_deadline_504(response: httpx.Response, request_id: str) -> None:
@@ -29,7 +30,7 @@ def assert_deadline_504(response: httpx.Response, request_id: str) -> None:
 
 @pytest.mark.parametrize("route", ["api", "sidecar"])
 def test_the_deadline_bounds_the_vendor_call(route: str) -> None:
-    slow_vendor = StaticApp(200, b'{"label": 1}', delay_s=SLOW_S)
+    slow_vendor = StaticApp(200, b'{"label": 1}', delay_s=SLOW_VENDOR_S)
     headers = {"X-Request-Timeout": DEADLINE, "X-Request-ID": f"late-vendor-{route}"}
     with serve_asgi(slow_vendor) as upstream_url, running_gateway(gateway_settings(None, upstream_url)) as url:
         if route == "api":
@@ -41,11 +42,15 @@ def test_the_deadline_bounds_the_vendor_call(route: str) -> None:
 
 
 def test_the_deadline_bounds_compute_of_an_idle_gateway() -> None:
-    purifier = FakePurifier(delay_s=SLOW_S)
+    purifier = GatedPurifier()  # never lets the batch through while the request waits
     vendor = StaticApp(200, b'{"label": 1}')
     with serve_asgi(vendor) as upstream_url, running_gateway(
             gateway_settings(Path("unused"), upstream_url), purifier_factory=lambda device: purifier) as url:
-        response = post(f"{url}/predict", files=[("image", ("x.png", png_bytes(), "image/png"))],
-                        headers={"X-Request-Timeout": DEADLINE, "X-Request-ID": "late-compute"})
+        try:
+            response = post(f"{url}/predict", files=[("image", ("x.png", png_bytes(), "image/png"))],
+                            headers={"X-Request-Timeout": DEADLINE, "X-Request-ID": "late-compute"})
+            assert purifier.busy.is_set()  # the batch was computing when the deadline cut it
+        finally:
+            purifier.open()  # the pool's shutdown waits for the batch at the gate
     assert_deadline_504(response, "late-compute")
     assert vendor.requests == []  # a late image is never sent on

@@ -1,7 +1,7 @@
 """Keep-it-fixed fuzzing of every POST route with bad inputs: no 5xx, and every 4xx a JSON error with its id.
 
 One gateway (the tiny ε-model, 2 steps) and the demo vendor serve the whole module. Hypothesis runs
-derandomized (a fixed seed), so the same 1,100 requests go out on every run and a failure reproduces.
+derandomized (a fixed seed), so the same 1,150 requests go out on every run and a failure reproduces.
 Purifying valid images is not the point: the inputs are damaged images (truncated, bytes flipped,
 a magic number before garbage, headers declaring huge sizes), foreign bytes, wrong content types,
 broken multipart, bad base64, JSON of the wrong shape, v2 tensors whose shape lies, empty and
@@ -24,8 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.gateway_servers import gateway_settings, png_header_claiming, running_gateway, running_vendor, \
-    tiny_ddpm_dir, tiny_vendor_dir
+from tests.gateway_servers import (
+    gateway_settings,
+    png_header_claiming,
+    running_gateway,
+    running_vendor,
+    tiny_ddpm_dir,
+    tiny_vendor_dir,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")]
 
@@ -33,7 +39,8 @@ RAW_SIDECAR_PATH = "/invocations"
 MAX_IMAGES = 4
 MAX_REQUEST_BYTES = 256 * 1024
 MAX_IMAGE_BYTES = 128 * 1024
-EXAMPLES_PER_ROUTE = {"predict": 300, "purify": 200, "tfserving": 200, "v2": 200, "raw": 150}  # 1,050 in all
+# 1,150 in all, of which about 1,090 differ (hypothesis draws some twice): issue 15 asks for 1,000 at least.
+EXAMPLES_PER_ROUTE = {"predict": 300, "purify": 250, "tfserving": 200, "v2": 200, "raw": 200}
 
 
 @dataclass(frozen=True)
@@ -361,20 +368,20 @@ def check_answer(request: FuzzRequest, response: httpx.Response) -> None:
         assert error["request_id"] == sent_id, (where, body)
 
 
-def fuzz(client: httpx.Client, requests: st.SearchStrategy[FuzzRequest], examples: int) -> int:
-    """Send `examples` derandomized requests, checking each answer; returns how many went out."""
-    sent: list[int] = []
+def fuzz(client: httpx.Client, requests: st.SearchStrategy[FuzzRequest], examples: int) -> list[FuzzRequest]:
+    """Send `examples` derandomized requests, checking each answer; returns the requests that went out."""
+    sent: list[FuzzRequest] = []
 
     @settings(max_examples=examples, derandomize=True, database=None, deadline=None, print_blob=True,
               suppress_health_check=list(HealthCheck))
     @given(request=requests)
     def run(request: FuzzRequest) -> None:
         response = client.post(request.path, content=request.body, headers=request.headers)
-        sent.append(response.status_code)
+        sent.append(request)
         check_answer(request, response)
 
     run()
-    return len(sent)
+    return sent
 
 
 ROUTES: dict[str, Callable[[], st.SearchStrategy[FuzzRequest]]] = {
@@ -386,11 +393,11 @@ ROUTES: dict[str, Callable[[], st.SearchStrategy[FuzzRequest]]] = {
 }
 
 
-@pytest.mark.parametrize("route", list(ROUTES))
-def test_bad_inputs_get_json_4xx_and_never_5xx(client: httpx.Client, route: str) -> None:
-    sent = fuzz(client, ROUTES[route](), EXAMPLES_PER_ROUTE[route])
-    assert sent >= EXAMPLES_PER_ROUTE[route]  # hypothesis ran them all (none filtered away)
-
-
-def test_the_suite_sends_at_least_a_thousand_inputs() -> None:
-    assert sum(EXAMPLES_PER_ROUTE.values()) >= 1000
+def test_a_thousand_bad_inputs_over_every_post_route_get_json_4xx_and_never_5xx(client: httpx.Client) -> None:
+    sent = {route: fuzz(client, strategy(), EXAMPLES_PER_ROUTE[route]) for route, strategy in ROUTES.items()}
+    for route, requests in sent.items():
+        assert len(requests) >= EXAMPLES_PER_ROUTE[route], route  # hypothesis ran them all (none filtered away)
+    # At least 1,000 different bad inputs went out (issue 15), not merely 1,000 requests.
+    distinct = {(request.path, request.body, tuple(sorted(request.headers.items())))
+                for requests in sent.values() for request in requests}
+    assert len(distinct) >= 1000, len(distinct)

@@ -111,7 +111,7 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(gateway: tup
     assert labels == [e["label"] for e in expected]
     for got, want in zip(body["predictions"], expected):
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
-    assert body["purification"] == {"model": "tiny-ddpm-1ch", "transforms": "blur:2", "steps": 2,
+    assert body["purification"] == {"model": "tiny-ddpm-1ch", "transforms": "blur:4", "steps": 2,
                                     "guidance_power": 0.5, "vendor_mirror": False, "device": "cpu",
                                     "dtype": "float32"}
     assert set(body["latency_ms"]) == {*STAGES, "total"}
@@ -180,7 +180,7 @@ def test_purify_is_deterministic_for_a_seed_and_random_without(raw_gateway: str)
 
 
 def test_purify_include_degraded_returns_the_block_means(raw_gateway: str) -> None:
-    # At the model's own size nothing is resized, so A⁺A x for blur:2 is exactly each 2×2 block's mean.
+    # At the model's own size nothing is resized, so A⁺A x for the default blur:4 is exactly each 4×4 block's mean.
     source = png_bytes(TINY_SIZE, TINY_SIZE, seed=5)
     response = post(f"{raw_gateway}/purify", params={"include": "degraded", "seed": 0},
                           files=_files(source, png_bytes(seed=6)))
@@ -189,8 +189,8 @@ def test_purify_include_degraded_returns_the_block_means(raw_gateway: str) -> No
     assert len(body["images"]) == len(body["degraded"]) == 2
     degraded = torch.from_numpy(np.asarray(decode_png(base64.b64decode(body["degraded"][0])), dtype=np.float32))
     pixels = torch.from_numpy(np.asarray(Image.open(io.BytesIO(source)), dtype=np.float32))
-    blocks = pixels.view(TINY_SIZE // 2, 2, TINY_SIZE // 2, 2).mean(dim=(1, 3))
-    expected = blocks.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    blocks = pixels.view(TINY_SIZE // 4, 4, TINY_SIZE // 4, 4).mean(dim=(1, 3))
+    expected = blocks.repeat_interleave(4, 0).repeat_interleave(4, 1)
     assert (degraded - expected).abs().max() <= 1.0  # 8-bit rounding only
     assert body["purification"]["steps"] == 2
     assert decode_png(base64.b64decode(body["degraded"][1])).size == (28, 28)

@@ -69,8 +69,7 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        if settings.torch_threads is not None:
-            torch.set_num_threads(settings.torch_threads)  # process-wide, so here and not per worker
+        torch.set_num_threads(settings.torch_threads)  # process-wide, so here and not per worker
         client = make_http_client(settings.upstream_connect_timeout_s, settings.upstream_timeout_s,
                                   settings.upstream_max_connections)
         pool = None if pool_config is None else WorkerPool(pool_config, purifier_factory, metrics)  # type: ignore[arg-type]
@@ -91,7 +90,7 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
             if pool is not None:
-                await pool.drain(lifecycle.drain_time_left(settings.drain_timeout_s))
+                await pool.drain(lifecycle.drain_time_left(settings.drain_timeout_s), began=lifecycle.drain_started)
                 await pool.close()
             await client.aclose()
             logger.info("gateway stopped")

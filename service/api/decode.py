@@ -6,8 +6,9 @@ and `.load()` runs only for images within `max_image_pixels`. `open_image` is ch
 only); `load_image` is CPU-bound for large images, which callers run in a thread.
 
 The same holds per request: many images each within the limit still add up (32 flat 4096²
-PNGs are 1.6 MB on the wire and 6.7 GB once decoded), so `check_request_pixels` sums the
-declared sizes of all a request's images against `max_request_pixels` before any is decoded.
+PNGs are 1.6 MB on the wire and 6.7 GB once decoded), so `open_images` sums the declared sizes
+of all a request's images against `max_request_pixels` before any is decoded: after each image's
+own limits, so one image too large for any request is named as such (max_image_pixels).
 """
 
 from __future__ import annotations
@@ -113,38 +114,29 @@ def open_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.I
     return image
 
 
-def declared_pixels(data: bytes) -> int:
-    """Width × height that an encoded image declares in its header (nothing is decoded).
-
-    Returns:
-        The pixel count; 0 for data whose header cannot be read, which `open_image` refuses
-        with its own error (so one bad image is not reported as a pixel-budget problem).
-    """
-    try:
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
-            width, height = image.size
-    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return 0
-    return width * height
-
-
-def check_request_pixels(blobs: Sequence[bytes], max_request_pixels: int) -> None:
-    """Refuse a request whose images declare more pixels in all than `max_request_pixels`, from their headers.
+def open_images(blobs: Sequence[bytes], limits: ImageLimits, max_request_pixels: int) -> list[Image.Image]:
+    """Parse every image's header (`open_image`, each image's own limits first), then check their
+    declared pixels in all against the request's budget; nothing is decoded yet.
 
     Args:
-        blobs: the request's encoded images.
+        blobs: the request's encoded images; image i is named "image i" in messages.
+        limits: the per-image byte and pixel limits.
         max_request_pixels: the per-request budget of width × height, summed over the images.
 
+    Returns:
+        The opened, not yet loaded images, in order (for `load_image`).
+
     Raises:
-        PayloadTooLarge: over the budget (413), before any pixel is decoded.
+        BadRequest, UnsupportedMediaType: an image is empty, damaged or not an image (see `open_image`).
+        PayloadTooLarge: an image over its own limits, or all of them over the budget (413).
     """
-    total = 0
-    for i, blob in enumerate(blobs):
-        total += declared_pixels(blob)
-        if total > max_request_pixels:
-            raise PayloadTooLarge(f"images 0-{i} of the request declare {total} pixels in all; the limit is "
-                                  f"{max_request_pixels} pixels per request (max_request_pixels): send fewer or "
-                                  "smaller images")
+    opened = [open_image(blob, limits, f"image {i}") for i, blob in enumerate(blobs)]
+    total = sum(image.width * image.height for image in opened)
+    if total > max_request_pixels:
+        raise PayloadTooLarge(f"the request's {len(opened)} images declare {total} pixels in all; the limit is "
+                              f"{max_request_pixels} pixels per request (max_request_pixels): send fewer or "
+                              "smaller images")
+    return opened
 
 
 def load_image(image: Image.Image, what: str = "image") -> Image.Image:

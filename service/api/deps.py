@@ -18,12 +18,12 @@ from service.errors import BadRequest
 TIMEOUT_HEADER = "X-Request-Timeout"
 MAX_SEED = 2**63 - 1
 
+# The gateway's own errors on every route that reads a body (the sidecar's model routes add 404).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "Undecodable or empty image, invalid JSON or base64, bad header.",
         401: "Missing or wrong API key (only when one is configured).",
-        404: "A sidecar model outside UPSTREAM_MODELS.",
         408: "The request body did not arrive within body_read_timeout_s.",
         413: "Over the byte, pixel or image-count limit.",
         415: "Unsupported Content-Type or image format.",

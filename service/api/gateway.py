@@ -18,13 +18,14 @@ import torch
 from PIL import Image
 from starlette.types import Receive
 
-from service.api.decode import ImageLimits, encode_png, load_image, open_image
+from service.api.decode import ImageLimits, encode_png, load_image, open_images
 from service.api.guard import guarded, time_left
 from service.api.lifecycle import Lifecycle
 from service.api.schemas import PurificationInfo, Readiness
 from service.api.timing import RequestTimings
 from service.config import Settings
-from service.errors import BadRequest, DeadlineExceeded, NotReady, UpstreamError, UpstreamTimeout
+from service.errors import (DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, BadRequest, DeadlineExceeded,
+                            NotReady, UpstreamError, UpstreamTimeout)
 from service.metrics import GatewayMetrics, Stage
 from service.purify.imaging import pil_to_tensor, tensor_to_pil
 from service.purify.pipeline import FittedBatch, SmallImageFit, fit_to_model
@@ -139,8 +140,11 @@ class Gateway:
             NotReady: the pool has not started yet (or purification is off).
         """
         if self._engine is None:
-            if self.pool is None or not self.pool.ready:
-                raise NotReady(self.not_ready_reason())
+            if self.pool is None:
+                raise NotReady("purification is disabled on this gateway (purification_enabled=false)",
+                               retry_after_s=None)
+            if not self.pool.ready:
+                raise self.not_ready_error()
             self._engine = EngineInfo.from_device_info(self.pool.device_info)
         return self._engine
 
@@ -150,10 +154,17 @@ class Gateway:
             return "the worker pool stopped; see the server log"
         return self.lifecycle.detail or "not ready"
 
+    def not_ready_error(self) -> NotReady:
+        """The 503 for now: Retry-After while starting or draining; none where waiting will not help
+        (start-up failed; or READY yet not ready: the worker pool stopped)."""
+        retry_after_s = {Readiness.STARTING: LOADING_RETRY_AFTER_S,
+                         Readiness.DRAINING: DRAINING_RETRY_AFTER_S}.get(self.lifecycle.state)
+        return NotReady(self.not_ready_reason(), retry_after_s=retry_after_s)
+
     def require_ready(self) -> None:
         """Raises NotReady (503) unless requests can be served now."""
         if not self.ready:
-            raise NotReady(self.not_ready_reason())
+            raise self.not_ready_error()
 
     def purification_info(self, steps: int) -> PurificationInfo:
         """The response's `purification` block."""
@@ -165,7 +176,8 @@ class Gateway:
     # --- stages -----------------------------------------------------------------------------
 
     async def decode(self, blobs: list[bytes], ctx: RequestContext, *, fit: bool) -> DecodedBatch:
-        """Decode (limits checked on the headers first) and, with `fit`, convert to tensors at the model size.
+        """Decode (each image's limits, then the request's pixel budget, checked on the headers first)
+        and, with `fit`, convert to tensors at the model size.
 
         Raises:
             BadRequest, PayloadTooLarge, UnsupportedMediaType: see `service.api.decode`.
@@ -173,7 +185,7 @@ class Gateway:
         engine = self.engine if fit else None
         time_left(ctx.deadline, ctx.request_id, "decoding")
         with ctx.timings.measure(Stage.DECODE):
-            opened = [open_image(blob, self.limits, f"image {i}") for i, blob in enumerate(blobs)]  # headers only
+            opened = open_images(blobs, self.limits, self.settings.max_request_pixels)  # headers only
             if sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS:
                 return _decode_batch(blobs, opened, engine, self.settings.small_image_fit)
             return await self._guarded(asyncio.to_thread(
@@ -189,7 +201,7 @@ class Gateway:
             ClientDisconnected: the client left while its images waited.
         """
         if self.pool is None or decoded.fitted is None:
-            raise NotReady("purification is disabled on this gateway (purification_enabled=false)")
+            raise NotReady("purification is disabled on this gateway (purification_enabled=false)", retry_after_s=None)
         fitted = decoded.fitted
         # deadline=None: the pool enforces it, dropping queued images and late results (its metrics say which).
         result = await guarded(

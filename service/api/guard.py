@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.types import Receive
 
 from service.api.errors import ClientDisconnected
-from service.errors import DeadlineExceeded, NotReady
+from service.errors import DRAINING_RETRY_AFTER_S, DeadlineExceeded, NotReady
 
 T = TypeVar("T")
 
@@ -56,15 +56,15 @@ async def guarded(work: Awaitable[T], *, request_id: str, what: str, stopped: as
         DeadlineExceeded: the deadline passed first.
         NotReady: the drain ran out first (503 with Retry-After: another replica can take it).
         ClientDisconnected: the client left first.
-        Exception: whatever `work` raises.
+        Exception: whatever `work` raises, or `receive` while it watches for the client.
     """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
     timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-    waited: set[asyncio.Future[object]] = {task, stopped}  # type: ignore[arg-type]
+    waited: set[asyncio.Future[Any]] = {task, stopped}
     if watcher is not None:
         waited.add(watcher)
-    done: set[asyncio.Future[object]] = set()
+    done: set[asyncio.Future[Any]] = set()
     try:
         done, _ = await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -77,8 +77,10 @@ async def guarded(work: Awaitable[T], *, request_id: str, what: str, stopped: as
         return task.result()
     if stopped.done():
         raise NotReady(f"request {request_id}: the gateway shut down during {what} (drain_timeout_s spent); "
-                       "retry on another replica")
+                       "retry on another replica", retry_after_s=DRAINING_RETRY_AFTER_S)
     if watcher is not None and watcher in done:
+        if (error := watcher.exception()) is not None:
+            raise error  # receive itself failed: that error, not a client that left
         raise ClientDisconnected(f"the client disconnected during {what}")
     raise DeadlineExceeded(f"request {request_id}: deadline passed during {what}")
 

@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from service.api.decode import check_request_pixels
 from service.api.schemas import PredictJsonRequest
 from service.errors import BadRequest, InvalidShape, PayloadTooLarge, UnsupportedMediaType
 from service.upstream.wire import decode_image as decode_base64_image
@@ -48,31 +47,26 @@ def input_kind(content_type: str | None) -> InputKind:
     )
 
 
-async def read_images(request: Request, kind: InputKind, max_images: int, max_image_bytes: int,
-                      max_request_pixels: int) -> list[bytes]:
-    """The encoded images of a request, in order (not decoded yet; their declared sizes checked).
+async def read_images(request: Request, kind: InputKind, max_images: int, max_image_bytes: int) -> list[bytes]:
+    """The encoded images of a request, in order (not decoded yet: `Gateway.decode` checks their headers).
 
     Args:
         request: the request (its body is read here).
         kind: from `input_kind`.
         max_images: most images allowed.
         max_image_bytes: most bytes per image (base64 strings are checked before decoding).
-        max_request_pixels: most pixels in all images together, from their headers.
 
     Raises:
-        PayloadTooLarge: too many images, one over the byte limit, or all over the pixel budget (413).
+        PayloadTooLarge: too many images, or one over the byte limit (413).
         InvalidShape: no `image` part, or JSON not of the form {"images": [...]} (422).
         BadRequest: invalid JSON or base64, an empty body (400).
     """
     if kind is InputKind.MULTIPART:
-        images = await _multipart_images(request, max_images)
-    else:
-        body = await request.body()
-        if kind is InputKind.RAW_IMAGE and not body:
-            raise BadRequest("the request body is empty; send the image bytes as the body")
-        images = [body] if kind is InputKind.RAW_IMAGE else _json_images(body, max_images, max_image_bytes)
-    check_request_pixels(images, max_request_pixels)
-    return images
+        return await _multipart_images(request, max_images)
+    body = await request.body()
+    if kind is InputKind.RAW_IMAGE and not body:
+        raise BadRequest("the request body is empty; send the image bytes as the body")
+    return [body] if kind is InputKind.RAW_IMAGE else _json_images(body, max_images, max_image_bytes)
 
 
 async def _multipart_images(request: Request, max_images: int) -> list[bytes]:

@@ -15,16 +15,17 @@ import asyncio
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import gateway_error_response, internal_error_response
+from service.api.errors import CLIENT_CLOSED_REQUEST, gateway_error_response, internal_error_response
 from service.api.lifecycle import Lifecycle
 from service.api.logging import request_id_context
 from service.api.timing import RequestTimings
-from service.errors import NotReady, PayloadTooLarge, RequestTimeout
+from service.errors import DRAINING_RETRY_AFTER_S, NotReady, PayloadTooLarge, RequestTimeout
 from service.metrics import GatewayMetrics
 
 logger = logging.getLogger("zipgate.access")
@@ -36,7 +37,6 @@ _REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 UNMATCHED_ENDPOINT = "unmatched"  # one label for every unknown path: no label explosion from scanners
 TIMINGS_STATE_KEY = "zipgate_timings"
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"; never sent, only counted
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -61,7 +61,8 @@ class GatewayMiddleware:
     `max_request_bytes` (declared or streamed) with 413 and bodies not complete within
     `body_read_timeout_s` of the request's arrival with 408; refuse work while draining with 503;
     add X-Request-ID and Server-Timing to the response; count it in the request metrics (499 for
-    a client that hung up mid-body); and turn any unexpected exception into a JSON 500.
+    a client that hung up mid-body); end a request still unanswered when the drain budget is spent
+    with 503 (`Lifecycle.stop_in_flight`); and turn any unexpected exception into a JSON 500.
     """
 
     def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics, lifecycle: Lifecycle,
@@ -95,7 +96,7 @@ class GatewayMiddleware:
         with request_id_context(request_id):
             self.metrics.inflight.inc()
             try:
-                await self._handle(scope, receive, send_with_headers)
+                await self._handle(scope, receive, send_with_headers, lambda: started_response)
             except ClientDisconnect:
                 # Starlette's, raised while the app reads the body: nobody is left to answer.
                 status = CLIENT_CLOSED_REQUEST
@@ -109,9 +110,10 @@ class GatewayMiddleware:
                 self.metrics.inflight.dec()
                 self._record(scope, status, timings)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, response_started: Callable[[], bool]) -> None:
         if self.lifecycle.draining and scope["path"] not in PROBE_PATHS:
-            await gateway_error_response(NotReady(self.lifecycle.detail))(scope, receive, send)
+            await gateway_error_response(NotReady(self.lifecycle.detail, retry_after_s=DRAINING_RETRY_AFTER_S))(
+                scope, receive, send)
             return
         declared = _content_length(scope["headers"])
         if declared is not None and declared > self.max_request_bytes:
@@ -120,8 +122,36 @@ class GatewayMiddleware:
             await gateway_error_response(error)(scope, receive, send)
             return
         deadline = asyncio.get_running_loop().time() + self.body_read_timeout_s  # from the request's arrival
-        await self.app(scope, _guarded_receive(receive, self.max_request_bytes, deadline, self.body_read_timeout_s),
-                       send)
+        guarded_receive = _guarded_receive(receive, self.max_request_bytes, deadline, self.body_read_timeout_s)
+        await self._until_drain_stop(self.app(scope, guarded_receive, send), scope, receive, send, response_started)
+
+    async def _until_drain_stop(self, call: Awaitable[None], scope: Scope, receive: Receive, send: Send,
+                                response_started: Callable[[], bool]) -> None:
+        """Run the app's `call`, ending it with a 503 JSON if the drain budget is spent before it answered.
+
+        The request stages end themselves at that moment (`service.api.guard`, whose cleanup runs as
+        the call is cancelled); this covers everything outside them, e.g. a body still arriving, which
+        uvicorn's graceful timeout would otherwise cancel into a plain-text 500 without a request id.
+        A response already under way is left to finish (uvicorn's timeout bounds it).
+        """
+        app_call = asyncio.ensure_future(call)
+        stopped = self.lifecycle.in_flight_stopped()
+        try:
+            await asyncio.wait({app_call, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this task was cancelled (uvicorn's own timeout): the app's goes too
+            app_call.cancel()
+            raise
+        if app_call.done() or response_started():
+            await app_call  # its outcome, errors included, as if called directly
+            return
+        app_call.cancel()
+        await asyncio.gather(app_call, return_exceptions=True)
+        if response_started():  # it began to answer as it was cancelled: too late for ours
+            return
+        logger.info("request cut short by the end of the drain: %s %s", scope["method"], scope["path"])
+        error = NotReady("the gateway shut down before this request was answered (drain_timeout_s spent); retry "
+                         "on another replica", retry_after_s=DRAINING_RETRY_AFTER_S)
+        await gateway_error_response(error)(scope, receive, send)
 
     def _record(self, scope: Scope, status: int, timings: RequestTimings) -> None:
         route: Any = scope.get("route")

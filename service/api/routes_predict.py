@@ -66,8 +66,7 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
             return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.RAW], ctx)
         gateway.require_ready()
         settings = gateway.settings
-        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes,
-                                  settings.max_request_pixels)
+        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
         prepared = await gateway.prepare(blobs, ctx)
         result = await gateway.predict(prepared, ctx)
         purification = gateway.purification_info(prepared.steps) if prepared.steps is not None else None
@@ -91,8 +90,7 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
         kind = input_kind(request.headers.get("content-type"))
         gateway.require_ready()
         settings = gateway.settings
-        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes,
-                                  settings.max_request_pixels)
+        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
         decoded = await gateway.decode(blobs, ctx, fit=True)
         purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include)
         if len(purified.pngs) == 1 and purified.degraded_pngs is None:

@@ -26,9 +26,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
-from service.api.decode import check_request_pixels
 from service.api.gateway import Gateway, RequestContext
-from service.api.schemas import EXAMPLE_PNG_B64
+from service.api.schemas import EXAMPLE_PNG_B64, ErrorResponse
 from service.api.security import headers_for_vendor
 from service.config import model_name_problem
 from service.errors import BadRequest, ModelNotFound, PayloadTooLarge
@@ -61,6 +60,10 @@ RELAYED_RESPONSE: dict[int | str, dict[str, Any]] = {
     "default": {"description": "Any other status the vendor answers, relayed unchanged with its body and type; "
                                "the statuses listed are the gateway's own errors (JSON ErrorResponse)."},
 }
+
+# Only the routes with a model name in the path answer it (ModelNotFound); the raw path has none.
+MODEL_NOT_EXPOSED_RESPONSE: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "A model outside UPSTREAM_MODELS."}}
 
 
 def check_vendor_path(request: Request, exposed_models: tuple[str, ...]) -> None:
@@ -104,7 +107,6 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
     limit = gateway.settings.max_images_per_request
     if len(blobs) > limit:
         raise PayloadTooLarge(f"{len(blobs)} images in one request; the limit is {limit} (max_images_per_request)")
-    check_request_pixels(blobs, gateway.settings.max_request_pixels)
     prepared = await gateway.prepare(blobs, ctx)
     forwarded_type: str | None = None  # purification off: the body and its type go as they came
     if prepared.steps is not None:
@@ -136,14 +138,15 @@ def build_sidecar_router(gateway_dependencies: list[Any], raw_path: str | None) 
     router = APIRouter(tags=["sidecar"], dependencies=gateway_dependencies)
 
     responses: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **ERROR_RESPONSES}
+    model_responses = {**responses, **MODEL_NOT_EXPOSED_RESPONSE}
 
-    @router.post("/v1/models/{name}:predict", responses=responses, openapi_extra=TFSERVING_BODY_OPENAPI,
+    @router.post("/v1/models/{name}:predict", responses=model_responses, openapi_extra=TFSERVING_BODY_OPENAPI,
                  response_class=Response)
     async def tfserving_predict(name: str, request: Request, gateway: GatewayDep, ctx: ContextDep) -> Response:
         """TF-Serving / Vertex `{"instances": [{"b64": ...}]}`: purified, forwarded, relayed."""
         return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.TFSERVING], ctx)
 
-    @router.post("/v2/models/{name}/infer", responses=responses, openapi_extra=V2_BODY_OPENAPI,
+    @router.post("/v2/models/{name}/infer", responses=model_responses, openapi_extra=V2_BODY_OPENAPI,
                  response_class=Response)
     async def v2_infer(name: str, request: Request, gateway: GatewayDep, ctx: ContextDep) -> Response:
         """Open Inference Protocol v2 with a BYTES input of base64 images: purified, forwarded, relayed."""

@@ -54,7 +54,7 @@ class PredictResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
         "predictions": [{"label": 9, "class_name": "ankle boot", "probabilities": [0.0] * 9 + [1.0]}],
-        "purification": {"model": "fmnist-ddpm", "transforms": "blur:2", "steps": 20, "guidance_power": 0.5,
+        "purification": {"model": "fmnist-ddpm", "transforms": "blur:4", "steps": 20, "guidance_power": 0.5,
                          "device": "cpu", "dtype": "float32"},
         "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 3.1, "total": 186.0},
     }]})
@@ -78,7 +78,7 @@ class PurifyResponse(BaseModel):
         "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
         "images": [EXAMPLE_PNG_B64],
         "degraded": None,
-        "purification": {"model": "fmnist-ddpm", "transforms": "blur:2", "steps": 20, "guidance_power": 0.5,
+        "purification": {"model": "fmnist-ddpm", "transforms": "blur:4", "steps": 20, "guidance_power": 0.5,
                          "device": "cpu", "dtype": "float32"},
         "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 0.0, "total": 183.0},
     }]})

@@ -14,6 +14,9 @@ from service.errors import Unauthorized
 API_KEY_HEADER = "X-API-Key"
 # Headers the gateway itself reads; not forwarded to the vendor in sidecar mode.
 GATEWAY_ONLY_HEADERS = frozenset({"x-request-timeout"})
+# Credential headers that may carry the gateway's key in some spelling (the adapter drops
+# Proxy-Authorization as hop-by-hop too; here it goes whatever the adapter does).
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
 
 
 def api_key_dependency(expected: SecretStr) -> Callable[..., Awaitable[None]]:
@@ -48,8 +51,9 @@ def api_key_dependency(expected: SecretStr) -> Callable[..., Awaitable[None]]:
 
 def headers_for_vendor(headers: Mapping[str, str], api_key: SecretStr | None) -> dict[str, str]:
     """The client's headers minus what is meant for the gateway: its X-Request-Timeout and, when a
-    key is configured, X-API-Key (the gateway's header, whatever it holds) and any Authorization
-    that carries the gateway's key in any form. A vendor credential in Authorization passes.
+    key is configured, X-API-Key (the gateway's header, whatever it holds) and any Authorization or
+    Proxy-Authorization that carries the gateway's key in any form. A vendor credential in
+    Authorization passes (unless UPSTREAM_URL has credentials: the adapter's Basic auth replaces it).
 
     Args:
         headers: the client's request headers.
@@ -65,7 +69,7 @@ def headers_for_vendor(headers: Mapping[str, str], api_key: SecretStr | None) ->
         if lower in GATEWAY_ONLY_HEADERS:
             continue
         if secret is not None and (lower == API_KEY_HEADER.lower()
-                                   or lower == "authorization" and _carries(value, secret)):
+                                   or lower in _CREDENTIAL_HEADERS and _carries(value, secret)):
             continue
         kept[name] = value
     return kept

@@ -18,6 +18,8 @@ import torch
 
 from service.defense_eval.triggers import (
     ADAPTIVE_BLOCK_PX,
+    ADAPTIVE4_BLOCK_PX,
+    ADAPTIVE4_BLOCKS,
     ADAPTIVE_BLOCKS,
     ADAPTIVE_SEED,
     BADNETS_MARGIN,
@@ -42,10 +44,12 @@ from service.defense_eval.triggers import (
     WANET_S,
     WANET_SEED,
     apply_adaptive,
+    apply_adaptive4,
     apply_badnets,
     apply_blended,
     apply_lf,
     apply_logo,
+    apply_mirror_solid,
     apply_random_patch,
     apply_sig,
     apply_solid,
@@ -71,6 +75,8 @@ class Attack(str, Enum):
     LOGO = "logo"
     LF = "lf"
     ADAPTIVE = "adaptive"
+    MIRROR_SOLID = "mirrorsolid"
+    ADAPTIVE4 = "adaptive4"
 
 
 ZOO: tuple[Attack, ...] = tuple(attack for attack in Attack if attack is not Attack.NONE)
@@ -86,6 +92,8 @@ _TRIGGERS: Mapping[Attack, Callable[[torch.Tensor], torch.Tensor]] = MappingProx
     Attack.LOGO: apply_logo,
     Attack.LF: apply_lf,
     Attack.ADAPTIVE: apply_adaptive,
+    Attack.MIRROR_SOLID: apply_mirror_solid,
+    Attack.ADAPTIVE4: apply_adaptive4,
 })
 
 
@@ -238,6 +246,17 @@ def describe_trigger(attack: Attack) -> str:
             f"LF (Zeng et al., ICCV 2021, low-frequency trigger): x' = clip(x + ε·g) with ε = {LF_AMPLITUDE} and "
             f"g fixed uniform noise (seed {LF_SEED}) low-passed by a Gaussian of σ = {LF_SIGMA_PX:g} px "
             "(circular padding), scaled to max |g| = 1."
+        ),
+        Attack.ADAPTIVE4: (
+            f"Adaptive-4 (this project, built against ZIP's blur:{ADAPTIVE4_BLOCK_PX}, the default since the zoo's "
+            f"worst case chose it): a fixed {ADAPTIVE4_BLOCKS}×{ADAPTIVE4_BLOCKS} pattern of ±1 blocks of "
+            f"{ADAPTIVE4_BLOCK_PX}×{ADAPTIVE4_BLOCK_PX} px (seed {ADAPTIVE_SEED}) replacing a square in the "
+            "bottom-left content corner on the 4×4 grid, so A⁺A of blur:4 keeps it exactly."
+        ),
+        Attack.MIRROR_SOLID: (
+            f"Mirror-solid (this project, built against the gateway's VENDOR_MIRROR): the {SOLID_SIZE}×{SOLID_SIZE} "
+            "white square of the solid patch in both top corners of the content area, so a left-right mirror "
+            "maps the trigger onto itself; both squares sit on the blur:2 grid."
         ),
         Attack.ADAPTIVE: (
             f"Adaptive (this project, built against ZIP's blur:{ADAPTIVE_BLOCK_PX}): a fixed "

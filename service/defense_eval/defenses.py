@@ -50,7 +50,7 @@ class DefenseSetting:
             empty transforms spec.
     """
 
-    transforms: str = "blur:2"
+    transforms: str = "blur:4"
     steps: int = 20
     guidance_power: float = 0.5
     eta: float = 1.0

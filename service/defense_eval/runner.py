@@ -90,7 +90,7 @@ class EvalOptions:
     defenses: tuple[Defense, ...] = (Defense.NONE, Defense.BLUR, Defense.ZIP)
     n: int = 1000
     steps: int = 20
-    transforms: str = "blur:2"
+    transforms: str = "blur:4"
     guidance_power: float = 0.5
     eta: float = 1.0
     seed: int = 0

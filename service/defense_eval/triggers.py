@@ -69,6 +69,9 @@ ADAPTIVE_BLOCK_PX = 2
 """s of the gateway's default degradation blur:2; the trigger is constant on its s×s blocks."""
 ADAPTIVE_BLOCKS = 3
 ADAPTIVE_SEED = 20_231_210
+ADAPTIVE4_BLOCK_PX = 4
+"""s of blur:4, the default since the zoo's worst case chose it; a 2×2 pattern of 4×4 blocks (8×8 px)."""
+ADAPTIVE4_BLOCKS = 2
 
 
 def _stamp(images: torch.Tensor, rows: slice, cols: slice, patch: torch.Tensor) -> torch.Tensor:
@@ -208,6 +211,19 @@ def apply_solid(images: torch.Tensor) -> torch.Tensor:
     """Stamp a SOLID_SIZE² square of SOLID_VALUE (white) into the top-left content corner."""
     rows, cols = solid_region(images.shape[-2], images.shape[-1])
     return _stamp(images, rows, cols, torch.full((images.shape[-3], SOLID_SIZE, SOLID_SIZE), SOLID_VALUE))
+
+
+def apply_mirror_solid(images: torch.Tensor) -> torch.Tensor:
+    """The solid square in both top content corners: a trigger that mirroring left-right keeps.
+
+    Built against the gateway's `vendor_mirror` (the flip moves a one-sided trigger to where the
+    backdoor does not look; this one maps onto itself). On 32² images both squares also sit on
+    the blur:2 grid, like the one-sided solid patch.
+    """
+    width = images.shape[-1]
+    rows, cols = solid_region(images.shape[-2], width)
+    patch = torch.full((images.shape[-3], SOLID_SIZE, SOLID_SIZE), SOLID_VALUE)
+    return _stamp(_stamp(images, rows, cols, patch), rows, slice(width - cols.stop, width - cols.start), patch)
 
 
 # ---- Random-block patch at a random position ---------------------------------------------------
@@ -351,7 +367,8 @@ def apply_lf(images: torch.Tensor, amplitude: float = LF_AMPLITUDE) -> torch.Ten
 # ---- Adaptive: kept exactly by the gateway's A⁺A -----------------------------------------------
 
 
-def adaptive_region(height: int, width: int, block_px: int = ADAPTIVE_BLOCK_PX) -> tuple[slice, slice]:
+def adaptive_region(height: int, width: int, block_px: int = ADAPTIVE_BLOCK_PX,
+                    blocks: int = ADAPTIVE_BLOCKS) -> tuple[slice, slice]:
     """The (rows, cols) of the adaptive patch: the bottom-left content corner, on the s×s grid.
 
     Both slices start and end on multiples of s = block_px, so every s×s block of the blur grid
@@ -363,7 +380,7 @@ def adaptive_region(height: int, width: int, block_px: int = ADAPTIVE_BLOCK_PX) 
     if block_px < 1 or height % block_px or width % block_px:
         raise ValueError(f"the adaptive patch needs a block size ≥ 1 that divides the image size, got "
                          f"s = {block_px} for {height}×{width}")
-    size = ADAPTIVE_BLOCKS * block_px
+    size = blocks * block_px
     bottom = (height - CONTENT_MARGIN) // block_px * block_px
     left = -(-CONTENT_MARGIN // block_px) * block_px
     if bottom - size < 0 or left + size > width:
@@ -371,13 +388,19 @@ def adaptive_region(height: int, width: int, block_px: int = ADAPTIVE_BLOCK_PX) 
     return slice(bottom - size, bottom), slice(left, left + size)
 
 
-def apply_adaptive(images: torch.Tensor, block_px: int = ADAPTIVE_BLOCK_PX) -> torch.Tensor:
+def apply_adaptive(images: torch.Tensor, block_px: int = ADAPTIVE_BLOCK_PX, blocks: int = ADAPTIVE_BLOCKS
+                   ) -> torch.Tensor:
     """Replace a block-aligned square by a fixed pattern of ±1 blocks of block_px² pixels.
 
     A replacement (not an addition) by block-constant values that are exact in any float type:
     for the blur A = s×s mean with A⁺ = copy back, A⁺A(T(x)) = T(A⁺A(x)) holds bit for bit, so
     the degraded image ZIP is guided by still carries the whole trigger.
     """
-    rows, cols = adaptive_region(images.shape[-2], images.shape[-1], block_px)
-    pattern = block_pattern(ADAPTIVE_BLOCKS, block_px, images.shape[-3], ADAPTIVE_SEED)
+    rows, cols = adaptive_region(images.shape[-2], images.shape[-1], block_px, blocks)
+    pattern = block_pattern(blocks, block_px, images.shape[-3], ADAPTIVE_SEED)
     return _stamp(images, rows, cols, pattern)
+
+
+def apply_adaptive4(images: torch.Tensor) -> torch.Tensor:
+    """The adaptive trigger built against blur:4: ±1 blocks of 4×4 px, a 2×2 pattern (8×8 px)."""
+    return apply_adaptive(images, ADAPTIVE4_BLOCK_PX, ADAPTIVE4_BLOCKS)

@@ -27,9 +27,9 @@ class PurificationPreset:
 
 
 PRESETS: dict[PresetName, PurificationPreset] = {
-    # Best trade-off measured on the shipped 32² Fashion-MNIST DDPM (docs/defense.md, DESIGN.md §6).
+    # Chosen by the worst case over the attack zoo on the shipped 32² Fashion-MNIST DDPM (docs/defense.md).
     PresetName.FMNIST: PurificationPreset(
-        model_size=32, transforms="blur:2", steps=20, guidance_power=0.5, eta=1.0, tile_small_images=False,
+        model_size=32, transforms="blur:4", steps=20, guidance_power=0.5, eta=1.0, tile_small_images=False,
         note="shipped Fashion-MNIST DDPM (models/fmnist-ddpm)",
     ),
     # Shi et al. 2023 with OpenAI's 256² unconditional ADM: blur and grayscale averaged, 20 steps,

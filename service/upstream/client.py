@@ -13,6 +13,7 @@ a reset, a close without an answer, a garbage status line, a timeout: the vendor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,11 +24,10 @@ from service.errors import UpstreamError, UpstreamResponseTooLarge, UpstreamTime
 from service.upstream.failures import map_transport_errors, redact_url
 from service.upstream.wire import VendorResponse
 
-try:
-    # The exact table httpx decodes with: br and zstd appear only when brotli / zstandard import.
-    from httpx._decoders import SUPPORTED_DECODERS as _HTTPX_DECODERS
-except ImportError:  # pragma: no cover - a future httpx that moved it; these two it always decoded
-    _HTTPX_DECODERS = {"identity": None, "gzip": None, "deflate": None}
+# Two private httpx APIs, so pyproject.toml bounds httpx below its next minor version and
+# tests/test_review_fixes.py fails loudly if either moves: the exact table httpx decodes with (br
+# and zstd appear only when brotli / zstandard import), and `Response._get_content_decoder` (below).
+from httpx._decoders import SUPPORTED_DECODERS as _HTTPX_DECODERS
 
 logger = logging.getLogger(__name__)
 
@@ -229,11 +229,13 @@ async def _read_bounded(response: httpx.Response, max_bytes: int) -> bytes:
         raise _too_large(status, max_bytes)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in _decoded_chunks(response):
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(status, max_bytes)
-        chunks.append(chunk)
+    # aclosing: at the limit the generator is closed now, not whenever the loop finalizes it.
+    async with contextlib.aclosing(_decoded_chunks(response)) as decoded:
+        async for chunk in decoded:
+            size += len(chunk)
+            if size > max_bytes:
+                raise _too_large(status, max_bytes)
+            chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge
+from service.errors import (DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, DeadlineExceeded, NotReady,
+                            Overloaded, PayloadTooLarge)
 from service.metrics import DropReason, GatewayMetrics
 from service.workers.batcher import Batch, DynamicBatcher, WorkItem
 from service.workers.capacity import adaptive_steps, seconds_for, total_rate
@@ -93,6 +94,12 @@ class PoolState(str, enum.Enum):
     DRAINING = "draining"
     DRAINED = "drained"
     CLOSED = "closed"
+
+
+# A submit refused in these states may retry: after the models load, or on another replica.
+_RETRY_AFTER_S = {PoolState.NEW: LOADING_RETRY_AFTER_S, PoolState.STARTING: LOADING_RETRY_AFTER_S,
+                  PoolState.DRAINING: DRAINING_RETRY_AFTER_S, PoolState.DRAINED: DRAINING_RETRY_AFTER_S,
+                  PoolState.CLOSED: DRAINING_RETRY_AFTER_S}
 
 
 class WorkerPool:
@@ -197,7 +204,9 @@ class WorkerPool:
         if not self.ready:
             if self._state in (PoolState.DRAINING, PoolState.DRAINED, PoolState.CLOSED):
                 self._metrics.dropped.labels(DropReason.DRAINING.value).inc(count)
-            raise NotReady(f"the worker pool is {self._state.value}; not accepting images")
+            # RUNNING yet not ready: a worker died, and waiting will not bring it back (no Retry-After).
+            raise NotReady(f"the worker pool is {self._state.value}; not accepting images",
+                           retry_after_s=_RETRY_AFTER_S.get(self._state))
         if count > self.config.queue_limit:
             raise PayloadTooLarge(f"{count} images in one request; the queue holds {self.config.queue_limit}; "
                                   "send fewer images per request or raise the queue limit")
@@ -225,14 +234,16 @@ class WorkerPool:
         return PoolResult(images=torch.stack([r.image for r in results]), steps=min(r.steps for r in results),
                           queue_s=max(r.queue_s for r in results), purify_s=max(r.purify_s for r in results))
 
-    async def drain(self, timeout_s: float | None = None) -> None:
+    async def drain(self, timeout_s: float | None = None, *, began: float | None = None) -> None:
         """Stop accepting, let queued and running work finish, then stop the workers.
 
         After the timeout, images still queued fail with `NotReady` and running batches are
-        abandoned (their requests get `NotReady`). Logs how long it waited. Safe to call more than once.
+        abandoned (their requests get `NotReady`). Logs how long the drain took. Safe to call more than once.
 
         Args:
             timeout_s: seconds to wait; None = `config.drain_timeout_s`.
+            began: `time.monotonic()` when the drain began, if before this call (the gateway's
+                shutdown first waits for open requests, from the same budget); None = now.
         """
         if self._state in (PoolState.NEW, PoolState.STARTING):
             self._state = PoolState.DRAINED
@@ -243,17 +254,19 @@ class WorkerPool:
         self._batcher.close()
         timeout_s = self.config.drain_timeout_s if timeout_s is None else timeout_s
         log.info("draining: %d images queued, up to %.1f s", self._batcher.depth, timeout_s)
-        started = time.monotonic()
+        began = time.monotonic() if began is None else began
         _, unfinished = await asyncio.wait(self._tasks, timeout=timeout_s)
-        waited_s = time.monotonic() - started  # measured: the budget may have been spent before this call
+        # Since the drain began, not since this call: the budget may have been spent before it (then 0 s here).
+        drain_s = time.monotonic() - began
         if not unfinished:
-            log.info("pool drained in %.2f s", waited_s, extra={"waited_s": round(waited_s, 3)})
+            log.info("pool drained %.2f s after the drain began", drain_s, extra={"drain_s": round(drain_s, 3)})
         else:
             leftover = self._batcher.remove_all()
-            settle_with_error(leftover, NotReady("the gateway shut down before this image was purified"))
+            settle_with_error(leftover, NotReady("the gateway shut down before this image was purified",
+                                                 retry_after_s=DRAINING_RETRY_AFTER_S))
             self._metrics.dropped.labels(DropReason.DRAINING.value).inc(len(leftover))
-            log.warning("pool drain timed out after %.2f s; %d queued images dropped", waited_s, len(leftover),
-                        extra={"waited_s": round(waited_s, 3)})
+            log.warning("pool drain timed out %.2f s after the drain began; %d queued images dropped", drain_s,
+                        len(leftover), extra={"drain_s": round(drain_s, 3)})
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.errors import DeadlineExceeded, GatewayError, NotReady, PurificationFailed
+from service.errors import DRAINING_RETRY_AFTER_S, DeadlineExceeded, GatewayError, NotReady, PurificationFailed
 from service.metrics import DropReason, GatewayMetrics
 from service.workers.batcher import Batch, DynamicBatcher, WorkItem
 from service.workers.capacity import ThroughputMeter
@@ -136,7 +136,8 @@ class DeviceWorker:
             out = await loop.run_in_executor(self._executor, self._compute_batch, pixels, steps, seeds)
         except asyncio.CancelledError:
             # Shutdown past the drain timeout: nobody will wait for this thread's result.
-            dropped = settle_with_error(items, NotReady("the gateway shut down before this image was purified"))
+            dropped = settle_with_error(items, NotReady("the gateway shut down before this image was purified",
+                                                        retry_after_s=DRAINING_RETRY_AFTER_S))
             self._metrics.dropped.labels(DropReason.DRAINING.value).inc(dropped)
             raise
         except Exception as exc:  # noqa: BLE001 — any failure is this batch's alone

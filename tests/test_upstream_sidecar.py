@@ -1,0 +1,181 @@
+"""The sidecar side of the upstream adapters, units on httpx.MockTransport: `forward` relays a
+vendor-format request and its answer unchanged (hop-by-hop headers cleaned), and each protocol
+reads the images out of its own request format and writes purified ones back in."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from service.errors import BadRequest, InvalidShape, UnsupportedMediaType, UpstreamTimeout
+from service.upstream import UpstreamProtocol
+from tests.mock_vendor import BASE, IMAGES, RID, adapter, b64, mock_client
+
+
+@pytest.fixture
+async def idle_client() -> AsyncIterator[httpx.AsyncClient]:
+    """A client for adapters that are built but send nothing (closed after the test)."""
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+# --- relay (sidecar forward) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 404, 500])
+async def test_forward_relays_any_status_unchanged_and_cleans_headers(status: int) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            status,
+            content=b'{"vendor": "says"}',
+            headers=[("content-type", "application/vnd.x+json"), ("x-vendor", "a"), ("x-vendor", "b"),
+                     ("connection", "close, x-vendor-hop"), ("x-vendor-hop", "1"),
+                     ("x-request-id", "vendor-made")],
+        )
+
+    async with mock_client(handler) as client:
+        relayed = await adapter(UpstreamProtocol.V2, client).forward(
+            "POST",
+            "/v2/models/fmnist/infer?debug=1",
+            b'{"inputs": []}',
+            {"Content-Type": "text/plain", "Keep-Alive": "timeout=5", "Upgrade": "h2c", "TE": "trailers",
+             "Connection": "X-Hop", "X-Hop": "h", "Host": "gateway", "X-Trace": "t1",
+             "X-Request-ID": "client-made", "Content-Length": "999"},
+            request_id=RID,
+            content_type="application/json",
+        )
+
+    (request,) = seen
+    assert request.method == "POST" and request.url == f"{BASE}/v2/models/fmnist/infer?debug=1"
+    assert request.content == b'{"inputs": []}'
+    assert request.headers["content-length"] == str(len(request.content))
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers.get_list("x-request-id") == [RID]
+    assert request.headers["x-trace"] == "t1" and request.headers["host"] == "vendor.test"
+    assert not {"keep-alive", "upgrade", "te", "x-hop"} & set(request.headers.keys())
+
+    assert relayed.status_code == status and relayed.body == b'{"vendor": "says"}'
+    assert relayed.content_type == "application/vnd.x+json"
+    names = [name for name, _ in relayed.headers]
+    assert [value for name, value in relayed.headers if name == "x-vendor"] == ["a", "b"]
+    assert not {"connection", "x-vendor-hop", "content-length", "x-request-id"} & set(names)
+
+
+async def test_forward_maps_only_transport_failures() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    async with mock_client(handler) as client:
+        with pytest.raises(UpstreamTimeout):
+            await adapter(UpstreamProtocol.RAW, client).forward("POST", "/predict", b"x", {})
+        with pytest.raises(ValueError, match="start with '/'"):
+            await adapter(UpstreamProtocol.RAW, client).forward("POST", "predict", b"x", {})
+
+
+# --- sidecar: reading and rewriting the vendor's own request format ----------------------------
+
+
+def test_raw_sidecar_body_is_the_image(idle_client: httpx.AsyncClient) -> None:
+    raw = adapter(UpstreamProtocol.RAW, idle_client)
+    assert raw.extract_images(b"img", "image/png") == [b"img"]
+    assert raw.extract_images(b"img", "application/octet-stream") == [b"img"]
+    assert raw.replace_images(b"img", "image/jpeg", [b"new"]) == (b"new", "image/png")
+    with pytest.raises(BadRequest):
+        raw.extract_images(b"", "image/png")
+    with pytest.raises(UnsupportedMediaType):
+        raw.extract_images(b'{"a": 1}', "application/json")
+    with pytest.raises(ValueError):
+        raw.replace_images(b"img", "image/png", [b"a", b"b"])
+
+
+def test_tfserving_sidecar_round_trip_keeps_other_keys(idle_client: httpx.AsyncClient) -> None:
+    tf = adapter(UpstreamProtocol.TFSERVING, idle_client)
+    instances = [{"b64": b64(image)} for image in IMAGES]
+    body = json.dumps({"signature_name": "serving_default", "instances": instances}).encode()
+    assert tf.extract_images(body, "application/json; charset=utf-8") == IMAGES
+    new_body, content_type = tf.replace_images(body, "application/json", [b"A", b"B", b"C"])
+    assert content_type == "application/json"
+    assert json.loads(new_body) == {
+        "signature_name": "serving_default",
+        "instances": [{"b64": b64(b"A")}, {"b64": b64(b"B")}, {"b64": b64(b"C")}],
+    }
+    with pytest.raises(ValueError):
+        tf.replace_images(body, "application/json", [b"A"])
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "error"),
+    [
+        (b"{not json", "application/json", BadRequest),
+        (b'{"instances": [{"b64": "a"}]}', "text/plain", UnsupportedMediaType),
+        (json.dumps({"instances": [b64(b"x")]}).encode(), "application/json", InvalidShape),  # bare strings
+        (json.dumps({"inputs": {"b64": b64(b"x")}}).encode(), "application/json", InvalidShape),  # columnar
+        (json.dumps({"instances": []}).encode(), "application/json", InvalidShape),
+        (json.dumps({"instances": [{"b64": b64(b"x"), "k": 1}]}).encode(), "application/json", InvalidShape),
+        (json.dumps({"instances": [{"b64": 7}]}).encode(), "application/json", InvalidShape),
+        (json.dumps({"instances": [{"b64": "%%%"}]}).encode(), "application/json", BadRequest),
+        (json.dumps({"instances": [{"b64": ""}]}).encode(), "application/json", BadRequest),
+        (json.dumps([{"b64": "eA=="}]).encode(), "application/json", InvalidShape),
+        (b"[" * 100_000, "application/json", BadRequest),
+        (b'{"instances": ' + b"7" * 5000 + b"}", "application/json", BadRequest),
+    ],
+)
+def test_tfserving_sidecar_rejects_undocumented_shapes(
+    idle_client: httpx.AsyncClient, body: bytes, content_type: str, error: type[Exception]
+) -> None:
+    tf = adapter(UpstreamProtocol.TFSERVING, idle_client)
+    with pytest.raises(error) as info:
+        tf.extract_images(body, content_type)
+    assert type(info.value) is error
+
+
+def test_v2_sidecar_round_trip_finds_the_bytes_input_and_keeps_the_rest(idle_client: httpx.AsyncClient) -> None:
+    v2 = adapter(UpstreamProtocol.V2, idle_client)
+    request = {
+        "id": "client-1",
+        "parameters": {"x": 1},
+        "inputs": [
+            {"name": "scale", "shape": [1], "datatype": "FP32", "data": [0.5]},
+            {"name": "image", "shape": [3, 1], "datatype": "BYTES", "data": [[b64(i)] for i in IMAGES]},
+        ],
+        "outputs": [{"name": "label"}],
+    }
+    body = json.dumps(request).encode()
+    assert v2.extract_images(body, "application/json") == IMAGES
+    new_body, content_type = v2.replace_images(body, "application/json", [b"A", b"B", b"C"])
+    expected = json.loads(body)
+    expected["inputs"][1]["data"] = [b64(b"A"), b64(b"B"), b64(b"C")]  # flat row-major, same shape
+    assert json.loads(new_body) == expected and content_type == "application/json"
+
+    # Two BYTES inputs: the one named like the configured input is the image.
+    request["inputs"][0] = {"name": "caption", "shape": [1], "datatype": "BYTES", "data": [b64(b"hi")]}
+    assert v2.extract_images(json.dumps(request).encode(), "application/json") == IMAGES
+
+
+@pytest.mark.parametrize(
+    ("request_json", "error"),
+    [
+        ({"inputs": []}, InvalidShape),
+        ({"instances": [{"b64": "eA=="}]}, InvalidShape),
+        ({"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, InvalidShape),
+        ({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": ["eA=="]}]}, InvalidShape),
+        ({"inputs": [{"name": "image", "shape": [0], "datatype": "BYTES", "data": []}]}, InvalidShape),
+        ({"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["eA=="]},
+                     {"name": "b", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}]}, InvalidShape),
+        ({"inputs": [{"name": "i", "shape": [1], "datatype": "BYTES", "data": ["no base64!"]}]}, BadRequest),
+    ],
+)
+def test_v2_sidecar_rejects_undocumented_shapes(
+    idle_client: httpx.AsyncClient, request_json: Any, error: type[Exception]
+) -> None:
+    v2 = adapter(UpstreamProtocol.V2, idle_client)
+    with pytest.raises(error) as info:
+        v2.extract_images(json.dumps(request_json).encode(), "application/json")
+    assert type(info.value) is error
