@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import torch
 from service.purify.models import load_eps_model
 from service.purify.schedule import alphas_cumprod, linear_betas
 from service.training.classifier import VendorClassifier
-from service.training.ddpm import DDPMTrainConfig, UNetArchitecture, ddpm_loss, train_ddpm, update_ema
+from service.training.ddpm import DDPMTrainConfig, UNetArchitecture, ddpm_loss, stop_signals_save, train_ddpm, update_ema
 from service.training.data import load_split
 from service.training.ddpm_quality import sample_ddim, score_samples
 from tests.tiny_models import tiny_unet
@@ -104,3 +107,17 @@ def test_shipped_ddpm_is_trained_documented_and_scored():
     with torch.inference_mode():
         mse = ((model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).float() - noise) ** 2).mean().item()
     assert mse < 0.1  # 0.026 for the 2,463-step weights; 1.09 for a random init
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signals_interrupt_training_even_when_sigint_was_ignored(sig):
+    """A background job inherits SIGINT ignored: inside the loop both signals must still interrupt (and save)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with stop_signals_save():
+                os.kill(os.getpid(), sig)
+                time.sleep(5)  # the signal interrupts this; reaching the end means it did not
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # handlers come back
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -37,6 +38,33 @@ import socket, sys
 from service.api.server import run_gateway
 from service.config import load_settings
 sys.exit(run_gateway(load_settings(), sockets=[socket.socket(fileno=int(sys.argv[1]))]))
+"""
+# The same with a GatedPurifier instead of the model, injected through gateway_server's purifier_factory
+# (run_gateway has none): each batch that reaches the gate writes a byte to the arrivals pipe; the test
+# closing its end of the gate pipe opens the gate.
+GATED_SERVE_SCRIPT = """
+import functools, os, socket, sys, threading
+import service.api.server as server
+from service.config import load_settings
+from tests.gateway_servers import GatedPurifier
+
+sock, gate, arrivals = (int(fd) for fd in sys.argv[1:4])
+
+class ReportingGate(GatedPurifier):
+    def __call__(self, batch, steps, generators):
+        os.write(arrivals, b".")
+        return super().__call__(batch, steps, generators)
+
+purifier = ReportingGate()
+
+def open_at_end_of_file():
+    while os.read(gate, 1):
+        pass
+    purifier.open()
+
+threading.Thread(target=open_at_end_of_file, daemon=True).start()
+server.gateway_server = functools.partial(server.gateway_server, purifier_factory=lambda device: purifier)
+sys.exit(server.run_gateway(load_settings(), sockets=[socket.socket(fileno=sock)]))
 """
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,11 +102,14 @@ def bound_socket() -> Iterator[socket.socket]:
     sock.close()
 
 
-def _start_gateway(sock: socket.socket, env_settings: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """The gateway in a subprocess serving `sock`; its logs go to a file (a pipe could fill up and stall it)."""
+def _start_gateway(sock: socket.socket, env_settings: dict[str, str], log_path: Path, *,
+                   script: str = SERVE_SCRIPT, fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    """The gateway in a subprocess serving `sock` (`script` gets its fd, then `fds`); its logs go to a
+    file (a pipe could fill up and stall it)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **{f"ZIPGATE_{k.upper()}": v for k, v in env_settings.items()}}
+    passed = (sock.fileno(), *fds)
     with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(sock.fileno())], pass_fds=[sock.fileno()],
+        return subprocess.Popen([sys.executable, "-c", script, *map(str, passed)], pass_fds=passed,
                                 env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -98,33 +129,64 @@ def _stop(process: subprocess.Popen[bytes], log_path: Path) -> tuple[int, str]:
     return process.returncode, log_path.read_text()
 
 
-def _predicts_arrived(metrics_text: str) -> float:
-    """/predict requests answered or in flight (the scrape asking is in flight too, and not counted)."""
-    answered = sum(metric_value(metrics_text, "zipgate_requests_total", endpoint="/predict", status=str(status))
-                   for status in (200, 503))
-    return answered + metric_value(metrics_text, "zipgate_inflight_requests") - 1
+class SubprocessGate:
+    """The test's end of GATED_SERVE_SCRIPT's gate: two pipes, one to let batches through, one on
+    which the gateway reports each batch that reached the gate."""
+
+    def __init__(self) -> None:
+        self._gate_read, self._gate_write = os.pipe()
+        self._arrivals_read, self._arrivals_write = os.pipe()
+        self._open_fds = {self._gate_read, self._gate_write, self._arrivals_read, self._arrivals_write}
+
+    @property
+    def child_fds(self) -> tuple[int, int]:
+        """The gateway's ends (gate, arrivals), in the order GATED_SERVE_SCRIPT reads them."""
+        return self._gate_read, self._arrivals_write
+
+    def started(self) -> None:
+        """The gateway holds its own copies of its ends now: close ours."""
+        self._close(self._gate_read, self._arrivals_write)
+
+    def batches_arrived(self, timeout_s: float) -> int:
+        """Batches that reached the gate since the last call, waiting up to `timeout_s` for the first."""
+        readable, _, _ = select.select([self._arrivals_read], [], [], timeout_s)
+        return len(os.read(self._arrivals_read, 64)) if readable else 0
+
+    def open(self) -> None:
+        """Let every batch through from now on (the gateway reads end-of-file)."""
+        self._close(self._gate_write)
+
+    def close(self) -> None:
+        self._close(*self._open_fds)
+
+    def _close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self._open_fds:  # never twice: the number may belong to another file by then
+                self._open_fds.discard(fd)
+                os.close(fd)
+
+
+@pytest.fixture
+def gate() -> Iterator[SubprocessGate]:
+    gate = SubprocessGate()
+    yield gate
+    gate.close()
 
 
 @pytest.mark.slow
 def test_sigterm_finishes_queued_and_running_work_then_exits_0(ddpm: Path, bound_socket: socket.socket,
-                                                              tmp_path: Path) -> None:
+                                                              gate: SubprocessGate, tmp_path: Path) -> None:
     log_path = tmp_path / "gateway.log"
     upstream = StaticApp(200, b'{"label": 7}')
     with serve_asgi(upstream) as upstream_url:
-        # Enough steps that one image keeps the only worker busy for a while, one image per batch.
+        # One image per batch, each held at the gate until this test lets it through: at SIGTERM one
+        # batch is running and two images are queued behind it, however loaded the machine is.
         process = _start_gateway(bound_socket, {
-            "model_path": str(ddpm), "upstream_url": upstream_url, "steps": "10", "max_batch_size": "1",
+            "model_path": str(ddpm), "upstream_url": upstream_url, "max_batch_size": "1",
             "max_wait_ms": "1", "devices": "cpu", "dtype": "fp32", "drain_timeout_s": "200",
-            "request_timeout_s": "200"}, log_path)
+            "request_timeout_s": "200"}, log_path, script=GATED_SERVE_SCRIPT, fds=gate.child_fds)
+        gate.started()
         url = _url(bound_socket)
-        try:
-            wait_for_http(f"{url}/readyz", timeout_s=120)
-        except TimeoutError:
-            process.kill()
-            process.wait()
-            pytest.fail(f"gateway never ready: {log_path.read_text()[-2000:]}")
-        # Warm torch up first (the first batch is many times slower), so the timing below is about the drain.
-        assert post(f"{url}/predict", files=_files(9), timeout=200).status_code == 200
         statuses: dict[int, int] = {}
 
         def send(seed: int) -> None:
@@ -133,29 +195,39 @@ def test_sigterm_finishes_queued_and_running_work_then_exits_0(ddpm: Path, bound
             statuses[seed] = response.status_code
 
         threads = [threading.Thread(target=send, args=(seed,)) for seed in range(3)]
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") >= 1,
-                   timeout_s=30, what="images queued behind the running batch")
-        # All three must have arrived before SIGTERM, or one is refused (503) as new work while draining.
-        wait_until(lambda: _predicts_arrived(get(f"{url}/metrics").text) >= 1 + len(threads),
-                   timeout_s=30, what="every request arrived")
-        process.send_signal(signal.SIGTERM)
         try:
-            after = get(f"{url}/readyz", timeout=5).status_code
-        except httpx.TransportError:
-            after = None  # the listener is already closed: as good as 503 for a load balancer
-        assert after in (503, None)
-        for thread in threads:
-            thread.join(200)
+            try:
+                wait_for_http(f"{url}/readyz", timeout_s=120)
+            except TimeoutError:
+                pytest.fail(f"gateway never ready: {log_path.read_text()[-2000:]}")
+            for thread in threads:
+                thread.start()
+            assert gate.batches_arrived(timeout_s=60) == 1, log_path.read_text()[-2000:]  # the others queue
+            # Nothing leaves the queue while the only worker waits at the gate: this stays true until we act.
+            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == len(threads) - 1,
+                       timeout_s=60, what="the other images queued behind the batch at the gate")
+            process.send_signal(signal.SIGTERM)
+            try:
+                after = get(f"{url}/readyz", timeout=5).status_code
+            except httpx.TransportError:
+                after = None  # the listener is already closed: as good as 503 for a load balancer
+            assert after in (503, None)
+        except BaseException:
+            process.kill()  # not left serving after a failure here
+            process.wait()
+            raise
+        finally:
+            gate.open()  # the running batch and the queued ones finish during the drain
+            for thread in threads:
+                if thread.ident is not None:  # started
+                    thread.join(200)
         code, stderr = _stop(process, log_path)
     assert statuses == {0: 200, 1: 200, 2: 200}, stderr[-3000:]
     assert code == 0, stderr[-3000:]
-    assert len(upstream.requests) == 4
+    assert len(upstream.requests) == len(threads)
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     access = [line for line in lines if line["logger"] == "zipgate.access" and line.get("endpoint") == "/predict"]
-    assert sorted(line["request_id"] for line in access if line["request_id"].startswith("drain-")) == [
-        "drain-0", "drain-1", "drain-2"]
+    assert sorted(line["request_id"] for line in access) == ["drain-0", "drain-1", "drain-2"]
     assert all(line["status"] == 200 for line in access)
     assert any("draining" in line["message"] for line in lines)
 

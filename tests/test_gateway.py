@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from service.metrics import Stage
 from service.upstream import UpstreamProtocol
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
-    FakePurifier,
+    GatedPurifier,
     TINY_SIZE,
     decode_png,
     gateway_settings,
@@ -245,24 +246,36 @@ def test_request_id_is_forwarded_upstream_and_purification_off_sends_the_origina
 
 @pytest.mark.slow
 def test_a_client_that_disconnects_has_its_queued_images_withdrawn() -> None:
-    purifier = FakePurifier(delay_s=1.0)
+    purifier = GatedPurifier()  # the first request's batch waits at the gate; the second queues behind it
     recorder = StaticApp(200, b'{"label": 1}')
     with serve_asgi(recorder) as upstream_url, running_gateway(
             gateway_settings(Path("unused"), upstream_url, max_batch_size=1),
             purifier_factory=lambda device: purifier) as url:
         first_done: list[int] = []
         first = threading.Thread(target=lambda: first_done.append(
-            post(f"{url}/predict", files=_files(png_bytes()), timeout=10).status_code))
-        first.start()
-        assert purifier.busy.wait(10), "the first request never reached the worker"
-        with pytest.raises(httpx.ReadTimeout):  # queued behind the first; the client gives up and hangs up
-            post(f"{url}/predict", files=_files(png_bytes(seed=2)), timeout=0.3)
-        wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_dropped_images_total",
-                                        reason="cancelled") == 1, what="queued image withdrawn")
-        first.join(10)
+            post(f"{url}/predict", files=_files(png_bytes())).status_code))
+        try:
+            first.start()
+            wait_until(lambda: purifier.waiting == 1, what="the first request's batch at the gate")
+            # The second request, sent by hand so that the test decides when its client hangs up.
+            second = httpx.Request("POST", f"{url}/predict", files=_files(png_bytes(seed=2)))
+            body = second.read()
+            head = (f"POST /predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: {second.headers['content-type']}"
+                    f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+            with socket.create_connection((second.url.host, second.url.port), timeout=10) as client:
+                client.sendall(head + body)
+                wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == 1,
+                           what="the second request's image queued behind the gate")
+            # Hung up: the queued image is withdrawn while the gate still holds the first batch.
+            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_dropped_images_total",
+                                            reason="cancelled") == 1, what="queued image withdrawn")
+        finally:
+            purifier.open()  # the gateway's shutdown waits for the batch at the gate
+            if first.ident is not None:
+                first.join(60)
         assert first_done == [200]
-        text = get(f"{url}/metrics").text
-        assert metric_value(text, "zipgate_requests_total", endpoint="/predict", status="499") == 1
+        wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_requests_total", endpoint="/predict",
+                                        status="499") == 1, what="the abandoned request counted as 499")
     assert purifier.images_computed == 1  # the abandoned image never reached the model
     assert len(recorder.requests) == 1
 

@@ -15,6 +15,7 @@ from service.api.gateway import Gateway
 from tests.fault_servers import StaticApp, refused_port, reset_after_head, serve_asgi, serve_tcp
 from tests.gateway_servers import (
     FakePurifier,
+    GatedPurifier,
     gateway_settings,
     get,
     metric_value,
@@ -202,26 +203,29 @@ def test_a_failing_purification_batch_is_a_json_500(upstream: tuple[str, StaticA
 
 @pytest.mark.slow
 def test_a_full_queue_is_429_with_retry_after(upstream: tuple[str, StaticApp]) -> None:
-    purifier = FakePurifier(delay_s=1.0)
+    purifier = GatedPurifier()  # the first batch waits at the gate: the queue stays full until the test lets it go
     settings = gateway_settings(Path("unused"), upstream[0], max_batch_size=1, queue_limit=1)
     with running_gateway(settings, purifier_factory=lambda device: purifier) as url:
         results: list[int] = []
 
         def send(seed: int) -> None:
-            results.append(post(f"{url}/predict", files=_files(png_bytes(seed=seed)), timeout=20).status_code)
+            results.append(post(f"{url}/predict", files=_files(png_bytes(seed=seed))).status_code)
 
-        threads = [threading.Thread(target=send, args=(1,))]
-        threads[0].start()
-        assert purifier.busy.wait(10)
-        threads.append(threading.Thread(target=send, args=(2,)))
-        threads[1].start()
-        wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == 1,
-                   what="second request queued")
-        response = post(f"{url}/predict", files=_files(png_bytes(seed=3)))
-        assert_error(response, 429, "overloaded")
-        assert int(response.headers["retry-after"]) >= 1
-        for thread in threads:
-            thread.join(20)
+        threads = [threading.Thread(target=send, args=(seed,)) for seed in (1, 2)]
+        try:
+            threads[0].start()
+            wait_until(lambda: purifier.waiting == 1, what="first batch at the gate")
+            threads[1].start()
+            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == 1,
+                       what="second request queued")
+            response = post(f"{url}/predict", files=_files(png_bytes(seed=3)))
+            assert_error(response, 429, "overloaded")
+            assert int(response.headers["retry-after"]) >= 1
+        finally:
+            purifier.open()  # the gateway's shutdown waits for the batch at the gate
+            for thread in threads:
+                if thread.ident is not None:  # started
+                    thread.join(60)
         assert results == [200, 200]  # every accepted request still completes
 
 

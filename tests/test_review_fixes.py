@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import gzip
 import http.client
 import json
@@ -40,8 +39,7 @@ from service.api.decode import ImageLimits, open_images
 from service.api.errors import ClientDisconnected
 from service.api.guard import guarded
 from service.api.security import headers_for_vendor
-from service.api.server import GatewayServer, gateway_server
-from service.config import DEFAULT_MAX_REQUEST_PIXELS, ConfigError, Settings, load_settings
+from service.config import DEFAULT_MAX_REQUEST_PIXELS, ConfigError, load_settings
 from service.errors import (DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, NotReady, PayloadTooLarge,
                             UpstreamResponseTooLarge)
 from service.metrics import GatewayMetrics
@@ -58,6 +56,7 @@ from tests.gateway_servers import (
     png_header_claiming,
     post,
     running_gateway,
+    serving_gateway_server,
     wait_until,
 )
 from tests.servers import running_server
@@ -137,28 +136,10 @@ def test_max_connections_must_leave_room_for_the_request_itself() -> None:
 # --- 8: a body still arriving when the drain runs out -------------------------------------------
 
 
-@contextlib.contextmanager
-def _serving(settings: Settings) -> Iterator[tuple[GatewayServer, str]]:
-    """`zipgate serve`'s server (gateway_server: drain on a signal) on a free loopback port, in a thread."""
-    server = gateway_server(settings)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, timeout_s=30, what="gateway started")
-        yield server, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-    assert not thread.is_alive(), "the gateway did not stop"
-
-
 @pytest.mark.slow
 def test_a_body_still_arriving_when_the_drain_runs_out_gets_a_503_json() -> None:
     recorder = StaticApp(200, b"{}")
-    with serve_asgi(recorder) as upstream_url, _serving(gateway_settings(
+    with serve_asgi(recorder) as upstream_url, serving_gateway_server(gateway_settings(
             None, upstream_url, drain_timeout_s=1.0, body_read_timeout_s=60.0)) as (server, url):
         host, port = httpx.URL(url).host, httpx.URL(url).port
         assert port is not None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -119,6 +123,29 @@ def _export(ema: UNet2DModel, config: DDPMTrainConfig, steps_this_run: int, tota
     (config.out_dir / "training_state.json").write_text(json.dumps(summary, indent=2))
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def stop_signals_save() -> Iterator[None]:
+    """SIGINT and SIGTERM end training as Ctrl-C does (the loop saves), then the old handlers return.
+
+    A job started in the background (`cmd &` from a script) inherits SIGINT *ignored*, so without
+    this neither Ctrl-C nor `kill -INT` could stop it with a save; SIGTERM (kill, a container
+    stop) would lose everything since the last export.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def train_ddpm(config: DDPMTrainConfig) -> Path:
     """Train (or continue training) the DDPM and export the EMA weights to `config.out_dir`.
 
@@ -167,6 +194,8 @@ def train_ddpm(config: DDPMTrainConfig) -> Path:
                     total=first_step + config.max_steps if config.max_steps else None)
     model.train()
     done = False
+    signals = contextlib.ExitStack()
+    signals.enter_context(stop_signals_save())
     try:
         while not done:
             order = torch.randperm(data.shape[0], generator=generator)
@@ -205,6 +234,7 @@ def train_ddpm(config: DDPMTrainConfig) -> Path:
             epoch += 1
     except KeyboardInterrupt:  # Ctrl-C / SIGINT: keep what was trained
         log.warning("interrupted at step %d: saving the checkpoint and the EMA weights", step)
+    signals.close()
     progress.close()
     seconds = time.monotonic() - start
     _save_checkpoint(config.checkpoint_dir, model, ema, optimizer, step, epoch, prior_seconds + seconds)
