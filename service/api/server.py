@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from service.api.lifecycle import Lifecycle
 from service.api.logging import configure_logging
 from service.api.schemas import Readiness
 from service.config import Settings
+from service.signals import stop_signals_handled
 from service.workers import PurifierFactory
 
 logger = logging.getLogger(__name__)
@@ -132,12 +132,8 @@ def _signals_end_cleanly() -> Iterator[None]:
     """After a graceful shutdown uvicorn re-raises the signal that caused it, under the handlers
     that were installed before it started. With the defaults that would kill a fully drained
     process with 143 (SIGTERM) or a KeyboardInterrupt trace; orchestrators expect 0."""
-    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_signals_handled(_ignore):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _ignore(sig: int, frame: FrameType | None) -> None:

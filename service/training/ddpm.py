@@ -7,10 +7,10 @@ import copy
 import json
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Iterator
+from types import FrameType
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from diffusers import UNet2DModel
 from tqdm import tqdm
 
 from service.purify.schedule import alphas_cumprod, linear_betas
+from service.signals import stop_signals_handled
 from service.training.data import PADDED_SIZE, load_split
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def _export(ema: UNet2DModel, config: DDPMTrainConfig, steps_this_run: int, tota
     (config.out_dir / "training_state.json").write_text(json.dumps(summary, indent=2))
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -138,12 +139,8 @@ def stop_signals_save() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_signals_handled(_raise_interrupt):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def train_ddpm(config: DDPMTrainConfig) -> Path:
