@@ -7,8 +7,8 @@ independent of batching and lets `--votes K` purify the same image K times with 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -37,7 +37,7 @@ class Defense(str, Enum):
         return self is Defense.ZIP
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class DefenseSetting:
     """The knobs of one evaluated setting: ZIP's (transforms, S, λ, η, t*, L, R) and the vote count K.
 
@@ -150,7 +150,7 @@ class InProcessDefender:
         """
         if self.model is None:
             raise ValueError("the zip defense needs a diffusion model: pass model_path (e.g. models/fmnist-ddpm)")
-        key = setting.output_key(Defense.ZIP)[:-1]  # the mirror is applied after purification
+        key = dataclasses.replace(setting, mirror=False).output_key(Defense.ZIP)  # mirroring comes after purifying
         if key not in self._purifiers:
             self._purifiers[key] = ZipPurifier(
                 self.model, setting.transforms, steps=setting.steps, guidance_power=setting.guidance_power,
