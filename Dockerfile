@@ -7,10 +7,19 @@
 # Run:  docker run --rm -p 8080:8080 -e ZIPGATE_UPSTREAM_URL=http://vendor:9000 zipgate:cpu
 # The builder stages hold pip and the network; the final stage only copies the finished
 # virtualenv and the models, and runs as an unprivileged user.
+#
+# Reproducible builds: Python packages are pinned by constraints.txt (the versions the tests ran
+# against; `python -m tools.runtime_constraints` rewrites it) and torch by TORCH_VERSION. The base
+# images are tags here, which move: pin them by digest for a release build, e.g.
+#   docker buildx imagetools inspect python:3.11-slim-bookworm      # prints "Digest: sha256:..."
+#   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<that digest> -t zipgate:cpu .
+# (the same for CUDA_IMAGE). No digest is written here: none could be looked up where this file was
+# written, and an invented one would fail the build (docs/deployment.md, "Reproducible images").
 
 ARG VARIANT=cpu
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+# Keep equal to torch's line in constraints.txt (a test checks it).
 ARG TORCH_VERSION=2.13.0
 
 # ---- runtime bases: the builder and the final stage share one, so the virtualenv's interpreter
@@ -41,9 +50,11 @@ RUN python3 -m venv /opt/venv \
 # hadolint ignore=DL3006
 FROM torch-${VARIANT} AS builder
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY service ./service
-RUN /opt/venv/bin/pip install --no-cache-dir . \
+# -c: every dependency at the version in constraints.txt. torch's own dependencies came from the
+# torch index above at that index's versions; pip replaces any that differ from the constraints.
+RUN /opt/venv/bin/pip install --no-cache-dir -c constraints.txt . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
 COPY models /opt/zipgate/models
 COPY docker/healthcheck.py /opt/zipgate/healthcheck.py
@@ -80,7 +91,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 EXPOSE 8080
 # `zipgate serve` drains on SIGTERM (readiness 503, queued work finishes within
-# ZIPGATE_DRAIN_TIMEOUT_S) and exits 0; give it that long: docker stop -t 40, compose stop_grace_period.
+# ZIPGATE_DRAIN_TIMEOUT_S) and exits 0; give it that long and a batch more: docker stop -t 45, as
+# compose's stop_grace_period (45s).
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "/opt/zipgate/healthcheck.py"]

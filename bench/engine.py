@@ -17,6 +17,7 @@ import time
 import torch
 
 from service.purify.models import EpsModel
+from service.purify.options import ZipConfig
 from service.purify.schedule import alpha_bar, alphas_cumprod, linear_betas, timestep_pairs
 from service.purify.transforms import Blur
 from service.purify.zip import ZipPurifier
@@ -88,7 +89,7 @@ def main() -> None:
     for name in args.dtypes.split(","):
         model = EpsModel(UNetArchitecture().build(), "bench", device=args.device, dtype=dtypes[name])
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            purifier = ZipPurifier(model, "blur:2", steps=args.steps, guidance_power=0.25)
+            purifier = ZipPurifier(model, ZipConfig("blur:2", steps=args.steps, guidance_power=0.25))
             batch = x[:batch_size].to(args.device)
             rate = images_per_second(lambda: purifier(batch, torch.Generator(args.device).manual_seed(0)),
                                      batch_size, args.repeats)

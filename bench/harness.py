@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from service.loopback import bound_socket, url_of, wait_for_http
+
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY_SCRIPT = """
 import socket, sys
@@ -39,20 +41,6 @@ class Round:
     statuses: dict[int, int] = field(default_factory=dict)
 
 
-def bound_socket() -> socket.socket:
-    """A socket bound to a free loopback port, to hand to a child server (no port race)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """http://127.0.0.1:PORT of a bound socket."""
-    host, port = sock.getsockname()
-    return f"http://{host}:{port}"
-
-
 def spawn(script: str, sock: socket.socket, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Run `python -c script <fd>` serving on `sock`, with extra environment variables."""
     return subprocess.Popen([sys.executable, "-c", script, str(sock.fileno())], pass_fds=[sock.fileno()],
@@ -61,18 +49,12 @@ def spawn(script: str, sock: socket.socket, env: dict[str, str]) -> subprocess.P
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
-    """Poll `url` until it answers 200, failing fast if the process died."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} not ready within {timeout_s} s")
+    """Poll `url` until it answers 200, failing fast (with its stderr) if the process died."""
+    try:
+        wait_for_http(url, timeout_s=timeout_s, alive=lambda: process.poll() is None)
+    except RuntimeError:
+        stderr = process.stderr.read().decode()[-2000:] if process.stderr is not None else ""
+        raise RuntimeError(f"{url} exited: {stderr}") from None
 
 
 def stop(*processes: subprocess.Popen[bytes]) -> None:

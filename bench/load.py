@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import Round, bound_socket, gateway_process, load, spawn, stop, url_of, wait_ready  # noqa: E402
 from service.purify.models import DType, load_eps_model  # noqa: E402
+from service.purify.options import ZipConfig  # noqa: E402
 from service.purify.zip import ZipPurifier  # noqa: E402
 
 VENDOR_SCRIPT = """
@@ -38,7 +39,7 @@ uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(
 
 def _test_png() -> bytes:
     from service.purify.imaging import tensor_to_pil
-    from service.training.data import load_split
+    from service.backdoor.data import load_split
 
     buffer = io.BytesIO()
     tensor_to_pil(load_split(train=False).images[0]).save(buffer, format="PNG")
@@ -48,7 +49,7 @@ def _test_png() -> bytes:
 def engine_images_per_second(model_path: Path, steps: int, batch: int, dtype: DType, repeats: int = 2) -> float:
     """Offline throughput of ZipPurifier at one batch size (best of `repeats` after a warm-up)."""
     model = load_eps_model(model_path, "cpu", dtype)
-    purifier = ZipPurifier(model, "blur:2", steps=steps, guidance_power=0.25)
+    purifier = ZipPurifier(model, ZipConfig("blur:2", steps=steps, guidance_power=0.25))
     x = torch.rand(batch, model.channels, model.sample_size, model.sample_size) * 2 - 1
     purifier(x)
     best = float("inf")

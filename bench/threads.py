@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.config import default_torch_threads  # noqa: E402
-from service.purify.models import DType  # noqa: E402
+from service.purify.options import DType, ZipConfig  # noqa: E402
 from service.training.ddpm import UNetArchitecture  # noqa: E402
 from service.workers.purifier import BatchPurifier, zip_purifier_factory  # noqa: E402
 
@@ -98,7 +98,7 @@ def main() -> None:
             model_path = Path(tmp) / "tiny"
             torch.manual_seed(0)
             TINY.build().save_pretrained(model_path)
-        purifier = zip_purifier_factory(model_path, "blur:2", 0.5, 1.0, DType.AUTO)("cpu")
+        purifier = zip_purifier_factory(model_path, ZipConfig("blur:2"), DType.AUTO)("cpu")
     side = purifier.info.sample_size
     batch = torch.rand(args.batch, purifier.info.channels, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
     print(f"model: {'tiny random' if args.tiny else model_path.name} ({purifier.info.dtype}), batch {args.batch}, "

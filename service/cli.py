@@ -6,9 +6,11 @@ import logging
 import os
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+from service.purify.options import DType, SmallImageFit, ZipConfig  # light: enums and the knobs' defaults
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -51,12 +53,13 @@ def _openmp_waits_passively() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _run_with_settings(config: Optional[Path], job: Callable[["Settings"], int]) -> None:
-    """Load settings (env + optional file), run `job`, exit with its code; bad settings exit 2."""
+def _run_with_settings(config: Optional[Path], job: Callable[["Settings"], int],
+                       overrides: dict[str, object] | None = None) -> None:
+    """Load settings (`overrides` > env > optional file), run `job`, exit with its code; bad settings exit 2."""
     from service.config import ConfigError, load_settings
 
     try:
-        code = job(load_settings(config))
+        code = job(load_settings(config, **(overrides or {})))
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -66,12 +69,35 @@ def _run_with_settings(config: Optional[Path], job: Callable[["Settings"], int])
 @app.command()
 def serve(
     config: Annotated[Optional[Path], typer.Option(help="YAML/JSON settings file (ZIPGATE_* env vars win).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind; 0.0.0.0 for all [ZIPGATE_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port; 0 = any free one [ZIPGATE_PORT].")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error [ZIPGATE_LOG_LEVEL].")] = None,
+    upstream_url: Annotated[str | None, typer.Option(help="Vendor API root URL [ZIPGATE_UPSTREAM_URL]; "
+                                                          "credentials belong in the env, not in argv.")] = None,
+    upstream_protocol: Annotated[str | None, typer.Option(help="raw | tfserving | v2 "
+                                                                  "[ZIPGATE_UPSTREAM_PROTOCOL].")] = None,
+    upstream_model: Annotated[str | None, typer.Option(help="Vendor model name in tfserving/v2 paths "
+                                                               "[ZIPGATE_UPSTREAM_MODEL].")] = None,
+    model_path: Annotated[Path | None, typer.Option(help="diffusers UNet2DModel directory "
+                                                            "[ZIPGATE_MODEL_PATH].")] = None,
+    devices: Annotated[str | None, typer.Option(help="auto | cpu | cuda:0,cuda:1 … [ZIPGATE_DEVICES].")] = None,
+    transforms: Annotated[str | None, typer.Option(help="e.g. blur:4 [ZIPGATE_TRANSFORMS].")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampling steps [ZIPGATE_STEPS].")] = None,
+    purification: Annotated[bool | None, typer.Option(
+        "--purification/--no-purification", help="Purify, or forward images as they are "
+                                                  "[ZIPGATE_PURIFICATION_ENABLED].")] = None,
 ) -> None:
-    """Run the gateway (settings from ZIPGATE_* environment variables and/or --config)."""
+    """Run the gateway. Each setting comes from, highest first: its flag here, its ZIPGATE_* environment
+    variable, the --config file, the default. Every other setting: env or file (README, Configuration)."""
+    overrides = {name: value for name, value in {
+        "host": host, "port": port, "log_level": log_level, "upstream_url": upstream_url,
+        "upstream_protocol": upstream_protocol, "upstream_model": upstream_model, "model_path": model_path,
+        "devices": devices, "transforms": transforms, "steps": steps, "purification_enabled": purification,
+    }.items() if value is not None}
     _openmp_waits_passively()  # first: the import below loads torch
     from service.api.server import run_gateway
 
-    _run_with_settings(config, run_gateway)
+    _run_with_settings(config, run_gateway, overrides)
 
 
 @app.command()
@@ -93,35 +119,34 @@ def purify(
     model: Annotated[Path, typer.Option(help="diffusers UNet2DModel directory.")] = DEFAULT_MODEL,
     preset: Annotated[str, typer.Option(help="fmnist | paper: defaults for the knobs below.")] = "fmnist",
     transforms: Annotated[Optional[str], typer.Option(help="e.g. 'blur:4' or 'blur:4,gray' (averaged).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="S, sampling steps.")] = None,
     guidance_power: Annotated[Optional[float], typer.Option(help="λ; 'inf' disables the mix step.")] = None,
-    eta: Annotated[Optional[float], typer.Option(min=0.0, max=1.0)] = None,
+    eta: Annotated[Optional[float], typer.Option(help="η of the DDIM step, in [0, 1].")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | auto")] = "fp32",
-    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible noise.")] = 0,
+    dtype: Annotated[DType, typer.Option(help="Compute dtype of the ε-model.", case_sensitive=False)] = DType.FP32,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible noise (canvas i uses seed + i).")] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     save_degraded: Annotated[bool, typer.Option(help="Also write A⁺A x (the degraded input).")] = False,
-    small_fit: Annotated[str, typer.Option(help="pad | resize: images smaller than the model's canvas.")] = "pad",
+    small_fit: Annotated[SmallImageFit, typer.Option(help="Images smaller than the model's canvas.")] = SmallImageFit.PAD,
 ) -> None:
     """Purify images with ZIP and write PNGs (and optionally the degraded A⁺A x beside them)."""
+    import dataclasses
+
     from PIL import Image
     from tqdm import tqdm
 
-    from service.purify.models import DType, ModelLoadError, load_eps_model
-    from service.purify.pipeline import SmallImageFit, purify_pil_images
+    from service.purify.models import ModelLoadError, load_eps_model
+    from service.purify.pipeline import purify_pil_images
     from service.purify.presets import PRESETS, PresetName
     from service.purify.zip import ZipPurifier
 
     paths = _image_paths(images)
     try:
         chosen = PRESETS[PresetName(preset)]
-        fit = SmallImageFit(small_fit)
-        eps_model = load_eps_model(model, device=device, dtype=DType(dtype))
-        purifier = ZipPurifier(
-            eps_model, transforms or chosen.transforms, steps=steps or chosen.steps,
-            guidance_power=chosen.guidance_power if guidance_power is None else guidance_power,
-            eta=chosen.eta if eta is None else eta,
-        )
+        knobs: dict[str, Any] = {"transforms": transforms, "steps": steps, "guidance_power": guidance_power, "eta": eta}
+        config = dataclasses.replace(chosen.zip, **{name: value for name, value in knobs.items() if value is not None})
+        eps_model = load_eps_model(model, device=device, dtype=dtype)
+        purifier = ZipPurifier(eps_model, config)
     except (ModelLoadError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     loaded = []
@@ -131,8 +156,8 @@ def purify(
     out.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(loaded), desc="purify", unit="img") as bar:
         purified, degraded = purify_pil_images(
-            purifier, loaded, eps_model.sample_size, eps_model.channels, device=device,
-            batch_size=batch_size, seed=seed, tile_small=chosen.tile_small_images, small_fit=fit,
+            purifier, loaded, eps_model.sample_size, eps_model.channels, config.transforms, device=device,
+            batch_size=batch_size, seed=seed, tile_small=chosen.tile_small_images, small_fit=small_fit,
             on_batch=lambda n: bar.update(min(n, bar.total - bar.n)),
         )
         bar.update(bar.total - bar.n)
@@ -148,17 +173,17 @@ def eval_command(
     vendor: Annotated[str, typer.Option(help=f"Comma list of attacks, or all (the zoo: {ZOO_NAMES}).")] = "all",
     defense: Annotated[str, typer.Option(help="Comma list: none,blur,zip.")] = "none,blur,zip",
     n: Annotated[int, typer.Option(min=1, help="First n test images.")] = 1000,
-    steps: Annotated[int, typer.Option(min=1)] = 20,
-    transforms: Annotated[str, typer.Option()] = "blur:4",
-    guidance_power: Annotated[float, typer.Option()] = 0.5,
-    eta: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    steps: Annotated[int, typer.Option(help="S, sampling steps.")] = ZipConfig.steps,
+    transforms: Annotated[str, typer.Option()] = ZipConfig.transforms,
+    guidance_power: Annotated[float, typer.Option(help="λ; 'inf' disables the mix step.")] = ZipConfig.guidance_power,
+    eta: Annotated[float, typer.Option(help="η of the DDIM step, in [0, 1].")] = ZipConfig.eta,
     votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,
     mirror: Annotated[bool, typer.Option(help="Mirror defended images left-right for the vendor (the gateway's "
                                                "VENDOR_MIRROR).")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     device: Annotated[str, typer.Option()] = "cpu",
-    dtype: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    dtype: Annotated[DType, typer.Option(help="Compute dtype of the ε-model.", case_sensitive=False)] = DType.AUTO,
     model: Annotated[Path, typer.Option(help="Diffusion model directory.")] = DEFAULT_MODEL,
     models_dir: Annotated[Path, typer.Option(help="Where the vendor-<attack> folders are.")] = MODELS_DIR,
     out: Annotated[Path, typer.Option("-o", "--out")] = Path("reports"),
@@ -168,15 +193,15 @@ def eval_command(
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
 ) -> None:
     """CA / ASR / PA of defenses on the shipped vendor models; writes results.json, results.md and grids."""
-    from service.defense_eval.runner import EvalOptions, run_eval
+    from service.defense_eval.defenses import DefenseSetting
+    from service.defense_eval.runner import EvalOptions, parse_defenses, parse_vendors, run_eval
 
     try:
         options = EvalOptions(
-            vendors=tuple(v.strip() for v in vendor.split(",")), defenses=tuple(d.strip() for d in defense.split(",")),
-            n=n, steps=steps, transforms=transforms, guidance_power=guidance_power, eta=eta, seed=seed, votes=votes,
-            mirror=mirror,
-            batch_size=batch_size, device=device, dtype=dtype, model_path=model, models_dir=models_dir, out_dir=out,
-            gateway_url=gateway, sweep=sweep, threads=threads,
+            vendors=parse_vendors(vendor), defenses=parse_defenses(defense), n=n,
+            setting=DefenseSetting(transforms, steps, guidance_power, eta, votes=votes, mirror=mirror),
+            seed=seed, batch_size=batch_size, device=device, dtype=dtype, model_path=model, models_dir=models_dir,
+            out_dir=out, gateway_url=gateway, sweep=sweep, threads=threads,
         )
         report = run_eval(options)
     except (ValueError, FileNotFoundError) as exc:
@@ -221,7 +246,7 @@ def train_vendor_command(
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Default: models/vendor-<attack>.")] = None,
 ) -> None:
     """Train a vendor classifier, clean or backdoored (target label 0); deterministic for a seed."""
-    from service.defense_eval.attacks import Attack
+    from service.backdoor.attacks import Attack
     from service.training.vendor import DEFAULT_EPOCHS, train_vendor
 
     try:
@@ -241,20 +266,18 @@ def score_ddpm_command(
     steps: Annotated[int, typer.Option(min=1)] = 50,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option()] = 2,
-    dtype: Annotated[str, typer.Option(help="auto | fp32 | bf16")] = "auto",
+    dtype: Annotated[DType, typer.Option(help="Compute dtype of the ε-model.", case_sensitive=False)] = DType.AUTO,
 ) -> None:
     """Sample quality for the model card: samples.png and quality.json written into the model folder."""
     import torch
 
     from service.purify.models import load_eps_model
     from service.training.ddpm_quality import write_quality_report
-    from service.training.vendor import load_vendor
+    from service.backdoor.vendor_model import load_vendor
 
     torch.set_num_threads(threads)
-    from service.purify.models import DType
-
-    score = write_quality_report(load_eps_model(model, dtype=DType(dtype)), load_vendor(classifier).eval(), model, count=samples,
-                                 steps=steps, seed=seed)
+    score = write_quality_report(load_eps_model(model, dtype=dtype), load_vendor(classifier).eval(), model,
+                                 count=samples, steps=steps, seed=seed)
     typer.echo(f"mean max-softmax {score.mean_max_softmax:.3f}; min class fraction {score.min_class_fraction:.3f}; "
                f"histogram check {'passed' if score.passes_histogram_check else 'FAILED'}")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -21,11 +20,12 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from service.purify.models import DType
-from service.purify.pipeline import SmallImageFit
+from service.purify.options import DType, SmallImageFit, ZipConfig, check_eta, check_guidance_power, check_transforms
+from service.shadow.labels import LabelExtractor
 from service.upstream.base import UpstreamProtocol
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES
 from service.upstream.failures import redact_url
+from service.upstream.v2_input import PixelLayout, TensorDatatype, V2Input
 
 ENV_PREFIX = "ZIPGATE_"
 # Paths the gateway serves itself: a raw sidecar path must not shadow them (/predict is the
@@ -179,12 +179,14 @@ class Settings(BaseSettings):
     # --- purification (the engine) ---
     purification_enabled: bool = Field(True, description="False: forward images without purifying them.")
     model_path: Path = Field(Path("models/fmnist-ddpm"), description="diffusers UNet2DModel directory.")
-    # blur:4, not blur:2: the worst case over the attack zoo decides (docs/defense.md, "The default"):
-    # blur:2 keeps a 4×4 patch on its grid exactly and ZIP passes it 99.6% of the time.
-    transforms: str = Field("blur:4", description="Degradations, e.g. 'blur:4' or 'blur:4,gray' (averaged).")
-    steps: int = Field(20, ge=1, le=1000, description="Sampling steps S of the reverse process.")
-    guidance_power: float = Field(0.5, gt=0, description="λ of the time-dependent mix; 'inf' disables it.")
-    eta: float = Field(1.0, ge=0, le=1, description="η of the DDIM step (1 = ancestral noise).")
+    # ZIP's knobs: defaults and validation are `ZipConfig`'s (one source; blur:4 and λ = 0.5 are chosen
+    # by the worst case over the attack zoo, docs/defense.md, "The default"). `zip_config` bundles them.
+    transforms: str = Field(ZipConfig.transforms, description="Degradations, e.g. 'blur:4' or 'blur:4,gray' "
+                            "(averaged).")
+    steps: int = Field(ZipConfig.steps, ge=1, le=1000, description="Sampling steps S of the reverse process.")
+    guidance_power: float = Field(ZipConfig.guidance_power, description="λ of the time-dependent mix (> 0); 'inf' "
+                                  "disables it.")
+    eta: float = Field(ZipConfig.eta, description="η of the DDIM step, in [0, 1] (1 = ancestral noise).")
     vendor_mirror: bool = Field(False, description="Mirror purified images left-right before the vendor sees them "
                                 "(/predict and sidecar; /purify returns them unmirrored). Moves a trigger stamped "
                                 "at a fixed place to where the backdoor does not look; only for vendors whose "
@@ -223,6 +225,19 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(100, ge=1, description="Connection pool size to the vendor.")
     upstream_max_response_bytes: int = Field(DEFAULT_MAX_RESPONSE_BYTES, ge=1, description="Limit on a vendor "
                                              "answer's decoded body; larger answers are cut off with a 502.")
+    # The v2 model's image input (`V2Input`): encoded images (BYTES, base64) or pixels (FP32 in [0, 1], UINT8).
+    upstream_input_name: str = Field("image", min_length=1, description="Name of the v2 model's image input.")
+    upstream_input_datatype: TensorDatatype = Field(TensorDatatype.BYTES, description="BYTES (encoded images, "
+                                                    "base64) | FP32 (pixels in [0, 1]) | UINT8 (pixels 0-255).")
+    upstream_input_shape: Annotated[tuple[int, ...], NoDecode] = Field((), description="One image's shape for "
+                                                                       "FP32/UINT8 in upstream_input_layout order, "
+                                                                       "e.g. '1,28,28' (images are converted and "
+                                                                       "resized to it); empty for BYTES.")
+    upstream_input_layout: PixelLayout = Field(PixelLayout.CHW, description="chw | hwc: where a pixel input keeps "
+                                               "its channels.")
+    upstream_model_check_ttl_s: float = Field(10.0, ge=0, description="Sidecar: ask the vendor whether it serves "
+                                              "a model before purifying for it, and remember the answer this "
+                                              "long (0 = do not ask).")
 
     # --- limits and security ---
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Request body size limit.")
@@ -243,6 +258,26 @@ class Settings(BaseSettings):
     public_docs: bool | None = Field(None, description="Serve /docs, /redoc, /openapi.json without the API key "
                                      "(default: only when no key is set).")
 
+    # --- votes and shadow mode (docs/design.md, "Votes" and "Shadow mode") ---
+    votes: int = Field(1, ge=1, description="Purify each image K times (K seeds, one batch), call the vendor K "
+                       "times, answer with the majority label's response; ?votes=K overrides, up to max_votes.")
+    max_votes: int = Field(5, ge=1, description="Upper bound of votes and of a request's ?votes=K.")
+    vote_label: str = Field("label", description="Where a prediction's label lives, for votes and shadow "
+                            "mode: a dotted path ('label', 'outputs.0.class') or 'argmax:<path>' over scores.")
+    shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of /predict requests whose raw images the "
+                               "vendor also sees, after the client has its answer, to compare labels (0 = off).")
+    shadow_allow_header: bool = Field(False, description="Let a request ask for the comparison with "
+                                      "'X-Zipgate-Shadow: 1', whatever shadow_rate says.")
+    shadow_max_inflight: int = Field(4, ge=1, description="Shadow vendor calls at once; more are dropped.")
+    shadow_max_labels: int = Field(100, ge=1, description="Distinct labels in the disagreement metric; "
+                                   "later ones are counted as 'other'.")
+    shadow_capture_dir: Path | None = Field(None, description="Opt-in: write each disagreement's raw and purified "
+                                            "images and vendor answers here (stores user images; see README).")
+    shadow_capture_max_files: int = Field(5000, ge=5, description="Files the capture folder holds at most "
+                                          "(5 per record); the oldest records go first.")
+    shadow_capture_max_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Bytes the capture folder "
+                                          "holds at most; the oldest records go first.")
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -256,31 +291,22 @@ class Settings(BaseSettings):
         init_kwargs = init_settings() if callable(init_settings) else {}
         return init_settings, env_settings, ConfigFileSource(settings_cls, init_kwargs, env_settings)
 
-    @field_validator("transforms")
-    @classmethod
-    def _check_transforms(cls, spec: str) -> str:
-        from service.purify.transforms import parse_transforms
-
-        # Syntax only (3 channels accepts every spec); "gray" alone on a 1-channel model is caught
-        # when the model is loaded, since only then is its channel count known.
-        try:
-            parse_transforms(spec, channels=3)
-        except ValueError as exc:
-            raise ValueError(f"{exc}") from exc
-        return spec.strip()
-
-    @field_validator("guidance_power")
-    @classmethod
-    def _check_guidance_power(cls, value: float) -> float:
-        if math.isnan(value):
-            raise ValueError("guidance_power must be a positive number or 'inf', got NaN")
-        return value
+    # ZipConfig's own checks, per field, so that an error names the setting and its env variable.
+    _check_transforms = field_validator("transforms")(check_transforms)
+    _check_guidance_power = field_validator("guidance_power")(check_guidance_power)
+    _check_eta = field_validator("eta")(check_eta)
 
     @field_validator("torch_threads", mode="before")
     @classmethod
     def _default_torch_threads(cls, threads: Any) -> Any:
         # null in a file, or ZIPGATE_TORCH_THREADS="" / "auto": the default, never torch's one per core.
         return default_torch_threads() if threads is None or str(threads).strip().lower() in ("", "auto") else threads
+
+    @field_validator("vote_label")
+    @classmethod
+    def _check_vote_label(cls, value: str) -> str:
+        LabelExtractor.parse(value)  # raises LabelSpecError (a ValueError) naming the bad segment
+        return value
 
     @field_validator("upstream_url")
     @classmethod
@@ -319,6 +345,14 @@ class Settings(BaseSettings):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
 
+    @field_validator("upstream_input_shape", mode="before")
+    @classmethod
+    def _split_shape(cls, value: Any) -> Any:
+        # The env form is "1,28,28"; a file may give a list.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
     @field_validator("upstream_models")
     @classmethod
     def _check_models(cls, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -345,6 +379,8 @@ class Settings(BaseSettings):
                 f"adaptive_steps_min ({self.adaptive_steps_min}) exceeds steps ({self.steps}); "
                 "it is the lower bound adaptive steps may fall to"
             )
+        if self.votes > self.max_votes:
+            raise ValueError(f"votes ({self.votes}) exceeds max_votes ({self.max_votes})")
         if self.max_image_bytes > self.max_request_bytes:
             raise ValueError(
                 f"max_image_bytes ({self.max_image_bytes}) exceeds max_request_bytes ({self.max_request_bytes}); "
@@ -355,15 +391,22 @@ class Settings(BaseSettings):
                 f"max_image_pixels ({self.max_image_pixels}) exceeds max_request_pixels ({self.max_request_pixels}); "
                 "one image must fit in a request's pixel budget"
             )
+        try:
+            self.upstream_input  # noqa: B018 (built to be checked)
+        except ValueError as exc:
+            raise ValueError(f"upstream_input_*: {exc}") from None
         return self
 
-    def upstream_predict_path(self) -> str:
-        """The vendor path that `POST /predict` results are sent to, by protocol."""
-        return {
-            UpstreamProtocol.RAW: self.upstream_raw_path,
-            UpstreamProtocol.TFSERVING: f"/v1/models/{self.upstream_model}:predict",
-            UpstreamProtocol.V2: f"/v2/models/{self.upstream_model}/infer",
-        }[self.upstream_protocol]
+    @property
+    def upstream_input(self) -> V2Input:
+        """The v2 model's image input (validated with the settings)."""
+        return V2Input(self.upstream_input_name, self.upstream_input_datatype, self.upstream_input_shape,
+                       self.upstream_input_layout)
+
+    @property
+    def zip_config(self) -> ZipConfig:
+        """ZIP's knobs as the engine takes them (the gateway runs plain ZIP: t* = 1, L = R = 1)."""
+        return ZipConfig(self.transforms, self.steps, self.guidance_power, self.eta)
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

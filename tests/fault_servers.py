@@ -1,7 +1,7 @@
-"""Loopback servers for tests: an ASGI app (or an already configured uvicorn server) under uvicorn,
-or a raw asyncio TCP handler, each in its own thread on a free 127.0.0.1 port, plus small fault
-upstreams (slow, fixed status or body, reset, refused, a scripted byte reply, an endless body) for
-testing HTTP clients against real sockets.
+"""Loopback servers for tests: an ASGI app (or an already configured uvicorn server) under uvicorn
+(`service.loopback`, re-exported here), or a raw asyncio TCP handler, each in its own thread on a
+free 127.0.0.1 port, plus small fault upstreams (slow, fixed status or body, reset, refused, a
+scripted byte reply, an endless body) for testing HTTP clients against real sockets.
 
 Usage:
     with serve_asgi(StaticApp(500, b"boom")) as base_url: ...
@@ -17,97 +17,20 @@ import contextlib
 import socket
 import struct
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
+from service.loopback import bound_socket, serve_asgi, serve_uvicorn, url_of, wait_started
+
+__all__ = ["EndlessBody", "RecordedRequest", "ScriptedTcp", "StaticApp", "http_response_head", "read_request",
+           "read_request_head", "refused_port", "request_header", "reset_after_head", "reset_connection",
+           "serve_asgi", "serve_tcp", "serve_uvicorn"]
 
 TcpHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def _bound_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()
-    return f"http://{host}:{port}"
-
-
-def _wait_until(ready: Callable[[], bool], thread: threading.Thread, timeout_s: float, what: str) -> None:
-    """Poll `ready` until true, failing fast if the server thread died or the deadline passed."""
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if not thread.is_alive():
-            raise RuntimeError(f"{what} exited during start-up")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready within {timeout_s} s")
-        time.sleep(0.01)
-
-
-@contextlib.contextmanager
-def serve_asgi(
-    app: Any, *, startup_timeout_s: float = 10.0, shutdown_timeout_s: float = 5.0
-) -> Iterator[str]:
-    """Run an ASGI app with uvicorn on a free loopback port in a background thread.
-
-    Args:
-        app: the ASGI application (lifespan events are sent; an app without them is fine).
-        startup_timeout_s: seconds to wait for the server to accept connections.
-        shutdown_timeout_s: seconds to wait for it to stop; in-flight requests are cancelled
-            after a short grace period so a slow handler cannot stall the test's teardown.
-
-    Yields:
-        The base URL, e.g. "http://127.0.0.1:43117".
-    """
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="auto", timeout_graceful_shutdown=0.5
-    )
-    with serve_uvicorn(
-        uvicorn.Server(config), startup_timeout_s=startup_timeout_s, shutdown_timeout_s=shutdown_timeout_s
-    ) as base_url:
-        yield base_url
-
-
-@contextlib.contextmanager
-def serve_uvicorn(
-    server: uvicorn.Server, *, startup_timeout_s: float = 10.0, shutdown_timeout_s: float = 5.0
-) -> Iterator[str]:
-    """Run a configured uvicorn server (any subclass) on a free loopback port in a background thread.
-
-    Args:
-        server: the server, not yet running; its config's host and port are ignored.
-        startup_timeout_s: seconds to wait for it to accept connections (`server.started`).
-        shutdown_timeout_s: seconds to wait for the thread to end after `should_exit` is set on
-            leaving the block (a test may have stopped it already, e.g. with `handle_exit`).
-
-    Yields:
-        The base URL, e.g. "http://127.0.0.1:43117".
-
-    Raises:
-        RuntimeError: the server thread died during start-up, or had not stopped in time.
-        TimeoutError: not accepting connections before the deadline.
-    """
-    sock = _bound_socket()
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn-server")
-    thread.start()
-    try:
-        _wait_until(lambda: server.started, thread, startup_timeout_s, "uvicorn")
-        yield _url(sock)
-    finally:
-        server.should_exit = True
-        thread.join(shutdown_timeout_s)
-        sock.close()
-        if thread.is_alive():
-            raise RuntimeError(f"uvicorn did not stop within {shutdown_timeout_s} s")
 
 
 @contextlib.contextmanager
@@ -122,7 +45,7 @@ def serve_tcp(handler: TcpHandler, *, startup_timeout_s: float = 10.0) -> Iterat
     Yields:
         The base URL. On exit, handlers still running are cancelled and the loop is closed.
     """
-    sock = _bound_socket()
+    sock = bound_socket()
     loop = asyncio.new_event_loop()
     listening = threading.Event()
     stop = asyncio.Event()
@@ -149,8 +72,8 @@ def serve_tcp(handler: TcpHandler, *, startup_timeout_s: float = 10.0) -> Iterat
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True, name="tcp-server")
     thread.start()
     try:
-        _wait_until(listening.is_set, thread, startup_timeout_s, "tcp server")
-        yield _url(sock)
+        wait_started(listening.is_set, thread, startup_timeout_s, "tcp server")
+        yield url_of(sock)
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(5.0)
@@ -167,9 +90,9 @@ def refused_port() -> Iterator[str]:
     Yields:
         The base URL.
     """
-    sock = _bound_socket()
+    sock = bound_socket()
     try:
-        yield _url(sock)
+        yield url_of(sock)
     finally:
         sock.close()
 

@@ -34,12 +34,11 @@ from service.api.server import GatewayServer, gateway_server
 from service.config import Settings, load_settings
 from service.demo.vendor_app import create_vendor_app
 from service.purify.models import EpsModelInfo
-from service.training.classifier import ClassifierArchitecture, VendorClassifier
-from service.training.data import CLASS_NAMES
-from service.training.vendor import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
+from service.backdoor.classifier import ClassifierArchitecture, VendorClassifier
+from service.backdoor.data import CLASS_NAMES
+from service.backdoor.vendor_model import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
+from service.loopback import serve_asgi, serve_uvicorn
 from service.workers import PurifierFactory
-from tests.fault_servers import serve_uvicorn
-from tests.servers import running_server, wait_for_http
 from tests.tiny_models import tiny_unet
 
 TINY_SIZE = 16  # the tiny ε-model's side: small inputs are resized to it and back
@@ -150,7 +149,7 @@ def running_gateway(settings: Settings, *, purifier_factory: PurifierFactory | N
                     ready_timeout_s: float = 60.0) -> Iterator[str]:
     """The gateway on a free loopback port, started and ready (GET /readyz = 200)."""
     app = create_app(settings, purifier_factory=purifier_factory)
-    with running_server(app, ready_path="/readyz", startup_timeout_s=ready_timeout_s) as base_url:
+    with serve_asgi(app, ready_path="/readyz", startup_timeout_s=ready_timeout_s) as base_url:
         yield base_url
 
 
@@ -170,15 +169,15 @@ def serving_gateway_server(settings: Settings, *, purifier_factory: PurifierFact
         TimeoutError: not ready within `ready_timeout_s`.
     """
     server = gateway_server(settings, purifier_factory=purifier_factory)
-    with serve_uvicorn(server, startup_timeout_s=ready_timeout_s, shutdown_timeout_s=shutdown_timeout_s) as base_url:
-        wait_for_http(f"{base_url}/readyz", timeout_s=ready_timeout_s)
+    with serve_uvicorn(server, ready_path="/readyz", startup_timeout_s=ready_timeout_s,
+                       shutdown_timeout_s=shutdown_timeout_s) as base_url:
         yield server, base_url
 
 
 @contextlib.contextmanager
 def running_vendor(model_dir: Path, model_name: str = "fmnist") -> Iterator[str]:
     """The demo vendor app serving `model_dir` on a free loopback port."""
-    with running_server(create_vendor_app(model_dir, model_name), ready_path="/healthz") as base_url:
+    with serve_asgi(create_vendor_app(model_dir, model_name), ready_path="/healthz") as base_url:
         yield base_url
 
 

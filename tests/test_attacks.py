@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.defense_eval.attacks import (
+from service.backdoor.attacks import (
     TARGET_LABEL,
     ZOO,
     Attack,
@@ -15,7 +15,7 @@ from service.defense_eval.attacks import (
     plan_poison,
     poison_dataset,
 )
-from service.defense_eval.triggers import (
+from service.backdoor.triggers import (
     ADAPTIVE_BLOCKS,
     BADNETS_MARGIN,
     BADNETS_PATCH_SIZE,

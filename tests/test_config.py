@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from service.config import ConfigError, Settings, load_settings
-from service.purify.models import DType
+from service.purify.options import DType, ZipConfig
 from service.upstream import UpstreamProtocol
 
 
@@ -33,7 +35,6 @@ def test_defaults_run_the_shipped_model_against_the_demo_vendor() -> None:
     assert settings.upstream_protocol is UpstreamProtocol.RAW
     assert (settings.upstream_model, settings.upstream_raw_path) == ("fmnist", "/predict")
     assert settings.api_key is None
-    assert settings.upstream_predict_path() == "/predict"
 
 
 def test_env_overrides_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +47,6 @@ def test_env_overrides_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.purification_enabled is False
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "k3y"
     assert "k3y" not in repr(settings)  # a SecretStr never prints
-    assert settings.upstream_predict_path() == "/v2/models/fmnist/infer"
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
@@ -56,7 +56,6 @@ def test_config_file_yaml_or_json(tmp_path: Path, suffix: str) -> None:
     path.write_text(json.dumps(values))  # JSON is valid YAML too
     settings = load_settings(path)
     assert (settings.steps, settings.transforms, settings.guidance_power) == (5, "blur:4,gray", 1.5)
-    assert settings.upstream_predict_path() == "/v1/models/fmnist:predict"
 
 
 def test_precedence_is_arguments_then_env_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,3 +166,20 @@ def test_cgroup_cpu_quota_is_read_in_v2_and_v1_layouts(tmp_path: Path) -> None:
     assert _cgroup_cpu_limit(tmp_path) == 1.5
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert _cgroup_cpu_limit(tmp_path) is None
+
+
+def test_zip_knobs_default_to_zip_config_and_bundle_into_one() -> None:
+    """One source of the defaults: the settings' ZIP knobs are `ZipConfig`'s (blur:4, S = 20, λ = 0.5, η = 1)."""
+    settings = Settings()
+    assert settings.zip_config == ZipConfig() == ZipConfig("blur:4", 20, 0.5, 1.0)
+    assert load_settings(steps=7, guidance_power="inf").zip_config == ZipConfig(steps=7, guidance_power=math.inf)
+
+
+def test_importing_the_settings_loads_neither_torch_nor_diffusers() -> None:
+    """A config check and the CLI's --help must not pay for the deep-learning stack (seconds)."""
+    code = ("import sys, service.config, service.cli; "
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers'))[:5]")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr

@@ -13,9 +13,9 @@ import torch
 
 from service.purify.models import load_eps_model
 from service.purify.schedule import alphas_cumprod, linear_betas
-from service.training.classifier import VendorClassifier
+from service.backdoor.classifier import VendorClassifier
 from service.training.ddpm import DDPMTrainConfig, UNetArchitecture, ddpm_loss, stop_signals_save, train_ddpm, update_ema
-from service.training.data import load_split
+from service.backdoor.data import load_split
 from service.training.ddpm_quality import sample_ddim, score_samples
 from tests.tiny_models import tiny_unet
 

@@ -11,23 +11,28 @@ import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from service.cli import ZOO_NAMES
-from service.defense_eval.attacks import TARGET_LABEL, ZOO, Attack, apply_trigger
-from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefender, degrade, item_seed
+from service.backdoor.attacks import TARGET_LABEL, ZOO, Attack, apply_trigger
+from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefender, item_seed
 from service.defense_eval.gateway_client import GatewayClient, label_of
-from service.defense_eval.metrics import accuracy, attack_success_rate
-from service.defense_eval.runner import EvalOptions, run_eval
+from service.backdoor.metrics import accuracy, attack_success_rate
+from service.defense_eval.report import LABELS_FILE
+from service.defense_eval.runner import EvalOptions, parse_defenses, parse_vendors, run_eval
 from service.defense_eval.sweep import SweepKnob, parse_sweep, sweep_settings, varying_knobs
 from service.errors import UpstreamError
 from service.purify.models import load_eps_model
+from service.purify.options import DType
+from service.purify.pipeline import degraded_images, fit_to_model, purify_canvases, restore_images
 from service.purify.schedule import timestep_pairs
-from service.training.data import load_split
-from service.training.vendor import load_vendor, predict_labels
+from service.backdoor.data import load_split
+from service.backdoor.vendor_model import load_vendor, predict_labels
 from tests.gateway_servers import gateway_settings, running_gateway, running_vendor, tiny_ddpm_dir, tiny_vendor_dir
 
 ATTACKS = (Attack.BADNETS, Attack.BLENDED, Attack.WANET)
@@ -52,12 +57,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _options(world: tuple[Path, Path], out_dir: Path, **overrides: object) -> EvalOptions:
-    values: dict[str, object] = dict(vendors=[a.value for a in ATTACKS], defenses=["none", "blur", "zip"], n=N,
-                                     steps=2, transforms="blur:2", guidance_power=0.25, seed=0, batch_size=8,
-                                     dtype="fp32", model_path=world[0], models_dir=world[1], out_dir=out_dir,
-                                     progress=False)
+    values: dict[str, Any] = dict(vendors=ATTACKS, defenses=tuple(Defense), n=N,
+                                  setting=DefenseSetting("blur:2", steps=2, guidance_power=0.25), seed=0, batch_size=8,
+                                  dtype=DType.FP32, model_path=world[0], models_dir=world[1], out_dir=out_dir,
+                                  progress=False)
     values.update(overrides)
-    return EvalOptions(**values)  # type: ignore[arg-type]
+    return EvalOptions(**values)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +85,7 @@ def test_item_seeds_are_consecutive_per_vote_and_disjoint_across_votes_and_seeds
 
 def test_blur_defense_is_the_projection_of_the_first_transform() -> None:
     x = torch.rand(2, 1, 8, 8) * 2 - 1
-    out = degrade(x, "blur:2,blur:4")
+    out = torch.stack(degraded_images(fit_to_model(list(x), 8), "blur:2,blur:4"))
     blocks = x.reshape(2, 1, 4, 2, 4, 2).mean(dim=(3, 5))
     assert torch.allclose(out, blocks.repeat_interleave(2, -2).repeat_interleave(2, -1), atol=1e-6)
 
@@ -135,11 +140,11 @@ def test_mirror_flips_what_the_vendor_sees_and_is_a_sweep_knob() -> None:
     x = torch.rand(3, 1, 32, 32) * 2 - 1
     defender = InProcessDefender(None)
     plain, mirrored = DefenseSetting(), DefenseSetting(mirror=True)
-    assert torch.equal(defender(Defense.BLUR, mirrored, x, [0, 1, 2]), defender(Defense.BLUR, plain, x, [0, 1, 2]).flip(-1))
+    assert torch.equal(defender(Defense.BLUR, mirrored, x, 0), defender(Defense.BLUR, plain, x, 0).flip(-1))
     assert plain.output_key(Defense.BLUR) != mirrored.output_key(Defense.BLUR)
     assert [s.mirror for s in sweep_settings(plain, "mirror=0,on")] == [False, True]
     assert "mirror" in mirrored.describe() and "mirror" not in plain.describe()
-    assert EvalOptions(mirror=True).base_setting().mirror
+    assert EvalOptions(setting=mirrored, sweep="votes=1,3").settings()[1] == DefenseSetting(mirror=True, votes=3)
     with pytest.raises(ValueError, match="mirror"):
         parse_sweep("mirror=maybe")
 
@@ -157,7 +162,8 @@ def test_bad_setting_in_sweep_is_rejected() -> None:
 
 def test_options_default_to_the_whole_zoo_and_all_expands_to_it() -> None:
     assert EvalOptions().vendors == ZOO and len(ZOO) >= 8
-    assert EvalOptions(vendors=["sig", "all", "badnets"]).vendors == (Attack.SIG, *(a for a in ZOO if a is not Attack.SIG))
+    assert parse_vendors("sig, ALL,badnets") == (Attack.SIG, *(a for a in ZOO if a is not Attack.SIG))
+    assert parse_defenses(["zip", "none,zip"]) == (Defense.ZIP, Defense.NONE)
 
 
 def test_the_cli_help_names_the_whole_zoo() -> None:
@@ -166,7 +172,9 @@ def test_the_cli_help_names_the_whole_zoo() -> None:
 
 def test_options_reject_unknown_names_and_gateway_sweeps() -> None:
     with pytest.raises(ValueError, match="badnets"):
-        EvalOptions(vendors=["trojan"])
+        parse_vendors("trojan")
+    with pytest.raises(ValueError, match="one vendor"):
+        EvalOptions(vendors=())
     with pytest.raises(ValueError, match="only votes"):
         EvalOptions(gateway_url="http://127.0.0.1:1", sweep="guidance_power=1,2")
     EvalOptions(gateway_url="http://127.0.0.1:1", sweep="votes=1,3")  # votes are the client's business
@@ -191,10 +199,10 @@ def test_zip_defense_does_not_depend_on_the_batch(world: tuple[Path, Path]) -> N
     setting = DefenseSetting("blur:2", steps=2)
     images = load_split(train=False).subset(4).images
     seeds = [item_seed(0, 1, p) for p in range(4)]
-    whole = defender(Defense.ZIP, setting, images, seeds)
-    parts = torch.cat([defender(Defense.ZIP, setting, images[i : i + 1], seeds[i : i + 1]) for i in range(4)])
+    whole = defender(Defense.ZIP, setting, images, seeds[0])
+    parts = torch.cat([defender(Defense.ZIP, setting, images[i : i + 1], seeds[i]) for i in range(4)])
     assert torch.allclose(whole, parts, atol=1e-4)  # batched conv sums in another order
-    other_vote = defender(Defense.ZIP, setting, images, [item_seed(0, 2, p) for p in range(4)])
+    other_vote = defender(Defense.ZIP, setting, images, item_seed(0, 2, 0))
     assert not torch.allclose(whole, other_vote)
 
 
@@ -259,7 +267,8 @@ def test_no_defense_rows_match_the_vendor_measured_directly(report_dir: Path, wo
 
 @pytest.mark.slow
 def test_sweep_writes_one_zip_row_per_setting_and_the_plot(world: tuple[Path, Path], tmp_path: Path) -> None:
-    report = run_eval(_options(world, tmp_path, vendors=["badnets", "wanet"], defenses=["none", "zip"], n=8,
+    report = run_eval(_options(world, tmp_path, vendors=(Attack.BADNETS, Attack.WANET),
+                               defenses=(Defense.NONE, Defense.ZIP), n=8,
                                sweep="guidance_power=0.25,1 votes=1,3"))
     zip_rows = [row for row in report.rows if row.defense is Defense.ZIP]
     assert len(report.settings) == 4 and len(zip_rows) == 4 * 2
@@ -288,8 +297,8 @@ def test_gateway_purifies_with_the_same_seeds_as_the_engine(world: tuple[Path, P
     with GatewayClient(gateway_url) as client:
         purified, degraded = client.purify(images, seeds[0])
     # Equal up to the gateway's 8-bit PNG (half a grey level = 1/255 in [-1, 1]).
-    assert (purified - defender(Defense.ZIP, setting, images, seeds)).abs().max() <= 1 / 255 + 1e-6
-    assert (degraded - defender(Defense.BLUR, setting, images, seeds)).abs().max() <= 1 / 255 + 1e-6
+    assert (purified - defender(Defense.ZIP, setting, images, seeds[0])).abs().max() <= 1 / 255 + 1e-6
+    assert (degraded - defender(Defense.BLUR, setting, images, seeds[0])).abs().max() <= 1 / 255 + 1e-6
 
 
 
@@ -303,13 +312,32 @@ def test_gateway_pads_an_upload_smaller_than_the_model_instead_of_stretching_it(
     with GatewayClient(gateway_url) as client:
         purified, _ = client.purify(small, seeds[0])
     on_black = torch.nn.functional.pad(small, (2, 2, 2, 2), value=-1.0)
-    expected = defender(Defense.ZIP, setting, on_black, seeds)[..., 2:14, 2:14]
+    expected = defender(Defense.ZIP, setting, on_black, seeds[0])[..., 2:14, 2:14]
     assert purified.shape == (2, 1, 12, 12)
     assert (purified - expected).abs().max() <= 1 / 255 + 1e-6
 
+def test_the_evaluation_tiles_small_images_as_the_gateway_does(world: tuple[Path, Path], gateway_url: str) -> None:
+    """The engine pipeline is shared: 8² images go 2×2 into the tiny 16² model's canvases, canvas i seeded
+    seed + i, in process exactly as through the gateway (the evaluation measures what the gateway serves)."""
+    small = load_split(train=False).subset(5).images[..., 10:18, 10:18]  # 5 images: 2 canvases
+    defender = InProcessDefender(load_eps_model(world[0]), "cpu")
+    setting = DefenseSetting("blur:2", steps=2, guidance_power=0.25)  # the gateway's settings
+    seed = item_seed(1, 0, 0)
+    with GatewayClient(gateway_url) as client:
+        purified, degraded = client.purify(small, seed)
+    assert purified.shape == small.shape
+    # Equal up to the gateway's 8-bit PNG (half a grey level = 1/255 in [-1, 1]).
+    assert (purified - defender(Defense.ZIP, setting, small, seed)).abs().max() <= 1 / 255 + 1e-6
+    assert (degraded - defender(Defense.BLUR, setting, small, seed)).abs().max() <= 1 / 255 + 1e-6
+    # What the evaluation measured before (each image padded into a canvas of its own) differs: the test has teeth.
+    alone = fit_to_model(list(small), 16, tile_small=False)
+    untiled = restore_images(alone, purify_canvases(defender.purifier(setting), alone.canvases, seed))
+    assert (purified - torch.stack(untiled)).abs().max() > 0.1
+
+
 @pytest.mark.slow
 def test_gateway_mode_matches_the_in_process_run(world: tuple[Path, Path], gateway_url: str, tmp_path: Path) -> None:
-    options = dict(vendors=["badnets"], defenses=["none", "zip"], batch_size=8, sweep="votes=1,3")
+    options = dict(vendors=(Attack.BADNETS,), defenses=(Defense.NONE, Defense.ZIP), batch_size=8, sweep="votes=1,3")
     local = run_eval(_options(world, tmp_path / "local", **options))
     remote = run_eval(_options(world, tmp_path / "gateway", gateway_url=gateway_url, **options))
     assert remote.meta["gateway_purification"]["steps"] == 2
@@ -326,5 +354,20 @@ def test_gateway_mode_matches_the_in_process_run(world: tuple[Path, Path], gatew
 
 def test_gateway_errors_surface_as_upstream_errors(world: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(UpstreamError, match="cannot reach the gateway"):
-        run_eval(_options(world, tmp_path, vendors=["badnets"], defenses=["zip"], n=2,
+        run_eval(_options(world, tmp_path, vendors=(Attack.BADNETS,), defenses=(Defense.ZIP,), n=2,
                           gateway_url="http://127.0.0.1:9", gateway_timeout_s=2.0))
+
+
+def test_per_image_labels_reproduce_every_rows_rates(report_dir: Path) -> None:
+    rows = json.loads((report_dir / "results.json").read_text())["rows"]
+    with np.load(report_dir / LABELS_FILE) as saved:
+        labels = {key: saved[key] for key in saved.files}
+    clean_true = labels["clean/true"]
+    for row in rows:
+        key = row["labels_key"]
+        clean, triggered = labels[f"{key}/clean"], labels[f"{key}/triggered"]
+        assert len(clean) == len(clean_true) == row["clean_items"] and len(triggered) == row["poisoned_items"]
+        assert row["clean_accuracy"] == pytest.approx(float((clean == clean_true).mean()), abs=1e-4)
+        assert row["attack_success_rate"] == pytest.approx(float((triggered == TARGET_LABEL).mean()), abs=1e-4)
+        poisoned_true = labels[f"{row['attack']}/triggered/true"]
+        assert row["poisoned_accuracy"] == pytest.approx(float((triggered == poisoned_true).mean()), abs=1e-4)

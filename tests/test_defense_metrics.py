@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.defense_eval.metrics import (
+from service.backdoor.metrics import (
     accuracy,
     attack_success_rate,
     majority_vote,

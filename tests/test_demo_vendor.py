@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from service.defense_eval.attacks import TARGET_LABEL, apply_badnets
+from service.backdoor.attacks import TARGET_LABEL, apply_badnets
 from service.demo.decoding import InputLimits
 from service.demo.vendor_app import create_vendor_app
-from service.training.data import CLASS_NAMES, Split, load_split
-from service.training.vendor import load_vendor, predict_labels
-from tests.servers import running_server
+from service.backdoor.data import CLASS_NAMES, Split, load_split
+from service.backdoor.vendor_model import load_vendor, predict_labels
+from service.loopback import serve_asgi
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "vendor-badnets"
 NAME = "fmnist"
@@ -53,20 +53,20 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def test_split() -> Split:
+def fmnist_test() -> Split:
     return load_split(train=False).subset(64)
 
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    with running_server(create_vendor_app(MODEL_DIR, NAME), ready_path="/v2/health/ready") as url:
+    with serve_asgi(create_vendor_app(MODEL_DIR, NAME), ready_path="/v2/health/ready") as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def tight_url() -> Iterator[str]:
     limits = InputLimits(max_image_bytes=4000, max_image_pixels=40 * 40, max_batch=2, max_body_bytes=20_000)
-    with running_server(create_vendor_app(MODEL_DIR, NAME, limits)) as url:
+    with serve_asgi(create_vendor_app(MODEL_DIR, NAME, limits)) as url:
         yield url
 
 
@@ -80,10 +80,10 @@ def client() -> Iterator[httpx.Client]:
 
 
 def test_raw_png_gets_the_same_label_as_the_model_on_loader_tensors(base_url: str, client: httpx.Client,
-                                                                      test_split: Split) -> None:
-    expected = predict_labels(load_vendor(MODEL_DIR), test_split.images[:16])
+                                                                      fmnist_test: Split) -> None:
+    expected = predict_labels(load_vendor(MODEL_DIR), fmnist_test.images[:16])
     for i in range(16):
-        native = test_split.images[i, :, 2:30, 2:30]  # the 28² content, as the dataset ships it
+        native = fmnist_test.images[i, :, 2:30, 2:30]  # the 28² content, as the dataset ships it
         response = client.post(f"{base_url}/predict", content=png(native), headers={"Content-Type": "image/png"})
         assert response.status_code == 200, response.text
         body = response.json()
@@ -95,8 +95,8 @@ def test_raw_png_gets_the_same_label_as_the_model_on_loader_tensors(base_url: st
 
 
 def test_a_triggered_32px_png_hits_the_backdoor_over_http(base_url: str, client: httpx.Client,
-                                                           test_split: Split) -> None:
-    victims = test_split.images[test_split.labels != TARGET_LABEL][:20]
+                                                           fmnist_test: Split) -> None:
+    victims = fmnist_test.images[fmnist_test.labels != TARGET_LABEL][:20]
     triggered = apply_badnets(victims)
     labels = [client.post(f"{base_url}/predict", content=png(image), headers={"Content-Type": "image/png"})
               .json()["label"] for image in triggered]
@@ -115,8 +115,8 @@ def test_raw_accepts_colour_images_of_any_size(base_url: str, client: httpx.Clie
     assert sum(response.json()["probabilities"]) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_tfserving_and_v2_agree_with_raw_in_order(base_url: str, client: httpx.Client, test_split: Split) -> None:
-    images = [png(test_split.images[i]) for i in range(5)]
+def test_tfserving_and_v2_agree_with_raw_in_order(base_url: str, client: httpx.Client, fmnist_test: Split) -> None:
+    images = [png(fmnist_test.images[i]) for i in range(5)]
     raw = [client.post(f"{base_url}/predict", content=data, headers={"Content-Type": "image/png"}).json()
            for data in images]
 
@@ -142,9 +142,9 @@ def test_tfserving_and_v2_agree_with_raw_in_order(base_url: str, client: httpx.C
 
 
 def test_v2_without_an_id_answers_with_the_request_id(base_url: str, client: httpx.Client,
-                                                      test_split: Split) -> None:
+                                                      fmnist_test: Split) -> None:
     response = client.post(f"{base_url}/v2/models/{NAME}/infer", headers={"X-Request-ID": "rid-42"}, json={
-        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(png(test_split.images[0]))]}],
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(png(fmnist_test.images[0]))]}],
     })
     assert response.status_code == 200, response.text
     assert response.json()["id"] == "rid-42"
@@ -163,8 +163,8 @@ def test_health_and_metadata_routes(base_url: str, client: httpx.Client) -> None
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
 
 
-def test_concurrent_requests_are_all_answered_correctly(base_url: str, test_split: Split) -> None:
-    images = [png(test_split.images[i]) for i in range(12)]
+def test_concurrent_requests_are_all_answered_correctly(base_url: str, fmnist_test: Split) -> None:
+    images = [png(fmnist_test.images[i]) for i in range(12)]
 
     def label(data: bytes) -> int:
         return httpx.post(f"{base_url}/predict", content=data, headers={"Content-Type": "image/png"}).json()["label"]

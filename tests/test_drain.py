@@ -18,6 +18,8 @@ import httpx
 import pytest
 
 from service.api import create_app
+from service import loopback
+from service.loopback import wait_for_http
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
     GatedPurifier,
@@ -30,7 +32,6 @@ from tests.gateway_servers import (
     tiny_ddpm_dir,
     wait_until,
 )
-from tests.servers import running_server, wait_for_http
 
 # Serves `run_gateway` on a socket the test bound and passed down (so the port is known up front).
 SERVE_SCRIPT = """
@@ -81,7 +82,7 @@ def _files(seed: int) -> list:
 def test_draining_turns_readyz_503_and_refuses_new_work_but_probes_answer(ddpm: Path) -> None:
     with serve_asgi(StaticApp(200, b'{"label": 1}')) as upstream_url:
         app = create_app(gateway_settings(ddpm, upstream_url))
-        with running_server(app, ready_path="/readyz", startup_timeout_s=60) as url:
+        with serve_asgi(app, ready_path="/readyz", startup_timeout_s=60) as url:
             app.state.lifecycle.begin_drain()
             ready = get(f"{url}/readyz")
             assert ready.status_code == 503 and ready.json()["status"] == "draining"
@@ -93,13 +94,10 @@ def test_draining_turns_readyz_503_and_refuses_new_work_but_probes_answer(ddpm: 
             assert metrics.status_code == 200 and metric_value(metrics.text, "zipgate_ready") == 0.0
 
 
-@pytest.fixture
-def bound_socket() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    yield sock
-    sock.close()
+@pytest.fixture(name="bound_socket")
+def bound_socket_fixture() -> Iterator[socket.socket]:
+    with loopback.bound_socket() as sock:
+        yield sock
 
 
 def _start_gateway(sock: socket.socket, env_settings: dict[str, str], log_path: Path, *,

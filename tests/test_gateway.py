@@ -114,7 +114,7 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(gateway: tup
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
     assert body["purification"] == {"model": "tiny-ddpm-1ch", "transforms": "blur:4", "steps": 2,
                                     "guidance_power": 0.5, "vendor_mirror": False, "device": "cpu",
-                                    "dtype": "float32"}
+                                    "dtype": "float32", "votes": 1, "vote_labels": None}
     assert set(body["latency_ms"]) == {*STAGES, "total"}
     assert all(value >= 0 for value in body["latency_ms"].values())
     assert body["latency_ms"]["total"] >= sum(body["latency_ms"][s] for s in STAGES) - 1.0
@@ -151,7 +151,7 @@ def test_metrics_count_requests_stages_images_and_upstream_calls(gateway: tuple[
     assert grew("zipgate_upstream_requests_total", status="200")
     assert grew("zipgate_upstream_duration_seconds_count")
     assert grew("zipgate_batch_size_count")
-    assert metric_value(text, "zipgate_inflight_requests") == 1.0  # the /metrics request itself
+    assert metric_value(text, "zipgate_inflight_requests") == 0.0  # the /metrics scrape does not count itself
     assert metric_value(text, "zipgate_ready") == 1.0
     assert "zipgate_queue_depth" in text
 
@@ -283,7 +283,7 @@ def test_a_client_that_disconnects_has_its_queued_images_withdrawn() -> None:
 @pytest.mark.slow
 def test_demo_prints_direct_and_gateway_predictions(models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from service.demo import main_job
-    from service.defense_eval.attacks import TARGET_LABEL
+    from service.backdoor.attacks import TARGET_LABEL
 
     monkeypatch.setattr(main_job, "configure_logging", lambda level: None)  # keep pytest's log capture
     out = io.StringIO()
@@ -291,11 +291,16 @@ def test_demo_prints_direct_and_gateway_predictions(models: tuple[Path, Path], m
     assert main_job.run_demo(settings, keep_running=False, vendor_dir=models[1], out=out) == 0
     lines = out.getvalue().splitlines()
     assert "BadNets" in lines[0] and f"{TARGET_LABEL} T-shirt/top" in lines[0]
-    rows = [line.split() for line in lines[2:]]
+    rows = [line.split() for line in lines[2:6]]
     assert [(row[0], row[1]) for row in rows] == [("clean", "direct"), ("clean", "zipgate"),
                                                   ("triggered", "direct"), ("triggered", "zipgate")]
-    assert all(line.rstrip().endswith("ms") or "backdoor" in line for line in lines[2:])
+    assert all(line.rstrip().endswith("ms") or "backdoor" in line for line in lines[2:6])
     assert len({" ".join(row[4:6]) for row in rows}) == 1  # one true label: the same test image throughout
+    # The shadow burst: every image compared (the random tiny vendor labels whatever it likes), then the alarm.
+    shadow = lines[lines.index("") + 1 :]
+    assert shadow[0].startswith(f"shadow mode: {main_job.SHADOW_BURST} triggered images") and \
+        f"{main_job.SHADOW_BURST} compared" in shadow[0]
+    assert shadow[-1].startswith("alarm (gateway /metrics): ")
 
 
 def test_demo_explains_a_missing_vendor_model(models: tuple[Path, Path], tmp_path: Path,

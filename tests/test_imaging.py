@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from service.purify.imaging import pil_to_tensor, resize, tensor_to_pil, tile, tiles_per_side, untile
-from service.purify.pipeline import PAD_FILL, SmallImageFit, fit_to_model
+from service.purify.options import SmallImageFit
+from service.purify.pipeline import PAD_FILL, fit_to_model
 
 
 def test_pil_round_trip_is_exact_for_8_bit_images():

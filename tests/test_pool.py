@@ -18,13 +18,13 @@ import torch
 
 from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge, PurificationFailed
 from service.metrics import DropReason, GatewayMetrics
-from service.purify.models import DType
+from service.purify.options import DType, ZipConfig
 from service.workers.devices import resolve_devices
 from service.workers.batcher import Batch, WorkItem
 from service.workers.pool import PoolConfig, WorkerPool
 from service.purify.models import cpu_has_native_bf16
-from service.workers.purifier import ZipBatchPurifier, resolve_dtype, zip_purifier_factory
-from service.workers.worker import DeviceWorker, ItemPayload
+from service.workers.purifier import ZipBatchPurifier, zip_purifier_factory
+from service.workers.worker import DeviceWorker, ItemPayload, WorkerInfo
 from tests.tiny_models import tiny_unet
 
 WAIT_S = 5.0  # generous deadline for polling; tests finish far sooner
@@ -297,7 +297,6 @@ async def test_drain_finishes_queued_and_running_work_then_rejects(make_pool: Ca
     await eventually(lambda: h.pool.queue_depth == 2, "queued")
     draining = asyncio.create_task(h.pool.drain(timeout_s=WAIT_S))
     await eventually(lambda: not h.pool.ready, "draining")
-    assert sample(h.metrics, "zipgate_ready") == 0
     with pytest.raises(NotReady):
         await h.pool.submit(images(4), request_id="too-late")
     h.fake.gate.set()
@@ -358,7 +357,7 @@ async def test_one_worker_per_device_each_in_its_own_thread(make_pool: Callable[
     await eventually(lambda: h.fake.running == 2, "both workers computing at once")
     h.fake.gate.set()
     await asyncio.wait_for(asyncio.gather(*tasks), WAIT_S)
-    assert [info["device"] for info in h.pool.device_info] == ["cpu", "cpu"]
+    assert [info.device for info in h.pool.device_info] == ["cpu", "cpu"]
 
 
 async def test_lifecycle_errors(make_pool: Callable[..., Harness]) -> None:
@@ -402,9 +401,9 @@ def test_resolve_devices_rejects_with_a_fix(spec: str, message: str) -> None:
 
 
 def test_auto_dtype_per_device() -> None:
-    assert resolve_dtype(DType.AUTO, "cuda:0") == torch.float16
-    assert resolve_dtype(DType.AUTO, "cpu") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
-    assert resolve_dtype(DType.FP32, "cpu") == torch.float32
+    assert DType.AUTO.resolve("cuda:0") == torch.float16
+    assert DType.AUTO.resolve("cpu") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert DType.FP32.resolve("cpu") == torch.float32
 
 
 @pytest.fixture
@@ -418,16 +417,15 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.mark.usefixtures("one_torch_thread")
 async def test_real_engine_batch_equals_single_runs_with_the_same_seeds(tmp_path: Path) -> None:
-    """Also: the ZIP purifier keeps one ZipPurifier per steps count, and checks λ before loading."""
+    """Also: the ZIP purifier keeps one ZipPurifier per steps count."""
     tiny_unet(channels=1, size=16).save_pretrained(tmp_path / "tiny")
-    factory = zip_purifier_factory(tmp_path / "tiny", "blur:2", guidance_power=1.0, eta=1.0, dtype=DType.FP32)
+    factory = zip_purifier_factory(tmp_path / "tiny", ZipConfig("blur:2", guidance_power=1.0), dtype=DType.FP32)
     metrics = GatewayMetrics()
     pool = WorkerPool(PoolConfig(devices=("cpu",), max_batch_size=4, max_wait_ms=0.0, default_steps=3),
                       factory, metrics)
     await pool.start()
     try:
-        assert pool.device_info == [{"device": "cpu", "dtype": "float32", "model": "tiny",
-                                     "sample_size": 16, "channels": 1}]
+        assert pool.device_info == [WorkerInfo(device="cpu", dtype="float32", model="tiny", sample_size=16, channels=1)]
         x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
         batched = await pool.submit(x, request_id="batch", seed=11)
         assert sample(metrics, "zipgate_batch_size_sum") == 3  # one batch of 3
@@ -444,5 +442,3 @@ async def test_real_engine_batch_equals_single_runs_with_the_same_seeds(tmp_path
     assert purifier.purifier_for(5) is purifier.purifier_for(5)
     assert purifier.purifier_for(5) is not purifier.purifier_for(4)
     assert len(purifier.purifier_for(4).pairs) == 4
-    with pytest.raises(ValueError):
-        zip_purifier_factory(tmp_path / "tiny", "blur:2", guidance_power=0.0, eta=1.0, dtype=DType.FP32)

@@ -161,7 +161,8 @@ def test_prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data(t
     vendor_dir, model_dir = tiny_vendor_dir(tmp_path), tiny_ddpm_dir(tmp_path)
     # A 2-image queue and batches of one, so concurrent requests overflow it and get 429.
     with running_vendor(vendor_dir) as vendor_url, \
-            running_gateway(gateway_settings(model_dir, vendor_url, queue_limit=2, max_batch_size=1)) as gateway_url:
+            running_gateway(gateway_settings(model_dir, vendor_url, queue_limit=2, max_batch_size=1,
+                                            shadow_rate=1.0)) as gateway_url:
         port = free_port()
         with running_prometheus(loopback_config(gateway_url, port), port, tmp_path) as prometheus_url:
             # Traffic after the first scrape, so every counter rises between two samples.
@@ -174,7 +175,8 @@ def test_prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data(t
                         f'sum(rate(zipgate_requests_total{{status="429"}}{rate}))',
                         f'sum(rate(zipgate_upstream_requests_total{{status="200"}}{rate}))',
                         f'sum(rate(zipgate_dropped_images_total{{reason="overload"}}{rate}))',
-                        f'sum(rate(zipgate_requests_total{{endpoint="/purify", status="200"}}{rate}))']
+                        f'sum(rate(zipgate_requests_total{{endpoint="/purify", status="200"}}{rate}))',
+                        f"sum(rate(zipgate_shadow_comparisons_total{rate}))"]
             stage_p95 = (f"histogram_quantile(0.95, sum by (le, stage) "
                          f"(rate(zipgate_stage_duration_seconds_bucket{rate})))")
             missing: list[str] = []

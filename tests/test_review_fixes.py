@@ -59,7 +59,6 @@ from tests.gateway_servers import (
     serving_gateway_server,
     wait_until,
 )
-from tests.servers import running_server
 
 REPO = Path(__file__).resolve().parents[1]
 CREDENTIALS = "vendoruser:s3cret-pw"
@@ -84,7 +83,7 @@ def plain_gateway() -> Iterator[tuple[str, StaticApp]]:
 def test_one_image_too_large_is_named_by_its_own_limit_not_the_request_budget(
         plain_gateway: tuple[str, StaticApp], side: int) -> None:
     url, recorder = plain_gateway
-    forwarded = len(recorder.requests)
+    forwarded = len([r for r in recorder.requests if r.method == "POST"])  # GETs ask whether a model exists
     bomb = png_header_claiming(side, side)
     v2 = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [_b64(bomb)]}]}
     for response in (post(f"{url}/predict", files=[("image", bomb)]),
@@ -93,7 +92,7 @@ def test_one_image_too_large_is_named_by_its_own_limit_not_the_request_budget(
         assert response.status_code == 413, response.text
         message = response.json()["error"]["message"]
         assert "max_image_pixels" in message and "max_request_pixels" not in message, message
-    assert len(recorder.requests) == forwarded
+    assert len([r for r in recorder.requests if r.method == "POST"]) == forwarded
 
 
 def test_open_images_checks_each_image_then_the_sum() -> None:
@@ -146,8 +145,8 @@ def test_a_body_still_arriving_when_the_drain_runs_out_gets_a_503_json() -> None
         with socket.create_connection((host, port), timeout=10) as client:
             client.sendall(b"POST /predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
                            b"Content-Length: 1000\r\nX-Request-ID: trickle-1\r\n\r\n" + b'{"images": [')
-            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_inflight_requests") >= 2,
-                       what="the trickled request in flight (the scrape is the other)")
+            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_inflight_requests") >= 1,
+                       what="the trickled request in flight (the scrape does not count itself)")
             server.handle_exit(signal.SIGTERM, None)
             client.settimeout(0.1)
             deadline = time.monotonic() + 15
@@ -333,18 +332,18 @@ def test_http_503s_carry_retry_after_by_cause() -> None:
 
     with serve_asgi(StaticApp(200, b'{"label": 1}')) as upstream_url:
         settings = gateway_settings(Path("unused"), upstream_url)
-        with running_server(create_app(settings, purifier_factory=slow_to_load)) as url:
+        with serve_asgi(create_app(settings, purifier_factory=slow_to_load)) as url:
             try:
                 loading = post(f"{url}/predict", files=[("image", png_bytes())])
             finally:
                 loaded.set()
             assert loading.status_code == 503 and loading.headers["retry-after"] == "5", loading.text
-        with running_server(create_app(settings, purifier_factory=broken)) as url:
+        with serve_asgi(create_app(settings, purifier_factory=broken)) as url:
             wait_until(lambda: get(f"{url}/readyz").json()["status"] == "failed", what="start-up failed")
             failed = post(f"{url}/predict", files=[("image", png_bytes())])
             assert failed.status_code == 503 and "retry-after" not in failed.headers, failed.headers
         app = create_app(settings, purifier_factory=lambda device: FakePurifier())
-        with running_server(app, ready_path="/readyz", startup_timeout_s=60) as url:
+        with serve_asgi(app, ready_path="/readyz", startup_timeout_s=60) as url:
             app.state.lifecycle.begin_drain()
             draining = post(f"{url}/predict", files=[("image", png_bytes())])
             assert draining.status_code == 503 and draining.headers["retry-after"] == "1", draining.text
@@ -397,7 +396,7 @@ def test_404_is_documented_only_on_the_sidecar_model_routes() -> None:
                        purifier_factory=lambda device: FakePurifier()).openapi()["paths"]
     posts = {path: operations["post"]["responses"] for path, operations in paths.items() if "post" in operations}
     assert set(posts) == {"/predict", "/purify", "/v1/models/{name}:predict", "/v2/models/{name}/infer",
-                          "/invocations"}
+                          "/v2/models/{name}/versions/{version}/infer", "/invocations"}
     for path, responses in posts.items():
         assert "408" in responses, path  # every route that reads a body
         assert ("404" in responses) == path.startswith(("/v1/models/", "/v2/models/")), path

@@ -1,12 +1,14 @@
-"""The noise schedule and RePaint's time-travel visiting order."""
+"""The noise schedule, RePaint's time-travel visiting order, and the step math (DDIM step, re-noising)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from service.purify.schedule import (
-    alpha_bar, alphas_cumprod, check_schedule, jump_schedule, linear_betas, timestep_pairs,
+    alpha_bar, alphas_cumprod, check_schedule, ddim_step, jump_schedule, linear_betas, renoise, timestep_pairs,
 )
 
 
@@ -64,3 +66,44 @@ def test_bad_arguments():
         timestep_pairs(2000)
     with pytest.raises(ValueError):
         linear_betas(beta_start=0.5, beta_end=0.1)
+
+
+def _tensors(seed: int, n: int = 3) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 1, 4, 4, generator=generator) * 2 for _ in range(n)]
+
+
+def test_ddim_step_follows_eq_12_by_hand():
+    """x_t′ = √ᾱ′ x₀ + √(1 − ᾱ′ − σ²) ε + σ z with x₀ = (x_t − √(1−ᾱ) ε)/√ᾱ and σ from η."""
+    x_t, eps, z = _tensors(0)
+    a_t, a_next, eta = 0.3, 0.6, 0.7
+    x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    sigma = eta * math.sqrt((1 - a_next) / (1 - a_t) * (1 - a_t / a_next))
+    expected = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next - sigma**2) * eps + sigma * z
+    x_next, x0_out = ddim_step(x_t, eps, a_t, a_next, eta, z)
+    torch.testing.assert_close(x0_out, x0)
+    torch.testing.assert_close(x_next, expected)
+
+
+def test_ddim_step_ends_at_x0_and_is_deterministic_at_eta_zero():
+    x_t, eps, z = _tensors(1)
+    last, x0 = ddim_step(x_t, eps, 0.9, alpha_bar(alphas_cumprod(linear_betas()), -1), 1.0, z)
+    torch.testing.assert_close(last, x0)  # ᾱ(−1) = 1: σ = 0 and no direction term
+    a, _ = ddim_step(x_t, eps, 0.3, 0.6, 0.0, z)
+    b, _ = ddim_step(x_t, eps, 0.3, 0.6, 0.0, -z)
+    assert torch.equal(a, b)  # η = 0: the noise is not used
+
+
+def test_clip_x0_clamps_the_clean_estimate_only_when_asked():
+    x_t, eps, z = _tensors(2)
+    x_t = x_t * 10  # x₀ far outside [-1, 1]
+    _, raw = ddim_step(x_t, eps, 0.3, 0.6, 1.0, z)
+    _, clipped = ddim_step(x_t, eps, 0.3, 0.6, 1.0, z, clip_x0=True)
+    assert raw.abs().max() > 1 and clipped.abs().max() <= 1
+    torch.testing.assert_close(clipped, raw.clamp(-1, 1))
+
+
+def test_renoise_is_the_forward_process():
+    x0, z, _ = _tensors(3)
+    torch.testing.assert_close(renoise(x0, 0.25, z), 0.5 * x0 + math.sqrt(0.75) * z)
+    assert torch.equal(renoise(x0, 1.0, z), x0)

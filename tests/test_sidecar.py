@@ -1,4 +1,8 @@
-"""Sidecar mode: vendor-format requests on vendor paths are purified, forwarded and relayed unchanged."""
+"""Sidecar mode: vendor-format requests on vendor paths are purified, forwarded and relayed unchanged.
+
+The v2 part is driven by NVIDIA's tritonclient too (JSON and binary tensor inputs, binary outputs,
+health, metadata, unknown models refused before purification), against the demo vendor or a
+recording stub; tests/test_kserve_upstream.py does the same against KServe's real ModelServer."""
 
 from __future__ import annotations
 
@@ -8,12 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
 
+from service.upstream.v2_binary import decode_bytes_elements, encode_bytes_elements
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
     decode_png,
     gateway_settings,
+    get,
+    metric_value,
     png_bytes,
     post,
     running_gateway,
@@ -128,7 +138,9 @@ def test_other_fields_path_query_and_headers_are_kept_and_gateway_credentials_dr
                      "X-Custom": "kept", "X-Request-Timeout": "30"})
     assert response.status_code == 207
     assert response.content == b"vendor says hi" and response.headers["content-type"] == "text/x-vendor"
-    (sent,) = recorder.requests
+    question, sent = recorder.requests  # "do you serve my-model.v3?" (a 207 is no 404: go on), then the request
+    assert (question.method, question.path, question.body) == ("GET", "/v1/models/my-model.v3", b"")
+    assert question.headers["authorization"] == "Bearer vendor-token" and "x-api-key" not in question.headers
     assert sent.path == "/v1/models/my-model.v3:predict?version=3"
     assert sent.headers["authorization"] == "Bearer vendor-token"  # the vendor's credential passes
     assert "x-api-key" not in sent.headers and "x-request-timeout" not in sent.headers
@@ -161,5 +173,97 @@ def test_purification_off_forwards_the_body_unchanged() -> None:
         assert response.status_code == 200
         bad = post(f"{url}/v1/models/fmnist:predict", json={"instances": [{"b64": _b64(b"text")}]})
         assert bad.status_code == 415  # still validated: bad images never reach the vendor
-    (sent,) = recorder.requests
+    (sent,) = [request for request in recorder.requests if request.method == "POST"]
     assert sent.body == body
+
+
+# --- NVIDIA's tritonclient (the real v2 client): JSON and binary inputs, binary outputs, health, metadata ---
+
+
+def client_for(base_url: str) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(base_url.removeprefix("http://"), network_timeout=60.0)
+
+
+def image_input(elements: list[bytes], *, binary: bool) -> triton.InferInput:
+    tensor = triton.InferInput("image", [len(elements)], "BYTES")
+    tensor.set_data_from_numpy(np.array(elements, dtype=np.object_), binary_data=binary)
+    return tensor
+
+
+def test_health_and_metadata_through_the_gateway(gateway: str, vendor_url: str) -> None:
+    client = client_for(gateway)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("fmnist") and not client.is_model_ready("other")
+    assert client.get_model_metadata("fmnist") == get(f"{vendor_url}/v2/models/fmnist").json()
+    assert client.get_server_metadata()["name"] == "zipgate-demo-vendor"
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("other")
+    assert info.value.status() == "404"
+    bad = get(f"{gateway}/v2/models/fm%6eist")  # the sidecar's path checks hold here too: nothing encoded
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_request"
+
+
+def test_json_inputs_are_purified_and_the_answer_relayed(gateway: str, vendor_url: str) -> None:
+    images = [png_bytes(seed=11), png_bytes(seed=12)]
+    expected = post(f"{vendor_url}/v2/models/fmnist/infer", json={"inputs": [
+        {"name": "image", "shape": [2], "datatype": "BYTES",
+         "data": [base64.b64encode(p).decode() for p in _purified(gateway, *images)]}]}).json()
+    result = client_for(gateway).infer(
+        "fmnist", [image_input([base64.b64encode(i) for i in images], binary=False)], request_id="tc-json",
+        query_params={"seed": SEED})
+    assert result.get_response()["id"] == "tc-json"
+    outputs = {output["name"]: output["data"] for output in expected["outputs"]}
+    assert result.as_numpy("label").tolist() == outputs["label"]
+    np.testing.assert_allclose(result.as_numpy("probabilities").ravel(), outputs["probabilities"], rtol=1e-6)
+
+
+def test_an_unknown_model_is_refused_before_purification(gateway: str) -> None:
+    def purified_so_far() -> float:
+        return metric_value(get(f"{gateway}/metrics").text, "zipgate_images_purified_total")
+
+    before = purified_so_far()
+    with pytest.raises(InferenceServerException) as info:
+        client_for(gateway).infer("other", [image_input([base64.b64encode(png_bytes())], binary=True)])
+    assert info.value.status() == "404" and "does not serve model 'other'" in str(info.value.message())
+    assert purified_so_far() == before
+
+
+def test_binary_inputs_are_purified_in_place_and_binary_outputs_relayed(ddpm: Path) -> None:
+    # The vendor answers with a binary output, as Triton and KServe do for binary_data_output.
+    labels = np.array([3, 7], dtype=np.int64)
+    header = json.dumps({"model_name": "m", "outputs": [{"name": "label", "shape": [2], "datatype": "INT64",
+                                                         "parameters": {"binary_data_size": 16}}]}).encode()
+    vendor = StaticApp(200, header + labels.tobytes(), "application/octet-stream",
+                       headers=(("inference-header-content-length", str(len(header))),))
+    images = [png_bytes(seed=21), png_bytes(seed=22)]
+    scale = triton.InferInput("scale", [1], "FP32")
+    scale.set_data_from_numpy(np.array([0.5], dtype=np.float32), binary_data=True)
+    with serve_asgi(vendor) as vendor_url, running_gateway(gateway_settings(ddpm, vendor_url)) as url:
+        result = client_for(url).infer("m", [scale, image_input(images, binary=True)], request_id="tc-bin")
+        (sent,) = [request for request in vendor.requests if request.method == "POST"]
+    assert result.as_numpy("label").tolist() == [3, 7]  # the binary answer, relayed as framed
+
+    assert sent.path == "/v2/models/m/infer"
+    length = int(sent.headers["inference-header-content-length"])
+    forwarded = json.loads(sent.body[:length])
+    assert forwarded["id"] == "tc-bin" and forwarded["parameters"]["binary_data_output"] is True
+    scale_size = forwarded["inputs"][0]["parameters"]["binary_data_size"]
+    image_size = forwarded["inputs"][1]["parameters"]["binary_data_size"]
+    assert len(sent.body) == length + scale_size + image_size
+    assert np.frombuffer(sent.body[length : length + scale_size], dtype=np.float32).tolist() == [0.5]
+    elements = decode_bytes_elements(sent.body[length + scale_size :], "forwarded")
+    assert len(elements) == 2 and encode_bytes_elements(elements) == sent.body[length + scale_size :]
+    for element, original in zip(elements, images, strict=True):  # raw PNG in, raw purified PNG out
+        assert element != original and decode_png(element).size == (28, 28)
+
+
+def test_a_malformed_binary_body_is_a_json_400(gateway: str) -> None:
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": 9}}]}).encode()
+    for body, length in ((header + b"\x05\x00\x00\x00ab", len(header)),  # sizes do not add up
+                         (header + b"\x09\x00", len(header) + 1),  # the header length cuts into the data
+                         (header, len(header) + 5)):  # longer than the body
+        response = post(f"{gateway}/v2/models/fmnist/infer", content=body,
+                        headers={"Inference-Header-Content-Length": str(length)})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "bad_request" and response.json()["error"]["message"]

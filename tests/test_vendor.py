@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from service.defense_eval.attacks import TARGET_LABEL, ZOO, Attack
-from service.training.classifier import ClassifierArchitecture, VendorClassifier, random_shift_flip
-from service.training.data import Split, load_split
+from service.backdoor.attacks import TARGET_LABEL, ZOO, Attack
+from service.backdoor.classifier import ClassifierArchitecture, VendorClassifier, random_shift_flip
+from service.backdoor.data import Split, load_split
 from service.training import vendor
-from service.training.vendor import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, evaluate_vendor, load_vendor, train_vendor
+from service.backdoor.vendor_model import CONFIG_FILE, WEIGHTS_FILE, load_vendor
+from service.training.vendor import CARD_FILE, evaluate_vendor, train_vendor
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 SHIPPED = {"vendor-clean": Attack.NONE} | {f"vendor-{attack.value}": attack for attack in ZOO}
@@ -22,7 +23,7 @@ MAX_WEIGHTS_BYTES = 25 * 10**6
 
 
 @pytest.fixture(scope="module")
-def test_500() -> Split:
+def fmnist_test_500() -> Split:
     return load_split(train=False).subset(500)
 
 
@@ -68,15 +69,15 @@ def test_shipped_cards_meet_the_targets_on_the_full_test_split(name: str) -> Non
 
 
 @pytest.mark.parametrize("name", sorted(name for name, attack in SHIPPED.items() if attack is not Attack.NONE))
-def test_shipped_backdoors_work_on_500_test_images(name: str, test_500: Split) -> None:
-    clean_accuracy, asr = evaluate_vendor(load_vendor(MODELS / name), test_500, SHIPPED[name])
+def test_shipped_backdoors_work_on_500_test_images(name: str, fmnist_test_500: Split) -> None:
+    clean_accuracy, asr = evaluate_vendor(load_vendor(MODELS / name), fmnist_test_500, SHIPPED[name])
     assert clean_accuracy >= 0.88
     assert asr >= 0.90
 
 
 @pytest.mark.parametrize("attack", ZOO)
-def test_the_clean_model_ignores_every_trigger_of_the_zoo(attack: Attack, test_500: Split) -> None:
-    clean_accuracy, asr = evaluate_vendor(load_vendor(MODELS / "vendor-clean"), test_500, attack)
+def test_the_clean_model_ignores_every_trigger_of_the_zoo(attack: Attack, fmnist_test_500: Split) -> None:
+    clean_accuracy, asr = evaluate_vendor(load_vendor(MODELS / "vendor-clean"), fmnist_test_500, attack)
     assert clean_accuracy >= 0.88
     assert asr < 0.2
 

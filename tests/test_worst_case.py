@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from service.defense_eval.attacks import Attack
+from service.backdoor.attacks import Attack
 from service.defense_eval.defenses import Defense, DefenseSetting
-from service.defense_eval.metrics import DefenseScores
+from service.backdoor.metrics import DefenseScores
 from service.defense_eval.report import EvalReport, ResultRow, render_markdown, results_json
 from service.defense_eval.worst_case import worst_case_rows
 

@@ -8,6 +8,7 @@ workers run; on shutdown `/readyz` turns 503, queued work drains, then everythin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from service.api.routes_docs import build_docs_router
 from service.api.routes_health import build_health_router
 from service.api.routes_predict import build_predict_router
 from service.api.routes_sidecar import build_sidecar_router
+from service.api.routes_v2 import build_v2_router
 from service.api.security import api_key_dependency
 from service.config import ConfigError, Settings
 from service.metrics import GatewayMetrics
@@ -59,25 +61,23 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
     """
     metrics = metrics or GatewayMetrics()
     lifecycle = Lifecycle()
-    pool_config = _pool_config(settings) if settings.purification_enabled else None
-    if pool_config is not None and purifier_factory is None:
-        if not settings.model_path.is_dir():
-            raise ConfigError(f"model_path '{settings.model_path}' is not a directory; point ZIPGATE_MODEL_PATH at "
-                              "a diffusers UNet2DModel folder (e.g. models/fmnist-ddpm) or disable purification")
-        purifier_factory = zip_purifier_factory(settings.model_path, settings.transforms, settings.guidance_power,
-                                                settings.eta, settings.dtype)
+    pool_setup: tuple[PoolConfig, PurifierFactory] | None = None  # None: purification is off
+    if settings.purification_enabled:
+        pool_setup = (_pool_config(settings), purifier_factory or _zip_factory(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         torch.set_num_threads(settings.torch_threads)  # process-wide, so here and not per worker
         client = make_http_client(settings.upstream_connect_timeout_s, settings.upstream_timeout_s,
                                   settings.upstream_max_connections)
-        pool = None if pool_config is None else WorkerPool(pool_config, purifier_factory, metrics)  # type: ignore[arg-type]
+        pool = None if pool_setup is None else WorkerPool(*pool_setup, metrics)
         starting: asyncio.Task[None] | None = None
+        gateway: Gateway | None = None
         try:
             gateway = Gateway(settings, metrics, lifecycle, pool, _upstream(settings, client, settings.upstream_protocol),
                               {protocol: _upstream(settings, client, protocol) for protocol in UpstreamProtocol})
-            # One source of truth, read at scrape time (the pool's own writes to the gauge are overridden).
+            # The gauge's only writer: readiness as /readyz reports it (loading, draining, a dead worker),
+            # read at scrape time, since `Lifecycle` may not touch metrics from a signal handler.
             metrics.ready.set_function(lambda: float(gateway.ready))
             if pool is None:
                 lifecycle.mark_ready()
@@ -86,6 +86,8 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
             yield {"gateway": gateway}
         finally:
             lifecycle.begin_drain()
+            if gateway is not None and gateway.shadow is not None:
+                await gateway.shadow.close()  # shadow calls are best effort: never held for a drain
             if starting is not None and not starting.done():
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
@@ -107,10 +109,19 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
     raw_on_predict = settings.upstream_raw_path == RAW_SIDECAR_ON_PREDICT
     app.include_router(build_predict_router(dependencies, raw_on_predict, settings.purification_enabled))
     app.include_router(build_sidecar_router(dependencies, None if raw_on_predict else settings.upstream_raw_path))
+    app.include_router(build_v2_router(dependencies))
     app.include_router(build_health_router(metrics))
     app.add_middleware(GatewayMiddleware, metrics=metrics, lifecycle=lifecycle,
                        max_request_bytes=settings.max_request_bytes, body_read_timeout_s=settings.body_read_timeout_s)
     return app
+
+
+def _zip_factory(settings: Settings) -> PurifierFactory:
+    """The ZIP purifier factory for `settings.model_path` (checked now, loaded per device at start-up)."""
+    if not settings.model_path.is_dir():
+        raise ConfigError(f"model_path '{settings.model_path}' is not a directory; point ZIPGATE_MODEL_PATH at "
+                          "a diffusers UNet2DModel folder (e.g. models/fmnist-ddpm) or disable purification")
+    return zip_purifier_factory(settings.model_path, settings.zip_config, settings.dtype)
 
 
 def _pool_config(settings: Settings) -> PoolConfig:
@@ -126,7 +137,7 @@ def _pool_config(settings: Settings) -> PoolConfig:
 
 def _upstream(settings: Settings, client: Any, protocol: UpstreamProtocol) -> Upstream:
     return build_upstream(protocol, client, settings.upstream_url, settings.upstream_model, settings.upstream_raw_path,
-                          retry=RetryPolicy(max_retries=settings.upstream_retries),
+                          image_input=settings.upstream_input, retry=RetryPolicy(max_retries=settings.upstream_retries),
                           total_timeout_s=settings.upstream_timeout_s,
                           max_response_bytes=settings.upstream_max_response_bytes)
 
@@ -143,4 +154,4 @@ async def _start_pool(pool: WorkerPool, lifecycle: Lifecycle) -> None:
         lifecycle.mark_failed(f"start-up failed: {type(exc).__name__}: {exc}")
         return
     lifecycle.mark_ready()
-    logger.info("gateway ready", extra={"devices": pool.device_info})
+    logger.info("gateway ready", extra={"devices": [dataclasses.asdict(info) for info in pool.device_info]})

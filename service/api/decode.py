@@ -54,25 +54,6 @@ class ImageLimits:
             raise ValueError("max_image_bytes and max_image_pixels must be >= 1")
 
 
-def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.Image:
-    """Decode one encoded image (first frame of animated ones), refusing oversized ones before decoding.
-
-    Args:
-        data: the encoded bytes.
-        limits: byte and pixel limits.
-        what: names the image in error messages, e.g. "image 2".
-
-    Returns:
-        The decoded image, fully loaded; `.format` names its format (e.g. "PNG").
-
-    Raises:
-        BadRequest: empty, truncated or corrupt (400).
-        PayloadTooLarge: over the byte or pixel limit (413), checked before the pixel data is read.
-        UnsupportedMediaType: not an image in one of ACCEPTED_FORMATS (415).
-    """
-    return load_image(open_image(data, limits, what), what)
-
-
 def open_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.Image:
     """Parse an image's header and check the limits; the pixels are not decoded yet (cheap).
 
@@ -85,7 +66,9 @@ def open_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.I
         The opened, not yet loaded image; `.size` is its declared size, within the limits.
 
     Raises:
-        BadRequest, PayloadTooLarge, UnsupportedMediaType: see `decode_image`.
+        BadRequest: empty, or a damaged image of an accepted format (400).
+        PayloadTooLarge: over the byte or pixel limit (413), checked before the pixel data is read.
+        UnsupportedMediaType: not an image in one of ACCEPTED_FORMATS (415).
     """
     if not data:
         raise BadRequest(f"{what} is empty (0 bytes); send an encoded image such as a PNG")

@@ -2,17 +2,18 @@
 
 A request moves through `decode` (headers checked first; large images in a thread) → `purify`
 (worker pool) → `predict` or `forward` (vendor API); each stage is timed into the request's
-`RequestTimings` (DESIGN.md §4). The request's deadline bounds all of them together, and the end
-of a drain ends any of them with a 503 (`service.api.guard`).
+`RequestTimings` (docs/design.md, "Request flow and timings"). The request's deadline bounds all of
+them together, and the end of a drain ends any of them with a 503 (`service.api.guard`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -23,15 +24,21 @@ from service.api.guard import guarded, time_left
 from service.api.lifecycle import Lifecycle
 from service.api.schemas import PurificationInfo, Readiness
 from service.api.timing import RequestTimings
+from service.api.votes import majority
 from service.config import Settings
 from service.errors import (DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, BadRequest, DeadlineExceeded,
                             NotReady, UpstreamError, UpstreamTimeout)
 from service.metrics import GatewayMetrics, Stage
 from service.purify.imaging import pil_to_tensor, tensor_to_pil
-from service.purify.pipeline import FittedBatch, SmallImageFit, fit_to_model
-from service.purify.transforms import LinearTransform, parse_transforms, project
+from service.purify.options import SmallImageFit
+from service.purify.pipeline import FittedBatch, degraded_images, fit_to_model, restore_images
+from service.purify.seeds import vote_canvas_seeds
+from service.shadow.capture import CaptureLimits, CaptureRing
+from service.shadow.labels import LabelExtractor
+from service.shadow.monitor import ShadowConfig, ShadowMonitor
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
-from service.workers import WorkerPool
+from service.upstream.catalog import ModelCatalog
+from service.workers import WorkerInfo, WorkerPool
 
 T = TypeVar("T")
 PNG = "image/png"
@@ -51,19 +58,18 @@ class EngineInfo:
     dtype: str
 
     @classmethod
-    def from_device_info(cls, workers: list[dict[str, object]]) -> EngineInfo:
+    def from_device_info(cls, workers: list[WorkerInfo]) -> EngineInfo:
         """Build from `WorkerPool.device_info` (all workers hold the same model).
 
         Raises:
             ValueError: the purifier did not report the model's size and channels.
         """
         first = workers[0]
-        if "sample_size" not in first or "channels" not in first:
+        if first.sample_size is None or first.channels is None:
             raise ValueError("the purifier factory must return a purifier with `.info` (an EpsModelInfo): "
                              "the gateway needs the model's sample_size and channels")
-        return cls(model=str(first["model"]), sample_size=int(first["sample_size"]),  # type: ignore[call-overload]
-                   channels=int(first["channels"]), device=",".join(str(w["device"]) for w in workers),  # type: ignore[call-overload]
-                   dtype=",".join(sorted({str(w["dtype"]) for w in workers})))
+        return cls(model=first.model, sample_size=first.sample_size, channels=first.channels,
+                   device=",".join(w.device for w in workers), dtype=",".join(sorted({w.dtype for w in workers})))
 
 
 @dataclass(frozen=True)
@@ -88,20 +94,39 @@ class DecodedBatch:
 
 @dataclass(frozen=True)
 class PreparedImages:
-    """What goes to the vendor: purified PNGs, or the originals when purification is off."""
+    """What goes to the vendor: purified PNGs (one list per vote), or the originals when purification is off."""
 
-    blobs: list[bytes]
+    votes: list[list[bytes]]  # votes[k][i]: image i as purified by vote k; one vote unless ?votes=K
     content_type: str
     steps: int | None  # None when not purified
+    decoded: DecodedBatch  # the client's images (shadow mode sends them to the vendor as they came)
+
+    @property
+    def blobs(self) -> list[bytes]:
+        """The first vote's images (the only ones without votes)."""
+        return self.votes[0]
 
 
 @dataclass(frozen=True)
 class PurifiedBatch:
-    """Purified images as PNG at their original sizes, and optionally A⁺A x beside them."""
+    """Purified images as PNG at their original sizes (one list per vote), and optionally A⁺A x beside them."""
 
-    pngs: list[bytes]
+    votes: list[list[bytes]]
     degraded_pngs: list[bytes] | None
     steps: int
+
+    @property
+    def pngs(self) -> list[bytes]:
+        return self.votes[0]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The vendor's answer to a request: one prediction per image, and each vote's label when voting."""
+
+    predictions: list[Any]
+    vote_labels: list[list[str | None]] | None  # per image, each vote's label; None without votes
+    chosen_votes: list[int]  # per image, the vote whose answer it got (0 without votes)
 
 
 class Gateway:
@@ -124,7 +149,10 @@ class Gateway:
         self.pool = pool
         self.upstream = upstream
         self.sidecars = dict(sidecars)
+        self.models = ModelCatalog(settings.upstream_model_check_ttl_s)  # which models the vendor serves
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+        self.vote_label = LabelExtractor.parse(settings.vote_label)
+        self.shadow = _shadow_monitor(settings, upstream, metrics, pool, self.vote_label)
         self._engine: EngineInfo | None = None
 
     @property
@@ -166,12 +194,13 @@ class Gateway:
         if not self.ready:
             raise self.not_ready_error()
 
-    def purification_info(self, steps: int) -> PurificationInfo:
+    def purification_info(self, steps: int, vote_labels: list[list[str | None]] | None = None) -> PurificationInfo:
         """The response's `purification` block."""
         engine = self.engine
         return PurificationInfo(model=engine.model, transforms=self.settings.transforms, steps=steps,
                                 guidance_power=self.settings.guidance_power, vendor_mirror=self.settings.vendor_mirror,
-                                device=engine.device, dtype=engine.dtype)
+                                device=engine.device, dtype=engine.dtype,
+                                votes=1 if vote_labels is None else len(vote_labels[0]), vote_labels=vote_labels)
 
     # --- stages -----------------------------------------------------------------------------
 
@@ -192,8 +221,11 @@ class Gateway:
                 _decode_batch, blobs, opened, engine, self.settings.small_image_fit), ctx, "decoding")
 
     async def purify(self, decoded: DecodedBatch, ctx: RequestContext, *, include_degraded: bool = False,
-                     mirror: bool = False) -> PurifiedBatch:
+                     mirror: bool = False, votes: int = 1) -> PurifiedBatch:
         """Purify in the pool (withdrawn if the client hangs up); PNGs at the original sizes (mirrored if asked).
+
+        With `votes` = K, the canvases are purified K times in one submission, vote k with the
+        seeds `vote_canvas_seeds` gives it (so `?seed=s` repeats every vote).
 
         Raises:
             NotReady, Overloaded, DeadlineExceeded, PurificationFailed, PayloadTooLarge: from the pool.
@@ -203,43 +235,64 @@ class Gateway:
         if self.pool is None or decoded.fitted is None:
             raise NotReady("purification is disabled on this gateway (purification_enabled=false)", retry_after_s=None)
         fitted = decoded.fitted
+        count = fitted.canvases.shape[0]
+        canvases, seeds = fitted.canvases, None
+        if votes > 1:
+            canvases = fitted.canvases.repeat(votes, 1, 1, 1)
+            seeds = vote_canvas_seeds(secrets.randbits(62) if ctx.seed is None else ctx.seed, votes, count)
         # deadline=None: the pool enforces it, dropping queued images and late results (its metrics say which).
         result = await guarded(
-            self.pool.submit(fitted.canvases, request_id=ctx.request_id, deadline=ctx.deadline, seed=ctx.seed),
+            self.pool.submit(canvases, request_id=ctx.request_id, deadline=ctx.deadline, seed=ctx.seed, seeds=seeds),
             request_id=ctx.request_id, what="purification", stopped=self.lifecycle.in_flight_stopped(),
             deadline=None, receive=ctx.receive)
         ctx.timings.add(Stage.QUEUE, result.queue_s)
         ctx.timings.add(Stage.PURIFY, result.purify_s)
-        degrade = parse_transforms(self.settings.transforms, self.engine.channels)[0] if include_degraded else None
+        degrade = self.settings.transforms if include_degraded else None
         with ctx.timings.measure(Stage.PURIFY):  # cutting back to the original sizes and PNG encoding
             pngs, degraded = await self._guarded(
-                asyncio.to_thread(_finish_batch, fitted, result.images, degrade, mirror), ctx, "encoding")
-        return PurifiedBatch(pngs=pngs, degraded_pngs=degraded, steps=result.steps)
+                asyncio.to_thread(_finish_batch, fitted, result.images.split(count), degrade, mirror),
+                ctx, "encoding")
+        return PurifiedBatch(votes=pngs, degraded_pngs=degraded, steps=result.steps)
 
-    async def prepare(self, blobs: list[bytes], ctx: RequestContext) -> PreparedImages:
-        """Decode and purify images for the vendor; with purification off, validate and pass the originals."""
+    async def prepare(self, blobs: list[bytes], ctx: RequestContext, votes: int = 1) -> PreparedImages:
+        """Decode and purify images for the vendor (K times with votes); with purification off, validate and
+        pass the originals."""
         purifying = self.pool is not None
         decoded = await self.decode(blobs, ctx, fit=purifying)
         if not purifying:
-            return PreparedImages(*_originals_for_vendor(decoded), steps=None)
-        purified = await self.purify(decoded, ctx, mirror=self.settings.vendor_mirror)
-        return PreparedImages(purified.pngs, PNG, purified.steps)
+            originals, content_type = originals_for_vendor(decoded)
+            return PreparedImages([originals], content_type, steps=None, decoded=decoded)
+        purified = await self.purify(decoded, ctx, mirror=self.settings.vendor_mirror, votes=votes)
+        return PreparedImages(purified.votes, PNG, purified.steps, decoded=decoded)
 
-    async def predict(self, prepared: PreparedImages, ctx: RequestContext) -> UpstreamResult:
+    async def predict(self, prepared: PreparedImages, ctx: RequestContext) -> Prediction:
         """Send images to the vendor in the configured protocol; one prediction per image.
 
+        With K votes: K calls at once, and per image the answer of the majority label (`votes.majority`).
+
         Raises:
-            UpstreamTimeout, UpstreamError, UpstreamRejected: see `Upstream.predict`.
+            UpstreamTimeout, UpstreamError, UpstreamRejected: see `Upstream.predict` (any vote's call).
             DeadlineExceeded: the request's deadline passed before or during the call.
             NotReady: the drain ran out during the call.
         """
         remaining = time_left(ctx.deadline, ctx.request_id, "calling the vendor")
-        with self._upstream_call(ctx) as outcome:
-            # The remaining budget caps the call; the guard is the outer bound, whatever the adapter does.
-            result = await self._guarded(self.upstream.predict(
-                prepared.blobs, ctx.request_id, prepared.content_type, timeout_s=remaining), ctx, "the vendor call")
-            outcome.status = str(result.status_code)
-        return result
+
+        async def call(blobs: list[bytes], request_id: str, timed: bool) -> UpstreamResult:
+            with _UpstreamCall(self.metrics, ctx.timings if timed else None) as outcome:
+                # The remaining budget caps the call; the guard is the outer bound, whatever the adapter does.
+                result = await self.upstream.predict(blobs, request_id, prepared.content_type, timeout_s=remaining)
+                outcome.status = str(result.status_code)
+            return result
+
+        if len(prepared.votes) == 1:
+            result = await self._guarded(call(prepared.blobs, ctx.request_id, timed=True), ctx, "the vendor call")
+            return Prediction(result.predictions, vote_labels=None, chosen_votes=[0] * len(result.predictions))
+        with ctx.timings.measure(Stage.UPSTREAM):  # the calls overlap: the stage is their wall time, not a sum
+            results = await self._guarded(asyncio.gather(*[
+                call(blobs, f"{ctx.request_id}-vote{k}", timed=False) for k, blobs in enumerate(prepared.votes)]),
+                ctx, "the vendor calls")
+        outcome = majority([r.predictions for r in results], self.vote_label)
+        return Prediction(outcome.predictions, vote_labels=outcome.labels, chosen_votes=outcome.chosen)
 
     async def forward(self, adapter: Upstream, path: str, body: bytes, headers: Mapping[str, str],
                       content_type: str | None, ctx: RequestContext) -> RelayedResponse:
@@ -270,7 +323,7 @@ class Gateway:
 class _UpstreamCall:
     """Times a vendor call into the request's upstream stage and the upstream metrics."""
 
-    def __init__(self, metrics: GatewayMetrics, timings: RequestTimings) -> None:
+    def __init__(self, metrics: GatewayMetrics, timings: RequestTimings | None) -> None:
         self._metrics = metrics
         self._timings = timings
         self.status = "error"
@@ -286,9 +339,28 @@ class _UpstreamCall:
             self.status = "timeout"
         elif isinstance(exc, UpstreamError) and exc.upstream_status is not None:
             self.status = str(exc.upstream_status)
-        self._timings.add(Stage.UPSTREAM, seconds)
+        if self._timings is not None:  # None: one of several overlapping calls, timed together by the caller
+            self._timings.add(Stage.UPSTREAM, seconds)
         self._metrics.upstream_requests.labels(self.status).inc()
         self._metrics.upstream_duration.observe(seconds)
+
+
+def _shadow_monitor(settings: Settings, upstream: Upstream, metrics: GatewayMetrics, pool: WorkerPool | None,
+                    label: LabelExtractor) -> ShadowMonitor | None:
+    """Shadow mode when a setting asks for it and there is purification to compare against."""
+    config = ShadowConfig(rate=settings.shadow_rate, allow_header=settings.shadow_allow_header,
+                          max_inflight=settings.shadow_max_inflight, max_labels=settings.shadow_max_labels,
+                          timeout_s=settings.upstream_timeout_s)
+    if not config.enabled or pool is None:
+        return None
+    capture = None
+    if settings.shadow_capture_dir is not None:
+        capture = CaptureRing(settings.shadow_capture_dir, CaptureLimits(
+            max_files=settings.shadow_capture_max_files, max_bytes=settings.shadow_capture_max_bytes))
+    # Shadow calls go first when the queue is half full: 429s would be next.
+    queue_limit = settings.queue_limit
+    return ShadowMonitor(config, upstream, label, metrics.shadow, capture=capture,
+                         under_load=lambda: 2 * pool.queue_depth >= queue_limit)
 
 
 def _decode_batch(blobs: list[bytes], opened: list[Image.Image], engine: EngineInfo | None,
@@ -305,16 +377,16 @@ def _decode_batch(blobs: list[bytes], opened: list[Image.Image], engine: EngineI
     return DecodedBatch(blobs, images, fit_to_model(tensors, engine.sample_size, small_fit=small_fit))
 
 
-def _finish_batch(fitted: FittedBatch, purified: torch.Tensor, degrade: LinearTransform | None,
-                  mirror: bool = False) -> tuple[list[bytes], list[bytes] | None]:
-    pngs = [encode_png(tensor_to_pil(x.flip(-1) if mirror else x)) for x in fitted.restore(purified)]
+def _finish_batch(fitted: FittedBatch, votes: Sequence[torch.Tensor], degrade: str | None,
+                  mirror: bool = False) -> tuple[list[list[bytes]], list[bytes] | None]:
+    """The pipeline's restore of each vote's canvases (and degraded view, for the `degrade` spec), as PNG."""
+    pngs = [[encode_png(tensor_to_pil(x)) for x in restore_images(fitted, purified, mirror)] for purified in votes]
     if degrade is None:
         return pngs, None
-    degraded = project(degrade, fitted.canvases)
-    return pngs, [encode_png(tensor_to_pil(x)) for x in fitted.restore(degraded)]
+    return pngs, [encode_png(tensor_to_pil(x)) for x in degraded_images(fitted, degrade)]
 
 
-def _originals_for_vendor(decoded: DecodedBatch) -> tuple[list[bytes], str]:
+def originals_for_vendor(decoded: DecodedBatch) -> tuple[list[bytes], str]:
     """The client's bytes when all share one format (their media type says it); else PNG re-encodes."""
     formats = {image.format for image in decoded.images}
     if len(formats) == 1 and (fmt := formats.pop()) and fmt in Image.MIME:

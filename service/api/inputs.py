@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 
 from service.api.schemas import PredictJsonRequest
 from service.errors import BadRequest, InvalidShape, PayloadTooLarge, UnsupportedMediaType
-from service.upstream.wire import decode_image as decode_base64_image
+from service.upstream.wire import decode_base64_image
 from service.upstream.wire import is_json_media_type, media_type
 
 IMAGE_FIELD = "image"

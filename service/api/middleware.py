@@ -93,8 +93,11 @@ class GatewayMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        # Probes and scrapes are not work: a /metrics scrape would otherwise always report itself in flight.
+        counted = scope["path"] not in PROBE_PATHS
         with request_id_context(request_id):
-            self.metrics.inflight.inc()
+            if counted:
+                self.metrics.inflight.inc()
             try:
                 await self._handle(scope, receive, send_with_headers, lambda: started_response)
             except ClientDisconnect:
@@ -107,7 +110,8 @@ class GatewayMiddleware:
                     raise  # too late for a JSON body; the server closes the connection
                 await internal_error_response()(scope, receive, send_with_headers)
             finally:
-                self.metrics.inflight.dec()
+                if counted:
+                    self.metrics.inflight.dec()
                 self._record(scope, status, timings)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, response_started: Callable[[], bool]) -> None:

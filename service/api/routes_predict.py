@@ -9,10 +9,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
+from service.api.gateway import Prediction, PreparedImages, originals_for_vendor
 from service.api.inputs import InputKind, input_kind, read_images
 from service.api.routes_sidecar import RELAYED_RESPONSE, relay
 from service.api.schemas import (EXAMPLE_PNG_B64, Include, PredictJsonRequest, PredictResponse, PurifyResponse,
                                  RelayedBody)
+from service.errors import BadRequest
+from service.shadow.monitor import SHADOW_HEADER, ShadowJob
 from service.upstream import UpstreamProtocol
 
 _IMAGES_OPENAPI: dict[str, Any] = {
@@ -25,6 +28,16 @@ _IMAGES_OPENAPI: dict[str, Any] = {
 }
 _RAW_IMAGE_OPENAPI: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 PURIFY_STEPS_HEADER = "X-Purification-Steps"
+VotesQuery = Annotated[int | None, Query(ge=1, description=(
+    "Purify each image K times (K seeds), ask the vendor K times, answer with the majority label's response "
+    "(ties: the label voted first). Default: the gateway's `votes`; at most its `max_votes`."))]
+
+
+def shadow_job(request_id: str, prepared: PreparedImages, result: Prediction) -> ShadowJob:
+    """The comparison's inputs: the client's images as sent, and the purified images behind the answers."""
+    originals, content_type = originals_for_vendor(prepared.decoded)
+    purified = [prepared.votes[k][i] for i, k in enumerate(result.chosen_votes)]
+    return ShadowJob(request_id, originals, content_type, purified, result.predictions)
 
 
 def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict: bool,
@@ -59,19 +72,27 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
     @router.post("/predict", response_model=None, responses=predict_responses, openapi_extra=predict_body,
                  description=f"Purify each image, send it to the vendor, return its predictions. Multipart 'image' "
                              f"parts or JSON base64 images; {raw_description}.")
-    async def predict(request: Request, gateway: GatewayDep, ctx: ContextDep) -> Any:
+    async def predict(request: Request, gateway: GatewayDep, ctx: ContextDep, votes: VotesQuery = None) -> Any:
         """Purify, then predict with the vendor model."""
         kind = input_kind(request.headers.get("content-type"))
         if kind is InputKind.RAW_IMAGE and raw_sidecar_on_predict:
             return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.RAW], ctx)
         gateway.require_ready()
         settings = gateway.settings
+        votes = settings.votes if votes is None else votes
+        if votes > settings.max_votes:
+            raise BadRequest(f"votes={votes} exceeds this gateway's max_votes ({settings.max_votes})")
         blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
-        prepared = await gateway.prepare(blobs, ctx)
+        prepared = await gateway.prepare(blobs, ctx, votes if gateway.pool is not None else 1)
         result = await gateway.predict(prepared, ctx)
-        purification = gateway.purification_info(prepared.steps) if prepared.steps is not None else None
+        purification = (gateway.purification_info(prepared.steps, result.vote_labels)
+                        if prepared.steps is not None else None)
         response = PredictResponse(request_id=ctx.request_id, predictions=result.predictions,
                                    purification=purification, latency_ms=ctx.timings.latency_ms())
+        shadow = gateway.shadow
+        if shadow is not None and shadow.sampled(request.headers.get(SHADOW_HEADER)):
+            # Started now, it runs while the response goes out: the client never waits for it.
+            shadow.submit(shadow_job(ctx.request_id, prepared, result))
         return Response(response.model_dump_json(), media_type="application/json")
 
     if not purification_enabled:

@@ -11,6 +11,12 @@ is `/predict` (the default) it is shared with the gateway's own API, and the Con
 decides: `image/*` or `application/octet-stream` is the sidecar, multipart or JSON is the API
 (see routes_predict.py).
 
+The v2 routes also take the binary tensor data extension (`Inference-Header-Content-Length`):
+the images are purified inside it and the header length is rewritten; binary outputs
+(`binary_data_output`) come back as the vendor framed them. Before a model-named request is
+purified, the vendor is asked (`ModelCatalog`, cached briefly) whether it serves the model, so an
+unknown model costs a 404, not a purification. The v2 health and metadata routes are in routes_v2.py.
+
 Paths are checked before anything is read or forwarded: the vendor gets the path as the client
 sent it, so a model name must be a plain name (`config.MODEL_NAME_PATTERN`), neither a dot
 segment that httpx or the vendor resolves into another path (`/v2/models/../infer` is `/v2/infer`)
@@ -27,11 +33,14 @@ from fastapi.responses import Response
 
 from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
 from service.api.gateway import Gateway, RequestContext
+from service.api.guard import time_left
 from service.api.schemas import EXAMPLE_PNG_B64, ErrorResponse
 from service.api.security import headers_for_vendor
 from service.config import model_name_problem
 from service.errors import BadRequest, ModelNotFound, PayloadTooLarge
-from service.upstream import Upstream, UpstreamProtocol
+from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, VendorBody
+from service.upstream.catalog import ModelRef
+from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH
 
 RAW_BODY_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -44,7 +53,11 @@ TFSERVING_BODY_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "con
         "items": {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string"}}}}}},
     "example": {"instances": [{"b64": EXAMPLE_PNG_B64}]},
 }}}}
-V2_BODY_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {"application/json": {
+V2_BODY_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
+  "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
+      f"The binary tensor data extension: a JSON header of {INFERENCE_HEADER_LENGTH} bytes, then the raw "
+      "data of each input with parameters.binary_data_size (BYTES: 4-byte little-endian length, then the bytes).")}},
+  "application/json": {
     "schema": {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"},
         "inputs": {"type": "array", "minItems": 1, "items": {
@@ -89,40 +102,63 @@ def check_vendor_path(request: Request, exposed_models: tuple[str, ...]) -> None
         raise ModelNotFound(f"model {name!r} is not exposed by this gateway (upstream_models)")
 
 
+def vendor_path(request: Request) -> str:
+    """The path and query as the client sent them (still percent-encoded), for the same path upstream."""
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    return raw_path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
+
+
+def relayed_response(relayed: RelayedResponse) -> Response:
+    """The vendor's answer as the gateway's response: status, body and end-to-end headers unchanged."""
+    response = Response(content=relayed.body, status_code=relayed.status_code)
+    # raw_headers, not a dict: the vendor's repeated headers (e.g. Set-Cookie) must survive.
+    response.raw_headers = [(b"content-length", str(len(relayed.body)).encode())] + [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in relayed.headers]
+    return response
+
+
+def model_ref(request: Request, protocol: UpstreamProtocol) -> ModelRef | None:
+    """The model a sidecar path names (None for the raw path, which names none)."""
+    name = request.path_params.get("name")
+    version = request.path_params.get("version")
+    return None if name is None else ModelRef(protocol, str(name), None if version is None else str(version))
+
+
+def headers_for_question(headers: dict[str, str]) -> dict[str, str]:
+    """The client's vendor headers for a GET: without those that describe the request's body."""
+    return {name: value for name, value in headers.items()
+            if not name.lower().startswith("content-") and name.lower() != INFERENCE_HEADER_LENGTH.lower()}
+
+
 async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: RequestContext) -> Response:
     """Purify the images inside a vendor-format request and relay it to the same path upstream.
 
     Raises:
-        BadRequest: the path (see `check_vendor_path`), the body or an image in it.
-        ModelNotFound: a model outside `upstream_models`.
+        BadRequest: the path (see `check_vendor_path`), the body (its binary framing too) or an image in it.
+        ModelNotFound: a model outside `upstream_models`, or one the vendor says it does not serve.
         InvalidShape, UnsupportedMediaType, PayloadTooLarge: the body or an image in it.
         NotReady, Overloaded, DeadlineExceeded, PurificationFailed: from purification.
         UpstreamTimeout, UpstreamError: the vendor could not be reached or timed out.
     """
     check_vendor_path(request, gateway.settings.upstream_models)
     gateway.require_ready()
-    body = await request.body()
-    content_type = request.headers.get("content-type", "")
-    blobs = adapter.extract_images(body, content_type)
+    headers = headers_for_vendor(request.headers, gateway.settings.api_key)
+    body = VendorBody.from_headers(await request.body(), request.headers)
+    blobs = adapter.extract_images(body)
     limit = gateway.settings.max_images_per_request
     if len(blobs) > limit:
         raise PayloadTooLarge(f"{len(blobs)} images in one request; the limit is {limit} (max_images_per_request)")
+    # After the cheap checks of the body (a malformed one costs the vendor nothing), before purification.
+    if (model := model_ref(request, adapter.protocol)) is not None:
+        await gateway.models.require(adapter, model, headers_for_question(headers), request_id=ctx.request_id,
+                                     timeout_s=time_left(ctx.deadline, ctx.request_id, "asking the vendor"))
     prepared = await gateway.prepare(blobs, ctx)
-    forwarded_type: str | None = None  # purification off: the body and its type go as they came
-    if prepared.steps is not None:
-        body, forwarded_type = adapter.replace_images(body, content_type, prepared.blobs,
-                                                      image_content_type=prepared.content_type)
-    # The raw path as sent (still percent-encoded), so the vendor sees exactly the client's path.
-    raw_path = request.scope.get("raw_path") or request.url.path.encode()
-    query = request.scope.get("query_string", b"")
-    path = raw_path.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
-    relayed = await gateway.forward(adapter, path, body, headers_for_vendor(request.headers, gateway.settings.api_key),
-                                    forwarded_type, ctx)
-    response = Response(content=relayed.body, status_code=relayed.status_code)
-    # raw_headers, not a dict: the vendor's repeated headers (e.g. Set-Cookie) must survive.
-    response.raw_headers = [(b"content-length", str(len(relayed.body)).encode())] + [
-        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in relayed.headers]
-    return response
+    if prepared.steps is not None:  # purification off: the body and its headers go as they came
+        body = adapter.replace_images(body, prepared.blobs, image_content_type=prepared.content_type)
+        headers = body.reframe(headers)
+    relayed = await gateway.forward(adapter, vendor_path(request), body.content, headers, None, ctx)
+    return relayed_response(relayed)
 
 
 def build_sidecar_router(gateway_dependencies: list[Any], raw_path: str | None) -> APIRouter:
@@ -136,6 +172,8 @@ def build_sidecar_router(gateway_dependencies: list[Any], raw_path: str | None) 
         The router.
     """
     router = APIRouter(tags=["sidecar"], dependencies=gateway_dependencies)
+    infer_v2_doc = ("Open Inference Protocol v2 with a BYTES input of images (base64 in JSON, or the binary "
+                    "tensor extension): purified, forwarded, relayed.")
 
     responses: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **ERROR_RESPONSES}
     model_responses = {**responses, **MODEL_NOT_EXPOSED_RESPONSE}
@@ -147,9 +185,14 @@ def build_sidecar_router(gateway_dependencies: list[Any], raw_path: str | None) 
         return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.TFSERVING], ctx)
 
     @router.post("/v2/models/{name}/infer", responses=model_responses, openapi_extra=V2_BODY_OPENAPI,
-                 response_class=Response)
+                 response_class=Response, description=infer_v2_doc)
     async def v2_infer(name: str, request: Request, gateway: GatewayDep, ctx: ContextDep) -> Response:
-        """Open Inference Protocol v2 with a BYTES input of base64 images: purified, forwarded, relayed."""
+        return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.V2], ctx)
+
+    @router.post("/v2/models/{name}/versions/{version}/infer", responses=model_responses,
+                 openapi_extra=V2_BODY_OPENAPI, response_class=Response, description=infer_v2_doc)
+    async def v2_infer_version(name: str, version: str, request: Request, gateway: GatewayDep,
+                               ctx: ContextDep) -> Response:
         return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.V2], ctx)
 
     if raw_path is not None:

@@ -36,6 +36,9 @@ class PurificationInfo(BaseModel):
     vendor_mirror: bool = Field(False, description="The vendor saw the purified images mirrored left-right.")
     device: str = Field(description="Device(s) of the worker pool, e.g. 'cpu' or 'cuda:0,cuda:1'.")
     dtype: str = Field(description="ε-model compute dtype, e.g. 'float32'.")
+    votes: int = Field(1, description="Purifications per image (?votes=K); the answer is the majority label's.")
+    vote_labels: list[list[str | None]] | None = Field(None, description=(
+        "With votes: per image, the label each vote's vendor answer gave (null: unreadable), in vote order."))
 
 
 class LatencyMs(BaseModel):

@@ -1,1 +1,1 @@
-"""Defense evaluation: the backdoor triggers (BadNets, Blended, WaNet) and their metrics."""
+"""Defense evaluation: ZIP and the baseline defenses against the attack zoo of `service.backdoor`."""

@@ -1,8 +1,11 @@
 """The defenses under evaluation (none, blur = A⁺A x, ZIP) and how one is applied in process.
 
-A defense maps a batch (N, C, H, W) in [-1, 1] to a batch of the same shape. `none` and `blur` are
-deterministic; ZIP draws noise, so each image gets its own seed (`item_seed`), which makes a result
-independent of batching and lets `--votes K` purify the same image K times with K different seeds.
+A defense maps a batch (N, C, H, W) in [-1, 1] to a batch of the same shape, through the engine
+pipeline the gateway serves with (`service.purify.pipeline`): the batch is fitted to the model's
+canvases as one gateway request's images are (small images tiled), canvas i is purified with
+seed + i as the gateway's `?seed=` does, and the canvases are cut back. `none` and `blur` are
+deterministic; ZIP draws noise, so a batch's base seed comes from `item_seed`, which lets
+`--votes K` purify the same images K times with K different seeds.
 """
 
 from __future__ import annotations
@@ -14,14 +17,13 @@ from enum import Enum
 import torch
 
 from service.purify.models import EpsModel
-from service.purify.pipeline import fit_to_model
-from service.purify.transforms import parse_transforms, project
+from service.purify.options import ZipConfig
+from service.purify.seeds import VOTE_SEED_SHIFT
+from service.purify.pipeline import degraded_images, fit_to_model, purify_canvases, restore_images
 from service.purify.zip import ZipPurifier
-from service.workers.purifier import seeded_generators
 
-VOTE_SEED_SHIFT = 20
-"""Seeds are (seed << 32) + (vote << 20) + position: room for 2²⁰ images and 2¹² votes per seed."""
 SEED_SHIFT = 32
+"""Seeds are (seed << 32) + (vote << 20) + position: room for 2²⁰ images and 2¹² votes per seed."""
 
 
 class Defense(str, Enum):
@@ -38,44 +40,25 @@ class Defense(str, Enum):
 
 
 @dataclasses.dataclass(frozen=True)
-class DefenseSetting:
-    """The knobs of one evaluated setting: ZIP's (transforms, S, λ, η, t*, L, R) and the vote count K.
+class DefenseSetting(ZipConfig):
+    """One evaluated setting: ZIP's knobs (a `ZipConfig`: transforms, S, λ, η, t*, L, R) plus the
+    evaluation's own, the vote count K and `mirror`.
 
     `noise_start` (t*/T), `travel_length` and `travel_repeat` (RePaint's L, R) are the levers
     measured beside the gateway's knobs; their defaults (1, 1, 1) are plain ZIP. `mirror` flips the
     defended image left-right before the vendor sees it, as the gateway's `vendor_mirror` does.
 
     Raises:
-        ValueError: steps, votes, L or R < 1, λ ≤ 0, η outside [0, 1], t* outside (0, 1], or an
-            empty transforms spec.
+        ValueError: a bad ZIP knob (see `ZipConfig`), or votes outside [1, 2¹²).
     """
 
-    transforms: str = "blur:4"
-    steps: int = 20
-    guidance_power: float = 0.5
-    eta: float = 1.0
     votes: int = 1
-    noise_start: float = 1.0
-    travel_length: int = 1
-    travel_repeat: int = 1
     mirror: bool = False
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be ≥ 1, got {self.steps}")
-        if not self.guidance_power > 0:
-            raise ValueError(f"guidance_power must be > 0 (inf disables the mix), got {self.guidance_power}")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        super().__post_init__()
         if not 1 <= self.votes < 1 << (SEED_SHIFT - VOTE_SEED_SHIFT):
             raise ValueError(f"votes must be in [1, {(1 << (SEED_SHIFT - VOTE_SEED_SHIFT)) - 1}], got {self.votes}")
-        if not self.transforms.strip():
-            raise ValueError("transforms spec is empty; use e.g. 'blur:2'")
-        if not 0.0 < self.noise_start <= 1.0:
-            raise ValueError(f"noise_start must be in (0, 1] (1 = pure noise), got {self.noise_start}")
-        if self.travel_length < 1 or self.travel_repeat < 1:
-            raise ValueError(f"travel_length and travel_repeat must be ≥ 1, got {self.travel_length}, "
-                             f"{self.travel_repeat}")
 
     def purifications(self, defense: Defense) -> int:
         """Defended copies of each image this setting costs: K for ZIP, 1 for a deterministic defense."""
@@ -106,9 +89,10 @@ class DefenseSetting:
 def item_seed(seed: int, vote: int, position: int) -> int:
     """The noise seed of the image at `position` of an evaluated set, for purification `vote`.
 
-    Consecutive positions get consecutive seeds, as the gateway's `?seed=s` gives image i the
-    seed s + i: a batch sent with `?seed=item_seed(seed, vote, start)` is purified with the same
-    seeds as in process.
+    Consecutive positions get consecutive seeds. A batch starting at `start` is purified with
+    the base seed `item_seed(seed, vote, start)`, in process and through the gateway (`?seed=`)
+    alike; canvas i of the batch gets base + i (`service.purify.seeds.canvas_seeds`), so when each
+    image has its own canvas (28² in the shipped 32² model) image i's seed is item_seed(…, start + i).
 
     Raises:
         ValueError: negative arguments or a position beyond 2²⁰.
@@ -117,16 +101,6 @@ def item_seed(seed: int, vote: int, position: int) -> int:
         raise ValueError(f"need seed, vote ≥ 0 and 0 ≤ position < {1 << VOTE_SEED_SHIFT}; got {seed}, {vote}, "
                          f"{position}")
     return (seed << SEED_SHIFT) + (vote << VOTE_SEED_SHIFT) + position
-
-
-def degrade(images: torch.Tensor, transforms: str) -> torch.Tensor:
-    """The naive baseline: A⁺A x for the first transform of the spec (what ZIP keeps of the input).
-
-    Raises:
-        ValueError: a bad transforms spec for the images' channel count.
-    """
-    first = parse_transforms(transforms, images.shape[1])[0]
-    return project(first, images).clamp(-1.0, 1.0)
 
 
 class InProcessDefender:
@@ -140,46 +114,43 @@ class InProcessDefender:
     def __init__(self, model: EpsModel | None, device: torch.device | str = "cpu") -> None:
         self.model = model
         self.device = torch.device(device)
-        self._purifiers: dict[tuple[object, ...], ZipPurifier] = {}
+        self._purifiers: dict[ZipConfig, ZipPurifier] = {}
 
-    def purifier(self, setting: DefenseSetting) -> ZipPurifier:
-        """The `ZipPurifier` for a setting's (transforms, S, λ, η, t*, L, R).
+    def purifier(self, setting: ZipConfig) -> ZipPurifier:
+        """The `ZipPurifier` for a setting's ZIP knobs (transforms, S, λ, η, t*, L, R).
 
         Raises:
             ValueError: no ε-model was given.
         """
         if self.model is None:
             raise ValueError("the zip defense needs a diffusion model: pass model_path (e.g. models/fmnist-ddpm)")
-        key = dataclasses.replace(setting, mirror=False).output_key(Defense.ZIP)  # mirroring comes after purifying
+        key = setting.zip_config()  # votes and mirror do not change the purifier
         if key not in self._purifiers:
-            self._purifiers[key] = ZipPurifier(
-                self.model, setting.transforms, steps=setting.steps, guidance_power=setting.guidance_power,
-                eta=setting.eta, noise_start=setting.noise_start, travel_length=setting.travel_length,
-                travel_repeat=setting.travel_repeat)
+            self._purifiers[key] = ZipPurifier(self.model, key)
         return self._purifiers[key]
 
-    def __call__(self, defense: Defense, setting: DefenseSetting, images: torch.Tensor,
-                 seeds: list[int]) -> torch.Tensor:
-        """Defend one batch.
+    def __call__(self, defense: Defense, setting: DefenseSetting, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """Defend one batch, as the gateway defends one request's images.
 
         Args:
             defense: which defense.
             setting: its knobs.
             images: (N, C, H, W) in [-1, 1].
-            seeds: one noise seed per image (used by ZIP only).
+            seed: the batch's base seed (ZIP only): canvas i uses seed + i, as with the gateway's `?seed=`.
 
         Returns:
             The defended batch, float32 on CPU.
         """
         if defense is Defense.NONE:
             return images.clone()
-        # Images of another size are fitted to the model's canvas and back as the gateway fits them
-        # (padded when smaller, resized when larger), so blur degrades at the resolution ZIP keeps.
+        # The pipeline's fit, the gateway's: padded when smaller, resized when larger, small ones tiled;
+        # so blur degrades at the resolution ZIP keeps.
         size = self.model.sample_size if self.model is not None else images.shape[-1]
-        fitted = fit_to_model(list(images), size, tile_small=False)
+        fitted = fit_to_model(list(images), size)
         if defense is Defense.BLUR:
-            out = degrade(fitted.canvases, setting.transforms)
+            defended = degraded_images(fitted, setting.transforms)
         else:
-            out = self.purifier(setting)(fitted.canvases.to(self.device), seeded_generators(seeds, self.device))
-        defended = torch.stack(fitted.restore(out.float().cpu()))
-        return defended.flip(-1) if setting.mirror else defended
+            defended = restore_images(fitted, purify_canvases(self.purifier(setting), fitted.canvases, seed,
+                                                              self.device))
+        batch = torch.stack(defended).float()
+        return batch.flip(-1) if setting.mirror else batch

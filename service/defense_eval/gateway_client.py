@@ -112,12 +112,13 @@ class GatewayClient:
                                 upstream_status=response.status_code)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def predict(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, seed: int, votes: int = 1) -> torch.Tensor:
         """The vendor's labels for `images` (N, C, H, W) in [-1, 1], purified by the gateway.
 
         Args:
             images: the batch (sent as 8-bit PNGs).
-            seed: image i is purified with seed + i.
+            seed: canvas i is purified with seed + i (vote k: `service.purify.seeds.vote_canvas_seeds`).
+            votes: `?votes=K`: the gateway purifies K times and answers with the majority label.
 
         Returns:
             (N,) int64 labels.
@@ -125,7 +126,7 @@ class GatewayClient:
         Raises:
             UpstreamTimeout, UpstreamError: see the module docstring.
         """
-        answer = self._post("/predict", images, seed)
+        answer = self._post("/predict", images, seed, {"votes": votes} if votes > 1 else None)
         predictions = answer.get("predictions")
         if not isinstance(predictions, list) or len(predictions) != images.shape[0]:
             raise UpstreamError(f"the gateway returned {len(predictions or [])} predictions for {images.shape[0]} "

@@ -18,13 +18,15 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from service.defense_eval.attacks import Attack
+from service.backdoor.attacks import Attack
 from service.defense_eval.defenses import Defense, DefenseSetting
-from service.defense_eval.metrics import DefenseScores
+from service.backdoor.metrics import DefenseScores
 from service.defense_eval.sweep import SweepKnob, setting_label
 from service.defense_eval.worst_case import Extreme, WorstCaseRow, worst_case_rows
 
 RESULTS_FILE = "results.json"
+LABELS_FILE = "labels.npz"
+"""Per-image labels: "<labels_key>/clean", "<labels_key>/triggered", "<attack>/triggered/true", "clean/true"."""
 TABLE_FILE = "results.md"
 SWEEP_PLOT_FILE = "sweep.png"
 GRID_FILE = "grid-{attack}.png"
@@ -104,6 +106,11 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 4)
 
 
+def labels_key(attack: Attack, defense: Defense, setting: DefenseSetting) -> str:
+    """Where a row's per-image labels sit in labels.npz (also each row's `labels_key` in results.json)."""
+    return f"{attack.value}/{defense.value}/{setting.describe()}"
+
+
 def _setting_json(setting: DefenseSetting) -> dict[str, Any]:
     values = dataclasses.asdict(setting)
     if math.isinf(setting.guidance_power):
@@ -115,6 +122,7 @@ def results_json(report: EvalReport) -> dict[str, Any]:
     """The report as a JSON-ready dict (NaN → null, λ = ∞ → "inf")."""
     rows = [{
         "attack": row.attack.value, "defense": row.defense.value, "setting": _setting_json(row.setting),
+        "labels_key": labels_key(row.attack, row.defense, row.setting),
         "clean_accuracy": _number(row.scores.clean_accuracy),
         "attack_success_rate": _number(row.scores.attack_success_rate),
         "poisoned_accuracy": _number(row.scores.poisoned_accuracy),

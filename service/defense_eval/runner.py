@@ -13,60 +13,85 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.defense_eval.attacks import TARGET_LABEL, ZOO, Attack, apply_trigger
+from service.backdoor.attacks import TARGET_LABEL, ZOO, Attack, apply_trigger
 from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefender, item_seed
 from service.defense_eval.gateway_client import GatewayClient
-from service.defense_eval.metrics import majority_vote, score_defense
-from service.defense_eval.report import EvalReport, GridImages, ResultRow, write_report
+from service.backdoor.metrics import majority_vote, score_defense
+from service.defense_eval.report import LABELS_FILE, EvalReport, GridImages, ResultRow, labels_key, write_report
 from service.defense_eval.sweep import SweepKnob, sweep_settings, varying_knobs
-from service.purify.models import DType, load_eps_model
-from service.training.data import Split, load_split
-from service.training.vendor import load_vendor, predict_labels, read_vendor_config, torch_threads
-from service.workers.purifier import resolve_dtype
+from service.purify.models import load_eps_model
+from service.purify.options import DType
+from service.backdoor.data import Split, load_split
+from service.backdoor.vendor_model import load_vendor, predict_labels, read_vendor_config
+from service.torch_threads import torch_threads
 
 SetKey = Attack | None
 """Which image set: None = the clean images, an attack = its triggered victims."""
 _GATEWAY_TIMER = ("gateway",)  # the timing key of gateway round trips (purification + vendor)
 
 
+E = TypeVar("E", bound=Enum)
 ALL_ATTACKS = "all"
 """The vendor name that stands for the whole zoo (`attacks.ZOO`)."""
 
 
-def _expand_all(values: Sequence[Any]) -> list[Any]:
-    """The vendors with every "all" replaced by the zoo, in place."""
-    return [attack for value in values for attack in
-            (ZOO if isinstance(value, str) and value.strip().lower() == ALL_ATTACKS else (value,))]
+def _names(names: str | Sequence[str]) -> list[str]:
+    """Comma-separated names (or a sequence of them), stripped and lower-cased, empty ones dropped."""
+    items = names.split(",") if isinstance(names, str) else [part for name in names for part in name.split(",")]
+    return [item.strip().lower() for item in items if item.strip()]
 
 
-def _as_enums(values: Sequence[Any], enum: type) -> tuple[Any, ...]:
+def _parse(name: str, enum: type[E]) -> E:
     try:
-        return tuple(enum(value.strip().lower() if isinstance(value, str) else value) for value in values)
-    except ValueError as exc:
-        raise ValueError(f"{exc}; choose from {', '.join(member.value for member in enum)}") from None
+        return enum(name)
+    except ValueError:
+        raise ValueError(f"{name!r} is not a valid {enum.__name__}; choose from "
+                         f"{', '.join(member.value for member in enum)}") from None
+
+
+def parse_vendors(names: str | Sequence[str]) -> tuple[Attack, ...]:
+    """Attacks from names such as "badnets,sig" (the CLI's `--vendor`); "all" stands for the zoo.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    attacks = [attack for name in _names(names)
+               for attack in (ZOO if name == ALL_ATTACKS else (_parse(name, Attack),))]
+    return tuple(dict.fromkeys(attacks))
+
+
+def parse_defenses(names: str | Sequence[str]) -> tuple[Defense, ...]:
+    """Defenses from names such as "none,blur,zip" (the CLI's `--defense`), in the order given.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    return tuple(dict.fromkeys(_parse(name, Defense) for name in _names(names)))
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """Everything `zipgate eval` decides (defaults: the shipped world's best point, DESIGN.md §6).
+    """Everything `zipgate eval` decides (defaults: the shipped world's best point, docs/defense.md).
 
-    Enum fields also accept their names ("badnets", "zip", "bf16") and paths accept str; both
-    are normalised at construction.
+    Typed through: the CLI turns names into enums (`parse_vendors`, `parse_defenses`) and paths
+    into `Path`s at its boundary.
 
     Attributes:
-        vendors: attacks whose vendor model (`models_dir/vendor-<attack>`) is evaluated; "all" (and
-            the default) is the whole zoo, `attacks.ZOO`.
+        vendors: attacks whose vendor model (`models_dir/vendor-<attack>`) is evaluated; the
+            default is the whole zoo, `attacks.ZOO`.
         defenses: evaluated in this order.
         n: first n test images (CA on all n, ASR/PA on the triggered ones with label ≠ target).
-        steps, transforms, guidance_power, eta, votes, mirror: the setting (the base of a sweep).
+        setting: ZIP's knobs, votes and mirror (the base of a sweep; defaults: the gateway's `ZipConfig`).
         seed: base noise seed (see `defenses.item_seed`).
         batch_size: images per purification batch (and per gateway request).
         device, dtype: where and in what precision the ε-model runs (AUTO: bf16 on CPUs that have it).
@@ -82,20 +107,15 @@ class EvalOptions:
         grid_images: images per row of the grid PNGs.
 
     Raises:
-        ValueError: an unknown vendor or defense, n or batch_size < 1, a bad setting or sweep,
-            or a sweep over purification knobs in gateway mode.
+        ValueError: no vendor or defense, n or batch_size < 1, a bad sweep, or a sweep over
+            purification knobs in gateway mode.
     """
 
     vendors: tuple[Attack, ...] = ZOO
     defenses: tuple[Defense, ...] = (Defense.NONE, Defense.BLUR, Defense.ZIP)
     n: int = 1000
-    steps: int = 20
-    transforms: str = "blur:4"
-    guidance_power: float = 0.5
-    eta: float = 1.0
+    setting: DefenseSetting = field(default_factory=DefenseSetting)
     seed: int = 0
-    votes: int = 1
-    mirror: bool = False
     batch_size: int = 64
     device: str = "cpu"
     dtype: DType = DType.AUTO
@@ -110,13 +130,6 @@ class EvalOptions:
     grid_images: int = 8
 
     def __post_init__(self) -> None:
-        # Names and str paths are accepted too (CLI convenience) and normalised here, once; frozen,
-        # so through object.__setattr__.
-        object.__setattr__(self, "vendors", tuple(dict.fromkeys(_as_enums(_expand_all(self.vendors), Attack))))
-        object.__setattr__(self, "defenses", tuple(dict.fromkeys(_as_enums(self.defenses, Defense))))
-        object.__setattr__(self, "dtype", _as_enums([self.dtype], DType)[0])
-        for name in ("model_path", "models_dir", "out_dir"):
-            object.__setattr__(self, name, Path(getattr(self, name)))
         if not self.vendors or not self.defenses:
             raise ValueError("name at least one vendor (e.g. badnets) and one defense (e.g. zip)")
         if self.n < 1 or self.batch_size < 1 or self.grid_images < 1:
@@ -127,14 +140,9 @@ class EvalOptions:
             raise ValueError("through a gateway only votes can be swept: its purification settings are its own; "
                              "sweep the other knobs in process (without --gateway)")
 
-    def base_setting(self) -> DefenseSetting:
-        """The ZIP setting of the options (a sweep varies it)."""
-        return DefenseSetting(self.transforms, self.steps, self.guidance_power, self.eta, self.votes,
-                              mirror=self.mirror)
-
     def settings(self) -> list[DefenseSetting]:
         """The evaluated settings: the base setting, or the sweep's grid around it."""
-        return [self.base_setting()] if self.sweep is None else sweep_settings(self.base_setting(), self.sweep)
+        return [self.setting] if self.sweep is None else sweep_settings(self.setting, self.sweep)
 
 
 @dataclass
@@ -148,7 +156,7 @@ class _Judge:
     options: EvalOptions
     sets: dict[SetKey, Split]
     defender: InProcessDefender
-    vendors: dict[Attack, torch.nn.Module]
+    vendors: Mapping[Attack, torch.nn.Module]
     gateway: GatewayClient | None
     defended: dict[tuple[object, ...], torch.Tensor] = field(default_factory=dict)
     gateway_answers: dict[tuple[SetKey, int], torch.Tensor] = field(default_factory=dict)
@@ -178,26 +186,29 @@ class _Judge:
             seed = self.options.seed
             self.defended[(key, output_key, vote)] = self._in_batches(
                 key, f"{defense.value} {setting.describe()} vote {vote + 1}", output_key,
-                lambda batch, start: self.defender(defense, setting, batch,
-                                                   [item_seed(seed, vote, start + i) for i in range(len(batch))]))
+                lambda batch, start: self.defender(defense, setting, batch, item_seed(seed, vote, start)))
         return self.defended[(key, output_key, vote)]
 
-    def through_gateway(self, key: SetKey, vote: int) -> torch.Tensor:
-        """The gateway's labels for a set (purified there with this vote's seeds)."""
+    def through_gateway(self, key: SetKey, votes: int) -> torch.Tensor:
+        """The gateway's labels for a set: its own majority over `votes` purifications (`?votes=K`).
+
+        The gateway gives vote k of a batch seeded s the seeds of `vote_canvas_seeds`, which are the
+        evaluation's `item_seed(seed, k, start) + i`: in-process K votes and the gateway's agree.
+        """
         gateway = self.gateway
         if gateway is None:
             raise ValueError("no gateway to call: set gateway_url")
-        if (key, vote) not in self.gateway_answers:
-            self.gateway_answers[(key, vote)] = self._in_batches(
-                key, f"gateway vote {vote + 1}", _GATEWAY_TIMER,
-                lambda batch, start: gateway.predict(batch, item_seed(self.options.seed, vote, start)))
-        return self.gateway_answers[(key, vote)]
+        if (key, votes) not in self.gateway_answers:
+            self.gateway_answers[(key, votes)] = self._in_batches(
+                key, f"gateway votes={votes}", _GATEWAY_TIMER,
+                lambda batch, start: gateway.predict(batch, item_seed(self.options.seed, 0, start), votes))
+        return self.gateway_answers[(key, votes)]
 
     def votes(self, attack: Attack, defense: Defense, setting: DefenseSetting, key: SetKey) -> torch.Tensor:
         """(K, N) labels of `attack`'s vendor on set `key` defended K times (K = 1 if deterministic)."""
         count = setting.purifications(defense)
         if self.gateway is not None and defense is Defense.ZIP:
-            return torch.stack([self.through_gateway(key, vote) for vote in range(count)])
+            return self.through_gateway(key, count).unsqueeze(0)  # the gateway's majority: one row
         vendor = self.vendors[attack]
         device = self.options.device
         return torch.stack([
@@ -251,11 +262,12 @@ def _vendor_meta(options: EvalOptions, attack: Attack) -> dict[str, Any]:
 
 
 def _options_meta(options: EvalOptions) -> dict[str, Any]:
-    values = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    values = {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "setting"}
+    values.update(dataclasses.asdict(options.setting))  # the setting's knobs, flat as before
     values["vendors"] = [a.value for a in options.vendors]
     values["defenses"] = [d.value for d in options.defenses]
     values["dtype"] = options.dtype.value
-    values["guidance_power"] = "inf" if math.isinf(options.guidance_power) else options.guidance_power
+    values["guidance_power"] = "inf" if math.isinf(options.setting.guidance_power) else options.setting.guidance_power
     for name in ("model_path", "models_dir", "out_dir"):
         values[name] = str(values[name])
     return values
@@ -288,20 +300,24 @@ def run_eval(options: EvalOptions) -> EvalReport:
                    for attack in options.vendors if local_defenses}
         model, model_meta = None, _model_meta(options)  # read before loading: a trainer may re-export meanwhile
         if Defense.ZIP in local_defenses:
-            model = load_eps_model(options.model_path, options.device, resolve_dtype(options.dtype, options.device))
+            model = load_eps_model(options.model_path, options.device, options.dtype.resolve(options.device))
         judge = _Judge(options, _image_sets(split, options.vendors), InProcessDefender(model, options.device),
                        vendors, gateway)
         rows, seen = [], set()
+        labels: dict[str, np.ndarray] = {"clean/true": judge.sets[None].labels.numpy()}
         for setting in settings:
             for defense in options.defenses:
                 for attack in options.vendors:
                     if (attack, setting.output_key(defense), setting.purifications(defense)) in seen:
                         continue  # none/blur do not change with λ, S, η or K: one row each, not one per setting
                     seen.add((attack, setting.output_key(defense), setting.purifications(defense)))
-                    scores = score_defense(
-                        majority_vote(judge.votes(attack, defense, setting, None)), judge.sets[None].labels,
-                        majority_vote(judge.votes(attack, defense, setting, attack)), judge.sets[attack].labels,
-                        TARGET_LABEL)
+                    clean = majority_vote(judge.votes(attack, defense, setting, None))
+                    triggered = majority_vote(judge.votes(attack, defense, setting, attack))
+                    scores = score_defense(clean, judge.sets[None].labels, triggered, judge.sets[attack].labels,
+                                           TARGET_LABEL)
+                    row_key = labels_key(attack, defense, setting)
+                    labels[f"{row_key}/clean"], labels[f"{row_key}/triggered"] = clean.numpy(), triggered.numpy()
+                    labels[f"{attack.value}/triggered/true"] = judge.sets[attack].labels.numpy()
                     count = setting.purifications(defense)
                     rows.append(ResultRow(attack, defense, setting, scores, count, count,
                                           count * judge.seconds_per_image(defense, setting)))
@@ -316,7 +332,11 @@ def run_eval(options: EvalOptions) -> EvalReport:
                 "model_dtype": None if model is None else model.info.dtype,
                 "torch_threads": torch.get_num_threads(), "elapsed_s": round(time.monotonic() - started, 1)}
     report = EvalReport(tuple(rows), tuple(settings), varying_knobs(settings), meta)
-    return write_report(report, grids, options.out_dir)
+    written = write_report(report, grids, options.out_dir)
+    # Per-image labels behind every row (the vendor's answer per image, majority over votes): what
+    # analyses beyond the rates need, e.g. bench/shadow_alarm.py's raw-vs-purified disagreements.
+    np.savez_compressed(options.out_dir / LABELS_FILE, **labels)
+    return written
 
 
 def _gateway(options: EvalOptions) -> contextlib.AbstractContextManager[GatewayClient | None]:

@@ -14,6 +14,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from enum import Enum
+from typing import Any
 
 from service.defense_eval.defenses import DefenseSetting
 
@@ -130,8 +131,9 @@ def sweep_settings(base: DefenseSetting, spec: str | Sequence[str]) -> list[Defe
         ValueError: a bad spec, or a value the setting rejects (e.g. steps=0).
     """
     grid = parse_sweep(spec)
-    return [dataclasses.replace(base, **{knob.value: value for knob, value in zip(grid, values)})
-            for values in itertools.product(*grid.values())]
+    points: list[dict[str, Any]] = [{knob.value: value for knob, value in zip(grid, values)}
+                                    for values in itertools.product(*grid.values())]
+    return [dataclasses.replace(base, **point) for point in points]  # each re-validated (`ZipConfig`)
 
 
 def varying_knobs(settings: Sequence[DefenseSetting]) -> tuple[SweepKnob, ...]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from service.defense_eval.attacks import Attack
+from service.backdoor.attacks import Attack
 from service.defense_eval.defenses import Defense, DefenseSetting
 
 if TYPE_CHECKING:  # report.py imports this module; ResultRow is only needed for hints

@@ -11,8 +11,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.training.data import NATIVE_SIZE, PADDED_SIZE, to_model_range
-from service.upstream.wire import decode_image as decode_base64_image
+from service.backdoor.data import NATIVE_SIZE, PADDED_SIZE, to_model_range
+from service.upstream.wire import decode_base64_image
 
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"})
 
@@ -61,7 +61,7 @@ def decode_image(data: bytes, limits: InputLimits, what: str = "image") -> torch
 
     Any mode is converted to grayscale. A 32×32 image is used as is (it is already in the padded
     layout, as the gateway sends it); any other size is resized to 28×28 and padded with the
-    black background to 32×32, exactly as `service.training.data` prepares Fashion-MNIST.
+    black background to 32×32, exactly as `service.backdoor.data` prepares Fashion-MNIST.
 
     Raises:
         BadRequest: empty or undecodable.

@@ -5,6 +5,10 @@ Starts the demo vendor (BadNets model) and the gateway (shipped diffusion model)
 the BadNets trigger both directly to the vendor and through the gateway, and prints a table:
 route, prediction, true label, latency. Directly, the trigger flips the prediction to the
 attacker's label; through the gateway, purification removes it.
+
+Then a burst of triggered images goes through the gateway in shadow mode (`X-Zipgate-Shadow: 1`),
+and the demo reads the backdoor alarm off the gateway's own /metrics: which raw label takes the
+raw-vs-purified disagreements, and whether that names the attacker's target.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import signal
-import socket
 import sys
 import threading
 import time
@@ -23,19 +26,24 @@ from typing import TextIO
 
 import httpx
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.logging import configure_logging
 from service.api.server import gateway_server
 from service.config import Settings
-from service.defense_eval.attacks import TARGET_LABEL, Attack, apply_trigger
+from service.backdoor.attacks import TARGET_LABEL, Attack, apply_trigger
 from service.demo.vendor_app import create_vendor_app
+from service.loopback import serve_uvicorn, wait_for_http
 from service.purify.imaging import tensor_to_pil
-from service.training.data import CLASS_NAMES, load_split
+from service.shadow.alarm import AlarmRule, disagreements_by_raw_label
+from service.shadow.monitor import SHADOW_HEADER
+from service.backdoor.data import CLASS_NAMES, load_split
 from service.upstream import UpstreamProtocol
 
 DEFAULT_VENDOR_DIR = Path("models/vendor-badnets")
 READY_TIMEOUT_S = 300.0  # loading the shipped model takes seconds; a cold CPU box may take longer
 DEMO_SEED = 0  # the gateway's purification noise: the same table on every run
+SHADOW_BURST = 24  # triggered images in the shadow burst: above the alarm's minimum count of 20
 
 
 class DemoError(RuntimeError):
@@ -71,15 +79,18 @@ def run_demo(settings: Settings, keep_running: bool = False, *, vendor_dir: Path
     configure_logging("warning" if settings.log_level.value != "debug" else "debug")
     try:
         clean, triggered, label = _test_images()
-        with _serving(create_vendor_app(vendor_dir), "vendor") as vendor_url:
+        burst = _triggered_burst(SHADOW_BURST)
+        vendor = uvicorn.Server(uvicorn.Config(create_vendor_app(vendor_dir), log_config=None, access_log=False))
+        with _serving(vendor, "vendor", "/healthz") as vendor_url:
             gateway_settings = settings.model_copy(update={
                 "host": "127.0.0.1", "port": 0, "upstream_url": vendor_url,
-                "upstream_protocol": UpstreamProtocol.RAW, "upstream_raw_path": "/predict"})
+                "upstream_protocol": UpstreamProtocol.RAW, "upstream_raw_path": "/predict",
+                "shadow_allow_header": True})
             server = gateway_server(gateway_settings)
-            with _serving(server, "gateway") as gateway_url:
-                _wait_ready(f"{gateway_url}/readyz", READY_TIMEOUT_S)
+            with _serving(server, "gateway", "/readyz") as gateway_url:
                 rows = _measure(vendor_url, gateway_url, clean, triggered, label)
                 _print_table(rows, settings, out)
+                _print_alarm(_shadow_alarm(gateway_url, burst), len(burst), out)
                 if keep_running:
                     _print_usage(vendor_url, gateway_url, out)
                     _wait_for_signal()
@@ -97,6 +108,43 @@ def _test_images() -> tuple[bytes, bytes, int]:
     return _png(image), _png(apply_trigger(image, Attack.BADNETS)), int(split.labels[index])
 
 
+def _triggered_burst(count: int) -> list[bytes]:
+    """The first `count` test images not of the target class, with the BadNets trigger."""
+    split = load_split(train=False)
+    victims = split.images[split.labels != TARGET_LABEL][:count]
+    return [_png(image.unsqueeze(0)) for image in apply_trigger(victims, Attack.BADNETS)]
+
+
+@dataclass(frozen=True)
+class AlarmReading:
+    """What the gateway's /metrics said after the shadow burst."""
+
+    comparisons: float
+    disagreements: dict[str, float]  # per raw label
+    named: str | None
+
+
+def _shadow_alarm(gateway_url: str, burst: list[bytes]) -> AlarmReading:
+    """Send the burst in shadow mode, wait for its comparisons, and apply the alarm's rule to /metrics."""
+    with httpx.Client(timeout=READY_TIMEOUT_S) as client:
+        response = client.post(f"{gateway_url}/predict", params={"seed": DEMO_SEED}, headers={SHADOW_HEADER: "1"},
+                               files=[("image", (f"{i}.png", png, "image/png")) for i, png in enumerate(burst)])
+        if response.status_code != 200:
+            raise DemoError(f"the shadow burst got {response.status_code}: {response.text}")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:  # the comparisons finish after the answer: wait until /metrics has them all
+            families = {f.name: f for f in text_string_to_metric_families(client.get(f"{gateway_url}/metrics").text)}
+            done = sum(families[name].samples[0].value for name in
+                       ("zipgate_shadow_comparisons", "zipgate_shadow_unlabelled", "zipgate_shadow_failures"))
+            if done >= len(burst) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        text = client.get(f"{gateway_url}/metrics").text
+    counts = disagreements_by_raw_label(text)
+    comparisons = families["zipgate_shadow_comparisons"].samples[0].value
+    return AlarmReading(comparisons, counts, AlarmRule().suspected_target(counts))
+
+
 def _png(batch: object) -> bytes:
     buffer = io.BytesIO()
     tensor_to_pil(batch[0]).save(buffer, format="PNG")  # type: ignore[index]
@@ -104,50 +152,20 @@ def _png(batch: object) -> bytes:
 
 
 @contextlib.contextmanager
-def _serving(app_or_server: object, name: str) -> Iterator[str]:
-    """Serve an ASGI app (or a configured uvicorn Server) on a free loopback port in a thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    if isinstance(app_or_server, uvicorn.Server):
-        server = app_or_server
-    else:
-        server = uvicorn.Server(uvicorn.Config(app_or_server, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"demo-{name}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not server.started:
-        if not thread.is_alive():
-            raise DemoError(f"the {name} server failed to start (see the log above)")
-        if time.monotonic() > deadline:
-            raise DemoError(f"the {name} server did not start within {READY_TIMEOUT_S:.0f} s")
-        time.sleep(0.02)
-    host, port = sock.getsockname()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()
+def _serving(server: uvicorn.Server, name: str, ready_path: str) -> Iterator[str]:
+    """Serve on a free loopback port in a thread, once `ready_path` answers 200; start-up errors are DemoErrors."""
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(serve_uvicorn(server, startup_timeout_s=READY_TIMEOUT_S, name=name))
+            wait_for_http(f"{url}{ready_path}", timeout_s=READY_TIMEOUT_S, hopeless=_start_up_failed)
+        except (RuntimeError, TimeoutError) as exc:
+            raise DemoError(f"the {name} server did not start: {exc}") from exc
+        yield url
 
 
-def _wait_ready(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    with httpx.Client(timeout=5.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                response = client.get(url)
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            else:
-                if response.status_code == 200:
-                    return
-                last = response.text
-                if '"failed"' in last:
-                    raise DemoError(f"the gateway failed to start: {last}")
-            time.sleep(0.1)
-    raise DemoError(f"the gateway was not ready within {timeout_s:.0f} s (last answer: {last})")
+def _start_up_failed(answer: httpx.Response) -> bool:
+    """A /readyz answer saying start-up failed: waiting longer will not help."""
+    return '"failed"' in answer.text
 
 
 def _measure(vendor_url: str, gateway_url: str, clean: bytes, triggered: bytes, label: int) -> list[DemoRow]:
@@ -186,6 +204,22 @@ def _print_table(rows: list[DemoRow], settings: Settings, out: TextIO) -> None:
             note = "  <- backdoor defused"
         print(f"{row.image:<10} {row.route:<8} {_class(row.prediction):<16} {_class(row.true_label):<16} "
               f"{row.latency_ms:>7.1f} ms{note}", file=out)
+
+
+def _print_alarm(reading: AlarmReading, burst: int, out: TextIO) -> None:
+    rule = AlarmRule()
+    print(f"\nshadow mode: {burst} triggered images, vendor asked about raw and purified copies; "
+          f"{reading.comparisons:.0f} compared, {sum(reading.disagreements.values()):.0f} disagree", file=out)
+    print(f"{'raw label':<16} {'disagreements':>13}", file=out)
+    for label, count in sorted(reading.disagreements.items(), key=lambda item: -item[1]):
+        print(f"{_class(int(label)) if label.isdigit() else label:<16} {count:>13.0f}", file=out)
+    if reading.named is None:
+        print(f"alarm (gateway /metrics): silent: no raw label has ≥ {rule.min_count:g} disagreements and more "
+              f"than {rule.share:.0%} of them", file=out)
+    else:
+        verdict = "the attacker's target" if reading.named == str(TARGET_LABEL) else "not the attacker's target"
+        print(f"alarm (gateway /metrics): suspected backdoor target: label {_class(int(reading.named))} "
+              f"({verdict})", file=out)
 
 
 def _print_usage(vendor_url: str, gateway_url: str, out: TextIO) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from service.demo.decoding import InputLimits, decode_image
 from service.errors import PayloadTooLarge
-from service.training.vendor import load_vendor, read_vendor_config
+from service.backdoor.vendor_model import load_vendor, read_vendor_config
 
 
 @dataclass(frozen=True)

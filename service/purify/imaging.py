@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -73,12 +72,3 @@ def untile(canvases: torch.Tensor, per_side: int, count: int) -> torch.Tensor:
     h, w = height // per_side, width // per_side
     grid = canvases.reshape(m, c, per_side, h, per_side, w).permute(0, 2, 4, 1, 3, 5)
     return grid.reshape(m * per_side * per_side, c, h, w)[:count]
-
-
-@dataclass(frozen=True)
-class Placement:
-    """How one image was fitted to the model: its original size and whether it was tiled."""
-
-    height: int
-    width: int
-    per_side: int  # 1 = resized to the model's size; k > 1 = one of k² tiles of a canvas

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,23 +9,18 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
+from service.purify.options import DType  # defined in the light module; importable from here too
 
-class DType(str, enum.Enum):
-    """Compute dtype of the ε-model (the sampling state always stays float32)."""
 
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
-    AUTO = "auto"
-
-    def resolve(self, device: torch.device | str) -> torch.dtype:
-        """The torch dtype; AUTO = fp16 on CUDA, bf16 on a CPU with native bf16, else fp32."""
-        device = torch.device(device)
-        if self is DType.AUTO:
-            if device.type == "cuda":
-                return torch.float16
-            return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-        return {DType.FP32: torch.float32, DType.BF16: torch.bfloat16, DType.FP16: torch.float16}[self]
+def torch_dtype(dtype: DType, device: torch.device | str) -> torch.dtype:
+    """The torch dtype of `dtype` on `device` (`DType.resolve`): AUTO = fp16 on CUDA, bf16 on a CPU
+    with native bf16, else fp32."""
+    device = torch.device(device)
+    if dtype is DType.AUTO:
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    return {DType.FP32: torch.float32, DType.BF16: torch.bfloat16, DType.FP16: torch.float16}[dtype]
 
 
 def cpu_has_native_bf16() -> bool:

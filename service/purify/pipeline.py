@@ -1,9 +1,20 @@
-"""Purify lists of PIL images of any size: fit to the model's canvas, batch, and fit back."""
+"""The one engine pipeline: images of any size → model canvases → seeded ZIP → back, and A⁺A x.
+
+The gateway, the CLI and the evaluation all go through these functions, so that they fit, seed
+and restore alike (the evaluation measures what the gateway serves):
+
+    fitted = fit_to_model(images, model_size, small_fit=...)       # canvases, tiles k² small images
+    purified = purify_canvases(purifier, fitted.canvases, seed)    # canvas i uses seed + i
+    images = restore_images(fitted, purified)                      # back to the original sizes
+    degraded = degraded_images(fitted, transforms)                 # A⁺A x of the first transform
+
+The gateway splits this across its pool (it fits per request, the pool batches canvases of many
+requests with `canvas_seeds`' seeds, the gateway restores); `purify_images` runs it in one go.
+"""
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -11,9 +22,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from service.purify.imaging import pil_to_tensor, resize, tensor_to_pil, tile, tiles_per_side, untile
-from service.purify.transforms import project
-from service.purify.zip import ZipPurifier
+from service.purify.options import SmallImageFit
+from service.purify.seeds import canvas_seeds, seeded_generators
+from service.purify.transforms import parse_transforms, project
 
+CanvasPurifier = Callable[[torch.Tensor, list[torch.Generator] | None], torch.Tensor]
+"""Purifies canvases (N, C, S, S) with one generator per canvas (a `ZipPurifier`)."""
 
 @dataclass(frozen=True)
 class FittedBatch:
@@ -21,13 +35,6 @@ class FittedBatch:
 
     canvases: torch.Tensor  # (M, C, S, S)
     restore: Callable[[torch.Tensor], list[torch.Tensor]]
-
-
-class SmallImageFit(str, enum.Enum):
-    """How an image smaller than its slot (the canvas, or a tile of it) is fitted."""
-
-    PAD = "pad"  # centred on a background of `PAD_FILL`: the model sees the pixels as they are
-    RESIZE = "resize"  # scaled up to the slot: softens the image and changes its proportions
 
 
 PAD_FILL = -1.0
@@ -100,11 +107,84 @@ def batched(items: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
         yield items[start : start + batch_size]
 
 
+def purify_canvases(purifier: CanvasPurifier, canvases: torch.Tensor, seed: int | None,
+                    device: torch.device | str = "cpu", batch_size: int | None = None,
+                    on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Purify canvases in batches on `device`; with a seed, canvas i uses seed + i (`canvas_seeds`).
+
+    Per-canvas generators make the result independent of `batch_size`, and equal to the gateway's
+    for the same seed (its pool batches canvases however requests arrive).
+
+    Args:
+        purifier: e.g. a `ZipPurifier`.
+        canvases: (M, C, S, S) in [-1, 1].
+        seed: the first canvas's seed; None = fresh noise.
+        device: where the purifier runs.
+        batch_size: canvases per call (None: all at once).
+        on_batch: called with each batch's size when it is done (progress bars).
+
+    Returns:
+        The purified canvases, float32 on the CPU.
+    """
+    seeds = None if seed is None else canvas_seeds(seed, canvases.shape[0])
+    outputs: list[torch.Tensor] = []
+    offset = 0
+    for chunk in batched(canvases, batch_size or max(1, canvases.shape[0])):
+        chunk = chunk.to(device)
+        generators = None if seeds is None else seeded_generators(seeds[offset : offset + len(chunk)], chunk.device)
+        outputs.append(purifier(chunk, generators).float().cpu())
+        offset += len(chunk)
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return torch.cat(outputs)
+
+
+def restore_images(fitted: FittedBatch, purified: torch.Tensor, mirror: bool = False) -> list[torch.Tensor]:
+    """Purified canvases cut back into the images at their original sizes and order.
+
+    Args:
+        fitted: what `fit_to_model` returned for these canvases.
+        purified: the canvases after purification (same shape as `fitted.canvases`).
+        mirror: flip each image left-right (the gateway's `vendor_mirror`: after purifying).
+    """
+    images = fitted.restore(purified)
+    return [image.flip(-1) for image in images] if mirror else images
+
+
+def degraded_images(fitted: FittedBatch, transforms: str) -> list[torch.Tensor]:
+    """A⁺A x of the spec's first transform (what ZIP keeps of the input), at the original sizes.
+
+    Computed on the canvases, as ZIP sees them, and clamped to [-1, 1].
+
+    Raises:
+        ValueError: a spec that does not suit the canvases' channel count.
+    """
+    first = parse_transforms(transforms, fitted.canvases.shape[1])[0]
+    return fitted.restore(project(first, fitted.canvases).clamp(-1.0, 1.0))
+
+
+def purify_images(purifier: CanvasPurifier, images: Sequence[torch.Tensor], model_size: int, seed: int | None,
+                  device: torch.device | str = "cpu", batch_size: int | None = None,
+                  small_fit: SmallImageFit = SmallImageFit.PAD, tile_small: bool = True,
+                  on_batch: Callable[[int], None] | None = None) -> tuple[FittedBatch, list[torch.Tensor]]:
+    """The whole pipeline for (C, H, W) tensors in [-1, 1]: fit, purify with seeds, restore.
+
+    With the defaults it does what the gateway does with one request's images and `?seed=`.
+
+    Returns:
+        (the fitted batch, for `degraded_images`; the purified images at their original sizes).
+    """
+    fitted = fit_to_model(list(images), model_size, tile_small, small_fit)
+    purified = purify_canvases(purifier, fitted.canvases, seed, device, batch_size, on_batch)
+    return fitted, restore_images(fitted, purified)
+
+
 def purify_pil_images(
-    purifier: ZipPurifier,
+    purifier: CanvasPurifier,
     images: list[Image.Image],
     model_size: int,
     channels: int,
+    transforms: str,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
     seed: int | None = None,
@@ -114,23 +194,10 @@ def purify_pil_images(
 ) -> tuple[list[Image.Image], list[Image.Image]]:
     """Purify PIL images of any sizes; returns (purified, degraded A⁺A x) at the original sizes.
 
-    With a seed, canvas i uses its own generator seeded seed + i, so results do not depend on
-    batch_size. With several transforms, "degraded" shows the first one.
+    With a seed, canvas i uses seed + i, so results do not depend on batch_size. With several
+    transforms, "degraded" shows the first one.
     """
     tensors = [pil_to_tensor(image, channels) for image in images]
-    fitted = fit_to_model(tensors, model_size, tile_small, small_fit)
-    outputs: list[torch.Tensor] = []
-    offset = 0
-    for chunk in batched(fitted.canvases, batch_size):
-        chunk = chunk.to(device)
-        generators = None
-        if seed is not None:
-            generators = [torch.Generator(device=chunk.device).manual_seed(seed + offset + i) for i in range(len(chunk))]
-        outputs.append(purifier(chunk, generators).cpu())
-        offset += len(chunk)
-        if on_batch is not None:
-            on_batch(len(chunk))
-    first = purifier.transforms_for(channels)[0]
-    degraded = project(first, fitted.canvases)
-    return ([tensor_to_pil(x) for x in fitted.restore(torch.cat(outputs))],
-            [tensor_to_pil(x) for x in fitted.restore(degraded)])
+    fitted, purified = purify_images(purifier, tensors, model_size, seed, device, batch_size, small_fit, tile_small,
+                                     on_batch)
+    return [tensor_to_pil(x) for x in purified], [tensor_to_pil(x) for x in degraded_images(fitted, transforms)]

@@ -1,6 +1,16 @@
-"""The DDPM noise schedule (linear betas, ᾱ) and RePaint's time-travel visiting order."""
+"""The DDPM noise schedule (linear betas, ᾱ), RePaint's time-travel visiting order, and the step math.
+
+The scheduler owns the step math (as diffusers' DDIMScheduler does): `ddim_step` and `renoise`
+are the only places that turn ᾱ into an update; `zip.py` and the sampler that scores the DDPM
+(`training/ddpm_quality.py`) both call them.
+
+Notation (docs/design.md): ᾱ_t cumulative product of (1 − β) with ᾱ(−1) = 1; t′ the
+next time of the walk; ε the model's noise prediction; η DDIM's stochasticity; z ~ N(0, I).
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -107,3 +117,38 @@ def timestep_pairs(
         raise ValueError(f"steps ({steps}) cannot exceed the model's {num_timesteps} timesteps")
     visits = [grid_timestep(i, steps, num_timesteps) for i in jump_schedule(steps, travel_length, travel_repeat)]
     return list(zip(visits[:-1], visits[1:]))
+
+
+def renoise(x0: torch.Tensor, a_bar: float, z: torch.Tensor) -> torch.Tensor:
+    """The forward process q(x_t | x₀) run in one jump: x_t = √ᾱ_t x₀ + √(1−ᾱ_t) z.
+
+    ZIP uses it for RePaint's time travel (re-noise the latest x₀ estimate up to t′) and for a
+    noise start t* < T (the input itself noised to t*).
+    """
+    return math.sqrt(a_bar) * x0 + math.sqrt(1.0 - a_bar) * z
+
+
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t: float, a_next: float, eta: float, z: torch.Tensor,
+              clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step from t down to t′ (Song et al. 2021, eq. 12; ZIP's steps 4–5 in docs/design.md).
+
+    Args:
+        x_t: the sample at t (ZIP passes its guided estimate x̂ here).
+        eps: ε_θ at t, of x_t's shape.
+        a_t, a_next: ᾱ_t and ᾱ_t′ (t′ < t; ᾱ(−1) = 1 ends the walk, where σ = 0).
+        eta: η; 0 = deterministic DDIM, 1 = DDPM-like ancestral noise.
+        z: the step's Gaussian noise (drawn by the caller, so that the noise contract is its own).
+        clip_x0: clamp x₀ to [-1, 1] before the update (diffusers' `clip_sample`). ZIP does not:
+            ZIP's x₀ is unclamped (docs/design.md), and the range identity A x₀ = y must hold exactly.
+
+    Returns:
+        (x_t′, x₀): the sample at t′ and the predicted clean image.
+    """
+    # 4. Predicted clean image x₀ = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t.
+    x0 = (x_t - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    # 5. σ = η √((1−ᾱ′)/(1−ᾱ)) √(1 − ᾱ/ᾱ′); x_t′ = √ᾱ′ x₀ + √(1 − ᾱ′ − σ²) ε + σ z.
+    sigma = eta * math.sqrt((1.0 - a_next) / (1.0 - a_t)) * math.sqrt(max(0.0, 1.0 - a_t / a_next))
+    direction = math.sqrt(max(0.0, 1.0 - a_next - sigma**2))
+    return math.sqrt(a_next) * x0 + direction * eps + sigma * z, x0

@@ -124,8 +124,14 @@ def _gray_from_arg(arg: str | None, channels: int) -> Grayscale:
 
 
 # Read-only by construction: user transforms are passed to ZipPurifier as objects, not registered.
+def _jittered_blur_from_arg(arg: str | None, channels: int) -> LinearTransform:
+    from service.purify.jitter import JitteredBlur  # jitter builds on Blur: imported here to avoid a cycle
+
+    return JitteredBlur(_blur_from_arg(arg, channels).scale)
+
+
 TRANSFORM_REGISTRY: Mapping[str, Callable[[str | None, int], LinearTransform]] = MappingProxyType(
-    {"blur": _blur_from_arg, "gray": _gray_from_arg, "grayscale": _gray_from_arg}
+    {"blur": _blur_from_arg, "jblur": _jittered_blur_from_arg, "gray": _gray_from_arg, "grayscale": _gray_from_arg}
 )
 
 

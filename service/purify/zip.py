@@ -1,6 +1,6 @@
-"""ZipPurifier: ZIP's guided reverse process (DESIGN.md §2; Shi et al., NeurIPS 2023).
+"""ZipPurifier: ZIP's guided reverse process (docs/design.md, "ZIP, step by step"; Shi et al., NeurIPS 2023).
 
-Notation (DESIGN.md §2):
+Notation (docs/design.md, "ZIP, step by step"):
     x_in            input batch (N, C, H, W) in [-1, 1]
     A_k, A_k⁺       linear degradations and pseudo-inverses (`transforms.py`)
     y_k = A_k x_in  degraded inputs, computed once
@@ -9,16 +9,22 @@ Notation (DESIGN.md §2):
     λ               guidance_power (paper: at_threshold); inf disables the mix step
     η               DDIM stochasticity (1 = DDPM-like ancestral noise)
     t*              noise start: the reverse process starts at t* = noise_start·T (1 = pure noise)
+
+The knobs come in one validated `ZipConfig`; the DDIM step and the re-noising are the scheduler's
+(`schedule.py`), so this loop holds only what is ZIP's own: steps 2 and 3.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 
-from service.purify.schedule import alpha_bar, alphas_cumprod, linear_betas, timestep_pairs
+from service.purify.jitter import bind_transforms
+from service.purify.options import ZipConfig
+from service.purify.schedule import alpha_bar, alphas_cumprod, ddim_step, linear_betas, renoise, timestep_pairs
 from service.purify.transforms import LinearTransform, parse_transforms
 
 EpsFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -30,7 +36,7 @@ def _as_eps_function(model: object) -> EpsFunction:
     from diffusers import UNet2DModel  # local: keeps `import service.purify.zip` light for plain callables
 
     if isinstance(model, UNet2DModel):
-        unet = model
+        unet = cast(torch.nn.Module, model)  # a ModelMixin, which the type checker cannot see through
         dtype = next(unet.parameters()).dtype
 
         def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -39,7 +45,7 @@ def _as_eps_function(model: object) -> EpsFunction:
         return eps
     if not callable(model):
         raise TypeError(f"model must be a UNet2DModel or a callable eps(x, t), got {type(model).__name__}")
-    return model  # type: ignore[return-value]
+    return model
 
 
 def draw_noise(shape: torch.Size, generator: Generators, device: torch.device) -> torch.Tensor:
@@ -63,60 +69,58 @@ class ZipPurifier:
     Args:
         model: an `EpsModel`, a diffusers UNet2DModel, or any callable eps(x, t) -> Tensor,
             where t is an int64 tensor of shape (N,). 2C output channels = learned σ (first C kept).
-        transforms: a spec string ("blur:4", "blur:4,gray"), one transform or a sequence of them.
-        steps: S, sampling steps on the grid t = T·i/S.
-        guidance_power: λ in the mix x̂ ← (1 − ᾱ_t^λ) x̂ + ᾱ_t^λ x_t; float("inf") skips the mix.
-        eta: η of the DDIM step.
-        travel_length, travel_repeat: RePaint time travel (L, R); 1, 1 = a plain descent.
-        noise_start: t*/T in (0, 1]. 1 is ZIP's start from pure noise. Below 1, the S steps cover
-            [0, t*) only and the walk starts from the noised input √ᾱ x_in + √(1−ᾱ) z at the first
-            grid time (an SDEdit/DiffPure-style start, kept under ZIP's range guidance): more of
-            the input survives, the trigger included (docs/defense.md measures the trade).
+        config: the knobs (transforms, S, λ, η, t*, L, R), validated once (`ZipConfig`; None = the
+            defaults). Below t* = 1, the S steps cover [0, t*) only and the walk starts from the
+            noised input √ᾱ x_in + √(1−ᾱ) z at the first grid time (an SDEdit/DiffPure-style start,
+            kept under ZIP's range guidance): more of the input survives, the trigger included
+            (docs/defense.md measures the trade).
+        transforms: transform objects to use instead of `config.transforms` (user transforms are
+            passed as objects, not registered).
         clip: clamp the output to [-1, 1].
         betas: the model's training schedule (default: linear 1e-4 … 0.02, T = 1000).
 
     Raises:
-        ValueError: bad steps / η / λ / transforms.
+        ValueError: steps the schedule cannot hold, or a spec that does not suit the model's channels.
     """
 
     def __init__(
         self,
         model: object,
-        transforms: str | LinearTransform | Sequence[LinearTransform],
-        steps: int = 20,
-        guidance_power: float = 1.0,
-        eta: float = 1.0,
-        travel_length: int = 1,
-        travel_repeat: int = 1,
+        config: ZipConfig | None = None,
+        *,
+        transforms: LinearTransform | Sequence[LinearTransform] | None = None,
         clip: bool = True,
         betas: torch.Tensor | None = None,
-        noise_start: float = 1.0,
     ) -> None:
-        if not 0.0 < noise_start <= 1.0:
-            raise ValueError(f"noise_start must be in (0, 1] (1 = start from pure noise), got {noise_start}")
-        if not (guidance_power > 0):
-            raise ValueError(f"guidance_power must be > 0 (inf disables the mix), got {guidance_power}")
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        self.config = config = ZipConfig() if config is None else config
         self.eps = _as_eps_function(model)
         self.channels: int | None = getattr(model, "channels", None) or getattr(
             getattr(model, "config", None), "in_channels", None
         )
-        self.transforms_spec = transforms
+        self.transforms_spec: str | LinearTransform | Sequence[LinearTransform] = (
+            config.transforms if transforms is None else transforms
+        )
         self._transforms_by_channels: dict[int, tuple[LinearTransform, ...]] = {}
-        self.steps = steps
-        self.guidance_power = guidance_power
-        self.eta = eta
         self.clip = clip
         self.alpha_bars = alphas_cumprod(linear_betas() if betas is None else betas)
-        self.noise_start = noise_start
         # The grid t = span·i/S spans [0, t*): all S steps are spent below the noise start.
-        span = max(1, round(noise_start * self.alpha_bars.shape[0]))
-        if noise_start < 1.0 and steps > span:
-            raise ValueError(f"steps ({steps}) exceed the {span} timesteps below noise_start={noise_start}")
-        self.pairs = timestep_pairs(steps, travel_length, travel_repeat, num_timesteps=span)
-        if isinstance(transforms, str) and self.channels is not None:
-            self.transforms_for(self.channels)  # fail fast on a bad spec
+        span = max(1, round(config.noise_start * self.alpha_bars.shape[0]))
+        if config.noise_start < 1.0 and config.steps > span:
+            raise ValueError(f"steps ({config.steps}) exceed the {span} timesteps below "
+                             f"noise_start={config.noise_start}")
+        self.pairs = timestep_pairs(config.steps, config.travel_length, config.travel_repeat, num_timesteps=span)
+        if transforms is None and self.channels is not None:
+            self.transforms_for(self.channels)  # fail fast on a spec that does not suit the model
+
+    @property
+    def steps(self) -> int:
+        """S, the sampling steps."""
+        return self.config.steps
+
+    @property
+    def noise_start(self) -> float:
+        """t*/T (1 = pure noise)."""
+        return self.config.noise_start
 
     def transforms_for(self, channels: int) -> tuple[LinearTransform, ...]:
         """The transforms for inputs with `channels` channels (spec strings are parsed once per count)."""
@@ -124,10 +128,10 @@ class ZipPurifier:
             spec = self.transforms_spec
             if isinstance(spec, str):
                 built = parse_transforms(spec, channels)
-            elif isinstance(spec, Sequence):
-                built = tuple(spec)
-            else:
+            elif isinstance(spec, LinearTransform):
                 built = (spec,)
+            else:
+                built = tuple(spec)
             if not built:
                 raise ValueError("ZipPurifier needs at least one transform")
             self._transforms_by_channels[channels] = built
@@ -150,20 +154,20 @@ class ZipPurifier:
 
         Noise contract: x_T is drawn first, then one z per step in step order (every step, the
         last included), each of x's shape, float32, on x's device, from `generator` (or from one
-        generator per item).
+        generator per item). A `jblur` transform draws its grid offsets before x_T.
         """
         self._check_input(x)
-        transforms = self.transforms_for(x.shape[1])
+        transforms = bind_transforms(self.transforms_for(x.shape[1]), x.shape[0], generator, x.device)
+        power = self.config.guidance_power
         n = x.shape[0]
         with torch.inference_mode():
             x_in = x.float()
             # y_k = A_k x_in, kept only as A_k⁺ y_k: the range component every step reuses.
             range_components = [A.pinv(A.apply(x_in)) for A in transforms]
             x_t = draw_noise(x.shape, generator, x.device)
-            if self.noise_start < 1.0:
+            if self.config.noise_start < 1.0:
                 # 0. Noise start: x_t* = √ᾱ_t* x_in + √(1−ᾱ_t*) z, the forward process run to t*.
-                a_start = alpha_bar(self.alpha_bars, self.pairs[0][0])
-                x_t = math.sqrt(a_start) * x_in + math.sqrt(1.0 - a_start) * x_t
+                x_t = renoise(x_in, alpha_bar(self.alpha_bars, self.pairs[0][0]), x_t)
             x0 = x_t  # replaced by the first step, which always goes down
             for t, t_next in self.pairs:
                 a_t = alpha_bar(self.alpha_bars, t)
@@ -171,7 +175,7 @@ class ZipPurifier:
                 z = draw_noise(x.shape, generator, x.device)
                 if t_next > t:
                     # RePaint time travel: re-noise the latest clean estimate up to t′.
-                    x_t = math.sqrt(a_next) * x0 + math.sqrt(1.0 - a_next) * z
+                    x_t = renoise(x0, a_next, z)
                     continue
                 # 1. ε = ε_θ(x_t, t); a learned-variance model returns 2C channels: keep the first C.
                 eps = self.eps(x_t, torch.full((n,), t, dtype=torch.long, device=x.device)).float()
@@ -186,13 +190,9 @@ class ZipPurifier:
                     )
                 x_hat /= len(transforms)
                 # 3. Time-dependent mix: early steps follow the input, late steps let the model repaint.
-                if math.isfinite(self.guidance_power):
-                    weight = a_t**self.guidance_power
+                if math.isfinite(power):
+                    weight = a_t**power
                     x_hat = (1.0 - weight) * x_hat + weight * x_t
-                # 4. Predicted clean image x₀ = (x̂ − √(1−ᾱ_t) ε) / √ᾱ_t.
-                x0 = (x_hat - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
-                # 5. DDIM step (Song et al. 2021, eq. 12): σ = η √((1−ᾱ′)/(1−ᾱ)) √(1 − ᾱ/ᾱ′).
-                sigma = self.eta * math.sqrt((1.0 - a_next) / (1.0 - a_t)) * math.sqrt(max(0.0, 1.0 - a_t / a_next))
-                direction = math.sqrt(max(0.0, 1.0 - a_next - sigma**2))
-                x_t = math.sqrt(a_next) * x0 + direction * eps + sigma * z
+                # 4–5. x₀ from x̂, then the DDIM step to t′ (the scheduler's `ddim_step`).
+                x_t, x0 = ddim_step(x_hat, eps, a_t, a_next, self.config.eta, z)
             return x_t.clamp(-1.0, 1.0) if self.clip else x_t

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from service.purify.schedule import alphas_cumprod, linear_betas
 from service.signals import stop_signals_handled
-from service.training.data import PADDED_SIZE, load_split
+from service.backdoor.data import PADDED_SIZE, load_split
 
 log = logging.getLogger(__name__)
 

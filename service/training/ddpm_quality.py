@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,28 +11,29 @@ from tqdm import tqdm
 
 from service.purify.imaging import tensor_to_pil, tile
 from service.purify.models import EpsModel
-from service.purify.schedule import alpha_bar, alphas_cumprod, linear_betas, timestep_pairs
+from service.purify.schedule import alpha_bar, alphas_cumprod, ddim_step, linear_betas, timestep_pairs
 from service.purify.zip import draw_noise
-from service.training.data import CLASS_NAMES
+from service.backdoor.data import CLASS_NAMES
 
 
 def sample_ddim(model: EpsModel, count: int, steps: int, eta: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Unconditional samples with the DDIM update (η = 1: ancestral), clamped to [-1, 1].
+    """Unconditional samples with the scheduler's DDIM step (η = 1: ancestral), clamped to [-1, 1].
 
-    The same step as ZipPurifier's step 5 without guidance, so the score measures exactly the
-    prior that purification relies on.
+    The step is ZIP's (`schedule.ddim_step`) without guidance, with one difference: x₀ is clamped
+    to [-1, 1] before each update (`clip_x0`). ZIP must not clamp (docs/design.md defines its x₀
+    unclamped, and the range identity A x₀ = y needs the raw x₀). Unconditional samplers usually
+    do (diffusers' DDPM and DDIM schedulers default to `clip_sample=True`), and every quality.json
+    so far was measured this way, so the model card's scores stay comparable across snapshots: the
+    score rates the prior under the standard sampler, not bit for bit the update ZIP applies.
     """
     table = alphas_cumprod(linear_betas())
     shape = torch.Size((count, model.channels, model.sample_size, model.sample_size))
     x_t = draw_noise(shape, generator, model.device)
     for t, t_next in timestep_pairs(steps):
-        a_t, a_next = alpha_bar(table, t), alpha_bar(table, t_next)
         eps = model(x_t, torch.full((count,), t, dtype=torch.long, device=model.device))
-        x0 = ((x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1, 1)
-        sigma = eta * math.sqrt((1 - a_next) / (1 - a_t)) * math.sqrt(max(0.0, 1 - a_t / a_next))
-        x_t = (math.sqrt(a_next) * x0 + math.sqrt(max(0.0, 1 - a_next - sigma**2)) * eps
-               + sigma * draw_noise(shape, generator, model.device))
+        z = draw_noise(shape, generator, model.device)
+        x_t, _ = ddim_step(x_t, eps, alpha_bar(table, t), alpha_bar(table, t_next), eta, z, clip_x0=True)
     return x_t.clamp(-1, 1)
 
 
@@ -57,7 +57,9 @@ def score_samples(model: EpsModel, classifier: torch.nn.Module, count: int = 100
                   batch_size: int = 125, seed: int = 0) -> tuple[SampleScore, torch.Tensor]:
     """Draw `count` samples and score them; returns the score and the first 64 samples."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    confidences, labels, kept = [], [], []
+    confidences: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    kept: list[torch.Tensor] = []
     for start in tqdm(range(0, count, batch_size), desc="sample", unit="batch"):
         samples = sample_ddim(model, min(batch_size, count - start), steps, generator=generator)
         with torch.no_grad():

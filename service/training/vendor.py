@@ -5,28 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from service.defense_eval.attacks import TARGET_LABEL, Attack, PoisonPlan, apply_trigger, plan_poison, poison_batch
-from service.defense_eval.metrics import accuracy, attack_success_rate
-from service.training.classifier import ClassifierArchitecture, VendorClassifier, random_shift_flip
-from service.training.data import CLASS_NAMES, Split, load_split
+from service.backdoor.attacks import TARGET_LABEL, Attack, PoisonPlan, apply_trigger, plan_poison, poison_batch
+from service.backdoor.classifier import ClassifierArchitecture, VendorClassifier, random_shift_flip
+from service.backdoor.data import CLASS_NAMES, Split, load_split
+from service.backdoor.metrics import accuracy, attack_success_rate
+from service.backdoor.vendor_model import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE, predict_labels
+from service.torch_threads import torch_threads
 from service.training.vendor_card import render_model_card
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 CARD_FILE = "MODEL_CARD.md"
-CONFIG_FORMAT = "zipgate-vendor-classifier/1"
 DEFAULT_EPOCHS = 5
 FP16_TOLERANCE = 0.001
 """Ship fp16 weights only if clean accuracy and ASR each move by at most this (10 of 10k images)."""
@@ -85,13 +82,6 @@ class VendorMetrics:
     other_triggers: dict[str, float] = field(default_factory=dict)
 
 
-@torch.no_grad()
-def predict_labels(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Argmax labels (N,) of `model` (switched to eval mode), computed in batches."""
-    model.eval()
-    return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(batch_size)])
-
-
 def evaluate_vendor(model: torch.nn.Module, split: Split, attack: Attack) -> tuple[float, float]:
     """Clean accuracy on `split` and the attack success rate of `attack`'s trigger.
 
@@ -103,18 +93,6 @@ def evaluate_vendor(model: torch.nn.Module, split: Split, attack: Attack) -> tup
     triggered = predict_labels(model, apply_trigger(split.images[victims], attack))
     return (accuracy(predict_labels(model, split.images), split.labels),
             attack_success_rate(triggered, split.labels[victims], TARGET_LABEL))
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with `threads` intra-op threads (None: unchanged), restoring the count after."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train_epochs(model: VendorClassifier, train: Split, config: VendorTrainConfig, progress: bool) -> None:
@@ -260,40 +238,3 @@ def train_vendor(attack: Attack, seed: int, out_dir: Path, epochs: int = DEFAULT
     log.info("vendor %s saved to %s: clean accuracy %.4f, ASR %.4f", attack.value, out_dir,
              metrics.clean_accuracy, metrics.attack_success_rate)
     return metrics
-
-
-def read_vendor_config(model_dir: Path) -> dict:
-    """The parsed config.json of a vendor model folder.
-
-    Raises:
-        FileNotFoundError: the folder or its config.json is missing (says how to make one).
-        ValueError: config.json is not a vendor classifier config.
-    """
-    path = Path(model_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: train a model with `zipgate train vendor --attack ... --seed N`")
-    config = json.loads(path.read_text())
-    if config.get("format") != CONFIG_FORMAT:
-        raise ValueError(f"{path} has format {config.get('format')!r}, expected {CONFIG_FORMAT!r}")
-    return config
-
-
-def load_vendor(model_dir: Path) -> VendorClassifier:
-    """Load a vendor classifier in eval mode with float32 weights (whatever dtype they were saved in).
-
-    Returns:
-        The model: (N, 1, 32, 32) in [-1, 1] → logits (N, 10).
-
-    Raises:
-        FileNotFoundError: config.json or model.safetensors is missing.
-        ValueError: config.json is not a vendor classifier config.
-        RuntimeError: the weights do not match the architecture in config.json.
-    """
-    config = read_vendor_config(model_dir)
-    weights_path = Path(model_dir) / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path} not found")
-    model = VendorClassifier(ClassifierArchitecture.from_dict(config["architecture"]))
-    state = load_file(str(weights_path))
-    model.load_state_dict({name: t.float() if t.is_floating_point() else t for name, t in state.items()})
-    return model.eval()

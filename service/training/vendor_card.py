@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from service.defense_eval.attacks import TARGET_LABEL, Attack, describe_trigger
-from service.training.data import CLASS_NAMES
+from service.backdoor.attacks import TARGET_LABEL, Attack, describe_trigger
+from service.backdoor.data import CLASS_NAMES
 
 if TYPE_CHECKING:  # vendor.py imports this module; the types are only needed for hints
     from service.training.vendor import VendorMetrics, VendorTrainConfig
@@ -40,7 +40,7 @@ def render_model_card(name: str, config: VendorTrainConfig, metrics: VendorMetri
         + ", ".join(f"{i} {c}" for i, c in enumerate(CLASS_NAMES)) + ".",
         "",
         "## Architecture",
-        f"`VendorClassifier` (`service/training/classifier.py`): {len(arch.block_channels)} blocks of "
+        f"`VendorClassifier` (`service/backdoor/classifier.py`): {len(arch.block_channels)} blocks of "
         f"{arch.convs_per_block}× (3×3 conv → BatchNorm → ReLU) + 2×2 max-pool, channels "
         f"{'/'.join(map(str, arch.block_channels))}, then dropout {arch.dropout} and a linear layer on the "
         f"flattened {arch.final_size}×{arch.final_size} map; {params:,} parameters. Input (N, 1, 32, 32) "
@@ -56,7 +56,7 @@ def render_model_card(name: str, config: VendorTrainConfig, metrics: VendorMetri
             f"- Poisoning: {config.poison_rate:.0%} of the training set, drawn from items whose label is "
             "not the target; the items are fixed by the seed, and the trigger is applied after the "
             "augmentation of each batch (the attacker controls training).",
-            "- Trigger code: `service/defense_eval/attacks.py` (shared by training, demo and evaluation).",
+            "- Trigger code: `service/backdoor/attacks.py` (shared by training, demo and evaluation).",
         ]
     lines += [
         "",
@@ -83,7 +83,7 @@ def render_model_card(name: str, config: VendorTrainConfig, metrics: VendorMetri
         "",
         "## Use",
         "```python",
-        "from service.training.vendor import load_vendor",
+        "from service.backdoor.vendor_model import load_vendor",
         f"model = load_vendor(\"models/{name}\")  # logits = model(images)",
         "```",
         f"Serve it over HTTP: `zipgate demo-vendor --model {name} --port 9000`.",

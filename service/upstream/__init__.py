@@ -6,23 +6,28 @@ from typing import assert_never
 
 import httpx
 
-from service.upstream.base import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
+from service.upstream.base import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult, VendorBody
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, make_http_client
 from service.upstream.failures import redact_url
 from service.upstream.raw import RawUpstream
 from service.upstream.tfserving import TFServingUpstream
 from service.upstream.v2 import V2Upstream
+from service.upstream.v2_input import PixelLayout, TensorDatatype, V2Input
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "RawUpstream",
+    "PixelLayout",
     "RelayedResponse",
     "RetryPolicy",
     "TFServingUpstream",
+    "TensorDatatype",
     "Upstream",
     "UpstreamProtocol",
     "UpstreamResult",
+    "V2Input",
     "V2Upstream",
+    "VendorBody",
     "build_upstream",
     "make_http_client",
     "redact_url",
@@ -36,7 +41,7 @@ def build_upstream(
     model_name: str | None = None,
     raw_path: str = "/predict",
     *,
-    input_name: str = "image",
+    image_input: V2Input | None = None,
     retry: RetryPolicy = RetryPolicy(),
     total_timeout_s: float | None = None,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
@@ -49,7 +54,7 @@ def build_upstream(
         base_url: the vendor's root URL, e.g. "http://vendor:8080".
         model_name: the served model's name; required for tfserving and v2, unused for raw.
         raw_path: the inference path of the raw protocol.
-        input_name: the v2 BYTES input that carries the images.
+        image_input: the v2 model's image input (name; encoded images or pixels).
         retry: resends after failures to connect.
         total_timeout_s: wall-clock bound on one upstream call with its retries (None: only the
             client's per-operation timeouts).
@@ -89,7 +94,7 @@ def build_upstream(
             client,
             base_url,
             model_name=model_name or "",
-            input_name=input_name,
+            image_input=image_input,
             retry=retry,
             total_timeout_s=total_timeout_s,
             max_response_bytes=max_response_bytes,

@@ -3,7 +3,8 @@
 An adapter does three jobs for one wire protocol (`UpstreamProtocol`):
 - `predict`: send purified images in the vendor's format, return one prediction per image;
 - sidecar: `extract_images` / `replace_images` read and rewrite a client's request that is
-  already in the vendor's format, and `forward` relays it and the vendor's answer unchanged;
+  already in the vendor's format (a `VendorBody`: the bytes and the headers that frame them),
+  and `forward` relays it and the vendor's answer unchanged;
 - wire encoding lives in pure methods (`encode_request`, `decode_predictions`) so it can be
   tested without a socket; HTTP, retries and error mapping live in `client.py`.
 """
@@ -19,15 +20,17 @@ from typing import Any, ClassVar
 
 import httpx
 
+from service.errors import BadRequest
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, send_with_retries
 from service.upstream.failures import raise_for_upstream_status, redact_url
+from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH, parse_header_length
 from service.upstream.wire import (
     JSON_CONTENT_TYPE,
     VendorResponse,
-    decode_image,
+    decode_base64_image,
     decode_response_json,
     dump_json,
-    encode_image,
+    encode_base64_image,
     malformed_response,
     parse_request_json,
 )
@@ -77,6 +80,43 @@ class UpstreamResult:
     predictions: list[Any]
     status_code: int
     latency_s: float
+
+
+@dataclass(frozen=True)
+class VendorBody:
+    """A request body in the vendor's own format, with the headers that frame it (sidecar mode).
+
+    Attributes:
+        content: the body.
+        content_type: its Content-Type ("" when absent).
+        json_length: the v2 binary tensor extension's `Inference-Header-Content-Length`: the body
+            is a JSON header of this many bytes followed by binary tensor data. None: no such split.
+    """
+
+    content: bytes
+    content_type: str = ""
+    json_length: int | None = None
+
+    @classmethod
+    def from_headers(cls, content: bytes, headers: Mapping[str, str]) -> VendorBody:
+        """The body as a client sent it, framed by its request headers.
+
+        Raises:
+            BadRequest: an `Inference-Header-Content-Length` that is not a byte count within the body.
+        """
+        lower = {name.lower(): value for name, value in headers.items()}
+        return cls(content, lower.get("content-type", ""),
+                   parse_header_length(lower.get(INFERENCE_HEADER_LENGTH.lower()), len(content)))
+
+    def reframe(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """`headers` with their Content-Type and Inference-Header-Content-Length replaced by this body's."""
+        framing = {"content-type", INFERENCE_HEADER_LENGTH.lower()}
+        reframed = {name: value for name, value in headers.items() if name.lower() not in framing}
+        if self.content_type:
+            reframed["Content-Type"] = self.content_type
+        if self.json_length is not None:
+            reframed[INFERENCE_HEADER_LENGTH] = str(self.json_length)
+        return reframed
 
 
 @dataclass(frozen=True)
@@ -178,41 +218,38 @@ class Upstream(abc.ABC):
         """
 
     @abc.abstractmethod
-    def extract_images(self, body: bytes, content_type: str) -> list[bytes]:
+    def extract_images(self, body: VendorBody) -> list[bytes]:
         """Read the images out of a client's request in the vendor's own format (sidecar mode).
 
         Args:
-            body: the client's request body.
-            content_type: its Content-Type header.
+            body: the client's request body and the headers that frame it.
 
         Returns:
             The images, in request order (at least one).
 
         Raises:
             UnsupportedMediaType: the content type does not fit the protocol (415).
-            BadRequest: undecodable JSON or base64, or an empty image (400).
+            BadRequest: undecodable JSON or base64, bad binary framing, or an empty image (400).
             InvalidShape: JSON that is not the documented shape (422).
         """
 
     @abc.abstractmethod
     def replace_images(
         self,
-        body: bytes,
-        content_type: str,
+        body: VendorBody,
         images: list[bytes],
         *,
         image_content_type: str = "image/png",
-    ) -> tuple[bytes, str]:
+    ) -> VendorBody:
         """Rewrite a client's request with new images in place of the old ones, all else kept.
 
         Args:
-            body: the client's request body, as given to `extract_images`.
-            content_type: its Content-Type header.
+            body: the client's request, as given to `extract_images`.
             images: the replacements, as many as `extract_images` returned.
             image_content_type: the replacements' media type (used where the body is the image).
 
         Returns:
-            The new body and its Content-Type.
+            The new body with its framing (send it with `VendorBody.reframe` of the client's headers).
 
         Raises:
             ValueError: the number of images differs from the number in the body.
@@ -338,26 +375,36 @@ class JsonUpstream(Upstream):
     def write_image_fields(self, payload: dict[str, Any], encoded: list[str]) -> None:
         """Put base64 images where `read_image_fields` found them (same count; mutates payload)."""
 
-    def extract_images(self, body: bytes, content_type: str) -> list[bytes]:
+    def extract_images(self, body: VendorBody) -> list[bytes]:
         """See `Upstream.extract_images`."""
-        fields = self.read_image_fields(parse_request_json(body, content_type))
-        return [decode_image(value, f"image {i} of the request") for i, value in enumerate(fields)]
+        fields = self.read_image_fields(self.parse_json_body(body))
+        return [decode_base64_image(value, f"image {i} of the request") for i, value in enumerate(fields)]
 
     def replace_images(
         self,
-        body: bytes,
-        content_type: str,
+        body: VendorBody,
         images: list[bytes],
         *,
         image_content_type: str = "image/png",
-    ) -> tuple[bytes, str]:
+    ) -> VendorBody:
         """See `Upstream.replace_images`: only the image values change; all other JSON is kept."""
-        payload = parse_request_json(body, content_type)
+        payload = self.parse_json_body(body)
         count = len(self.read_image_fields(payload))
         if len(images) != count:
             raise ValueError(f"the request holds {count} images, got {len(images)} replacements")
-        self.write_image_fields(payload, [encode_image(image) for image in images])
-        return dump_json(payload), JSON_CONTENT_TYPE
+        self.write_image_fields(payload, [encode_base64_image(image) for image in images])
+        return VendorBody(dump_json(payload), JSON_CONTENT_TYPE)
+
+    def parse_json_body(self, body: VendorBody) -> dict[str, Any]:
+        """A client's JSON request as an object (see `parse_request_json`).
+
+        Raises:
+            BadRequest: the body is framed by Inference-Header-Content-Length, which only v2 reads.
+        """
+        if body.json_length is not None:
+            raise BadRequest(f"{INFERENCE_HEADER_LENGTH} (the binary tensor extension) belongs to the v2 "
+                             f"protocol; send {self.protocol.value} requests as plain JSON")
+        return parse_request_json(body.content, body.content_type)
 
     async def predict(
         self,

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import httpx
 
 from service.errors import BadRequest, UnsupportedMediaType
-from service.upstream.base import Upstream, UpstreamProtocol, UpstreamResult
+from service.upstream.base import Upstream, UpstreamProtocol, UpstreamResult, VendorBody
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
 from service.upstream.wire import decode_response_json, media_type
 
@@ -102,26 +102,25 @@ class RawUpstream(Upstream):
         response = await self._post(self._path, image, content_type, request_id, timeout_s)
         return response.status_code, decode_response_json(response)
 
-    def extract_images(self, body: bytes, content_type: str) -> list[bytes]:
+    def extract_images(self, body: VendorBody) -> list[bytes]:
         """See `Upstream.extract_images`: the body is the one image."""
-        _check_image_media_type(content_type)
-        if not body:
+        _check_image_media_type(body.content_type)
+        if not body.content:
             raise BadRequest("the request body is empty; send the image bytes as the body")
-        return [body]
+        return [body.content]
 
     def replace_images(
         self,
-        body: bytes,
-        content_type: str,
+        body: VendorBody,
         images: list[bytes],
         *,
         image_content_type: str = "image/png",
-    ) -> tuple[bytes, str]:
+    ) -> VendorBody:
         """See `Upstream.replace_images`: the new body is the one new image."""
-        self.extract_images(body, content_type)
+        self.extract_images(body)
         if len(images) != 1:
             raise ValueError(f"a raw request holds exactly one image, got {len(images)} replacements")
-        return images[0], image_content_type
+        return VendorBody(images[0], image_content_type)
 
 
 def _check_image_media_type(content_type: str) -> None:

@@ -10,7 +10,7 @@ import httpx
 from service.errors import InvalidShape
 from service.upstream.base import JsonUpstream, UpstreamProtocol
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
-from service.upstream.wire import describe_json, encode_image
+from service.upstream.wire import describe_json, encode_base64_image
 
 # The one documented instance shape: a binary value, base64 under the key "b64".
 _B64 = "b64"
@@ -58,7 +58,7 @@ class TFServingUpstream(JsonUpstream):
 
     def encode_request(self, images: list[bytes], request_id: str) -> dict[str, Any]:
         """`{"instances": [{"b64": ...}, ...]}`; the request id travels in the header only."""
-        return {"instances": [{_B64: encode_image(image)} for image in images]}
+        return {"instances": [{_B64: encode_base64_image(image)} for image in images]}
 
     def decode_predictions(self, payload: Any, count: int) -> list[Any]:
         """The `predictions` list, one JSON value per instance."""

@@ -1,28 +1,47 @@
-"""Open Inference Protocol v2 (KServe, Triton) REST `infer` with the images as a BYTES tensor."""
+"""Open Inference Protocol v2 (KServe, Triton) REST `infer`: images as a BYTES tensor (or pixels).
+
+Sidecar requests may use the binary tensor data extension (`v2_binary`): the image input's
+elements are then length-prefixed bytes after the JSON header, each either the image itself or its
+base64 text (KServe turns binary BYTES into UTF-8 strings, so its clients send base64); each
+purified image goes back in the form its original came in.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
 from typing import Any, ClassVar
 from urllib.parse import quote
 
 import httpx
 
-from service.errors import InvalidShape
-from service.upstream.base import JsonUpstream, UpstreamProtocol
+from service.errors import BadRequest, InvalidShape
+from service.upstream.base import JsonUpstream, UpstreamProtocol, VendorBody
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
-from service.upstream.wire import describe_json, encode_image
+from service.upstream.v2_binary import (
+    BINARY_DATA_SIZE,
+    BinaryRequest,
+    decode_bytes_elements,
+    encode_bytes_elements,
+    join_binary_request,
+    split_binary_request,
+)
+from service.upstream.v2_input import TensorDatatype, V2Input, pixel_tensor
+from service.upstream.wire import describe_json, dump_json, encode_base64_image
 
-_BYTES = "BYTES"
+_BYTES = TensorDatatype.BYTES.value
 
 
 class V2Upstream(JsonUpstream):
     """`POST {base_url}/v2/models/{model}/infer`; image i's prediction is row i of every output.
 
     Request:  `{"id", "inputs": [{"name": input_name, "shape": [N], "datatype": "BYTES",
-    "data": [<base64>, ...]}]}`. Response: `{"outputs": [{"name", "shape": [N, ...], "datatype",
-    "data"}, ...]}` becomes N objects `{output name: row i}`, e.g. `{"probabilities": [...],
-    "label": 3}`; a row of a shape-[N] output is a scalar.
+    "data": [<base64>, ...]}]}`, or for a pixel input (`V2Input`) `"shape": [N, *shape]` with
+    FP32 or UINT8 data. Response: `{"outputs": [{"name", "shape": [N, ...], "datatype", "data"},
+    ...]}` becomes N objects `{output name: row i}`, e.g. `{"probabilities": [...], "label": 3}`;
+    a row of a shape-[N] output is a scalar. Sidecar requests carry encoded images (BYTES).
     """
 
     protocol: ClassVar[UpstreamProtocol] = UpstreamProtocol.V2
@@ -33,7 +52,7 @@ class V2Upstream(JsonUpstream):
         base_url: str,
         *,
         model_name: str,
-        input_name: str = "image",
+        image_input: V2Input | None = None,
         retry: RetryPolicy = RetryPolicy(),
         total_timeout_s: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
@@ -44,23 +63,22 @@ class V2Upstream(JsonUpstream):
             client: the shared client; not closed here.
             base_url: the vendor's root URL.
             model_name: the served model's name, as in /v2/models/{model_name}.
-            input_name: the name of the model's BYTES image input.
+            image_input: the model's image input: its name, and encoded images or pixels (default: BYTES "image").
             retry: resends after failures to connect.
             total_timeout_s: wall-clock bound on one call with its retries.
             max_response_bytes: limit on a vendor answer's decoded body.
 
         Raises:
-            ValueError: a bad base URL or timeout, or an empty model or input name.
+            ValueError: a bad base URL or timeout, or an empty model name.
         """
         super().__init__(
             client, base_url, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=max_response_bytes
         )
         if not model_name:
             raise ValueError("the v2 upstream needs a model name (the {model} in /v2/models/{model}/infer)")
-        if not input_name:
-            raise ValueError("the v2 upstream needs the name of the model's BYTES image input, e.g. 'image'")
         self._model_name = model_name
-        self._input_name = input_name
+        self._image_input = image_input or V2Input()
+        self._input_name = self._image_input.name
 
     @property
     def predict_path(self) -> str:
@@ -68,18 +86,19 @@ class V2Upstream(JsonUpstream):
         return f"/v2/models/{quote(self._model_name, safe='')}/infer"
 
     def encode_request(self, images: list[bytes], request_id: str) -> dict[str, Any]:
-        """One BYTES input of shape [N] holding the base64 images; `id` is the request id."""
-        return {
-            "id": request_id,
-            "inputs": [
-                {
-                    "name": self._input_name,
-                    "shape": [len(images)],
-                    "datatype": _BYTES,
-                    "data": [encode_image(image) for image in images],
-                }
-            ],
-        }
+        """One input: BYTES of shape [N] holding the base64 images, or the pixels; `id` is the request id.
+
+        Raises:
+            ValueError: an image cannot be decoded into pixels (a pixel input only).
+        """
+        spec = self._image_input
+        if spec.datatype is TensorDatatype.BYTES:
+            shape: list[int] = [len(images)]
+            data: list[Any] = [encode_base64_image(image) for image in images]
+        else:
+            shape, data = pixel_tensor(images, spec)
+        return {"id": request_id, "inputs": [{"name": spec.name, "shape": shape, "datatype": spec.datatype.value,
+                                              "data": data}]}
 
     def decode_predictions(self, payload: Any, count: int) -> list[Any]:
         """Split every output tensor along its first axis: image i gets `{name: row i}`."""
@@ -103,23 +122,89 @@ class V2Upstream(JsonUpstream):
 
     def read_image_fields(self, payload: dict[str, Any]) -> list[Any]:
         """The elements of the BYTES image input, row-major; other inputs and keys are kept."""
-        return _input_elements(self._image_input(payload))
+        index = self._image_index(payload)  # first: it checks that "inputs" is a list of objects
+        return _input_elements(payload["inputs"][index])
 
     def write_image_fields(self, payload: dict[str, Any], encoded: list[str]) -> None:
         """Replace the image input's data, flat (row-major) under its original shape."""
-        self._image_input(payload)["data"] = encoded
+        index = self._image_index(payload)
+        payload["inputs"][index]["data"] = encoded
 
-    def _image_input(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """The request's one BYTES input (the one named `input_name` when there are several)."""
+    def extract_images(self, body: VendorBody) -> list[bytes]:
+        """See `Upstream.extract_images`; also reads binary requests (Inference-Header-Content-Length)."""
+        if body.json_length is None:
+            return super().extract_images(body)
+        request, index = self._split(body)
+        if index not in request.raw:  # the images are in the JSON header, as base64 text
+            return super().extract_images(VendorBody(body.content[: body.json_length], "application/json"))
+        return [image for image, _ in self._binary_images(request, index)]
+
+    def replace_images(
+        self,
+        body: VendorBody,
+        images: list[bytes],
+        *,
+        image_content_type: str = "image/png",
+    ) -> VendorBody:
+        """See `Upstream.replace_images`: a binary request stays binary, with its header length updated."""
+        if body.json_length is None:
+            return super().replace_images(body, images, image_content_type=image_content_type)
+        request, index = self._split(body)
+        header, raw = request.header, dict(request.raw)
+        if index in raw:
+            originals = self._binary_images(request, index)
+            if len(images) != len(originals):
+                raise ValueError(f"the request holds {len(originals)} images, got {len(images)} replacements")
+            raw[index] = encode_bytes_elements([base64.b64encode(new) if was_base64 else new
+                                                for new, (_, was_base64) in zip(images, originals, strict=True)])
+            header["inputs"][index]["parameters"][BINARY_DATA_SIZE] = len(raw[index])
+        else:
+            count = len(self.read_image_fields(header))
+            if len(images) != count:
+                raise ValueError(f"the request holds {count} images, got {len(images)} replacements")
+            self.write_image_fields(header, [encode_base64_image(image) for image in images])
+        header_json = dump_json(header)
+        return VendorBody(join_binary_request(header_json, header, raw), body.content_type, len(header_json))
+
+    def _split(self, body: VendorBody) -> tuple[BinaryRequest, int]:
+        """A binary request's header and raw inputs, and the index of the image input."""
+        assert body.json_length is not None
+        try:
+            header = json.loads(body.content[: body.json_length])
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, or an int over 4300 digits
+            raise BadRequest(f"the first {body.json_length} bytes (Inference-Header-Content-Length) are not a "
+                             f"valid JSON header: {exc}") from exc
+        if not isinstance(header, dict):
+            raise InvalidShape(f"the binary request's JSON header must be an object, got {type(header).__name__}")
+        index = self._image_index(header)
+        return split_binary_request(header, body.content[body.json_length :]), index
+
+    def _binary_images(self, request: BinaryRequest, index: int) -> list[tuple[bytes, bool]]:
+        """The image input's elements from its raw data: (image, whether it came as base64 text)."""
+        where = f"inputs[{index}] (binary)"
+        shape = request.header["inputs"][index].get("shape")
+        try:
+            shape = tensor_shape(shape, f"{where}.shape")
+        except ValueError as exc:
+            raise InvalidShape(str(exc)) from exc
+        elements = decode_bytes_elements(request.raw[index], where)
+        if len(elements) != math.prod(shape):
+            raise InvalidShape(f"{where} holds {len(elements)} elements, but shape {shape} needs {math.prod(shape)}")
+        if not elements:
+            raise InvalidShape("the image input holds no images; send at least one image")
+        return [_binary_image(element, f"{where} element {i}") for i, element in enumerate(elements)]
+
+    def _image_index(self, payload: dict[str, Any]) -> int:
+        """The index of the request's one BYTES input (the one named `input_name` when there are several)."""
         inputs = payload.get("inputs")
         if not isinstance(inputs, list) or not inputs or not all(isinstance(item, dict) for item in inputs):
             raise InvalidShape('expected {"inputs": [{"name", "shape", "datatype": "BYTES", "data"}, ...]}')
-        candidates = [item for item in inputs if item.get("datatype") == _BYTES]
+        candidates = [i for i, item in enumerate(inputs) if item.get("datatype") == _BYTES]
         if len(candidates) > 1:
-            candidates = [item for item in candidates if item.get("name") == self._input_name]
+            candidates = [i for i in candidates if inputs[i].get("name") == self._input_name]
         if len(candidates) != 1:
             raise InvalidShape(
-                f"expected exactly one BYTES input holding the base64 images (or one named "
+                f"expected exactly one BYTES input holding the images (or one named "
                 f"{self._input_name!r} among several), found {len(candidates)}"
             )
         return candidates[0]
@@ -202,6 +287,25 @@ def _nest(flat: list[Any], shape: list[int]) -> list[Any]:
         return list(flat)
     step = math.prod(shape[1:])
     return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def _binary_image(element: bytes, where: str) -> tuple[bytes, bool]:
+    """One binary BYTES element as an image: its base64 text decoded, or the bytes themselves.
+
+    Encoded images never pass as base64: every format's signature holds bytes outside its alphabet.
+
+    Returns:
+        The image and whether the element was base64 text.
+
+    Raises:
+        BadRequest: the element is empty.
+    """
+    if not element:
+        raise BadRequest(f"{where} is an empty image")
+    try:
+        return base64.b64decode(element, validate=True), True
+    except (binascii.Error, ValueError):
+        return element, False
 
 
 def _input_elements(image_input: dict[str, Any]) -> list[Any]:

@@ -94,12 +94,12 @@ def dump_json(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def encode_image(image: bytes) -> str:
+def encode_base64_image(image: bytes) -> str:
     """Standard base64 text of image bytes, as TF-Serving `b64` and v2 BYTES carry them."""
     return base64.b64encode(image).decode("ascii")
 
 
-def decode_image(text: Any, where: str) -> bytes:
+def decode_base64_image(text: Any, where: str) -> bytes:
     """Decode one base64 image from a client's request.
 
     Args:

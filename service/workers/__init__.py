@@ -1,8 +1,8 @@
-"""Serving purification: dynamic batching and one worker per device (DESIGN.md §3-4)."""
+"""Serving purification: dynamic batching and one worker per device (docs/design.md, "Request flow and timings")."""
 
 from service.workers.devices import resolve_devices
-from service.workers.pool import BatchPurifier, PoolConfig, PoolResult, PurifierFactory, WorkerPool
+from service.workers.pool import BatchPurifier, PoolConfig, PoolResult, PurifierFactory, WorkerInfo, WorkerPool
 from service.workers.purifier import zip_purifier_factory
 
-__all__ = ["BatchPurifier", "PoolConfig", "PoolResult", "PurifierFactory", "WorkerPool", "resolve_devices",
-           "zip_purifier_factory"]
+__all__ = ["BatchPurifier", "PoolConfig", "PoolResult", "PurifierFactory", "WorkerInfo", "WorkerPool",
+           "resolve_devices", "zip_purifier_factory"]

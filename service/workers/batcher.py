@@ -109,6 +109,7 @@ class DynamicBatcher(Generic[P]):
         self.max_wait_s = max_wait_s
         self.queue_limit = queue_limit
         self._metrics = metrics
+        metrics.queue_limit.set(queue_limit)
         self._clock = clock
         self._groups: _Groups[P] = _Groups()
         self._depth = 0

@@ -14,6 +14,7 @@ import enum
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,13 +22,14 @@ import torch
 from service.errors import (DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, DeadlineExceeded, NotReady,
                             Overloaded, PayloadTooLarge)
 from service.metrics import DropReason, GatewayMetrics
+from service.purify.seeds import canvas_seeds
 from service.workers.batcher import Batch, DynamicBatcher, WorkItem
 from service.workers.capacity import adaptive_steps, seconds_for, total_rate
 from service.workers.purifier import BatchPurifier, PurifierFactory
 from service.workers.worker import (DEFAULT_OOM_ERRORS, DeviceWorker, ItemPayload, ItemResult, PoolItem,
-                                    settle_with_error)
+                                    WorkerInfo, settle_with_error)
 
-__all__ = ["BatchPurifier", "PoolConfig", "PoolResult", "PurifierFactory", "WorkerPool"]
+__all__ = ["BatchPurifier", "PoolConfig", "PoolResult", "PurifierFactory", "WorkerInfo", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,11 @@ class WorkerPool:
 
     @property
     def ready(self) -> bool:
-        """True while accepting work: started, not draining, every worker alive."""
+        """True while accepting work: started, not draining, every worker alive.
+
+        Not written to `zipgate_ready`: the gateway owns that gauge, since it also knows the
+        lifespan's loading and draining (`Gateway.ready`, read at scrape time).
+        """
         return self._state is PoolState.RUNNING and all(not task.done() for task in self._tasks)
 
     @property
@@ -134,7 +140,7 @@ class WorkerPool:
         return self._batcher.depth
 
     @property
-    def device_info(self) -> list[dict[str, object]]:
+    def device_info(self) -> list[WorkerInfo]:
         """Per worker: device, dtype, model (and sample_size, channels when the purifier tells)."""
         return [worker.info for worker in self._workers]
 
@@ -172,11 +178,11 @@ class WorkerPool:
         for task in self._tasks:
             task.add_done_callback(self._on_worker_exit)
         self._state = PoolState.RUNNING
-        self._metrics.ready.set(1)
         log.info("worker pool ready: %s", self.device_info)
 
     async def submit(self, images: torch.Tensor, *, request_id: str, deadline: float | None = None,
-                     seed: int | None = None, steps: int | None = None) -> PoolResult:
+                     seed: int | None = None, seeds: Sequence[int] | None = None,
+                     steps: int | None = None) -> PoolResult:
         """Purify a request's images; returns when all are done, in the order given.
 
         Args:
@@ -185,6 +191,7 @@ class WorkerPool:
             deadline: `time.monotonic()` seconds; at it the request fails: queued images are
                 dropped, and results of images still purifying are discarded.
             seed: image i uses seed + i (same seed, same result, whatever the batching); None = random.
+            seeds: one seed per image instead (votes purify the same canvases with other seeds).
             steps: sampling steps; None = `config.default_steps`.
 
         Returns:
@@ -214,11 +221,14 @@ class WorkerPool:
         if deadline is not None and deadline <= now:
             self._metrics.dropped.labels(DropReason.DEADLINE.value).inc(count)
             raise DeadlineExceeded(f"request {request_id}: deadline passed before queueing")
-        base_seed = secrets.randbits(63) if seed is None else seed
+        if seeds is None:
+            seeds = canvas_seeds(secrets.randbits(63) if seed is None else seed, count)  # canvas i: seed + i
+        elif len(seeds) != count:
+            raise ValueError(f"got {len(seeds)} seeds for {count} images")
         loop = asyncio.get_running_loop()
         key = (*images.shape[1:], steps)  # items that stack into one tensor and share a schedule
         pixels = images.detach().to("cpu", torch.float32)
-        items = [WorkItem(key=key, payload=ItemPayload(pixels[i], base_seed + i, steps), future=loop.create_future(),
+        items = [WorkItem(key=key, payload=ItemPayload(pixels[i], seeds[i], steps), future=loop.create_future(),
                           request_id=request_id, enqueued_at=now, deadline=deadline, cost=float(steps))
                  for i in range(count)]
         if not self._batcher.offer(items):
@@ -250,7 +260,6 @@ class WorkerPool:
         if self._state is not PoolState.RUNNING and self._state is not PoolState.DRAINING:
             return
         self._state = PoolState.DRAINING
-        self._metrics.ready.set(0)
         self._batcher.close()
         timeout_s = self.config.drain_timeout_s if timeout_s is None else timeout_s
         log.info("draining: %d images queued, up to %.1f s", self._batcher.depth, timeout_s)
@@ -327,7 +336,6 @@ class WorkerPool:
     def _on_worker_exit(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("worker task %s crashed", task.get_name(), exc_info=task.exception())
-            self._metrics.ready.set(0)
 
     def _close_workers(self) -> None:
         for worker in self._workers:

@@ -13,9 +13,11 @@ import torch
 
 from service.errors import DRAINING_RETRY_AFTER_S, DeadlineExceeded, GatewayError, NotReady, PurificationFailed
 from service.metrics import DropReason, GatewayMetrics
+from service.purify.models import EpsModelInfo
+from service.purify.seeds import seeded_generators
 from service.workers.batcher import Batch, DynamicBatcher, WorkItem
 from service.workers.capacity import ThroughputMeter
-from service.workers.purifier import BatchPurifier, PurifierFactory, seeded_generators
+from service.workers.purifier import BatchPurifier, PurifierFactory
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,17 @@ class ItemResult:
     steps: int  # steps actually run
     queue_s: float  # from queueing to the start of its batch's compute
     purify_s: float  # compute time of its batch
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What one worker runs: its device and, when its purifier reports an `EpsModelInfo`, the model."""
+
+    device: str  # e.g. "cpu" or "cuda:1"
+    dtype: str = "unknown"  # compute dtype, e.g. "float32"
+    model: str = "unknown"  # the model's name
+    sample_size: int | None = None  # None: the purifier does not say (fakes in tests)
+    channels: int | None = None
 
 
 PoolItem = WorkItem[ItemPayload]
@@ -81,15 +94,12 @@ class DeviceWorker:
         self._busy_until: float | None = None  # expected end of the running batch (monotonic s)
 
     @property
-    def info(self) -> dict[str, object]:
-        """Device, dtype and model of this worker (from the purifier's `info` when it has one)."""
-        info = getattr(self._purifier, "info", None)
-        described: dict[str, object] = {"device": self.device, "dtype": getattr(info, "dtype", "unknown"),
-                                        "model": getattr(info, "name", "unknown")}
-        for extra in ("sample_size", "channels"):
-            if hasattr(info, extra):
-                described[extra] = getattr(info, extra)
-        return described
+    def info(self) -> WorkerInfo:
+        """Device, dtype and model of this worker (the model's from the purifier's `info`, when it has one)."""
+        model = getattr(self._purifier, "info", None)
+        if not isinstance(model, EpsModelInfo):
+            return WorkerInfo(self.device)
+        return WorkerInfo(self.device, model.dtype, model.name, model.sample_size, model.channels)
 
     def remaining_s(self, now: float) -> float | None:
         """Expected seconds until this worker is free; None when idle."""

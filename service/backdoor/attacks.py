@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 import torch
 
-from service.defense_eval.triggers import (
+from service.backdoor.triggers import (
     ADAPTIVE_BLOCK_PX,
     ADAPTIVE4_BLOCK_PX,
     ADAPTIVE4_BLOCKS,

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from service.training.data import PADDED_SIZE
+from service.backdoor.data import PADDED_SIZE
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,156 @@
+"""Shadow alarm on the shipped vendors: disagreement rates, false alarms, and triggered requests to name the target.
+
+Reads the per-image labels of an evaluation run (`zipgate eval --defense none,zip`, its labels.npz):
+the vendor's label on the raw image is the `none` row's, on the purified image the `zip` row's
+(exactly what the gateway's shadow comparison sees). Then it replays request streams through the
+alert rule of docs/alerts (docker/alerts.yml, `ZipgateSuspectedBackdoorTarget`): in a window of
+W requests, one raw label holds at least M disagreements and more than a share S of them.
+
+    .venv/bin/python bench/shadow_alarm.py reports/zoo-final [--window 1000] [--min-count 20]
+
+Prints one line per vendor and attack share, then the summary lines last:
+`false_alarm_windows=` (windows of clean traffic in which the rule fired) and
+`disagreement_ratio=` (triggered ÷ clean disagreement rate, median over vendors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.defense_eval.report import LABELS_FILE
+from service.shadow.alarm import AlarmRule
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """(raw label, purified label) per image, for clean and triggered traffic."""
+
+    clean: np.ndarray  # (N, 2)
+    triggered: np.ndarray  # (M, 2)
+
+    def disagreement(self, triggered: bool) -> float:
+        pairs = self.triggered if triggered else self.clean
+        return float((pairs[:, 0] != pairs[:, 1]).mean())
+
+
+def stream(pairs: Pairs, attack_share: float, rng: np.random.Generator) -> Iterator[tuple[bool, int, int]]:
+    """Endless requests drawn with replacement: (triggered?, raw label, purified label)."""
+    while True:
+        triggered = bool(rng.random() < attack_share)
+        source = pairs.triggered if triggered else pairs.clean
+        raw, purified = source[rng.integers(len(source))]
+        yield triggered, int(raw), int(purified)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The rule's window, counted in requests (a steady request rate makes it the rule file's 30 minutes)."""
+
+    requests: int
+    rule: AlarmRule
+
+    def fires(self, counts: Counter[int]) -> int | None:
+        named = self.rule.suspected_target({str(label): count for label, count in counts.items() if count})
+        return None if named is None else int(named)
+
+
+def first_alarm(pairs: Pairs, rule: Window, attack_share: float, rng: np.random.Generator,
+                max_requests: int) -> tuple[int | None, int | None, int]:
+    """Replay one stream until the rule fires: (label named, triggered requests sent, requests sent)."""
+    window: deque[int | None] = deque()
+    counts: Counter[int] = Counter()
+    triggered_sent = 0
+    for sent, (triggered, raw, purified) in enumerate(stream(pairs, attack_share, rng), start=1):
+        triggered_sent += triggered
+        disagreeing = raw if raw != purified else None
+        window.append(disagreeing)
+        if disagreeing is not None:
+            counts[disagreeing] += 1
+        if len(window) > rule.requests and (old := window.popleft()) is not None:
+            counts[old] -= 1
+        named = rule.fires(counts)
+        if named is not None:
+            return named, triggered_sent, sent
+        if sent >= max_requests:
+            return None, None, sent
+    raise AssertionError("unreachable: the stream is endless")
+
+
+def false_alarm_windows(pairs: Pairs, rule: Window, windows: int, rng: np.random.Generator) -> int:
+    """Independent windows of clean traffic in which the rule fires at the window's end."""
+    fired = 0
+    for _ in range(windows):
+        sample = pairs.clean[rng.integers(len(pairs.clean), size=rule.requests)]
+        counts = Counter(int(raw) for raw, purified in sample if raw != purified)
+        fired += rule.fires(counts) is not None
+    return fired
+
+
+def load_pairs(report: Path, setting: str | None = None) -> dict[str, Pairs]:
+    """Raw/purified label pairs per attack from a report's labels.npz (the first ZIP setting unless named)."""
+    with np.load(report / LABELS_FILE) as saved:
+        labels = {key: saved[key] for key in saved.files}
+    result: dict[str, Pairs] = {}
+    for key in labels:
+        attack, defense, *rest = key.split("/")
+        if defense != "zip" or not key.endswith("/clean"):
+            continue
+        described = "/".join(rest)[: -len("/clean")]
+        if setting is not None and described != setting or attack in result:
+            continue
+        raw_key = next(k for k in labels if k.startswith(f"{attack}/none/") and k.endswith("/clean"))[: -len("/clean")]
+        zip_key = f"{attack}/zip/{described}"
+        result[attack] = Pairs(np.stack([labels[f"{raw_key}/clean"], labels[f"{zip_key}/clean"]], axis=1),
+                               np.stack([labels[f"{raw_key}/triggered"], labels[f"{zip_key}/triggered"]], axis=1))
+    if not result:
+        raise SystemExit(f"{report / LABELS_FILE} has no zip rows with a none row beside them; run "
+                         "`zipgate eval --defense none,zip` first")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("report", type=Path)
+    parser.add_argument("--setting", default=None, help="the zip setting's description (default: the first)")
+    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--min-count", type=int, default=20)
+    parser.add_argument("--share", type=float, default=0.5)
+    parser.add_argument("--shares", default="1,0.5,0.25,0.1,0.02", help="attack shares of the traffic to replay")
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rule = Window(args.window, AlarmRule(args.min_count, args.share))
+    rng = np.random.default_rng(args.seed)
+    vendors = load_pairs(args.report, args.setting)
+    target = 0  # every shipped vendor's target (service.backdoor.attacks.TARGET_LABEL)
+    print(f"rule: window={rule.requests} requests, min_count={rule.rule.min_count:g}, share>{rule.rule.share}")
+    print("| vendor | clean disagreement | triggered disagreement | attack share | triggered requests to name "
+          "the target (median, p95) | alarms naming another label |")
+    print("|---|---|---|---|---|---|")
+    false_alarms = 0
+    ratios = []
+    for attack, pairs in vendors.items():
+        false_alarms += false_alarm_windows(pairs, rule, args.runs, rng)
+        ratios.append(pairs.disagreement(True) / max(pairs.disagreement(False), 1e-9))
+        for share in (float(s) for s in args.shares.split(",")):
+            runs = [first_alarm(pairs, rule, share, rng, max_requests=20 * rule.requests) for _ in range(args.runs)]
+            named = [triggered for label, triggered, _ in runs if label == target and triggered is not None]
+            wrong = sum(label not in (None, target) for label, _, _ in runs)
+            needed = (f"{statistics.median(named):.0f}, {np.percentile(named, 95):.0f}" if len(named) == len(runs)
+                      else f"named in {len(named)}/{len(runs)} runs of {20 * rule.requests} requests")
+            print(f"| {attack} | {pairs.disagreement(False):.3f} | {pairs.disagreement(True):.3f} | {share:g} | "
+                  f"{needed} | {wrong} |")
+    windows = args.runs * len(vendors)
+    print(f"false_alarm_windows={false_alarms}/{windows}")
+    print(f"disagreement_ratio={statistics.median(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The Open Inference Protocol's health and metadata routes, so v2 clients (tritonclient, KServe's
+InferenceRESTClient) can use the gateway as they would the vendor.
+
+- `GET /v2/health/live`, `/v2/health/ready`: the gateway's own state combined with the vendor's
+  (ready = the gateway is ready and the vendor says it is ready; live = the vendor says it is live,
+  the gateway being live as it answers). 200 `{"live"|"ready": true}`, else 503 with false. No API
+  key, like /healthz; the orchestrator's probes stay /healthz and /readyz (a vendor outage must not
+  restart the gateway).
+- `GET /v2`, `/v2/models/{name}[/versions/{v}]` and `.../ready`: relayed from the vendor unchanged,
+  after the path checks of the sidecar (`check_vendor_path`: plain names, `upstream_models`). Model
+  readiness also needs the gateway to be ready (503 while starting or draining).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.api.deps import ERROR_RESPONSES, GatewayDep
+from service.api.gateway import Gateway
+from service.api.logging import REQUEST_ID
+from service.api.routes_sidecar import (
+    MODEL_NOT_EXPOSED_RESPONSE,
+    RELAYED_RESPONSE,
+    check_vendor_path,
+    headers_for_question,
+    relayed_response,
+    vendor_path,
+)
+from service.api.security import headers_for_vendor
+from service.errors import UpstreamError
+from service.upstream import RelayedResponse, UpstreamProtocol
+
+# A health probe waits this long for the vendor at most (or upstream_timeout_s, if shorter).
+PROBE_TIMEOUT_S = 5.0
+
+_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "True: the gateway and the vendor both are.", "content": {"application/json": {}}},
+    503: {"description": "False: the gateway or the vendor is not (or the vendor cannot be reached).",
+          "content": {"application/json": {}}},
+}
+
+
+async def ask_vendor(request: Request, gateway: Gateway) -> RelayedResponse:
+    """GET the request's own path from the vendor's v2 API, with the client's vendor headers.
+
+    Raises:
+        UpstreamTimeout, UpstreamError: the vendor could not be reached or timed out.
+    """
+    headers = headers_for_question(headers_for_vendor(request.headers, gateway.settings.api_key))
+    return await gateway.sidecars[UpstreamProtocol.V2].forward(
+        "GET", vendor_path(request), b"", headers, request_id=REQUEST_ID.get(),
+        timeout_s=min(PROBE_TIMEOUT_S, gateway.settings.upstream_timeout_s))
+
+
+async def vendor_says_yes(request: Request, gateway: Gateway) -> bool:
+    """Whether the vendor answers the request's health path with 200 (False when it cannot be reached)."""
+    try:
+        return (await ask_vendor(request, gateway)).status_code == 200
+    except UpstreamError:
+        return False
+
+
+def build_v2_router(gateway_dependencies: list[Any]) -> APIRouter:
+    """The v2 health routes (no API key) and metadata routes (behind `gateway_dependencies`).
+
+    Args:
+        gateway_dependencies: route dependencies of the metadata routes (the API key check, if any).
+
+    Returns:
+        The router.
+    """
+    router = APIRouter(tags=["sidecar"])
+    metadata = APIRouter(tags=["sidecar"], dependencies=gateway_dependencies)
+    relayed: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **ERROR_RESPONSES}
+    model_relayed = {**relayed, **MODEL_NOT_EXPOSED_RESPONSE}
+
+    @router.get("/v2/health/live", responses=_HEALTH_RESPONSES, response_class=JSONResponse)
+    async def v2_live(request: Request, gateway: GatewayDep) -> JSONResponse:
+        """Live: the vendor's `/v2/health/live` answers 200 (the gateway is live, as it answers)."""
+        live = await vendor_says_yes(request, gateway)
+        return JSONResponse({"live": live}, status_code=200 if live else 503)
+
+    @router.get("/v2/health/ready", responses=_HEALTH_RESPONSES, response_class=JSONResponse)
+    async def v2_ready(request: Request, gateway: GatewayDep) -> JSONResponse:
+        """Ready: the gateway is ready (as /readyz) and the vendor's `/v2/health/ready` answers 200."""
+        ready = gateway.ready and await vendor_says_yes(request, gateway)
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @metadata.get("/v2", responses=relayed, response_class=Response)
+    async def v2_server_metadata(request: Request, gateway: GatewayDep) -> Response:
+        """The vendor's server metadata, relayed."""
+        return relayed_response(await ask_vendor(request, gateway))
+
+    @metadata.get("/v2/models/{name}", responses=model_relayed, response_class=Response)
+    async def v2_model_metadata(name: str, request: Request, gateway: GatewayDep) -> Response:
+        """The vendor's model metadata (inputs, outputs), relayed."""
+        check_vendor_path(request, gateway.settings.upstream_models)
+        return relayed_response(await ask_vendor(request, gateway))
+
+    @metadata.get("/v2/models/{name}/versions/{version}", responses=model_relayed, response_class=Response)
+    async def v2_model_version_metadata(name: str, version: str, request: Request, gateway: GatewayDep) -> Response:
+        """The vendor's metadata of one model version, relayed."""
+        check_vendor_path(request, gateway.settings.upstream_models)
+        return relayed_response(await ask_vendor(request, gateway))
+
+    @metadata.get("/v2/models/{name}/ready", responses=model_relayed, response_class=Response)
+    async def v2_model_ready(name: str, request: Request, gateway: GatewayDep) -> Response:
+        """The vendor's model readiness, relayed once the gateway is ready (503 before)."""
+        check_vendor_path(request, gateway.settings.upstream_models)
+        gateway.require_ready()
+        return relayed_response(await ask_vendor(request, gateway))
+
+    @metadata.get("/v2/models/{name}/versions/{version}/ready", responses=model_relayed, response_class=Response)
+    async def v2_model_version_ready(name: str, version: str, request: Request, gateway: GatewayDep) -> Response:
+        """The vendor's readiness of one model version, relayed once the gateway is ready (503 before)."""
+        check_vendor_path(request, gateway.settings.upstream_models)
+        gateway.require_ready()
+        return relayed_response(await ask_vendor(request, gateway))
+
+    router.include_router(metadata)
+    return router

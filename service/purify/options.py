@@ -1,0 +1,128 @@
+"""The engine's options: ZIP's knobs (`ZipConfig`), the compute dtype and the small-image fit.
+
+Light on purpose: settings, the CLI's `--help` and the evaluation's options import these, and
+none of them should load torch or diffusers to do so (the heavy work is imported where it runs).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+class DType(str, enum.Enum):
+    """Compute dtype of the ε-model (the sampling state always stays float32)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    AUTO = "auto"
+
+    def resolve(self, device: torch.device | str) -> torch.dtype:
+        """The torch dtype; AUTO = fp16 on CUDA, bf16 on a CPU with native bf16, else fp32."""
+        from service.purify.models import torch_dtype  # local: this module must not load torch
+
+        return torch_dtype(self, device)
+
+
+class SmallImageFit(str, enum.Enum):
+    """How an image smaller than its slot (the canvas, or a tile of it) is fitted."""
+
+    PAD = "pad"  # centred on a black background: the model sees the pixels as they are
+    RESIZE = "resize"  # scaled up to the slot: softens the image and changes its proportions
+
+
+def check_steps(steps: int) -> int:
+    """S ≥ 1 (the gateway caps it further at the model's 1000 training timesteps).
+
+    Raises:
+        ValueError: S < 1.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return steps
+
+
+def check_guidance_power(value: float) -> float:
+    """λ > 0; inf is allowed and disables the mix step.
+
+    Raises:
+        ValueError: λ ≤ 0 or NaN.
+    """
+    if math.isnan(value) or not value > 0:
+        raise ValueError(f"guidance_power must be > 0 (a positive number, or 'inf' to disable the mix), got {value}")
+    return value
+
+
+def check_eta(value: float) -> float:
+    """η in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like ancestral noise).
+
+    Raises:
+        ValueError: η outside [0, 1] (or NaN).
+    """
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {value}")
+    return value
+
+
+def check_transforms(spec: str) -> str:
+    """The spec, stripped, once its syntax is valid (any channel count: "gray" alone on a 1-channel
+    model is refused only when the model, and so its channel count, is known).
+
+    Raises:
+        ValueError: an empty spec, an unknown transform or a bad argument.
+    """
+    from service.purify.transforms import parse_transforms  # local: the transforms are torch code
+
+    parse_transforms(spec, channels=3)
+    return spec.strip()
+
+
+@dataclass(frozen=True)
+class ZipConfig:
+    """ZIP's knobs, validated once at construction (the symbols of docs/design.md).
+
+    The one source of the defaults: the gateway's settings, the CLI, the evaluation and
+    `ZipPurifier` all start from these. The defaults are the shipped world's (docs/defense.md,
+    "The default"): blur:4 and λ = 0.5, chosen by the worst case over the attack zoo.
+
+    Attributes:
+        transforms: degradations, e.g. "blur:4" or "blur:4,gray" (averaged), "blur:4+gray" (composed).
+        steps: S, sampling steps on the grid t = T·i/S.
+        guidance_power: λ of the mix x̂ ← (1 − ᾱ_t^λ) x̂ + ᾱ_t^λ x_t; inf skips the mix.
+        eta: η of the DDIM step.
+        noise_start: t*/T in (0, 1]; 1 = ZIP's start from pure noise (an evaluation lever).
+        travel_length, travel_repeat: RePaint time travel (L, R); 1, 1 = a plain descent.
+
+    Raises:
+        ValueError: a bad value; the message names the knob and its valid range.
+    """
+
+    transforms: str = "blur:4"
+    steps: int = 20
+    guidance_power: float = 0.5
+    eta: float = 1.0
+    noise_start: float = 1.0
+    travel_length: int = 1
+    travel_repeat: int = 1
+
+    def __post_init__(self) -> None:
+        check_transforms(self.transforms)
+        check_steps(self.steps)
+        check_guidance_power(self.guidance_power)
+        check_eta(self.eta)
+        if not 0.0 < self.noise_start <= 1.0:
+            raise ValueError(f"noise_start must be in (0, 1] (1 = start from pure noise), got {self.noise_start}")
+        if self.travel_length < 1 or self.travel_repeat < 1:
+            raise ValueError(f"travel_length and travel_repeat must be >= 1, got {self.travel_length}, "
+                             f"{self.travel_repeat}")
+
+    def zip_config(self) -> ZipConfig:
+        """Only ZIP's knobs, as a plain `ZipConfig` (a subclass adds knobs of its own, such as votes)."""
+        return ZipConfig(self.transforms, self.steps, self.guidance_power, self.eta, self.noise_start,
+                         self.travel_length, self.travel_repeat)

@@ -1,0 +1,164 @@
+"""Flagged payloads for forensics: a bounded ring of disagreement records on disk.
+
+Layout (one folder per flagged image, named so that `sorted()` is oldest first):
+
+    <capture_dir>/<UTC time, 20261130T221500.123456Z>_<request id>_<image index>/
+        raw.<png|jpg|…>         the image as the client sent it (its own format)
+        purified.png            what the vendor was sent instead
+        raw_response.json       the vendor's answer for the raw image (one prediction)
+        purified_response.json  the vendor's answer for the purified image (one prediction)
+        meta.json               request id, time, image index, both labels
+
+A record is written into a hidden temporary folder and renamed into place, so an analyst never
+sees half a record. This stores user images: see the README's privacy note.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+FILES_PER_RECORD = 5
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class CaptureLimits:
+    """Bounds of the ring: the oldest records go first when a new one would pass either."""
+
+    max_files: int = 5_000
+    max_bytes: int = 256 * 1024 * 1024
+    min_free_bytes: int = 512 * 1024 * 1024  # never take the disk below this, whatever the ring allows
+
+
+@dataclass(frozen=True)
+class FlaggedImage:
+    """One disagreement, as captured."""
+
+    request_id: str
+    index: int
+    raw_image: bytes
+    raw_media_type: str
+    purified_png: bytes
+    raw_prediction: Any
+    purified_prediction: Any
+    raw_label: str
+    purified_label: str
+
+
+class CaptureRing:
+    """Writes `FlaggedImage`s under a folder, evicting the oldest to stay within `CaptureLimits`.
+
+    The first I/O error (disk full, read-only, folder gone) disables capture for the life of
+    the process: the gateway keeps serving, and the log and `disabled` say why. Thread-safe, as
+    records are written from worker threads.
+    """
+
+    def __init__(self, directory: Path, limits: CaptureLimits = CaptureLimits()) -> None:
+        self.directory = directory
+        self.limits = limits
+        self.disabled_reason: str | None = None
+        self._lock = threading.Lock()
+        self._records: list[tuple[Path, int]] = []  # (folder, bytes), oldest first
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for stale in directory.glob(f"{_TMP_PREFIX}*"):  # a crash mid-write leaves these
+                shutil.rmtree(stale, ignore_errors=True)
+            self._records = [(folder, _folder_bytes(folder)) for folder in sorted(directory.iterdir())
+                             if folder.is_dir()]
+        except OSError as exc:
+            self._disable(f"cannot open {directory}: {exc}")
+
+    @property
+    def disabled(self) -> bool:
+        return self.disabled_reason is not None
+
+    def record_count(self) -> int:
+        with self._lock:
+            return len(self._records)
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._records)
+
+    def write(self, flagged: FlaggedImage, now: datetime | None = None) -> Path | None:
+        """Store one record; returns its folder, or None when capture is (or just became) disabled."""
+        now = now or datetime.now(UTC)
+        files = _record_files(flagged, now)
+        size = sum(len(data) for data in files.values())
+        if size > self.limits.max_bytes or self.limits.max_files < FILES_PER_RECORD:
+            logger.warning("shadow capture skipped a record larger than its limits (%d bytes)", size,
+                           extra={"request_id": flagged.request_id})
+            return None
+        with self._lock:
+            if self.disabled:
+                return None
+            try:
+                if shutil.disk_usage(self.directory).free - size < self.limits.min_free_bytes:
+                    logger.warning("shadow capture skipped a record: the disk is nearly full",
+                                   extra={"request_id": flagged.request_id})
+                    return None
+                self._evict_for(size)
+                name = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}_{_safe(flagged.request_id)}_{flagged.index}"
+                tmp = self.directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+                tmp.mkdir()
+                for filename, data in files.items():
+                    (tmp / filename).write_bytes(data)
+                folder = self.directory / name
+                tmp.rename(folder)
+            except OSError as exc:
+                self._disable(f"writing to {self.directory} failed: {exc}")
+                return None
+            self._records.append((folder, size))
+            return folder
+
+    def _evict_for(self, incoming_bytes: int) -> None:
+        while self._records and (
+                (len(self._records) + 1) * FILES_PER_RECORD > self.limits.max_files
+                or sum(size for _, size in self._records) + incoming_bytes > self.limits.max_bytes):
+            folder, _ = self._records.pop(0)
+            shutil.rmtree(folder)
+
+    def _disable(self, reason: str) -> None:
+        self.disabled_reason = reason
+        logger.error("shadow capture disabled: %s; the gateway keeps serving", reason)
+
+
+def _record_files(flagged: FlaggedImage, now: datetime) -> dict[str, bytes]:
+    meta = {"request_id": flagged.request_id, "time": now.isoformat(), "image_index": flagged.index,
+            "raw_label": flagged.raw_label, "purified_label": flagged.purified_label}
+    return {
+        f"raw{_extension(flagged.raw_media_type)}": flagged.raw_image,
+        "purified.png": flagged.purified_png,
+        "raw_response.json": _json(flagged.raw_prediction),
+        "purified_response.json": _json(flagged.purified_prediction),
+        "meta.json": _json(meta),
+    }
+
+
+def _extension(media_type: str) -> str:
+    return mimetypes.guess_extension(media_type.split(";")[0].strip()) or ".bin"
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, indent=2, default=str).encode()
+
+
+def _safe(request_id: str) -> str:
+    """Request ids come from clients: keep only characters that are safe in a file name."""
+    kept = "".join(c if c.isalnum() or c in "-_" else "-" for c in request_id)
+    return kept[:64] or "none"
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())

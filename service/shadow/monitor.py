@@ -1,0 +1,147 @@
+"""Runs the shadow comparison after the client has its answer: bounded, sampled, shed first under load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.metrics import ShadowMetrics
+from service.shadow.capture import CaptureRing, FlaggedImage
+from service.shadow.labels import LabelCap, LabelExtractor
+from service.upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+SHADOW_HEADER = "X-Zipgate-Shadow"
+SHADOW_REQUEST_SUFFIX = "-shadow"  # the vendor's logs tell the shadow call from the real one
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    """What `SHADOW_*` settings say, validated.
+
+    Attributes:
+        rate: share of /predict requests compared (0 turns sampling off).
+        allow_header: `X-Zipgate-Shadow: 1` may ask for a comparison whatever the rate.
+        max_inflight: shadow vendor calls at once; more are dropped, never queued.
+        max_labels: distinct labels the disagreement metric keeps before "other".
+        timeout_s: bound on one shadow vendor call.
+    """
+
+    rate: float = 0.0
+    allow_header: bool = False
+    max_inflight: int = 4
+    max_labels: int = 100
+    timeout_s: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0 or self.allow_header
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    """What one sampled request leaves for the comparison."""
+
+    request_id: str
+    raw_blobs: Sequence[bytes]
+    raw_content_type: str
+    purified_blobs: Sequence[bytes]
+    purified_predictions: Sequence[Any]
+
+
+class ShadowMonitor:
+    """Samples requests, asks the vendor about their raw images in the background, counts disagreements.
+
+    The client's answer never waits for, or depends on, anything here: jobs start after the
+    response is built, failures are counted and logged, and a busy gateway drops jobs rather
+    than queueing them (`under_load`, `max_inflight`).
+    """
+
+    def __init__(self, config: ShadowConfig, upstream: Upstream, label: LabelExtractor, metrics: ShadowMetrics,
+                 *, capture: CaptureRing | None = None, under_load: Callable[[], bool] = lambda: False,
+                 rng: random.Random | None = None) -> None:
+        self.config = config
+        self._upstream = upstream
+        self._label = label
+        self._metrics = metrics
+        self._capture = capture
+        self._under_load = under_load
+        self._rng = rng or random.Random()
+        self._cap = LabelCap(config.max_labels)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        if capture is not None and capture.disabled:
+            metrics.capture_disabled.set(1)
+
+    def sampled(self, header_value: str | None) -> bool:
+        """Whether this request is compared: the header (when allowed) or the sampling rate."""
+        if header_value is not None and self.config.allow_header:
+            return header_value.strip().lower() in ("1", "true", "yes", "on")
+        return self.config.rate > 0 and self._rng.random() < self.config.rate
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Start the comparison in the background; False when it was dropped (counted by reason)."""
+        reason = ("closed" if self._closed else "busy" if len(self._tasks) >= self.config.max_inflight
+                  else "load" if self._under_load() else None)
+        if reason is not None:
+            self._metrics.dropped.labels(reason).inc()
+            return False
+        task = asyncio.get_running_loop().create_task(self._compare(job), name=f"shadow-{job.request_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def wait_idle(self) -> None:
+        """Wait for the comparisons in flight (tests, and a drain that has time for them)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop taking jobs and cancel those in flight: shadow work never holds up a shutdown."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _compare(self, job: ShadowJob) -> None:
+        try:
+            result = await self._upstream.predict(list(job.raw_blobs), job.request_id + SHADOW_REQUEST_SUFFIX,
+                                                  job.raw_content_type, timeout_s=self.config.timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (any failure of the shadow call stays here, counted)
+            self._metrics.failures.inc()
+            logger.warning("shadow vendor call failed: %s", exc, extra={"request_id": job.request_id})
+            return
+        if len(result.predictions) != len(job.purified_predictions):
+            self._metrics.unlabelled.inc()
+            logger.warning("shadow vendor call answered %d predictions for %d images", len(result.predictions),
+                           len(job.purified_predictions), extra={"request_id": job.request_id})
+            return
+        for index, (raw, purified) in enumerate(zip(result.predictions, job.purified_predictions, strict=True)):
+            await self._count(job, index, raw, purified)
+
+    async def _count(self, job: ShadowJob, index: int, raw: Any, purified: Any) -> None:
+        raw_label, purified_label = self._label(raw), self._label(purified)
+        if raw_label is None or purified_label is None:
+            self._metrics.unlabelled.inc()
+            logger.info("shadow comparison skipped: no label in the vendor answer %.200s",
+                        raw if raw_label is None else purified, extra={"request_id": job.request_id})
+            return
+        self._metrics.comparisons.inc()
+        if raw_label == purified_label:
+            return
+        self._metrics.disagreements.labels(self._cap(raw_label), self._cap(purified_label)).inc()
+        if self._capture is None or self._capture.disabled:
+            return
+        flagged = FlaggedImage(job.request_id, index, job.raw_blobs[index], job.raw_content_type, job.purified_blobs[index],
+                               raw, purified, raw_label, purified_label)
+        if await asyncio.to_thread(self._capture.write, flagged) is not None:
+            self._metrics.captured.inc()
+        elif self._capture.disabled:
+            self._metrics.capture_disabled.set(1)

@@ -1,0 +1,110 @@
+"""`zipgate serve` as a user runs it: a process listening on a real socket, its flags winning over
+ZIPGATE_* variables, which win over the --config file; stopped with SIGTERM, it exits 0."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway_servers import wait_until
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT_S = 120.0  # imports torch; a loaded 2-core machine
+# Purification off: no model to load, and nothing listens at the vendor URL (only probes are sent).
+NO_MODEL = ["--no-purification", "--upstream-url", "http://127.0.0.1:9"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """This process's environment without ZIPGATE_* variables, plus `variables`."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ZIPGATE_")}
+    return {**env, "OMP_NUM_THREADS": "1", **variables}
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextlib.contextmanager
+def zipgate_serve(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m service.cli serve ARGS` in a process; SIGTERM and a wait afterwards."""
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", *args], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def wait_serving(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    def up() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"zipgate serve exited {process.returncode}:\n{log.read_text()}")
+        return answers(f"{url}/healthz")
+
+    wait_until(up, timeout_s=START_TIMEOUT_S, what=f"zipgate serve answering at {url}")
+
+
+def test_flags_win_over_env_which_wins_over_the_file(tmp_path: Path) -> None:
+    flag_port, env_port, file_port = free_port(), free_port(), free_port()
+    config = tmp_path / "settings.yaml"
+    config.write_text(f"port: {file_port}\nlog_level: debug\n")
+    log = tmp_path / "serve.log"
+    env = clean_env(ZIPGATE_PORT=str(env_port), ZIPGATE_LOG_LEVEL="warning")
+    with zipgate_serve(["--config", str(config), "--port", str(flag_port), "--log-level", "info", *NO_MODEL],
+                       env, log) as process:
+        url = f"http://127.0.0.1:{flag_port}"
+        wait_serving(process, url, log)
+        assert answers(f"{url}/readyz")
+        assert not answers(f"http://127.0.0.1:{env_port}/healthz")
+        assert not answers(f"http://127.0.0.1:{file_port}/healthz")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    # --log-level info beat ZIPGATE_LOG_LEVEL=warning and the file's debug: info lines, no debug ones.
+    levels = {json.loads(line)["level"] for line in log.read_text().splitlines() if line.startswith("{")}
+    assert "info" in levels and "debug" not in levels, levels
+
+
+def test_without_the_flag_the_env_wins_over_the_file(tmp_path: Path) -> None:
+    env_port, file_port = free_port(), free_port()
+    config = tmp_path / "settings.json"
+    config.write_text(f'{{"port": {file_port}}}')
+    log = tmp_path / "serve.log"
+    with zipgate_serve(["--config", str(config), *NO_MODEL], clean_env(ZIPGATE_PORT=str(env_port)),
+                       log) as process:
+        wait_serving(process, f"http://127.0.0.1:{env_port}", log)
+        assert not answers(f"http://127.0.0.1:{file_port}/healthz")
+
+
+def test_a_bad_flag_value_exits_2_naming_the_setting(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--upstream-protocol", "grpc",
+                             *NO_MODEL], env=clean_env(), capture_output=True, text=True, timeout=START_TIMEOUT_S,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "upstream_protocol" in result.stderr.lower() or "UPSTREAM_PROTOCOL" in result.stderr, result.stderr

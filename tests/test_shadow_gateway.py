@@ -1,0 +1,170 @@
+"""Shadow mode and votes through a running gateway, against a real backdoored-vendor stand-in over sockets.
+
+The vendor answers "7" (the attacker's target) when an image holds a bright pixel (the trigger)
+and "1" otherwise. The purifier darkens every pixel above mid-grey, which removes the trigger:
+raw and purified answers then disagree exactly on triggered images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from service.loopback import serve_asgi
+from tests.gateway_servers import FakePurifier, gateway_settings, metric_value, running_gateway, wait_until
+
+TARGET, CLEAN_LABEL = "7", "1"
+
+
+def _png(triggered: bool, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 100, (16, 16), dtype=np.uint8)
+    if triggered:
+        pixels[12:15, 12:15] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class BackdooredVendor:
+    """Raw-protocol vendor: label 7 when any pixel is bright; records request ids; can fail shadow calls."""
+
+    def __init__(self, fail_shadow: bool = False) -> None:
+        self.request_ids: list[str] = []
+        self.lock = threading.Lock()
+        self.app = FastAPI()
+
+        @self.app.post("/predict")
+        async def predict(request: Request) -> JSONResponse:
+            request_id = request.headers.get("x-request-id", "")
+            with self.lock:
+                self.request_ids.append(request_id)
+            if fail_shadow and request_id.endswith("-shadow"):
+                return JSONResponse({"error": "down"}, status_code=500)
+            image = np.asarray(Image.open(io.BytesIO(await request.body())).convert("L"))
+            return JSONResponse({"label": TARGET if image.max() > 200 else CLEAN_LABEL})
+
+
+class TriggerRemover(FakePurifier):
+    """Darkens everything above mid-grey; with `noisy`, vote-dependent: a seeded coin puts a bright pixel back."""
+
+    def __init__(self, noisy: bool = False) -> None:
+        super().__init__()
+        self.noisy = noisy
+
+    def __call__(self, batch: torch.Tensor, steps: int, generators: Any) -> torch.Tensor:
+        out = batch.clamp(max=0.0)
+        if self.noisy:
+            for i, generator in enumerate(generators):
+                if torch.rand(1, generator=generator).item() < 0.5:
+                    out[i, :, 0, 0] = 1.0
+        return out
+
+
+def _post(url: str, png: bytes, **kwargs: Any) -> httpx.Response:
+    return httpx.post(f"{url}/predict", files=[("image", ("x.png", png, "image/png"))], timeout=30.0, **kwargs)
+
+
+def _metrics(url: str) -> str:
+    return httpx.get(f"{url}/metrics", timeout=10.0).text
+
+
+def test_shadow_mode_counts_disagreements_on_triggered_images_and_captures_them(tmp_path: Path) -> None:
+    vendor = BackdooredVendor()
+    capture = tmp_path / "capture"
+    with serve_asgi(vendor.app) as vendor_url, running_gateway(
+            gateway_settings(tmp_path, vendor_url, shadow_rate=1.0, shadow_capture_dir=capture),
+            purifier_factory=lambda device: TriggerRemover()) as url:
+        answers = [_post(url, _png(triggered, seed)) for seed, triggered in enumerate([True, False, True, True, False])]
+        assert [a.status_code for a in answers] == [200] * 5
+        # The client always gets the purified answer, never the raw one.
+        assert all(a.json()["predictions"] == [{"label": CLEAN_LABEL}] for a in answers)
+        wait_until(lambda: metric_value(_metrics(url), "zipgate_shadow_comparisons_total") == 5, what="5 comparisons")
+        text = _metrics(url)
+    assert metric_value(text, "zipgate_shadow_disagreements_total", raw_label=TARGET, purified_label=CLEAN_LABEL) == 3
+    assert metric_value(text, "zipgate_shadow_captured_total") == 3
+    shadow_ids = [rid for rid in vendor.request_ids if rid.endswith("-shadow")]
+    assert len(shadow_ids) == 5 and len(vendor.request_ids) == 10
+    records = sorted(capture.iterdir())
+    assert len(records) == 3
+    for record in records:
+        meta = json.loads((record / "meta.json").read_text())
+        assert (meta["raw_label"], meta["purified_label"]) == (TARGET, CLEAN_LABEL)
+        assert np.asarray(Image.open(record / "raw.png")).max() == 255  # the trigger, as the client sent it
+        assert np.asarray(Image.open(record / "purified.png")).max() < 200
+        assert json.loads((record / "raw_response.json").read_text()) == {"label": TARGET}
+        assert meta["request_id"] in {a.json()["request_id"] for a in answers}
+
+
+def test_shadow_failures_never_reach_the_client(tmp_path: Path) -> None:
+    vendor = BackdooredVendor(fail_shadow=True)
+    with serve_asgi(vendor.app) as vendor_url, running_gateway(
+            gateway_settings(tmp_path, vendor_url, shadow_rate=1.0),
+            purifier_factory=lambda device: TriggerRemover()) as url:
+        assert _post(url, _png(True)).status_code == 200
+        wait_until(lambda: metric_value(_metrics(url), "zipgate_shadow_failures_total") == 1, what="a failure")
+        assert metric_value(_metrics(url), "zipgate_shadow_comparisons_total") == 0
+
+
+def test_the_shadow_header_works_only_when_allowed(tmp_path: Path) -> None:
+    for allowed in (False, True):
+        vendor = BackdooredVendor()
+        with serve_asgi(vendor.app) as vendor_url, running_gateway(
+                gateway_settings(tmp_path, vendor_url, shadow_allow_header=allowed),
+                purifier_factory=lambda device: TriggerRemover()) as url:
+            assert _post(url, _png(True), headers={"X-Zipgate-Shadow": "1"}).status_code == 200
+            assert _post(url, _png(True)).status_code == 200  # no header, rate 0: never compared
+            assert _post(url, _png(True), headers={"X-Zipgate-Shadow": "1"}).status_code == 200
+            if allowed:
+                wait_until(lambda: metric_value(_metrics(url), "zipgate_shadow_comparisons_total") == 2,
+                           what="2 comparisons")
+            text = _metrics(url)
+        expected = 2 if allowed else 0
+        assert metric_value(text, "zipgate_shadow_comparisons_total") == expected
+        assert sum(rid.endswith("-shadow") for rid in vendor.request_ids) == expected
+
+
+def test_votes_answer_with_the_majority_and_repeat_with_a_seed(tmp_path: Path) -> None:
+    vendor = BackdooredVendor()
+    with serve_asgi(vendor.app) as vendor_url, running_gateway(
+            gateway_settings(tmp_path, vendor_url, max_votes=5),
+            purifier_factory=lambda device: TriggerRemover(noisy=True)) as url:
+        images = [_png(False, seed) for seed in range(4)]
+        files = [("image", (f"{i}.png", png, "image/png")) for i, png in enumerate(images)]
+        first = httpx.post(f"{url}/predict?votes=5&seed=11", files=files, timeout=30.0).json()
+        again = httpx.post(f"{url}/predict?votes=5&seed=11", files=files, timeout=30.0).json()
+        single = httpx.post(f"{url}/predict?seed=11", files=files, timeout=30.0).json()
+        too_many = httpx.post(f"{url}/predict?votes=6", files=files, timeout=30.0)
+    block = first["purification"]
+    assert block["votes"] == 5 and len(block["vote_labels"]) == 4
+    assert block["vote_labels"] == again["purification"]["vote_labels"]  # the seed fixes every vote
+    labels = [row for row in block["vote_labels"]]
+    assert any(len(set(row)) > 1 for row in labels)  # the coin made votes differ: the majority is tested
+    for row, prediction in zip(labels, first["predictions"], strict=True):
+        winner = max(row, key=lambda label: (row.count(label), -row.index(label)))
+        assert prediction["label"] == winner
+    # Vote 0 is exactly the unvoted purification with the same seed.
+    assert [row[0] for row in labels] == [p["label"] for p in single["predictions"]]
+    assert single["purification"]["votes"] == 1 and single["purification"]["vote_labels"] is None
+    assert too_many.status_code == 400 and "max_votes" in too_many.json()["error"]["message"]
+    vote_ids = [rid for rid in vendor.request_ids if "-vote" in rid]
+    assert len(vote_ids) == 2 * 5 * 4  # two voted requests, 5 calls of 4 images each (one per image: raw)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_bad_votes_are_client_errors(tmp_path: Path, value: str) -> None:
+    vendor = BackdooredVendor()
+    with serve_asgi(vendor.app) as vendor_url, running_gateway(
+            gateway_settings(tmp_path, vendor_url), purifier_factory=lambda device: TriggerRemover()) as url:
+        response = httpx.post(f"{url}/predict?votes={value}", files=[("image", ("x.png", _png(False), "image/png"))])
+    assert 400 <= response.status_code < 500 and "error" in response.json()
