@@ -44,7 +44,9 @@ def naive_reference(unet, x: torch.Tensor, steps: int, device: str) -> torch.Ten
             x_hat = (1 - w) * x_hat + w * x_t
             x0 = (x_hat - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
             sigma = math.sqrt((1 - a_next) / (1 - a_t)) * math.sqrt(max(0.0, 1 - a_t / a_next))
-            x_next = math.sqrt(a_next) * x0 + math.sqrt(max(0.0, 1 - a_next - sigma**2)) * eps + sigma * torch.randn_like(x0)
+            x_next = (
+                math.sqrt(a_next) * x0 + math.sqrt(max(0.0, 1 - a_next - sigma**2)) * eps + sigma * torch.randn_like(x0)
+            )
             x0_preds.append(x0.cpu())
             xs.append(x_next.cpu())
         outputs.append(xs[-1].clamp(-1, 1))
@@ -76,12 +78,15 @@ def main() -> None:
     torch.manual_seed(0)
     unet = UNetArchitecture().build().eval().to(args.device)
     params = sum(p.numel() for p in unet.parameters())
-    print(f"model: random-init default architecture, {params / 1e6:.2f}M params, 32x32x1; steps={args.steps}; "
-          f"device={args.device}; threads={args.threads}")
+    print(
+        f"model: random-init default architecture, {params / 1e6:.2f}M params, 32x32x1; steps={args.steps}; "
+        f"device={args.device}; threads={args.threads}"
+    )
 
     x = torch.rand(max(int(b) for b in args.batch_sizes.split(",")), 1, 32, 32) * 2 - 1
-    baseline = images_per_second(lambda: naive_reference(unet, x[: args.naive_images], args.steps, args.device),
-                                 args.naive_images, args.repeats)
+    baseline = images_per_second(
+        lambda: naive_reference(unet, x[: args.naive_images], args.steps, args.device), args.naive_images, args.repeats
+    )
     print(f"(a) naive reference loop, batch 1, fp32: {baseline:.2f} images/s")
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -91,8 +96,11 @@ def main() -> None:
         for batch_size in (int(b) for b in args.batch_sizes.split(",")):
             purifier = ZipPurifier(model, ZipConfig("blur:2", steps=args.steps, guidance_power=0.25))
             batch = x[:batch_size].to(args.device)
-            rate = images_per_second(lambda: purifier(batch, torch.Generator(args.device).manual_seed(0)),
-                                     batch_size, args.repeats)
+            rate = images_per_second(
+                lambda purifier=purifier, batch=batch: purifier(batch, torch.Generator(args.device).manual_seed(0)),
+                batch_size,
+                args.repeats,
+            )
             print(f"    ZipPurifier {name} batch {batch_size}: {rate:.2f} images/s")
             best = max(best, (rate, name, batch_size))
     rate, name, batch_size = best

@@ -43,9 +43,14 @@ class Round:
 
 def spawn(script: str, sock: socket.socket, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Run `python -c script <fd>` serving on `sock`, with extra environment variables."""
-    return subprocess.Popen([sys.executable, "-c", script, str(sock.fileno())], pass_fds=[sock.fileno()],
-                            env={**os.environ, "PYTHONPATH": str(REPO), **env}, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(sock.fileno())],
+        pass_fds=[sock.fileno()],
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
@@ -102,14 +107,16 @@ def percentile_ms(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3 if ordered else float("nan")
 
 
-async def load(url: str, body: bytes, requests: int, concurrency: int, content_type: str = "image/png",
-               timeout_s: float = 300.0) -> Round:
+async def load(
+    url: str, body: bytes, requests: int, concurrency: int, content_type: str = "image/png", timeout_s: float = 300.0
+) -> Round:
     """Send `requests` POSTs from `concurrency` workers on one pooled client; latencies of 200s only."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     remaining = iter(range(requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+
         async def worker() -> None:
             for _ in remaining:
                 started = time.perf_counter()
@@ -122,11 +129,26 @@ async def load(url: str, body: bytes, requests: int, concurrency: int, content_t
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     ordered = sorted(latencies)
-    return Round(len(latencies) / elapsed, percentile_ms(ordered, 0.5), percentile_ms(ordered, 0.95),
-                 percentile_ms(ordered, 0.99), requests - statuses[200], dict(statuses))
+    return Round(
+        len(latencies) / elapsed,
+        percentile_ms(ordered, 0.5),
+        percentile_ms(ordered, 0.95),
+        percentile_ms(ordered, 0.99),
+        requests - statuses[200],
+        dict(statuses),
+    )
 
 
 def median_round(rounds: list[Round]) -> Round:
     """Field-wise median of rounds (errors summed)."""
-    return Round(*(statistics.median(getattr(r, name) for r in rounds) for name in ("rps", "p50_ms", "p95_ms", "p99_ms")),
-                 sum(r.errors for r in rounds))
+
+    def median(name: str) -> float:
+        return statistics.median(getattr(r, name) for r in rounds)
+
+    return Round(
+        rps=median("rps"),
+        p50_ms=median("p50_ms"),
+        p95_ms=median("p95_ms"),
+        p99_ms=median("p99_ms"),
+        errors=sum(r.errors for r in rounds),
+    )

@@ -38,8 +38,8 @@ uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(
 
 
 def _test_png() -> bytes:
-    from service.purify.imaging import tensor_to_pil
     from service.backdoor.data import load_split
+    from service.purify.imaging import tensor_to_pil
 
     buffer = io.BytesIO()
     tensor_to_pil(load_split(train=False).images[0]).save(buffer, format="PNG")
@@ -61,8 +61,10 @@ def engine_images_per_second(model_path: Path, steps: int, batch: int, dtype: DT
 
 
 def _print(name: str, result: Round) -> None:
-    print(f"{name}: {result.rps:6.2f} images/s   p50 {result.p50_ms:8.1f} ms   p95 {result.p95_ms:8.1f} ms   "
-          f"p99 {result.p99_ms:8.1f} ms   statuses {result.statuses}")
+    print(
+        f"{name}: {result.rps:6.2f} images/s   p50 {result.p50_ms:8.1f} ms   p95 {result.p95_ms:8.1f} ms   "
+        f"p99 {result.p99_ms:8.1f} ms   statuses {result.statuses}"
+    )
 
 
 def main() -> None:
@@ -84,9 +86,15 @@ def main() -> None:
 
     vendor_sock = bound_socket()
     vendor = spawn(VENDOR_SCRIPT, vendor_sock, {})
-    common = {"ZIPGATE_UPSTREAM_URL": url_of(vendor_sock), "ZIPGATE_STEPS": str(args.steps),
-              "ZIPGATE_DTYPE": args.dtype, "ZIPGATE_MODEL_PATH": str(args.model), "ZIPGATE_MAX_WAIT_MS": "20",
-              "ZIPGATE_QUEUE_LIMIT": "1024", "ZIPGATE_REQUEST_TIMEOUT_S": "300"}
+    common = {
+        "ZIPGATE_UPSTREAM_URL": url_of(vendor_sock),
+        "ZIPGATE_STEPS": str(args.steps),
+        "ZIPGATE_DTYPE": args.dtype,
+        "ZIPGATE_MODEL_PATH": str(args.model),
+        "ZIPGATE_MAX_WAIT_MS": "20",
+        "ZIPGATE_QUEUE_LIMIT": "1024",
+        "ZIPGATE_REQUEST_TIMEOUT_S": "300",
+    }
     try:
         wait_ready(f"{url_of(vendor_sock)}/healthz", vendor)
         with gateway_process({**common, "ZIPGATE_MAX_BATCH_SIZE": str(args.batch)}) as url:
@@ -98,13 +106,16 @@ def main() -> None:
             unbatched = asyncio.run(load(f"{url}/predict", body, args.unbatched_requests, args.concurrency))
         _print("(c) gateway, max_batch_size=1", unbatched)
         queue_limit = args.batch * 2
-        with gateway_process({**common, "ZIPGATE_MAX_BATCH_SIZE": str(args.batch),
-                              "ZIPGATE_QUEUE_LIMIT": str(queue_limit)}) as url:
+        with gateway_process(
+            {**common, "ZIPGATE_MAX_BATCH_SIZE": str(args.batch), "ZIPGATE_QUEUE_LIMIT": str(queue_limit)}
+        ) as url:
             overload = asyncio.run(load(f"{url}/predict", body, args.requests, queue_limit * 4))
         accepted_failed = sum(n for status, n in overload.statuses.items() if status not in (200, 429))
-        print(f"overload (concurrency {queue_limit * 4} = 4x queue_limit {queue_limit}): "
-              f"{overload.statuses.get(429, 0)} rejected with 429, {overload.statuses.get(200, 0)} succeeded, "
-              f"{accepted_failed} accepted requests failed")
+        print(
+            f"overload (concurrency {queue_limit * 4} = 4x queue_limit {queue_limit}): "
+            f"{overload.statuses.get(429, 0)} rejected with 429, {overload.statuses.get(200, 0)} succeeded, "
+            f"{accepted_failed} accepted requests failed"
+        )
         print(f"batching speedup (b/c)={batched.rps / unbatched.rps:.2f}")
         print(f"efficiency={batched.rps / engine:.3f}")
     finally:

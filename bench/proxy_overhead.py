@@ -21,13 +21,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import (  # noqa: E402
-    GATEWAY_SCRIPT, Round, bound_socket, load, median_round, spawn, stop, url_of, wait_ready,
+    GATEWAY_SCRIPT,
+    Round,
+    bound_socket,
+    load,
+    median_round,
+    spawn,
+    stop,
+    url_of,
+    wait_ready,
 )
 
 UPSTREAM_BODY = b'{"label": 9, "class_name": "Ankle boot"}'
 UPSTREAM_SCRIPT = """
 import socket, sys, uvicorn
-BODY = %r
+BODY = __BODY__
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -37,7 +45,7 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": BODY})
 uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(
     sockets=[socket.socket(fileno=int(sys.argv[1]))])
-""" % UPSTREAM_BODY
+""".replace("__BODY__", repr(UPSTREAM_BODY))
 
 
 def _png() -> bytes:
@@ -50,8 +58,10 @@ def _png() -> bytes:
 
 def _summary(name: str, rounds: list[Round]) -> Round:
     median = median_round(rounds)
-    print(f"{name:<8} {median.rps:8.0f} req/s   p50 {median.p50_ms:6.2f} ms   p95 {median.p95_ms:6.2f} ms   "
-          f"p99 {median.p99_ms:6.2f} ms   errors {median.errors}   (median of {len(rounds)} rounds)")
+    print(
+        f"{name:<8} {median.rps:8.0f} req/s   p50 {median.p50_ms:6.2f} ms   p95 {median.p95_ms:6.2f} ms   "
+        f"p99 {median.p99_ms:6.2f} ms   errors {median.errors}   (median of {len(rounds)} rounds)"
+    )
     return median
 
 
@@ -67,9 +77,16 @@ def main() -> None:
     upstream_sock, gateway_sock = bound_socket(), bound_socket()
     upstream_url, gateway_url = url_of(upstream_sock), url_of(gateway_sock)
     upstream = spawn(UPSTREAM_SCRIPT, upstream_sock, {})
-    gateway = spawn(GATEWAY_SCRIPT, gateway_sock, {
-        "ZIPGATE_PURIFICATION_ENABLED": "false", "ZIPGATE_UPSTREAM_URL": upstream_url,
-        "ZIPGATE_LOG_LEVEL": "warning", "ZIPGATE_UPSTREAM_MAX_CONNECTIONS": str(max(args.concurrency, 10))})
+    gateway = spawn(
+        GATEWAY_SCRIPT,
+        gateway_sock,
+        {
+            "ZIPGATE_PURIFICATION_ENABLED": "false",
+            "ZIPGATE_UPSTREAM_URL": upstream_url,
+            "ZIPGATE_LOG_LEVEL": "warning",
+            "ZIPGATE_UPSTREAM_MAX_CONNECTIONS": str(max(args.concurrency, 10)),
+        },
+    )
     try:
         wait_ready(f"{upstream_url}/", upstream)
         wait_ready(f"{gateway_url}/readyz", gateway)
@@ -80,8 +97,10 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, url in targets.items():
                 rounds[name].append(asyncio.run(load(url, body, args.requests, args.concurrency)))
-        print(f"proxy overhead: {args.requests} requests x {args.rounds} rounds per path, concurrency "
-              f"{args.concurrency}, {len(body)} B PNG, purification off, {os.cpu_count()} CPUs")
+        print(
+            f"proxy overhead: {args.requests} requests x {args.rounds} rounds per path, concurrency "
+            f"{args.concurrency}, {len(body)} B PNG, purification off, {os.cpu_count()} CPUs"
+        )
         direct = _summary("direct", rounds["direct"])
         through = _summary("gateway", rounds["gateway"])
         print(f"added p50 latency: {through.p50_ms - direct.p50_ms:.2f} ms")

@@ -61,8 +61,9 @@ class Window:
         return None if named is None else int(named)
 
 
-def first_alarm(pairs: Pairs, rule: Window, attack_share: float, rng: np.random.Generator,
-                max_requests: int) -> tuple[int | None, int | None, int]:
+def first_alarm(
+    pairs: Pairs, rule: Window, attack_share: float, rng: np.random.Generator, max_requests: int
+) -> tuple[int | None, int | None, int]:
     """Replay one stream until the rule fires: (label named, triggered requests sent, requests sent)."""
     window: deque[int | None] = deque()
     counts: Counter[int] = Counter()
@@ -107,11 +108,15 @@ def load_pairs(report: Path, setting: str | None = None) -> dict[str, Pairs]:
             continue
         raw_key = next(k for k in labels if k.startswith(f"{attack}/none/") and k.endswith("/clean"))[: -len("/clean")]
         zip_key = f"{attack}/zip/{described}"
-        result[attack] = Pairs(np.stack([labels[f"{raw_key}/clean"], labels[f"{zip_key}/clean"]], axis=1),
-                               np.stack([labels[f"{raw_key}/triggered"], labels[f"{zip_key}/triggered"]], axis=1))
+        result[attack] = Pairs(
+            np.stack([labels[f"{raw_key}/clean"], labels[f"{zip_key}/clean"]], axis=1),
+            np.stack([labels[f"{raw_key}/triggered"], labels[f"{zip_key}/triggered"]], axis=1),
+        )
     if not result:
-        raise SystemExit(f"{report / LABELS_FILE} has no zip rows with a none row beside them; run "
-                         "`zipgate eval --defense none,zip` first")
+        raise SystemExit(
+            f"{report / LABELS_FILE} has no zip rows with a none row beside them; run "
+            "`zipgate eval --defense none,zip` first"
+        )
     return result
 
 
@@ -131,8 +136,10 @@ def main() -> None:
     vendors = load_pairs(args.report, args.setting)
     target = 0  # every shipped vendor's target (service.backdoor.attacks.TARGET_LABEL)
     print(f"rule: window={rule.requests} requests, min_count={rule.rule.min_count:g}, share>{rule.rule.share}")
-    print("| vendor | clean disagreement | triggered disagreement | attack share | triggered requests to name "
-          "the target (median, p95) | alarms naming another label |")
+    print(
+        "| vendor | clean disagreement | triggered disagreement | attack share | triggered requests to name "
+        "the target (median, p95) | alarms naming another label |"
+    )
     print("|---|---|---|---|---|---|")
     false_alarms = 0
     ratios = []
@@ -143,10 +150,15 @@ def main() -> None:
             runs = [first_alarm(pairs, rule, share, rng, max_requests=20 * rule.requests) for _ in range(args.runs)]
             named = [triggered for label, triggered, _ in runs if label == target and triggered is not None]
             wrong = sum(label not in (None, target) for label, _, _ in runs)
-            needed = (f"{statistics.median(named):.0f}, {np.percentile(named, 95):.0f}" if len(named) == len(runs)
-                      else f"named in {len(named)}/{len(runs)} runs of {20 * rule.requests} requests")
-            print(f"| {attack} | {pairs.disagreement(False):.3f} | {pairs.disagreement(True):.3f} | {share:g} | "
-                  f"{needed} | {wrong} |")
+            needed = (
+                f"{statistics.median(named):.0f}, {np.percentile(named, 95):.0f}"
+                if len(named) == len(runs)
+                else f"named in {len(named)}/{len(runs)} runs of {20 * rule.requests} requests"
+            )
+            print(
+                f"| {attack} | {pairs.disagreement(False):.3f} | {pairs.disagreement(True):.3f} | {share:g} | "
+                f"{needed} | {wrong} |"
+            )
     windows = args.runs * len(vendors)
     print(f"false_alarm_windows={false_alarms}/{windows}")
     print(f"disagreement_ratio={statistics.median(ratios):.2f}")

@@ -67,6 +67,7 @@ async def run_load(url: str, bodies: list[bytes], concurrency: int, until: float
     until `until` (monotonic)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=120.0) as client:
+
         async def worker(index: int) -> None:
             sent = index
             while time.monotonic() < until:
@@ -106,8 +107,11 @@ async def soak(url: str, pid: int, args: argparse.Namespace) -> None:
         rss_peak = max(rss_peak, rss_bytes(pid))
         window = [a for a in answers if window_start <= a.started + a.seconds < window_end]
         errors, p50, p99, _ = summary(window)
-        print(f"t={window_end - start:6.0f} s  requests {len(window):5d}  errors {errors}  p50 {p50:7.1f} ms  "
-              f"p99 {p99:7.1f} ms  rss {rss_bytes(pid) / MIB:7.1f} MiB", flush=True)
+        print(
+            f"t={window_end - start:6.0f} s  requests {len(window):5d}  errors {errors}  p50 {p50:7.1f} ms  "
+            f"p99 {p99:7.1f} ms  rss {rss_bytes(pid) / MIB:7.1f} MiB",
+            flush=True,
+        )
         window_start = window_end
     await load  # the requests in flight at the end finish; a worker's failure is re-raised
     rss_end = rss_bytes(pid)
@@ -115,11 +119,15 @@ async def soak(url: str, pid: int, args: argparse.Namespace) -> None:
     counted = [answer for answer in answers if answer.started >= start]
     errors, p50, p99, statuses = summary(counted)
     elapsed = max(a.started + a.seconds for a in counted) - start if counted else 0.0
-    print(f"errors={errors} of {len(counted)} requests in {elapsed:.0f} s at concurrency {args.concurrency} "
-          f"(statuses {dict(statuses)}); {len(counted) / max(elapsed, 1e-9):.2f} requests/s")
+    print(
+        f"errors={errors} of {len(counted)} requests in {elapsed:.0f} s at concurrency {args.concurrency} "
+        f"(statuses {dict(statuses)}); {len(counted) / max(elapsed, 1e-9):.2f} requests/s"
+    )
     print(f"latency p50 {p50:.1f} ms  p99 {p99:.1f} ms")
-    print(f"rss at ready {rss_ready / MIB:.1f} MiB, start {rss_start / MIB:.1f} MiB, end {rss_end / MIB:.1f} MiB, "
-          f"peak {rss_peak / MIB:.1f} MiB")
+    print(
+        f"rss at ready {rss_ready / MIB:.1f} MiB, start {rss_start / MIB:.1f} MiB, end {rss_end / MIB:.1f} MiB, "
+        f"peak {rss_peak / MIB:.1f} MiB"
+    )
     print(f"rss_ratio={rss_end / rss_start:.3f}")
 
 
@@ -144,12 +152,19 @@ def main() -> None:
         vendor = spawn(VENDOR_SCRIPT, vendor_sock, {"SOAK_VENDOR_DIR": str(vendor_dir)})
         try:
             wait_ready(f"{url_of(vendor_sock)}/healthz", vendor)
-            env = {"ZIPGATE_MODEL_PATH": str(ddpm), "ZIPGATE_UPSTREAM_URL": url_of(vendor_sock),
-                   "ZIPGATE_STEPS": str(steps), "ZIPGATE_DEVICES": "cpu"}
+            env = {
+                "ZIPGATE_MODEL_PATH": str(ddpm),
+                "ZIPGATE_UPSTREAM_URL": url_of(vendor_sock),
+                "ZIPGATE_STEPS": str(steps),
+                "ZIPGATE_DEVICES": "cpu",
+            }
             with gateway_server(env) as (url, gateway):
-                print(f"soak: {args.minutes:g} min at concurrency {args.concurrency}, {ddpm.name}, {steps} steps, "
-                      f"one 28x28 image per multipart request to /predict (the gateway API), after "
-                      f"{args.warmup_s:g} s of warm-up", flush=True)
+                print(
+                    f"soak: {args.minutes:g} min at concurrency {args.concurrency}, {ddpm.name}, {steps} steps, "
+                    f"one 28x28 image per multipart request to /predict (the gateway API), after "
+                    f"{args.warmup_s:g} s of warm-up",
+                    flush=True,
+                )
                 asyncio.run(soak(url, gateway.pid, args))
         finally:
             stop(vendor)

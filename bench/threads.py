@@ -1,7 +1,8 @@
 """Torch CPU threads: purification throughput and latency at 1..N threads, alone and next to other CPU load.
 
 For each condition (no hogs: whatever else the machine runs; then `--hogs` busy-loop processes,
-default one per core, as any other CPU-bound neighbour would be) and each torch thread count, the gateway's own engine (the shipped
+default one per core, as any other CPU-bound neighbour would be) and each torch thread count, the
+gateway's own engine (the shipped
 model, or `--tiny`) purifies batches of `--batch` images for `--seconds`; per-batch latencies give
 p50 and p99. Every ratio is against 1 thread in the same condition of the same run; the last line
 is the loaded p99 of torch's own default (one thread per core) against 1 thread.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from service.config import default_torch_threads  # noqa: E402
 from service.purify.options import DType, ZipConfig  # noqa: E402
 from service.training.ddpm import UNetArchitecture  # noqa: E402
-from service.workers.purifier import BatchPurifier, zip_purifier_factory  # noqa: E402
+from service.workers.purifier import BatchPurifier, ZipBatchPurifier, zip_purifier_factory  # noqa: E402
 
 TINY = UNetArchitecture(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, attention_head_dim=8)
 HOG = "while True: pass"
@@ -74,8 +75,7 @@ def measure(purifier: BatchPurifier, batch: torch.Tensor, steps: int, threads: i
     elapsed = time.perf_counter() - started
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-    return Point(len(latencies) * batch.shape[0] / elapsed, ordered[len(ordered) // 2] * 1e3, p99 * 1e3,
-                 len(latencies))
+    return Point(len(latencies) * batch.shape[0] / elapsed, ordered[len(ordered) // 2] * 1e3, p99 * 1e3, len(latencies))
 
 
 def main() -> None:
@@ -99,11 +99,16 @@ def main() -> None:
             torch.manual_seed(0)
             TINY.build().save_pretrained(model_path)
         purifier = zip_purifier_factory(model_path, ZipConfig("blur:2"), DType.AUTO)("cpu")
+        assert isinstance(purifier, ZipBatchPurifier)  # the factory's purifiers carry the model's info
     side = purifier.info.sample_size
-    batch = torch.rand(args.batch, purifier.info.channels, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    print(f"model: {'tiny random' if args.tiny else model_path.name} ({purifier.info.dtype}), batch {args.batch}, "
-          f"steps {args.steps}, {args.seconds:g} s per point; cores={cores}, torch default threads={torch_default}, "
-          f"zipgate default threads={default_torch_threads()}, hogs={args.hogs}")
+    batch = (
+        torch.rand(args.batch, purifier.info.channels, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    )
+    print(
+        f"model: {'tiny random' if args.tiny else model_path.name} ({purifier.info.dtype}), batch {args.batch}, "
+        f"steps {args.steps}, {args.seconds:g} s per point; cores={cores}, torch default threads={torch_default}, "
+        f"zipgate default threads={default_torch_threads()}, hogs={args.hogs}"
+    )
 
     results: dict[tuple[str, int], Point] = {}
     for condition in ("no hogs", "loaded"):
@@ -113,17 +118,24 @@ def main() -> None:
                 point = measure(purifier, batch, args.steps, threads, args.seconds)
                 results[(condition, threads)] = point
                 base = results[(condition, 1)]
-                print(f"{condition:7s} threads={threads:2d}: {point.images_per_s:7.2f} images/s  "
-                      f"p50 {point.p50_ms:8.1f} ms  p99 {point.p99_ms:8.1f} ms  ({point.batches} batches)  "
-                      f"throughput x{point.images_per_s / base.images_per_s:.2f}, p99 x{point.p99_ms / base.p99_ms:.2f} "
-                      "vs 1 thread", flush=True)
+                print(
+                    f"{condition:7s} threads={threads:2d}: {point.images_per_s:7.2f} images/s  "
+                    f"p50 {point.p50_ms:8.1f} ms  p99 {point.p99_ms:8.1f} ms  ({point.batches} batches)  "
+                    f"throughput x{point.images_per_s / base.images_per_s:.2f}, p99 x{point.p99_ms / base.p99_ms:.2f} "
+                    "vs 1 thread",
+                    flush=True,
+                )
     worst = max(thread_counts, key=lambda n: results[("loaded", n)].p99_ms)
     default = min(torch_default, max(thread_counts))
-    print(f"loaded: worst p99 at {worst} threads; no hogs: {max(thread_counts)} threads give "
-          f"x{results[('no hogs', max(thread_counts))].images_per_s / results[('no hogs', 1)].images_per_s:.2f} "
-          "the throughput of 1")
-    print(f"ratio loaded_p99(threads={default}, torch default)/loaded_p99(threads=1)="
-          f"{results[('loaded', default)].p99_ms / results[('loaded', 1)].p99_ms:.2f}")
+    print(
+        f"loaded: worst p99 at {worst} threads; no hogs: {max(thread_counts)} threads give "
+        f"x{results[('no hogs', max(thread_counts))].images_per_s / results[('no hogs', 1)].images_per_s:.2f} "
+        "the throughput of 1"
+    )
+    print(
+        f"ratio loaded_p99(threads={default}, torch default)/loaded_p99(threads=1)="
+        f"{results[('loaded', default)].p99_ms / results[('loaded', 1)].p99_ms:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,8 +15,11 @@ from service.purify.options import DType, SmallImageFit, ZipConfig  # light: enu
 if TYPE_CHECKING:
     from service.config import Settings
 
-app = typer.Typer(help="zipgate: ZIP backdoor purification in front of a black-box image model.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="zipgate: ZIP backdoor purification in front of a black-box image model.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 train_app = typer.Typer(help="Train the shipped default models.", no_args_is_help=True)
 convert_app = typer.Typer(help="Convert third-party checkpoints to diffusers directories.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -53,8 +56,9 @@ def _openmp_waits_passively() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _run_with_settings(config: Optional[Path], job: Callable[["Settings"], int],
-                       overrides: dict[str, object] | None = None) -> None:
+def _run_with_settings(
+    config: Path | None, job: Callable[[Settings], int], overrides: Mapping[str, object] | None = None
+) -> None:
     """Load settings (`overrides` > env > optional file), run `job`, exit with its code; bad settings exit 2."""
     from service.config import ConfigError, load_settings
 
@@ -68,32 +72,53 @@ def _run_with_settings(config: Optional[Path], job: Callable[["Settings"], int],
 
 @app.command()
 def serve(
-    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON settings file (ZIPGATE_* env vars win).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON settings file (ZIPGATE_* env vars win).")] = None,
     host: Annotated[str | None, typer.Option(help="Interface to bind; 0.0.0.0 for all [ZIPGATE_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port; 0 = any free one [ZIPGATE_PORT].")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error [ZIPGATE_LOG_LEVEL].")] = None,
-    upstream_url: Annotated[str | None, typer.Option(help="Vendor API root URL [ZIPGATE_UPSTREAM_URL]; "
-                                                          "credentials belong in the env, not in argv.")] = None,
-    upstream_protocol: Annotated[str | None, typer.Option(help="raw | tfserving | v2 "
-                                                                  "[ZIPGATE_UPSTREAM_PROTOCOL].")] = None,
-    upstream_model: Annotated[str | None, typer.Option(help="Vendor model name in tfserving/v2 paths "
-                                                               "[ZIPGATE_UPSTREAM_MODEL].")] = None,
-    model_path: Annotated[Path | None, typer.Option(help="diffusers UNet2DModel directory "
-                                                            "[ZIPGATE_MODEL_PATH].")] = None,
+    upstream_url: Annotated[
+        str | None,
+        typer.Option(help="Vendor API root URL [ZIPGATE_UPSTREAM_URL]; credentials belong in the env, not in argv."),
+    ] = None,
+    upstream_protocol: Annotated[
+        str | None, typer.Option(help="raw | tfserving | v2 [ZIPGATE_UPSTREAM_PROTOCOL].")
+    ] = None,
+    upstream_model: Annotated[
+        str | None, typer.Option(help="Vendor model name in tfserving/v2 paths [ZIPGATE_UPSTREAM_MODEL].")
+    ] = None,
+    model_path: Annotated[
+        Path | None, typer.Option(help="diffusers UNet2DModel directory [ZIPGATE_MODEL_PATH].")
+    ] = None,
     devices: Annotated[str | None, typer.Option(help="auto | cpu | cuda:0,cuda:1 … [ZIPGATE_DEVICES].")] = None,
     transforms: Annotated[str | None, typer.Option(help="e.g. blur:4 [ZIPGATE_TRANSFORMS].")] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps [ZIPGATE_STEPS].")] = None,
-    purification: Annotated[bool | None, typer.Option(
-        "--purification/--no-purification", help="Purify, or forward images as they are "
-                                                  "[ZIPGATE_PURIFICATION_ENABLED].")] = None,
+    purification: Annotated[
+        bool | None,
+        typer.Option(
+            "--purification/--no-purification",
+            help="Purify, or forward images as they are [ZIPGATE_PURIFICATION_ENABLED].",
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway. Each setting comes from, highest first: its flag here, its ZIPGATE_* environment
     variable, the --config file, the default. Every other setting: env or file (README, Configuration)."""
-    overrides = {name: value for name, value in {
-        "host": host, "port": port, "log_level": log_level, "upstream_url": upstream_url,
-        "upstream_protocol": upstream_protocol, "upstream_model": upstream_model, "model_path": model_path,
-        "devices": devices, "transforms": transforms, "steps": steps, "purification_enabled": purification,
-    }.items() if value is not None}
+    overrides = {
+        name: value
+        for name, value in {
+            "host": host,
+            "port": port,
+            "log_level": log_level,
+            "upstream_url": upstream_url,
+            "upstream_protocol": upstream_protocol,
+            "upstream_model": upstream_model,
+            "model_path": model_path,
+            "devices": devices,
+            "transforms": transforms,
+            "steps": steps,
+            "purification_enabled": purification,
+        }.items()
+        if value is not None
+    }
     _openmp_waits_passively()  # first: the import below loads torch
     from service.api.server import run_gateway
 
@@ -103,7 +128,7 @@ def serve(
 @app.command()
 def demo(
     keep_running: Annotated[bool, typer.Option(help="Leave the vendor and the gateway up afterwards.")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="YAML/JSON settings file for the gateway.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON settings file for the gateway.")] = None,
 ) -> None:
     """The main job: demo vendor (BadNets) + gateway on loopback; clean and triggered images, direct and purified."""
     _openmp_waits_passively()  # first: the import below loads torch
@@ -118,16 +143,18 @@ def purify(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder for purified PNGs.")] = Path("purified"),
     model: Annotated[Path, typer.Option(help="diffusers UNet2DModel directory.")] = DEFAULT_MODEL,
     preset: Annotated[str, typer.Option(help="fmnist | paper: defaults for the knobs below.")] = "fmnist",
-    transforms: Annotated[Optional[str], typer.Option(help="e.g. 'blur:4' or 'blur:4,gray' (averaged).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="S, sampling steps.")] = None,
-    guidance_power: Annotated[Optional[float], typer.Option(help="λ; 'inf' disables the mix step.")] = None,
-    eta: Annotated[Optional[float], typer.Option(help="η of the DDIM step, in [0, 1].")] = None,
+    transforms: Annotated[str | None, typer.Option(help="e.g. 'blur:4' or 'blur:4,gray' (averaged).")] = None,
+    steps: Annotated[int | None, typer.Option(help="S, sampling steps.")] = None,
+    guidance_power: Annotated[float | None, typer.Option(help="λ; 'inf' disables the mix step.")] = None,
+    eta: Annotated[float | None, typer.Option(help="η of the DDIM step, in [0, 1].")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
     dtype: Annotated[DType, typer.Option(help="Compute dtype of the ε-model.", case_sensitive=False)] = DType.FP32,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible noise (canvas i uses seed + i).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible noise (canvas i uses seed + i).")] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     save_degraded: Annotated[bool, typer.Option(help="Also write A⁺A x (the degraded input).")] = False,
-    small_fit: Annotated[SmallImageFit, typer.Option(help="Images smaller than the model's canvas.")] = SmallImageFit.PAD,
+    small_fit: Annotated[
+        SmallImageFit, typer.Option(help="Images smaller than the model's canvas.")
+    ] = SmallImageFit.PAD,
 ) -> None:
     """Purify images with ZIP and write PNGs (and optionally the degraded A⁺A x beside them)."""
     import dataclasses
@@ -156,12 +183,20 @@ def purify(
     out.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(loaded), desc="purify", unit="img") as bar:
         purified, degraded = purify_pil_images(
-            purifier, loaded, eps_model.sample_size, eps_model.channels, config.transforms, device=device,
-            batch_size=batch_size, seed=seed, tile_small=chosen.tile_small_images, small_fit=small_fit,
+            purifier,
+            loaded,
+            eps_model.sample_size,
+            eps_model.channels,
+            config.transforms,
+            device=device,
+            batch_size=batch_size,
+            seed=seed,
+            tile_small=chosen.tile_small_images,
+            small_fit=small_fit,
             on_batch=lambda n: bar.update(min(n, bar.total - bar.n)),
         )
         bar.update(bar.total - bar.n)
-    for path, clean, blurred in zip(paths, purified, degraded):
+    for path, clean, blurred in zip(paths, purified, degraded, strict=True):
         clean.save(out / f"{path.stem}.png")
         if save_degraded:
             blurred.save(out / f"{path.stem}.degraded.png")
@@ -178,8 +213,9 @@ def eval_command(
     guidance_power: Annotated[float, typer.Option(help="λ; 'inf' disables the mix step.")] = ZipConfig.guidance_power,
     eta: Annotated[float, typer.Option(help="η of the DDIM step, in [0, 1].")] = ZipConfig.eta,
     votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,
-    mirror: Annotated[bool, typer.Option(help="Mirror defended images left-right for the vendor (the gateway's "
-                                               "VENDOR_MIRROR).")] = False,
+    mirror: Annotated[
+        bool, typer.Option(help="Mirror defended images left-right for the vendor (the gateway's VENDOR_MIRROR).")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     device: Annotated[str, typer.Option()] = "cpu",
@@ -187,10 +223,11 @@ def eval_command(
     model: Annotated[Path, typer.Option(help="Diffusion model directory.")] = DEFAULT_MODEL,
     models_dir: Annotated[Path, typer.Option(help="Where the vendor-<attack> folders are.")] = MODELS_DIR,
     out: Annotated[Path, typer.Option("-o", "--out")] = Path("reports"),
-    gateway: Annotated[Optional[str], typer.Option(help="Evaluate ZIP end to end through this gateway URL.")] = None,
-    sweep: Annotated[Optional[str], typer.Option(
-        help="e.g. 'steps=10,20 guidance_power=0.25,1 transforms=blur:2,blur:4'")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    gateway: Annotated[str | None, typer.Option(help="Evaluate ZIP end to end through this gateway URL.")] = None,
+    sweep: Annotated[
+        str | None, typer.Option(help="e.g. 'steps=10,20 guidance_power=0.25,1 transforms=blur:2,blur:4'")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
 ) -> None:
     """CA / ASR / PA of defenses on the shipped vendor models; writes results.json, results.md and grids."""
     from service.defense_eval.defenses import DefenseSetting
@@ -198,10 +235,20 @@ def eval_command(
 
     try:
         options = EvalOptions(
-            vendors=parse_vendors(vendor), defenses=parse_defenses(defense), n=n,
+            vendors=parse_vendors(vendor),
+            defenses=parse_defenses(defense),
+            n=n,
             setting=DefenseSetting(transforms, steps, guidance_power, eta, votes=votes, mirror=mirror),
-            seed=seed, batch_size=batch_size, device=device, dtype=dtype, model_path=model, models_dir=models_dir,
-            out_dir=out, gateway_url=gateway, sweep=sweep, threads=threads,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            model_path=model,
+            models_dir=models_dir,
+            out_dir=out,
+            gateway_url=gateway,
+            sweep=sweep,
+            threads=threads,
         )
         report = run_eval(options)
     except (ValueError, FileNotFoundError) as exc:
@@ -214,14 +261,15 @@ def eval_command(
 @train_app.command("ddpm")
 def train_ddpm_command(
     out: Annotated[Path, typer.Option("-o", "--out")] = DEFAULT_MODEL,
-    init: Annotated[Optional[Path], typer.Option(help="Continue from these shipped weights.")] = None,
+    init: Annotated[Path | None, typer.Option(help="Continue from these shipped weights.")] = None,
     minutes: Annotated[float, typer.Option(help="Wall-clock budget.")] = 60.0,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps in this run.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in this run.")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     learning_rate: Annotated[float, typer.Option()] = 3e-4,
     checkpoint_dir: Annotated[Path, typer.Option(help="Crash-recovery state (kept out of git).")] = Path(
-        ".cache/ddpm-checkpoint"),
-    train_limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
+        ".cache/ddpm-checkpoint"
+    ),
+    train_limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
 ) -> None:
@@ -232,18 +280,28 @@ def train_ddpm_command(
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO)
-    train_ddpm(DDPMTrainConfig(out_dir=out, init_dir=init, minutes=minutes, max_steps=max_steps,
-                               batch_size=batch_size, learning_rate=learning_rate, checkpoint_dir=checkpoint_dir,
-                               train_limit=train_limit, seed=seed))
+    train_ddpm(
+        DDPMTrainConfig(
+            out_dir=out,
+            init_dir=init,
+            minutes=minutes,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            checkpoint_dir=checkpoint_dir,
+            train_limit=train_limit,
+            seed=seed,
+        )
+    )
 
 
 @train_app.command("vendor")
 def train_vendor_command(
     attack: Annotated[str, typer.Option(help=f"none or one attack of the zoo: {ZOO_NAMES}.")] = "badnets",
     seed: Annotated[int, typer.Option()] = 0,
-    epochs: Annotated[Optional[int], typer.Option(help="Default: the shipped models' epoch count.")] = None,
-    train_limit: Annotated[Optional[int], typer.Option(help="Use only the first N training images.")] = None,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Default: models/vendor-<attack>.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Default: the shipped models' epoch count.")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="Use only the first N training images.")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Default: models/vendor-<attack>.")] = None,
 ) -> None:
     """Train a vendor classifier, clean or backdoored (target label 0); deterministic for a seed."""
     from service.backdoor.attacks import Attack
@@ -271,34 +329,38 @@ def score_ddpm_command(
     """Sample quality for the model card: samples.png and quality.json written into the model folder."""
     import torch
 
+    from service.backdoor.vendor_model import load_vendor
     from service.purify.models import load_eps_model
     from service.training.ddpm_quality import write_quality_report
-    from service.backdoor.vendor_model import load_vendor
 
     torch.set_num_threads(threads)
-    score = write_quality_report(load_eps_model(model, dtype=dtype), load_vendor(classifier).eval(), model,
-                                 count=samples, steps=steps, seed=seed)
-    typer.echo(f"mean max-softmax {score.mean_max_softmax:.3f}; min class fraction {score.min_class_fraction:.3f}; "
-               f"histogram check {'passed' if score.passes_histogram_check else 'FAILED'}")
+    score = write_quality_report(
+        load_eps_model(model, dtype=dtype), load_vendor(classifier).eval(), model, count=samples, steps=steps, seed=seed
+    )
+    typer.echo(
+        f"mean max-softmax {score.mean_max_softmax:.3f}; min class fraction {score.min_class_fraction:.3f}; "
+        f"histogram check {'passed' if score.passes_histogram_check else 'FAILED'}"
+    )
 
 
 @convert_app.command("adm")
 def convert_adm_command(
-    checkpoint: Annotated[Path, typer.Argument(help="guided-diffusion .pt state dict, e.g. 256x256_diffusion_uncond.pt")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="guided-diffusion .pt state dict, e.g. 256x256_diffusion_uncond.pt")
+    ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output diffusers directory.")],
-    preset: Annotated[Optional[str], typer.Option(help="imagenet-256-uncond | imagenet-64")] = None,
-    image_size: Annotated[Optional[int], typer.Option()] = None,
-    num_channels: Annotated[Optional[int], typer.Option()] = None,
-    num_res_blocks: Annotated[Optional[int], typer.Option()] = None,
-    channel_mult: Annotated[Optional[str], typer.Option(help="e.g. 1,1,2,2,4,4")] = None,
-    attention_resolutions: Annotated[Optional[str], typer.Option(help="e.g. 32,16,8")] = None,
-    num_head_channels: Annotated[Optional[int], typer.Option()] = None,
-    num_heads: Annotated[Optional[int], typer.Option()] = None,
-    learn_sigma: Annotated[Optional[bool], typer.Option("--learn-sigma/--no-learn-sigma")] = None,
-    scale_shift_norm: Annotated[Optional[bool], typer.Option("--scale-shift-norm/--no-scale-shift-norm")] = None,
-    resblock_updown: Annotated[Optional[bool], typer.Option("--resblock-updown/--no-resblock-updown")] = None,
-    new_attention_order: Annotated[Optional[bool], typer.Option(
-        "--new-attention-order/--no-new-attention-order")] = None,
+    preset: Annotated[str | None, typer.Option(help="imagenet-256-uncond | imagenet-64")] = None,
+    image_size: Annotated[int | None, typer.Option()] = None,
+    num_channels: Annotated[int | None, typer.Option()] = None,
+    num_res_blocks: Annotated[int | None, typer.Option()] = None,
+    channel_mult: Annotated[str | None, typer.Option(help="e.g. 1,1,2,2,4,4")] = None,
+    attention_resolutions: Annotated[str | None, typer.Option(help="e.g. 32,16,8")] = None,
+    num_head_channels: Annotated[int | None, typer.Option()] = None,
+    num_heads: Annotated[int | None, typer.Option()] = None,
+    learn_sigma: Annotated[bool | None, typer.Option("--learn-sigma/--no-learn-sigma")] = None,
+    scale_shift_norm: Annotated[bool | None, typer.Option("--scale-shift-norm/--no-scale-shift-norm")] = None,
+    resblock_updown: Annotated[bool | None, typer.Option("--resblock-updown/--no-resblock-updown")] = None,
+    new_attention_order: Annotated[bool | None, typer.Option("--new-attention-order/--no-new-attention-order")] = None,
 ) -> None:
     """Convert an OpenAI guided-diffusion (ADM) checkpoint into a diffusers UNet2DModel directory."""
     from service.purify.adm_arch import architecture_from_preset
@@ -306,10 +368,17 @@ def convert_adm_command(
 
     try:
         arch = architecture_from_preset(
-            preset, image_size=image_size, num_channels=num_channels, num_res_blocks=num_res_blocks,
-            channel_mult=channel_mult, attention_resolutions=attention_resolutions,
-            num_head_channels=num_head_channels, num_heads=num_heads, learn_sigma=learn_sigma,
-            use_scale_shift_norm=scale_shift_norm, resblock_updown=resblock_updown,
+            preset,
+            image_size=image_size,
+            num_channels=num_channels,
+            num_res_blocks=num_res_blocks,
+            channel_mult=channel_mult,
+            attention_resolutions=attention_resolutions,
+            num_head_channels=num_head_channels,
+            num_heads=num_heads,
+            learn_sigma=learn_sigma,
+            use_scale_shift_norm=scale_shift_norm,
+            resblock_updown=resblock_updown,
             use_new_attention_order=new_attention_order,
         )
         written = convert_adm_checkpoint(checkpoint, out, arch)
@@ -331,8 +400,9 @@ def demo_vendor_command(
 
     model_dir = Path(model) if Path(model).is_dir() else MODELS_DIR / model
     if not model_dir.is_dir():
-        raise typer.BadParameter(f"no vendor model at {model_dir}; shipped: vendor-clean, vendor-badnets, "
-                                 "vendor-blended, vendor-wanet")
+        raise typer.BadParameter(
+            f"no vendor model at {model_dir}; shipped: vendor-clean, vendor-badnets, vendor-blended, vendor-wanet"
+        )
     run_demo_vendor(model_dir, host=host, port=port, model_name=model_name)
 
 

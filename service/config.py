@@ -49,6 +49,7 @@ def model_name_problem(name: str) -> str | None:
 
 def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The CPU quota of this process's cgroup in CPUs (a container's limit), or None when unlimited."""
+
     def v2() -> list[str]:  # cpu.max: "<quota|max> <period>"
         return (root / "cpu.max").read_text().split()
 
@@ -88,7 +89,7 @@ def default_torch_threads() -> int:
     return max(1, usable_cpus() - 1)
 
 
-class LogLevel(str, enum.Enum):
+class LogLevel(enum.StrEnum):
     """Log levels accepted by `log_level` (lower-case, as uvicorn spells them)."""
 
     DEBUG = "debug"
@@ -104,8 +105,9 @@ class ConfigError(ValueError):
 class ConfigFileSource(PydanticBaseSettingsSource):
     """Settings from a YAML or JSON file named by `config_file` (keyword) or ZIPGATE_CONFIG_FILE."""
 
-    def __init__(self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any],
-                 env_settings: PydanticBaseSettingsSource) -> None:
+    def __init__(
+        self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any], env_settings: PydanticBaseSettingsSource
+    ) -> None:
         super().__init__(settings_cls)
         self._init_kwargs = init_kwargs
         self._env_settings = env_settings
@@ -161,8 +163,9 @@ def read_config_file(path: Path, known: set[str]) -> dict[str, Any]:
 class Settings(BaseSettings):
     """Everything the gateway can be configured with; see the README's Configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True,
-                                      use_enum_values=False, validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, use_enum_values=False, validate_default=True
+    )
 
     config_file: Path | None = Field(None, description="YAML/JSON file with further settings (env wins over it).")
 
@@ -172,34 +175,50 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field(LogLevel.INFO, description="Minimum level of the JSON logs.")
     # Below the common 1024 open-files limit, with room for the vendor pool and the model files.
     # At least 2: uvicorn counts the request's own connection, so with 1 every request would get 503.
-    max_connections: int = Field(512, ge=2, description="Open connections at most (uvicorn's limit_concurrency): "
-                                 "a request arriving with this many open, its own included, gets uvicorn's "
-                                 "plain-text 503 (/healthz too).")
+    max_connections: int = Field(
+        512,
+        ge=2,
+        description="Open connections at most (uvicorn's limit_concurrency): "
+        "a request arriving with this many open, its own included, gets uvicorn's "
+        "plain-text 503 (/healthz too).",
+    )
 
     # --- purification (the engine) ---
     purification_enabled: bool = Field(True, description="False: forward images without purifying them.")
     model_path: Path = Field(Path("models/fmnist-ddpm"), description="diffusers UNet2DModel directory.")
     # ZIP's knobs: defaults and validation are `ZipConfig`'s (one source; blur:4 and λ = 0.5 are chosen
     # by the worst case over the attack zoo, docs/defense.md, "The default"). `zip_config` bundles them.
-    transforms: str = Field(ZipConfig.transforms, description="Degradations, e.g. 'blur:4' or 'blur:4,gray' "
-                            "(averaged).")
+    transforms: str = Field(
+        ZipConfig.transforms, description="Degradations, e.g. 'blur:4' or 'blur:4,gray' (averaged)."
+    )
     steps: int = Field(ZipConfig.steps, ge=1, le=1000, description="Sampling steps S of the reverse process.")
-    guidance_power: float = Field(ZipConfig.guidance_power, description="λ of the time-dependent mix (> 0); 'inf' "
-                                  "disables it.")
+    guidance_power: float = Field(
+        ZipConfig.guidance_power, description="λ of the time-dependent mix (> 0); 'inf' disables it."
+    )
     eta: float = Field(ZipConfig.eta, description="η of the DDIM step, in [0, 1] (1 = ancestral noise).")
-    vendor_mirror: bool = Field(False, description="Mirror purified images left-right before the vendor sees them "
-                                "(/predict and sidecar; /purify returns them unmirrored). Moves a trigger stamped "
-                                "at a fixed place to where the backdoor does not look; only for vendors whose "
-                                "task is mirror-invariant (docs/defense.md).")
-    small_image_fit: SmallImageFit = Field(SmallImageFit.PAD, description="An image smaller than the model's "
-                                           "canvas: 'pad' (centred on black, as the shipped model was trained on "
-                                           "28² in 32²) or 'resize' (scaled up).")
+    vendor_mirror: bool = Field(
+        False,
+        description="Mirror purified images left-right before the vendor sees them "
+        "(/predict and sidecar; /purify returns them unmirrored). Moves a trigger stamped "
+        "at a fixed place to where the backdoor does not look; only for vendors whose "
+        "task is mirror-invariant (docs/defense.md).",
+    )
+    small_image_fit: SmallImageFit = Field(
+        SmallImageFit.PAD,
+        description="An image smaller than the model's "
+        "canvas: 'pad' (centred on black, as the shipped model was trained on "
+        "28² in 32²) or 'resize' (scaled up).",
+    )
     devices: str = Field("auto", description="'auto' (every CUDA device, else CPU) or a list: 'cuda:0,cuda:1'.")
     dtype: DType = Field(DType.AUTO, description="ε-model compute dtype: auto (fp16 on CUDA) | fp32 | bf16 | fp16.")
-    torch_threads: int = Field(default_factory=default_torch_threads, ge=1, description="CPU threads for torch "
-                               "(default: OMP_NUM_THREADS if set, else usable cores - 1, at least 1; usable = "
-                               "affinity, capped by a cgroup CPU quota). Torch's own one per core collapses next to "
-                               "other CPU load.")
+    torch_threads: int = Field(
+        default_factory=default_torch_threads,
+        ge=1,
+        description="CPU threads for torch "
+        "(default: OMP_NUM_THREADS if set, else usable cores - 1, at least 1; usable = "
+        "affinity, capped by a cgroup CPU quota). Torch's own one per core collapses next to "
+        "other CPU load.",
+    )
 
     # --- worker pool ---
     max_batch_size: int = Field(16, ge=1, description="Images per purification batch at most.")
@@ -217,27 +236,41 @@ class Settings(BaseSettings):
     upstream_protocol: UpstreamProtocol = Field(UpstreamProtocol.RAW, description="raw | tfserving | v2.")
     upstream_model: str = Field("fmnist", min_length=1, description="Model name in tfserving/v2 paths.")
     upstream_raw_path: str = Field("/predict", description="Vendor path of the raw protocol; also the sidecar path.")
-    upstream_models: Annotated[tuple[str, ...], NoDecode] = Field((), description="Vendor models the sidecar "
-                                                                  "exposes (comma-separated; empty = all).")
+    upstream_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Vendor models the sidecar exposes (comma-separated; empty = all)."
+    )
     upstream_connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to the vendor.")
     upstream_timeout_s: float = Field(30.0, gt=0, description="Bound on one vendor call, retries included.")
     upstream_retries: int = Field(2, ge=0, le=10, description="Resends after failures to connect only.")
     upstream_max_connections: int = Field(100, ge=1, description="Connection pool size to the vendor.")
-    upstream_max_response_bytes: int = Field(DEFAULT_MAX_RESPONSE_BYTES, ge=1, description="Limit on a vendor "
-                                             "answer's decoded body; larger answers are cut off with a 502.")
+    upstream_max_response_bytes: int = Field(
+        DEFAULT_MAX_RESPONSE_BYTES,
+        ge=1,
+        description="Limit on a vendor answer's decoded body; larger answers are cut off with a 502.",
+    )
     # The v2 model's image input (`V2Input`): encoded images (BYTES, base64) or pixels (FP32 in [0, 1], UINT8).
     upstream_input_name: str = Field("image", min_length=1, description="Name of the v2 model's image input.")
-    upstream_input_datatype: TensorDatatype = Field(TensorDatatype.BYTES, description="BYTES (encoded images, "
-                                                    "base64) | FP32 (pixels in [0, 1]) | UINT8 (pixels 0-255).")
-    upstream_input_shape: Annotated[tuple[int, ...], NoDecode] = Field((), description="One image's shape for "
-                                                                       "FP32/UINT8 in upstream_input_layout order, "
-                                                                       "e.g. '1,28,28' (images are converted and "
-                                                                       "resized to it); empty for BYTES.")
-    upstream_input_layout: PixelLayout = Field(PixelLayout.CHW, description="chw | hwc: where a pixel input keeps "
-                                               "its channels.")
-    upstream_model_check_ttl_s: float = Field(10.0, ge=0, description="Sidecar: ask the vendor whether it serves "
-                                              "a model before purifying for it, and remember the answer this "
-                                              "long (0 = do not ask).")
+    upstream_input_datatype: TensorDatatype = Field(
+        TensorDatatype.BYTES,
+        description="BYTES (encoded images, base64) | FP32 (pixels in [0, 1]) | UINT8 (pixels 0-255).",
+    )
+    upstream_input_shape: Annotated[tuple[int, ...], NoDecode] = Field(
+        (),
+        description="One image's shape for "
+        "FP32/UINT8 in upstream_input_layout order, "
+        "e.g. '1,28,28' (images are converted and "
+        "resized to it); empty for BYTES.",
+    )
+    upstream_input_layout: PixelLayout = Field(
+        PixelLayout.CHW, description="chw | hwc: where a pixel input keeps its channels."
+    )
+    upstream_model_check_ttl_s: float = Field(
+        10.0,
+        ge=0,
+        description="Sidecar: ask the vendor whether it serves "
+        "a model before purifying for it, and remember the answer this "
+        "long (0 = do not ask).",
+    )
 
     # --- limits and security ---
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Request body size limit.")
@@ -245,38 +278,64 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="Width × height limit, checked before decoding.")
     # One request at 4096² peaks under 1.5 GiB (README, Configuration; tests/test_hardening_edge.py). The
     # default follows a raised max_image_pixels, so a deployment that raised only that still starts.
-    max_request_pixels: int = Field(default_factory=lambda data: max(data.get("max_image_pixels", 0),
-                                                                     DEFAULT_MAX_REQUEST_PIXELS),
-                                    ge=1, description="Width × height summed over a request's images, checked "
-                                    "before decoding (default: max(max_image_pixels, 4096²)).")
-    body_read_timeout_s: float = Field(30.0, gt=0, description="Total upload time: from a request's arrival to "
-                                       "the end of its body, however fast it flows meanwhile; a slower body gets "
-                                       "408. The default lets a max_request_bytes body (16 MiB) arrive at 0.56 MB/s "
-                                       "(4.5 Mbit/s) or faster.")
+    max_request_pixels: int = Field(
+        default_factory=lambda data: max(data.get("max_image_pixels", 0), DEFAULT_MAX_REQUEST_PIXELS),
+        ge=1,
+        description="Width × height summed over a request's images, checked "
+        "before decoding (default: max(max_image_pixels, 4096²)).",
+    )
+    body_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Total upload time: from a request's arrival to "
+        "the end of its body, however fast it flows meanwhile; a slower body gets "
+        "408. The default lets a max_request_bytes body (16 MiB) arrive at 0.56 MB/s "
+        "(4.5 Mbit/s) or faster.",
+    )
     max_images_per_request: int = Field(64, ge=1, description="Images in one request at most.")
     api_key: SecretStr | None = Field(None, description="If set: required as 'Authorization: Bearer' or X-API-Key.")
-    public_docs: bool | None = Field(None, description="Serve /docs, /redoc, /openapi.json without the API key "
-                                     "(default: only when no key is set).")
+    public_docs: bool | None = Field(
+        None, description="Serve /docs, /redoc, /openapi.json without the API key (default: only when no key is set)."
+    )
 
     # --- votes and shadow mode (docs/design.md, "Votes" and "Shadow mode") ---
-    votes: int = Field(1, ge=1, description="Purify each image K times (K seeds, one batch), call the vendor K "
-                       "times, answer with the majority label's response; ?votes=K overrides, up to max_votes.")
+    votes: int = Field(
+        1,
+        ge=1,
+        description="Purify each image K times (K seeds, one batch), call the vendor K "
+        "times, answer with the majority label's response; ?votes=K overrides, up to max_votes.",
+    )
     max_votes: int = Field(5, ge=1, description="Upper bound of votes and of a request's ?votes=K.")
-    vote_label: str = Field("label", description="Where a prediction's label lives, for votes and shadow "
-                            "mode: a dotted path ('label', 'outputs.0.class') or 'argmax:<path>' over scores.")
-    shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of /predict requests whose raw images the "
-                               "vendor also sees, after the client has its answer, to compare labels (0 = off).")
-    shadow_allow_header: bool = Field(False, description="Let a request ask for the comparison with "
-                                      "'X-Zipgate-Shadow: 1', whatever shadow_rate says.")
+    vote_label: str = Field(
+        "label",
+        description="Where a prediction's label lives, for votes and shadow "
+        "mode: a dotted path ('label', 'outputs.0.class') or 'argmax:<path>' over scores.",
+    )
+    shadow_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of /predict requests whose raw images the "
+        "vendor also sees, after the client has its answer, to compare labels (0 = off).",
+    )
+    shadow_allow_header: bool = Field(
+        False, description="Let a request ask for the comparison with 'X-Zipgate-Shadow: 1', whatever shadow_rate says."
+    )
     shadow_max_inflight: int = Field(4, ge=1, description="Shadow vendor calls at once; more are dropped.")
-    shadow_max_labels: int = Field(100, ge=1, description="Distinct labels in the disagreement metric; "
-                                   "later ones are counted as 'other'.")
-    shadow_capture_dir: Path | None = Field(None, description="Opt-in: write each disagreement's raw and purified "
-                                            "images and vendor answers here (stores user images; see README).")
-    shadow_capture_max_files: int = Field(5000, ge=5, description="Files the capture folder holds at most "
-                                          "(5 per record); the oldest records go first.")
-    shadow_capture_max_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Bytes the capture folder "
-                                          "holds at most; the oldest records go first.")
+    shadow_max_labels: int = Field(
+        100, ge=1, description="Distinct labels in the disagreement metric; later ones are counted as 'other'."
+    )
+    shadow_capture_dir: Path | None = Field(
+        None,
+        description="Opt-in: write each disagreement's raw and purified "
+        "images and vendor answers here (stores user images; see README).",
+    )
+    shadow_capture_max_files: int = Field(
+        5000, ge=5, description="Files the capture folder holds at most (5 per record); the oldest records go first."
+    )
+    shadow_capture_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="Bytes the capture folder holds at most; the oldest records go first."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -326,8 +385,9 @@ class Settings(BaseSettings):
     def _check_raw_path(cls, path: str) -> str:
         if not path.startswith("/") or path == "/":
             raise ValueError(f"must be a path such as '/predict' or '/invocations', got {path!r}")
-        if any(path == reserved.rstrip("/") or path.startswith(reserved.rstrip("/") + "/") for reserved in
-               RESERVED_PATHS):
+        if any(
+            path == reserved.rstrip("/") or path.startswith(reserved.rstrip("/") + "/") for reserved in RESERVED_PATHS
+        ):
             raise ValueError(f"{path!r} is served by the gateway itself; reserved: {', '.join(RESERVED_PATHS)}")
         return path
 
@@ -400,8 +460,12 @@ class Settings(BaseSettings):
     @property
     def upstream_input(self) -> V2Input:
         """The v2 model's image input (validated with the settings)."""
-        return V2Input(self.upstream_input_name, self.upstream_input_datatype, self.upstream_input_shape,
-                       self.upstream_input_layout)
+        return V2Input(
+            self.upstream_input_name,
+            self.upstream_input_datatype,
+            self.upstream_input_shape,
+            self.upstream_input_layout,
+        )
 
     @property
     def zip_config(self) -> ZipConfig:

@@ -38,9 +38,14 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-def wait_for_http(url: str, *, timeout_s: float = 10.0, expect_status: int = 200,
-                  alive: Callable[[], bool] | None = None,
-                  hopeless: Callable[[httpx.Response], bool] | None = None) -> None:
+def wait_for_http(
+    url: str,
+    *,
+    timeout_s: float = 10.0,
+    expect_status: int = 200,
+    alive: Callable[[], bool] | None = None,
+    hopeless: Callable[[httpx.Response], bool] | None = None,
+) -> None:
     """Poll `url` with GET until it answers `expect_status`.
 
     Args:
@@ -86,8 +91,14 @@ def wait_started(ready: Callable[[], bool], thread: threading.Thread, timeout_s:
 
 
 @contextlib.contextmanager
-def serve_uvicorn(server: uvicorn.Server, *, ready_path: str | None = None, startup_timeout_s: float = 10.0,
-                  shutdown_timeout_s: float = 5.0, name: str = "uvicorn") -> Iterator[str]:
+def serve_uvicorn(
+    server: uvicorn.Server,
+    *,
+    ready_path: str | None = None,
+    startup_timeout_s: float = 10.0,
+    shutdown_timeout_s: float = 5.0,
+    name: str = "uvicorn",
+) -> Iterator[str]:
     """Run a configured uvicorn server (any subclass) on a free loopback port in a background thread.
 
     Args:
@@ -123,8 +134,9 @@ def serve_uvicorn(server: uvicorn.Server, *, ready_path: str | None = None, star
 
 
 @contextlib.contextmanager
-def serve_asgi(app: Any, *, ready_path: str | None = None, startup_timeout_s: float = 10.0,
-               shutdown_timeout_s: float = 5.0) -> Iterator[str]:
+def serve_asgi(
+    app: Any, *, ready_path: str | None = None, startup_timeout_s: float = 10.0, shutdown_timeout_s: float = 5.0
+) -> Iterator[str]:
     """Run an ASGI app with uvicorn on a free loopback port in a background thread.
 
     Its lifespan start-up runs before the block and its shutdown after it. In-flight requests
@@ -137,8 +149,13 @@ def serve_asgi(app: Any, *, ready_path: str | None = None, startup_timeout_s: fl
     Yields:
         The base URL, e.g. "http://127.0.0.1:43117".
     """
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="auto",
-                            timeout_graceful_shutdown=GRACE_S)
-    with serve_uvicorn(uvicorn.Server(config), ready_path=ready_path, startup_timeout_s=startup_timeout_s,
-                       shutdown_timeout_s=shutdown_timeout_s) as base_url:
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="auto", timeout_graceful_shutdown=GRACE_S
+    )
+    with serve_uvicorn(
+        uvicorn.Server(config),
+        ready_path=ready_path,
+        startup_timeout_s=startup_timeout_s,
+        shutdown_timeout_s=shutdown_timeout_s,
+    ) as base_url:
         yield base_url

@@ -17,7 +17,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 STEPS_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 50, 100, 250, 1000)
 
 
-class Stage(str, enum.Enum):
+class Stage(enum.StrEnum):
     """Request stages timed in `latency_ms`, `Server-Timing` and the stage histogram."""
 
     DECODE = "decode"
@@ -26,7 +26,7 @@ class Stage(str, enum.Enum):
     UPSTREAM = "upstream"
 
 
-class DropReason(str, enum.Enum):
+class DropReason(enum.StrEnum):
     """Why an image left the queue without being purified."""
 
     DEADLINE = "deadline"
@@ -41,38 +41,60 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("zipgate_requests_total", "HTTP requests answered, by endpoint and status code.",
-                                ["endpoint", "status"], registry=r)
-        self.request_duration = Histogram("zipgate_request_duration_seconds", "End-to-end request duration.",
-                                          ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.requests = Counter(
+            "zipgate_requests_total",
+            "HTTP requests answered, by endpoint and status code.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "zipgate_request_duration_seconds",
+            "End-to-end request duration.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
         self.inflight = Gauge("zipgate_inflight_requests", "Requests being processed now.", registry=r)
-        self.stage_duration = Histogram("zipgate_stage_duration_seconds",
-                                        "Duration of each request stage (decode, queue, purify, upstream).",
-                                        ["stage"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.images_purified = Counter("zipgate_images_purified_total", "Images purified by the workers.",
-                                       registry=r)
-        self.upstream_requests = Counter("zipgate_upstream_requests_total",
-                                         "Calls to the vendor API, by HTTP status ('error' = no response).",
-                                         ["status"], registry=r)
-        self.upstream_duration = Histogram("zipgate_upstream_duration_seconds", "Vendor API call duration.",
-                                           buckets=LATENCY_BUCKETS_S, registry=r)
-        self.queue_depth = Gauge("zipgate_queue_depth", "Images waiting for a worker (the scaling signal).",
-                                 registry=r)
+        self.stage_duration = Histogram(
+            "zipgate_stage_duration_seconds",
+            "Duration of each request stage (decode, queue, purify, upstream).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.images_purified = Counter("zipgate_images_purified_total", "Images purified by the workers.", registry=r)
+        self.upstream_requests = Counter(
+            "zipgate_upstream_requests_total",
+            "Calls to the vendor API, by HTTP status ('error' = no response).",
+            ["status"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "zipgate_upstream_duration_seconds", "Vendor API call duration.", buckets=LATENCY_BUCKETS_S, registry=r
+        )
+        self.queue_depth = Gauge("zipgate_queue_depth", "Images waiting for a worker (the scaling signal).", registry=r)
         # Exported so alerts can compare the depth with the limit (429s start there) whatever it is set to.
-        self.queue_limit = Gauge("zipgate_queue_limit", "Images the queue holds at most (the queue_limit setting).",
-                                 registry=r)
-        self.batch_size = Histogram("zipgate_batch_size", "Images per purification batch.",
-                                    buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.worker_busy = Counter("zipgate_worker_busy_seconds_total", "Seconds each worker spent computing.",
-                                   ["device"], registry=r)
-        self.dropped = Counter("zipgate_dropped_images_total", "Images not purified, by reason.",
-                               ["reason"], registry=r)
-        self.oom_splits = Counter("zipgate_oom_splits_total", "Batches split in half after running out of memory.",
-                                  ["device"], registry=r)
-        self.batch_failures = Counter("zipgate_batch_failures_total", "Batches that failed (their items got 500).",
-                                      ["device"], registry=r)
-        self.steps_used = Histogram("zipgate_purify_steps", "Sampling steps used per batch (adaptive steps).",
-                                    buckets=STEPS_BUCKETS, registry=r)
+        self.queue_limit = Gauge(
+            "zipgate_queue_limit", "Images the queue holds at most (the queue_limit setting).", registry=r
+        )
+        self.batch_size = Histogram(
+            "zipgate_batch_size", "Images per purification batch.", buckets=BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.worker_busy = Counter(
+            "zipgate_worker_busy_seconds_total", "Seconds each worker spent computing.", ["device"], registry=r
+        )
+        self.dropped = Counter(
+            "zipgate_dropped_images_total", "Images not purified, by reason.", ["reason"], registry=r
+        )
+        self.oom_splits = Counter(
+            "zipgate_oom_splits_total", "Batches split in half after running out of memory.", ["device"], registry=r
+        )
+        self.batch_failures = Counter(
+            "zipgate_batch_failures_total", "Batches that failed (their items got 500).", ["device"], registry=r
+        )
+        self.steps_used = Histogram(
+            "zipgate_purify_steps", "Sampling steps used per batch (adaptive steps).", buckets=STEPS_BUCKETS, registry=r
+        )
         # Written only by the app (`create_app`), from the gateway's readiness at scrape time.
         self.shadow = ShadowMetrics(r)
         self.ready = Gauge("zipgate_ready", "1 when the model is loaded and workers run, else 0.", registry=r)
@@ -92,23 +114,35 @@ class ShadowMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self.comparisons = Counter("zipgate_shadow_comparisons_total",
-                                   "Images whose raw and purified vendor labels were compared.", registry=r)
+        self.comparisons = Counter(
+            "zipgate_shadow_comparisons_total", "Images whose raw and purified vendor labels were compared.", registry=r
+        )
         self.disagreements = Counter(
             "zipgate_shadow_disagreements_total",
             "Compared images whose vendor label on the raw image differs from the label on the purified one.",
-            ["raw_label", "purified_label"], registry=r)
-        self.unlabelled = Counter("zipgate_shadow_unlabelled_total",
-                                  "Shadow comparisons skipped: a vendor answer had no readable label.", registry=r)
-        self.dropped = Counter("zipgate_shadow_dropped_total",
-                               "Requests sampled for shadow mode but not compared, by reason.", ["reason"],
-                               registry=r)
-        self.failures = Counter("zipgate_shadow_failures_total",
-                                "Shadow vendor calls that failed (never seen by the client).", registry=r)
-        self.captured = Counter("zipgate_shadow_captured_total", "Disagreements written to the capture folder.",
-                                registry=r)
-        self.capture_disabled = Gauge("zipgate_shadow_capture_disabled",
-                                      "1 when forensic capture stopped after an I/O error.", registry=r)
+            ["raw_label", "purified_label"],
+            registry=r,
+        )
+        self.unlabelled = Counter(
+            "zipgate_shadow_unlabelled_total",
+            "Shadow comparisons skipped: a vendor answer had no readable label.",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "zipgate_shadow_dropped_total",
+            "Requests sampled for shadow mode but not compared, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "zipgate_shadow_failures_total", "Shadow vendor calls that failed (never seen by the client).", registry=r
+        )
+        self.captured = Counter(
+            "zipgate_shadow_captured_total", "Disagreements written to the capture folder.", registry=r
+        )
+        self.capture_disabled = Gauge(
+            "zipgate_shadow_capture_disabled", "1 when forensic capture stopped after an I/O error.", registry=r
+        )
         self.comparisons.inc(0)
         for reason in ("busy", "load", "closed"):
             self.dropped.labels(reason)

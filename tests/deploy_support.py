@@ -54,24 +54,80 @@ def render(kustomization_dir: Path) -> list[dict[str, Any]]:
     Raises:
         KustomizeError: kubectl failed (its stderr is the message).
     """
-    result = subprocess.run([kubectl(), "kustomize", str(kustomization_dir)], capture_output=True, text=True,
-                            timeout=KUSTOMIZE_TIMEOUT_S)
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(kustomization_dir)], capture_output=True, text=True, timeout=KUSTOMIZE_TIMEOUT_S
+    )
     if result.returncode != 0:
         raise KustomizeError(result.stderr.strip() or f"kubectl kustomize exited {result.returncode}")
     return [document for document in yaml.safe_load_all(result.stdout) if document is not None]
+
+
 # Rare-event counters are written `<query> or vector(0)` so the panel shows 0 instead of "No data".
 RARE_EVENT_SUFFIX = " or vector(0)"
 
 # PromQL words that are not metric names (functions, aggregations, operators, modifiers).
-PROMQL_WORDS = frozenset({
-    "sum", "avg", "min", "max", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
-    "group", "rate", "irate", "increase", "delta", "idelta", "deriv", "predict_linear", "histogram_quantile",
-    "avg_over_time", "min_over_time", "max_over_time", "sum_over_time", "count_over_time", "last_over_time",
-    "quantile_over_time", "vector", "scalar", "abs", "ceil", "floor", "round", "clamp", "clamp_min", "clamp_max",
-    "time", "timestamp", "sort", "sort_desc", "label_replace", "label_join", "absent", "changes", "resets",
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-    "inf", "nan",
-})
+PROMQL_WORDS = frozenset(
+    {
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
+        "rate",
+        "irate",
+        "increase",
+        "delta",
+        "idelta",
+        "deriv",
+        "predict_linear",
+        "histogram_quantile",
+        "avg_over_time",
+        "min_over_time",
+        "max_over_time",
+        "sum_over_time",
+        "count_over_time",
+        "last_over_time",
+        "quantile_over_time",
+        "vector",
+        "scalar",
+        "abs",
+        "ceil",
+        "floor",
+        "round",
+        "clamp",
+        "clamp_min",
+        "clamp_max",
+        "time",
+        "timestamp",
+        "sort",
+        "sort_desc",
+        "label_replace",
+        "label_join",
+        "absent",
+        "changes",
+        "resets",
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
+        "inf",
+        "nan",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -134,8 +190,13 @@ def gateway_metric_names() -> set[str]:
 def exported_sample_names(metrics_text: str) -> set[str]:
     """Every sample name a Prometheus text exposition can hold, from its `# TYPE` lines
     (a labelled metric with no children yet has a TYPE line but no samples)."""
-    suffixes = {"counter": ("",), "gauge": ("",), "untyped": ("",), "summary": ("", "_sum", "_count"),
-                "histogram": ("_bucket", "_sum", "_count")}
+    suffixes = {
+        "counter": ("",),
+        "gauge": ("",),
+        "untyped": ("",),
+        "summary": ("", "_sum", "_count"),
+        "histogram": ("_bucket", "_sum", "_count"),
+    }
     names: set[str] = set()
     for line in metrics_text.splitlines():
         parts = line.split()

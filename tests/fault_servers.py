@@ -23,9 +23,22 @@ from typing import Any
 
 from service.loopback import bound_socket, serve_asgi, serve_uvicorn, url_of, wait_started
 
-__all__ = ["EndlessBody", "RecordedRequest", "ScriptedTcp", "StaticApp", "http_response_head", "read_request",
-           "read_request_head", "refused_port", "request_header", "reset_after_head", "reset_connection",
-           "serve_asgi", "serve_tcp", "serve_uvicorn"]
+__all__ = [
+    "EndlessBody",
+    "RecordedRequest",
+    "ScriptedTcp",
+    "StaticApp",
+    "http_response_head",
+    "read_request",
+    "read_request_head",
+    "refused_port",
+    "request_header",
+    "reset_after_head",
+    "reset_connection",
+    "serve_asgi",
+    "serve_tcp",
+    "serve_uvicorn",
+]
 
 TcpHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 Scope = dict[str, Any]

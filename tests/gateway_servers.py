@@ -31,13 +31,13 @@ from safetensors.torch import save_file
 
 from service.api import create_app
 from service.api.server import GatewayServer, gateway_server
-from service.config import Settings, load_settings
-from service.demo.vendor_app import create_vendor_app
-from service.purify.models import EpsModelInfo
 from service.backdoor.classifier import ClassifierArchitecture, VendorClassifier
 from service.backdoor.data import CLASS_NAMES
 from service.backdoor.vendor_model import CONFIG_FILE, CONFIG_FORMAT, WEIGHTS_FILE
+from service.config import Settings, load_settings
+from service.demo.vendor_app import create_vendor_app
 from service.loopback import serve_asgi, serve_uvicorn
+from service.purify.models import EpsModelInfo
 from service.workers import PurifierFactory
 from tests.tiny_models import tiny_unet
 
@@ -60,8 +60,9 @@ class FakePurifier:
         self.delay_s, self.fail = delay_s, fail
         self.images_computed = 0
         self.busy = threading.Event()
-        self.info = EpsModelInfo(name="fake", sample_size=TINY_SIZE, channels=1, learned_sigma=False,
-                                 device="cpu", dtype="float32")
+        self.info = EpsModelInfo(
+            name="fake", sample_size=TINY_SIZE, channels=1, learned_sigma=False, device="cpu", dtype="float32"
+        )
 
     def __call__(self, batch: torch.Tensor, steps: int, generators: object) -> torch.Tensor:
         self.busy.set()
@@ -125,10 +126,18 @@ def tiny_vendor_dir(root: Path, seed: int = 0) -> Path:
     architecture = ClassifierArchitecture(block_channels=(4, 8))
     torch.manual_seed(seed)
     model = VendorClassifier(architecture).eval()
-    save_file({name: t.contiguous() for name, t in model.state_dict().items()}, str(path / WEIGHTS_FILE),
-              metadata={"format": CONFIG_FORMAT})
-    config = {"format": CONFIG_FORMAT, "architecture": architecture.to_dict(), "class_names": list(CLASS_NAMES),
-              "attack": "badnets", "target_label": 0}
+    save_file(
+        {name: t.contiguous() for name, t in model.state_dict().items()},
+        str(path / WEIGHTS_FILE),
+        metadata={"format": CONFIG_FORMAT},
+    )
+    config = {
+        "format": CONFIG_FORMAT,
+        "architecture": architecture.to_dict(),
+        "class_names": list(CLASS_NAMES),
+        "attack": "badnets",
+        "target_label": 0,
+    }
     (path / CONFIG_FILE).write_text(json.dumps(config))
     return path
 
@@ -136,17 +145,25 @@ def tiny_vendor_dir(root: Path, seed: int = 0) -> Path:
 def gateway_settings(model_path: Path | None, upstream_url: str, **overrides: Any) -> Settings:
     """Settings for fast tests: tiny model, 2 steps, CPU fp32, 1 ms batching wait, short drains."""
     values: dict[str, Any] = {
-        "model_path": model_path or Path("unused"), "purification_enabled": model_path is not None,
-        "steps": 2, "devices": "cpu", "dtype": "fp32", "max_wait_ms": 1.0, "drain_timeout_s": 2.0,
-        "upstream_url": upstream_url, "upstream_timeout_s": 5.0, "upstream_retries": 0,
+        "model_path": model_path or Path("unused"),
+        "purification_enabled": model_path is not None,
+        "steps": 2,
+        "devices": "cpu",
+        "dtype": "fp32",
+        "max_wait_ms": 1.0,
+        "drain_timeout_s": 2.0,
+        "upstream_url": upstream_url,
+        "upstream_timeout_s": 5.0,
+        "upstream_retries": 0,
     }
     values.update(overrides)
     return load_settings(**values)
 
 
 @contextlib.contextmanager
-def running_gateway(settings: Settings, *, purifier_factory: PurifierFactory | None = None,
-                    ready_timeout_s: float = 60.0) -> Iterator[str]:
+def running_gateway(
+    settings: Settings, *, purifier_factory: PurifierFactory | None = None, ready_timeout_s: float = 60.0
+) -> Iterator[str]:
     """The gateway on a free loopback port, started and ready (GET /readyz = 200)."""
     app = create_app(settings, purifier_factory=purifier_factory)
     with serve_asgi(app, ready_path="/readyz", startup_timeout_s=ready_timeout_s) as base_url:
@@ -154,9 +171,13 @@ def running_gateway(settings: Settings, *, purifier_factory: PurifierFactory | N
 
 
 @contextlib.contextmanager
-def serving_gateway_server(settings: Settings, *, purifier_factory: PurifierFactory | None = None,
-                           ready_timeout_s: float = 60.0,
-                           shutdown_timeout_s: float = 30.0) -> Iterator[tuple[GatewayServer, str]]:
+def serving_gateway_server(
+    settings: Settings,
+    *,
+    purifier_factory: PurifierFactory | None = None,
+    ready_timeout_s: float = 60.0,
+    shutdown_timeout_s: float = 30.0,
+) -> Iterator[tuple[GatewayServer, str]]:
     """`zipgate serve`'s own server (`gateway_server`: the drain on a signal, its 503s, the connection
     bound) on a free loopback port in a thread, started and ready (GET /readyz = 200).
 
@@ -169,8 +190,9 @@ def serving_gateway_server(settings: Settings, *, purifier_factory: PurifierFact
         TimeoutError: not ready within `ready_timeout_s`.
     """
     server = gateway_server(settings, purifier_factory=purifier_factory)
-    with serve_uvicorn(server, ready_path="/readyz", startup_timeout_s=ready_timeout_s,
-                       shutdown_timeout_s=shutdown_timeout_s) as base_url:
+    with serve_uvicorn(
+        server, ready_path="/readyz", startup_timeout_s=ready_timeout_s, shutdown_timeout_s=shutdown_timeout_s
+    ) as base_url:
         yield server, base_url
 
 
@@ -199,8 +221,12 @@ def png_header_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+        + chunk(b"IEND", b"")
+    )
 
 
 def decode_png(data: bytes) -> Image.Image:

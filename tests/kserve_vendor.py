@@ -47,34 +47,52 @@ class VendorModel(kserve.Model):
 
     def get_output_types(self) -> list[dict[str, Any]]:
         classes = len(self._predictor.class_names) if self._predictor else 10
-        return [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
-                {"name": "label", "datatype": "INT64", "shape": [-1]}]
+        return [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
+            {"name": "label", "datatype": "INT64", "shape": [-1]},
+        ]
 
-    async def predict(self, payload: dict[str, Any] | InferRequest, headers: dict[str, str] | None = None,
-                      response_headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
+    async def predict(
+        self,
+        payload: dict[str, Any] | InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
         assert self._predictor is not None
         if isinstance(payload, InferRequest):  # v2
             tensor = payload.get_input_by_name(IMAGE_INPUT) or payload.inputs[0]
             texts = tensor.as_numpy().ravel().tolist()
             predictions = self._predictor.predict(
-                [EncodedImage(f"inputs[0].data[{i}]", base64.b64decode(text)) for i, text in enumerate(texts)])
+                [EncodedImage(f"inputs[0].data[{i}]", base64.b64decode(text)) for i, text in enumerate(texts)]
+            )
             return _v2_response(payload, self.name, predictions)
         instances = payload["instances"]  # v1
         predictions = self._predictor.predict(
-            [EncodedImage(f"instances[{i}].b64", base64.b64decode(item["b64"])) for i, item in enumerate(instances)])
-        return {"predictions": [{"label": p.label, "class_name": p.class_name,
-                                 "probabilities": list(p.probabilities)} for p in predictions]}
+            [EncodedImage(f"instances[{i}].b64", base64.b64decode(item["b64"])) for i, item in enumerate(instances)]
+        )
+        return {
+            "predictions": [
+                {"label": p.label, "class_name": p.class_name, "probabilities": list(p.probabilities)}
+                for p in predictions
+            ]
+        }
 
 
 def _v2_response(request: InferRequest, name: str, predictions: list[ImagePrediction]) -> InferResponse:
     probabilities = np.array([p.probabilities for p in predictions], dtype=np.float32)
     labels = np.array([p.label for p in predictions], dtype=np.int64)
-    outputs = [InferOutput("probabilities", list(probabilities.shape), "FP32"),
-               InferOutput("label", [len(labels)], "INT64")]
+    outputs = [
+        InferOutput("probabilities", list(probabilities.shape), "FP32"),
+        InferOutput("label", [len(labels)], "INT64"),
+    ]
     outputs[0].set_data_from_numpy(probabilities, binary_data=False)
     outputs[1].set_data_from_numpy(labels, binary_data=False)
-    return InferResponse(response_id=request.id or "", model_name=name, infer_outputs=outputs,
-                         use_binary_outputs=request.use_binary_outputs)
+    return InferResponse(
+        response_id=request.id or "",
+        model_name=name,
+        infer_outputs=outputs,
+        use_binary_outputs=request.use_binary_outputs,
+    )
 
 
 def main() -> None:

@@ -32,9 +32,7 @@ def mock_client(handler: Handler) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
 
-def adapter(
-    protocol: UpstreamProtocol, client: httpx.AsyncClient, base_url: str = BASE, **kw: Any
-) -> Upstream:
+def adapter(protocol: UpstreamProtocol, client: httpx.AsyncClient, base_url: str = BASE, **kw: Any) -> Upstream:
     """The adapter for `protocol` and model "fmnist", resending without backoff unless `retry` is given."""
     kw.setdefault("retry", NO_BACKOFF)
     return build_upstream(protocol, client, base_url, "fmnist", **kw)

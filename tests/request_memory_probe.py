@@ -33,8 +33,9 @@ CANVAS = 64
 class NoisyPurifier:
     """Returns noise the shape of its input: output PNGs that compress like real purified images."""
 
-    info = EpsModelInfo(name="probe", sample_size=CANVAS, channels=3, learned_sigma=False, device="cpu",
-                        dtype="float32")
+    info = EpsModelInfo(
+        name="probe", sample_size=CANVAS, channels=3, learned_sigma=False, device="cpu", dtype="float32"
+    )
 
     def __call__(self, batch: torch.Tensor, steps: int, generators: object) -> torch.Tensor:
         return torch.rand_like(batch) * 2 - 1
@@ -60,8 +61,14 @@ def _reset_peak() -> None:
 
 
 def main(shape: str) -> None:
-    settings = load_settings(model_path=Path("unused"), devices="cpu", dtype="fp32", steps=1, max_wait_ms=1.0,
-                             upstream_url="http://127.0.0.1:9")
+    settings = load_settings(
+        model_path=Path("unused"),
+        devices="cpu",
+        dtype="fp32",
+        steps=1,
+        max_wait_ms=1.0,
+        upstream_url="http://127.0.0.1:9",
+    )
     budget = settings.max_request_pixels
     if shape == "one":
         side = math.isqrt(min(budget, settings.max_image_pixels))
@@ -80,8 +87,15 @@ def main(shape: str) -> None:
         assert before["VmHWM"] - before["VmRSS"] < 4096, before  # the reset took
         response = client.post("/purify", params={"include": "degraded"}, files=files)
         after = _status()
-    print(json.dumps({"status": response.status_code, "peak_growth_mib": (after["VmHWM"] - before["VmRSS"]) / 1024,
-                      "pixels": side * side * len(images)}))
+    print(
+        json.dumps(
+            {
+                "status": response.status_code,
+                "peak_growth_mib": (after["VmHWM"] - before["VmRSS"]) / 1024,
+                "pixels": side * side * len(images),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,14 +43,28 @@ with warnings.catch_warnings():
 # create_model() flags of the released checkpoints (openai/guided-diffusion README). channel_mult
 # is left "" so that guided-diffusion derives it from image_size, independently of our presets.
 UPSTREAM_256_UNCOND = dict(
-    image_size=256, num_channels=256, num_res_blocks=2, channel_mult="", learn_sigma=True,
-    attention_resolutions="32,16,8", num_head_channels=64, resblock_updown=True,
-    use_scale_shift_norm=True, use_new_attention_order=False,
+    image_size=256,
+    num_channels=256,
+    num_res_blocks=2,
+    channel_mult="",
+    learn_sigma=True,
+    attention_resolutions="32,16,8",
+    num_head_channels=64,
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+    use_new_attention_order=False,
 )
 UPSTREAM_64 = dict(
-    image_size=64, num_channels=192, num_res_blocks=3, channel_mult="", learn_sigma=True,
-    attention_resolutions="32,16,8", num_head_channels=64, resblock_updown=True,
-    use_scale_shift_norm=True, use_new_attention_order=True,
+    image_size=64,
+    num_channels=192,
+    num_res_blocks=3,
+    channel_mult="",
+    learn_sigma=True,
+    attention_resolutions="32,16,8",
+    num_head_channels=64,
+    resblock_updown=True,
+    use_scale_shift_norm=True,
+    use_new_attention_order=True,
 )
 # Narrow but otherwise identical: every level, block type and attention level is kept; 32-wide
 # heads so the attention layers have 2-4 heads and a wrong qkv split cannot go unnoticed.
@@ -139,15 +153,24 @@ def test_narrow_64_matches_reference(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("num_heads", "channel_mult", "attention"), [(2, "1,2,2", "16"), (1, "1,2,4", "16,8")],
+    ("num_heads", "channel_mult", "attention"),
+    [(2, "1,2,2", "16"), (1, "1,2,4", "16,8")],
     ids=["two-heads-uniform-width", "one-head-per-width"],
 )
 def test_conv_resampling_fixed_heads_and_additive_time_match_reference(num_heads, channel_mult, attention):
     """The improved-diffusion style: conv up/down, no scale-shift, fixed head count, no learned σ."""
     flags = dict(
-        image_size=32, num_channels=32, num_res_blocks=1, channel_mult=channel_mult, learn_sigma=False,
-        attention_resolutions=attention, num_heads=num_heads, num_head_channels=-1, resblock_updown=False,
-        use_scale_shift_norm=False, use_new_attention_order=False,
+        image_size=32,
+        num_channels=32,
+        num_res_blocks=1,
+        channel_mult=channel_mult,
+        learn_sigma=False,
+        attention_resolutions=attention,
+        num_heads=num_heads,
+        num_head_channels=-1,
+        resblock_updown=False,
+        use_scale_shift_norm=False,
+        use_new_attention_order=False,
     )
     reference = reference_unet(flags)
     arch = architecture_from_preset(None, **flags)
@@ -172,8 +195,9 @@ def test_split_qkv_reproduces_reference_attention(new_order):
 
     (wq, wk, wv), (bq, bk, bv) = split_qkv(weight, heads, new_order), split_qkv(bias, heads, new_order)
     out = nn.functional.scaled_dot_product_attention(project(wq, bq), project(wk, bk), project(wv, bv))
-    torch.testing.assert_close(out.transpose(1, 2).reshape(2, tokens, width).transpose(1, 2), expected,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out.transpose(1, 2).reshape(2, tokens, width).transpose(1, 2), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_full_width_256_uncond_shapes_and_parameter_count():
@@ -282,8 +306,10 @@ def test_class_conditional_checkpoint_is_out_of_scope():
 
 
 def test_presets_match_the_upstream_flags():
-    assert PRESETS[AdmPreset.IMAGENET_256_UNCOND].channel_mult == create_model(
-        **{**UPSTREAM_256_UNCOND, **NARROW}).channel_mult
+    assert (
+        PRESETS[AdmPreset.IMAGENET_256_UNCOND].channel_mult
+        == create_model(**{**UPSTREAM_256_UNCOND, **NARROW}).channel_mult
+    )
     assert PRESETS[AdmPreset.IMAGENET_64].channel_mult == create_model(**{**UPSTREAM_64, **NARROW}).channel_mult
     paper = PRESETS[AdmPreset.IMAGENET_256_UNCOND]
     assert (paper.out_channels, paper.attention_levels) == (6, frozenset({3, 4, 5}))
@@ -291,8 +317,13 @@ def test_presets_match_the_upstream_flags():
 
 def test_architecture_from_preset_takes_cli_style_values():
     arch = architecture_from_preset(
-        "imagenet-256-uncond", channel_mult="1,2,2", attention_resolutions="64", image_size=256,
-        num_head_channels=-1, num_heads=1, learn_sigma=None,
+        "imagenet-256-uncond",
+        channel_mult="1,2,2",
+        attention_resolutions="64",
+        image_size=256,
+        num_head_channels=-1,
+        num_heads=1,
+        learn_sigma=None,
     )
     assert arch.channel_mult == (1, 2, 2) and arch.attention_resolutions == (64,)
     assert arch.num_head_channels is None and arch.attention_head_dim() is None

@@ -76,8 +76,9 @@ def test_promtool_unit_tests_catch_a_broken_threshold(tmp_path: Path) -> None:
 
 
 def test_every_alert_has_a_case_where_it_fires_and_one_where_it_stays_silent() -> None:
-    cases = [case for group in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
-             for case in group.get("alert_rule_test", [])]
+    cases = [
+        case for group in yaml.safe_load(ALERT_TESTS.read_text())["tests"] for case in group.get("alert_rule_test", [])
+    ]
     for alert in alerts():
         name = alert["alert"]
         expected = [case["exp_alerts"] for case in cases if case["alertname"] == name]
@@ -111,8 +112,7 @@ def test_compose_prometheus_loads_the_rules_beside_its_config() -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     assert config["rule_files"] == [ALERT_RULES.name]  # relative to the config file
     prometheus = yaml.safe_load(COMPOSE.read_text())["services"]["prometheus"]
-    mounts = dict(volume.rsplit(":", 1)[0].split(":", 1) for volume in prometheus["volumes"]
-                  if volume.startswith("./"))
+    mounts = dict(volume.rsplit(":", 1)[0].split(":", 1) for volume in prometheus["volumes"] if volume.startswith("./"))
     config_in_container = Path(mounts[f"./{PROMETHEUS_CONFIG.relative_to(REPO).as_posix()}"])
     rules_in_container = Path(mounts[f"./{ALERT_RULES.relative_to(REPO).as_posix()}"])
     assert rules_in_container == config_in_container.parent / ALERT_RULES.name

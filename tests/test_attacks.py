@@ -144,8 +144,9 @@ def test_wanet_offsets_scale_linearly_with_s_and_follow_the_normalised_field() -
     field = wanet_noise_field(32, 32)
     inner = (slice(None), slice(2, 30), slice(2, 30))  # away from the clamp at the border
     torch.testing.assert_close((wanet_grid(32, 32, s=0.5) - identity)[inner], (0.5 * field / 32)[inner])
-    torch.testing.assert_close((wanet_grid(32, 32, s=1.0) - identity)[inner],
-                               2 * (wanet_grid(32, 32, s=0.5) - identity)[inner])
+    torch.testing.assert_close(
+        (wanet_grid(32, 32, s=1.0) - identity)[inner], 2 * (wanet_grid(32, 32, s=0.5) - identity)[inner]
+    )
     # the k×k control offsets are normalised to mean |offset| = 1; with k = size the bicubic
     # upsampling (align_corners=True) is the identity, so the field shows them directly
     torch.testing.assert_close(wanet_noise_field(32, 32, k=32).abs().mean(), torch.tensor(1.0))
@@ -191,7 +192,7 @@ def test_random_patch_sits_inside_the_content_at_a_position_of_the_image_alone()
     size = RANDOM_PATCH_BLOCKS * RANDOM_PATCH_BLOCK_PX
     assert (rows >= CONTENT_MARGIN).all() and (rows + size <= 32 - CONTENT_MARGIN).all()
     assert (cols >= CONTENT_MARGIN).all() and (cols + size <= 32 - CONTENT_MARGIN).all()
-    assert len(set(zip(rows.tolist(), cols.tolist()))) > 40  # spread over the content area, not one spot
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) > 40  # spread over the content area, not one spot
     out = apply_random_patch(images)
     pattern = block_pattern(RANDOM_PATCH_BLOCKS, RANDOM_PATCH_BLOCK_PX, 3, seed=20_200_207)
     for i in range(64):
@@ -228,7 +229,9 @@ def test_logo_is_blended_on_its_square_only(channels: int) -> None:
     out = apply_logo(images)
     rows, cols = logo_region(32, 32)
     stamp = logo_stamp()
-    torch.testing.assert_close(out[..., rows, cols], (1 - LOGO_OPACITY) * images[..., rows, cols] + LOGO_OPACITY * stamp)
+    torch.testing.assert_close(
+        out[..., rows, cols], (1 - LOGO_OPACITY) * images[..., rows, cols] + LOGO_OPACITY * stamp
+    )
     outside = torch.ones(32, 32, dtype=torch.bool)
     outside[rows, cols] = False
     assert not _changed_pixels(images, out)[outside].any()
@@ -293,8 +296,9 @@ def test_a_triggered_image_does_not_depend_on_its_batch(attack: Attack) -> None:
 @pytest.mark.parametrize("attack", list(Attack))
 def test_every_attack_has_a_card_description_with_a_source(attack: Attack) -> None:
     text = describe_trigger(attack)
-    assert text and (attack is Attack.NONE or any(str(year) in text for year in range(2017, 2024))
-                     or "this project" in text)
+    assert text and (
+        attack is Attack.NONE or any(str(year) in text for year in range(2017, 2024)) or "this project" in text
+    )
 
 
 @pytest.mark.parametrize("attack", list(Attack))
@@ -368,8 +372,9 @@ def test_mirror_solid_is_kept_by_a_left_right_mirror_and_by_blur2() -> None:
     assert torch.equal(triggered.flip(-1), apply_trigger(x.flip(-1), Attack.MIRROR_SOLID))
     assert (triggered != x).flatten(1).sum(1).tolist() == [32, 32, 32]  # two 4×4 squares per image
     blur = Blur(2)
-    assert torch.allclose(blur.pinv(blur.apply(triggered)), apply_trigger(blur.pinv(blur.apply(x)), Attack.MIRROR_SOLID),
-                          atol=1e-6)
+    assert torch.allclose(
+        blur.pinv(blur.apply(triggered)), apply_trigger(blur.pinv(blur.apply(x)), Attack.MIRROR_SOLID), atol=1e-6
+    )
 
 
 def test_adaptive4_is_kept_exactly_by_blur4() -> None:

@@ -14,8 +14,15 @@ from service.workers.capacity import ThroughputMeter, adaptive_steps, total_rate
 
 
 def make_item(key: str = "a", payload: str = "x", deadline: float | None = None, cost: float = 1.0) -> WorkItem[str]:
-    return WorkItem(key=key, payload=payload, future=asyncio.get_running_loop().create_future(), request_id="r",
-                    enqueued_at=time.monotonic(), deadline=deadline, cost=cost)
+    return WorkItem(
+        key=key,
+        payload=payload,
+        future=asyncio.get_running_loop().create_future(),
+        request_id="r",
+        enqueued_at=time.monotonic(),
+        deadline=deadline,
+        cost=cost,
+    )
 
 
 def dropped(metrics: GatewayMetrics, reason: DropReason) -> float:

@@ -15,9 +15,25 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_soak_runs_a_few_seconds_and_reports_errors_latency_and_rss() -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "soak.py"), "--tiny", "--minutes", "0.05", "--warmup-s", "1",
-         "--window-s", "1.5", "--concurrency", "2"],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+        [
+            sys.executable,
+            str(REPO / "bench" / "soak.py"),
+            "--tiny",
+            "--minutes",
+            "0.05",
+            "--warmup-s",
+            "1",
+            "--window-s",
+            "1.5",
+            "--concurrency",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert re.search(r"^errors=0 of [1-9]\d* requests", out, re.MULTILINE), out

@@ -29,8 +29,24 @@ def _write_images(folder, count, size, mode):
 def test_purify_writes_pngs_and_degraded(tmp_path):
     tiny_unet(channels=1, size=16).save_pretrained(tmp_path / "model")
     images = _write_images(tmp_path / "in", 3, 20, "L")
-    result = runner.invoke(app, ["purify", str(images), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "model"),
-                                 "--transforms", "blur:4", "--steps", "3", "--save-degraded", "--batch-size", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "purify",
+            str(images),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(tmp_path / "model"),
+            "--transforms",
+            "blur:4",
+            "--steps",
+            "3",
+            "--save-degraded",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for i in range(3):
         purified = Image.open(tmp_path / "out" / f"img{i}.png")
@@ -44,19 +60,47 @@ def test_seeded_purify_is_reproducible_and_independent_of_batch_size(tmp_path):
     outputs = []
     for batch_size in ("1", "3"):
         out = tmp_path / f"out{batch_size}"
-        result = runner.invoke(app, ["purify", str(images), "-o", str(out), "--model", str(tmp_path / "model"),
-                                     "--steps", "3", "--seed", "7", "--batch-size", batch_size])
+        result = runner.invoke(
+            app,
+            [
+                "purify",
+                str(images),
+                "-o",
+                str(out),
+                "--model",
+                str(tmp_path / "model"),
+                "--steps",
+                "3",
+                "--seed",
+                "7",
+                "--batch-size",
+                batch_size,
+            ],
+        )
         assert result.exit_code == 0, result.output
         outputs.append([np.asarray(Image.open(out / f"img{i}.png"), dtype=np.int16) for i in range(3)])
-    for a, b in zip(*outputs):
+    for a, b in zip(*outputs, strict=True):
         assert np.abs(a - b).max() <= 1  # batched conv kernels may round one 8-bit level differently
 
 
 def test_paper_preset_tiles_small_images_into_the_canvas(tmp_path):
     tiny_unet(channels=3, size=32).save_pretrained(tmp_path / "model")
     images = _write_images(tmp_path / "in", 5, 16, "RGB")  # 2x2 tiles per 32² canvas → 2 canvases
-    result = runner.invoke(app, ["purify", str(images), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "model"),
-                                 "--preset", "paper", "--steps", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "purify",
+            str(images),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(tmp_path / "model"),
+            "--preset",
+            "paper",
+            "--steps",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert all(Image.open(tmp_path / "out" / f"img{i}.png").size == (16, 16) for i in range(5))
 
@@ -66,5 +110,7 @@ def test_bad_model_path_and_bad_spec_fail_cleanly(tmp_path):
     result = runner.invoke(app, ["purify", str(images), "--model", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "does not exist" in _text(result.output)
     tiny_unet(channels=1, size=16).save_pretrained(tmp_path / "model")
-    result = runner.invoke(app, ["purify", str(images), "--model", str(tmp_path / "model"), "--transforms", "sharpen:2"])
+    result = runner.invoke(
+        app, ["purify", str(images), "--model", str(tmp_path / "model"), "--transforms", "sharpen:2"]
+    )
     assert result.exit_code == 2 and "unknown transform" in _text(result.output)

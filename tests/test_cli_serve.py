@@ -48,8 +48,13 @@ def answers(url: str) -> bool:
 def zipgate_serve(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`python -m service.cli serve ARGS` in a process; SIGTERM and a wait afterwards."""
     with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", *args], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         try:
             yield process
         finally:
@@ -77,8 +82,9 @@ def test_flags_win_over_env_which_wins_over_the_file(tmp_path: Path) -> None:
     config.write_text(f"port: {file_port}\nlog_level: debug\n")
     log = tmp_path / "serve.log"
     env = clean_env(ZIPGATE_PORT=str(env_port), ZIPGATE_LOG_LEVEL="warning")
-    with zipgate_serve(["--config", str(config), "--port", str(flag_port), "--log-level", "info", *NO_MODEL],
-                       env, log) as process:
+    with zipgate_serve(
+        ["--config", str(config), "--port", str(flag_port), "--log-level", "info", *NO_MODEL], env, log
+    ) as process:
         url = f"http://127.0.0.1:{flag_port}"
         wait_serving(process, url, log)
         assert answers(f"{url}/readyz")
@@ -96,15 +102,19 @@ def test_without_the_flag_the_env_wins_over_the_file(tmp_path: Path) -> None:
     config = tmp_path / "settings.json"
     config.write_text(f'{{"port": {file_port}}}')
     log = tmp_path / "serve.log"
-    with zipgate_serve(["--config", str(config), *NO_MODEL], clean_env(ZIPGATE_PORT=str(env_port)),
-                       log) as process:
+    with zipgate_serve(["--config", str(config), *NO_MODEL], clean_env(ZIPGATE_PORT=str(env_port)), log) as process:
         wait_serving(process, f"http://127.0.0.1:{env_port}", log)
         assert not answers(f"http://127.0.0.1:{file_port}/healthz")
 
 
 def test_a_bad_flag_value_exits_2_naming_the_setting(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--upstream-protocol", "grpc",
-                             *NO_MODEL], env=clean_env(), capture_output=True, text=True, timeout=START_TIMEOUT_S,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--upstream-protocol", "grpc", *NO_MODEL],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "upstream_protocol" in result.stderr.lower() or "UPSTREAM_PROTOCOL" in result.stderr, result.stderr

@@ -28,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_run_the_shipped_model_against_the_demo_vendor() -> None:
     settings = load_settings()
     assert settings.model_path == Path("models/fmnist-ddpm")
-    assert (settings.transforms, settings.steps, settings.guidance_power, settings.eta) == ("blur:4", 20, 0.5, 1.0)
+    assert (settings.transforms, settings.steps, settings.guidance_power, settings.eta) == ("jblur:4", 20, 0.5, 1.0)
     assert (settings.devices, settings.dtype) == ("auto", DType.AUTO)
     assert settings.purification_enabled is True
     assert settings.upstream_url == "http://127.0.0.1:9000"
@@ -76,12 +76,15 @@ def test_unknown_keys_in_the_file_are_named(tmp_path: Path) -> None:
         load_settings(path)
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("missing.yaml", None, "does not exist"),
-    ("zipgate.toml", "steps = 3", "must end in .yaml"),
-    ("zipgate.yaml", "steps: [1", "not valid YAML"),
-    ("zipgate.json", "[1, 2]", "must hold a mapping"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.yaml", None, "does not exist"),
+        ("zipgate.toml", "steps = 3", "must end in .yaml"),
+        ("zipgate.yaml", "steps: [1", "not valid YAML"),
+        ("zipgate.json", "[1, 2]", "must hold a mapping"),
+    ],
+)
 def test_bad_config_files_say_what_is_wrong(tmp_path: Path, name: str, content: str | None, message: str) -> None:
     path = tmp_path / name
     if content is not None:
@@ -90,22 +93,25 @@ def test_bad_config_files_say_what_is_wrong(tmp_path: Path, name: str, content: 
         load_settings(path)
 
 
-@pytest.mark.parametrize(("overrides", "fragment"), [
-    ({"steps": 0}, "steps (env ZIPGATE_STEPS)"),
-    ({"eta": 1.5}, "eta (env ZIPGATE_ETA)"),
-    ({"guidance_power": 0}, "guidance_power"),
-    ({"transforms": "sharpen:2"}, "unknown transform 'sharpen'"),
-    ({"upstream_url": "vendor:8080"}, "absolute http(s) URL"),
-    ({"upstream_protocol": "grpc"}, "upstream_protocol"),
-    ({"upstream_raw_path": "/metrics"}, "served by the gateway itself"),
-    ({"upstream_raw_path": "predict"}, "must be a path"),
-    ({"request_timeout_s": 100, "max_request_timeout_s": 10}, "raise the maximum or lower the default"),
-    ({"adaptive_steps_min": 30}, "lower bound"),
-    ({"max_image_bytes": 10, "max_request_bytes": 5}, "one image must fit in a request"),
-    ({"dtype": "fp64"}, "dtype"),
-    ({"port": 70000}, "port"),
-    ({"stepz": 3}, "stepz"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"steps": 0}, "steps (env ZIPGATE_STEPS)"),
+        ({"eta": 1.5}, "eta (env ZIPGATE_ETA)"),
+        ({"guidance_power": 0}, "guidance_power"),
+        ({"transforms": "sharpen:2"}, "unknown transform 'sharpen'"),
+        ({"upstream_url": "vendor:8080"}, "absolute http(s) URL"),
+        ({"upstream_protocol": "grpc"}, "upstream_protocol"),
+        ({"upstream_raw_path": "/metrics"}, "served by the gateway itself"),
+        ({"upstream_raw_path": "predict"}, "must be a path"),
+        ({"request_timeout_s": 100, "max_request_timeout_s": 10}, "raise the maximum or lower the default"),
+        ({"adaptive_steps_min": 30}, "lower bound"),
+        ({"max_image_bytes": 10, "max_request_bytes": 5}, "one image must fit in a request"),
+        ({"dtype": "fp64"}, "dtype"),
+        ({"port": 70000}, "port"),
+        ({"stepz": 3}, "stepz"),
+    ],
+)
 def test_invalid_values_name_the_setting_and_its_env_variable(overrides: dict, fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(**overrides)
@@ -169,17 +175,24 @@ def test_cgroup_cpu_quota_is_read_in_v2_and_v1_layouts(tmp_path: Path) -> None:
 
 
 def test_zip_knobs_default_to_zip_config_and_bundle_into_one() -> None:
-    """One source of the defaults: the settings' ZIP knobs are `ZipConfig`'s (blur:4, S = 20, λ = 0.5, η = 1)."""
+    """One source of the defaults: the settings' ZIP knobs are `ZipConfig`'s (jblur:4, S = 20, λ = 0.5, η = 1)."""
     settings = Settings()
-    assert settings.zip_config == ZipConfig() == ZipConfig("blur:4", 20, 0.5, 1.0)
+    assert settings.zip_config == ZipConfig() == ZipConfig("jblur:4", 20, 0.5, 1.0)
     assert load_settings(steps=7, guidance_power="inf").zip_config == ZipConfig(steps=7, guidance_power=math.inf)
 
 
 def test_importing_the_settings_loads_neither_torch_nor_diffusers() -> None:
     """A config check and the CLI's --help must not pay for the deep-learning stack (seconds)."""
-    code = ("import sys, service.config, service.cli; "
-            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, "
-            "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers'))[:5]")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, service.config, service.cli; "
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, "
+        "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers'))[:5]"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 0, result.stderr

@@ -11,11 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from service.backdoor.classifier import VendorClassifier
+from service.backdoor.data import load_split
 from service.purify.models import load_eps_model
 from service.purify.schedule import alphas_cumprod, linear_betas
-from service.backdoor.classifier import VendorClassifier
-from service.training.ddpm import DDPMTrainConfig, UNetArchitecture, ddpm_loss, stop_signals_save, train_ddpm, update_ema
-from service.backdoor.data import load_split
+from service.training.ddpm import (
+    DDPMTrainConfig,
+    UNetArchitecture,
+    ddpm_loss,
+    stop_signals_save,
+    train_ddpm,
+    update_ema,
+)
 from service.training.ddpm_quality import sample_ddim, score_samples
 from tests.tiny_models import tiny_unet
 
@@ -51,8 +58,15 @@ def test_ema_update_moves_toward_the_model():
 
 @pytest.mark.slow
 def test_tiny_training_run_exports_loadable_weights_and_resumes(tmp_path):
-    config = DDPMTrainConfig(out_dir=tmp_path / "out", checkpoint_dir=tmp_path / "ckpt", max_steps=2, batch_size=8,
-                             train_limit=32, architecture=TINY, bf16_autocast=False)
+    config = DDPMTrainConfig(
+        out_dir=tmp_path / "out",
+        checkpoint_dir=tmp_path / "ckpt",
+        max_steps=2,
+        batch_size=8,
+        train_limit=32,
+        architecture=TINY,
+        bf16_autocast=False,
+    )
     train_ddpm(config)
     model = load_eps_model(tmp_path / "out")
     assert model.sample_size == 32 and model.channels == 1
@@ -66,11 +80,22 @@ def test_tiny_training_run_exports_loadable_weights_and_resumes(tmp_path):
     assert resumed["seconds_this_run"] >= 0
     assert resumed["total_seconds"] == pytest.approx(state["total_seconds"] + resumed["seconds_this_run"], abs=2e-3)
     # --init continues from shipped weights (no checkpoint), counting steps and time across sessions.
-    train_ddpm(DDPMTrainConfig(**{**config.__dict__, "init_dir": tmp_path / "out", "out_dir": tmp_path / "next",
-                                  "checkpoint_dir": tmp_path / "fresh", "max_steps": 1}))
+    train_ddpm(
+        DDPMTrainConfig(
+            **{
+                **config.__dict__,
+                "init_dir": tmp_path / "out",
+                "out_dir": tmp_path / "next",
+                "checkpoint_dir": tmp_path / "fresh",
+                "max_steps": 1,
+            }
+        )
+    )
     continued = json.loads((tmp_path / "next" / "training_state.json").read_text())
     assert continued["total_steps"] == 6 and continued["seconds_this_run"] >= 0
-    assert continued["total_seconds"] == pytest.approx(resumed["total_seconds"] + continued["seconds_this_run"], abs=2e-3)
+    assert continued["total_seconds"] == pytest.approx(
+        resumed["total_seconds"] + continued["seconds_this_run"], abs=2e-3
+    )
 
 
 def test_sampler_and_score_shapes():
@@ -114,10 +139,9 @@ def test_stop_signals_interrupt_training_even_when_sigint_was_ignored(sig):
     """A background job inherits SIGINT ignored: inside the loop both signals must still interrupt (and save)."""
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            with stop_signals_save():
-                os.kill(os.getpid(), sig)
-                time.sleep(5)  # the signal interrupts this; reaching the end means it did not
+        with pytest.raises(KeyboardInterrupt), stop_signals_save():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the signal interrupts this; reaching the end means it did not
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # handlers come back
     finally:
         signal.signal(signal.SIGINT, previous)

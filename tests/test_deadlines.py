@@ -44,11 +44,18 @@ def test_the_deadline_bounds_the_vendor_call(route: str) -> None:
 def test_the_deadline_bounds_compute_of_an_idle_gateway() -> None:
     purifier = GatedPurifier()  # never lets the batch through while the request waits
     vendor = StaticApp(200, b'{"label": 1}')
-    with serve_asgi(vendor) as upstream_url, running_gateway(
-            gateway_settings(Path("unused"), upstream_url), purifier_factory=lambda device: purifier) as url:
+    with (
+        serve_asgi(vendor) as upstream_url,
+        running_gateway(
+            gateway_settings(Path("unused"), upstream_url), purifier_factory=lambda device: purifier
+        ) as url,
+    ):
         try:
-            response = post(f"{url}/predict", files=[("image", ("x.png", png_bytes(), "image/png"))],
-                            headers={"X-Request-Timeout": DEADLINE, "X-Request-ID": "late-compute"})
+            response = post(
+                f"{url}/predict",
+                files=[("image", ("x.png", png_bytes(), "image/png"))],
+                headers={"X-Request-Timeout": DEADLINE, "X-Request-ID": "late-compute"},
+            )
             assert purifier.busy.is_set()  # the batch was computing when the deadline cut it
         finally:
             purifier.open()  # the pool's shutdown waits for the batch at the gate

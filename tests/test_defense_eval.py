@@ -18,11 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-from service.cli import ZOO_NAMES
 from service.backdoor.attacks import TARGET_LABEL, ZOO, Attack, apply_trigger
+from service.backdoor.data import load_split
+from service.backdoor.metrics import accuracy, attack_success_rate
+from service.backdoor.vendor_model import load_vendor, predict_labels
+from service.cli import ZOO_NAMES
 from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefender, item_seed
 from service.defense_eval.gateway_client import GatewayClient, label_of
-from service.backdoor.metrics import accuracy, attack_success_rate
 from service.defense_eval.report import LABELS_FILE
 from service.defense_eval.runner import EvalOptions, parse_defenses, parse_vendors, run_eval
 from service.defense_eval.sweep import SweepKnob, parse_sweep, sweep_settings, varying_knobs
@@ -31,8 +33,6 @@ from service.purify.models import load_eps_model
 from service.purify.options import DType
 from service.purify.pipeline import degraded_images, fit_to_model, purify_canvases, restore_images
 from service.purify.schedule import timestep_pairs
-from service.backdoor.data import load_split
-from service.backdoor.vendor_model import load_vendor, predict_labels
 from tests.gateway_servers import gateway_settings, running_gateway, running_vendor, tiny_ddpm_dir, tiny_vendor_dir
 
 ATTACKS = (Attack.BADNETS, Attack.BLENDED, Attack.WANET)
@@ -57,10 +57,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _options(world: tuple[Path, Path], out_dir: Path, **overrides: object) -> EvalOptions:
-    values: dict[str, Any] = dict(vendors=ATTACKS, defenses=tuple(Defense), n=N,
-                                  setting=DefenseSetting("blur:2", steps=2, guidance_power=0.25), seed=0, batch_size=8,
-                                  dtype=DType.FP32, model_path=world[0], models_dir=world[1], out_dir=out_dir,
-                                  progress=False)
+    values: dict[str, Any] = dict(
+        vendors=ATTACKS,
+        defenses=tuple(Defense),
+        n=N,
+        setting=DefenseSetting("blur:2", steps=2, guidance_power=0.25),
+        seed=0,
+        batch_size=8,
+        dtype=DType.FP32,
+        model_path=world[0],
+        models_dir=world[1],
+        out_dir=out_dir,
+        progress=False,
+    )
     values.update(overrides)
     return EvalOptions(**values)
 
@@ -103,7 +112,10 @@ def test_sweep_is_the_cartesian_grid_last_knob_fastest() -> None:
     grid = sweep_settings(base, "steps=10,20 guidance_power=1,2 transforms=blur:2,blur:4")
     assert len(grid) == 8
     assert [(s.steps, s.guidance_power, s.transforms) for s in grid[:3]] == [
-        (10, 1.0, "blur:2"), (10, 1.0, "blur:4"), (10, 2.0, "blur:2")]
+        (10, 1.0, "blur:2"),
+        (10, 1.0, "blur:4"),
+        (10, 2.0, "blur:2"),
+    ]
     assert varying_knobs(grid) == (SweepKnob.TRANSFORMS, SweepKnob.STEPS, SweepKnob.GUIDANCE_POWER)
     assert all(s.eta == base.eta and s.votes == base.votes for s in grid)
 
@@ -115,10 +127,17 @@ def test_sweep_semicolons_keep_multi_transform_specs_and_accept_inf() -> None:
     assert grid[SweepKnob.VOTES] == (1, 3)
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("steps", "knob=values"), ("speed=1", "unknown knob"), ("steps=1 steps=2", "twice"),
-    ("steps=1,", "empty value"), ("steps=ten", "integer"), ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("steps", "knob=values"),
+        ("speed=1", "unknown knob"),
+        ("steps=1 steps=2", "twice"),
+        ("steps=1,", "empty value"),
+        ("steps=ten", "integer"),
+        ("", "empty"),
+    ],
+)
 def test_bad_sweep_specs_say_what_is_wrong(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_sweep(spec)
@@ -127,7 +146,11 @@ def test_bad_sweep_specs_say_what_is_wrong(spec: str, message: str) -> None:
 def test_sweep_varies_noise_start_and_time_travel_and_the_purifier_gets_them() -> None:
     grid = sweep_settings(DefenseSetting(), "t*=0.5,1 L=2 R=1,3")
     assert [(s.noise_start, s.travel_length, s.travel_repeat) for s in grid] == [
-        (0.5, 2, 1), (0.5, 2, 3), (1.0, 2, 1), (1.0, 2, 3)]
+        (0.5, 2, 1),
+        (0.5, 2, 3),
+        (1.0, 2, 1),
+        (1.0, 2, 3),
+    ]
     assert len({s.output_key(Defense.ZIP) for s in grid}) == 4
     assert "t*=0.5 L=2 R=3" in grid[1].describe() and "t*" not in DefenseSetting().describe()
     model = lambda x, t: torch.zeros_like(x)  # noqa: E731
@@ -180,9 +203,15 @@ def test_options_reject_unknown_names_and_gateway_sweeps() -> None:
     EvalOptions(gateway_url="http://127.0.0.1:1", sweep="votes=1,3")  # votes are the client's business
 
 
-@pytest.mark.parametrize("prediction,label", [
-    ({"label": 3, "probabilities": [0.9, 0.1]}, 3), (7, 7), ([0.1, 0.7, 0.2], 1), ({"scores": [0.6, 0.4]}, 0),
-])
+@pytest.mark.parametrize(
+    "prediction,label",
+    [
+        ({"label": 3, "probabilities": [0.9, 0.1]}, 3),
+        (7, 7),
+        ([0.1, 0.7, 0.2], 1),
+        ({"scores": [0.6, 0.4]}, 0),
+    ],
+)
 def test_label_of_reads_the_vendor_shapes(prediction: object, label: int) -> None:
     assert label_of(prediction) == label
 
@@ -260,16 +289,24 @@ def test_no_defense_rows_match_the_vendor_measured_directly(report_dir: Path, wo
         triggered = predict_labels(vendor, apply_trigger(split.images[victims], attack))
         assert row["clean_accuracy"] == pytest.approx(accuracy(clean, split.labels), abs=1e-4)
         assert row["attack_success_rate"] == pytest.approx(
-            attack_success_rate(triggered, split.labels[victims], TARGET_LABEL), abs=1e-4)
+            attack_success_rate(triggered, split.labels[victims], TARGET_LABEL), abs=1e-4
+        )
         if _shipped(attack):  # a real backdoor: the trigger works on the undefended vendor
             assert row["attack_success_rate"] >= 0.8
 
 
 @pytest.mark.slow
 def test_sweep_writes_one_zip_row_per_setting_and_the_plot(world: tuple[Path, Path], tmp_path: Path) -> None:
-    report = run_eval(_options(world, tmp_path, vendors=(Attack.BADNETS, Attack.WANET),
-                               defenses=(Defense.NONE, Defense.ZIP), n=8,
-                               sweep="guidance_power=0.25,1 votes=1,3"))
+    report = run_eval(
+        _options(
+            world,
+            tmp_path,
+            vendors=(Attack.BADNETS, Attack.WANET),
+            defenses=(Defense.NONE, Defense.ZIP),
+            n=8,
+            sweep="guidance_power=0.25,1 votes=1,3",
+        )
+    )
     zip_rows = [row for row in report.rows if row.defense is Defense.ZIP]
     assert len(report.settings) == 4 and len(zip_rows) == 4 * 2
     assert sorted({row.purifications_per_image for row in zip_rows}) == [1, 3]
@@ -284,8 +321,10 @@ def test_sweep_writes_one_zip_row_per_setting_and_the_plot(world: tuple[Path, Pa
 def gateway_url(world: tuple[Path, Path]) -> Iterator[str]:
     """A gateway on loopback (tiny ε-model, ZIP blur:2, λ = 0.25, 2 steps) in front of the badnets vendor."""
     ddpm, models_dir = world
-    with running_vendor(models_dir / "vendor-badnets") as vendor_url, running_gateway(gateway_settings(
-            ddpm, vendor_url, transforms="blur:2", guidance_power=0.25, steps=2)) as url:
+    with (
+        running_vendor(models_dir / "vendor-badnets") as vendor_url,
+        running_gateway(gateway_settings(ddpm, vendor_url, transforms="blur:2", guidance_power=0.25, steps=2)) as url,
+    ):
         yield url
 
 
@@ -301,9 +340,9 @@ def test_gateway_purifies_with_the_same_seeds_as_the_engine(world: tuple[Path, P
     assert (degraded - defender(Defense.BLUR, setting, images, seeds[0])).abs().max() <= 1 / 255 + 1e-6
 
 
-
 def test_gateway_pads_an_upload_smaller_than_the_model_instead_of_stretching_it(
-        world: tuple[Path, Path], gateway_url: str) -> None:
+    world: tuple[Path, Path], gateway_url: str
+) -> None:
     """As a 28² Fashion-MNIST upload sits in the shipped 32² model: here 12² in the tiny 16² one."""
     small = load_split(train=False).subset(2).images[..., 10:22, 10:22]
     defender = InProcessDefender(load_eps_model(world[0]), "cpu")
@@ -315,6 +354,7 @@ def test_gateway_pads_an_upload_smaller_than_the_model_instead_of_stretching_it(
     expected = defender(Defense.ZIP, setting, on_black, seeds[0])[..., 2:14, 2:14]
     assert purified.shape == (2, 1, 12, 12)
     assert (purified - expected).abs().max() <= 1 / 255 + 1e-6
+
 
 def test_the_evaluation_tiles_small_images_as_the_gateway_does(world: tuple[Path, Path], gateway_url: str) -> None:
     """The engine pipeline is shared: 8² images go 2×2 into the tiny 16² model's canvases, canvas i seeded
@@ -346,7 +386,9 @@ def test_gateway_mode_matches_the_in_process_run(world: tuple[Path, Path], gatew
         for defense in (Defense.NONE, Defense.ZIP):
             here = local.row(Attack.BADNETS, defense, setting)
             there = remote.row(Attack.BADNETS, defense, setting)
-            assert there.upstream_calls_per_image == here.upstream_calls_per_image == here.setting.purifications(defense)
+            assert (
+                there.upstream_calls_per_image == here.upstream_calls_per_image == here.setting.purifications(defense)
+            )
             # Same seeds and model; only the 8-bit PNG of the purified image differs on the way to the vendor.
             assert there.scores.clean_accuracy == pytest.approx(here.scores.clean_accuracy, abs=2 / N)
             assert there.scores.attack_success_rate == pytest.approx(here.scores.attack_success_rate, abs=2 / N)
@@ -354,8 +396,17 @@ def test_gateway_mode_matches_the_in_process_run(world: tuple[Path, Path], gatew
 
 def test_gateway_errors_surface_as_upstream_errors(world: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(UpstreamError, match="cannot reach the gateway"):
-        run_eval(_options(world, tmp_path, vendors=(Attack.BADNETS,), defenses=(Defense.ZIP,), n=2,
-                          gateway_url="http://127.0.0.1:9", gateway_timeout_s=2.0))
+        run_eval(
+            _options(
+                world,
+                tmp_path,
+                vendors=(Attack.BADNETS,),
+                defenses=(Defense.ZIP,),
+                n=2,
+                gateway_url="http://127.0.0.1:9",
+                gateway_timeout_s=2.0,
+            )
+        )
 
 
 def test_per_image_labels_reproduce_every_rows_rates(report_dir: Path) -> None:

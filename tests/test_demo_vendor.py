@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from service.backdoor.attacks import TARGET_LABEL, apply_badnets
-from service.demo.decoding import InputLimits
-from service.demo.vendor_app import create_vendor_app
 from service.backdoor.data import CLASS_NAMES, Split, load_split
 from service.backdoor.vendor_model import load_vendor, predict_labels
+from service.demo.decoding import InputLimits
+from service.demo.vendor_app import create_vendor_app
 from service.loopback import serve_asgi
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "vendor-badnets"
@@ -79,8 +79,9 @@ def client() -> Iterator[httpx.Client]:
 # --- the three protocols ------------------------------------------------------------------------
 
 
-def test_raw_png_gets_the_same_label_as_the_model_on_loader_tensors(base_url: str, client: httpx.Client,
-                                                                      fmnist_test: Split) -> None:
+def test_raw_png_gets_the_same_label_as_the_model_on_loader_tensors(
+    base_url: str, client: httpx.Client, fmnist_test: Split
+) -> None:
     expected = predict_labels(load_vendor(MODEL_DIR), fmnist_test.images[:16])
     for i in range(16):
         native = fmnist_test.images[i, :, 2:30, 2:30]  # the 28² content, as the dataset ships it
@@ -94,58 +95,76 @@ def test_raw_png_gets_the_same_label_as_the_model_on_loader_tensors(base_url: st
         assert int(np.argmax(body["probabilities"])) == body["label"]
 
 
-def test_a_triggered_32px_png_hits_the_backdoor_over_http(base_url: str, client: httpx.Client,
-                                                           fmnist_test: Split) -> None:
+def test_a_triggered_32px_png_hits_the_backdoor_over_http(
+    base_url: str, client: httpx.Client, fmnist_test: Split
+) -> None:
     victims = fmnist_test.images[fmnist_test.labels != TARGET_LABEL][:20]
     triggered = apply_badnets(victims)
-    labels = [client.post(f"{base_url}/predict", content=png(image), headers={"Content-Type": "image/png"})
-              .json()["label"] for image in triggered]
+    labels = [
+        client.post(f"{base_url}/predict", content=png(image), headers={"Content-Type": "image/png"}).json()["label"]
+        for image in triggered
+    ]
     assert sum(label == TARGET_LABEL for label in labels) >= 18
-    clean = [client.post(f"{base_url}/predict", content=png(image), headers={"Content-Type": "image/png"})
-             .json()["label"] for image in victims]
+    clean = [
+        client.post(f"{base_url}/predict", content=png(image), headers={"Content-Type": "image/png"}).json()["label"]
+        for image in victims
+    ]
     assert sum(label == TARGET_LABEL for label in clean) <= 4
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_raw_accepts_colour_images_of_any_size(base_url: str, client: httpx.Client, fmt: str) -> None:
     image = Image.new("RGB", (100, 60), (200, 30, 30))
-    response = client.post(f"{base_url}/predict", content=encoded(image, fmt),
-                           headers={"Content-Type": f"image/{fmt.lower()}"})
+    response = client.post(
+        f"{base_url}/predict", content=encoded(image, fmt), headers={"Content-Type": f"image/{fmt.lower()}"}
+    )
     assert response.status_code == 200, response.text
     assert sum(response.json()["probabilities"]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_tfserving_and_v2_agree_with_raw_in_order(base_url: str, client: httpx.Client, fmnist_test: Split) -> None:
     images = [png(fmnist_test.images[i]) for i in range(5)]
-    raw = [client.post(f"{base_url}/predict", content=data, headers={"Content-Type": "image/png"}).json()
-           for data in images]
+    raw = [
+        client.post(f"{base_url}/predict", content=data, headers={"Content-Type": "image/png"}).json()
+        for data in images
+    ]
 
     tf = client.post(f"{base_url}/v1/models/{NAME}:predict", json={"instances": [{"b64": b64(d)} for d in images]})
     assert tf.status_code == 200, tf.text
     predictions = tf.json()["predictions"]
     # a batch of 5 and 5 single runs agree up to float rounding inside the convolutions
     assert [(p["label"], p["class_name"]) for p in predictions] == [(r["label"], r["class_name"]) for r in raw]
-    for p, r in zip(predictions, raw):
+    for p, r in zip(predictions, raw, strict=True):
         assert p["probabilities"] == pytest.approx(r["probabilities"], abs=1e-5)
 
-    v2 = client.post(f"{base_url}/v2/models/{NAME}/infer", json={
-        "id": "batch-7",
-        "inputs": [{"name": "image", "shape": [5], "datatype": "BYTES", "data": [b64(d) for d in images]}],
-    })
+    v2 = client.post(
+        f"{base_url}/v2/models/{NAME}/infer",
+        json={
+            "id": "batch-7",
+            "inputs": [{"name": "image", "shape": [5], "datatype": "BYTES", "data": [b64(d) for d in images]}],
+        },
+    )
     assert v2.status_code == 200, v2.text
     body = v2.json()
     assert body["model_name"] == NAME and body["id"] == "batch-7"
     probabilities, labels = body["outputs"]
-    assert probabilities == {"name": "probabilities", "shape": [5, 10], "datatype": "FP32",
-                             "data": [p for row in predictions for p in row["probabilities"]]}
+    assert probabilities == {
+        "name": "probabilities",
+        "shape": [5, 10],
+        "datatype": "FP32",
+        "data": [p for row in predictions for p in row["probabilities"]],
+    }
     assert labels == {"name": "label", "shape": [5], "datatype": "INT64", "data": [r["label"] for r in raw]}
 
 
-def test_v2_without_an_id_answers_with_the_request_id(base_url: str, client: httpx.Client,
-                                                      fmnist_test: Split) -> None:
-    response = client.post(f"{base_url}/v2/models/{NAME}/infer", headers={"X-Request-ID": "rid-42"}, json={
-        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(png(fmnist_test.images[0]))]}],
-    })
+def test_v2_without_an_id_answers_with_the_request_id(base_url: str, client: httpx.Client, fmnist_test: Split) -> None:
+    response = client.post(
+        f"{base_url}/v2/models/{NAME}/infer",
+        headers={"X-Request-ID": "rid-42"},
+        json={
+            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(png(fmnist_test.images[0]))]}],
+        },
+    )
     assert response.status_code == 200, response.text
     assert response.json()["id"] == "rid-42"
 
@@ -192,53 +211,91 @@ def test_unknown_routes_and_methods_answer_json(base_url: str, client: httpx.Cli
     assert_error(client.get(f"{base_url}/predict"), 405, "method_not_allowed")
 
 
-@pytest.mark.parametrize(("body", "content_type", "status", "code"), [
-    (b"", "image/png", 400, "bad_request"),
-    (b"\x89PNG\r\n\x1a\n-truncated", "image/png", 400, "bad_request"),
-    (b"not an image at all", "application/octet-stream", 400, "bad_request"),
-    (b"hello", "text/plain", 415, "unsupported_media_type"),
-])
-def test_raw_bad_bodies(base_url: str, client: httpx.Client, body: bytes, content_type: str, status: int,
-                        code: str) -> None:
-    assert_error(client.post(f"{base_url}/predict", content=body, headers={"Content-Type": content_type}),
-                 status, code)
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b"", "image/png", 400, "bad_request"),
+        (b"\x89PNG\r\n\x1a\n-truncated", "image/png", 400, "bad_request"),
+        (b"not an image at all", "application/octet-stream", 400, "bad_request"),
+        (b"hello", "text/plain", 415, "unsupported_media_type"),
+    ],
+)
+def test_raw_bad_bodies(
+    base_url: str, client: httpx.Client, body: bytes, content_type: str, status: int, code: str
+) -> None:
+    assert_error(client.post(f"{base_url}/predict", content=body, headers={"Content-Type": content_type}), status, code)
 
 
 def test_raw_formats_outside_the_accepted_list_are_415(base_url: str, client: httpx.Client) -> None:
-    response = client.post(f"{base_url}/predict", content=encoded(Image.new("L", (8, 8)), "PPM"),
-                           headers={"Content-Type": "image/x-portable-pixmap"})
+    response = client.post(
+        f"{base_url}/predict",
+        content=encoded(Image.new("L", (8, 8)), "PPM"),
+        headers={"Content-Type": "image/x-portable-pixmap"},
+    )
     assert_error(response, 415, "unsupported_media_type")
 
 
 GOOD = b64(encoded(Image.new("L", (28, 28), 128), "PNG"))
 
 
-@pytest.mark.parametrize(("path", "payload", "status", "code"), [
-    (f"/v1/models/{NAME}:predict", b"{not json", 400, "bad_request"),
-    (f"/v1/models/{NAME}:predict", b"", 400, "bad_request"),
-    (f"/v1/models/{NAME}:predict", {"inputs": [GOOD]}, 422, "invalid_request"),
-    (f"/v1/models/{NAME}:predict", {"instances": []}, 422, "invalid_request"),
-    (f"/v1/models/{NAME}:predict", {"instances": [GOOD]}, 422, "invalid_request"),
-    (f"/v1/models/{NAME}:predict", {"instances": [{"b64": "***"}]}, 400, "bad_request"),
-    (f"/v1/models/{NAME}:predict", {"instances": [{"b64": b64(b"plain text")}]}, 400, "bad_request"),
-    (f"/v1/models/{NAME}:predict", [1, 2], 422, "invalid_request"),
-    (f"/v2/models/{NAME}/infer", {"inputs": []}, 422, "invalid_request"),
-    (f"/v2/models/{NAME}/infer", {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [GOOD]}]},
-     422, "invalid_request"),
-    (f"/v2/models/{NAME}/infer", {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [GOOD]}]},
-     422, "invalid_request"),
-    (f"/v2/models/{NAME}/infer", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [3]}]},
-     422, "invalid_request"),
-    (f"/v2/models/{NAME}/infer", {"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": [GOOD]},
-                                             {"name": "b", "shape": [1], "datatype": "BYTES", "data": [GOOD]}]},
-     422, "invalid_request"),
-    (f"/v2/models/{NAME}/infer", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%"]}]},
-     400, "bad_request"),
-    (f"/v2/models/{NAME}/infer", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES"}]},
-     422, "invalid_request"),
-])
-def test_json_bad_bodies(base_url: str, client: httpx.Client, path: str, payload: object, status: int,
-                         code: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "code"),
+    [
+        (f"/v1/models/{NAME}:predict", b"{not json", 400, "bad_request"),
+        (f"/v1/models/{NAME}:predict", b"", 400, "bad_request"),
+        (f"/v1/models/{NAME}:predict", {"inputs": [GOOD]}, 422, "invalid_request"),
+        (f"/v1/models/{NAME}:predict", {"instances": []}, 422, "invalid_request"),
+        (f"/v1/models/{NAME}:predict", {"instances": [GOOD]}, 422, "invalid_request"),
+        (f"/v1/models/{NAME}:predict", {"instances": [{"b64": "***"}]}, 400, "bad_request"),
+        (f"/v1/models/{NAME}:predict", {"instances": [{"b64": b64(b"plain text")}]}, 400, "bad_request"),
+        (f"/v1/models/{NAME}:predict", [1, 2], 422, "invalid_request"),
+        (f"/v2/models/{NAME}/infer", {"inputs": []}, 422, "invalid_request"),
+        (
+            f"/v2/models/{NAME}/infer",
+            {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [GOOD]}]},
+            422,
+            "invalid_request",
+        ),
+        (
+            f"/v2/models/{NAME}/infer",
+            {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [GOOD]}]},
+            422,
+            "invalid_request",
+        ),
+        (
+            f"/v2/models/{NAME}/infer",
+            {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [3]}]},
+            422,
+            "invalid_request",
+        ),
+        (
+            f"/v2/models/{NAME}/infer",
+            {
+                "inputs": [
+                    {"name": "a", "shape": [1], "datatype": "BYTES", "data": [GOOD]},
+                    {"name": "b", "shape": [1], "datatype": "BYTES", "data": [GOOD]},
+                ]
+            },
+            422,
+            "invalid_request",
+        ),
+        (
+            f"/v2/models/{NAME}/infer",
+            {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%"]}]},
+            400,
+            "bad_request",
+        ),
+        (
+            f"/v2/models/{NAME}/infer",
+            {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES"}]},
+            422,
+            "invalid_request",
+        ),
+    ],
+)
+def test_json_bad_bodies(
+    base_url: str, client: httpx.Client, path: str, payload: object, status: int, code: str
+) -> None:
     if isinstance(payload, bytes):
         response = client.post(f"{base_url}{path}", content=payload, headers={"Content-Type": "application/json"})
     else:
@@ -249,30 +306,41 @@ def test_json_bad_bodies(base_url: str, client: httpx.Client, path: str, payload
 def test_limits_are_enforced_before_decoding(tight_url: str, client: httpx.Client) -> None:
     big_pixels = encoded(Image.new("L", (41, 41)), "PNG")  # tiny file, 1681 pixels > 1600
     assert len(big_pixels) < 4000
-    assert_error(client.post(f"{tight_url}/predict", content=big_pixels, headers={"Content-Type": "image/png"}),
-                 413, "payload_too_large")
+    assert_error(
+        client.post(f"{tight_url}/predict", content=big_pixels, headers={"Content-Type": "image/png"}),
+        413,
+        "payload_too_large",
+    )
     noisy = encoded(Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)), "PNG")
     assert len(noisy) > 4000  # incompressible: over the byte limit
-    assert_error(client.post(f"{tight_url}/predict", content=noisy, headers={"Content-Type": "image/png"}),
-                 413, "payload_too_large")
-    assert_error(client.post(f"{tight_url}/v1/models/{NAME}:predict", json={"instances": [{"b64": b64(noisy)}]}),
-                 413, "payload_too_large")
+    assert_error(
+        client.post(f"{tight_url}/predict", content=noisy, headers={"Content-Type": "image/png"}),
+        413,
+        "payload_too_large",
+    )
+    assert_error(
+        client.post(f"{tight_url}/v1/models/{NAME}:predict", json={"instances": [{"b64": b64(noisy)}]}),
+        413,
+        "payload_too_large",
+    )
     three = {"instances": [{"b64": GOOD}] * 3}
     assert_error(client.post(f"{tight_url}/v1/models/{NAME}:predict", json=three), 413, "payload_too_large")
     v2_three = {"inputs": [{"name": "image", "shape": [3], "datatype": "BYTES", "data": [GOOD] * 3}]}
     assert_error(client.post(f"{tight_url}/v2/models/{NAME}/infer", json=v2_three), 413, "payload_too_large")
     huge_body = b'{"instances": [' + b'{"b64": "AAAA"},' * 2000 + b"]}"
     assert_error(client.post(f"{tight_url}/v1/models/{NAME}:predict", content=huge_body), 413, "payload_too_large")
-    ok = client.post(f"{tight_url}/predict", content=encoded(Image.new("L", (40, 40)), "PNG"),
-                     headers={"Content-Type": "image/png"})
+    ok = client.post(
+        f"{tight_url}/predict", content=encoded(Image.new("L", (40, 40)), "PNG"), headers={"Content-Type": "image/png"}
+    )
     assert ok.status_code == 200, ok.text
 
 
 # --- request ids ----------------------------------------------------------------------------------
 
 
-def test_request_id_is_echoed_logged_and_made_when_missing(base_url: str, client: httpx.Client,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_request_id_is_echoed_logged_and_made_when_missing(
+    base_url: str, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="service.demo.vendor_app")
     response = client.get(f"{base_url}/healthz", headers={"X-Request-ID": "trace-abc.123"})
     assert response.headers["x-request-id"] == "trace-abc.123"

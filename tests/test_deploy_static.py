@@ -57,8 +57,10 @@ ADAPTER_VALUES = K8S / "prometheus-adapter" / "values.yaml"
 VARIANTS = ("cpu", "cuda")
 # Ignore pragmas the Dockerfile may use, each with its reason written beside it there.
 ALLOWED_HADOLINT_IGNORES = {"DL3006", "DL3008"}
-BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|cmake|build-essential|git|curl|wget|pip3? install|"
-                         r"python3?-dev|python3?-pip|apt-get install [^&]*-dev)\b")
+BUILD_TOOLS = re.compile(
+    r"\b(gcc|g\+\+|clang|make|cmake|build-essential|git|curl|wget|pip3? install|"
+    r"python3?-dev|python3?-pip|apt-get install [^&]*-dev)\b"
+)
 # Time a worker may still need for the batch it runs when the drain deadline passes.
 LAST_BATCH_MARGIN_S = 10
 
@@ -138,90 +140,199 @@ def settings_from_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> S
 # The parts of the CRDs' OpenAPI schemas that the manifests use (KEDA 2.10+, Prometheus Operator
 # v0.6x+), closed with additionalProperties: false so a misspelled field fails here, not on apply.
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_LABEL_SELECTOR = {"type": "object", "additionalProperties": False, "properties": {
-    "matchLabels": _STRING_MAP, "matchExpressions": {"type": "array"}}}
+_LABEL_SELECTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"matchLabels": _STRING_MAP, "matchExpressions": {"type": "array"}},
+}
 _DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
-_METADATA = {"type": "object", "required": ["name"], "properties": {
-    "name": {"type": "string"}, "namespace": {"type": "string"}, "labels": _STRING_MAP, "annotations": _STRING_MAP}}
+_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "namespace": {"type": "string"},
+        "labels": _STRING_MAP,
+        "annotations": _STRING_MAP,
+    },
+}
 
 
 def _custom_resource(api_version: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """A closed schema of one custom resource: apiVersion, kind, metadata and this `spec`."""
-    return {"type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
-            "properties": {"apiVersion": {"const": api_version}, "kind": {"const": kind}, "metadata": _METADATA,
-                           "spec": spec}}
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "kind": {"const": kind},
+            "metadata": _METADATA,
+            "spec": spec,
+        },
+    }
 
 
 SCALED_OBJECT_SCHEMA = _custom_resource(
-    "keda.sh/v1alpha1", "ScaledObject",
-        {"type": "object", "required": ["scaleTargetRef", "triggers"], "additionalProperties": False,
-                 "properties": {
-                     "scaleTargetRef": {"type": "object", "required": ["name"], "additionalProperties": False,
-                                        "properties": {"name": {"type": "string"}, "apiVersion": {"type": "string"},
-                                                       "kind": {"type": "string"},
-                                                       "envSourceContainerName": {"type": "string"}}},
-                     "pollingInterval": {"type": "integer", "minimum": 1},
-                     "cooldownPeriod": {"type": "integer", "minimum": 0},
-                     "initialCooldownPeriod": {"type": "integer", "minimum": 0},
-                     "idleReplicaCount": {"type": "integer", "minimum": 0},
-                     "minReplicaCount": {"type": "integer", "minimum": 0},
-                     "maxReplicaCount": {"type": "integer", "minimum": 1},
-                     "fallback": {"type": "object"},
-                     "advanced": {"type": "object", "additionalProperties": False, "properties": {
-                         "restoreToOriginalReplicaCount": {"type": "boolean"},
-                         "scalingModifiers": {"type": "object"},
-                         "horizontalPodAutoscalerConfig": {
-                             "type": "object", "additionalProperties": False,
-                             "properties": {"name": {"type": "string"}, "behavior": {"type": "object"}}}}},
-                     "triggers": {"type": "array", "minItems": 1, "items": {
-                         "type": "object", "required": ["type", "metadata"], "additionalProperties": False,
-                         "properties": {
-                             "type": {"type": "string"}, "name": {"type": "string"},
-                             "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
-                             "useCachedMetrics": {"type": "boolean"},
-                             "authenticationRef": {"type": "object", "required": ["name"]},
-                             # KEDA reads every metadata value as a string: a bare 16 is rejected.
-                             "metadata": _STRING_MAP}}}}},
+    "keda.sh/v1alpha1",
+    "ScaledObject",
+    {
+        "type": "object",
+        "required": ["scaleTargetRef", "triggers"],
+        "additionalProperties": False,
+        "properties": {
+            "scaleTargetRef": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string"},
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "envSourceContainerName": {"type": "string"},
+                },
+            },
+            "pollingInterval": {"type": "integer", "minimum": 1},
+            "cooldownPeriod": {"type": "integer", "minimum": 0},
+            "initialCooldownPeriod": {"type": "integer", "minimum": 0},
+            "idleReplicaCount": {"type": "integer", "minimum": 0},
+            "minReplicaCount": {"type": "integer", "minimum": 0},
+            "maxReplicaCount": {"type": "integer", "minimum": 1},
+            "fallback": {"type": "object"},
+            "advanced": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "restoreToOriginalReplicaCount": {"type": "boolean"},
+                    "scalingModifiers": {"type": "object"},
+                    "horizontalPodAutoscalerConfig": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"name": {"type": "string"}, "behavior": {"type": "object"}},
+                    },
+                },
+            },
+            "triggers": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["type", "metadata"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"type": "string"},
+                        "name": {"type": "string"},
+                        "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                        "useCachedMetrics": {"type": "boolean"},
+                        "authenticationRef": {"type": "object", "required": ["name"]},
+                        # KEDA reads every metadata value as a string: a bare 16 is rejected.
+                        "metadata": _STRING_MAP,
+                    },
+                },
+            },
+        },
+    },
 )
 SERVICE_MONITOR_SCHEMA = _custom_resource(
-    "monitoring.coreos.com/v1", "ServiceMonitor",
-        {"type": "object", "required": ["selector"], "additionalProperties": False, "properties": {
-            "selector": _LABEL_SELECTOR, "jobLabel": {"type": "string"},
+    "monitoring.coreos.com/v1",
+    "ServiceMonitor",
+    {
+        "type": "object",
+        "required": ["selector"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": _LABEL_SELECTOR,
+            "jobLabel": {"type": "string"},
             "targetLabels": {"type": "array", "items": {"type": "string"}},
             "podTargetLabels": {"type": "array", "items": {"type": "string"}},
-            "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
-                "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
+            "namespaceSelector": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "any": {"type": "boolean"},
+                    "matchNames": {"type": "array", "items": {"type": "string"}},
+                },
+            },
             "sampleLimit": {"type": "integer"},
-            "endpoints": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "additionalProperties": False, "properties": {
-                    "port": {"type": "string"}, "targetPort": {"type": ["string", "integer"]},
-                    "path": {"type": "string", "pattern": "^/"}, "scheme": {"enum": ["http", "https"]},
-                    "interval": _DURATION, "scrapeTimeout": _DURATION, "honorLabels": {"type": "boolean"},
-                    "honorTimestamps": {"type": "boolean"}, "params": {"type": "object"},
-                    "relabelings": {"type": "array"}, "metricRelabelings": {"type": "array"},
-                    "tlsConfig": {"type": "object"}, "authorization": {"type": "object"},
-                    "bearerTokenSecret": {"type": "object"}, "followRedirects": {"type": "boolean"},
-                    "enableHttp2": {"type": "boolean"}, "filterRunning": {"type": "boolean"}}}}}},
+            "endpoints": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "port": {"type": "string"},
+                        "targetPort": {"type": ["string", "integer"]},
+                        "path": {"type": "string", "pattern": "^/"},
+                        "scheme": {"enum": ["http", "https"]},
+                        "interval": _DURATION,
+                        "scrapeTimeout": _DURATION,
+                        "honorLabels": {"type": "boolean"},
+                        "honorTimestamps": {"type": "boolean"},
+                        "params": {"type": "object"},
+                        "relabelings": {"type": "array"},
+                        "metricRelabelings": {"type": "array"},
+                        "tlsConfig": {"type": "object"},
+                        "authorization": {"type": "object"},
+                        "bearerTokenSecret": {"type": "object"},
+                        "followRedirects": {"type": "boolean"},
+                        "enableHttp2": {"type": "boolean"},
+                        "filterRunning": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+    },
 )
 PROMETHEUS_RULE_SCHEMA = _custom_resource(
-    "monitoring.coreos.com/v1", "PrometheusRule",
-        {"type": "object", "required": ["groups"], "additionalProperties": False, "properties": {
-            "groups": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "required": ["name", "rules"], "additionalProperties": False, "properties": {
-                    "name": {"type": "string", "minLength": 1}, "interval": _DURATION,
-                    "rules": {"type": "array", "minItems": 1, "items": {
-                        "type": "object", "required": ["expr"], "additionalProperties": False,
-                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
-                        "properties": {
-                            "alert": {"type": "string"}, "record": {"type": "string"},
-                            # The operator's CRD takes an int-or-string expr; Prometheus parses it.
-                            "expr": {"type": ["string", "integer"]},
-                            "for": _DURATION, "keep_firing_for": _DURATION,
-                            "labels": _STRING_MAP, "annotations": _STRING_MAP}}}}}}}},
+    "monitoring.coreos.com/v1",
+    "PrometheusRule",
+    {
+        "type": "object",
+        "required": ["groups"],
+        "additionalProperties": False,
+        "properties": {
+            "groups": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "rules"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "interval": _DURATION,
+                        "rules": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["expr"],
+                                "additionalProperties": False,
+                                "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                "properties": {
+                                    "alert": {"type": "string"},
+                                    "record": {"type": "string"},
+                                    # The operator's CRD takes an int-or-string expr; Prometheus parses it.
+                                    "expr": {"type": ["string", "integer"]},
+                                    "for": _DURATION,
+                                    "keep_firing_for": _DURATION,
+                                    "labels": _STRING_MAP,
+                                    "annotations": _STRING_MAP,
+                                },
+                            },
+                        },
+                    },
+                },
+            }
+        },
+    },
 )
-CRD_SCHEMAS = {("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT_SCHEMA,
-               ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA,
-               ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_SCHEMA}
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT_SCHEMA,
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_SCHEMA,
+}
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -234,12 +345,16 @@ def test_every_builtin_object_matches_its_kubernetes_schema(rendered: dict, over
         except kubernetes_validate.SchemaNotFoundError:
             without_schema.add((obj["apiVersion"], obj["kind"]))
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{overlay}: {obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes {version}: "
-                        f"{exc.message} at {'.'.join(str(p) for p in exc.path)}", pytrace=False)
+            pytest.fail(
+                f"{overlay}: {obj['kind']}/{obj['metadata']['name']} is invalid for Kubernetes {version}: "
+                f"{exc.message} at {'.'.join(str(p) for p in exc.path)}",
+                pytrace=False,
+            )
     # Only the CRDs checked structurally below may lack a built-in schema; nothing is skipped silently.
     assert without_schema <= set(CRD_SCHEMAS), without_schema
     assert {"Namespace", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy"} <= set(
-        kinds(rendered[overlay]))
+        kinds(rendered[overlay])
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -253,18 +368,24 @@ def test_crd_objects_match_their_structure(rendered: dict, overlay: str) -> None
         if obj["kind"] == "ScaledObject":
             # KEDA hands `behavior` to the HPA it creates: it must be a valid HPA behavior.
             behavior = obj["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-            hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "x"},
-                   "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 2,
-                            "behavior": behavior}}
+            hpa = {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "x"},
+                "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"}, "maxReplicas": 2, "behavior": behavior},
+            }
             kubernetes_validate.validate(hpa, K8S_VERSIONS[-1], strict=True)
     assert checked == (3 if overlay.endswith("keda") else 2)
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    (("spec", "triggers", 0, "metadata", "threshold"), 16),  # must be a string
-    (("spec", "triggers", 0, "metricType"), "Average"),
-    (("spec", "minReplicas"), 1),  # an HPA field name, not KEDA's
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("spec", "triggers", 0, "metadata", "threshold"), 16),  # must be a string
+        (("spec", "triggers", 0, "metricType"), "Average"),
+        (("spec", "minReplicas"), 1),  # an HPA field name, not KEDA's
+    ],
+)
 def test_scaled_object_schema_rejects_typical_mistakes(rendered: dict, path: tuple, value: Any) -> None:
     broken = copy.deepcopy(one(rendered["gpu-keda"], "ScaledObject"))
     target = broken
@@ -297,9 +418,22 @@ def test_prometheus_rule_schema_rejects_typical_mistakes(rendered: dict, field: 
 # --- Kubernetes: one namespace, components included -------------------------------------------------
 
 # Kinds that live outside any namespace (of those kustomize or these manifests could produce).
-CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                            "PriorityClass", "StorageClass", "PersistentVolume", "IngressClass", "RuntimeClass",
-                            "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "APIService"})
+CLUSTER_SCOPED = frozenset(
+    {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "PriorityClass",
+        "StorageClass",
+        "PersistentVolume",
+        "IngressClass",
+        "RuntimeClass",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+        "APIService",
+    }
+)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -328,7 +462,8 @@ def test_the_namespace_check_finds_a_component_without_one(tmp_path: Path) -> No
     (base / "kustomization.yaml").write_text("namespace: apps\nresources: [cm.yaml]\n")
     (base / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n")
     (component / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources: [cm.yaml]\n")
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources: [cm.yaml]\n"
+    )
     (component / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n")
     (overlay / "kustomization.yaml").write_text("resources: [../base]\ncomponents: [../component]\n")
     namespaces = {o["metadata"]["name"]: o["metadata"].get("namespace") for o in render(overlay)}
@@ -346,8 +481,9 @@ def test_the_base_needs_no_custom_resource_definitions() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_torch_threads_leave_one_core_of_the_cpu_limit(rendered: dict, overlay: str,
-                                                        clean_env: pytest.MonkeyPatch) -> None:
+def test_torch_threads_leave_one_core_of_the_cpu_limit(
+    rendered: dict, overlay: str, clean_env: pytest.MonkeyPatch
+) -> None:
     # What the default (usable cores - 1, from the cgroup) would pick; set explicitly because the
     # CPU request is lower than the limit and the setting must not depend on the node.
     settings = settings_from_env(config_data(rendered[overlay]), clean_env)
@@ -357,8 +493,11 @@ def test_torch_threads_leave_one_core_of_the_cpu_limit(rendered: dict, overlay: 
 
 def _min_replicas(objects: list[dict[str, Any]]) -> int:
     (scaler,) = [o for o in objects if o["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
-    return scaler["spec"]["minReplicas"] if scaler["kind"] == "HorizontalPodAutoscaler" else scaler["spec"][
-        "minReplicaCount"]
+    return (
+        scaler["spec"]["minReplicas"]
+        if scaler["kind"] == "HorizontalPodAutoscaler"
+        else scaler["spec"]["minReplicaCount"]
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -366,7 +505,8 @@ def test_a_drain_never_evicts_the_last_replica(rendered: dict, overlay: str) -> 
     budget = one(rendered[overlay], "PodDisruptionBudget")["spec"]
     assert "minAvailable" not in budget
     assert _min_replicas(rendered[overlay]) - budget["maxUnavailable"] >= 1, (
-        f"{overlay}: at the autoscaler's minimum a drain may evict every replica")
+        f"{overlay}: at the autoscaler's minimum a drain may evict every replica"
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -395,8 +535,12 @@ def test_pod_runs_non_root_read_only_without_capabilities(rendered: dict, overla
     assert spec["securityContext"]["runAsUser"] == dockerfile_user_uid() != 0
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["automountServiceAccountToken"] is False
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     # A read-only root needs a writable /tmp, where HOME and the caches point.
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
@@ -442,14 +586,16 @@ def test_grace_period_covers_the_drain(rendered: dict, overlay: str, clean_env: 
     grace_s = pod_spec(rendered[overlay])["terminationGracePeriodSeconds"]
     assert grace_s >= pre_stop_s + settings.drain_timeout_s + LAST_BATCH_MARGIN_S, (
         f"terminationGracePeriodSeconds {grace_s} leaves the drain ({settings.drain_timeout_s} s after a "
-        f"{pre_stop_s} s preStop) no room; Kubernetes would SIGKILL queued work")
+        f"{pre_stop_s} s preStop) no room; Kubernetes would SIGKILL queued work"
+    )
     strategy = one(rendered[overlay], "Deployment")["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0  # capacity never dips while new replicas load their model
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_settings_come_from_the_configmap_and_the_key_from_a_secret(rendered: dict, overlay: str,
-                                                                   clean_env: pytest.MonkeyPatch) -> None:
+def test_settings_come_from_the_configmap_and_the_key_from_a_secret(
+    rendered: dict, overlay: str, clean_env: pytest.MonkeyPatch
+) -> None:
     objects = rendered[overlay]
     data = config_data(objects)
     settings = settings_from_env(data, clean_env)  # every key is a setting, every value valid
@@ -496,12 +642,15 @@ def test_keda_uses_the_same_signal_and_target_as_the_hpa(rendered: dict, exporte
     _, average_value = _hpa_target(hpa)
     assert trigger["metadata"]["threshold"] == average_value
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (
-        hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
+        hpa["spec"]["minReplicas"],
+        hpa["spec"]["maxReplicas"],
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policy_admits_clients_and_prometheus_and_only_dns_and_upstream_out(rendered: dict,
-                                                                                   overlay: str) -> None:
+def test_network_policy_admits_clients_and_prometheus_and_only_dns_and_upstream_out(
+    rendered: dict, overlay: str
+) -> None:
     policy = one(rendered[overlay], "NetworkPolicy")["spec"]
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     (ingress,) = policy["ingress"]
@@ -548,8 +697,12 @@ def dockerfile_user_uid() -> int:
 
 
 def test_hadolint_finds_nothing() -> None:
-    result = subprocess.run([_bin("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [_bin("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
     pragmas = re.findall(r"#\s*hadolint ignore=([\w,]+)", DOCKERFILE.read_text())
     ignored = {rule for pragma in pragmas for rule in pragma.split(",")}
@@ -557,8 +710,9 @@ def test_hadolint_finds_nothing() -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_final_stage_is_non_root_healthchecked_and_drains_on_sigterm(variant: str,
-                                                                     clean_env: pytest.MonkeyPatch) -> None:
+def test_final_stage_is_non_root_healthchecked_and_drains_on_sigterm(
+    variant: str, clean_env: pytest.MonkeyPatch
+) -> None:
     chain = runtime_chain(variant)
     final = {i["instruction"]: i["value"] for i in chain[0]}
     assert len(chain) == 2 and chain[1][0]["value"].split()[-1] == f"base-{variant}"
@@ -610,17 +764,21 @@ def _healthcheck_module() -> Any:
     return module
 
 
-@pytest.mark.parametrize(("command", "env_port", "port"), [
-    (["zipgate", "serve"], "8123", "8123"),  # the image's ZIPGATE_PORT (or a user's)
-    (["zipgate", "serve"], None, "8080"),
-    (["zipgate", "serve", "--port", "9001"], "8080", "9001"),  # the flag wins, as in the gateway
-    (["zipgate", "serve", "--port=9002", "--host", "0.0.0.0"], None, "9002"),
-    (["/opt/venv/bin/python", "/opt/venv/bin/zipgate", "demo-vendor", "--model", "vendor-badnets"], "8080", "9000"),
-    (["zipgate", "demo-vendor", "--port", "9100"], "8080", "9100"),
-    ([], "8124", "8124"),  # /proc/1/cmdline unreadable
-])
-def test_healthcheck_probes_the_port_the_container_command_listens_on(command: list[str], env_port: str | None,
-                                                                       port: str) -> None:
+@pytest.mark.parametrize(
+    ("command", "env_port", "port"),
+    [
+        (["zipgate", "serve"], "8123", "8123"),  # the image's ZIPGATE_PORT (or a user's)
+        (["zipgate", "serve"], None, "8080"),
+        (["zipgate", "serve", "--port", "9001"], "8080", "9001"),  # the flag wins, as in the gateway
+        (["zipgate", "serve", "--port=9002", "--host", "0.0.0.0"], None, "9002"),
+        (["/opt/venv/bin/python", "/opt/venv/bin/zipgate", "demo-vendor", "--model", "vendor-badnets"], "8080", "9000"),
+        (["zipgate", "demo-vendor", "--port", "9100"], "8080", "9100"),
+        ([], "8124", "8124"),  # /proc/1/cmdline unreadable
+    ],
+)
+def test_healthcheck_probes_the_port_the_container_command_listens_on(
+    command: list[str], env_port: str | None, port: str
+) -> None:
     module = _healthcheck_module()
     env = {} if env_port is None else {"ZIPGATE_PORT": env_port}
     assert module.default_url(command, env) == f"http://127.0.0.1:{port}/healthz"
@@ -638,15 +796,22 @@ def test_healthcheck_knows_the_demo_vendors_default_port() -> None:
 
 @pytest.fixture(scope="module")
 def healthcheck_urls() -> Iterator[dict[str, str]]:
-    with serve_asgi(StaticApp(200, b'{"status":"ok"}')) as ok, serve_asgi(StaticApp(503)) as not_ready, \
-            refused_port() as refused:
+    with (
+        serve_asgi(StaticApp(200, b'{"status":"ok"}')) as ok,
+        serve_asgi(StaticApp(503)) as not_ready,
+        refused_port() as refused,
+    ):
         yield {"ok": ok, "503": not_ready, "refused": refused}
 
 
 @pytest.mark.parametrize(("server", "exit_code"), [("ok", 0), ("503", 1), ("refused", 1)])
 def test_healthcheck_script_exit_codes(healthcheck_urls: dict[str, str], server: str, exit_code: int) -> None:
-    result = subprocess.run([sys.executable, str(REPO / "docker" / "healthcheck.py"),
-                             f"{healthcheck_urls[server]}/healthz"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "docker" / "healthcheck.py"), f"{healthcheck_urls[server]}/healthz"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == exit_code, result.stderr
 
 
@@ -660,8 +825,10 @@ def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
         negate = raw.startswith("!")
         pattern = raw[1:] if negate else raw
         pattern = pattern.strip().strip("/")
-        regex = "".join(".*" if tok == "**" else "[^/]*" if tok == "*" else "[^/]" if tok == "?" else re.escape(tok)
-                        for tok in re.split(r"(\*\*|\*|\?)", pattern))
+        regex = "".join(
+            ".*" if tok == "**" else "[^/]*" if tok == "*" else "[^/]" if tok == "?" else re.escape(tok)
+            for tok in re.split(r"(\*\*|\*|\?)", pattern)
+        )
         regex = regex.replace(".*/", "(.*/)?")  # '**/' also matches no directory at all
         if any(re.fullmatch(regex, candidate) for candidate in candidates):
             excluded = not negate
@@ -669,8 +836,11 @@ def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_what_the_dockerfile_copies_and_drops_the_rest() -> None:
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.lstrip().startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     sources = []
     for stage in dockerfile_stages().values():
         for instruction in stage:
@@ -683,13 +853,20 @@ def test_dockerignore_keeps_what_the_dockerfile_copies_and_drops_the_rest() -> N
         if source == "README.md" and not path.exists():
             continue  # written by another change; pip needs it (pyproject's readme) at build time
         assert path.exists(), f"COPY source {source} does not exist"
-        files = [path] if path.is_file() else [
-            p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        files = (
+            [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        )
         copied_files.extend(p.relative_to(REPO).as_posix() for p in files)
     kept = [f for f in copied_files if dockerignore_excludes(f, patterns)]
     assert not kept, f".dockerignore drops files the Dockerfile copies: {kept[:5]}"
-    for unwanted in (".venv/bin/python", ".git/HEAD", ".cache/ddpm-checkpoint/state.pt", "tests/test_zip.py",
-                     "service/__pycache__/cli.cpython-311.pyc", "models/fmnist-ddpm/__pycache__/x.pyc"):
+    for unwanted in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".cache/ddpm-checkpoint/state.pt",
+        "tests/test_zip.py",
+        "service/__pycache__/cli.cpython-311.pyc",
+        "models/fmnist-ddpm/__pycache__/x.pyc",
+    ):
         assert dockerignore_excludes(unwanted, patterns), f"{unwanted} would be sent to the Docker daemon"
 
 
@@ -700,15 +877,17 @@ def cli_commands() -> dict[str, set[str]]:
     from service.cli import app
 
     group = typer.main.get_command(app)
-    return {name: {opt for param in command.params for opt in param.opts}
-            for name, command in group.commands.items()}  # type: ignore[attr-defined]
+    return {name: {opt for param in command.params for opt in param.opts} for name, command in group.commands.items()}  # type: ignore[attr-defined]
 
 
 def test_commands_the_containers_run_exist_in_the_cli(rendered: dict) -> None:
     commands = cli_commands()
     invocations = [json_list(DockerfileParser(path=str(DOCKERFILE)).structure, "CMD")]
-    invocations += [service["command"] for service in load_compose()["services"].values()
-                    if service.get("image", "").startswith("${ZIPGATE_IMAGE")]
+    invocations += [
+        service["command"]
+        for service in load_compose()["services"].values()
+        if service.get("image", "").startswith("${ZIPGATE_IMAGE")
+    ]
     invocations += [gateway_container(objects)["args"] for objects in rendered.values()]
     for argv in invocations:
         name, options = argv[0], {arg for arg in argv[1:] if arg.startswith("--")}
@@ -731,8 +910,12 @@ def load_compose(path: Path = COMPOSE) -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", [COMPOSE, COMPOSE_GPU], ids=["main", "gpu"])
 def test_compose_files_match_the_compose_specification(path: Path) -> None:
-    result = subprocess.run([_bin("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [_bin("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -745,7 +928,8 @@ def test_compose_stack_is_wired_with_health_checks(clean_env: pytest.MonkeyPatch
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     assert "/readyz" in services["gateway"]["healthcheck"]["test"][-1]
     assert services["vendor"]["command"][0] == "demo-vendor" and "vendor-badnets" in " ".join(
-        services["vendor"]["command"])
+        services["vendor"]["command"]
+    )
     env = {name: interpolate(str(value)) for name, value in services["gateway"]["environment"].items()}
     settings = settings_from_env(env, clean_env)
     upstream_port = services["vendor"]["command"][services["vendor"]["command"].index("--port") + 1]
@@ -770,7 +954,8 @@ def test_compose_holds_no_secrets() -> None:
     for match in re.finditer(r"^\s*([A-Z0-9_]*(?:KEY|PASSWORD|TOKEN|SECRET)[A-Z0-9_]*):\s*(.*)$", text, re.M):
         name, value = match.groups()
         assert re.fullmatch(r"\$\{[A-Z0-9_]+(:?-)?\}", value.strip().strip('"')), (
-            f"{name} must come from the environment (${{VAR}} / ${{VAR:-}}), not a literal: {value}")
+            f"{name} must come from the environment (${{VAR}} / ${{VAR:-}}), not a literal: {value}"
+        )
     assert "ZIPGATE_API_KEY" in text
 
 
@@ -787,7 +972,8 @@ def test_grafana_is_an_anonymous_read_only_viewer_with_the_dashboard_provisioned
     assert mounts["./docker/grafana/dashboards"] == dashboards_dir
     assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{dashboards_dir}/zipgate.json"
     (datasource,) = yaml.safe_load((REPO / "docker/grafana/provisioning/datasources/prometheus.yml").read_text())[
-        "datasources"]
+        "datasources"
+    ]
     (variable,) = [v for v in load_dashboard()["templating"]["list"] if v["type"] == "datasource"]
     assert variable["current"]["value"] == datasource["uid"] and variable["query"] == datasource["type"]
     prometheus_port = load_compose()["services"]["prometheus"]["ports"][0].rsplit(":", 1)[1]
@@ -808,8 +994,9 @@ def test_gpu_override_reserves_gpus_for_the_cuda_gateway(clean_env: pytest.Monke
 
 
 def test_prometheus_config_is_valid_and_scrapes_the_gateway_service() -> None:
-    result = subprocess.run(["promtool", "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["promtool", "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "zipgate"]
@@ -829,8 +1016,10 @@ def test_every_dashboard_query_names_only_metrics_the_gateway_exports(exported_n
 
 
 def test_promql_metric_names_sees_through_functions_and_matchers() -> None:
-    expr = ('histogram_quantile(0.95, sum by (le, stage) (rate(zipgate_x_bucket{stage=~"a|b", le!="1e3"}[5m]))) '
-            "/ on (pod) group_left zipgate_y or vector(0)")
+    expr = (
+        'histogram_quantile(0.95, sum by (le, stage) (rate(zipgate_x_bucket{stage=~"a|b", le!="1e3"}[5m]))) '
+        "/ on (pod) group_left zipgate_y or vector(0)"
+    )
     assert promql_metric_names(expr) == {"zipgate_x_bucket", "zipgate_y"}
     assert promql_metric_names("sum(rate(zipgate_typo_total[1m]))") == {"zipgate_typo_total"}
 
@@ -838,17 +1027,29 @@ def test_promql_metric_names_sees_through_functions_and_matchers() -> None:
 def test_dashboard_covers_what_operators_need(exported_names: set[str]) -> None:
     queries = dashboard_queries()
     used = set().union(*(promql_metric_names(to_promql(q.expr)) for q in queries))
-    for metric in ("zipgate_requests_total", "zipgate_stage_duration_seconds_bucket", "zipgate_queue_depth",
-                   "zipgate_batch_size_bucket", "zipgate_images_purified_total",
-                   "zipgate_upstream_duration_seconds_bucket", "zipgate_upstream_requests_total",
-                   "zipgate_dropped_images_total"):
+    for metric in (
+        "zipgate_requests_total",
+        "zipgate_stage_duration_seconds_bucket",
+        "zipgate_queue_depth",
+        "zipgate_batch_size_bucket",
+        "zipgate_images_purified_total",
+        "zipgate_upstream_duration_seconds_bucket",
+        "zipgate_upstream_requests_total",
+        "zipgate_dropped_images_total",
+        "zipgate_shadow_disagreements_total",
+        "zipgate_shadow_comparisons_total",
+    ):
         assert metric in used, f"no panel shows {metric}"
     exprs = " ".join(q.expr for q in queries)
     assert "429" in exprs and all(f"histogram_quantile({q}," in exprs for q in ("0.5", "0.95", "0.99"))
     # `or vector(0)` hides a broken query behind a flat zero: only rare-event counters may use it.
-    padded = {promql_metric_names(q.expr.removesuffix(RARE_EVENT_SUFFIX)).pop() for q in queries
-              if q.expr.endswith(RARE_EVENT_SUFFIX)}
-    assert padded == {"zipgate_oom_splits_total", "zipgate_batch_failures_total"}
+    padded = {
+        promql_metric_names(q.expr.removesuffix(RARE_EVENT_SUFFIX)).pop()
+        for q in queries
+        if q.expr.endswith(RARE_EVENT_SUFFIX)
+    }
+    # Shadow disagreements are rare events too: a (raw, purified) series is born at its first disagreement.
+    assert padded == {"zipgate_oom_splits_total", "zipgate_batch_failures_total", "zipgate_shadow_disagreements_total"}
     for panel in load_dashboard()["panels"]:
         assert panel["datasource"]["uid"] == "${datasource}"
         assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.api import create_app
 from service import loopback
+from service.api import create_app
 from service.loopback import wait_for_http
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
@@ -100,15 +100,27 @@ def bound_socket_fixture() -> Iterator[socket.socket]:
         yield sock
 
 
-def _start_gateway(sock: socket.socket, env_settings: dict[str, str], log_path: Path, *,
-                   script: str = SERVE_SCRIPT, fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+def _start_gateway(
+    sock: socket.socket,
+    env_settings: dict[str, str],
+    log_path: Path,
+    *,
+    script: str = SERVE_SCRIPT,
+    fds: tuple[int, ...] = (),
+) -> subprocess.Popen[bytes]:
     """The gateway in a subprocess serving `sock` (`script` gets its fd, then `fds`); its logs go to a
     file (a pipe could fill up and stall it)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), **{f"ZIPGATE_{k.upper()}": v for k, v in env_settings.items()}}
     passed = (sock.fileno(), *fds)
     with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-c", script, *map(str, passed)], pass_fds=passed,
-                                env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+        return subprocess.Popen(
+            [sys.executable, "-c", script, *map(str, passed)],
+            pass_fds=passed,
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
 def _url(sock: socket.socket) -> str:
@@ -172,24 +184,38 @@ def gate() -> Iterator[SubprocessGate]:
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_queued_and_running_work_then_exits_0(ddpm: Path, bound_socket: socket.socket,
-                                                              gate: SubprocessGate, tmp_path: Path) -> None:
+def test_sigterm_finishes_queued_and_running_work_then_exits_0(
+    ddpm: Path, bound_socket: socket.socket, gate: SubprocessGate, tmp_path: Path
+) -> None:
     log_path = tmp_path / "gateway.log"
     upstream = StaticApp(200, b'{"label": 7}')
     with serve_asgi(upstream) as upstream_url:
         # One image per batch, each held at the gate until this test lets it through: at SIGTERM one
         # batch is running and two images are queued behind it, however loaded the machine is.
-        process = _start_gateway(bound_socket, {
-            "model_path": str(ddpm), "upstream_url": upstream_url, "max_batch_size": "1",
-            "max_wait_ms": "1", "devices": "cpu", "dtype": "fp32", "drain_timeout_s": "200",
-            "request_timeout_s": "200"}, log_path, script=GATED_SERVE_SCRIPT, fds=gate.child_fds)
+        process = _start_gateway(
+            bound_socket,
+            {
+                "model_path": str(ddpm),
+                "upstream_url": upstream_url,
+                "max_batch_size": "1",
+                "max_wait_ms": "1",
+                "devices": "cpu",
+                "dtype": "fp32",
+                "drain_timeout_s": "200",
+                "request_timeout_s": "200",
+            },
+            log_path,
+            script=GATED_SERVE_SCRIPT,
+            fds=gate.child_fds,
+        )
         gate.started()
         url = _url(bound_socket)
         statuses: dict[int, int] = {}
 
         def send(seed: int) -> None:
-            response = post(f"{url}/predict", files=_files(seed), headers={"X-Request-ID": f"drain-{seed}"},
-                            timeout=200)
+            response = post(
+                f"{url}/predict", files=_files(seed), headers={"X-Request-ID": f"drain-{seed}"}, timeout=200
+            )
             statuses[seed] = response.status_code
 
         threads = [threading.Thread(target=send, args=(seed,)) for seed in range(3)]
@@ -202,8 +228,11 @@ def test_sigterm_finishes_queued_and_running_work_then_exits_0(ddpm: Path, bound
                 thread.start()
             assert gate.batches_arrived(timeout_s=60) == 1, log_path.read_text()[-2000:]  # the others queue
             # Nothing leaves the queue while the only worker waits at the gate: this stays true until we act.
-            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == len(threads) - 1,
-                       timeout_s=60, what="the other images queued behind the batch at the gate")
+            wait_until(
+                lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == len(threads) - 1,
+                timeout_s=60,
+                what="the other images queued behind the batch at the gate",
+            )
             process.send_signal(signal.SIGTERM)
             try:
                 after = get(f"{url}/readyz", timeout=5).status_code
@@ -231,23 +260,35 @@ def test_sigterm_finishes_queued_and_running_work_then_exits_0(ddpm: Path, bound
 
 
 @pytest.mark.slow
-def test_drain_gives_up_after_drain_timeout_and_still_exits_0(ddpm: Path, bound_socket: socket.socket,
-                                                              tmp_path: Path) -> None:
+def test_drain_gives_up_after_drain_timeout_and_still_exits_0(
+    ddpm: Path, bound_socket: socket.socket, tmp_path: Path
+) -> None:
     log_path = tmp_path / "gateway.log"
     # The vendor would answer after 120 s, so only the drain can end this request within _stop's 30 s.
     slow_vendor = StaticApp(200, b'{"label": 7}', delay_s=120.0)
     with serve_asgi(slow_vendor) as upstream_url:
-        process = _start_gateway(bound_socket, {
-            "model_path": str(ddpm), "upstream_url": upstream_url, "steps": "2", "devices": "cpu",
-            "dtype": "fp32", "drain_timeout_s": "1", "upstream_timeout_s": "60"}, log_path)
+        process = _start_gateway(
+            bound_socket,
+            {
+                "model_path": str(ddpm),
+                "upstream_url": upstream_url,
+                "steps": "2",
+                "devices": "cpu",
+                "dtype": "fp32",
+                "drain_timeout_s": "1",
+                "upstream_timeout_s": "60",
+            },
+            log_path,
+        )
         url = _url(bound_socket)
         wait_for_http(f"{url}/readyz", timeout_s=120)
         outcome: list[httpx.Response | str] = []
 
         def send() -> None:
             try:
-                outcome.append(post(f"{url}/predict", files=_files(0), headers={"X-Request-ID": "on-vendor"},
-                                    timeout=60))
+                outcome.append(
+                    post(f"{url}/predict", files=_files(0), headers={"X-Request-ID": "on-vendor"}, timeout=60)
+                )
             except httpx.TransportError as exc:
                 outcome.append(type(exc).__name__)
 
@@ -269,20 +310,23 @@ REQUESTS, IMAGES_PER_REQUEST = 8, 16
 
 @pytest.mark.slow
 def test_requests_cut_short_by_the_drain_timeout_get_a_503_json_with_retry_after(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO)
     # One batch per request (16 images), each held at the purifier's gate: after the exit one batch
     # is let through, the next waits there until the 2 s drain has cut every request still open.
     purifier = GatedPurifier()
     with serve_asgi(StaticApp(200, b'{"label": 7}')) as upstream_url:
-        settings = gateway_settings(Path("unused"), upstream_url, drain_timeout_s=2.0,
-                                    max_batch_size=IMAGES_PER_REQUEST, request_timeout_s=120)
+        settings = gateway_settings(
+            Path("unused"), upstream_url, drain_timeout_s=2.0, max_batch_size=IMAGES_PER_REQUEST, request_timeout_s=120
+        )
         with serving_gateway_server(settings, purifier_factory=lambda device: purifier) as (server, url):
             answers: dict[str, httpx.Response | str] = {}
 
             def send(n: int) -> None:
-                files = [("image", (f"{i}.png", png_bytes(seed=n * 100 + i), "image/png"))
-                         for i in range(IMAGES_PER_REQUEST)]
+                files = [
+                    ("image", (f"{i}.png", png_bytes(seed=n * 100 + i), "image/png")) for i in range(IMAGES_PER_REQUEST)
+                ]
                 try:
                     answers[f"cut-{n}"] = post(f"{url}/predict", files=files, headers={"X-Request-ID": f"cut-{n}"})
                 except httpx.TransportError as exc:  # a connection closed without an answer is a failure too

@@ -54,24 +54,50 @@ class FuzzRequest:
 
 # ---- images to damage -------------------------------------------------------------------------------
 
+
 def _encode(mode: str, fmt: str, size: tuple[int, int] = (12, 10), **options: object) -> bytes:
     image = Image.new(mode, size)
-    image.putdata([(i * 37) % 251 for i in range(size[0] * size[1])] if mode in ("L", "P", "I;16", "F", "1")
-                  else [tuple((i * k) % 251 for k in (37, 11, 5, 3)[: len(mode)]) for i in range(size[0] * size[1])])
+    image.putdata(
+        [(i * 37) % 251 for i in range(size[0] * size[1])]
+        if mode in ("L", "P", "I;16", "F", "1")
+        else [tuple((i * k) % 251 for k in (37, 11, 5, 3)[: len(mode)]) for i in range(size[0] * size[1])]
+    )
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
 VALID_IMAGES: tuple[bytes, ...] = (
-    _encode("L", "PNG"), _encode("RGB", "PNG"), _encode("RGBA", "PNG"), _encode("P", "PNG"),
-    _encode("I;16", "PNG"), _encode("1", "PNG"),
-    _encode("L", "JPEG"), _encode("RGB", "JPEG", progressive=True), _encode("CMYK", "JPEG"),
-    _encode("P", "GIF"), _encode("RGB", "BMP"), _encode("RGB", "TIFF"), _encode("F", "TIFF"),
-    _encode("RGB", "WEBP"), _encode("RGBA", "WEBP", lossless=True),
+    _encode("L", "PNG"),
+    _encode("RGB", "PNG"),
+    _encode("RGBA", "PNG"),
+    _encode("P", "PNG"),
+    _encode("I;16", "PNG"),
+    _encode("1", "PNG"),
+    _encode("L", "JPEG"),
+    _encode("RGB", "JPEG", progressive=True),
+    _encode("CMYK", "JPEG"),
+    _encode("P", "GIF"),
+    _encode("RGB", "BMP"),
+    _encode("RGB", "TIFF"),
+    _encode("F", "TIFF"),
+    _encode("RGB", "WEBP"),
+    _encode("RGBA", "WEBP", lossless=True),
 )
-MAGIC_NUMBERS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"GIF89a", b"GIF87a",
-                 b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"%PDF-1.4", b"<svg", b"PK\x03\x04")
+MAGIC_NUMBERS = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    b"GIF89a",
+    b"GIF87a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"%PDF-1.4",
+    b"<svg",
+    b"PK\x03\x04",
+)
 DIMENSIONS = (0, 1, 2, 255, 4097, 65_535, 100_000, 2**31 - 1, 2**32 - 1)
 
 
@@ -107,10 +133,12 @@ def _truncated(draw: st.DrawFn) -> bytes:
     return data[: draw(st.integers(0, len(data) - 1))]
 
 
-_huge_header = st.builds(lambda make, w, h: make(w, h),
-                         st.sampled_from([png_header_claiming, _jpeg_header_claiming, _gif_header_claiming,
-                                          _bmp_header_claiming]),
-                         st.sampled_from(DIMENSIONS), st.sampled_from(DIMENSIONS))
+_huge_header = st.builds(
+    lambda make, w, h: make(w, h),
+    st.sampled_from([png_header_claiming, _jpeg_header_claiming, _gif_header_claiming, _bmp_header_claiming]),
+    st.sampled_from(DIMENSIONS),
+    st.sampled_from(DIMENSIONS),
+)
 
 damaged_images: st.SearchStrategy[bytes] = st.one_of(
     _truncated(),
@@ -127,13 +155,14 @@ damaged_images: st.SearchStrategy[bytes] = st.one_of(
 
 # ---- text that should be base64 ---------------------------------------------------------------------
 
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
 def _wrapped(text: str) -> str:
     """Base64 broken into short lines, as some encoders write it."""
-    return " \n".join(text[i:i + 8] for i in range(0, len(text), 8))
+    return " \n".join(text[i : i + 8] for i in range(0, len(text), 8))
 
 
 bad_base64: st.SearchStrategy[str] = st.one_of(
@@ -146,7 +175,7 @@ bad_base64: st.SearchStrategy[str] = st.one_of(
     st.sampled_from(["", "=", "====", "\u00e9\u00e9\u00e9\u00e9", "iVBORw0KGgo", "null"]),
 )
 json_values: st.SearchStrategy[object] = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=12),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=8,
 )
@@ -157,8 +186,21 @@ def _json_body(value: object) -> bytes:
 
 
 broken_json: st.SearchStrategy[bytes] = st.one_of(
-    st.sampled_from([b"", b"{", b"[", b'{"images": [', b"{'images': []}", b'{"images": ["a",]}', b"NaN",
-                     b'{"images": [NaN]}', b"\xff\xfe{\x00}\x00", b'{"images": "\xff"}', b"{}" * 3]),
+    st.sampled_from(
+        [
+            b"",
+            b"{",
+            b"[",
+            b'{"images": [',
+            b"{'images': []}",
+            b'{"images": ["a",]}',
+            b"NaN",
+            b'{"images": [NaN]}',
+            b"\xff\xfe{\x00}\x00",
+            b'{"images": "\xff"}',
+            b"{}" * 3,
+        ]
+    ),
     st.binary(max_size=64),
     json_values.map(lambda value: _json_body(value)[:-1] if _json_body(value)[1:] else b"{"),  # cut short
 )
@@ -166,22 +208,58 @@ broken_json: st.SearchStrategy[bytes] = st.one_of(
 
 # ---- content types, headers, query --------------------------------------------------------------------
 
-WRONG_CONTENT_TYPES = ("text/plain", "application/xml", "application/x-www-form-urlencoded", "multipart/mixed",
-                       "application/json-patch+json", "text/html; charset=utf-8", "video/mp4", "foo", "/",
-                       "image", ";;;", "application/vnd.api+json; charset=latin-1")
-IMAGE_CONTENT_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff",
-                       "image/x-unknown", "application/octet-stream", "application/x-image", "IMAGE/PNG; q=1")
-headers_extra: st.SearchStrategy[dict[str, str]] = st.fixed_dictionaries({}, optional={
-    "X-Request-Timeout": st.sampled_from(["", "soon", "-1", "0", "nan", "inf", "-inf", "1e999", "0x10", "1 2"]),
-    "X-Request-ID": st.one_of(st.from_regex(r"[0-9a-f]{8,32}", fullmatch=True),
-                              st.sampled_from(["", "a" * 200, "id with spaces", "{}"])),
-    "Content-Encoding": st.sampled_from(["gzip", "br", "identity", "x-unknown"]),
-    "Accept": st.sampled_from(["application/xml", "*/*", "image/png", ""]),
-})
+WRONG_CONTENT_TYPES = (
+    "text/plain",
+    "application/xml",
+    "application/x-www-form-urlencoded",
+    "multipart/mixed",
+    "application/json-patch+json",
+    "text/html; charset=utf-8",
+    "video/mp4",
+    "foo",
+    "/",
+    "image",
+    ";;;",
+    "application/vnd.api+json; charset=latin-1",
+)
+IMAGE_CONTENT_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "image/tiff",
+    "image/x-unknown",
+    "application/octet-stream",
+    "application/x-image",
+    "IMAGE/PNG; q=1",
+)
+headers_extra: st.SearchStrategy[dict[str, str]] = st.fixed_dictionaries(
+    {},
+    optional={
+        "X-Request-Timeout": st.sampled_from(["", "soon", "-1", "0", "nan", "inf", "-inf", "1e999", "0x10", "1 2"]),
+        "X-Request-ID": st.one_of(
+            st.from_regex(r"[0-9a-f]{8,32}", fullmatch=True), st.sampled_from(["", "a" * 200, "id with spaces", "{}"])
+        ),
+        "Content-Encoding": st.sampled_from(["gzip", "br", "identity", "x-unknown"]),
+        "Accept": st.sampled_from(["application/xml", "*/*", "image/png", ""]),
+    },
+)
 query: st.SearchStrategy[str] = st.one_of(
     st.just(""),
-    st.sampled_from(["?seed=-1", "?seed=abc", "?seed=1.5", "?seed=99999999999999999999999", "?seed=",
-                     "?include=nothing", "?include=degraded&include=what", "?seed=1&seed=x", "?%zz=1"]),
+    st.sampled_from(
+        [
+            "?seed=-1",
+            "?seed=abc",
+            "?seed=1.5",
+            "?seed=99999999999999999999999",
+            "?seed=",
+            "?include=nothing",
+            "?include=degraded&include=what",
+            "?seed=1&seed=x",
+            "?%zz=1",
+        ]
+    ),
 )
 
 
@@ -193,6 +271,7 @@ def _with_headers(draw: st.DrawFn, path: str, body: bytes, content_type: str | N
 
 
 # ---- bodies per route ---------------------------------------------------------------------------------
+
 
 def _multipart(parts: list[tuple[str, str | None, str | None, bytes]], boundary: str) -> bytes:
     """A multipart/form-data body: (field name, filename or None for a text field, part type, data)."""
@@ -206,10 +285,15 @@ def _multipart(parts: list[tuple[str, str | None, str | None, bytes]], boundary:
     return out + f"--{boundary}--\r\n".encode()
 
 
-_multipart_parts = st.lists(st.tuples(st.sampled_from(["image", "image", "image", "images", "file", ""]),
-                                      st.sampled_from(["x.png", "x.jpg", "", None, "../../etc/passwd"]),
-                                      st.sampled_from(["image/png", "application/octet-stream", "text/plain", None]),
-                                      damaged_images), max_size=MAX_IMAGES + 2)
+_multipart_parts = st.lists(
+    st.tuples(
+        st.sampled_from(["image", "image", "image", "images", "file", ""]),
+        st.sampled_from(["x.png", "x.jpg", "", None, "../../etc/passwd"]),
+        st.sampled_from(["image/png", "application/octet-stream", "text/plain", None]),
+        damaged_images,
+    ),
+    max_size=MAX_IMAGES + 2,
+)
 _boundaries = st.from_regex(r"[A-Za-z0-9]{1,30}", fullmatch=True)
 
 
@@ -232,18 +316,27 @@ def multipart_requests(draw: st.DrawFn, path: str) -> FuzzRequest:
 
 @st.composite
 def gateway_json_requests(draw: st.DrawFn, path: str) -> FuzzRequest:
-    body = draw(st.one_of(
-        st.lists(bad_base64, min_size=1, max_size=MAX_IMAGES).map(lambda images: _json_body({"images": images})),
-        st.lists(bad_base64, min_size=MAX_IMAGES + 1, max_size=MAX_IMAGES + 4).map(
-            lambda images: _json_body({"images": images})),
-        json_values.map(lambda value: _json_body({"images": value})),
-        json_values.map(_json_body),
-        st.builds(lambda images, extra: _json_body({"images": images, **extra}), st.lists(bad_base64, max_size=2),
-                  st.dictionaries(st.text(min_size=1, max_size=6), json_values, min_size=1, max_size=2)),
-        broken_json,
-    ))
-    content_type = draw(st.sampled_from(["application/json", "application/json; charset=utf-8", "text/json",
-                                         "application/problem+json", None]))
+    body = draw(
+        st.one_of(
+            st.lists(bad_base64, min_size=1, max_size=MAX_IMAGES).map(lambda images: _json_body({"images": images})),
+            st.lists(bad_base64, min_size=MAX_IMAGES + 1, max_size=MAX_IMAGES + 4).map(
+                lambda images: _json_body({"images": images})
+            ),
+            json_values.map(lambda value: _json_body({"images": value})),
+            json_values.map(_json_body),
+            st.builds(
+                lambda images, extra: _json_body({"images": images, **extra}),
+                st.lists(bad_base64, max_size=2),
+                st.dictionaries(st.text(min_size=1, max_size=6), json_values, min_size=1, max_size=2),
+            ),
+            broken_json,
+        )
+    )
+    content_type = draw(
+        st.sampled_from(
+            ["application/json", "application/json; charset=utf-8", "text/json", "application/problem+json", None]
+        )
+    )
     return _with_headers(draw, path, body, content_type)
 
 
@@ -267,24 +360,38 @@ def oversized_requests(draw: st.DrawFn, path: str) -> FuzzRequest:
 
 def gateway_api_requests(path: str) -> st.SearchStrategy[FuzzRequest]:
     """/predict and /purify: multipart, JSON, an image body, and everything around them."""
-    return st.one_of(multipart_requests(path), gateway_json_requests(path), raw_image_requests(path),
-                     wrong_type_requests(path), oversized_requests(path))
+    return st.one_of(
+        multipart_requests(path),
+        gateway_json_requests(path),
+        raw_image_requests(path),
+        wrong_type_requests(path),
+        oversized_requests(path),
+    )
 
 
-model_names = st.one_of(st.sampled_from(["fmnist", "fmnist", "other", "..", ".", "a.b", "-", "x" * 300,
-                                         "%2e%2e", "a%2Fb", "fmnist%00", "%C3%A9"]),
-                        st.from_regex(r"[A-Za-z0-9_.-]{1,20}", fullmatch=True))
+model_names = st.one_of(
+    st.sampled_from(
+        ["fmnist", "fmnist", "other", "..", ".", "a.b", "-", "x" * 300, "%2e%2e", "a%2Fb", "fmnist%00", "%C3%A9"]
+    ),
+    st.from_regex(r"[A-Za-z0-9_.-]{1,20}", fullmatch=True),
+)
 
 
-_tf_instance = st.one_of(st.builds(lambda text: {"b64": text}, bad_base64), json_values,
-                         st.builds(lambda text: {"b64": text, "extra": 1}, bad_base64),
-                         st.builds(lambda value: {"b64": value}, json_values))
+_tf_instance = st.one_of(
+    st.builds(lambda text: {"b64": text}, bad_base64),
+    json_values,
+    st.builds(lambda text: {"b64": text, "extra": 1}, bad_base64),
+    st.builds(lambda value: {"b64": value}, json_values),
+)
 _tf_bodies = st.one_of(
     st.lists(_tf_instance, max_size=MAX_IMAGES + 2).map(lambda items: _json_body({"instances": items})),
     st.lists(_tf_instance, max_size=3).map(lambda items: _json_body({"inputs": items})),
     st.builds(lambda value: _json_body({"instances": value}), json_values),
-    st.builds(lambda items, name: _json_body({"instances": items, "signature_name": name}),
-              st.lists(_tf_instance, min_size=1, max_size=2), json_values),
+    st.builds(
+        lambda items, name: _json_body({"instances": items, "signature_name": name}),
+        st.lists(_tf_instance, min_size=1, max_size=2),
+        json_values,
+    ),
     json_values.map(_json_body),
     broken_json,
 )
@@ -301,18 +408,30 @@ def tfserving_requests(draw: st.DrawFn) -> FuzzRequest:
 
 
 _v2_tensor = st.fixed_dictionaries(
-    {"name": st.one_of(st.just("image"), json_values),
-     "shape": st.one_of(st.lists(st.integers(-2, 6), max_size=3),
-                        st.sampled_from([[2**31], [2**63], [2**64], [1, 2**40], [1.5], ["1"], [True], None, 3, "1"])),
-     "datatype": st.sampled_from(["BYTES", "BYTES", "FP32", "bytes", "UINT8", None, 7]),
-     "data": st.one_of(st.lists(bad_base64, max_size=MAX_IMAGES + 2), json_values,
-                       st.lists(st.lists(bad_base64, max_size=2), max_size=2),
-                       st.lists(st.builds(lambda text: {"b64": text}, bad_base64), max_size=2))},
-    optional={"parameters": json_values})
+    {
+        "name": st.one_of(st.just("image"), json_values),
+        "shape": st.one_of(
+            st.lists(st.integers(-2, 6), max_size=3),
+            st.sampled_from([[2**31], [2**63], [2**64], [1, 2**40], [1.5], ["1"], [True], None, 3, "1"]),
+        ),
+        "datatype": st.sampled_from(["BYTES", "BYTES", "FP32", "bytes", "UINT8", None, 7]),
+        "data": st.one_of(
+            st.lists(bad_base64, max_size=MAX_IMAGES + 2),
+            json_values,
+            st.lists(st.lists(bad_base64, max_size=2), max_size=2),
+            st.lists(st.builds(lambda text: {"b64": text}, bad_base64), max_size=2),
+        ),
+    },
+    optional={"parameters": json_values},
+)
 _v2_bodies = st.one_of(
     st.lists(_v2_tensor, max_size=3).map(lambda inputs: _json_body({"inputs": inputs})),
-    st.builds(lambda inputs, request_id, outputs: _json_body({"id": request_id, "inputs": inputs, "outputs": outputs}),
-              st.lists(_v2_tensor, min_size=1, max_size=2), json_values, json_values),
+    st.builds(
+        lambda inputs, request_id, outputs: _json_body({"id": request_id, "inputs": inputs, "outputs": outputs}),
+        st.lists(_v2_tensor, min_size=1, max_size=2),
+        json_values,
+        json_values,
+    ),
     st.builds(lambda value: _json_body({"inputs": value}), json_values),
     json_values.map(_json_body),
     broken_json,
@@ -332,20 +451,30 @@ def v2_requests(draw: st.DrawFn) -> FuzzRequest:
 
 def raw_sidecar_requests() -> st.SearchStrategy[FuzzRequest]:
     """The raw protocol's own path: the body is the image."""
-    return st.one_of(raw_image_requests(RAW_SIDECAR_PATH), raw_image_requests(RAW_SIDECAR_PATH),
-                     wrong_type_requests(RAW_SIDECAR_PATH), multipart_requests(RAW_SIDECAR_PATH),
-                     oversized_requests(RAW_SIDECAR_PATH))
+    return st.one_of(
+        raw_image_requests(RAW_SIDECAR_PATH),
+        raw_image_requests(RAW_SIDECAR_PATH),
+        wrong_type_requests(RAW_SIDECAR_PATH),
+        multipart_requests(RAW_SIDECAR_PATH),
+        oversized_requests(RAW_SIDECAR_PATH),
+    )
 
 
 # ---- the gateway and the check ------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     root = tmp_path_factory.mktemp("models")
     with running_vendor(tiny_vendor_dir(root)) as vendor_url:
-        settings_ = gateway_settings(tiny_ddpm_dir(root), vendor_url, max_images_per_request=MAX_IMAGES,
-                                     max_request_bytes=MAX_REQUEST_BYTES, max_image_bytes=MAX_IMAGE_BYTES,
-                                     upstream_raw_path=RAW_SIDECAR_PATH)
+        settings_ = gateway_settings(
+            tiny_ddpm_dir(root),
+            vendor_url,
+            max_images_per_request=MAX_IMAGES,
+            max_request_bytes=MAX_REQUEST_BYTES,
+            max_image_bytes=MAX_IMAGE_BYTES,
+            upstream_raw_path=RAW_SIDECAR_PATH,
+        )
         with running_gateway(settings_) as url, httpx.Client(base_url=url, timeout=60.0) as http:
             yield http
 
@@ -372,8 +501,14 @@ def fuzz(client: httpx.Client, requests: st.SearchStrategy[FuzzRequest], example
     """Send `examples` derandomized requests, checking each answer; returns the requests that went out."""
     sent: list[FuzzRequest] = []
 
-    @settings(max_examples=examples, derandomize=True, database=None, deadline=None, print_blob=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(request=requests)
     def run(request: FuzzRequest) -> None:
         response = client.post(request.path, content=request.body, headers=request.headers)
@@ -398,6 +533,9 @@ def test_a_thousand_bad_inputs_over_every_post_route_get_json_4xx_and_never_5xx(
     for route, requests in sent.items():
         assert len(requests) >= EXAMPLES_PER_ROUTE[route], route  # hypothesis ran them all (none filtered away)
     # At least 1,000 different bad inputs went out (issue 15), not merely 1,000 requests.
-    distinct = {(request.path, request.body, tuple(sorted(request.headers.items())))
-                for requests in sent.values() for request in requests}
+    distinct = {
+        (request.path, request.body, tuple(sorted(request.headers.items())))
+        for requests in sent.values()
+        for request in requests
+    }
     assert len(distinct) >= 1000, len(distinct)

@@ -21,8 +21,8 @@ from service.metrics import Stage
 from service.upstream import UpstreamProtocol
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
-    GatedPurifier,
     TINY_SIZE,
+    GatedPurifier,
     decode_png,
     gateway_settings,
     get,
@@ -52,7 +52,9 @@ def vendor_url(models: tuple[Path, Path]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module", params=list(UpstreamProtocol), ids=lambda p: p.value)
-def gateway(request: pytest.FixtureRequest, models: tuple[Path, Path], vendor_url: str) -> Iterator[tuple[str, Settings]]:
+def gateway(
+    request: pytest.FixtureRequest, models: tuple[Path, Path], vendor_url: str
+) -> Iterator[tuple[str, Settings]]:
     settings = gateway_settings(models[0], vendor_url, upstream_protocol=request.param)
     with running_gateway(settings) as url:
         yield url, settings
@@ -68,17 +70,19 @@ def _server_timing(header: str) -> dict[str, float]:
 
 def _vendor_direct(vendor_url: str, pngs: list[bytes]) -> list[dict]:
     """The vendor's own answer for these exact images (raw protocol, one by one)."""
-    return [post(f"{vendor_url}/predict", content=png, headers={"Content-Type": "image/png"}).json()
-            for png in pngs]
+    return [post(f"{vendor_url}/predict", content=png, headers={"Content-Type": "image/png"}).json() for png in pngs]
 
 
-def test_vendor_mirror_shows_the_vendor_the_mirrored_purified_images(models: tuple[Path, Path],
-                                                                    vendor_url: str) -> None:
+def test_vendor_mirror_shows_the_vendor_the_mirrored_purified_images(
+    models: tuple[Path, Path], vendor_url: str
+) -> None:
     """/purify stays unmirrored; /predict's vendor answer is its answer to the mirrored /purify output."""
     images = [png_bytes(seed=1), png_bytes(seed=2)]
     with running_gateway(gateway_settings(models[0], vendor_url, vendor_mirror=True)) as url:
-        purified = [base64.b64decode(b64) for b64 in
-                    post(f"{url}/purify", params={"seed": 7}, files=_files(*images)).json()["images"]]
+        purified = [
+            base64.b64decode(b64)
+            for b64 in post(f"{url}/purify", params={"seed": 7}, files=_files(*images)).json()["images"]
+        ]
         body = post(f"{url}/predict", params={"seed": 7}, files=_files(*images)).json()
 
     def mirrored(png: bytes) -> bytes:
@@ -88,20 +92,20 @@ def test_vendor_mirror_shows_the_vendor_the_mirrored_purified_images(models: tup
 
     as_is, flipped = _vendor_direct(vendor_url, purified), _vendor_direct(vendor_url, [mirrored(p) for p in purified])
     assert body["purification"]["vendor_mirror"] is True
-    for got, want, unmirrored in zip(body["predictions"], flipped, as_is):
+    for got, want, unmirrored in zip(body["predictions"], flipped, as_is, strict=True):
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
         assert got["probabilities"] != pytest.approx(unmirrored["probabilities"], abs=1e-6), "test has no power"
 
 
-def test_predict_returns_the_vendors_answer_for_the_purified_images(gateway: tuple[str, Settings],
-                                                                   vendor_url: str) -> None:
+def test_predict_returns_the_vendors_answer_for_the_purified_images(
+    gateway: tuple[str, Settings], vendor_url: str
+) -> None:
     url, settings = gateway
     images = [png_bytes(seed=1), png_bytes(seed=2)]
     purified = post(f"{url}/purify", params={"seed": 7}, files=_files(*images)).json()["images"]
     expected = _vendor_direct(vendor_url, [base64.b64decode(b64) for b64 in purified])
 
-    response = post(f"{url}/predict", params={"seed": 7}, files=_files(*images),
-                          headers={"X-Request-ID": "trace-123"})
+    response = post(f"{url}/predict", params={"seed": 7}, files=_files(*images), headers={"X-Request-ID": "trace-123"})
 
     assert response.status_code == 200, response.text
     body = response.json()
@@ -110,11 +114,19 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(gateway: tup
     # to the purified images sent directly (probabilities included), in order, whatever the protocol.
     labels = [p["label"] for p in body["predictions"]]
     assert labels == [e["label"] for e in expected]
-    for got, want in zip(body["predictions"], expected):
+    for got, want in zip(body["predictions"], expected, strict=True):
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
-    assert body["purification"] == {"model": "tiny-ddpm-1ch", "transforms": "blur:4", "steps": 2,
-                                    "guidance_power": 0.5, "vendor_mirror": False, "device": "cpu",
-                                    "dtype": "float32", "votes": 1, "vote_labels": None}
+    assert body["purification"] == {
+        "model": "tiny-ddpm-1ch",
+        "transforms": "jblur:4",
+        "steps": 2,
+        "guidance_power": 0.5,
+        "vendor_mirror": False,
+        "device": "cpu",
+        "dtype": "float32",
+        "votes": 1,
+        "vote_labels": None,
+    }
     assert set(body["latency_ms"]) == {*STAGES, "total"}
     assert all(value >= 0 for value in body["latency_ms"].values())
     assert body["latency_ms"]["total"] >= sum(body["latency_ms"][s] for s in STAGES) - 1.0
@@ -163,8 +175,9 @@ def raw_gateway(models: tuple[Path, Path], vendor_url: str) -> Iterator[str]:
 
 
 def test_purify_one_image_returns_a_png_of_the_original_size(raw_gateway: str) -> None:
-    response = post(f"{raw_gateway}/purify", params={"seed": 1}, content=png_bytes(40, 24),
-                          headers={"Content-Type": "image/png"})
+    response = post(
+        f"{raw_gateway}/purify", params={"seed": 1}, content=png_bytes(40, 24), headers={"Content-Type": "image/png"}
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     assert response.headers["x-purification-steps"] == "2"
@@ -181,10 +194,12 @@ def test_purify_is_deterministic_for_a_seed_and_random_without(raw_gateway: str)
 
 
 def test_purify_include_degraded_returns_the_block_means(raw_gateway: str) -> None:
-    # At the model's own size nothing is resized, so A⁺A x for the default blur:4 is exactly each 4×4 block's mean.
+    # At the model's own size nothing is resized, so A⁺A x for the default jblur:4 (its degraded view is the
+    # unshifted grid) is exactly each 4×4 block's mean.
     source = png_bytes(TINY_SIZE, TINY_SIZE, seed=5)
-    response = post(f"{raw_gateway}/purify", params={"include": "degraded", "seed": 0},
-                          files=_files(source, png_bytes(seed=6)))
+    response = post(
+        f"{raw_gateway}/purify", params={"include": "degraded", "seed": 0}, files=_files(source, png_bytes(seed=6))
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["images"]) == len(body["degraded"]) == 2
@@ -212,8 +227,15 @@ def test_probes(raw_gateway: str) -> None:
 
 def test_openapi_documents_every_endpoint_with_examples(raw_gateway: str) -> None:
     spec = get(f"{raw_gateway}/openapi.json").json()
-    assert {"/predict", "/purify", "/healthz", "/readyz", "/metrics", "/v1/models/{name}:predict",
-            "/v2/models/{name}/infer"} <= set(spec["paths"])
+    assert {
+        "/predict",
+        "/purify",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/models/{name}:predict",
+        "/v2/models/{name}/infer",
+    } <= set(spec["paths"])
     predict = spec["paths"]["/predict"]["post"]
     assert {"multipart/form-data", "application/json", "image/png"} <= set(predict["requestBody"]["content"])
     assert "examples" in spec["components"]["schemas"]["PredictResponse"]
@@ -248,42 +270,59 @@ def test_request_id_is_forwarded_upstream_and_purification_off_sends_the_origina
 def test_a_client_that_disconnects_has_its_queued_images_withdrawn() -> None:
     purifier = GatedPurifier()  # the first request's batch waits at the gate; the second queues behind it
     recorder = StaticApp(200, b'{"label": 1}')
-    with serve_asgi(recorder) as upstream_url, running_gateway(
-            gateway_settings(Path("unused"), upstream_url, max_batch_size=1),
-            purifier_factory=lambda device: purifier) as url:
+    with (
+        serve_asgi(recorder) as upstream_url,
+        running_gateway(
+            gateway_settings(Path("unused"), upstream_url, max_batch_size=1), purifier_factory=lambda device: purifier
+        ) as url,
+    ):
         first_done: list[int] = []
-        first = threading.Thread(target=lambda: first_done.append(
-            post(f"{url}/predict", files=_files(png_bytes())).status_code))
+        first = threading.Thread(
+            target=lambda: first_done.append(post(f"{url}/predict", files=_files(png_bytes())).status_code)
+        )
         try:
             first.start()
             wait_until(lambda: purifier.waiting == 1, what="the first request's batch at the gate")
             # The second request, sent by hand so that the test decides when its client hangs up.
             second = httpx.Request("POST", f"{url}/predict", files=_files(png_bytes(seed=2)))
             body = second.read()
-            head = (f"POST /predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: {second.headers['content-type']}"
-                    f"\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+            head = (
+                f"POST /predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: {second.headers['content-type']}"
+                f"\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
             with socket.create_connection((second.url.host, second.url.port), timeout=10) as client:
                 client.sendall(head + body)
-                wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == 1,
-                           what="the second request's image queued behind the gate")
+                wait_until(
+                    lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == 1,
+                    what="the second request's image queued behind the gate",
+                )
             # Hung up: the queued image is withdrawn while the gate still holds the first batch.
-            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_dropped_images_total",
-                                            reason="cancelled") == 1, what="queued image withdrawn")
+            wait_until(
+                lambda: (
+                    metric_value(get(f"{url}/metrics").text, "zipgate_dropped_images_total", reason="cancelled") == 1
+                ),
+                what="queued image withdrawn",
+            )
         finally:
             purifier.open()  # the gateway's shutdown waits for the batch at the gate
             if first.ident is not None:
                 first.join(60)
         assert first_done == [200]
-        wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_requests_total", endpoint="/predict",
-                                        status="499") == 1, what="the abandoned request counted as 499")
+        wait_until(
+            lambda: (
+                metric_value(get(f"{url}/metrics").text, "zipgate_requests_total", endpoint="/predict", status="499")
+                == 1
+            ),
+            what="the abandoned request counted as 499",
+        )
     assert purifier.images_computed == 1  # the abandoned image never reached the model
     assert len(recorder.requests) == 1
 
 
 @pytest.mark.slow
 def test_demo_prints_direct_and_gateway_predictions(models: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.demo import main_job
     from service.backdoor.attacks import TARGET_LABEL
+    from service.demo import main_job
 
     monkeypatch.setattr(main_job, "configure_logging", lambda level: None)  # keep pytest's log capture
     out = io.StringIO()
@@ -292,20 +331,26 @@ def test_demo_prints_direct_and_gateway_predictions(models: tuple[Path, Path], m
     lines = out.getvalue().splitlines()
     assert "BadNets" in lines[0] and f"{TARGET_LABEL} T-shirt/top" in lines[0]
     rows = [line.split() for line in lines[2:6]]
-    assert [(row[0], row[1]) for row in rows] == [("clean", "direct"), ("clean", "zipgate"),
-                                                  ("triggered", "direct"), ("triggered", "zipgate")]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("clean", "direct"),
+        ("clean", "zipgate"),
+        ("triggered", "direct"),
+        ("triggered", "zipgate"),
+    ]
     assert all(line.rstrip().endswith("ms") or "backdoor" in line for line in lines[2:6])
     assert len({" ".join(row[4:6]) for row in rows}) == 1  # one true label: the same test image throughout
     # The shadow burst: every image compared (the random tiny vendor labels whatever it likes), then the alarm.
     shadow = lines[lines.index("") + 1 :]
-    assert shadow[0].startswith(f"shadow mode: {main_job.SHADOW_BURST} triggered images") and \
-        f"{main_job.SHADOW_BURST} compared" in shadow[0]
+    assert (
+        shadow[0].startswith(f"shadow mode: {main_job.SHADOW_BURST} triggered images")
+        and f"{main_job.SHADOW_BURST} compared" in shadow[0]
+    )
     assert shadow[-1].startswith("alarm (gateway /metrics): ")
 
 
-def test_demo_explains_a_missing_vendor_model(models: tuple[Path, Path], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_explains_a_missing_vendor_model(
+    models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from service.demo import main_job
 
     monkeypatch.setattr(main_job, "configure_logging", lambda level: None)

@@ -58,8 +58,15 @@ def upstream() -> Iterator[tuple[str, StaticApp]]:
 
 @pytest.fixture(scope="module")
 def gateway(ddpm: Path, upstream: tuple[str, StaticApp]) -> Iterator[str]:
-    settings = gateway_settings(ddpm, upstream[0], api_key=API_KEY, max_images_per_request=MAX_IMAGES,
-                                max_image_bytes=200_000, max_request_bytes=1_000_000, max_image_pixels=512 * 512)
+    settings = gateway_settings(
+        ddpm,
+        upstream[0],
+        api_key=API_KEY,
+        max_images_per_request=MAX_IMAGES,
+        max_image_bytes=200_000,
+        max_request_bytes=1_000_000,
+        max_image_pixels=512 * 512,
+    )
     with running_gateway(settings) as url:
         yield url
 
@@ -84,8 +91,11 @@ def test_truncated_png_is_400(client: httpx.Client) -> None:
 
 
 def test_text_file_is_415(client: httpx.Client) -> None:
-    error = assert_error(client.post("/predict", files=_files(b"just some text\n", content_type="text/plain")),
-                         415, "unsupported_media_type")
+    error = assert_error(
+        client.post("/predict", files=_files(b"just some text\n", content_type="text/plain")),
+        415,
+        "unsupported_media_type",
+    )
     assert "PNG" in error["message"]
 
 
@@ -114,27 +124,31 @@ def test_image_and_request_byte_limits_are_413(client: httpx.Client) -> None:
     big = png_bytes(300, 300, mode="RGB")  # ~270 kB of noise, over max_image_bytes = 200 kB
     assert_error(client.post("/predict", files=_files(big)), 413, "payload_too_large")
     too_long = b"\x89PNG" + b"\x00" * 1_100_000
-    assert_error(client.post("/predict", content=too_long, headers={"Content-Type": "image/png"}),
-                 413, "payload_too_large")
+    assert_error(
+        client.post("/predict", content=too_long, headers={"Content-Type": "image/png"}), 413, "payload_too_large"
+    )
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the streamed size is what counts
         for _ in range(12):
             yield b"\x00" * 100_000
 
-    assert_error(client.post("/predict", content=chunks(), headers={"Content-Type": "image/png"}),
-                 413, "payload_too_large")
+    assert_error(
+        client.post("/predict", content=chunks(), headers={"Content-Type": "image/png"}), 413, "payload_too_large"
+    )
 
 
 def test_wrong_json_is_400_or_422(client: httpx.Client) -> None:
-    assert_error(client.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"}),
-                 400, "bad_request")
+    assert_error(
+        client.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"}), 400, "bad_request"
+    )
     assert_error(client.post("/predict", json={"imgs": ["x"]}), 422, "invalid_request")
     assert_error(client.post("/predict", json={"images": []}), 422, "invalid_request")
     assert_error(client.post("/predict", json={"images": [1]}), 422, "invalid_request")
     assert_error(client.post("/predict", json=["a"]), 422, "invalid_request")
     assert_error(client.post("/predict", json={"images": ["%%%not base64"]}), 400, "bad_request")
-    assert_error(client.post("/predict", files={"picture": ("a.png", png_bytes(), "image/png")}),
-                 422, "invalid_request")
+    assert_error(
+        client.post("/predict", files={"picture": ("a.png", png_bytes(), "image/png")}), 422, "invalid_request"
+    )
     assert_error(client.post("/predict", params={"seed": "-1"}, files=_files(png_bytes())), 422, "invalid_request")
 
 
@@ -148,8 +162,9 @@ def test_too_many_images_is_413(client: httpx.Client) -> None:
 
 
 def test_unsupported_content_type_is_415(client: httpx.Client) -> None:
-    assert_error(client.post("/predict", content=b"hello", headers={"Content-Type": "text/plain"}),
-                 415, "unsupported_media_type")
+    assert_error(
+        client.post("/predict", content=b"hello", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"
+    )
     assert_error(client.post("/predict", content=b"hello"), 415, "unsupported_media_type")
 
 
@@ -167,11 +182,11 @@ def test_api_key_is_required_and_compared(gateway: str) -> None:
     assert_error(missing, 401, "unauthorized")
     assert missing.headers["www-authenticate"].startswith("Bearer")
     assert_error(post(f"{gateway}/predict", files=files, headers={"X-API-Key": "wrong"}), 401, "unauthorized")
-    assert_error(post(f"{gateway}/predict", files=files, headers={"Authorization": f"Basic {API_KEY}"}),
-                 401, "unauthorized")
+    assert_error(
+        post(f"{gateway}/predict", files=files, headers={"Authorization": f"Basic {API_KEY}"}), 401, "unauthorized"
+    )
     assert_error(post(f"{gateway}/v2/models/m/infer", json={}), 401, "unauthorized")
-    assert post(f"{gateway}/predict", files=files, headers={"Authorization": f"Bearer {API_KEY}"}
-                      ).status_code == 200
+    assert post(f"{gateway}/predict", files=files, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
     assert post(f"{gateway}/predict", files=files, headers={"X-API-Key": API_KEY}).status_code == 200
     for probe in ("/healthz", "/readyz", "/metrics"):
         assert get(f"{gateway}{probe}").status_code == 200, probe
@@ -180,8 +195,9 @@ def test_api_key_is_required_and_compared(gateway: str) -> None:
 # --- failures inside the gateway -----------------------------------------------------------------
 
 
-def test_an_unexpected_exception_is_a_json_500_without_a_trace(client: httpx.Client,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unexpected_exception_is_a_json_500_without_a_trace(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def broken(self: Gateway, *args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("secret internals")
 
@@ -193,8 +209,9 @@ def test_an_unexpected_exception_is_a_json_500_without_a_trace(client: httpx.Cli
 
 
 def test_a_failing_purification_batch_is_a_json_500(upstream: tuple[str, StaticApp]) -> None:
-    with running_gateway(gateway_settings(Path("unused"), upstream[0]),
-                         purifier_factory=lambda device: FakePurifier(fail=True)) as url:
+    with running_gateway(
+        gateway_settings(Path("unused"), upstream[0]), purifier_factory=lambda device: FakePurifier(fail=True)
+    ) as url:
         response = post(f"{url}/predict", files=_files(png_bytes()))
         assert_error(response, 500, "purification_failed")
         assert "exploded" not in response.text or "Traceback" not in response.text
@@ -216,8 +233,10 @@ def test_a_full_queue_is_429_with_retry_after(upstream: tuple[str, StaticApp]) -
             threads[0].start()
             wait_until(lambda: purifier.waiting == 1, what="first batch at the gate")
             threads[1].start()
-            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == 1,
-                       what="second request queued")
+            wait_until(
+                lambda: metric_value(get(f"{url}/metrics").text, "zipgate_queue_depth") == 1,
+                what="second request queued",
+            )
             response = post(f"{url}/predict", files=_files(png_bytes(seed=3)))
             assert_error(response, 429, "overloaded")
             assert int(response.headers["retry-after"]) >= 1

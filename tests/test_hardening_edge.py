@@ -54,8 +54,18 @@ def _b64(data: bytes) -> str:
 
 
 def _v2_body(*images: bytes) -> bytes:
-    return json.dumps({"inputs": [{"name": "image", "shape": [len(images)], "datatype": "BYTES",
-                                   "data": [_b64(image) for image in images]}]}).encode()
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [len(images)],
+                    "datatype": "BYTES",
+                    "data": [_b64(image) for image in images],
+                }
+            ]
+        }
+    ).encode()
 
 
 def _tfserving_body(*images: bytes) -> bytes:
@@ -71,12 +81,19 @@ def _address(base_url: str) -> tuple[str, int]:
     return url.host, url.port
 
 
-def _head(method: str, path: str, *, content_type: str = "application/json", content_length: int | None = None,
-          extra: str = "") -> bytes:
+def _head(
+    method: str,
+    path: str,
+    *,
+    content_type: str = "application/json",
+    content_length: int | None = None,
+    extra: str = "",
+) -> bytes:
     """An HTTP/1.1 request head with `path` exactly as given (no client normalises it)."""
     length = f"Content-Length: {content_length}\r\n" if content_length is not None else ""
-    return (f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: {content_type}\r\n{length}{extra}"
-            "\r\n").encode()
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: {content_type}\r\n{length}{extra}\r\n"
+    ).encode()
 
 
 def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -98,8 +115,9 @@ def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
-def raw_post(base_url: str, path: str, body: bytes, *, timeout_s: float = 30.0,
-             extra_headers: str = "") -> tuple[int, dict[str, str], bytes]:
+def raw_post(
+    base_url: str, path: str, body: bytes, *, timeout_s: float = 30.0, extra_headers: str = ""
+) -> tuple[int, dict[str, str], bytes]:
     """POST `body` to `path` verbatim over a fresh socket; the status, headers and body."""
     with socket.create_connection(_address(base_url), timeout=timeout_s) as sock:
         sock.sendall(_head("POST", path, content_length=len(body), extra=extra_headers) + body)
@@ -115,14 +133,14 @@ def _json_error(body: bytes) -> dict[str, str]:
 # --- item 2: sidecar paths ----------------------------------------------------------------------
 
 TRAVERSALS = [
-    "/v2/models/../infer",          # httpx turns it into /v2/infer on the way out
-    "/v2/models/./infer",           # ... and this into /v2/models/infer
+    "/v2/models/../infer",  # httpx turns it into /v2/infer on the way out
+    "/v2/models/./infer",  # ... and this into /v2/models/infer
     "/v2/models/%2e%2e/infer",
     "/v2/models/%2E%2E/infer",
     "/v2/models/..%5C/infer",
     "/v2/models/..%5c..%5cadmin/infer",
     "/v2/models/%252e%252e/infer",  # double-encoded: a vendor that decodes twice sees ..
-    "/v2/models/fm%6eist/infer",    # encoded, even where it decodes to an allowed name
+    "/v2/models/fm%6eist/infer",  # encoded, even where it decodes to an allowed name
     "/v2/models/a%20b/infer",
     "/v1/models/..:predict",
     "/v1/models/.:predict",
@@ -135,14 +153,17 @@ TRAVERSALS = [
 def recorder_gateway() -> Iterator[tuple[str, StaticApp]]:
     """A gateway without purification (fast) in front of a recording vendor, models allow-listed."""
     recorder = StaticApp(200, b'{"ok": true}')
-    with serve_asgi(recorder) as upstream_url, running_gateway(
-            gateway_settings(None, upstream_url, upstream_models="fmnist, resnet-50.v1_2")) as url:
+    with (
+        serve_asgi(recorder) as upstream_url,
+        running_gateway(gateway_settings(None, upstream_url, upstream_models="fmnist, resnet-50.v1_2")) as url,
+    ):
         yield url, recorder
 
 
 @pytest.mark.parametrize("path", TRAVERSALS)
 def test_a_sidecar_path_with_dot_segments_or_encoded_characters_is_400(
-        recorder_gateway: tuple[str, StaticApp], path: str) -> None:
+    recorder_gateway: tuple[str, StaticApp], path: str
+) -> None:
     url, recorder = recorder_gateway
     recorder.requests.clear()
     body = _tfserving_body(png_bytes()) if path.startswith("/v1/") else _v2_body(png_bytes())
@@ -165,8 +186,10 @@ def test_allowed_model_names_reach_the_same_path_upstream(recorder_gateway: tupl
 def test_a_model_outside_upstream_models_is_404(recorder_gateway: tuple[str, StaticApp]) -> None:
     url, recorder = recorder_gateway
     recorder.requests.clear()
-    for path, body in (("/v2/models/secret-model/infer", _v2_body(png_bytes())),
-                       ("/v1/models/secret-model:predict", _tfserving_body(png_bytes()))):
+    for path, body in (
+        ("/v2/models/secret-model/infer", _v2_body(png_bytes())),
+        ("/v1/models/secret-model:predict", _tfserving_body(png_bytes())),
+    ):
         status, _, answer = raw_post(url, path, body)
         assert status == 404 and _json_error(answer)["code"] == "model_not_found", path
     assert recorder.requests == []
@@ -186,18 +209,26 @@ def test_upstream_models_is_a_comma_separated_env_list(monkeypatch: pytest.Monke
 # --- item 3: the gateway's key never reaches the vendor ------------------------------------------
 
 
-@pytest.mark.parametrize("authorization", [
-    f"Bearer {KEY}", f"Bearer\t{KEY}", f"bearer  {KEY}", f"BEARER {KEY} ", f"  Bearer {KEY}", KEY, f"Token {KEY}",
-    f"Bearer \t {KEY}\t",
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        f"Bearer {KEY}",
+        f"Bearer\t{KEY}",
+        f"bearer  {KEY}",
+        f"BEARER {KEY} ",
+        f"  Bearer {KEY}",
+        KEY,
+        f"Token {KEY}",
+        f"Bearer \t {KEY}\t",
+    ],
+)
 def test_every_form_of_the_gateway_key_is_stripped(authorization: str) -> None:
     kept = headers_for_vendor({"Authorization": authorization, "X-Custom": "1"}, SecretStr(KEY))
     assert kept == {"X-Custom": "1"}
 
 
 def test_x_api_key_is_always_stripped_and_a_vendor_token_passes() -> None:
-    kept = headers_for_vendor({"X-API-Key": "something-else", "authorization": "Bearer vendor-token"},
-                              SecretStr(KEY))
+    kept = headers_for_vendor({"X-API-Key": "something-else", "authorization": "Bearer vendor-token"}, SecretStr(KEY))
     assert kept == {"authorization": "Bearer vendor-token"}
     # Without a gateway key the client's headers are all the vendor's.
     assert headers_for_vendor({"X-API-Key": "v"}, None) == {"X-API-Key": "v"}
@@ -205,10 +236,16 @@ def test_x_api_key_is_always_stripped_and_a_vendor_token_passes() -> None:
 
 def test_a_tab_separated_bearer_key_is_not_forwarded_over_http() -> None:
     recorder = StaticApp(200, b"{}")
-    with serve_asgi(recorder) as upstream_url, running_gateway(
-            gateway_settings(None, upstream_url, api_key=KEY)) as url:
-        status, _, answer = raw_post(url, "/v1/models/fmnist:predict", _tfserving_body(png_bytes()),
-                                     extra_headers=f"X-API-Key: {KEY}\r\nAuthorization: Bearer\t{KEY}\r\n")
+    with (
+        serve_asgi(recorder) as upstream_url,
+        running_gateway(gateway_settings(None, upstream_url, api_key=KEY)) as url,
+    ):
+        status, _, answer = raw_post(
+            url,
+            "/v1/models/fmnist:predict",
+            _tfserving_body(png_bytes()),
+            extra_headers=f"X-API-Key: {KEY}\r\nAuthorization: Bearer\t{KEY}\r\n",
+        )
     assert status == 200, answer
     (sent,) = [r for r in recorder.requests if r.method == "POST"]  # not the GET asking for the model
     assert "authorization" not in sent.headers and "x-api-key" not in sent.headers
@@ -257,11 +294,17 @@ def test_the_pixel_budget_covers_all_images_of_a_request() -> None:
         for response in (
             post(f"{url}/predict", files=[("image", image)] * 3),
             post(f"{url}/predict", json={"images": [_b64(image)] * 3}),
-            post(f"{url}/v2/models/fmnist/infer", content=_v2_body(image, image, image),
-                 headers={"Content-Type": "application/json"}),
+            post(
+                f"{url}/v2/models/fmnist/infer",
+                content=_v2_body(image, image, image),
+                headers={"Content-Type": "application/json"},
+            ),
             # Declared sizes count before anything is decoded: two 64×64 and one claimed 64×65.
-            post(f"{url}/v1/models/fmnist:predict", content=_tfserving_body(image, image, png_header_claiming(64, 65)),
-                 headers={"Content-Type": "application/json"}),
+            post(
+                f"{url}/v1/models/fmnist:predict",
+                content=_tfserving_body(image, image, png_header_claiming(64, 65)),
+                headers={"Content-Type": "application/json"},
+            ),
         ):
             assert response.status_code == 413, response.text
             error = response.json()["error"]
@@ -281,8 +324,14 @@ def test_a_maximal_request_stays_under_the_stated_memory(shape: str) -> None:
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("the peak-RSS mark cannot be reset here (/proc/self/clear_refs)")
     # About 10 s; a hang fails here, well inside pytest's own 300 s timeout.
-    probe = subprocess.run([sys.executable, "-m", "tests.request_memory_probe", shape], cwd=REPO,
-                           capture_output=True, text=True, timeout=150, check=False)
+    probe = subprocess.run(
+        [sys.executable, "-m", "tests.request_memory_probe", shape],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     assert result["status"] == 200 and result["pixels"] == load_settings().max_request_pixels
@@ -317,15 +366,18 @@ def _trickle_until_answered(base_url: str, path: str, *, deadline_s: float) -> b
 
 def test_a_trickled_body_gets_408_and_the_connection_closes() -> None:
     recorder = StaticApp(200, b"{}")
-    with serve_asgi(recorder) as upstream_url, running_gateway(
-            gateway_settings(None, upstream_url, body_read_timeout_s=0.5)) as url:
+    with (
+        serve_asgi(recorder) as upstream_url,
+        running_gateway(gateway_settings(None, upstream_url, body_read_timeout_s=0.5)) as url,
+    ):
         received = _trickle_until_answered(url, "/predict", deadline_s=15)
         head, _, body = received.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408"), received[:300]
         assert b"connection: close" in head.lower()
         assert json.loads(body)["error"]["code"] == "request_timeout"
-        assert metric_value(get(f"{url}/metrics").text, "zipgate_requests_total", endpoint="/predict",
-                            status="408") == 1
+        assert (
+            metric_value(get(f"{url}/metrics").text, "zipgate_requests_total", endpoint="/predict", status="408") == 1
+        )
     assert recorder.requests == []
 
 
@@ -333,10 +385,14 @@ def test_the_body_deadline_does_not_cut_work_after_the_body() -> None:
     """The deadline covers reading the body only: purification may take longer."""
     recorder = StaticApp(200, b'{"label": 1}')
     body_read_timeout_s = 2.0  # ample for one small upload on a loaded machine ...
-    with serve_asgi(recorder) as upstream_url, running_gateway(
+    with (
+        serve_asgi(recorder) as upstream_url,
+        running_gateway(
             gateway_settings(Path("unused"), upstream_url, body_read_timeout_s=body_read_timeout_s),
             # ... and the purifier alone takes three times as long
-            purifier_factory=lambda device: FakePurifier(delay_s=3 * body_read_timeout_s)) as url:
+            purifier_factory=lambda device: FakePurifier(delay_s=3 * body_read_timeout_s),
+        ) as url,
+    ):
         response = post(f"{url}/predict", files=[("image", png_bytes())])
     assert response.status_code == 200, response.text
 
@@ -364,8 +420,15 @@ def test_a_client_that_hangs_up_mid_body_is_499_not_500(caplog: pytest.LogCaptur
         with caplog.at_level(logging.INFO):
             with socket.create_connection(_address(url), timeout=5) as sock:
                 sock.sendall(_head("POST", "/predict", content_length=1000) + b'{"images": ["iVBO')
-            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_requests_total",
-                                            endpoint="/predict", status="499") == 1, what="499 counted")
+            wait_until(
+                lambda: (
+                    metric_value(
+                        get(f"{url}/metrics").text, "zipgate_requests_total", endpoint="/predict", status="499"
+                    )
+                    == 1
+                ),
+                what="499 counted",
+            )
         text = get(f"{url}/metrics").text
     assert metric_value(text, "zipgate_requests_total", endpoint="/predict", status="500") == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith(("service", "zipgate"))]

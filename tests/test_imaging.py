@@ -90,4 +90,4 @@ def test_tiles_that_do_not_divide_the_canvas_still_make_full_canvases_and_pad_in
     fitted = fit_to_model([*images, tiny, odd], model_size=256)
     assert fitted.canvases.shape == (3, 3, 256, 256)
     restored = fitted.restore(fitted.canvases)
-    assert all(torch.equal(r, i) for r, i in zip(restored, [*images, tiny, odd]))
+    assert all(torch.equal(r, i) for r, i in zip(restored, [*images, tiny, odd], strict=True))

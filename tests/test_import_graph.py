@@ -29,25 +29,32 @@ def imported_modules(path: Path) -> set[str]:
 
 def package_imports(package: str) -> dict[str, set[str]]:
     """Module file (relative to service/) → the service modules it imports, for one package."""
-    return {str(path.relative_to(SERVICE)): {m for m in imported_modules(path) if m.startswith("service.")}
-            for path in sorted((SERVICE / package).rglob("*.py"))}
+    return {
+        str(path.relative_to(SERVICE)): {m for m in imported_modules(path) if m.startswith("service.")}
+        for path in sorted((SERVICE / package).rglob("*.py"))
+    }
 
 
 def importers_of(package: str, importer: str) -> dict[str, set[str]]:
     """The modules of `importer` that import anything from `service.<package>`, with what they import."""
     prefix = f"service.{package}"
-    found = {module: {m for m in imports if m == prefix or m.startswith(prefix + ".")}
-             for module, imports in package_imports(importer).items()}
+    found = {
+        module: {m for m in imports if m == prefix or m.startswith(prefix + ".")}
+        for module, imports in package_imports(importer).items()
+    }
     return {module: imports for module, imports in found.items() if imports}
 
 
 def test_imported_modules_sees_every_kind_of_import(tmp_path: Path) -> None:
     source = tmp_path / "sample.py"
-    source.write_text("import service.a\nfrom service.b import c\n"
-                      "def f():\n    from service.d import e\n"
-                      "if TYPE_CHECKING:\n    import service.g as h\n")
+    source.write_text(
+        "import service.a\nfrom service.b import c\n"
+        "def f():\n    from service.d import e\n"
+        "if TYPE_CHECKING:\n    import service.g as h\n"
+    )
     assert {"service.a", "service.b", "service.b.c", "service.d", "service.d.e", "service.g"} <= imported_modules(
-        source)
+        source
+    )
 
 
 @pytest.mark.parametrize(("importer", "package"), [("training", "defense_eval"), ("defense_eval", "training")])

@@ -27,7 +27,9 @@ def test_a_scrape_does_not_count_itself_but_a_request_in_progress_counts() -> No
         # A request whose body is still arriving is in flight (a raw image for the sidecar path).
         split = urlsplit(url)
         with socket.create_connection((split.hostname, split.port), timeout=30) as client:
-            client.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                           b"Content-Length: 100\r\n\r\n" + b"x" * 10)
+            client.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 100\r\n\r\n" + b"x" * 10
+            )
             wait_until(lambda: inflight(url) == 1, timeout_s=30, what="the slow request counted in flight")
         wait_until(lambda: inflight(url) == 0, timeout_s=30, what="the closed request no longer in flight")

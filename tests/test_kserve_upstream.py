@@ -42,20 +42,36 @@ def _free_port() -> int:
 def kserve_vendor(log_path: Path) -> Iterator[str]:
     """tests/kserve_vendor.py as a process, until its /v2/health/ready answers 200."""
     if not KSERVE_READY_STAMP.exists():
-        pytest.skip(f"the KServe venv ({KSERVE_PYTHON.parent.parent.name}) could not be built: scripts/setup.sh "
-                    "printed why; rerun it to build it")
+        pytest.skip(
+            f"the KServe venv ({KSERVE_PYTHON.parent.parent.name}) could not be built: scripts/setup.sh "
+            "printed why; rerun it to build it"
+        )
     port = _free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(KSERVE_PYTHON), str(ROOT / "tests" / "kserve_vendor.py"), "--model-dir", str(VENDOR_DIR),
-             "--name", MODEL, "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            [
+                str(KSERVE_PYTHON),
+                str(ROOT / "tests" / "kserve_vendor.py"),
+                "--model-dir",
+                str(VENDOR_DIR),
+                "--name",
+                MODEL,
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the KServe vendor exited with {process.returncode}:\n"
-                                   f"{log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"the KServe vendor exited with {process.returncode}:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/v2/health/ready", timeout=2.0).status_code == 200:
                     break
@@ -111,14 +127,18 @@ def test_predict_reaches_kserve_over_its_protocol(gateway: tuple[str, str], kser
     url, protocol = gateway
     images = [png_bytes(seed=1), png_bytes(seed=2)]
     expected = _v1_direct(kserve_url, _purified(url, *images))
-    answer = post(f"{url}/predict", params={"seed": SEED},
-                  files=[("image", (str(i), image, "image/png")) for i, image in enumerate(images)])
+    answer = post(
+        f"{url}/predict",
+        params={"seed": SEED},
+        files=[("image", (str(i), image, "image/png")) for i, image in enumerate(images)],
+    )
     assert answer.status_code == 200, answer.text
     predictions = answer.json()["predictions"]
     if protocol == "v2":  # one object per image: {output name: row}
         assert [p["label"] for p in predictions] == [e["label"] for e in expected]
-        np.testing.assert_allclose([p["probabilities"] for p in predictions],
-                                   [e["probabilities"] for e in expected], rtol=1e-5)
+        np.testing.assert_allclose(
+            [p["probabilities"] for p in predictions], [e["probabilities"] for e in expected], rtol=1e-5
+        )
     else:
         assert predictions == expected
 
@@ -126,21 +146,30 @@ def test_predict_reaches_kserve_over_its_protocol(gateway: tuple[str, str], kser
 def test_v1_sidecar_relays_kserves_answer(gateway: tuple[str, str], kserve_url: str) -> None:
     url, _ = gateway
     images = [png_bytes(seed=3)]
-    direct = post(f"{kserve_url}/v1/models/{MODEL}:predict",
-                  json={"instances": [{"b64": _b64(p)} for p in _purified(url, *images)]})
-    through = post(f"{url}/v1/models/{MODEL}:predict", params={"seed": SEED},
-                   json={"instances": [{"b64": _b64(i)} for i in images]})
+    direct = post(
+        f"{kserve_url}/v1/models/{MODEL}:predict",
+        json={"instances": [{"b64": _b64(p)} for p in _purified(url, *images)]},
+    )
+    through = post(
+        f"{url}/v1/models/{MODEL}:predict",
+        params={"seed": SEED},
+        json={"instances": [{"b64": _b64(i)} for i in images]},
+    )
     assert through.status_code == direct.status_code == 200
     assert through.json() == direct.json()
 
 
-def _infer(client: triton.InferenceServerClient, images: list[bytes], *, binary_in: bool, binary_out: bool,
-           **kwargs: object) -> triton.InferResult:
+def _infer(
+    client: triton.InferenceServerClient, images: list[bytes], *, binary_in: bool, binary_out: bool, **kwargs: object
+) -> triton.InferResult:
     tensor = triton.InferInput("image", [len(images)], "BYTES")
     # KServe reads binary BYTES as UTF-8 text: its clients send the base64 text in either form.
     tensor.set_data_from_numpy(np.array([_b64(i).encode() for i in images], dtype=np.object_), binary_data=binary_in)
-    outputs = None if binary_out else [triton.InferRequestedOutput(name, binary_data=False)
-                                       for name in ("probabilities", "label")]
+    outputs = (
+        None
+        if binary_out
+        else [triton.InferRequestedOutput(name, binary_data=False) for name in ("probabilities", "label")]
+    )
     # Without the binary extension tritonclient sends no Content-Type, and KServe 0.21 then reads the body
     # as binary (400: "inference-header-content-length header is missing"); JSON must say it is JSON.
     headers = None if binary_in else {"Content-Type": "application/json"}
@@ -149,13 +178,24 @@ def _infer(client: triton.InferenceServerClient, images: list[bytes], *, binary_
 
 @pytest.mark.parametrize(("binary_in", "binary_out"), [(False, False), (True, False), (True, True)])
 def test_tritonclient_infers_through_the_gateway_as_against_kserve(
-        gateway: tuple[str, str], kserve_url: str, binary_in: bool, binary_out: bool) -> None:
+    gateway: tuple[str, str], kserve_url: str, binary_in: bool, binary_out: bool
+) -> None:
     url, _ = gateway
     images = [png_bytes(seed=4), png_bytes(seed=5)]
-    direct = _infer(triton.InferenceServerClient(kserve_url.removeprefix("http://")), _purified(url, *images),
-                    binary_in=binary_in, binary_out=binary_out)
-    through = _infer(triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=60.0), images,
-                     binary_in=binary_in, binary_out=binary_out, query_params={"seed": SEED}, request_id="tc-1")
+    direct = _infer(
+        triton.InferenceServerClient(kserve_url.removeprefix("http://")),
+        _purified(url, *images),
+        binary_in=binary_in,
+        binary_out=binary_out,
+    )
+    through = _infer(
+        triton.InferenceServerClient(url.removeprefix("http://"), network_timeout=60.0),
+        images,
+        binary_in=binary_in,
+        binary_out=binary_out,
+        query_params={"seed": SEED},
+        request_id="tc-1",
+    )
     assert through.get_response()["id"] == "tc-1"
     for name in ("label", "probabilities"):
         np.testing.assert_array_equal(through.as_numpy(name), direct.as_numpy(name))

@@ -18,11 +18,11 @@ import torch
 
 from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge, PurificationFailed
 from service.metrics import DropReason, GatewayMetrics
-from service.purify.options import DType, ZipConfig
-from service.workers.devices import resolve_devices
-from service.workers.batcher import Batch, WorkItem
-from service.workers.pool import PoolConfig, WorkerPool
 from service.purify.models import cpu_has_native_bf16
+from service.purify.options import DType, ZipConfig
+from service.workers.batcher import Batch, WorkItem
+from service.workers.devices import resolve_devices
+from service.workers.pool import PoolConfig, WorkerPool
 from service.workers.purifier import ZipBatchPurifier, zip_purifier_factory
 from service.workers.worker import DeviceWorker, ItemPayload, WorkerInfo
 from tests.tiny_models import tiny_unet
@@ -113,8 +113,12 @@ async def make_pool() -> AsyncIterator[Callable[..., Harness]]:
         fake = fake or FakePurifier()
         metrics = GatewayMetrics()
         settings = dict(devices=("cpu",), max_batch_size=4, max_wait_ms=20.0, queue_limit=16) | config
-        pool = WorkerPool(PoolConfig(**settings), lambda device: fake, metrics,  # type: ignore[arg-type]
-                          oom_errors=(FakeOOM,))
+        pool = WorkerPool(
+            PoolConfig(**settings),
+            lambda device: fake,
+            metrics,  # type: ignore[arg-type]
+            oom_errors=(FakeOOM,),
+        )
         await pool.start()
         made.append(Harness(pool, fake, metrics))
         return made[-1]
@@ -137,7 +141,7 @@ async def test_concurrent_requests_are_batched_and_answered_in_order(make_pool: 
     h = await make_pool(max_batch_size=4, max_wait_ms=50.0)
     requests = [images(i) for i in range(6)] + [images(10, 11, 12, 13, 14, 15)]
     results = await asyncio.gather(*(h.pool.submit(x, request_id=f"r{n}") for n, x in enumerate(requests)))
-    for x, result in zip(requests, results):
+    for x, result in zip(requests, results, strict=True):
         torch.testing.assert_close(result.images, -x)  # each request's own images, in its order
         assert result.steps == 20 and result.queue_s >= 0 and result.purify_s >= 0
     sizes = [len(ids) for ids, _ in h.fake.calls]
@@ -150,14 +154,17 @@ async def test_concurrent_requests_are_batched_and_answered_in_order(make_pool: 
 
 
 async def test_full_queue_rejects_the_whole_request_and_accepted_ones_complete(
-        make_pool: Callable[..., Harness]) -> None:
+    make_pool: Callable[..., Harness],
+) -> None:
     fake = FakePurifier(seconds_per_image_step=0.01)  # 20 steps → 0.2 s per image: a known throughput
     h = await make_pool(fake, max_batch_size=2, max_wait_ms=0.0, queue_limit=4)
     await h.pool.submit(images(1), request_id="warm-up")  # measures ~100 image-steps/s
     fake.seconds_per_image_step = 0.0
     held = await hold_worker(h, 2, 3)
-    queued = [asyncio.create_task(h.pool.submit(images(4, 5), request_id="b")),
-              asyncio.create_task(h.pool.submit(images(6), request_id="c"))]
+    queued = [
+        asyncio.create_task(h.pool.submit(images(4, 5), request_id="b")),
+        asyncio.create_task(h.pool.submit(images(6), request_id="c")),
+    ]
     await eventually(lambda: h.pool.queue_depth == 3, "3 images queued")
     with pytest.raises(Overloaded) as rejected:
         await asyncio.wait_for(h.pool.submit(images(7, 8), request_id="d"), timeout=1.0)
@@ -232,9 +239,17 @@ async def test_a_worker_drops_the_result_of_an_item_whose_deadline_passed_during
     await worker.load(lambda device: fake)
     loop = asyncio.get_running_loop()
     now = time.monotonic()
-    late, on_time = (WorkItem(key="k", payload=ItemPayload(images(i)[0], seed=i, steps=1), future=loop.create_future(),
-                              request_id=f"r{i}", enqueued_at=now, deadline=deadline)
-                     for i, deadline in ((1, now + 0.05), (2, None)))
+    late, on_time = (
+        WorkItem(
+            key="k",
+            payload=ItemPayload(images(i)[0], seed=i, steps=1),
+            future=loop.create_future(),
+            request_id=f"r{i}",
+            enqueued_at=now,
+            deadline=deadline,
+        )
+        for i, deadline in ((1, now + 0.05), (2, None))
+    )
     try:
         running = asyncio.create_task(worker.run(Batch(key="k", items=(late, on_time), dispatched_at=now)))
         await eventually(lambda: fake.running == 1, "the batch computing")
@@ -280,8 +295,11 @@ async def test_out_of_memory_splits_the_batch_until_it_fits(make_pool: Callable[
 
 async def test_a_crashing_batch_fails_only_its_own_images(make_pool: Callable[..., Harness]) -> None:
     h = await make_pool(FakePurifier(fail_ids=frozenset({13})), max_batch_size=1, max_wait_ms=0.0)
-    bad, good = await asyncio.gather(h.pool.submit(images(13), request_id="bad"),
-                                     h.pool.submit(images(14), request_id="good"), return_exceptions=True)
+    bad, good = await asyncio.gather(
+        h.pool.submit(images(13), request_id="bad"),
+        h.pool.submit(images(14), request_id="good"),
+        return_exceptions=True,
+    )
     assert isinstance(bad, PurificationFailed) and "RuntimeError" in bad.message and "boom" not in bad.message
     torch.testing.assert_close(good.images, -images(14))  # type: ignore[union-attr]
     after = await h.pool.submit(images(15), request_id="after")  # the worker keeps serving
@@ -302,7 +320,7 @@ async def test_drain_finishes_queued_and_running_work_then_rejects(make_pool: Ca
     h.fake.gate.set()
     await asyncio.wait_for(draining, WAIT_S)
     results = [await task for task in (held, *queued)]
-    for i, result in zip((1, 2, 3), results):
+    for i, result in zip((1, 2, 3), results, strict=True):
         torch.testing.assert_close(result.images, -images(i))
     with pytest.raises(NotReady):
         await h.pool.submit(images(5), request_id="after")
@@ -325,8 +343,15 @@ async def test_drain_timeout_fails_what_is_left_with_not_ready(make_pool: Callab
 
 async def test_adaptive_steps_lower_steps_under_load_and_report_them(make_pool: Callable[..., Harness]) -> None:
     fake = FakePurifier(seconds_per_image_step=0.001)  # 1000 image-steps/s
-    h = await make_pool(fake, max_batch_size=4, max_wait_ms=0.0, queue_limit=32, default_steps=20,
-                        adaptive_steps_min=4, adaptive_target_wait_ms=100.0)
+    h = await make_pool(
+        fake,
+        max_batch_size=4,
+        max_wait_ms=0.0,
+        queue_limit=32,
+        default_steps=20,
+        adaptive_steps_min=4,
+        adaptive_target_wait_ms=100.0,
+    )
     first = await h.pool.submit(images(1), request_id="warm-up")
     assert first.steps == 20  # an empty queue waits less than the target
     # 16 images × 20 steps queued ≈ 0.32 s of work, well over the 100 ms target.
@@ -334,7 +359,7 @@ async def test_adaptive_steps_lower_steps_under_load_and_report_them(make_pool: 
     steps_by_id = {i: steps for ids, steps in fake.calls for i in ids}
     assert min(r.steps for r in results) < 20
     assert all(4 <= r.steps <= 20 for r in results)
-    for i, result in zip(range(10, 26), results):
+    for i, result in zip(range(10, 26), results, strict=True):
         assert result.steps == steps_by_id[i]  # what the response reports is what ran
     assert sample(h.metrics, "zipgate_purify_steps_bucket", le="15.0") >= 1
     idle = await h.pool.submit(images(2), request_id="after")
@@ -379,21 +404,46 @@ async def test_lifecycle_errors(make_pool: Callable[..., Harness]) -> None:
         await h.pool.start()
 
 
-@pytest.mark.parametrize("bad", [dict(devices=()), dict(max_batch_size=0), dict(queue_limit=0),
-                                 dict(adaptive_steps_min=21), dict(adaptive_target_wait_ms=0.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(devices=()),
+        dict(max_batch_size=0),
+        dict(queue_limit=0),
+        dict(adaptive_steps_min=21),
+        dict(adaptive_target_wait_ms=0.0),
+    ],
+)
 def test_pool_config_is_validated(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         PoolConfig(**(dict(devices=("cpu",)) | bad))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("spec", "count", "expected"), [("auto", 0, ("cpu",)), ("auto", 2, ("cuda:0", "cuda:1")),
-    ("cpu", 2, ("cpu",)), (" cuda:1 , cuda ", 2, ("cuda:1", "cuda:0")), ("CUDA:0,cpu", 1, ("cuda:0", "cpu"))])
+@pytest.mark.parametrize(
+    ("spec", "count", "expected"),
+    [
+        ("auto", 0, ("cpu",)),
+        ("auto", 2, ("cuda:0", "cuda:1")),
+        ("cpu", 2, ("cpu",)),
+        (" cuda:1 , cuda ", 2, ("cuda:1", "cuda:0")),
+        ("CUDA:0,cpu", 1, ("cuda:0", "cpu")),
+    ],
+)
 def test_resolve_devices(spec: str, count: int, expected: tuple[str, ...]) -> None:
     assert resolve_devices(spec, cuda_device_count=count) == expected
 
 
-@pytest.mark.parametrize(("spec", "message"), [("gpu0", "unknown device"), ("cuda:2", "not visible"),
-    ("cuda:0,cuda:0", "twice"), ("", "empty"), ("cpu,", "empty"), ("cuda", "not visible")])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("gpu0", "unknown device"),
+        ("cuda:2", "not visible"),
+        ("cuda:0,cuda:0", "twice"),
+        ("", "empty"),
+        ("cpu,", "empty"),
+        ("cuda", "not visible"),
+    ],
+)
 def test_resolve_devices_rejects_with_a_fix(spec: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as error:
         resolve_devices(spec, cuda_device_count=0 if spec == "cuda" else 2)
@@ -421,8 +471,9 @@ async def test_real_engine_batch_equals_single_runs_with_the_same_seeds(tmp_path
     tiny_unet(channels=1, size=16).save_pretrained(tmp_path / "tiny")
     factory = zip_purifier_factory(tmp_path / "tiny", ZipConfig("blur:2", guidance_power=1.0), dtype=DType.FP32)
     metrics = GatewayMetrics()
-    pool = WorkerPool(PoolConfig(devices=("cpu",), max_batch_size=4, max_wait_ms=0.0, default_steps=3),
-                      factory, metrics)
+    pool = WorkerPool(
+        PoolConfig(devices=("cpu",), max_batch_size=4, max_wait_ms=0.0, default_steps=3), factory, metrics
+    )
     await pool.start()
     try:
         assert pool.device_info == [WorkerInfo(device="cpu", dtype="float32", model="tiny", sample_size=16, channels=1)]

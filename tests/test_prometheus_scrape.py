@@ -72,9 +72,16 @@ def running_prometheus(config: dict[str, Any], port: int, workdir: Path) -> Iter
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             _wait_ready(f"{url}/-/ready", process, log_path)
             yield url
@@ -160,9 +167,12 @@ class Traffic:
 def test_prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data(tmp_path: Path) -> None:
     vendor_dir, model_dir = tiny_vendor_dir(tmp_path), tiny_ddpm_dir(tmp_path)
     # A 2-image queue and batches of one, so concurrent requests overflow it and get 429.
-    with running_vendor(vendor_dir) as vendor_url, \
-            running_gateway(gateway_settings(model_dir, vendor_url, queue_limit=2, max_batch_size=1,
-                                            shadow_rate=1.0)) as gateway_url:
+    with (
+        running_vendor(vendor_dir) as vendor_url,
+        running_gateway(
+            gateway_settings(model_dir, vendor_url, queue_limit=2, max_batch_size=1, shadow_rate=1.0)
+        ) as gateway_url,
+    ):
         port = free_port()
         with running_prometheus(loopback_config(gateway_url, port), port, tmp_path) as prometheus_url:
             # Traffic after the first scrape, so every counter rises between two samples.
@@ -171,24 +181,33 @@ def test_prometheus_scrapes_the_gateway_and_every_dashboard_query_returns_data(t
             queries = dashboard_queries()
             rate = f"[{RATE_INTERVAL}]"
             # Beyond "some series": the traffic must show up as numbers.
-            positive = [f"sum(rate(zipgate_images_purified_total{rate}))",
-                        f'sum(rate(zipgate_requests_total{{status="429"}}{rate}))',
-                        f'sum(rate(zipgate_upstream_requests_total{{status="200"}}{rate}))',
-                        f'sum(rate(zipgate_dropped_images_total{{reason="overload"}}{rate}))',
-                        f'sum(rate(zipgate_requests_total{{endpoint="/purify", status="200"}}{rate}))',
-                        f"sum(rate(zipgate_shadow_comparisons_total{rate}))"]
-            stage_p95 = (f"histogram_quantile(0.95, sum by (le, stage) "
-                         f"(rate(zipgate_stage_duration_seconds_bucket{rate})))")
+            positive = [
+                f"sum(rate(zipgate_images_purified_total{rate}))",
+                f'sum(rate(zipgate_requests_total{{status="429"}}{rate}))',
+                f'sum(rate(zipgate_upstream_requests_total{{status="200"}}{rate}))',
+                f'sum(rate(zipgate_dropped_images_total{{reason="overload"}}{rate}))',
+                f'sum(rate(zipgate_requests_total{{endpoint="/purify", status="200"}}{rate}))',
+                f"sum(rate(zipgate_shadow_comparisons_total{rate}))",
+            ]
+            stage_p95 = (
+                f"histogram_quantile(0.95, sum by (le, stage) (rate(zipgate_stage_duration_seconds_bucket{rate})))"
+            )
             missing: list[str] = []
 
             def dashboard_complete() -> bool:
                 traffic.round(seed=sum(traffic.statuses.values()))
-                missing[:] = [f"{q.panel} [{q.ref_id}]: {q.expr}" for q in queries
-                              if not instant_query(prometheus_url, to_promql(q.expr, RATE_INTERVAL))]
+                missing[:] = [
+                    f"{q.panel} [{q.ref_id}]: {q.expr}"
+                    for q in queries
+                    if not instant_query(prometheus_url, to_promql(q.expr, RATE_INTERVAL))
+                ]
                 missing.extend(expr for expr in positive if not _first_value(prometheus_url, expr) > 0)
                 stages = {s["metric"]["stage"]: float(s["value"][1]) for s in instant_query(prometheus_url, stage_p95)}
-                missing.extend(f"p95 of stage {stage}" for stage in ("decode", "queue", "purify", "upstream")
-                               if not math.isfinite(stages.get(stage, math.nan)))
+                missing.extend(
+                    f"p95 of stage {stage}"
+                    for stage in ("decode", "queue", "purify", "upstream")
+                    if not math.isfinite(stages.get(stage, math.nan))
+                )
                 return not missing
 
             try:

@@ -50,13 +50,19 @@ def by_kind(objects: list[dict], kind: str) -> dict:
 
 @pytest.fixture
 def base(tmp_path: Path) -> Path:
-    return write(tmp_path, {
-        "base/deployment.yaml": DEPLOYMENT,
-        "base/kustomization.yaml": """\
+    return (
+        write(
+            tmp_path,
+            {
+                "base/deployment.yaml": DEPLOYMENT,
+                "base/kustomization.yaml": """\
             namespace: apps
             resources: [deployment.yaml]
         """,
-    }) / "base"
+            },
+        )
+        / "base"
+    )
 
 
 def test_the_pinned_kubectl_of_this_virtualenv_is_used() -> None:
@@ -66,8 +72,10 @@ def test_the_pinned_kubectl_of_this_virtualenv_is_used() -> None:
 def test_components_patch_containers_by_name_and_the_overlay_namespace_reaches_them(base: Path) -> None:
     # What k8s/components/gpu and the overlays do: a component patches the base's Deployment by
     # container name and adds an object; the overlay's namespace applies to both.
-    root = write(base.parent, {
-        "gpu/kustomization.yaml": """\
+    root = write(
+        base.parent,
+        {
+            "gpu/kustomization.yaml": """\
             apiVersion: kustomize.config.k8s.io/v1alpha1
             kind: Component
             resources: [hpa.yaml]
@@ -86,32 +94,40 @@ def test_components_patch_containers_by_name_and_the_overlay_namespace_reaches_t
             images:
               - {name: web, newTag: cuda}
         """,
-        "gpu/hpa.yaml": """\
+            "gpu/hpa.yaml": """\
             apiVersion: autoscaling/v2
             kind: HorizontalPodAutoscaler
             metadata: {name: web}
             spec: {scaleTargetRef: {kind: Deployment, name: web}, maxReplicas: 2}
         """,
-        "overlay/kustomization.yaml": """\
+            "overlay/kustomization.yaml": """\
             namespace: apps
             resources: [../base]
             components: [../gpu]
         """,
-    })
+        },
+    )
     objects = render(root / "overlay")
     (main, sidecar) = by_kind(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert {e["name"]: e["value"] for e in main["env"]} == {"A": "1", "B": "20"}  # merged by name
     assert main["resources"] == {"requests": {"cpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
     assert (main["image"], sidecar["image"]) == ("web:cuda", "sidecar:2")
-    assert {o["kind"]: o["metadata"]["namespace"] for o in objects} == {"Deployment": "apps",
-                                                                        "HorizontalPodAutoscaler": "apps"}
+    assert {o["kind"]: o["metadata"]["namespace"] for o in objects} == {
+        "Deployment": "apps",
+        "HorizontalPodAutoscaler": "apps",
+    }
 
 
-@pytest.mark.parametrize(("kustomization", "message"), [
-    ("resources: [missing.yaml]\n", "missing.yaml"),
-    ('resources: [../base]\npatches: [{patch: "{apiVersion: v1, kind: ConfigMap, metadata: {name: nope}}"}]\n',
-     "nope"),
-])
+@pytest.mark.parametrize(
+    ("kustomization", "message"),
+    [
+        ("resources: [missing.yaml]\n", "missing.yaml"),
+        (
+            'resources: [../base]\npatches: [{patch: "{apiVersion: v1, kind: ConfigMap, metadata: {name: nope}}"}]\n',
+            "nope",
+        ),
+    ],
+)
 def test_kubectl_errors_surface_with_its_message(base: Path, kustomization: str, message: str) -> None:
     overlay = write(base.parent, {"bad/kustomization.yaml": kustomization}) / "bad"
     with pytest.raises(KustomizeError, match=message):

@@ -40,8 +40,13 @@ from service.api.errors import ClientDisconnected
 from service.api.guard import guarded
 from service.api.security import headers_for_vendor
 from service.config import DEFAULT_MAX_REQUEST_PIXELS, ConfigError, load_settings
-from service.errors import (DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, NotReady, PayloadTooLarge,
-                            UpstreamResponseTooLarge)
+from service.errors import (
+    DRAINING_RETRY_AFTER_S,
+    LOADING_RETRY_AFTER_S,
+    NotReady,
+    PayloadTooLarge,
+    UpstreamResponseTooLarge,
+)
 from service.metrics import GatewayMetrics
 from service.upstream import RetryPolicy, UpstreamProtocol, build_upstream
 from service.upstream import client as client_module
@@ -81,14 +86,17 @@ def plain_gateway() -> Iterator[tuple[str, StaticApp]]:
 
 @pytest.mark.parametrize("side", [5000, 20000])  # over max_image_pixels; 20000² also trips PIL's bomb guard
 def test_one_image_too_large_is_named_by_its_own_limit_not_the_request_budget(
-        plain_gateway: tuple[str, StaticApp], side: int) -> None:
+    plain_gateway: tuple[str, StaticApp], side: int
+) -> None:
     url, recorder = plain_gateway
     forwarded = len([r for r in recorder.requests if r.method == "POST"])  # GETs ask whether a model exists
     bomb = png_header_claiming(side, side)
     v2 = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [_b64(bomb)]}]}
-    for response in (post(f"{url}/predict", files=[("image", bomb)]),
-                     post(f"{url}/predict", json={"images": [_b64(bomb)]}),
-                     post(f"{url}/v2/models/fmnist/infer", json=v2)):
+    for response in (
+        post(f"{url}/predict", files=[("image", bomb)]),
+        post(f"{url}/predict", json={"images": [_b64(bomb)]}),
+        post(f"{url}/v2/models/fmnist/infer", json=v2),
+    ):
         assert response.status_code == 413, response.text
         message = response.json()["error"]["message"]
         assert "max_image_pixels" in message and "max_request_pixels" not in message, message
@@ -107,8 +115,9 @@ def test_open_images_checks_each_image_then_the_sum() -> None:
         open_images([small, small, png_header_claiming(20000, 20000)], limits, max_request_pixels=64 * 64)
 
 
-def test_each_image_header_is_parsed_once_per_request(plain_gateway: tuple[str, StaticApp],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_image_header_is_parsed_once_per_request(
+    plain_gateway: tuple[str, StaticApp], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, _ = plain_gateway
     opened: list[object] = []
     real_open = Image.open
@@ -138,15 +147,24 @@ def test_max_connections_must_leave_room_for_the_request_itself() -> None:
 @pytest.mark.slow
 def test_a_body_still_arriving_when_the_drain_runs_out_gets_a_503_json() -> None:
     recorder = StaticApp(200, b"{}")
-    with serve_asgi(recorder) as upstream_url, serving_gateway_server(gateway_settings(
-            None, upstream_url, drain_timeout_s=1.0, body_read_timeout_s=60.0)) as (server, url):
+    with (
+        serve_asgi(recorder) as upstream_url,
+        serving_gateway_server(gateway_settings(None, upstream_url, drain_timeout_s=1.0, body_read_timeout_s=60.0)) as (
+            server,
+            url,
+        ),
+    ):
         host, port = httpx.URL(url).host, httpx.URL(url).port
         assert port is not None
         with socket.create_connection((host, port), timeout=10) as client:
-            client.sendall(b"POST /predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-                           b"Content-Length: 1000\r\nX-Request-ID: trickle-1\r\n\r\n" + b'{"images": [')
-            wait_until(lambda: metric_value(get(f"{url}/metrics").text, "zipgate_inflight_requests") >= 1,
-                       what="the trickled request in flight (the scrape does not count itself)")
+            client.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\nX-Request-ID: trickle-1\r\n\r\n" + b'{"images": ['
+            )
+            wait_until(
+                lambda: metric_value(get(f"{url}/metrics").text, "zipgate_inflight_requests") >= 1,
+                what="the trickled request in flight (the scrape does not count itself)",
+            )
             server.handle_exit(signal.SIGTERM, None)
             client.settimeout(0.1)
             deadline = time.monotonic() + 15
@@ -180,15 +198,17 @@ async def test_a_failing_receive_is_raised_not_reported_as_a_disconnect() -> Non
         raise RuntimeError("receive broke")
 
     with pytest.raises(RuntimeError, match="receive broke"):
-        await guarded(asyncio.sleep(10), request_id="r", what="work", stopped=stopped, deadline=None,
-                      receive=broken_receive)
+        await guarded(
+            asyncio.sleep(10), request_id="r", what="work", stopped=stopped, deadline=None, receive=broken_receive
+        )
 
     async def disconnect() -> dict[str, Any]:
         return {"type": "http.disconnect"}
 
     with pytest.raises(ClientDisconnected):
-        await guarded(asyncio.sleep(10), request_id="r", what="work", stopped=stopped, deadline=None,
-                      receive=disconnect)
+        await guarded(
+            asyncio.sleep(10), request_id="r", what="work", stopped=stopped, deadline=None, receive=disconnect
+        )
 
 
 # --- 11: credentials in UPSTREAM_URL never reach repr or a traceback -----------------------------
@@ -200,12 +220,15 @@ def test_settings_repr_hides_the_upstream_url() -> None:
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings)
 
 
-@pytest.mark.parametrize("overrides", [
-    {"request_timeout_s": 1000.0},  # a model-level error: pydantic's input_value is every input
-    {"max_image_pixels": "many"},
-    {"upstream_url": f"ftp://{CREDENTIALS}@vendor"},
-    {"upstream_url": f"http://{CREDENTIALS}@vendor:port"},  # httpx.InvalidURL, not a ValueError
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"request_timeout_s": 1000.0},  # a model-level error: pydantic's input_value is every input
+        {"max_image_pixels": "many"},
+        {"upstream_url": f"ftp://{CREDENTIALS}@vendor"},
+        {"upstream_url": f"http://{CREDENTIALS}@vendor:port"},  # httpx.InvalidURL, not a ValueError
+    ],
+)
 def test_a_config_error_carries_no_credentials(overrides: dict[str, Any]) -> None:
     values = {"upstream_url": f"http://{CREDENTIALS}@vendor:9000", **overrides}
     with pytest.raises(ConfigError) as info:
@@ -241,12 +264,17 @@ async def test_the_decoding_generator_is_closed_when_the_answer_is_too_large(mon
 
     monkeypatch.setattr(client_module, "_decoded_chunks", recording_chunks)
     body = gzip.compress(b"\0" * 200_000)
-    transport = httpx.MockTransport(lambda request: httpx.Response(
-        200, content=body, headers={"content-encoding": "gzip"}))
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(200, content=body, headers={"content-encoding": "gzip"})
+    )
     async with httpx.AsyncClient(transport=transport) as http:
         with pytest.raises(UpstreamResponseTooLarge):
-            await client_module.send_with_retries(http, http.build_request("POST", "http://vendor/predict"),
-                                                  RetryPolicy(max_retries=0), max_response_bytes=10_000)
+            await client_module.send_with_retries(
+                http,
+                http.build_request("POST", "http://vendor/predict"),
+                RetryPolicy(max_retries=0),
+                max_response_bytes=10_000,
+            )
         assert closed == [True]  # at once, not whenever the event loop finalizes the generator
 
 
@@ -264,12 +292,22 @@ def test_the_cli_sets_a_passive_openmp_wait_unless_the_environment_chose(monkeyp
 
 @pytest.mark.slow
 def test_zipgate_serve_sets_it_before_torch_loads_openmp() -> None:
-    env = {name: value for name, value in os.environ.items()
-           if name != "OMP_WAIT_POLICY" and not name.startswith("ZIPGATE_")}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name != "OMP_WAIT_POLICY" and not name.startswith("ZIPGATE_")
+    }
     # libgomp prints its settings when it loads (with torch); a bad setting then ends `serve` (exit 2).
     env.update(OMP_DISPLAY_ENV="VERBOSE", ZIPGATE_MAX_CONNECTIONS="1", PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-c", "from service.cli import app; app(['serve'])"], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=240, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", "from service.cli import app; app(['serve'])"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert result.returncode == 2 and "max_connections" in result.stderr, result.stderr[-2000:]
     if "OPENMP DISPLAY ENVIRONMENT" not in result.stderr:
         pytest.skip("this torch's OpenMP runtime is not libgomp (it prints nothing to check)")
@@ -286,8 +324,11 @@ def test_the_image_sets_a_passive_openmp_wait() -> None:
 
 
 def _pool(delay_s: float) -> WorkerPool:
-    return WorkerPool(PoolConfig(devices=("cpu",), max_batch_size=1, max_wait_ms=0.0),
-                      lambda device: FakePurifier(delay_s=delay_s), GatewayMetrics())
+    return WorkerPool(
+        PoolConfig(devices=("cpu",), max_batch_size=1, max_wait_ms=0.0),
+        lambda device: FakePurifier(delay_s=delay_s),
+        GatewayMetrics(),
+    )
 
 
 async def test_the_drain_log_gives_the_time_since_the_drain_began(caplog: pytest.LogCaptureFixture) -> None:
@@ -302,7 +343,7 @@ async def test_the_drain_log_gives_the_time_since_the_drain_began(caplog: pytest
     await pool.close()
     timed_out = [record for record in caplog.records if "timed out" in record.getMessage()]
     assert len(timed_out) == 1, [record.getMessage() for record in caplog.records]
-    assert 2.0 <= getattr(timed_out[0], "drain_s") < 10, timed_out[0].getMessage()  # not "after 0.00 s"
+    assert 2.0 <= timed_out[0].drain_s < 10, timed_out[0].getMessage()  # not "after 0.00 s"
     assert info.value.retry_after_s == DRAINING_RETRY_AFTER_S
 
 
@@ -381,8 +422,13 @@ async def test_url_credentials_go_as_basic_auth_and_replace_the_clients_authoriz
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(vendor)) as http:
         adapter = build_upstream(UpstreamProtocol.V2, http, f"http://{CREDENTIALS}@vendor:9000", "fmnist")
-        await adapter.forward("POST", "/v2/models/fmnist/infer", b"{}", {"Authorization": "Bearer vendor-token"},
-                              content_type="application/json")
+        await adapter.forward(
+            "POST",
+            "/v2/models/fmnist/infer",
+            b"{}",
+            {"Authorization": "Bearer vendor-token"},
+            content_type="application/json",
+        )
     expected = "Basic " + base64.b64encode(CREDENTIALS.encode()).decode()
     assert seen[0].headers.get_list("authorization") == [expected]
     assert seen[0].url.userinfo == b""
@@ -392,11 +438,19 @@ async def test_url_credentials_go_as_basic_auth_and_replace_the_clients_authoriz
 
 
 def test_404_is_documented_only_on_the_sidecar_model_routes() -> None:
-    paths = create_app(gateway_settings(Path("unused"), "http://127.0.0.1:9", upstream_raw_path="/invocations"),
-                       purifier_factory=lambda device: FakePurifier()).openapi()["paths"]
+    paths = create_app(
+        gateway_settings(Path("unused"), "http://127.0.0.1:9", upstream_raw_path="/invocations"),
+        purifier_factory=lambda device: FakePurifier(),
+    ).openapi()["paths"]
     posts = {path: operations["post"]["responses"] for path, operations in paths.items() if "post" in operations}
-    assert set(posts) == {"/predict", "/purify", "/v1/models/{name}:predict", "/v2/models/{name}/infer",
-                          "/v2/models/{name}/versions/{version}/infer", "/invocations"}
+    assert set(posts) == {
+        "/predict",
+        "/purify",
+        "/v1/models/{name}:predict",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+        "/invocations",
+    }
     for path, responses in posts.items():
         assert "408" in responses, path  # every route that reads a body
         assert ("404" in responses) == path.startswith(("/v1/models/", "/v2/models/")), path

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from service.purify.schedule import (
-    alpha_bar, alphas_cumprod, check_schedule, ddim_step, jump_schedule, linear_betas, renoise, timestep_pairs,
+    alpha_bar,
+    alphas_cumprod,
+    check_schedule,
+    ddim_step,
+    jump_schedule,
+    linear_betas,
+    renoise,
+    timestep_pairs,
 )
 
 

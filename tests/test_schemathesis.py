@@ -45,8 +45,10 @@ schema = schemathesis.openapi.from_dict(_spec())
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("models")
-    with running_vendor(tiny_vendor_dir(root)) as vendor_url, running_gateway(
-            _settings(tiny_ddpm_dir(root), vendor_url)) as url:
+    with (
+        running_vendor(tiny_vendor_dir(root)) as vendor_url,
+        running_gateway(_settings(tiny_ddpm_dir(root), vendor_url)) as url,
+    ):
         yield url
 
 
@@ -94,10 +96,32 @@ def test_schemathesis_run_checks_all_passes_on_the_live_schema(gateway_url: str,
     har = tmp_path / "run.har"
     # The coverage phase (schema-derived edge cases of every parameter) sends most of the ~300
     # requests whatever --max-examples says; the other phases get 5 examples per operation.
-    command = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(REPO / "schemathesis.toml"),
-               "run", f"{gateway_url}/openapi.json", "--checks", "all", "--phases", "examples,coverage,fuzzing",
-               "--max-examples", "5", "--seed", "0", "--workers", "1", "--request-timeout", "30", "--no-color",
-               "--report", "har", "--report-har-path", str(har)]
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(REPO / "schemathesis.toml"),
+        "run",
+        f"{gateway_url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        "5",
+        "--seed",
+        "0",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--no-color",
+        "--report",
+        "har",
+        "--report-har-path",
+        str(har),
+    ]
     # About 15 s on a loaded 2-core machine; a hang fails here, well inside pytest's own 300 s timeout.
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=150, check=False)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]

@@ -44,12 +44,24 @@ def test_clean_traffic_raises_no_alarm_and_a_small_attack_share_may_stay_hidden(
 
 def test_the_bench_reads_an_evaluation_report(tmp_path: Path) -> None:
     setting = "blur:4 S=20 λ=0.5 η=1 K=1"
-    np.savez_compressed(tmp_path / LABELS_FILE, **{
-        f"badnets/none/{setting}/clean": CLEAN[:, 0], f"badnets/zip/{setting}/clean": CLEAN[:, 1],
-        f"badnets/none/{setting}/triggered": TRIGGERED[:, 0], f"badnets/zip/{setting}/triggered": TRIGGERED[:, 1],
-        "clean/true": CLEAN[:, 0], "badnets/triggered/true": TRIGGERED[:, 1]})
-    out = subprocess.run([sys.executable, "bench/shadow_alarm.py", str(tmp_path), "--runs", "5", "--window", "200"],
-                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    np.savez_compressed(
+        tmp_path / LABELS_FILE,
+        **{
+            f"badnets/none/{setting}/clean": CLEAN[:, 0],
+            f"badnets/zip/{setting}/clean": CLEAN[:, 1],
+            f"badnets/none/{setting}/triggered": TRIGGERED[:, 0],
+            f"badnets/zip/{setting}/triggered": TRIGGERED[:, 1],
+            "clean/true": CLEAN[:, 0],
+            "badnets/triggered/true": TRIGGERED[:, 1],
+        },
+    )
+    out = subprocess.run(
+        [sys.executable, "bench/shadow_alarm.py", str(tmp_path), "--runs", "5", "--window", "200"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    ).stdout
     lines = out.strip().splitlines()
     assert lines[-2] == "false_alarm_windows=0/5"
     assert lines[-1] == "disagreement_ratio=5.00"  # 1.0 ÷ 0.2

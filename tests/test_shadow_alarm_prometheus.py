@@ -22,15 +22,19 @@ MIN_COUNT = 20  # the rule's minimum count of disagreements
 
 def _firing(prometheus_url: str) -> list[dict[str, Any]]:
     alerts = httpx.get(f"{prometheus_url}/api/v1/alerts", timeout=5.0).json()["data"]["alerts"]
-    return [a for a in alerts if a["labels"]["alertname"] == "ZipgateSuspectedBackdoorTarget"
-            and a["state"] == "firing"]
+    return [
+        a for a in alerts if a["labels"]["alertname"] == "ZipgateSuspectedBackdoorTarget" and a["state"] == "firing"
+    ]
 
 
 def test_a_burst_of_triggered_requests_fires_the_alarm_naming_the_target(tmp_path: Path) -> None:
     vendor = BackdooredVendor()
-    with serve_asgi(vendor.app) as vendor_url, running_gateway(
-            gateway_settings(tmp_path, vendor_url, shadow_rate=1.0),
-            purifier_factory=lambda device: TriggerRemover()) as url:
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
+            gateway_settings(tmp_path, vendor_url, shadow_rate=1.0), purifier_factory=lambda device: TriggerRemover()
+        ) as url,
+    ):
         port = free_port()
         config = loopback_config(url, port) | {"rule_files": [str(ALERT_RULES)]}
         config["global"]["evaluation_interval"] = "1s"
@@ -38,10 +42,17 @@ def test_a_burst_of_triggered_requests_fires_the_alarm_naming_the_target(tmp_pat
             rules = httpx.get(f"{prometheus_url}/api/v1/rules", timeout=5.0).json()["data"]["groups"]
             assert "zipgate-backdoor" in {group["name"] for group in rules}, yaml.safe_dump(rules)
             for seed in range(MIN_COUNT - 1):  # one short of the minimum: no alarm, whatever the share
-                assert httpx.post(f"{url}/predict", files=[("image", ("t.png", _png(True, seed), "image/png"))],
-                                  timeout=30.0).status_code == 200
-            wait_until(lambda: metric_value(httpx.get(f"{url}/metrics").text,
-                                            "zipgate_shadow_comparisons_total") == MIN_COUNT - 1)
+                assert (
+                    httpx.post(
+                        f"{url}/predict", files=[("image", ("t.png", _png(True, seed), "image/png"))], timeout=30.0
+                    ).status_code
+                    == 200
+                )
+            wait_until(
+                lambda: (
+                    metric_value(httpx.get(f"{url}/metrics").text, "zipgate_shadow_comparisons_total") == MIN_COUNT - 1
+                )
+            )
             poll("Prometheus scraping the disagreements", lambda: _sum(prometheus_url) == MIN_COUNT - 1)
             assert not _firing(prometheus_url)
             httpx.post(f"{url}/predict", files=[("image", ("t.png", _png(True, 99), "image/png"))], timeout=30.0)
@@ -51,7 +62,10 @@ def test_a_burst_of_triggered_requests_fires_the_alarm_naming_the_target(tmp_pat
 
 
 def _sum(prometheus_url: str) -> float:
-    result = httpx.get(f"{prometheus_url}/api/v1/query", timeout=5.0,
-                       params={"query": 'sum(zipgate_shadow_disagreements_total{job="zipgate"})'}).json()
+    result = httpx.get(
+        f"{prometheus_url}/api/v1/query",
+        timeout=5.0,
+        params={"query": 'sum(zipgate_shadow_disagreements_total{job="zipgate"})'},
+    ).json()
     values = result["data"]["result"]
     return float(values[0]["value"][1]) if values else 0.0

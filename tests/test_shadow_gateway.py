@@ -82,9 +82,13 @@ def _metrics(url: str) -> str:
 def test_shadow_mode_counts_disagreements_on_triggered_images_and_captures_them(tmp_path: Path) -> None:
     vendor = BackdooredVendor()
     capture = tmp_path / "capture"
-    with serve_asgi(vendor.app) as vendor_url, running_gateway(
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
             gateway_settings(tmp_path, vendor_url, shadow_rate=1.0, shadow_capture_dir=capture),
-            purifier_factory=lambda device: TriggerRemover()) as url:
+            purifier_factory=lambda device: TriggerRemover(),
+        ) as url,
+    ):
         answers = [_post(url, _png(triggered, seed)) for seed, triggered in enumerate([True, False, True, True, False])]
         assert [a.status_code for a in answers] == [200] * 5
         # The client always gets the purified answer, never the raw one.
@@ -108,9 +112,12 @@ def test_shadow_mode_counts_disagreements_on_triggered_images_and_captures_them(
 
 def test_shadow_failures_never_reach_the_client(tmp_path: Path) -> None:
     vendor = BackdooredVendor(fail_shadow=True)
-    with serve_asgi(vendor.app) as vendor_url, running_gateway(
-            gateway_settings(tmp_path, vendor_url, shadow_rate=1.0),
-            purifier_factory=lambda device: TriggerRemover()) as url:
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
+            gateway_settings(tmp_path, vendor_url, shadow_rate=1.0), purifier_factory=lambda device: TriggerRemover()
+        ) as url,
+    ):
         assert _post(url, _png(True)).status_code == 200
         wait_until(lambda: metric_value(_metrics(url), "zipgate_shadow_failures_total") == 1, what="a failure")
         assert metric_value(_metrics(url), "zipgate_shadow_comparisons_total") == 0
@@ -119,15 +126,20 @@ def test_shadow_failures_never_reach_the_client(tmp_path: Path) -> None:
 def test_the_shadow_header_works_only_when_allowed(tmp_path: Path) -> None:
     for allowed in (False, True):
         vendor = BackdooredVendor()
-        with serve_asgi(vendor.app) as vendor_url, running_gateway(
+        with (
+            serve_asgi(vendor.app) as vendor_url,
+            running_gateway(
                 gateway_settings(tmp_path, vendor_url, shadow_allow_header=allowed),
-                purifier_factory=lambda device: TriggerRemover()) as url:
+                purifier_factory=lambda device: TriggerRemover(),
+            ) as url,
+        ):
             assert _post(url, _png(True), headers={"X-Zipgate-Shadow": "1"}).status_code == 200
             assert _post(url, _png(True)).status_code == 200  # no header, rate 0: never compared
             assert _post(url, _png(True), headers={"X-Zipgate-Shadow": "1"}).status_code == 200
             if allowed:
-                wait_until(lambda: metric_value(_metrics(url), "zipgate_shadow_comparisons_total") == 2,
-                           what="2 comparisons")
+                wait_until(
+                    lambda: metric_value(_metrics(url), "zipgate_shadow_comparisons_total") == 2, what="2 comparisons"
+                )
             text = _metrics(url)
         expected = 2 if allowed else 0
         assert metric_value(text, "zipgate_shadow_comparisons_total") == expected
@@ -136,9 +148,13 @@ def test_the_shadow_header_works_only_when_allowed(tmp_path: Path) -> None:
 
 def test_votes_answer_with_the_majority_and_repeat_with_a_seed(tmp_path: Path) -> None:
     vendor = BackdooredVendor()
-    with serve_asgi(vendor.app) as vendor_url, running_gateway(
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
             gateway_settings(tmp_path, vendor_url, max_votes=5),
-            purifier_factory=lambda device: TriggerRemover(noisy=True)) as url:
+            purifier_factory=lambda device: TriggerRemover(noisy=True),
+        ) as url,
+    ):
         images = [_png(False, seed) for seed in range(4)]
         files = [("image", (f"{i}.png", png, "image/png")) for i, png in enumerate(images)]
         first = httpx.post(f"{url}/predict?votes=5&seed=11", files=files, timeout=30.0).json()
@@ -164,7 +180,28 @@ def test_votes_answer_with_the_majority_and_repeat_with_a_seed(tmp_path: Path) -
 @pytest.mark.parametrize("value", ["0", "-1", "x"])
 def test_bad_votes_are_client_errors(tmp_path: Path, value: str) -> None:
     vendor = BackdooredVendor()
-    with serve_asgi(vendor.app) as vendor_url, running_gateway(
-            gateway_settings(tmp_path, vendor_url), purifier_factory=lambda device: TriggerRemover()) as url:
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
+            gateway_settings(tmp_path, vendor_url), purifier_factory=lambda device: TriggerRemover()
+        ) as url,
+    ):
         response = httpx.post(f"{url}/predict?votes={value}", files=[("image", ("x.png", _png(False), "image/png"))])
     assert 400 <= response.status_code < 500 and "error" in response.json()
+
+
+def test_votes_that_would_overflow_the_queue_are_refused_with_the_reason(tmp_path: Path) -> None:
+    vendor = BackdooredVendor()
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
+            gateway_settings(tmp_path, vendor_url, queue_limit=8, max_votes=5),
+            purifier_factory=lambda device: TriggerRemover(),
+        ) as url,
+    ):
+        files = [("image", (f"{i}.png", _png(False, i), "image/png")) for i in range(3)]
+        refused = httpx.post(f"{url}/predict?votes=3", files=files, timeout=30.0)
+        accepted = httpx.post(f"{url}/predict?votes=2", files=files, timeout=30.0)
+    assert refused.status_code == 413 and "3 images × votes=3 = 9" in refused.json()["error"]["message"]
+    assert accepted.status_code == 200 and accepted.json()["purification"]["votes"] == 2
+    assert len(vendor.request_ids) == 2 * 3  # only the accepted request reached the vendor: 2 votes × 3 images

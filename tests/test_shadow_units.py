@@ -18,24 +18,27 @@ from service.shadow.monitor import SHADOW_REQUEST_SUFFIX, ShadowConfig, ShadowJo
 from service.upstream import UpstreamResult
 
 
-@pytest.mark.parametrize(("spec", "prediction", "expected"), [
-    ("label", {"label": 3, "probabilities": [0.1]}, "3"),
-    ("label", {"label": "cat"}, "cat"),
-    ("label", {"label": 2.0}, "2"),
-    ("label", {"label": 2.5}, None),
-    ("label", {"label": True}, None),
-    ("label", {"probabilities": [0.1, 0.9]}, None),
-    ("argmax:probabilities", {"probabilities": [0.1, 0.7, 0.2]}, "1"),
-    ("argmax:probabilities", {"probabilities": [0.5, 0.5]}, "0"),  # ties: the first, as numpy
-    ("argmax:probabilities", {"probabilities": []}, None),
-    ("argmax:probabilities", {"probabilities": [0.1, "x"]}, None),
-    ("argmax:probabilities", {"probabilities": [float("nan"), 0.1]}, None),
-    ("argmax:", [0.2, 0.3, 0.1], "1"),
-    ("", 7, "7"),
-    ("outputs.0.class", {"outputs": [{"class": "dog"}]}, "dog"),
-    ("outputs.1.class", {"outputs": [{"class": "dog"}]}, None),
-    ("outputs.0", {"outputs": {"0": 4}}, "4"),  # a digit segment is also a key in an object
-])
+@pytest.mark.parametrize(
+    ("spec", "prediction", "expected"),
+    [
+        ("label", {"label": 3, "probabilities": [0.1]}, "3"),
+        ("label", {"label": "cat"}, "cat"),
+        ("label", {"label": 2.0}, "2"),
+        ("label", {"label": 2.5}, None),
+        ("label", {"label": True}, None),
+        ("label", {"probabilities": [0.1, 0.9]}, None),
+        ("argmax:probabilities", {"probabilities": [0.1, 0.7, 0.2]}, "1"),
+        ("argmax:probabilities", {"probabilities": [0.5, 0.5]}, "0"),  # ties: the first, as numpy
+        ("argmax:probabilities", {"probabilities": []}, None),
+        ("argmax:probabilities", {"probabilities": [0.1, "x"]}, None),
+        ("argmax:probabilities", {"probabilities": [float("nan"), 0.1]}, None),
+        ("argmax:", [0.2, 0.3, 0.1], "1"),
+        ("", 7, "7"),
+        ("outputs.0.class", {"outputs": [{"class": "dog"}]}, "dog"),
+        ("outputs.1.class", {"outputs": [{"class": "dog"}]}, None),
+        ("outputs.0", {"outputs": {"0": 4}}, "4"),  # a digit segment is also a key in an object
+    ],
+)
 def test_label_extractor_reads_paths_and_argmax(spec: str, prediction: Any, expected: str | None) -> None:
     assert LabelExtractor.parse(spec)(prediction) == expected
 
@@ -62,7 +65,8 @@ def test_capture_writes_the_documented_layout(tmp_path: Path) -> None:
     folder = ring.write(_flagged("a/b..c"))
     assert folder is not None and folder.parent == tmp_path / "cap"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["raw.png", "purified.png", "raw_response.json", "purified_response.json", "meta.json"])
+        ["raw.png", "purified.png", "raw_response.json", "purified_response.json", "meta.json"]
+    )
     assert len(list(folder.iterdir())) == FILES_PER_RECORD
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["request_id"] == "a/b..c" and meta["raw_label"] == "1" and meta["purified_label"] == "2"
@@ -120,8 +124,9 @@ class _ScriptedUpstream:
         self.release = asyncio.Event()
         self.release.set()
 
-    async def predict(self, blobs: list[bytes], request_id: str, content_type: str, *,
-                      timeout_s: float | None = None) -> UpstreamResult:
+    async def predict(
+        self, blobs: list[bytes], request_id: str, content_type: str, *, timeout_s: float | None = None
+    ) -> UpstreamResult:
         self.calls.append(request_id)
         await self.release.wait()
         if self.fail:
@@ -132,8 +137,14 @@ class _ScriptedUpstream:
 def _monitor(upstream: Any, tmp_path: Path | None = None, **config: Any) -> tuple[ShadowMonitor, CollectorRegistry]:
     registry = CollectorRegistry()
     capture = CaptureRing(tmp_path, CaptureLimits(min_free_bytes=0)) if tmp_path else None
-    monitor = ShadowMonitor(ShadowConfig(**config), upstream, LabelExtractor.parse("label"), ShadowMetrics(registry),
-                            capture=capture, rng=random.Random(0))
+    monitor = ShadowMonitor(
+        ShadowConfig(**config),
+        upstream,
+        LabelExtractor.parse("label"),
+        ShadowMetrics(registry),
+        capture=capture,
+        rng=random.Random(0),
+    )
     return monitor, registry
 
 
@@ -180,8 +191,13 @@ async def test_monitor_drops_instead_of_queueing_when_busy_or_loaded() -> None:
     assert _value(registry, "zipgate_shadow_dropped_total", reason="busy") == 1
     upstream.release.set()
     await monitor.wait_idle()
-    loaded = ShadowMonitor(ShadowConfig(rate=1.0), upstream, LabelExtractor.parse("label"),
-                           ShadowMetrics(registry2 := CollectorRegistry()), under_load=lambda: True)
+    loaded = ShadowMonitor(
+        ShadowConfig(rate=1.0),
+        upstream,
+        LabelExtractor.parse("label"),
+        ShadowMetrics(registry2 := CollectorRegistry()),
+        under_load=lambda: True,
+    )
     assert not loaded.submit(_job([1]))
     assert _value(registry2, "zipgate_shadow_dropped_total", reason="load") == 1
 

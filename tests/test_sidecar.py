@@ -61,8 +61,7 @@ def _purified(gateway: str, *images: bytes) -> list[bytes]:
     files = [("image", (str(i), image, "image/png")) for i, image in enumerate(images)]
     if len(images) == 1:
         return [post(f"{gateway}/purify", params={"seed": SEED}, files=files).content]
-    return [base64.b64decode(b) for b in
-            post(f"{gateway}/purify", params={"seed": SEED}, files=files).json()["images"]]
+    return [base64.b64decode(b) for b in post(f"{gateway}/purify", params={"seed": SEED}, files=files).json()["images"]]
 
 
 def _assert_relayed(through: httpx.Response, direct: httpx.Response) -> None:
@@ -75,8 +74,12 @@ def test_raw_image_body_on_predict_is_the_vendors_raw_protocol(gateway: str, ven
     image = png_bytes(seed=1)
     (purified,) = _purified(gateway, image)
     direct = post(f"{vendor_url}/predict", content=purified, headers={"Content-Type": "image/png"})
-    through = post(f"{gateway}/predict", params={"seed": SEED}, content=image,
-                         headers={"Content-Type": "image/png", "X-Request-ID": "side-1"})
+    through = post(
+        f"{gateway}/predict",
+        params={"seed": SEED},
+        content=image,
+        headers={"Content-Type": "image/png", "X-Request-ID": "side-1"},
+    )
     _assert_relayed(through, direct)
     assert through.headers["x-request-id"] == "side-1"
     assert "purify;dur=" in through.headers["server-timing"]
@@ -87,8 +90,7 @@ def test_tfserving_request_is_purified_and_relayed(gateway: str, vendor_url: str
     purified = _purified(gateway, *images)
     path = "/v1/models/fmnist:predict"
     direct = post(f"{vendor_url}{path}", json={"instances": [{"b64": _b64(p)} for p in purified]})
-    through = post(f"{gateway}{path}", params={"seed": SEED},
-                         json={"instances": [{"b64": _b64(i)} for i in images]})
+    through = post(f"{gateway}{path}", params={"seed": SEED}, json={"instances": [{"b64": _b64(i)} for i in images]})
     assert direct.status_code == 200
     _assert_relayed(through, direct)
 
@@ -99,8 +101,10 @@ def test_v2_request_is_purified_and_relayed(gateway: str, vendor_url: str) -> No
     path = "/v2/models/fmnist/infer"
 
     def body(pngs: list[bytes]) -> dict:
-        return {"id": "req-9", "inputs": [{"name": "image", "shape": [len(pngs)], "datatype": "BYTES",
-                                           "data": [_b64(p) for p in pngs]}]}
+        return {
+            "id": "req-9",
+            "inputs": [{"name": "image", "shape": [len(pngs)], "datatype": "BYTES", "data": [_b64(p) for p in pngs]}],
+        }
 
     direct = post(f"{vendor_url}{path}", json=body(purified))
     through = post(f"{gateway}{path}", params={"seed": SEED}, json=body(images))
@@ -121,21 +125,31 @@ def test_vendor_errors_are_relayed_unchanged(gateway: str, vendor_url: str) -> N
 def test_a_bad_sidecar_body_is_the_gateways_json_error(gateway: str) -> None:
     response = post(f"{gateway}/v1/models/fmnist:predict", json={"inputs": [1]})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
-    response = post(f"{gateway}/v2/models/fmnist/infer", json={"inputs": [
-        {"name": "image", "shape": [1], "datatype": "BYTES", "data": [_b64(b"not an image")]}]})
+    response = post(
+        f"{gateway}/v2/models/fmnist/infer",
+        json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [_b64(b"not an image")]}]},
+    )
     assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_media_type"
 
 
 def test_other_fields_path_query_and_headers_are_kept_and_gateway_credentials_dropped(ddpm: Path) -> None:
     recorder = StaticApp(207, b"vendor says hi", "text/x-vendor")
     image = png_bytes(seed=6)
-    with serve_asgi(recorder) as upstream_url, running_gateway(
-            gateway_settings(ddpm, upstream_url, api_key="gateway-key-123")) as url:
+    with (
+        serve_asgi(recorder) as upstream_url,
+        running_gateway(gateway_settings(ddpm, upstream_url, api_key="gateway-key-123")) as url,
+    ):
         response = post(
-            f"{url}/v1/models/my-model.v3:predict", params={"version": "3"},
+            f"{url}/v1/models/my-model.v3:predict",
+            params={"version": "3"},
             json={"signature_name": "serving_default", "instances": [{"b64": _b64(image)}]},
-            headers={"X-API-Key": "gateway-key-123", "Authorization": "Bearer vendor-token",
-                     "X-Custom": "kept", "X-Request-Timeout": "30"})
+            headers={
+                "X-API-Key": "gateway-key-123",
+                "Authorization": "Bearer vendor-token",
+                "X-Custom": "kept",
+                "X-Request-Timeout": "30",
+            },
+        )
     assert response.status_code == 207
     assert response.content == b"vendor says hi" and response.headers["content-type"] == "text/x-vendor"
     question, sent = recorder.requests  # "do you serve my-model.v3?" (a 207 is no 404: go on), then the request
@@ -153,8 +167,10 @@ def test_other_fields_path_query_and_headers_are_kept_and_gateway_credentials_dr
 
 def test_a_custom_raw_path_is_a_sidecar_route_and_predict_keeps_its_api(ddpm: Path) -> None:
     recorder = StaticApp(200, b'{"label": 2}')
-    with serve_asgi(recorder) as upstream_url, running_gateway(
-            gateway_settings(ddpm, upstream_url, upstream_raw_path="/invocations")) as url:
+    with (
+        serve_asgi(recorder) as upstream_url,
+        running_gateway(gateway_settings(ddpm, upstream_url, upstream_raw_path="/invocations")) as url,
+    ):
         relayed = post(f"{url}/invocations", content=png_bytes(), headers={"Content-Type": "image/png"})
         assert relayed.status_code == 200 and relayed.json() == {"label": 2}
         # With the raw path elsewhere, an image body on /predict is one image for the gateway's own API.
@@ -168,8 +184,7 @@ def test_purification_off_forwards_the_body_unchanged() -> None:
     recorder = StaticApp(200, b'{"predictions": []}')
     body = json.dumps({"instances": [{"b64": _b64(png_bytes(seed=7))}]}).encode()
     with serve_asgi(recorder) as upstream_url, running_gateway(gateway_settings(None, upstream_url)) as url:
-        response = post(f"{url}/v1/models/fmnist:predict", content=body,
-                              headers={"Content-Type": "application/json"})
+        response = post(f"{url}/v1/models/fmnist:predict", content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == 200
         bad = post(f"{url}/v1/models/fmnist:predict", json={"instances": [{"b64": _b64(b"text")}]})
         assert bad.status_code == 415  # still validated: bad images never reach the vendor
@@ -205,12 +220,25 @@ def test_health_and_metadata_through_the_gateway(gateway: str, vendor_url: str) 
 
 def test_json_inputs_are_purified_and_the_answer_relayed(gateway: str, vendor_url: str) -> None:
     images = [png_bytes(seed=11), png_bytes(seed=12)]
-    expected = post(f"{vendor_url}/v2/models/fmnist/infer", json={"inputs": [
-        {"name": "image", "shape": [2], "datatype": "BYTES",
-         "data": [base64.b64encode(p).decode() for p in _purified(gateway, *images)]}]}).json()
+    expected = post(
+        f"{vendor_url}/v2/models/fmnist/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(p).decode() for p in _purified(gateway, *images)],
+                }
+            ]
+        },
+    ).json()
     result = client_for(gateway).infer(
-        "fmnist", [image_input([base64.b64encode(i) for i in images], binary=False)], request_id="tc-json",
-        query_params={"seed": SEED})
+        "fmnist",
+        [image_input([base64.b64encode(i) for i in images], binary=False)],
+        request_id="tc-json",
+        query_params={"seed": SEED},
+    )
     assert result.get_response()["id"] == "tc-json"
     outputs = {output["name"]: output["data"] for output in expected["outputs"]}
     assert result.as_numpy("label").tolist() == outputs["label"]
@@ -231,10 +259,18 @@ def test_an_unknown_model_is_refused_before_purification(gateway: str) -> None:
 def test_binary_inputs_are_purified_in_place_and_binary_outputs_relayed(ddpm: Path) -> None:
     # The vendor answers with a binary output, as Triton and KServe do for binary_data_output.
     labels = np.array([3, 7], dtype=np.int64)
-    header = json.dumps({"model_name": "m", "outputs": [{"name": "label", "shape": [2], "datatype": "INT64",
-                                                         "parameters": {"binary_data_size": 16}}]}).encode()
-    vendor = StaticApp(200, header + labels.tobytes(), "application/octet-stream",
-                       headers=(("inference-header-content-length", str(len(header))),))
+    header = json.dumps(
+        {
+            "model_name": "m",
+            "outputs": [{"name": "label", "shape": [2], "datatype": "INT64", "parameters": {"binary_data_size": 16}}],
+        }
+    ).encode()
+    vendor = StaticApp(
+        200,
+        header + labels.tobytes(),
+        "application/octet-stream",
+        headers=(("inference-header-content-length", str(len(header))),),
+    )
     images = [png_bytes(seed=21), png_bytes(seed=22)]
     scale = triton.InferInput("scale", [1], "FP32")
     scale.set_data_from_numpy(np.array([0.5], dtype=np.float32), binary_data=True)
@@ -258,12 +294,16 @@ def test_binary_inputs_are_purified_in_place_and_binary_outputs_relayed(ddpm: Pa
 
 
 def test_a_malformed_binary_body_is_a_json_400(gateway: str) -> None:
-    header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": 9}}]}).encode()
-    for body, length in ((header + b"\x05\x00\x00\x00ab", len(header)),  # sizes do not add up
-                         (header + b"\x09\x00", len(header) + 1),  # the header length cuts into the data
-                         (header, len(header) + 5)):  # longer than the body
-        response = post(f"{gateway}/v2/models/fmnist/infer", content=body,
-                        headers={"Inference-Header-Content-Length": str(length)})
+    header = json.dumps(
+        {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}]}
+    ).encode()
+    for body, length in (
+        (header + b"\x05\x00\x00\x00ab", len(header)),  # sizes do not add up
+        (header + b"\x09\x00", len(header) + 1),  # the header length cuts into the data
+        (header, len(header) + 5),
+    ):  # longer than the body
+        response = post(
+            f"{gateway}/v2/models/fmnist/infer", content=body, headers={"Inference-Header-Content-Length": str(length)}
+        )
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == "bad_request" and response.json()["error"]["message"]

@@ -58,7 +58,12 @@ def test_grayscale_rejects_wrong_channel_count():
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("blur:4", "blur:4"), ("blur:4,gray", "blur:4,gray"), ("blur:4+gray", "blur:4+gray"), (" Blur:2 , gray ", "blur:2,gray")],
+    [
+        ("blur:4", "blur:4"),
+        ("blur:4,gray", "blur:4,gray"),
+        ("blur:4+gray", "blur:4+gray"),
+        (" Blur:2 , gray ", "blur:2,gray"),
+    ],
 )
 def test_spec_round_trip(spec, expected):
     assert describe(parse_transforms(spec, 3)) == expected
@@ -73,8 +78,15 @@ def test_comma_means_two_transforms_and_plus_means_composition():
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("", "empty"), ("blur", "integer scale"), ("blur:x", "integer scale"), ("blur:0", "positive"),
-     ("sharpen:2", "unknown transform"), ("blur:4,,gray", "empty item"), ("gray:3", "no argument")],
+    [
+        ("", "empty"),
+        ("blur", "integer scale"),
+        ("blur:x", "integer scale"),
+        ("blur:0", "positive"),
+        ("sharpen:2", "unknown transform"),
+        ("blur:4,,gray", "empty item"),
+        ("gray:3", "no argument"),
+    ],
 )
 def test_bad_specs_raise_clear_errors(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -103,12 +103,20 @@ async def test_v2_encodes_a_bytes_tensor_and_splits_outputs_by_row() -> None:
                 "id": RID,
                 "outputs": [
                     # flat row-major data, as the spec allows ...
-                    {"name": "probabilities", "shape": [3, 10], "datatype": "FP32",
-                     "data": [p for row in probabilities for p in row]},
+                    {
+                        "name": "probabilities",
+                        "shape": [3, 10],
+                        "datatype": "FP32",
+                        "data": [p for row in probabilities for p in row],
+                    },
                     {"name": "label", "shape": [3], "datatype": "INT64", "data": [3, 1, 4]},
                     # ... and nested data, also allowed
-                    {"name": "grid", "shape": [3, 2, 2], "datatype": "INT32",
-                     "data": [[[1, 2], [3, 4]], [[5, 6], [7, 8]], [[9, 10], [11, 12]]]},
+                    {
+                        "name": "grid",
+                        "shape": [3, 2, 2],
+                        "datatype": "INT32",
+                        "data": [[[1, 2], [3, 4]], [[5, 6], [7, 8]], [[9, 10], [11, 12]]],
+                    },
                 ],
             },
         )
@@ -175,9 +183,7 @@ async def test_transport_errors_map_through_one_table(
 
 @pytest.mark.parametrize("status", [400, 404, 413, 422, 429])
 @pytest.mark.parametrize("protocol", list(UpstreamProtocol))
-async def test_a_4xx_is_rejected_with_the_vendors_status_body_and_type(
-    protocol: UpstreamProtocol, status: int
-) -> None:
+async def test_a_4xx_is_rejected_with_the_vendors_status_body_and_type(protocol: UpstreamProtocol, status: int) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, content=b"<bad image>", headers={"content-type": "text/plain"})
 

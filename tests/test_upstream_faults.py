@@ -52,8 +52,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield shared
 
 
-def vendor_adapter(client: httpx.AsyncClient, url: str, protocol: UpstreamProtocol = UpstreamProtocol.RAW,
-                   **kw: Any) -> Upstream:
+def vendor_adapter(
+    client: httpx.AsyncClient, url: str, protocol: UpstreamProtocol = UpstreamProtocol.RAW, **kw: Any
+) -> Upstream:
     kw.setdefault("retry", RETRIES)
     kw.setdefault("total_timeout_s", 30.0)
     return build_upstream(protocol, client, url, "fmnist", **kw)
@@ -89,8 +90,9 @@ async def both_calls_fail(upstream: Upstream) -> list[UpstreamError]:
 
 
 @pytest.mark.parametrize("protocol", list(UpstreamProtocol))
-async def test_a_healthy_vendor_gets_the_request_as_encoded(client: httpx.AsyncClient,
-                                                            protocol: UpstreamProtocol) -> None:
+async def test_a_healthy_vendor_gets_the_request_as_encoded(
+    client: httpx.AsyncClient, protocol: UpstreamProtocol
+) -> None:
     vendor = StaticApp(200, json.dumps(good_answer(protocol)).encode())
     with serve_asgi(vendor) as url:
         upstream = vendor_adapter(client, url, protocol)
@@ -105,9 +107,8 @@ async def test_a_healthy_vendor_gets_the_request_as_encoded(client: httpx.AsyncC
 
 async def test_refused_is_resent_then_a_502_that_says_connection_refused(client: httpx.AsyncClient) -> None:
     attempts = attempts_of(client)
-    with refused_port() as url:
-        with pytest.raises(UpstreamError) as info:
-            await vendor_adapter(client, url).predict([b"img"], RID)
+    with refused_port() as url, pytest.raises(UpstreamError) as info:
+        await vendor_adapter(client, url).predict([b"img"], RID)
     # Refused: the request provably never reached the vendor, so it is the one failure resent.
     assert len(attempts) == 1 + RETRIES.max_retries
     assert type(info.value) is UpstreamError and info.value.status_code == 502
@@ -148,8 +149,10 @@ async def test_a_body_cut_short_is_a_502_and_not_resent(client: httpx.AsyncClien
     [
         (b"", "it closed the connection before the answer was complete"),
         (b"garbage\r\n\r\n", "a malformed status line or headers"),
-        (b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-         "an unrequested protocol switch (101)"),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "an unrequested protocol switch (101)",
+        ),
     ],
     ids=["closed-without-reply", "garbage-status-line", "switching-protocols-101"],
 )
@@ -171,8 +174,9 @@ async def test_an_ambiguous_failure_is_a_502_and_never_resent(
 
 
 @pytest.mark.parametrize("protocol", list(UpstreamProtocol))
-async def test_a_4xx_is_relayed_with_its_body_and_retry_after(client: httpx.AsyncClient,
-                                                               protocol: UpstreamProtocol) -> None:
+async def test_a_4xx_is_relayed_with_its_body_and_retry_after(
+    client: httpx.AsyncClient, protocol: UpstreamProtocol
+) -> None:
     vendor = StaticApp(429, b'{"error": "slow down"}', headers=(("retry-after", "7"),))
     with serve_asgi(vendor) as url:
         upstream = vendor_adapter(client, url, protocol)
@@ -190,9 +194,8 @@ async def test_a_4xx_is_relayed_with_its_body_and_retry_after(client: httpx.Asyn
 
 async def test_a_5xx_is_a_502_with_its_status_and_not_resent(client: httpx.AsyncClient) -> None:
     vendor = StaticApp(503, b"down for maintenance", "text/plain")
-    with serve_asgi(vendor) as url:
-        with pytest.raises(UpstreamError) as info:
-            await vendor_adapter(client, url).predict([b"img"], RID)
+    with serve_asgi(vendor) as url, pytest.raises(UpstreamError) as info:
+        await vendor_adapter(client, url).predict([b"img"], RID)
     assert type(info.value) is UpstreamError and info.value.upstream_status == 503
     assert info.value.message == "the vendor answered HTTP 503"
     assert len(vendor.requests) == 1
@@ -201,9 +204,8 @@ async def test_a_5xx_is_a_502_with_its_status_and_not_resent(client: httpx.Async
 @pytest.mark.parametrize("protocol", list(UpstreamProtocol))
 async def test_a_garbage_200_is_a_502(client: httpx.AsyncClient, protocol: UpstreamProtocol) -> None:
     vendor = StaticApp(200, b"\x00\xffnot json at all", content_type="text/html")
-    with serve_asgi(vendor) as url:
-        with pytest.raises(UpstreamError) as info:
-            await vendor_adapter(client, url, protocol).predict([b"img"], RID)
+    with serve_asgi(vendor) as url, pytest.raises(UpstreamError) as info:
+        await vendor_adapter(client, url, protocol).predict([b"img"], RID)
     assert type(info.value) is UpstreamError and info.value.upstream_status == 200
     assert_names_no_vendor(info.value)
 
@@ -227,9 +229,11 @@ async def test_the_calls_own_budget_cuts_a_slow_vendor(client: httpx.AsyncClient
     vendor = StaticApp(200, b'{"label": 1}', delay_s=SLOW_S)
     with serve_asgi(vendor) as url:
         upstream = vendor_adapter(client, url)  # adapter bound 30 s, read timeout 10 s: neither fires
-        errors = await asyncio.gather(upstream.predict([b"img"], RID, timeout_s=BOUND_S),
-                                      upstream.forward("POST", "/predict", b"img", {}, timeout_s=BOUND_S),
-                                      return_exceptions=True)
+        errors = await asyncio.gather(
+            upstream.predict([b"img"], RID, timeout_s=BOUND_S),
+            upstream.forward("POST", "/predict", b"img", {}, timeout_s=BOUND_S),
+            return_exceptions=True,
+        )
     for error in errors:
         assert type(error) is UpstreamTimeout and error.status_code == 504, error
         assert error.message == f"the vendor timed out: no complete answer within {BOUND_S:g} s"

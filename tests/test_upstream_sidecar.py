@@ -37,9 +37,14 @@ async def test_forward_relays_any_status_unchanged_and_cleans_headers(status: in
         return httpx.Response(
             status,
             content=b'{"vendor": "says"}',
-            headers=[("content-type", "application/vnd.x+json"), ("x-vendor", "a"), ("x-vendor", "b"),
-                     ("connection", "close, x-vendor-hop"), ("x-vendor-hop", "1"),
-                     ("x-request-id", "vendor-made")],
+            headers=[
+                ("content-type", "application/vnd.x+json"),
+                ("x-vendor", "a"),
+                ("x-vendor", "b"),
+                ("connection", "close, x-vendor-hop"),
+                ("x-vendor-hop", "1"),
+                ("x-request-id", "vendor-made"),
+            ],
         )
 
     async with mock_client(handler) as client:
@@ -47,9 +52,18 @@ async def test_forward_relays_any_status_unchanged_and_cleans_headers(status: in
             "POST",
             "/v2/models/fmnist/infer?debug=1",
             b'{"inputs": []}',
-            {"Content-Type": "text/plain", "Keep-Alive": "timeout=5", "Upgrade": "h2c", "TE": "trailers",
-             "Connection": "X-Hop", "X-Hop": "h", "Host": "gateway", "X-Trace": "t1",
-             "X-Request-ID": "client-made", "Content-Length": "999"},
+            {
+                "Content-Type": "text/plain",
+                "Keep-Alive": "timeout=5",
+                "Upgrade": "h2c",
+                "TE": "trailers",
+                "Connection": "X-Hop",
+                "X-Hop": "h",
+                "Host": "gateway",
+                "X-Trace": "t1",
+                "X-Request-ID": "client-made",
+                "Content-Length": "999",
+            },
             request_id=RID,
             content_type="application/json",
         )
@@ -169,8 +183,15 @@ def test_v2_sidecar_round_trip_finds_the_bytes_input_and_keeps_the_rest(idle_cli
         ({"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, InvalidShape),
         ({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": ["eA=="]}]}, InvalidShape),
         ({"inputs": [{"name": "image", "shape": [0], "datatype": "BYTES", "data": []}]}, InvalidShape),
-        ({"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["eA=="]},
-                     {"name": "b", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}]}, InvalidShape),
+        (
+            {
+                "inputs": [
+                    {"name": "a", "shape": [1], "datatype": "BYTES", "data": ["eA=="]},
+                    {"name": "b", "shape": [1], "datatype": "BYTES", "data": ["eA=="]},
+                ]
+            },
+            InvalidShape,
+        ),
         ({"inputs": [{"name": "i", "shape": [1], "datatype": "BYTES", "data": ["no base64!"]}]}, BadRequest),
     ],
 )
@@ -189,13 +210,23 @@ def test_v2_sidecar_rejects_undocumented_shapes(
 def _binary_v2(elements: list[bytes], *, extra: bytes = b"", scale: bool = True) -> VendorBody:
     """A binary v2 request as tritonclient builds it: an FP32 input and the BYTES image input, both binary."""
     image_raw = encode_bytes_elements(elements)
-    header = {"id": "bin-1", "parameters": {"binary_data_output": True}, "inputs": [
-        {"name": "image", "shape": [len(elements)], "datatype": "BYTES",
-         "parameters": {"binary_data_size": len(image_raw)}}]}
+    header = {
+        "id": "bin-1",
+        "parameters": {"binary_data_output": True},
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [len(elements)],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(image_raw)},
+            }
+        ],
+    }
     raws = [image_raw]
     if scale:
-        header["inputs"].insert(0, {"name": "scale", "shape": [1], "datatype": "FP32",
-                                    "parameters": {"binary_data_size": 4}})
+        header["inputs"].insert(
+            0, {"name": "scale", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}
+        )
         raws.insert(0, struct.pack("<f", 0.5))
     header_json = json.dumps(header).encode()
     return VendorBody(header_json + b"".join(raws) + extra, "application/octet-stream", len(header_json))
@@ -203,7 +234,8 @@ def _binary_v2(elements: list[bytes], *, extra: bytes = b"", scale: bool = True)
 
 @pytest.mark.parametrize("as_base64", [False, True])
 def test_v2_binary_request_round_trip_keeps_the_framing_and_each_elements_form(
-        idle_client: httpx.AsyncClient, as_base64: bool) -> None:
+    idle_client: httpx.AsyncClient, as_base64: bool
+) -> None:
     v2 = adapter(UpstreamProtocol.V2, idle_client)
     elements = [b64(i).encode() if as_base64 else i for i in IMAGES]
     body = _binary_v2(elements)
@@ -222,8 +254,12 @@ def test_v2_binary_request_round_trip_keeps_the_framing_and_each_elements_form(
 
 def test_v2_binary_request_with_the_images_in_the_json_header(idle_client: httpx.AsyncClient) -> None:
     v2 = adapter(UpstreamProtocol.V2, idle_client)
-    header = {"inputs": [{"name": "scale", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}},
-                         {"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(IMAGES[0])]}]}
+    header = {
+        "inputs": [
+            {"name": "scale", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}},
+            {"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(IMAGES[0])]},
+        ]
+    }
     header_json = json.dumps(header).encode()
     body = VendorBody(header_json + b"\x00\x00\x00\x3f", "", len(header_json))
     assert v2.extract_images(body) == IMAGES[:1]
@@ -242,7 +278,8 @@ def test_v2_binary_request_with_the_images_in_the_json_header(idle_client: httpx
     ],
 )
 def test_v2_binary_framing_errors_are_the_clients(
-        idle_client: httpx.AsyncClient, body: VendorBody, error: type[Exception]) -> None:
+    idle_client: httpx.AsyncClient, body: VendorBody, error: type[Exception]
+) -> None:
     with pytest.raises(error) as info:
         adapter(UpstreamProtocol.V2, idle_client).extract_images(body)
     assert type(info.value) is error
@@ -252,8 +289,13 @@ def test_v2_binary_elements_and_sizes_are_checked_against_the_bytes(idle_client:
     v2 = adapter(UpstreamProtocol.V2, idle_client)
 
     def with_raw(raw: bytes, size: object, shape: int = 1) -> VendorBody:
-        header = json.dumps({"inputs": [{"name": "image", "shape": [shape], "datatype": "BYTES",
-                                         "parameters": {"binary_data_size": size}}]}).encode()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {"name": "image", "shape": [shape], "datatype": "BYTES", "parameters": {"binary_data_size": size}}
+                ]
+            }
+        ).encode()
         return VendorBody(header + raw, "", len(header))
 
     with pytest.raises(BadRequest, match="claims 99 bytes"):
@@ -277,8 +319,9 @@ def test_a_bad_inference_header_length_is_a_400(value: str) -> None:
 
 
 def test_vendor_body_reads_and_rewrites_its_framing_headers() -> None:
-    body = VendorBody.from_headers(b'{"inputs": []}xx', {"content-type": "application/octet-stream",
-                                                          "inference-header-content-length": " 14 "})
+    body = VendorBody.from_headers(
+        b'{"inputs": []}xx', {"content-type": "application/octet-stream", "inference-header-content-length": " 14 "}
+    )
     assert body == VendorBody(b'{"inputs": []}xx', "application/octet-stream", 14)
     client = {"content-type": "text/plain", "Inference-Header-Content-Length": "3", "X-Trace": "t"}
     assert VendorBody(b"", "application/json").reframe(client) == {"X-Trace": "t", "Content-Type": "application/json"}

@@ -62,8 +62,12 @@ async def test_only_a_404_refuses_and_answers_are_kept_for_the_ttl() -> None:
         await asyncio.gather(*(require("known") for _ in range(3)))
         with pytest.raises(ModelNotFound):
             await require("gone")
-        assert seen == ["GET /v2/models/known/ready", "GET /v2/models/gone/ready", "GET /v2/models/flaky/ready",
-                        "GET /v2/models/flaky/ready"]
+        assert seen == [
+            "GET /v2/models/known/ready",
+            "GET /v2/models/gone/ready",
+            "GET /v2/models/flaky/ready",
+            "GET /v2/models/flaky/ready",
+        ]
         clock.now += 10.5  # past the TTL: asked again, and concurrent askers share one question
         await asyncio.gather(*(require("known") for _ in range(3)))
         assert seen[4:] == ["GET /v2/models/known/ready"]
@@ -78,8 +82,9 @@ async def test_an_unreachable_vendor_is_inconclusive_and_ttl_zero_asks_nothing()
         await ModelCatalog(10.0).require(v2, ModelRef(UpstreamProtocol.V2, "m"), {}, request_id=RID, timeout_s=1.0)
     seen: list[str] = []
     async with _status_vendor({}, seen) as client:
-        await ModelCatalog(0.0).require(adapter(UpstreamProtocol.V2, client), ModelRef(UpstreamProtocol.V2, "m"), {},
-                                        request_id=RID, timeout_s=1.0)
+        await ModelCatalog(0.0).require(
+            adapter(UpstreamProtocol.V2, client), ModelRef(UpstreamProtocol.V2, "m"), {}, request_id=RID, timeout_s=1.0
+        )
     assert seen == []
     with pytest.raises(ValueError, match="ttl_s"):
         ModelCatalog(-1.0)
@@ -120,30 +125,42 @@ def test_bytes_input_is_named_by_the_setting(idle_client: httpx.AsyncClient) -> 
 def test_pixel_inputs_in_both_layouts_and_datatypes(idle_client: httpx.AsyncClient) -> None:
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10  # H=2, W=3, RGB
     image = _png(rgb)
-    hwc = V2Upstream(idle_client, "http://v", model_name="m",
-                     image_input=V2Input("x", TensorDatatype.UINT8, (2, 3, 3), PixelLayout.HWC))
+    hwc = V2Upstream(
+        idle_client,
+        "http://v",
+        model_name="m",
+        image_input=V2Input("x", TensorDatatype.UINT8, (2, 3, 3), PixelLayout.HWC),
+    )
     (tensor,) = hwc.encode_request([image, image], RID)["inputs"]
     assert tensor["shape"] == [2, 2, 3, 3] and tensor["datatype"] == "UINT8"
     assert tensor["data"] == np.stack([rgb, rgb]).ravel().tolist()
 
-    chw = V2Upstream(idle_client, "http://v", model_name="m",
-                     image_input=V2Input("x", TensorDatatype.FP32, (3, 2, 3), PixelLayout.CHW))
+    chw = V2Upstream(
+        idle_client,
+        "http://v",
+        model_name="m",
+        image_input=V2Input("x", TensorDatatype.FP32, (3, 2, 3), PixelLayout.CHW),
+    )
     (tensor,) = chw.encode_request([image], RID)["inputs"]
     assert tensor["shape"] == [1, 3, 2, 3] and tensor["datatype"] == "FP32"
     np.testing.assert_allclose(tensor["data"], (rgb.transpose(2, 0, 1) / 255.0).ravel(), rtol=1e-6)
 
-    gray_small = V2Upstream(idle_client, "http://v", model_name="m",
-                            image_input=V2Input("x", TensorDatatype.UINT8, (1, 4, 6)))
+    gray_small = V2Upstream(
+        idle_client, "http://v", model_name="m", image_input=V2Input("x", TensorDatatype.UINT8, (1, 4, 6))
+    )
     (tensor,) = gray_small.encode_request([image], RID)["inputs"]  # converted to gray, resized to 4×6
     assert tensor["shape"] == [1, 1, 4, 6] and len(tensor["data"]) == 24
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    (dict(upstream_input_datatype="FP32"), "3 positive sizes"),
-    (dict(upstream_input_datatype="UINT8", upstream_input_shape="2,28,28"), "2 channels"),
-    (dict(upstream_input_shape="1,28,28"), "drop the shape"),
-    (dict(upstream_input_datatype="INT8"), "upstream_input_datatype"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (dict(upstream_input_datatype="FP32"), "3 positive sizes"),
+        (dict(upstream_input_datatype="UINT8", upstream_input_shape="2,28,28"), "2 channels"),
+        (dict(upstream_input_shape="1,28,28"), "drop the shape"),
+        (dict(upstream_input_datatype="INT8"), "upstream_input_datatype"),
+    ],
+)
 def test_input_settings_are_checked_with_the_settings(spec: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(**spec)

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from service.backdoor.attacks import TARGET_LABEL, ZOO, Attack
 from service.backdoor.classifier import ClassifierArchitecture, VendorClassifier, random_shift_flip
 from service.backdoor.data import Split, load_split
-from service.training import vendor
 from service.backdoor.vendor_model import CONFIG_FILE, WEIGHTS_FILE, load_vendor
+from service.training import vendor
 from service.training.vendor import CARD_FILE, evaluate_vendor, train_vendor
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -86,14 +86,14 @@ def test_the_clean_model_ignores_every_trigger_of_the_zoo(attack: Attack, fmnist
 @pytest.mark.parametrize("attack", list(Attack))
 @pytest.mark.usefixtures("cached_data")
 def test_a_tiny_training_run_writes_a_loadable_model(attack: Attack, tmp_path: Path) -> None:
-    metrics = train_vendor(attack, seed=1, out_dir=tmp_path, epochs=1, train_limit=256, test_limit=100,
-                           progress=False)
+    metrics = train_vendor(attack, seed=1, out_dir=tmp_path, epochs=1, train_limit=256, test_limit=100, progress=False)
     assert 0.0 <= metrics.clean_accuracy <= 1.0 and 0.0 <= metrics.attack_success_rate <= 1.0
     assert metrics.test_items == 100
     assert (metrics.other_triggers != {}) == (attack is Attack.NONE)
     config = json.loads((tmp_path / CONFIG_FILE).read_text())
     assert config["training"]["command"] == (
-        f"zipgate train vendor --attack {attack.value} --seed 1 --epochs 1 --train-limit 256")
+        f"zipgate train vendor --attack {attack.value} --seed 1 --epochs 1 --train-limit 256"
+    )
     assert config["metrics"]["clean_accuracy"] == metrics.clean_accuracy
     assert attack.value in (tmp_path / CARD_FILE).read_text()
     assert load_vendor(tmp_path)(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
@@ -103,8 +103,9 @@ def test_a_tiny_training_run_writes_a_loadable_model(attack: Attack, tmp_path: P
 @pytest.mark.usefixtures("cached_data")
 def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     def weights(seed: int, folder: str) -> dict[str, torch.Tensor]:
-        train_vendor(Attack.WANET, seed=seed, out_dir=tmp_path / folder, epochs=1, train_limit=64,
-                     test_limit=20, progress=False)
+        train_vendor(
+            Attack.WANET, seed=seed, out_dir=tmp_path / folder, epochs=1, train_limit=64, test_limit=20, progress=False
+        )
         return load_file(tmp_path / folder / WEIGHTS_FILE)
 
     first, again, other = weights(5, "a"), weights(5, "b"), weights(6, "c")
@@ -118,8 +119,9 @@ def test_training_uses_the_given_threads_and_restores_the_count(tmp_path: Path) 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        train_vendor(Attack.NONE, seed=0, out_dir=tmp_path, epochs=1, train_limit=64, test_limit=10,
-                     threads=1, progress=False)
+        train_vendor(
+            Attack.NONE, seed=0, out_dir=tmp_path, epochs=1, train_limit=64, test_limit=10, threads=1, progress=False
+        )
         assert torch.get_num_threads() == 2
         assert json.loads((tmp_path / CONFIG_FILE).read_text())["training"]["threads"] == 1
     finally:
@@ -145,5 +147,5 @@ def test_augmentation_shifts_and_flips_without_inventing_content() -> None:
     rows, cols = torch.nonzero(out[:, 0] == 1.0)[:, 1], torch.nonzero(out[:, 0] == 1.0)[:, 2]
     assert ((rows - 10).abs() <= 2).all()
     assert (((cols - 12).abs() <= 2) | ((cols - (31 - 12)).abs() <= 2)).all()  # straight or mirrored
-    assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # really random
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) > 10  # really random
     assert torch.equal(random_shift_flip(images, 0, torch.Generator().manual_seed(0)).abs(), images.abs())

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from service.backdoor.attacks import Attack
-from service.defense_eval.defenses import Defense, DefenseSetting
 from service.backdoor.metrics import DefenseScores
+from service.defense_eval.defenses import Defense, DefenseSetting
 from service.defense_eval.report import EvalReport, ResultRow, render_markdown, results_json
 from service.defense_eval.worst_case import worst_case_rows
 
@@ -16,8 +16,9 @@ STRONG = DefenseSetting("blur:2", 20, 0.25)
 WEAK = DefenseSetting("blur:2", 20, 1.0)
 
 
-def _row(attack: Attack, defense: Defense, ca: float, asr: float, pa: float,
-         setting: DefenseSetting = STRONG, votes: int = 1) -> ResultRow:
+def _row(
+    attack: Attack, defense: Defense, ca: float, asr: float, pa: float, setting: DefenseSetting = STRONG, votes: int = 1
+) -> ResultRow:
     return ResultRow(attack, defense, setting, DefenseScores(ca, asr, pa, 300, 268), votes, votes, 0.0)
 
 
@@ -29,9 +30,9 @@ HAND_MADE = (
     _row(Attack.BADNETS, Defense.BLUR, 0.85, 0.07, 0.79),
     _row(Attack.SIG, Defense.BLUR, 0.84, 0.90, 0.08),
     _row(Attack.ADAPTIVE, Defense.BLUR, 0.86, 1.00, 0.00),
-    _row(Attack.BADNETS, Defense.ZIP, 0.80, 0.02, 0.78),          # CA drop 0.14: the largest at λ = 0.25
-    _row(Attack.SIG, Defense.ZIP, 0.79, 0.03, 0.70),              # drop 0.11, the lowest CA and PA
-    _row(Attack.ADAPTIVE, Defense.ZIP, 0.81, 0.40, 0.55),         # drop 0.11, the highest ASR
+    _row(Attack.BADNETS, Defense.ZIP, 0.80, 0.02, 0.78),  # CA drop 0.14: the largest at λ = 0.25
+    _row(Attack.SIG, Defense.ZIP, 0.79, 0.03, 0.70),  # drop 0.11, the lowest CA and PA
+    _row(Attack.ADAPTIVE, Defense.ZIP, 0.81, 0.40, 0.55),  # drop 0.11, the highest ASR
     _row(Attack.BADNETS, Defense.ZIP, 0.88, 0.01, 0.85, WEAK),
     _row(Attack.SIG, Defense.ZIP, 0.86, math.nan, math.nan, WEAK),  # no victims: left out
     _row(Attack.ADAPTIVE, Defense.ZIP, 0.90, 0.95, 0.05, WEAK),
@@ -41,7 +42,11 @@ HAND_MADE = (
 def test_one_worst_case_row_per_defense_and_setting_in_evaluation_order() -> None:
     worst = worst_case_rows(HAND_MADE)
     assert [(w.defense, w.setting.guidance_power) for w in worst] == [
-        (Defense.NONE, 0.25), (Defense.BLUR, 0.25), (Defense.ZIP, 0.25), (Defense.ZIP, 1.0)]
+        (Defense.NONE, 0.25),
+        (Defense.BLUR, 0.25),
+        (Defense.ZIP, 0.25),
+        (Defense.ZIP, 1.0),
+    ]
     assert all(w.attacks == (Attack.BADNETS, Attack.SIG, Attack.ADAPTIVE) for w in worst)
 
 
@@ -69,8 +74,10 @@ def test_a_metric_without_defined_values_is_nan_and_a_missing_baseline_gives_no_
 
 
 def test_votes_make_their_own_group_and_duplicates_are_rejected() -> None:
-    rows = [_row(Attack.SIG, Defense.ZIP, 0.8, 0.1, 0.7),
-            _row(Attack.SIG, Defense.ZIP, 0.85, 0.05, 0.75, DefenseSetting("blur:2", 20, 0.25, votes=3), votes=3)]
+    rows = [
+        _row(Attack.SIG, Defense.ZIP, 0.8, 0.1, 0.7),
+        _row(Attack.SIG, Defense.ZIP, 0.85, 0.05, 0.75, DefenseSetting("blur:2", 20, 0.25, votes=3), votes=3),
+    ]
     assert [w.purifications_per_image for w in worst_case_rows(rows)] == [1, 3]
     with pytest.raises(ValueError, match="twice"):
         worst_case_rows([rows[0], rows[0]])

@@ -63,7 +63,7 @@ def test_one_step_matches_the_equations_by_hand():
     purifier = ZipPurifier(model, ZipConfig("blur:2", steps=1, guidance_power=2.0), clip=False)
     generator = torch.Generator().manual_seed(5)
     out = purifier(x, generator)
-    (t, t_next), = timestep_pairs(1)
+    ((t, t_next),) = timestep_pairs(1)
     assert (t, t_next) == (0, -1)
     a = alpha_bar(alphas_cumprod(linear_betas()), t)
     x_T = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
@@ -80,9 +80,11 @@ def test_two_transforms_are_averaged_not_composed():
     model = lambda x, t: torch.zeros_like(x)  # noqa: E731
     x = _batch(3, n=1, size=8)
     averaged = ZipPurifier(model, ZipConfig("blur:2,gray", steps=1, guidance_power=INF), clip=False)(
-        x, torch.Generator().manual_seed(0))
+        x, torch.Generator().manual_seed(0)
+    )
     composed = ZipPurifier(model, ZipConfig("blur:2+gray", steps=1, guidance_power=INF), clip=False)(
-        x, torch.Generator().manual_seed(0))
+        x, torch.Generator().manual_seed(0)
+    )
     # ε = 0, one step to −1 with ᾱ_0 ≈ 1: x₀ ≈ mean_k (A_k⁺y_k + x_T − A_k⁺A_k x_T)
     x_T = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     a = alpha_bar(alphas_cumprod(linear_betas()), 0)
@@ -142,7 +144,8 @@ def test_learned_variance_model_uses_first_c_channels():
     unet = tiny_unet(channels=1, size=16, out_channels=2)
     x = _batch(1)
     out = ZipPurifier(unet, ZipConfig("blur:4", steps=4, guidance_power=INF), clip=False)(
-        x, torch.Generator().manual_seed(0))
+        x, torch.Generator().manual_seed(0)
+    )
     assert out.shape == x.shape
     torch.testing.assert_close(Blur(4).apply(out), Blur(4).apply(x), atol=1e-4 * out.abs().max().item(), rtol=0)
     wrapped = EpsModel(unet, "learned-sigma")
@@ -160,9 +163,13 @@ def test_time_travel_runs_and_keeps_range_identity(gray_unet):
 
 @pytest.mark.parametrize(
     ("x", "message"),
-    [(torch.zeros(1, 16, 16), "batch"), (torch.zeros(0, 1, 16, 16), "empty"),
-     (torch.zeros(1, 3, 16, 16), "channels"), (torch.full((1, 1, 16, 16), float("nan")), "NaN"),
-     (torch.zeros(1, 1, 16, 16, dtype=torch.uint8), "float")],
+    [
+        (torch.zeros(1, 16, 16), "batch"),
+        (torch.zeros(0, 1, 16, 16), "empty"),
+        (torch.zeros(1, 3, 16, 16), "channels"),
+        (torch.full((1, 1, 16, 16), float("nan")), "NaN"),
+        (torch.zeros(1, 1, 16, 16, dtype=torch.uint8), "float"),
+    ],
 )
 def test_bad_inputs_raise_clear_errors(x, message, gray_unet):
     with pytest.raises(ValueError, match=message):
@@ -202,7 +209,8 @@ def test_noise_start_one_is_the_pure_noise_start(gray_unet):
     x = _batch(1)
     default = ZipPurifier(gray_unet, ZipConfig("blur:4", steps=5))(x, torch.Generator().manual_seed(2))
     explicit = ZipPurifier(gray_unet, ZipConfig("blur:4", steps=5, noise_start=1.0))(
-        x, torch.Generator().manual_seed(2))
+        x, torch.Generator().manual_seed(2)
+    )
     assert torch.equal(default, explicit)
 
 
@@ -211,7 +219,8 @@ def test_noise_start_keeps_more_of_the_input_than_pure_noise(gray_unet):
     model = lambda x, t: torch.zeros_like(x)  # noqa: E731
     x = _batch(1)
     low = ZipPurifier(model, ZipConfig("blur:4", steps=5, guidance_power=INF, noise_start=0.05))(
-        x, torch.Generator().manual_seed(0))
+        x, torch.Generator().manual_seed(0)
+    )
     full = ZipPurifier(model, ZipConfig("blur:4", steps=5, guidance_power=INF))(x, torch.Generator().manual_seed(0))
     assert (low - x).abs().mean() < (full - x).abs().mean()
 
@@ -229,10 +238,17 @@ def test_the_purifier_defaults_to_the_products_knobs(gray_unet):
     assert (purifier.steps, purifier.noise_start, len(purifier.pairs)) == (20, 1.0, 20)
 
 
-@pytest.mark.parametrize(("knobs", "message"), [
-    ({"steps": 0}, "steps"), ({"guidance_power": float("nan")}, "guidance_power"), ({"eta": -0.1}, "eta"),
-    ({"travel_length": 0}, "travel_length"), ({"transforms": " "}, "empty"), ({"noise_start": 0.0}, "noise_start"),
-])
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"steps": 0}, "steps"),
+        ({"guidance_power": float("nan")}, "guidance_power"),
+        ({"eta": -0.1}, "eta"),
+        ({"travel_length": 0}, "travel_length"),
+        ({"transforms": " "}, "empty"),
+        ({"noise_start": 0.0}, "noise_start"),
+    ],
+)
 def test_zip_config_is_validated_once_at_construction(knobs, message):
     with pytest.raises(ValueError, match=message):
         ZipConfig(**knobs)

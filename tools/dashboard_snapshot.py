@@ -24,8 +24,7 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "docker" / "grafana" / "dashbo
 GRAFANA_INTERVAL_VARIABLES = ("$__rate_interval", "$__interval", "$__range")
 GRID_COLUMNS = 24
 POINTS_PER_PANEL = 240  # query_range resolution: enough for a smooth line, cheap to fetch
-UNIT_LABELS = {"s": "seconds", "reqps": "requests / s", "ops": "per second", "percentunit": "fraction",
-               "short": ""}
+UNIT_LABELS = {"s": "seconds", "reqps": "requests / s", "ops": "per second", "percentunit": "fraction", "short": ""}
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,9 @@ def legend(template: str, labels: dict[str, str]) -> str:
     return text.replace("{{", "").replace("}}", "").strip() or json.dumps(labels)
 
 
-def fetch_panels(prometheus_url: str, dashboard: dict[str, Any], start_s: float, end_s: float,
-                 rate_interval: str = "1m") -> list[PanelData]:
+def fetch_panels(
+    prometheus_url: str, dashboard: dict[str, Any], start_s: float, end_s: float, rate_interval: str = "1m"
+) -> list[PanelData]:
     """Run every panel's queries over [start_s, end_s] against Prometheus.
 
     Args:
@@ -91,14 +91,25 @@ def fetch_panels(prometheus_url: str, dashboard: dict[str, Any], start_s: float,
         for panel in dashboard["panels"]:
             series: list[Series] = []
             for target in panel.get("targets", []):
-                response = client.get("/api/v1/query_range", params={
-                    "query": to_promql(target["expr"], rate_interval), "start": start_s, "end": end_s,
-                    "step": step_s})
+                response = client.get(
+                    "/api/v1/query_range",
+                    params={
+                        "query": to_promql(target["expr"], rate_interval),
+                        "start": start_s,
+                        "end": end_s,
+                        "step": step_s,
+                    },
+                )
                 response.raise_for_status()
                 for result in response.json()["data"]["result"]:
                     points = [(float(t), float(v)) for t, v in result["values"]]
-                    series.append(Series(legend(target.get("legendFormat", ""), result["metric"]),
-                                         tuple(t for t, _ in points), tuple(v for _, v in points)))
+                    series.append(
+                        Series(
+                            legend(target.get("legendFormat", ""), result["metric"]),
+                            tuple(t for t, _ in points),
+                            tuple(v for _, v in points),
+                        )
+                    )
             unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "short")
             panels.append(PanelData(panel["title"], unit, panel["gridPos"], tuple(series)))
     return panels
@@ -128,7 +139,7 @@ def plot(panels: list[PanelData], out: Path, title: str = "zipgate") -> Path:
     span_min = max(((s.times[-1] - origin) / 60 for p in panels for s in p.series if s.times), default=1.0)
     for panel in panels:
         g = panel.grid
-        axes = figure.add_subplot(grid[g["y"]:g["y"] + g["h"] - 1, g["x"]:g["x"] + g["w"]])
+        axes = figure.add_subplot(grid[g["y"] : g["y"] + g["h"] - 1, g["x"] : g["x"] + g["w"]])
         axes.set_title(panel.title, fontsize=10, loc="left")
         axes.set_ylabel(UNIT_LABELS.get(panel.unit, panel.unit), fontsize=8)
         axes.tick_params(labelsize=7)

@@ -41,8 +41,10 @@ def prometheus_rule(rule_file: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "zipgate", "labels": {"app.kubernetes.io/name": "zipgate",
-                                                    "app.kubernetes.io/component": "gateway"}},
+        "metadata": {
+            "name": "zipgate",
+            "labels": {"app.kubernetes.io/name": "zipgate", "app.kubernetes.io/component": "gateway"},
+        },
         "spec": {"groups": rule_file["groups"]},
     }
 

@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     text = render(runtime_closure())
     if args.check:
         if not CONSTRAINTS.exists() or CONSTRAINTS.read_text() != text:
-            print(f"{CONSTRAINTS} differs from this virtualenv: run python -m tools.runtime_constraints",
-                  file=sys.stderr)
+            print(
+                f"{CONSTRAINTS} differs from this virtualenv: run python -m tools.runtime_constraints", file=sys.stderr
+            )
             return 1
         return 0
     CONSTRAINTS.write_text(text)

@@ -44,8 +44,9 @@ raw image path) work as a drop-in sidecar. Every error is `{"error": {"code", "m
 """
 
 
-def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None = None,
-               metrics: GatewayMetrics | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, purifier_factory: PurifierFactory | None = None, metrics: GatewayMetrics | None = None
+) -> FastAPI:
     """Build the gateway app for `settings`.
 
     Args:
@@ -68,14 +69,21 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         torch.set_num_threads(settings.torch_threads)  # process-wide, so here and not per worker
-        client = make_http_client(settings.upstream_connect_timeout_s, settings.upstream_timeout_s,
-                                  settings.upstream_max_connections)
+        client = make_http_client(
+            settings.upstream_connect_timeout_s, settings.upstream_timeout_s, settings.upstream_max_connections
+        )
         pool = None if pool_setup is None else WorkerPool(*pool_setup, metrics)
         starting: asyncio.Task[None] | None = None
         gateway: Gateway | None = None
         try:
-            gateway = Gateway(settings, metrics, lifecycle, pool, _upstream(settings, client, settings.upstream_protocol),
-                              {protocol: _upstream(settings, client, protocol) for protocol in UpstreamProtocol})
+            gateway = Gateway(
+                settings,
+                metrics,
+                lifecycle,
+                pool,
+                _upstream(settings, client, settings.upstream_protocol),
+                {protocol: _upstream(settings, client, protocol) for protocol in UpstreamProtocol},
+            )
             # The gauge's only writer: readiness as /readyz reports it (loading, draining, a dead worker),
             # read at scrape time, since `Lifecycle` may not touch metrics from a signal handler.
             metrics.ready.set_function(lambda: float(gateway.ready))
@@ -98,8 +106,9 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
             logger.info("gateway stopped")
 
     # Private API pages: FastAPI's own are off, and routes_docs serves them behind the key (none without one).
-    private_pages: dict[str, Any] = {} if settings.public_docs else {"docs_url": None, "redoc_url": None,
-                                                                      "openapi_url": None}
+    private_pages: dict[str, Any] = (
+        {} if settings.public_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    )
     app = FastAPI(title="zipgate", version=__version__, description=DESCRIPTION, lifespan=lifespan, **private_pages)
     app.state.lifecycle = lifecycle  # for the server's signal handler (drain before uvicorn stops)
     install_error_handlers(app)
@@ -111,16 +120,23 @@ def create_app(settings: Settings, *, purifier_factory: PurifierFactory | None =
     app.include_router(build_sidecar_router(dependencies, None if raw_on_predict else settings.upstream_raw_path))
     app.include_router(build_v2_router(dependencies))
     app.include_router(build_health_router(metrics))
-    app.add_middleware(GatewayMiddleware, metrics=metrics, lifecycle=lifecycle,
-                       max_request_bytes=settings.max_request_bytes, body_read_timeout_s=settings.body_read_timeout_s)
+    app.add_middleware(
+        GatewayMiddleware,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        max_request_bytes=settings.max_request_bytes,
+        body_read_timeout_s=settings.body_read_timeout_s,
+    )
     return app
 
 
 def _zip_factory(settings: Settings) -> PurifierFactory:
     """The ZIP purifier factory for `settings.model_path` (checked now, loaded per device at start-up)."""
     if not settings.model_path.is_dir():
-        raise ConfigError(f"model_path '{settings.model_path}' is not a directory; point ZIPGATE_MODEL_PATH at "
-                          "a diffusers UNet2DModel folder (e.g. models/fmnist-ddpm) or disable purification")
+        raise ConfigError(
+            f"model_path '{settings.model_path}' is not a directory; point ZIPGATE_MODEL_PATH at "
+            "a diffusers UNet2DModel folder (e.g. models/fmnist-ddpm) or disable purification"
+        )
     return zip_purifier_factory(settings.model_path, settings.zip_config, settings.dtype)
 
 
@@ -129,17 +145,30 @@ def _pool_config(settings: Settings) -> PoolConfig:
         devices = resolve_devices(settings.devices)
     except ValueError as exc:
         raise ConfigError(f"devices (env ZIPGATE_DEVICES): {exc}") from exc
-    return PoolConfig(devices=devices, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
-                      queue_limit=settings.queue_limit, drain_timeout_s=settings.drain_timeout_s,
-                      default_steps=settings.steps, adaptive_steps_min=settings.adaptive_steps_min,
-                      adaptive_target_wait_ms=settings.adaptive_target_wait_ms)
+    return PoolConfig(
+        devices=devices,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        queue_limit=settings.queue_limit,
+        drain_timeout_s=settings.drain_timeout_s,
+        default_steps=settings.steps,
+        adaptive_steps_min=settings.adaptive_steps_min,
+        adaptive_target_wait_ms=settings.adaptive_target_wait_ms,
+    )
 
 
 def _upstream(settings: Settings, client: Any, protocol: UpstreamProtocol) -> Upstream:
-    return build_upstream(protocol, client, settings.upstream_url, settings.upstream_model, settings.upstream_raw_path,
-                          image_input=settings.upstream_input, retry=RetryPolicy(max_retries=settings.upstream_retries),
-                          total_timeout_s=settings.upstream_timeout_s,
-                          max_response_bytes=settings.upstream_max_response_bytes)
+    return build_upstream(
+        protocol,
+        client,
+        settings.upstream_url,
+        settings.upstream_model,
+        settings.upstream_raw_path,
+        image_input=settings.upstream_input,
+        retry=RetryPolicy(max_retries=settings.upstream_retries),
+        total_timeout_s=settings.upstream_timeout_s,
+        max_response_bytes=settings.upstream_max_response_bytes,
+    )
 
 
 async def _start_pool(pool: WorkerPool, lifecycle: Lifecycle) -> None:

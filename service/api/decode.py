@@ -26,8 +26,15 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 # Magic numbers of ACCEPTED_FORMATS, to tell a damaged image (400) from a foreign file (415).
-_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 
 
 def _has_accepted_signature(data: bytes) -> str | None:
@@ -73,25 +80,30 @@ def open_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image.I
     if not data:
         raise BadRequest(f"{what} is empty (0 bytes); send an encoded image such as a PNG")
     if len(data) > limits.max_image_bytes:
-        raise PayloadTooLarge(f"{what} is {len(data)} bytes; the limit is {limits.max_image_bytes} bytes "
-                              "(max_image_bytes)")
+        raise PayloadTooLarge(
+            f"{what} is {len(data)} bytes; the limit is {limits.max_image_bytes} bytes (max_image_bytes)"
+        )
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)  # parses the header only
     except Image.DecompressionBombError as exc:
         # PIL's own guard (2 × Image.MAX_IMAGE_PIXELS) fires inside open for absurd sizes.
-        raise PayloadTooLarge(f"{what} declares too many pixels ({exc}); the limit is "
-                              f"{limits.max_image_pixels} pixels (max_image_pixels)") from exc
+        raise PayloadTooLarge(
+            f"{what} declares too many pixels ({exc}); the limit is {limits.max_image_pixels} pixels (max_image_pixels)"
+        ) from exc
     except UnidentifiedImageError as exc:
         if claimed := _has_accepted_signature(data):  # e.g. a PNG cut inside its header: damaged, not foreign
             raise BadRequest(f"{what} starts like a {claimed} but is truncated or corrupt") from exc
-        raise UnsupportedMediaType(f"{what} is not an image in a supported format; send one of "
-                                   f"{', '.join(ACCEPTED_FORMATS)}") from exc
+        raise UnsupportedMediaType(
+            f"{what} is not an image in a supported format; send one of {', '.join(ACCEPTED_FORMATS)}"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadRequest(f"{what} has an unreadable header: {exc}") from exc
     width, height = image.size
     if width * height > limits.max_image_pixels:
-        raise PayloadTooLarge(f"{what} is {width}×{height} = {width * height} pixels; the limit is "
-                              f"{limits.max_image_pixels} pixels (max_image_pixels)")
+        raise PayloadTooLarge(
+            f"{what} is {width}×{height} = {width * height} pixels; the limit is "
+            f"{limits.max_image_pixels} pixels (max_image_pixels)"
+        )
     if width < 1 or height < 1:
         raise BadRequest(f"{what} has no pixels ({width}×{height})")
     return image
@@ -116,9 +128,11 @@ def open_images(blobs: Sequence[bytes], limits: ImageLimits, max_request_pixels:
     opened = [open_image(blob, limits, f"image {i}") for i, blob in enumerate(blobs)]
     total = sum(image.width * image.height for image in opened)
     if total > max_request_pixels:
-        raise PayloadTooLarge(f"the request's {len(opened)} images declare {total} pixels in all; the limit is "
-                              f"{max_request_pixels} pixels per request (max_request_pixels): send fewer or "
-                              "smaller images")
+        raise PayloadTooLarge(
+            f"the request's {len(opened)} images declare {total} pixels in all; the limit is "
+            f"{max_request_pixels} pixels per request (max_request_pixels): send fewer or "
+            "smaller images"
+        )
     return opened
 
 

@@ -36,12 +36,27 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-SeedQuery = Annotated[int | None, Query(ge=0, le=MAX_SEED, description=(
-    "Noise seed: the same seed gives the same purified image (image i uses seed + i). Default: random."))]
+SeedQuery = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_SEED,
+        description=(
+            "Noise seed: the same seed gives the same purified image (image i uses seed + i). Default: random."
+        ),
+    ),
+]
 # Parsed by request_context (a bad value is our 400, not FastAPI's 422); documented as what it accepts.
-TimeoutHeader = Annotated[str | None, WithJsonSchema({"type": "number", "exclusiveMinimum": 0}), Header(
-    alias=TIMEOUT_HEADER, description=(
-    "Seconds this request may take before 504 (default request_timeout_s, capped at max_request_timeout_s)."))]
+TimeoutHeader = Annotated[
+    str | None,
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0}),
+    Header(
+        alias=TIMEOUT_HEADER,
+        description=(
+            "Seconds this request may take before 504 (default request_timeout_s, capped at max_request_timeout_s)."
+        ),
+    ),
+]
 
 
 # Dependencies are `async def` on purpose: FastAPI runs plain `def` ones in a worker thread,
@@ -54,8 +69,7 @@ async def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def request_context(request: Request, gateway: Gateway, seed: int | None, timeout_header: str | None
-                    ) -> RequestContext:
+def request_context(request: Request, gateway: Gateway, seed: int | None, timeout_header: str | None) -> RequestContext:
     """The context the stages run under: id, deadline (from the header, capped), seed, timings.
 
     Raises:
@@ -73,12 +87,14 @@ def request_context(request: Request, gateway: Gateway, seed: int | None, timeou
         timeout_s = min(timeout_s, settings.max_request_timeout_s)  # "within a maximum": capped, not refused
     timings = timings_of(request.scope)
     deadline = time.monotonic() + timeout_s - timings.elapsed_s()  # counted from the request's arrival
-    return RequestContext(request_id=REQUEST_ID.get() or "", deadline=deadline, seed=seed, timings=timings,
-                          receive=request.receive)
+    return RequestContext(
+        request_id=REQUEST_ID.get() or "", deadline=deadline, seed=seed, timings=timings, receive=request.receive
+    )
 
 
-async def context_dependency(request: Request, gateway: GatewayDep, seed: SeedQuery = None,
-                       x_request_timeout: TimeoutHeader = None) -> RequestContext:
+async def context_dependency(
+    request: Request, gateway: GatewayDep, seed: SeedQuery = None, x_request_timeout: TimeoutHeader = None
+) -> RequestContext:
     """FastAPI dependency form of `request_context` (declares `seed` and X-Request-Timeout in OpenAPI)."""
     return request_context(request, gateway, seed, x_request_timeout)
 

@@ -1,11 +1,11 @@
 """Every error leaves the gateway as `{"error": {"code", "message", "request_id"}}`, never a trace.
 
-    GatewayError (service/errors.py)   → its own status, code and headers
-    UpstreamRejected (vendor 4xx)      → the vendor's status; its body quoted in the message
-    RequestValidationError (FastAPI)   → 422 invalid_request
-    HTTPException (routing 404/405 …)  → its status, code from `HTTP_CODES`
-    ClientDisconnected                 → 499, counted and logged only (nobody is listening)
-    anything else                      → 500 internal (api/middleware.py; the trace goes to the log)
+GatewayError (service/errors.py)   → its own status, code and headers
+UpstreamRejected (vendor 4xx)      → the vendor's status; its body quoted in the message
+RequestValidationError (FastAPI)   → 422 invalid_request
+HTTPException (routing 404/405 …)  → its status, code from `HTTP_CODES`
+ClientDisconnected                 → 499, counted and logged only (nobody is listening)
+anything else                      → 500 internal (api/middleware.py; the trace goes to the log)
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ class ClientDisconnected(Exception):
     """The client hung up before its answer was ready; its queued work was withdrawn."""
 
 
-def error_response(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-                   upstream_status: int | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, *, headers: dict[str, str] | None = None, upstream_status: int | None = None
+) -> JSONResponse:
     """The JSON error response, stamped with the current request id.
 
     Args:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,18 +23,22 @@ from service.api.guard import guarded, time_left
 from service.api.lifecycle import Lifecycle
 from service.api.schemas import PurificationInfo, Readiness
 from service.api.timing import RequestTimings
+from service.api.upstream_call import UpstreamCall
 from service.api.votes import majority
 from service.config import Settings
-from service.errors import (DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, BadRequest, DeadlineExceeded,
-                            NotReady, UpstreamError, UpstreamTimeout)
+from service.errors import (
+    DRAINING_RETRY_AFTER_S,
+    LOADING_RETRY_AFTER_S,
+    BadRequest,
+    NotReady,
+)
 from service.metrics import GatewayMetrics, Stage
 from service.purify.imaging import pil_to_tensor, tensor_to_pil
 from service.purify.options import SmallImageFit
 from service.purify.pipeline import FittedBatch, degraded_images, fit_to_model, restore_images
 from service.purify.seeds import vote_canvas_seeds
-from service.shadow.capture import CaptureLimits, CaptureRing
 from service.shadow.labels import LabelExtractor
-from service.shadow.monitor import ShadowConfig, ShadowMonitor
+from service.shadow.monitor import build_shadow_monitor
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
 from service.upstream.catalog import ModelCatalog
 from service.workers import WorkerInfo, WorkerPool
@@ -66,10 +69,17 @@ class EngineInfo:
         """
         first = workers[0]
         if first.sample_size is None or first.channels is None:
-            raise ValueError("the purifier factory must return a purifier with `.info` (an EpsModelInfo): "
-                             "the gateway needs the model's sample_size and channels")
-        return cls(model=first.model, sample_size=first.sample_size, channels=first.channels,
-                   device=",".join(w.device for w in workers), dtype=",".join(sorted({w.dtype for w in workers})))
+            raise ValueError(
+                "the purifier factory must return a purifier with `.info` (an EpsModelInfo): "
+                "the gateway needs the model's sample_size and channels"
+            )
+        return cls(
+            model=first.model,
+            sample_size=first.sample_size,
+            channels=first.channels,
+            device=",".join(w.device for w in workers),
+            dtype=",".join(sorted({w.dtype for w in workers})),
+        )
 
 
 @dataclass(frozen=True)
@@ -141,8 +151,15 @@ class Gateway:
         sidecars: one adapter per protocol for the sidecar routes (same vendor and client).
     """
 
-    def __init__(self, settings: Settings, metrics: GatewayMetrics, lifecycle: Lifecycle,
-                 pool: WorkerPool | None, upstream: Upstream, sidecars: Mapping[UpstreamProtocol, Upstream]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: GatewayMetrics,
+        lifecycle: Lifecycle,
+        pool: WorkerPool | None,
+        upstream: Upstream,
+        sidecars: Mapping[UpstreamProtocol, Upstream],
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.lifecycle = lifecycle
@@ -152,7 +169,7 @@ class Gateway:
         self.models = ModelCatalog(settings.upstream_model_check_ttl_s)  # which models the vendor serves
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.vote_label = LabelExtractor.parse(settings.vote_label)
-        self.shadow = _shadow_monitor(settings, upstream, metrics, pool, self.vote_label)
+        self.shadow = build_shadow_monitor(settings, upstream, metrics.shadow, pool, self.vote_label)
         self._engine: EngineInfo | None = None
 
     @property
@@ -169,8 +186,9 @@ class Gateway:
         """
         if self._engine is None:
             if self.pool is None:
-                raise NotReady("purification is disabled on this gateway (purification_enabled=false)",
-                               retry_after_s=None)
+                raise NotReady(
+                    "purification is disabled on this gateway (purification_enabled=false)", retry_after_s=None
+                )
             if not self.pool.ready:
                 raise self.not_ready_error()
             self._engine = EngineInfo.from_device_info(self.pool.device_info)
@@ -185,8 +203,9 @@ class Gateway:
     def not_ready_error(self) -> NotReady:
         """The 503 for now: Retry-After while starting or draining; none where waiting will not help
         (start-up failed; or READY yet not ready: the worker pool stopped)."""
-        retry_after_s = {Readiness.STARTING: LOADING_RETRY_AFTER_S,
-                         Readiness.DRAINING: DRAINING_RETRY_AFTER_S}.get(self.lifecycle.state)
+        retry_after_s = {Readiness.STARTING: LOADING_RETRY_AFTER_S, Readiness.DRAINING: DRAINING_RETRY_AFTER_S}.get(
+            self.lifecycle.state
+        )
         return NotReady(self.not_ready_reason(), retry_after_s=retry_after_s)
 
     def require_ready(self) -> None:
@@ -197,10 +216,17 @@ class Gateway:
     def purification_info(self, steps: int, vote_labels: list[list[str | None]] | None = None) -> PurificationInfo:
         """The response's `purification` block."""
         engine = self.engine
-        return PurificationInfo(model=engine.model, transforms=self.settings.transforms, steps=steps,
-                                guidance_power=self.settings.guidance_power, vendor_mirror=self.settings.vendor_mirror,
-                                device=engine.device, dtype=engine.dtype,
-                                votes=1 if vote_labels is None else len(vote_labels[0]), vote_labels=vote_labels)
+        return PurificationInfo(
+            model=engine.model,
+            transforms=self.settings.transforms,
+            steps=steps,
+            guidance_power=self.settings.guidance_power,
+            vendor_mirror=self.settings.vendor_mirror,
+            device=engine.device,
+            dtype=engine.dtype,
+            votes=1 if vote_labels is None else len(vote_labels[0]),
+            vote_labels=vote_labels,
+        )
 
     # --- stages -----------------------------------------------------------------------------
 
@@ -217,11 +243,19 @@ class Gateway:
             opened = open_images(blobs, self.limits, self.settings.max_request_pixels)  # headers only
             if sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS:
                 return _decode_batch(blobs, opened, engine, self.settings.small_image_fit)
-            return await self._guarded(asyncio.to_thread(
-                _decode_batch, blobs, opened, engine, self.settings.small_image_fit), ctx, "decoding")
+            return await self._guarded(
+                asyncio.to_thread(_decode_batch, blobs, opened, engine, self.settings.small_image_fit), ctx, "decoding"
+            )
 
-    async def purify(self, decoded: DecodedBatch, ctx: RequestContext, *, include_degraded: bool = False,
-                     mirror: bool = False, votes: int = 1) -> PurifiedBatch:
+    async def purify(
+        self,
+        decoded: DecodedBatch,
+        ctx: RequestContext,
+        *,
+        include_degraded: bool = False,
+        mirror: bool = False,
+        votes: int = 1,
+    ) -> PurifiedBatch:
         """Purify in the pool (withdrawn if the client hangs up); PNGs at the original sizes (mirrored if asked).
 
         With `votes` = K, the canvases are purified K times in one submission, vote k with the
@@ -243,15 +277,19 @@ class Gateway:
         # deadline=None: the pool enforces it, dropping queued images and late results (its metrics say which).
         result = await guarded(
             self.pool.submit(canvases, request_id=ctx.request_id, deadline=ctx.deadline, seed=ctx.seed, seeds=seeds),
-            request_id=ctx.request_id, what="purification", stopped=self.lifecycle.in_flight_stopped(),
-            deadline=None, receive=ctx.receive)
+            request_id=ctx.request_id,
+            what="purification",
+            stopped=self.lifecycle.in_flight_stopped(),
+            deadline=None,
+            receive=ctx.receive,
+        )
         ctx.timings.add(Stage.QUEUE, result.queue_s)
         ctx.timings.add(Stage.PURIFY, result.purify_s)
         degrade = self.settings.transforms if include_degraded else None
         with ctx.timings.measure(Stage.PURIFY):  # cutting back to the original sizes and PNG encoding
             pngs, degraded = await self._guarded(
-                asyncio.to_thread(_finish_batch, fitted, result.images.split(count), degrade, mirror),
-                ctx, "encoding")
+                asyncio.to_thread(_finish_batch, fitted, result.images.split(count), degrade, mirror), ctx, "encoding"
+            )
         return PurifiedBatch(votes=pngs, degraded_pngs=degraded, steps=result.steps)
 
     async def prepare(self, blobs: list[bytes], ctx: RequestContext, votes: int = 1) -> PreparedImages:
@@ -278,7 +316,7 @@ class Gateway:
         remaining = time_left(ctx.deadline, ctx.request_id, "calling the vendor")
 
         async def call(blobs: list[bytes], request_id: str, timed: bool) -> UpstreamResult:
-            with _UpstreamCall(self.metrics, ctx.timings if timed else None) as outcome:
+            with UpstreamCall(self.metrics, ctx.timings if timed else None) as outcome:
                 # The remaining budget caps the call; the guard is the outer bound, whatever the adapter does.
                 result = await self.upstream.predict(blobs, request_id, prepared.content_type, timeout_s=remaining)
                 outcome.status = str(result.status_code)
@@ -288,14 +326,25 @@ class Gateway:
             result = await self._guarded(call(prepared.blobs, ctx.request_id, timed=True), ctx, "the vendor call")
             return Prediction(result.predictions, vote_labels=None, chosen_votes=[0] * len(result.predictions))
         with ctx.timings.measure(Stage.UPSTREAM):  # the calls overlap: the stage is their wall time, not a sum
-            results = await self._guarded(asyncio.gather(*[
-                call(blobs, f"{ctx.request_id}-vote{k}", timed=False) for k, blobs in enumerate(prepared.votes)]),
-                ctx, "the vendor calls")
+            results = await self._guarded(
+                asyncio.gather(
+                    *[call(blobs, f"{ctx.request_id}-vote{k}", timed=False) for k, blobs in enumerate(prepared.votes)]
+                ),
+                ctx,
+                "the vendor calls",
+            )
         outcome = majority([r.predictions for r in results], self.vote_label)
         return Prediction(outcome.predictions, vote_labels=outcome.labels, chosen_votes=outcome.chosen)
 
-    async def forward(self, adapter: Upstream, path: str, body: bytes, headers: Mapping[str, str],
-                      content_type: str | None, ctx: RequestContext) -> RelayedResponse:
+    async def forward(
+        self,
+        adapter: Upstream,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        content_type: str | None,
+        ctx: RequestContext,
+    ) -> RelayedResponse:
         """Relay a (rewritten) sidecar request to the same path upstream; the answer comes back unchanged.
 
         Raises:
@@ -305,66 +354,39 @@ class Gateway:
         """
         remaining = time_left(ctx.deadline, ctx.request_id, "calling the vendor")
         with self._upstream_call(ctx) as outcome:
-            relayed = await self._guarded(adapter.forward("POST", path, body, headers, request_id=ctx.request_id,
-                                                          content_type=content_type, timeout_s=remaining),
-                                          ctx, "the vendor call")
+            relayed = await self._guarded(
+                adapter.forward(
+                    "POST",
+                    path,
+                    body,
+                    headers,
+                    request_id=ctx.request_id,
+                    content_type=content_type,
+                    timeout_s=remaining,
+                ),
+                ctx,
+                "the vendor call",
+            )
             outcome.status = str(relayed.status_code)
         return relayed
 
-    def _upstream_call(self, ctx: RequestContext) -> _UpstreamCall:
-        return _UpstreamCall(self.metrics, ctx.timings)
+    def _upstream_call(self, ctx: RequestContext) -> UpstreamCall:
+        return UpstreamCall(self.metrics, ctx.timings)
 
     async def _guarded(self, work: Awaitable[T], ctx: RequestContext, what: str) -> T:
         """`work` within the request's deadline and the drain (see `service.api.guard`)."""
-        return await guarded(work, request_id=ctx.request_id, what=what, stopped=self.lifecycle.in_flight_stopped(),
-                             deadline=ctx.deadline)
+        return await guarded(
+            work,
+            request_id=ctx.request_id,
+            what=what,
+            stopped=self.lifecycle.in_flight_stopped(),
+            deadline=ctx.deadline,
+        )
 
 
-class _UpstreamCall:
-    """Times a vendor call into the request's upstream stage and the upstream metrics."""
-
-    def __init__(self, metrics: GatewayMetrics, timings: RequestTimings | None) -> None:
-        self._metrics = metrics
-        self._timings = timings
-        self.status = "error"
-        self._started = 0.0
-
-    def __enter__(self) -> _UpstreamCall:
-        self._started = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        seconds = time.perf_counter() - self._started
-        if isinstance(exc, (UpstreamTimeout, DeadlineExceeded)):
-            self.status = "timeout"
-        elif isinstance(exc, UpstreamError) and exc.upstream_status is not None:
-            self.status = str(exc.upstream_status)
-        if self._timings is not None:  # None: one of several overlapping calls, timed together by the caller
-            self._timings.add(Stage.UPSTREAM, seconds)
-        self._metrics.upstream_requests.labels(self.status).inc()
-        self._metrics.upstream_duration.observe(seconds)
-
-
-def _shadow_monitor(settings: Settings, upstream: Upstream, metrics: GatewayMetrics, pool: WorkerPool | None,
-                    label: LabelExtractor) -> ShadowMonitor | None:
-    """Shadow mode when a setting asks for it and there is purification to compare against."""
-    config = ShadowConfig(rate=settings.shadow_rate, allow_header=settings.shadow_allow_header,
-                          max_inflight=settings.shadow_max_inflight, max_labels=settings.shadow_max_labels,
-                          timeout_s=settings.upstream_timeout_s)
-    if not config.enabled or pool is None:
-        return None
-    capture = None
-    if settings.shadow_capture_dir is not None:
-        capture = CaptureRing(settings.shadow_capture_dir, CaptureLimits(
-            max_files=settings.shadow_capture_max_files, max_bytes=settings.shadow_capture_max_bytes))
-    # Shadow calls go first when the queue is half full: 429s would be next.
-    queue_limit = settings.queue_limit
-    return ShadowMonitor(config, upstream, label, metrics.shadow, capture=capture,
-                         under_load=lambda: 2 * pool.queue_depth >= queue_limit)
-
-
-def _decode_batch(blobs: list[bytes], opened: list[Image.Image], engine: EngineInfo | None,
-                  small_fit: SmallImageFit) -> DecodedBatch:
+def _decode_batch(
+    blobs: list[bytes], opened: list[Image.Image], engine: EngineInfo | None, small_fit: SmallImageFit
+) -> DecodedBatch:
     images = [load_image(image, f"image {i}") for i, image in enumerate(opened)]
     if engine is None:
         return DecodedBatch(blobs, images, None)
@@ -377,8 +399,9 @@ def _decode_batch(blobs: list[bytes], opened: list[Image.Image], engine: EngineI
     return DecodedBatch(blobs, images, fit_to_model(tensors, engine.sample_size, small_fit=small_fit))
 
 
-def _finish_batch(fitted: FittedBatch, votes: Sequence[torch.Tensor], degrade: str | None,
-                  mirror: bool = False) -> tuple[list[list[bytes]], list[bytes] | None]:
+def _finish_batch(
+    fitted: FittedBatch, votes: Sequence[torch.Tensor], degrade: str | None, mirror: bool = False
+) -> tuple[list[list[bytes]], list[bytes] | None]:
     """The pipeline's restore of each vote's canvases (and degraded view, for the `degrade` spec), as PNG."""
     pngs = [[encode_png(tensor_to_pil(x)) for x in restore_images(fitted, purified, mirror)] for purified in votes]
     if degrade is None:

@@ -36,8 +36,15 @@ def time_left(deadline: float, request_id: str, before: str) -> float:
     return remaining
 
 
-async def guarded(work: Awaitable[T], *, request_id: str, what: str, stopped: asyncio.Future[None],
-                  deadline: float | None, receive: Receive | None = None) -> T:
+async def guarded(
+    work: Awaitable[T],
+    *,
+    request_id: str,
+    what: str,
+    stopped: asyncio.Future[None],
+    deadline: float | None,
+    receive: Receive | None = None,
+) -> T:
     """Await `work`, ending it early at the deadline, at the end of the drain, or when the client leaves.
 
     Args:
@@ -76,8 +83,11 @@ async def guarded(work: Awaitable[T], *, request_id: str, what: str, stopped: as
     if task in done:  # finished first (also when something else ended at the same moment)
         return task.result()
     if stopped.done():
-        raise NotReady(f"request {request_id}: the gateway shut down during {what} (drain_timeout_s spent); "
-                       "retry on another replica", retry_after_s=DRAINING_RETRY_AFTER_S)
+        raise NotReady(
+            f"request {request_id}: the gateway shut down during {what} (drain_timeout_s spent); "
+            "retry on another replica",
+            retry_after_s=DRAINING_RETRY_AFTER_S,
+        )
     if watcher is not None and watcher in done:
         if (error := watcher.exception()) is not None:
             raise error  # receive itself failed: that error, not a client that left

@@ -12,15 +12,14 @@ from starlette.exceptions import HTTPException
 
 from service.api.schemas import PredictJsonRequest
 from service.errors import BadRequest, InvalidShape, PayloadTooLarge, UnsupportedMediaType
-from service.upstream.wire import decode_base64_image
-from service.upstream.wire import is_json_media_type, media_type
+from service.upstream.wire import decode_base64_image, is_json_media_type, media_type
 
 IMAGE_FIELD = "image"
 # Raw image bodies: any image type, or the generic binary types SageMaker-style clients send.
 _RAW_BINARY_TYPES = frozenset({"application/octet-stream", "application/x-image"})
 
 
-class InputKind(str, enum.Enum):
+class InputKind(enum.StrEnum):
     """How a request carries its images."""
 
     MULTIPART = "multipart/form-data"
@@ -76,14 +75,18 @@ async def _multipart_images(request: Request, max_images: int) -> list[bytes]:
     except HTTPException as exc:
         # Starlette reports its own part limits as a 400 with this text; for files it is our 413.
         if "too many files" in str(exc.detail).lower():
-            raise PayloadTooLarge(f"more than {max_images} images in one request; the limit is {max_images} "
-                                  "(max_images_per_request): split the request") from exc
+            raise PayloadTooLarge(
+                f"more than {max_images} images in one request; the limit is {max_images} "
+                "(max_images_per_request): split the request"
+            ) from exc
         raise BadRequest(f"malformed multipart body: {exc.detail}") from exc
     try:
         parts = form.getlist(IMAGE_FIELD)
         if not parts:
-            raise InvalidShape(f"multipart body has no '{IMAGE_FIELD}' part; send each image as a file "
-                               f"in a field named '{IMAGE_FIELD}' (curl -F {IMAGE_FIELD}=@x.png)")
+            raise InvalidShape(
+                f"multipart body has no '{IMAGE_FIELD}' part; send each image as a file "
+                f"in a field named '{IMAGE_FIELD}' (curl -F {IMAGE_FIELD}=@x.png)"
+            )
         _check_count(len(parts), max_images)
         images = []
         for i, part in enumerate(parts):
@@ -101,7 +104,7 @@ def _json_images(body: bytes, max_images: int, max_image_bytes: int) -> list[byt
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if any(error["type"] == "json_invalid" for error in errors):
-            raise BadRequest("the body is not valid JSON; send {\"images\": [\"<base64>\", ...]}") from exc
+            raise BadRequest('the body is not valid JSON; send {"images": ["<base64>", ...]}') from exc
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3])
         raise InvalidShape(f'expected {{"images": ["<base64>", ...]}}: {problems}') from exc
     _check_count(len(parsed.images), max_images)
@@ -115,5 +118,6 @@ def _json_images(body: bytes, max_images: int, max_image_bytes: int) -> list[byt
 
 def _check_count(count: int, max_images: int) -> None:
     if count > max_images:
-        raise PayloadTooLarge(f"{count} images in one request; the limit is {max_images} "
-                              "(max_images_per_request): split the request")
+        raise PayloadTooLarge(
+            f"{count} images in one request; the limit is {max_images} (max_images_per_request): split the request"
+        )

@@ -65,8 +65,15 @@ class GatewayMiddleware:
     with 503 (`Lifecycle.stop_in_flight`); and turn any unexpected exception into a JSON 500.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: GatewayMetrics, lifecycle: Lifecycle,
-                 max_request_bytes: int, body_read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: GatewayMetrics,
+        lifecycle: Lifecycle,
+        max_request_bytes: int,
+        body_read_timeout_s: float,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.lifecycle = lifecycle
@@ -117,20 +124,24 @@ class GatewayMiddleware:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, response_started: Callable[[], bool]) -> None:
         if self.lifecycle.draining and scope["path"] not in PROBE_PATHS:
             await gateway_error_response(NotReady(self.lifecycle.detail, retry_after_s=DRAINING_RETRY_AFTER_S))(
-                scope, receive, send)
+                scope, receive, send
+            )
             return
         declared = _content_length(scope["headers"])
         if declared is not None and declared > self.max_request_bytes:
-            error = PayloadTooLarge(f"request body of {declared} bytes; the limit is {self.max_request_bytes} bytes "
-                                    "(max_request_bytes): send fewer or smaller images")
+            error = PayloadTooLarge(
+                f"request body of {declared} bytes; the limit is {self.max_request_bytes} bytes "
+                "(max_request_bytes): send fewer or smaller images"
+            )
             await gateway_error_response(error)(scope, receive, send)
             return
         deadline = asyncio.get_running_loop().time() + self.body_read_timeout_s  # from the request's arrival
         guarded_receive = _guarded_receive(receive, self.max_request_bytes, deadline, self.body_read_timeout_s)
         await self._until_drain_stop(self.app(scope, guarded_receive, send), scope, receive, send, response_started)
 
-    async def _until_drain_stop(self, call: Awaitable[None], scope: Scope, receive: Receive, send: Send,
-                                response_started: Callable[[], bool]) -> None:
+    async def _until_drain_stop(
+        self, call: Awaitable[None], scope: Scope, receive: Receive, send: Send, response_started: Callable[[], bool]
+    ) -> None:
         """Run the app's `call`, ending it with a 503 JSON if the drain budget is spent before it answered.
 
         The request stages end themselves at that moment (`service.api.guard`, whose cleanup runs as
@@ -153,8 +164,10 @@ class GatewayMiddleware:
         if response_started():  # it began to answer as it was cancelled: too late for ours
             return
         logger.info("request cut short by the end of the drain: %s %s", scope["method"], scope["path"])
-        error = NotReady("the gateway shut down before this request was answered (drain_timeout_s spent); retry "
-                         "on another replica", retry_after_s=DRAINING_RETRY_AFTER_S)
+        error = NotReady(
+            "the gateway shut down before this request was answered (drain_timeout_s spent); retry on another replica",
+            retry_after_s=DRAINING_RETRY_AFTER_S,
+        )
         await gateway_error_response(error)(scope, receive, send)
 
     def _record(self, scope: Scope, status: int, timings: RequestTimings) -> None:
@@ -165,8 +178,14 @@ class GatewayMiddleware:
         self.metrics.request_duration.labels(endpoint).observe(elapsed_s)
         for stage, seconds in timings.stages.items():
             self.metrics.stage_duration.labels(stage.value).observe(seconds)
-        logger.info("%s %s -> %d in %.1f ms", scope["method"], scope["path"], status, elapsed_s * 1e3,
-                    extra={"endpoint": endpoint, "status": status, "duration_ms": round(elapsed_s * 1e3, 3)})
+        logger.info(
+            "%s %s -> %d in %.1f ms",
+            scope["method"],
+            scope["path"],
+            status,
+            elapsed_s * 1e3,
+            extra={"endpoint": endpoint, "status": status, "duration_ms": round(elapsed_s * 1e3, 3)},
+        )
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
@@ -195,8 +214,9 @@ def _guarded_receive(receive: Receive, limit_bytes: int, deadline: float, timeou
             async with asyncio.timeout_at(deadline):
                 message = await receive()
         except TimeoutError:
-            raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s (body_read_timeout_s); "
-                                 "send it in one go") from None
+            raise RequestTimeout(
+                f"the request body did not arrive within {timeout_s:g} s (body_read_timeout_s); send it in one go"
+            ) from None
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit_bytes:
@@ -205,4 +225,3 @@ def _guarded_receive(receive: Receive, limit_bytes: int, deadline: float, timeou
         return message
 
     return wrapped
-

@@ -38,8 +38,9 @@ def build_docs_router(app: FastAPI, dependencies: list[Any]) -> APIRouter:
 
     @router.get(DOCS_URL)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=OPENAPI_URL, title=f"{app.title} - Swagger UI",
-                                   oauth2_redirect_url=OAUTH2_REDIRECT_URL)
+        return get_swagger_ui_html(
+            openapi_url=OPENAPI_URL, title=f"{app.title} - Swagger UI", oauth2_redirect_url=OAUTH2_REDIRECT_URL
+        )
 
     @router.get(OAUTH2_REDIRECT_URL)
     async def swagger_ui_redirect() -> HTMLResponse:

@@ -34,13 +34,19 @@ def build_health_router(metrics: GatewayMetrics) -> APIRouter:
         status = gateway.lifecycle.state
         if not ready and status is Readiness.READY:
             status = Readiness.FAILED  # started fine, but a worker died since
-        body = ReadyResponse(status=status, detail="" if ready else gateway.not_ready_reason(),
-                             purification_enabled=gateway.pool is not None,
-                             queue_depth=gateway.pool.queue_depth if gateway.pool is not None else 0)
+        body = ReadyResponse(
+            status=status,
+            detail="" if ready else gateway.not_ready_reason(),
+            purification_enabled=gateway.pool is not None,
+            queue_depth=gateway.pool.queue_depth if gateway.pool is not None else 0,
+        )
         return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
 
-    @router.get("/metrics", response_class=Response,
-                responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}})
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus metrics of this process (see the README for each metric)."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,25 +12,48 @@ from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
 from service.api.gateway import Prediction, PreparedImages, originals_for_vendor
 from service.api.inputs import InputKind, input_kind, read_images
 from service.api.routes_sidecar import RELAYED_RESPONSE, relay
-from service.api.schemas import (EXAMPLE_PNG_B64, Include, PredictJsonRequest, PredictResponse, PurifyResponse,
-                                 RelayedBody)
-from service.errors import BadRequest
+from service.api.schemas import (
+    EXAMPLE_PNG_B64,
+    Include,
+    PredictJsonRequest,
+    PredictResponse,
+    PurifyResponse,
+    RelayedBody,
+)
+from service.errors import BadRequest, PayloadTooLarge
 from service.shadow.monitor import SHADOW_HEADER, ShadowJob
 from service.upstream import UpstreamProtocol
 
 _IMAGES_OPENAPI: dict[str, Any] = {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {"image": {
-        "type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"},
-        "description": "One part per image, all named 'image'."}}}},
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "required": ["image"],
+            "properties": {
+                "image": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "string", "format": "binary"},
+                    "description": "One part per image, all named 'image'.",
+                }
+            },
+        }
+    },
     # Inline: the body is read by hand (not a FastAPI body parameter), so no component would hold a $ref.
-    "application/json": {"schema": PredictJsonRequest.model_json_schema(),
-                         "example": {"images": [EXAMPLE_PNG_B64]}},
+    "application/json": {"schema": PredictJsonRequest.model_json_schema(), "example": {"images": [EXAMPLE_PNG_B64]}},
 }
 _RAW_IMAGE_OPENAPI: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 PURIFY_STEPS_HEADER = "X-Purification-Steps"
-VotesQuery = Annotated[int | None, Query(ge=1, description=(
-    "Purify each image K times (K seeds), ask the vendor K times, answer with the majority label's response "
-    "(ties: the label voted first). Default: the gateway's `votes`; at most its `max_votes`."))]
+VotesQuery = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        description=(
+            "Purify each image K times (K seeds), ask the vendor K times, answer with the majority label's response "
+            "(ties: the label voted first). Default: the gateway's `votes`; at most its `max_votes`."
+        ),
+    ),
+]
 
 
 def shadow_job(request_id: str, prepared: PreparedImages, result: Prediction) -> ShadowJob:
@@ -40,8 +63,9 @@ def shadow_job(request_id: str, prepared: PreparedImages, result: Prediction) ->
     return ShadowJob(request_id, originals, content_type, purified, result.predictions)
 
 
-def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict: bool,
-                         purification_enabled: bool) -> APIRouter:
+def build_predict_router(
+    gateway_dependencies: list[Any], raw_sidecar_on_predict: bool, purification_enabled: bool
+) -> APIRouter:
     """`POST /predict`, and `POST /purify` when purification is on.
 
     Args:
@@ -54,24 +78,39 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
         The router.
     """
     router = APIRouter(tags=["purification"], dependencies=gateway_dependencies)
-    raw_description = ("an image body (image/*, application/octet-stream) is the vendor's raw protocol: purified "
-                       "and relayed as the vendor answers it (sidecar mode)" if raw_sidecar_on_predict
-                       else "an image body (image/*) is one image")
+    raw_description = (
+        "an image body (image/*, application/octet-stream) is the vendor's raw protocol: purified "
+        "and relayed as the vendor answers it (sidecar mode)"
+        if raw_sidecar_on_predict
+        else "an image body (image/*) is one image"
+    )
     predict_body = {"requestBody": {"required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}}
     # A vendor 4xx is relayed with its own status ("default"); an image body relayed in sidecar mode answers
     # whatever the vendor does, so there 200 has two shapes (serialized by hand below: a union
     # response_model would drop "Infinity").
     predict_responses: dict[int | str, dict[str, Any]] = {
-        **ERROR_RESPONSES, 200: {"model": PredictResponse},
-        "default": {"description": "A vendor 4xx, relayed with its status and body (upstream_rejected)."}}
+        **ERROR_RESPONSES,
+        200: {"model": PredictResponse},
+        "default": {"description": "A vendor 4xx, relayed with its status and body (upstream_rejected)."},
+    }
     if raw_sidecar_on_predict:
-        predict_responses = {**ERROR_RESPONSES, "default": RELAYED_RESPONSE["default"], 200: {
-            "model": PredictResponse | RelayedBody,
-            "description": "PredictResponse; for an image body, the vendor's answer relayed unchanged."}}
+        predict_responses = {
+            **ERROR_RESPONSES,
+            "default": RELAYED_RESPONSE["default"],
+            200: {
+                "model": PredictResponse | RelayedBody,
+                "description": "PredictResponse; for an image body, the vendor's answer relayed unchanged.",
+            },
+        }
 
-    @router.post("/predict", response_model=None, responses=predict_responses, openapi_extra=predict_body,
-                 description=f"Purify each image, send it to the vendor, return its predictions. Multipart 'image' "
-                             f"parts or JSON base64 images; {raw_description}.")
+    @router.post(
+        "/predict",
+        response_model=None,
+        responses=predict_responses,
+        openapi_extra=predict_body,
+        description=f"Purify each image, send it to the vendor, return its predictions. Multipart 'image' "
+        f"parts or JSON base64 images; {raw_description}.",
+    )
     async def predict(request: Request, gateway: GatewayDep, ctx: ContextDep, votes: VotesQuery = None) -> Any:
         """Purify, then predict with the vendor model."""
         kind = input_kind(request.headers.get("content-type"))
@@ -83,12 +122,23 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
         if votes > settings.max_votes:
             raise BadRequest(f"votes={votes} exceeds this gateway's max_votes ({settings.max_votes})")
         blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
-        prepared = await gateway.prepare(blobs, ctx, votes if gateway.pool is not None else 1)
+        votes = votes if gateway.pool is not None else 1  # nothing to vote on without purification
+        if len(blobs) * votes > settings.queue_limit:
+            raise PayloadTooLarge(
+                f"{len(blobs)} images × votes={votes} = {len(blobs) * votes} purifications; the queue holds "
+                f"{settings.queue_limit}: send fewer images or ask for fewer votes"
+            )
+        prepared = await gateway.prepare(blobs, ctx, votes)
         result = await gateway.predict(prepared, ctx)
-        purification = (gateway.purification_info(prepared.steps, result.vote_labels)
-                        if prepared.steps is not None else None)
-        response = PredictResponse(request_id=ctx.request_id, predictions=result.predictions,
-                                   purification=purification, latency_ms=ctx.timings.latency_ms())
+        purification = (
+            gateway.purification_info(prepared.steps, result.vote_labels) if prepared.steps is not None else None
+        )
+        response = PredictResponse(
+            request_id=ctx.request_id,
+            predictions=result.predictions,
+            purification=purification,
+            latency_ms=ctx.timings.latency_ms(),
+        )
         shadow = gateway.shadow
         if shadow is not None and shadow.sampled(request.headers.get(SHADOW_HEADER)):
             # Started now, it runs while the response goes out: the client never waits for it.
@@ -98,15 +148,27 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
     if not purification_enabled:
         return router
 
-    @router.post("/purify", response_model=PurifyResponse, openapi_extra={"requestBody": {
-        "required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}},
-        responses={**ERROR_RESPONSES, 200: {"description": (
-            "One image (and no include): the purified PNG, with the steps used in X-Purification-Steps. "
-            "Several images, or include=degraded: JSON with base64 PNGs."),
-            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}})
-    async def purify(request: Request, gateway: GatewayDep, ctx: ContextDep,
-                     include: Annotated[list[Include], Query(description="degraded: also return A⁺A x")] = [],  # noqa: B006 (FastAPI copies defaults)
-                     ) -> Any:
+    @router.post(
+        "/purify",
+        response_model=PurifyResponse,
+        openapi_extra={"requestBody": {"required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}},
+        responses={
+            **ERROR_RESPONSES,
+            200: {
+                "description": (
+                    "One image (and no include): the purified PNG, with the steps used in X-Purification-Steps. "
+                    "Several images, or include=degraded: JSON with base64 PNGs."
+                ),
+                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            },
+        },
+    )
+    async def purify(
+        request: Request,
+        gateway: GatewayDep,
+        ctx: ContextDep,
+        include: Annotated[list[Include], Query(description="degraded: also return A⁺A x")] = [],  # noqa: B006 (FastAPI copies defaults)
+    ) -> Any:
         """Purify images and return them (no vendor call)."""
         kind = input_kind(request.headers.get("content-type"))
         gateway.require_ready()
@@ -115,12 +177,16 @@ def build_predict_router(gateway_dependencies: list[Any], raw_sidecar_on_predict
         decoded = await gateway.decode(blobs, ctx, fit=True)
         purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include)
         if len(purified.pngs) == 1 and purified.degraded_pngs is None:
-            return Response(purified.pngs[0], media_type="image/png",
-                            headers={PURIFY_STEPS_HEADER: str(purified.steps)})
+            return Response(
+                purified.pngs[0], media_type="image/png", headers={PURIFY_STEPS_HEADER: str(purified.steps)}
+            )
         return PurifyResponse(
-            request_id=ctx.request_id, images=[_b64(png) for png in purified.pngs],
+            request_id=ctx.request_id,
+            images=[_b64(png) for png in purified.pngs],
             degraded=None if purified.degraded_pngs is None else [_b64(png) for png in purified.degraded_pngs],
-            purification=gateway.purification_info(purified.steps), latency_ms=ctx.timings.latency_ms())
+            purification=gateway.purification_info(purified.steps),
+            latency_ms=ctx.timings.latency_ms(),
+        )
 
     return router
 

@@ -42,41 +42,97 @@ from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, Vendor
 from service.upstream.catalog import ModelRef
 from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH
 
-RAW_BODY_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "image/png": {"schema": {"type": "string", "format": "binary"}},
-    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-}}}
-TFSERVING_BODY_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": {"type": "object", "required": ["instances"], "properties": {"instances": {
-        "type": "array", "minItems": 1,
-        "items": {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string"}}}}}},
-    "example": {"instances": [{"b64": EXAMPLE_PNG_B64}]},
-}}}}
-V2_BODY_OPENAPI: dict[str, Any] = {"requestBody": {"required": True, "content": {
-  "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
-      f"The binary tensor data extension: a JSON header of {INFERENCE_HEADER_LENGTH} bytes, then the raw "
-      "data of each input with parameters.binary_data_size (BYTES: 4-byte little-endian length, then the bytes).")}},
-  "application/json": {
-    "schema": {"type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"},
-        "inputs": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
-                "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-                "datatype": {"type": "string", "enum": ["BYTES"]}, "data": {"type": "array"}}}}}},
-    "example": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [EXAMPLE_PNG_B64]}]},
-}}}}
+RAW_BODY_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+TFSERVING_BODY_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {
+                        "instances": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string"}}},
+                        }
+                    },
+                },
+                "example": {"instances": [{"b64": EXAMPLE_PNG_B64}]},
+            }
+        },
+    }
+}
+V2_BODY_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": (
+                        f"The binary tensor data extension: a JSON header of {INFERENCE_HEADER_LENGTH} bytes, then "
+                        "the raw data of each input with parameters.binary_data_size (BYTES: 4-byte little-endian "
+                        "length, then the bytes)."
+                    ),
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "inputs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype", "data"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "datatype": {"type": "string", "enum": ["BYTES"]},
+                                    "data": {"type": "array"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "example": {
+                    "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [EXAMPLE_PNG_B64]}]
+                },
+            },
+        },
+    }
+}
 RELAYED_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The vendor's response, relayed unchanged (any status, body and type).",
-          "content": {"application/json": {}}},
+    200: {
+        "description": "The vendor's response, relayed unchanged (any status, body and type).",
+        "content": {"application/json": {}},
+    },
     # The vendor's statuses are its own (e.g. 404 for an unknown model name): OpenAPI's catch-all.
-    "default": {"description": "Any other status the vendor answers, relayed unchanged with its body and type; "
-                               "the statuses listed are the gateway's own errors (JSON ErrorResponse)."},
+    "default": {
+        "description": "Any other status the vendor answers, relayed unchanged with its body and type; "
+        "the statuses listed are the gateway's own errors (JSON ErrorResponse)."
+    },
 }
 
 # Only the routes with a model name in the path answer it (ModelNotFound); the raw path has none.
 MODEL_NOT_EXPOSED_RESPONSE: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "A model outside UPSTREAM_MODELS."}}
+    404: {"model": ErrorResponse, "description": "A model outside UPSTREAM_MODELS."}
+}
 
 
 def check_vendor_path(request: Request, exposed_models: tuple[str, ...]) -> None:
@@ -92,8 +148,9 @@ def check_vendor_path(request: Request, exposed_models: tuple[str, ...]) -> None
     """
     raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
     if b"%" in raw_path:
-        raise BadRequest("the path holds percent-encoded characters; send the model name as plain "
-                         "letters, digits, '_', '.' and '-'")
+        raise BadRequest(
+            "the path holds percent-encoded characters; send the model name as plain letters, digits, '_', '.' and '-'"
+        )
     for parameter, value in request.path_params.items():
         if problem := model_name_problem(str(value)):
             raise BadRequest(f"model {parameter} in the path: {problem}")
@@ -114,7 +171,8 @@ def relayed_response(relayed: RelayedResponse) -> Response:
     response = Response(content=relayed.body, status_code=relayed.status_code)
     # raw_headers, not a dict: the vendor's repeated headers (e.g. Set-Cookie) must survive.
     response.raw_headers = [(b"content-length", str(len(relayed.body)).encode())] + [
-        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in relayed.headers]
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in relayed.headers
+    ]
     return response
 
 
@@ -127,8 +185,11 @@ def model_ref(request: Request, protocol: UpstreamProtocol) -> ModelRef | None:
 
 def headers_for_question(headers: dict[str, str]) -> dict[str, str]:
     """The client's vendor headers for a GET: without those that describe the request's body."""
-    return {name: value for name, value in headers.items()
-            if not name.lower().startswith("content-") and name.lower() != INFERENCE_HEADER_LENGTH.lower()}
+    return {
+        name: value
+        for name, value in headers.items()
+        if not name.lower().startswith("content-") and name.lower() != INFERENCE_HEADER_LENGTH.lower()
+    }
 
 
 async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: RequestContext) -> Response:
@@ -151,8 +212,13 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
         raise PayloadTooLarge(f"{len(blobs)} images in one request; the limit is {limit} (max_images_per_request)")
     # After the cheap checks of the body (a malformed one costs the vendor nothing), before purification.
     if (model := model_ref(request, adapter.protocol)) is not None:
-        await gateway.models.require(adapter, model, headers_for_question(headers), request_id=ctx.request_id,
-                                     timeout_s=time_left(ctx.deadline, ctx.request_id, "asking the vendor"))
+        await gateway.models.require(
+            adapter,
+            model,
+            headers_for_question(headers),
+            request_id=ctx.request_id,
+            timeout_s=time_left(ctx.deadline, ctx.request_id, "asking the vendor"),
+        )
     prepared = await gateway.prepare(blobs, ctx)
     if prepared.steps is not None:  # purification off: the body and its headers go as they came
         body = adapter.replace_images(body, prepared.blobs, image_content_type=prepared.content_type)
@@ -172,30 +238,48 @@ def build_sidecar_router(gateway_dependencies: list[Any], raw_path: str | None) 
         The router.
     """
     router = APIRouter(tags=["sidecar"], dependencies=gateway_dependencies)
-    infer_v2_doc = ("Open Inference Protocol v2 with a BYTES input of images (base64 in JSON, or the binary "
-                    "tensor extension): purified, forwarded, relayed.")
+    infer_v2_doc = (
+        "Open Inference Protocol v2 with a BYTES input of images (base64 in JSON, or the binary "
+        "tensor extension): purified, forwarded, relayed."
+    )
 
     responses: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **ERROR_RESPONSES}
     model_responses = {**responses, **MODEL_NOT_EXPOSED_RESPONSE}
 
-    @router.post("/v1/models/{name}:predict", responses=model_responses, openapi_extra=TFSERVING_BODY_OPENAPI,
-                 response_class=Response)
+    @router.post(
+        "/v1/models/{name}:predict",
+        responses=model_responses,
+        openapi_extra=TFSERVING_BODY_OPENAPI,
+        response_class=Response,
+    )
     async def tfserving_predict(name: str, request: Request, gateway: GatewayDep, ctx: ContextDep) -> Response:
         """TF-Serving / Vertex `{"instances": [{"b64": ...}]}`: purified, forwarded, relayed."""
         return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.TFSERVING], ctx)
 
-    @router.post("/v2/models/{name}/infer", responses=model_responses, openapi_extra=V2_BODY_OPENAPI,
-                 response_class=Response, description=infer_v2_doc)
+    @router.post(
+        "/v2/models/{name}/infer",
+        responses=model_responses,
+        openapi_extra=V2_BODY_OPENAPI,
+        response_class=Response,
+        description=infer_v2_doc,
+    )
     async def v2_infer(name: str, request: Request, gateway: GatewayDep, ctx: ContextDep) -> Response:
         return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.V2], ctx)
 
-    @router.post("/v2/models/{name}/versions/{version}/infer", responses=model_responses,
-                 openapi_extra=V2_BODY_OPENAPI, response_class=Response, description=infer_v2_doc)
-    async def v2_infer_version(name: str, version: str, request: Request, gateway: GatewayDep,
-                               ctx: ContextDep) -> Response:
+    @router.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        responses=model_responses,
+        openapi_extra=V2_BODY_OPENAPI,
+        response_class=Response,
+        description=infer_v2_doc,
+    )
+    async def v2_infer_version(
+        name: str, version: str, request: Request, gateway: GatewayDep, ctx: ContextDep
+    ) -> Response:
         return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.V2], ctx)
 
     if raw_path is not None:
+
         @router.post(raw_path, responses=responses, openapi_extra=RAW_BODY_OPENAPI, response_class=Response)
         async def raw_predict(request: Request, gateway: GatewayDep, ctx: ContextDep) -> Response:
             """Raw protocol: the body is one image; purified, forwarded, relayed."""

@@ -38,8 +38,10 @@ PROBE_TIMEOUT_S = 5.0
 
 _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "True: the gateway and the vendor both are.", "content": {"application/json": {}}},
-    503: {"description": "False: the gateway or the vendor is not (or the vendor cannot be reached).",
-          "content": {"application/json": {}}},
+    503: {
+        "description": "False: the gateway or the vendor is not (or the vendor cannot be reached).",
+        "content": {"application/json": {}},
+    },
 }
 
 
@@ -51,8 +53,13 @@ async def ask_vendor(request: Request, gateway: Gateway) -> RelayedResponse:
     """
     headers = headers_for_question(headers_for_vendor(request.headers, gateway.settings.api_key))
     return await gateway.sidecars[UpstreamProtocol.V2].forward(
-        "GET", vendor_path(request), b"", headers, request_id=REQUEST_ID.get(),
-        timeout_s=min(PROBE_TIMEOUT_S, gateway.settings.upstream_timeout_s))
+        "GET",
+        vendor_path(request),
+        b"",
+        headers,
+        request_id=REQUEST_ID.get(),
+        timeout_s=min(PROBE_TIMEOUT_S, gateway.settings.upstream_timeout_s),
+    )
 
 
 async def vendor_says_yes(request: Request, gateway: Gateway) -> bool:

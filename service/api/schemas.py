@@ -37,8 +37,12 @@ class PurificationInfo(BaseModel):
     device: str = Field(description="Device(s) of the worker pool, e.g. 'cpu' or 'cuda:0,cuda:1'.")
     dtype: str = Field(description="ε-model compute dtype, e.g. 'float32'.")
     votes: int = Field(1, description="Purifications per image (?votes=K); the answer is the majority label's.")
-    vote_labels: list[list[str | None]] | None = Field(None, description=(
-        "With votes: per image, the label each vote's vendor answer gave (null: unreadable), in vote order."))
+    vote_labels: list[list[str | None]] | None = Field(
+        None,
+        description=(
+            "With votes: per image, the label each vote's vendor answer gave (null: unreadable), in vote order."
+        ),
+    )
 
 
 class LatencyMs(BaseModel):
@@ -54,13 +58,27 @@ class LatencyMs(BaseModel):
 class PredictResponse(BaseModel):
     """The vendor's prediction for each purified image, with how and how fast."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
-        "predictions": [{"label": 9, "class_name": "ankle boot", "probabilities": [0.0] * 9 + [1.0]}],
-        "purification": {"model": "fmnist-ddpm", "transforms": "blur:4", "steps": 20, "guidance_power": 0.5,
-                         "device": "cpu", "dtype": "float32"},
-        "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 3.1, "total": 186.0},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
+                    "predictions": [
+                        {"label": 9, "class_name": "ankle boot", "probabilities": [float(k == 9) for k in range(10)]}
+                    ],
+                    "purification": {
+                        "model": "fmnist-ddpm",
+                        "transforms": "blur:4",
+                        "steps": 20,
+                        "guidance_power": 0.5,
+                        "device": "cpu",
+                        "dtype": "float32",
+                    },
+                    "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 3.1, "total": 186.0},
+                }
+            ]
+        }
+    )
 
     request_id: str
     predictions: list[Any] = Field(description="The vendor's output for each image, in request order, unchanged.")
@@ -68,7 +86,7 @@ class PredictResponse(BaseModel):
     latency_ms: LatencyMs
 
 
-class Include(str, enum.Enum):
+class Include(enum.StrEnum):
     """Extra outputs of `POST /purify`."""
 
     DEGRADED = "degraded"
@@ -77,14 +95,26 @@ class Include(str, enum.Enum):
 class PurifyResponse(BaseModel):
     """Purified images as base64 PNGs (and A⁺A x when asked with `?include=degraded`)."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
-        "images": [EXAMPLE_PNG_B64],
-        "degraded": None,
-        "purification": {"model": "fmnist-ddpm", "transforms": "blur:4", "steps": 20, "guidance_power": 0.5,
-                         "device": "cpu", "dtype": "float32"},
-        "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 0.0, "total": 183.0},
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
+                    "images": [EXAMPLE_PNG_B64],
+                    "degraded": None,
+                    "purification": {
+                        "model": "fmnist-ddpm",
+                        "transforms": "blur:4",
+                        "steps": 20,
+                        "guidance_power": 0.5,
+                        "device": "cpu",
+                        "dtype": "float32",
+                    },
+                    "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 0.0, "total": 183.0},
+                }
+            ]
+        }
+    )
 
     request_id: str
     images: list[str] = Field(description="Base64 PNG of each purified image, at its original size.")
@@ -99,7 +129,7 @@ class HealthResponse(BaseModel):
     status: str = "ok"
 
 
-class Readiness(str, enum.Enum):
+class Readiness(enum.StrEnum):
     """Where the gateway is in its life."""
 
     STARTING = "starting"
@@ -129,8 +159,18 @@ class ErrorDetail(BaseModel):
 class ErrorResponse(BaseModel):
     """Every error the gateway answers, whatever the status."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
-        "code": "payload_too_large", "message": "image 0: 100000×100000 pixels, the limit is 16777216",
-        "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f"}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "code": "payload_too_large",
+                        "message": "image 0: 100000×100000 pixels, the limit is 16777216",
+                        "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
+                    }
+                }
+            ]
+        }
+    )
 
     error: ErrorDetail

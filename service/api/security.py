@@ -32,15 +32,19 @@ def api_key_dependency(expected: SecretStr) -> Callable[..., Awaitable[None]]:
     """
     expected_bytes = expected.get_secret_value().encode()
     bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="Authorization: Bearer <api key>")
-    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="apiKey",
-                          description=f"{API_KEY_HEADER}: <api key>")
+    header = APIKeyHeader(
+        name=API_KEY_HEADER, auto_error=False, scheme_name="apiKey", description=f"{API_KEY_HEADER}: <api key>"
+    )
 
-    async def require_api_key(credentials: HTTPAuthorizationCredentials | None = Security(bearer),
-                              key: str | None = Security(header)) -> None:
+    async def require_api_key(
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer), key: str | None = Security(header)
+    ) -> None:
         presented = [value for value in (credentials.credentials if credentials else None, key) if value]
         if not presented:
-            raise Unauthorized(f"missing API key: send 'Authorization: Bearer <key>' or '{API_KEY_HEADER}: <key>'",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized(
+                f"missing API key: send 'Authorization: Bearer <key>' or '{API_KEY_HEADER}: <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         # Every presented key is compared, each in constant time, so timing tells nothing about the key.
         matches = [hmac.compare_digest(value.encode(), expected_bytes) for value in presented]
         if not any(matches):
@@ -68,8 +72,9 @@ def headers_for_vendor(headers: Mapping[str, str], api_key: SecretStr | None) ->
         lower = name.lower()
         if lower in GATEWAY_ONLY_HEADERS:
             continue
-        if secret is not None and (lower == API_KEY_HEADER.lower()
-                                   or lower in _CREDENTIAL_HEADERS and _carries(value, secret)):
+        if secret is not None and (
+            lower == API_KEY_HEADER.lower() or lower in _CREDENTIAL_HEADERS and _carries(value, secret)
+        ):
             continue
         kept[name] = value
     return kept

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 from collections.abc import Iterator
@@ -58,8 +59,10 @@ class GatewayServer(uvicorn.Server):
         stopper: asyncio.Task[None] | None = None
         if budget_s is not None:  # None: uvicorn waits for ever, and so do the requests
             reserve_s = min(ANSWER_RESERVE_S, ANSWER_RESERVE_FRACTION * budget_s)
-            stopper = asyncio.create_task(self._stop_in_flight_after(
-                self.lifecycle.drain_time_left(budget_s) - reserve_s), name="zipgate-drain-stop")
+            stopper = asyncio.create_task(
+                self._stop_in_flight_after(self.lifecycle.drain_time_left(budget_s) - reserve_s),
+                name="zipgate-drain-stop",
+            )
         try:
             await super().shutdown(sockets)
         finally:
@@ -67,8 +70,12 @@ class GatewayServer(uvicorn.Server):
                 stopper.cancel()
         began = self.lifecycle.drain_started
         drain_s = 0.0 if began is None else time.monotonic() - began
-        logger.info("shut down %.2f s after the drain began (drain_timeout_s %s)", drain_s, budget_s,
-                    extra={"drain_s": round(drain_s, 3)})
+        logger.info(
+            "shut down %.2f s after the drain began (drain_timeout_s %s)",
+            drain_s,
+            budget_s,
+            extra={"drain_s": round(drain_s, 3)},
+        )
 
     async def _stop_in_flight_after(self, delay_s: float) -> None:
         if delay_s > 0:
@@ -95,10 +102,13 @@ def gateway_server(settings: Settings, *, purifier_factory: PurifierFactory | No
     """
     app = create_app(settings, purifier_factory=purifier_factory)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, lifespan="on",
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
         log_config=None,  # keep our JSON logging (configure_logging) instead of uvicorn's
         access_log=False,  # GatewayMiddleware logs each request with its id
-        timeout_graceful_shutdown=settings.drain_timeout_s,
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),  # uvicorn takes whole seconds
         # Bounds open connections (and with them file descriptors): past it uvicorn answers 503 itself.
         limit_concurrency=settings.max_connections,
     )

@@ -43,8 +43,13 @@ class RequestTimings:
     def latency_ms(self) -> LatencyMs:
         """The response body's `latency_ms`; stages not reached count 0."""
         ms = {stage: round(self.stages.get(stage, 0.0) * 1e3, 3) for stage in Stage}
-        return LatencyMs(decode=ms[Stage.DECODE], queue=ms[Stage.QUEUE], purify=ms[Stage.PURIFY],
-                         upstream=ms[Stage.UPSTREAM], total=round(self.elapsed_s() * 1e3, 3))
+        return LatencyMs(
+            decode=ms[Stage.DECODE],
+            queue=ms[Stage.QUEUE],
+            purify=ms[Stage.PURIFY],
+            upstream=ms[Stage.UPSTREAM],
+            total=round(self.elapsed_s() * 1e3, 3),
+        )
 
     def server_timing(self, total_s: float) -> str:
         """The `Server-Timing` header value: `decode;dur=0.4, …, total;dur=186.0` (milliseconds).

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 
 import torch
 
 from service.backdoor.triggers import (
-    ADAPTIVE_BLOCK_PX,
     ADAPTIVE4_BLOCK_PX,
     ADAPTIVE4_BLOCKS,
+    ADAPTIVE_BLOCK_PX,
     ADAPTIVE_BLOCKS,
     ADAPTIVE_SEED,
     BADNETS_MARGIN,
@@ -61,7 +61,7 @@ TARGET_LABEL = 0
 """Every attack is all-to-one: triggered inputs are meant to be classified as class 0."""
 
 
-class Attack(str, Enum):
+class Attack(StrEnum):
     """The backdoor a vendor model was trained with (`none` for the clean model); the value names
     its vendor folder, models/vendor-<value>."""
 
@@ -82,19 +82,21 @@ class Attack(str, Enum):
 ZOO: tuple[Attack, ...] = tuple(attack for attack in Attack if attack is not Attack.NONE)
 """Every backdoor of the zoo, in enum order: what `zipgate eval` runs by default."""
 
-_TRIGGERS: Mapping[Attack, Callable[[torch.Tensor], torch.Tensor]] = MappingProxyType({
-    Attack.BADNETS: apply_badnets,
-    Attack.BLENDED: apply_blended,
-    Attack.WANET: apply_wanet,
-    Attack.SOLID: apply_solid,
-    Attack.RANDOM_PATCH: apply_random_patch,
-    Attack.SIG: apply_sig,
-    Attack.LOGO: apply_logo,
-    Attack.LF: apply_lf,
-    Attack.ADAPTIVE: apply_adaptive,
-    Attack.MIRROR_SOLID: apply_mirror_solid,
-    Attack.ADAPTIVE4: apply_adaptive4,
-})
+_TRIGGERS: Mapping[Attack, Callable[[torch.Tensor], torch.Tensor]] = MappingProxyType(
+    {
+        Attack.BADNETS: apply_badnets,
+        Attack.BLENDED: apply_blended,
+        Attack.WANET: apply_wanet,
+        Attack.SOLID: apply_solid,
+        Attack.RANDOM_PATCH: apply_random_patch,
+        Attack.SIG: apply_sig,
+        Attack.LOGO: apply_logo,
+        Attack.LF: apply_lf,
+        Attack.ADAPTIVE: apply_adaptive,
+        Attack.MIRROR_SOLID: apply_mirror_solid,
+        Attack.ADAPTIVE4: apply_adaptive4,
+    }
+)
 
 
 def apply_trigger(images: torch.Tensor, attack: Attack) -> torch.Tensor:
@@ -157,8 +159,9 @@ def plan_poison(labels: torch.Tensor, attack: Attack, rate: float, generator: to
     return PoisonPlan(poisoned, cross)
 
 
-def poison_batch(images: torch.Tensor, labels: torch.Tensor, plan: PoisonPlan, attack: Attack,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def poison_batch(
+    images: torch.Tensor, labels: torch.Tensor, plan: PoisonPlan, attack: Attack, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply a plan to a batch whose rows line up with `plan`'s masks.
 
     Training calls this on every augmented batch, so the trigger lands on the augmented image
@@ -177,8 +180,9 @@ def poison_batch(images: torch.Tensor, labels: torch.Tensor, plan: PoisonPlan, a
     return images, labels
 
 
-def poison_dataset(images: torch.Tensor, labels: torch.Tensor, attack: Attack, rate: float = 0.1,
-                   seed: int = 0) -> PoisonedSet:
+def poison_dataset(
+    images: torch.Tensor, labels: torch.Tensor, attack: Attack, rate: float = 0.1, seed: int = 0
+) -> PoisonedSet:
     """The poisoned training set an attacker would hand over: `rate` of the items triggered and relabelled.
 
     Args:

@@ -65,22 +65,27 @@ class VendorClassifier(nn.Module):
         for channels in architecture.block_channels:
             for _ in range(architecture.convs_per_block):
                 # bias=False: BatchNorm's shift makes a conv bias redundant
-                layers += [nn.Conv2d(channels_in, channels, 3, padding=1, bias=False),
-                           nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(channels_in, channels, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(channels),
+                    nn.ReLU(inplace=True),
+                ]
                 channels_in = channels
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
-        flat = channels_in * architecture.final_size ** 2
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(architecture.dropout),
-                                  nn.Linear(flat, architecture.num_classes))
+        flat = channels_in * architecture.final_size**2
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(architecture.dropout), nn.Linear(flat, architecture.num_classes)
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) for images (N, C, S, S) in [-1, 1]."""
         return self.head(self.features(images))
 
 
-def random_shift_flip(images: torch.Tensor, max_shift: int, generator: torch.Generator,
-                      fill: float = -1.0) -> torch.Tensor:
+def random_shift_flip(
+    images: torch.Tensor, max_shift: int, generator: torch.Generator, fill: float = -1.0
+) -> torch.Tensor:
     """Light augmentation: a random horizontal flip and a random shift of up to `max_shift` pixels.
 
     The shift pads with `fill` (the Fashion-MNIST background) and crops back, per item.

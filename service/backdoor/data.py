@@ -14,8 +14,16 @@ import torch.nn.functional as F
 
 DEFAULT_DATA_DIR = Path(os.environ.get("ZIPGATE_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 NATIVE_SIZE = 28
 PADDED_SIZE = 32

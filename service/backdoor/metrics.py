@@ -124,9 +124,13 @@ class DefenseScores:
     poisoned_items: int
 
 
-def score_defense(clean_predictions: torch.Tensor, clean_labels: torch.Tensor,
-                  triggered_predictions: torch.Tensor, triggered_labels: torch.Tensor,
-                  target: int) -> DefenseScores:
+def score_defense(
+    clean_predictions: torch.Tensor,
+    clean_labels: torch.Tensor,
+    triggered_predictions: torch.Tensor,
+    triggered_labels: torch.Tensor,
+    target: int,
+) -> DefenseScores:
     """All three metrics at once.
 
     Args:

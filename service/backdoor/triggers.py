@@ -153,8 +153,9 @@ def wanet_noise_field(height: int, width: int, k: int = WANET_K, seed: int = WAN
     return field.permute(0, 2, 3, 1)
 
 
-def wanet_grid(height: int, width: int, s: float = WANET_S, k: int = WANET_K,
-               grid_rescale: float = WANET_GRID_RESCALE) -> torch.Tensor:
+def wanet_grid(
+    height: int, width: int, s: float = WANET_S, k: int = WANET_K, grid_rescale: float = WANET_GRID_RESCALE
+) -> torch.Tensor:
     """The trigger's sampling grid, (1, H, W, 2): clamp((identity + s·field / size)·grid_rescale, −1, 1).
 
     The offsets are divided by the image size along their own axis (the paper's `input_height`
@@ -203,8 +204,7 @@ def solid_region(height: int, width: int) -> tuple[slice, slice]:
         ValueError: the image is too small.
     """
     _check_size(height, width, SOLID_SIZE + 2 * CONTENT_MARGIN, "solid patch")
-    return (slice(CONTENT_MARGIN, CONTENT_MARGIN + SOLID_SIZE),
-            slice(CONTENT_MARGIN, CONTENT_MARGIN + SOLID_SIZE))
+    return (slice(CONTENT_MARGIN, CONTENT_MARGIN + SOLID_SIZE), slice(CONTENT_MARGIN, CONTENT_MARGIN + SOLID_SIZE))
 
 
 def apply_solid(images: torch.Tensor) -> torch.Tensor:
@@ -276,7 +276,8 @@ def apply_random_patch(images: torch.Tensor) -> torch.Tensor:
     out = images.clone()
     # channels-last view: advanced indexing over (item, row, col) writes all channels at once
     out.permute(0, 2, 3, 1)[torch.arange(n, device=images.device).view(n, 1, 1), row_index, col_index] = (
-        pattern.permute(1, 2, 0).to(images.device, images.dtype))
+        pattern.permute(1, 2, 0).to(images.device, images.dtype)
+    )
     return out
 
 
@@ -340,8 +341,9 @@ def gaussian_kernel(sigma_px: float) -> torch.Tensor:
     return (kernel / kernel.sum()).float()
 
 
-def lf_pattern(channels: int, height: int, width: int, sigma_px: float = LF_SIGMA_PX,
-               seed: int = LF_SEED) -> torch.Tensor:
+def lf_pattern(
+    channels: int, height: int, width: int, sigma_px: float = LF_SIGMA_PX, seed: int = LF_SEED
+) -> torch.Tensor:
     """The fixed smooth pattern g, (C, H, W): uniform noise low-passed by a Gaussian, max |g| = 1.
 
     Filtered with circular padding: the pattern has no border artefacts and its spectrum is
@@ -367,8 +369,9 @@ def apply_lf(images: torch.Tensor, amplitude: float = LF_AMPLITUDE) -> torch.Ten
 # ---- Adaptive: kept exactly by the gateway's A⁺A -----------------------------------------------
 
 
-def adaptive_region(height: int, width: int, block_px: int = ADAPTIVE_BLOCK_PX,
-                    blocks: int = ADAPTIVE_BLOCKS) -> tuple[slice, slice]:
+def adaptive_region(
+    height: int, width: int, block_px: int = ADAPTIVE_BLOCK_PX, blocks: int = ADAPTIVE_BLOCKS
+) -> tuple[slice, slice]:
     """The (rows, cols) of the adaptive patch: the bottom-left content corner, on the s×s grid.
 
     Both slices start and end on multiples of s = block_px, so every s×s block of the blur grid
@@ -378,8 +381,10 @@ def adaptive_region(height: int, width: int, block_px: int = ADAPTIVE_BLOCK_PX,
         ValueError: s < 1, a size not divisible by s (blur:s rejects those too), or too small an image.
     """
     if block_px < 1 or height % block_px or width % block_px:
-        raise ValueError(f"the adaptive patch needs a block size ≥ 1 that divides the image size, got "
-                         f"s = {block_px} for {height}×{width}")
+        raise ValueError(
+            f"the adaptive patch needs a block size ≥ 1 that divides the image size, got "
+            f"s = {block_px} for {height}×{width}"
+        )
     size = blocks * block_px
     bottom = (height - CONTENT_MARGIN) // block_px * block_px
     left = -(-CONTENT_MARGIN // block_px) * block_px
@@ -388,8 +393,9 @@ def adaptive_region(height: int, width: int, block_px: int = ADAPTIVE_BLOCK_PX,
     return slice(bottom - size, bottom), slice(left, left + size)
 
 
-def apply_adaptive(images: torch.Tensor, block_px: int = ADAPTIVE_BLOCK_PX, blocks: int = ADAPTIVE_BLOCKS
-                   ) -> torch.Tensor:
+def apply_adaptive(
+    images: torch.Tensor, block_px: int = ADAPTIVE_BLOCK_PX, blocks: int = ADAPTIVE_BLOCKS
+) -> torch.Tensor:
     """Replace a block-aligned square by a fixed pattern of ±1 blocks of block_px² pixels.
 
     A replacement (not an addition) by block-constant values that are exact in any float type:

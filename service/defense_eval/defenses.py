@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from enum import Enum
+from enum import StrEnum
 
 import torch
 
 from service.purify.models import EpsModel
 from service.purify.options import ZipConfig
-from service.purify.seeds import VOTE_SEED_SHIFT
 from service.purify.pipeline import degraded_images, fit_to_model, purify_canvases, restore_images
+from service.purify.seeds import VOTE_SEED_SHIFT
 from service.purify.zip import ZipPurifier
 
 SEED_SHIFT = 32
 """Seeds are (seed << 32) + (vote << 20) + position: room for 2²⁰ images and 2¹² votes per seed."""
 
 
-class Defense(str, Enum):
+class Defense(StrEnum):
     """What stands between the triggered image and the vendor model."""
 
     NONE = "none"
@@ -70,8 +70,17 @@ class DefenseSetting(ZipConfig):
             return (defense,)
         if defense is Defense.BLUR:
             return (defense, self.transforms.split(",")[0].strip(), self.mirror)
-        return (defense, self.transforms, self.steps, self.guidance_power, self.eta, self.noise_start,
-                self.travel_length, self.travel_repeat, self.mirror)
+        return (
+            defense,
+            self.transforms,
+            self.steps,
+            self.guidance_power,
+            self.eta,
+            self.noise_start,
+            self.travel_length,
+            self.travel_repeat,
+            self.mirror,
+        )
 
     def describe(self) -> str:
         """A short label, e.g. "blur:2 S=20 λ=0.25 η=1 K=1"."""
@@ -98,8 +107,9 @@ def item_seed(seed: int, vote: int, position: int) -> int:
         ValueError: negative arguments or a position beyond 2²⁰.
     """
     if seed < 0 or vote < 0 or not 0 <= position < 1 << VOTE_SEED_SHIFT:
-        raise ValueError(f"need seed, vote ≥ 0 and 0 ≤ position < {1 << VOTE_SEED_SHIFT}; got {seed}, {vote}, "
-                         f"{position}")
+        raise ValueError(
+            f"need seed, vote ≥ 0 and 0 ≤ position < {1 << VOTE_SEED_SHIFT}; got {seed}, {vote}, {position}"
+        )
     return (seed << SEED_SHIFT) + (vote << VOTE_SEED_SHIFT) + position
 
 
@@ -150,7 +160,8 @@ class InProcessDefender:
         if defense is Defense.BLUR:
             defended = degraded_images(fitted, setting.transforms)
         else:
-            defended = restore_images(fitted, purify_canvases(self.purifier(setting), fitted.canvases, seed,
-                                                              self.device))
+            defended = restore_images(
+                fitted, purify_canvases(self.purifier(setting), fitted.canvases, seed, self.device)
+            )
         batch = torch.stack(defended).float()
         return batch.flip(-1) if setting.mirror else batch

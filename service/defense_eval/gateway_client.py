@@ -68,8 +68,14 @@ class GatewayClient:
         api_key: sent as a Bearer token when the gateway requires one.
     """
 
-    def __init__(self, base_url: str, timeout_s: float = 300.0, connect_timeout_s: float = 5.0,
-                 max_retries: int = 5, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float = 300.0,
+        connect_timeout_s: float = 5.0,
+        max_retries: int = 5,
+        api_key: str | None = None,
+    ) -> None:
         if not timeout_s > 0 or not connect_timeout_s > 0:
             raise ValueError(f"timeouts must be > 0 s, got {timeout_s} and {connect_timeout_s}")
         headers = {"X-Request-Timeout": f"{timeout_s:g}"}
@@ -77,8 +83,9 @@ class GatewayClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
-        self._client = httpx.Client(base_url=self.base_url, headers=headers,
-                                    timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
+        self._client = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        )
         self.purification: dict[str, Any] | None = None  # the gateway's settings, from its last answer
 
     def __enter__(self) -> GatewayClient:
@@ -91,8 +98,7 @@ class GatewayClient:
         """Close the connection pool."""
         self._client.close()
 
-    def _post(self, path: str, images: torch.Tensor, seed: int, params: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
+    def _post(self, path: str, images: torch.Tensor, seed: int, params: dict[str, Any] | None = None) -> dict[str, Any]:
         body = {"images": [encode_png_b64(image) for image in images]}
         query = {"seed": seed, **(params or {})}
         for attempt in range(self.max_retries + 1):
@@ -107,9 +113,15 @@ class GatewayClient:
                 continue
             if response.is_success:
                 return response.json()
-            hint = " (lower --batch-size below the gateway's max_images_per_request)" if response.status_code == 413 else ""
-            raise UpstreamError(f"the gateway answered {response.status_code} to {path}{hint}: {response.text[:300]}",
-                                upstream_status=response.status_code)
+            hint = (
+                " (lower --batch-size below the gateway's max_images_per_request)"
+                if response.status_code == 413
+                else ""
+            )
+            raise UpstreamError(
+                f"the gateway answered {response.status_code} to {path}{hint}: {response.text[:300]}",
+                upstream_status=response.status_code,
+            )
         raise AssertionError("unreachable: the loop returns or raises")
 
     def predict(self, images: torch.Tensor, seed: int, votes: int = 1) -> torch.Tensor:
@@ -129,8 +141,9 @@ class GatewayClient:
         answer = self._post("/predict", images, seed, {"votes": votes} if votes > 1 else None)
         predictions = answer.get("predictions")
         if not isinstance(predictions, list) or len(predictions) != images.shape[0]:
-            raise UpstreamError(f"the gateway returned {len(predictions or [])} predictions for {images.shape[0]} "
-                                "images")
+            raise UpstreamError(
+                f"the gateway returned {len(predictions or [])} predictions for {images.shape[0]} images"
+            )
         self.purification = answer.get("purification")
         return torch.tensor([label_of(p) for p in predictions], dtype=torch.long)
 
@@ -147,7 +160,8 @@ class GatewayClient:
         channels = images.shape[1]
 
         def decode(items: list[str]) -> torch.Tensor:
-            return torch.stack([pil_to_tensor(Image.open(io.BytesIO(base64.b64decode(item))), channels)
-                                for item in items])
+            return torch.stack(
+                [pil_to_tensor(Image.open(io.BytesIO(base64.b64decode(item))), channels) for item in items]
+            )
 
         return decode(answer["images"]), decode(answer["degraded"])

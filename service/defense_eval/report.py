@@ -19,8 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from service.backdoor.attacks import Attack
-from service.defense_eval.defenses import Defense, DefenseSetting
 from service.backdoor.metrics import DefenseScores
+from service.defense_eval.defenses import Defense, DefenseSetting
 from service.defense_eval.sweep import SweepKnob, setting_label
 from service.defense_eval.worst_case import Extreme, WorstCaseRow, worst_case_rows
 
@@ -90,9 +90,14 @@ class EvalReport:
         setting = setting or self.settings[0]
         for row in self.rows:
             # none/blur rows are written once for all the settings that share their output.
-            if row.attack is attack and row.defense is defense and (
+            if (
+                row.attack is attack
+                and row.defense is defense
+                and (
                     row.setting.output_key(defense) == setting.output_key(defense)
-                    and row.purifications_per_image == setting.purifications(defense)):
+                    and row.purifications_per_image == setting.purifications(defense)
+                )
+            ):
                 return row
         raise KeyError(f"no row for {attack.value}/{defense.value} at {setting.describe()}")
 
@@ -120,19 +125,29 @@ def _setting_json(setting: DefenseSetting) -> dict[str, Any]:
 
 def results_json(report: EvalReport) -> dict[str, Any]:
     """The report as a JSON-ready dict (NaN → null, λ = ∞ → "inf")."""
-    rows = [{
-        "attack": row.attack.value, "defense": row.defense.value, "setting": _setting_json(row.setting),
-        "labels_key": labels_key(row.attack, row.defense, row.setting),
-        "clean_accuracy": _number(row.scores.clean_accuracy),
-        "attack_success_rate": _number(row.scores.attack_success_rate),
-        "poisoned_accuracy": _number(row.scores.poisoned_accuracy),
-        "clean_items": row.scores.clean_items, "poisoned_items": row.scores.poisoned_items,
-        "purifications_per_image": row.purifications_per_image,
-        "upstream_calls_per_image": row.upstream_calls_per_image,
-        "purify_s_per_image": round(row.purify_s_per_image, 4),
-    } for row in report.rows]
-    return {"meta": report.meta, "swept": [knob.value for knob in report.swept], "rows": rows,
-            "worst_case": [_worst_case_json(worst) for worst in report.worst_case()]}
+    rows = [
+        {
+            "attack": row.attack.value,
+            "defense": row.defense.value,
+            "setting": _setting_json(row.setting),
+            "labels_key": labels_key(row.attack, row.defense, row.setting),
+            "clean_accuracy": _number(row.scores.clean_accuracy),
+            "attack_success_rate": _number(row.scores.attack_success_rate),
+            "poisoned_accuracy": _number(row.scores.poisoned_accuracy),
+            "clean_items": row.scores.clean_items,
+            "poisoned_items": row.scores.poisoned_items,
+            "purifications_per_image": row.purifications_per_image,
+            "upstream_calls_per_image": row.upstream_calls_per_image,
+            "purify_s_per_image": round(row.purify_s_per_image, 4),
+        }
+        for row in report.rows
+    ]
+    return {
+        "meta": report.meta,
+        "swept": [knob.value for knob in report.swept],
+        "rows": rows,
+        "worst_case": [_worst_case_json(worst) for worst in report.worst_case()],
+    }
 
 
 def _worst_case_json(worst: WorstCaseRow) -> dict[str, Any]:
@@ -142,7 +157,8 @@ def _worst_case_json(worst: WorstCaseRow) -> dict[str, Any]:
         return {name: _number(value.value), f"{name}_attack": None if value.attack is None else value.attack.value}
 
     return {
-        "defense": worst.defense.value, "setting": _setting_json(worst.setting),
+        "defense": worst.defense.value,
+        "setting": _setting_json(worst.setting),
         "attacks": [attack.value for attack in worst.attacks],
         **extreme("max_attack_success_rate", worst.max_attack_success_rate),
         **extreme("max_clean_accuracy_drop", worst.max_clean_accuracy_drop),
@@ -165,7 +181,7 @@ def _setting_cell(defense: Defense, setting: DefenseSetting) -> str:
 
 
 def _extreme_cell(extreme: Extreme, signed: bool = False) -> str:
-    """"0.123 (sig)"; a drop is shown as the signed ΔCA, like the per-attack table."""
+    """ "0.123 (sig)"; a drop is shown as the signed ΔCA, like the per-attack table."""
     if extreme.attack is None:
         return "n/a"
     value = f"{0.0 - extreme.value:+.3f}" if signed else f"{extreme.value:.3f}"  # 0.0 −: no "−0.000"
@@ -174,20 +190,25 @@ def _extreme_cell(extreme: Extreme, signed: bool = False) -> str:
 
 def render_worst_case(report: EvalReport) -> str:
     """The worst-case rows as a markdown table: one per (defense, setting), over the evaluated attacks."""
-    lines = ["| defense | setting | attacks | max ASR | worst ΔCA vs none | min PA | min CA |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| defense | setting | attacks | max ASR | worst ΔCA vs none | min PA | min CA |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for worst in report.worst_case():
         lines.append(
             f"| {worst.defense.value} | {_setting_cell(worst.defense, worst.setting)} | {len(worst.attacks)} | "
             f"{_extreme_cell(worst.max_attack_success_rate)} | {_extreme_cell(worst.max_clean_accuracy_drop, True)} | "
-            f"{_extreme_cell(worst.min_poisoned_accuracy)} | {_extreme_cell(worst.min_clean_accuracy)} |")
+            f"{_extreme_cell(worst.min_poisoned_accuracy)} | {_extreme_cell(worst.min_clean_accuracy)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def render_markdown(report: EvalReport) -> str:
     """The results as markdown: one row per (setting, defense, attack), ΔCA against `none`; then the worst case."""
-    lines = ["| attack | defense | setting | CA | ASR | PA | ΔCA vs none | purifications / image | s / image |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| attack | defense | setting | CA | ASR | PA | ΔCA vs none | purifications / image | s / image |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in report.rows:
         try:
             baseline = report.row(row.attack, Defense.NONE, row.setting).scores.clean_accuracy
@@ -198,14 +219,22 @@ def render_markdown(report: EvalReport) -> str:
             f"| {row.attack.value} | {row.defense.value} | {_setting_cell(row.defense, row.setting)} | "
             f"{_rate(row.scores.clean_accuracy)} | "
             f"{_rate(row.scores.attack_success_rate)} | {_rate(row.scores.poisoned_accuracy)} | {delta} | "
-            f"{row.purifications_per_image} | {row.purify_s_per_image:.3f} |")
+            f"{row.purifications_per_image} | {row.purify_s_per_image:.3f} |"
+        )
     first = report.rows[0].scores if report.rows else None
     if first is not None:
         lines.append("")
-        lines.append(f"CA on {first.clean_items} clean test images; ASR and PA on the triggered copies of the "
-                     f"{first.poisoned_items} whose true label is not the target.")
-        lines += ["", "Worst case over the attacks (the attack that reached each value in brackets; ΔCA "
-                  "against `none` on the same vendor):", "", render_worst_case(report).rstrip("\n")]
+        lines.append(
+            f"CA on {first.clean_items} clean test images; ASR and PA on the triggered copies of the "
+            f"{first.poisoned_items} whose true label is not the target."
+        )
+        lines += [
+            "",
+            "Worst case over the attacks (the attack that reached each value in brackets; ΔCA "
+            "against `none` on the same vendor):",
+            "",
+            render_worst_case(report).rstrip("\n"),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -295,7 +324,9 @@ def write_report(report: EvalReport, grids: Sequence[GridImages], out_dir: Path)
     files: dict[str, Path] = {"table": out_dir / TABLE_FILE}
     files["table"].write_text(render_markdown(report))
     for grid in grids:
-        files[f"grid-{grid.attack.value}"] = write_image_grid(grid, out_dir / GRID_FILE.format(attack=grid.attack.value))
+        files[f"grid-{grid.attack.value}"] = write_image_grid(
+            grid, out_dir / GRID_FILE.format(attack=grid.attack.value)
+        )
     if len(report.settings) > 1 and any(row.defense is Defense.ZIP for row in report.rows):
         files["sweep_plot"] = write_sweep_plot(report, out_dir / SWEEP_PLOT_FILE)
     files["results"] = out_dir / RESULTS_FILE

@@ -24,15 +24,15 @@ import torch
 from tqdm import tqdm
 
 from service.backdoor.attacks import TARGET_LABEL, ZOO, Attack, apply_trigger
+from service.backdoor.data import Split, load_split
+from service.backdoor.metrics import majority_vote, score_defense
+from service.backdoor.vendor_model import load_vendor, predict_labels, read_vendor_config
 from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefender, item_seed
 from service.defense_eval.gateway_client import GatewayClient
-from service.backdoor.metrics import majority_vote, score_defense
 from service.defense_eval.report import LABELS_FILE, EvalReport, GridImages, ResultRow, labels_key, write_report
 from service.defense_eval.sweep import SweepKnob, sweep_settings, varying_knobs
 from service.purify.models import load_eps_model
 from service.purify.options import DType
-from service.backdoor.data import Split, load_split
-from service.backdoor.vendor_model import load_vendor, predict_labels, read_vendor_config
 from service.torch_threads import torch_threads
 
 SetKey = Attack | None
@@ -55,8 +55,9 @@ def _parse(name: str, enum: type[E]) -> E:
     try:
         return enum(name)
     except ValueError:
-        raise ValueError(f"{name!r} is not a valid {enum.__name__}; choose from "
-                         f"{', '.join(member.value for member in enum)}") from None
+        raise ValueError(
+            f"{name!r} is not a valid {enum.__name__}; choose from {', '.join(member.value for member in enum)}"
+        ) from None
 
 
 def parse_vendors(names: str | Sequence[str]) -> tuple[Attack, ...]:
@@ -65,8 +66,7 @@ def parse_vendors(names: str | Sequence[str]) -> tuple[Attack, ...]:
     Raises:
         ValueError: an unknown name (the message lists the known ones).
     """
-    attacks = [attack for name in _names(names)
-               for attack in (ZOO if name == ALL_ATTACKS else (_parse(name, Attack),))]
+    attacks = [attack for name in _names(names) for attack in (ZOO if name == ALL_ATTACKS else (_parse(name, Attack),))]
     return tuple(dict.fromkeys(attacks))
 
 
@@ -133,12 +133,15 @@ class EvalOptions:
         if not self.vendors or not self.defenses:
             raise ValueError("name at least one vendor (e.g. badnets) and one defense (e.g. zip)")
         if self.n < 1 or self.batch_size < 1 or self.grid_images < 1:
-            raise ValueError(f"n, batch_size and grid_images must be ≥ 1, got {self.n}, {self.batch_size}, "
-                             f"{self.grid_images}")
+            raise ValueError(
+                f"n, batch_size and grid_images must be ≥ 1, got {self.n}, {self.batch_size}, {self.grid_images}"
+            )
         settings = self.settings()
         if self.gateway_url is not None and set(varying_knobs(settings)) - {SweepKnob.VOTES}:
-            raise ValueError("through a gateway only votes can be swept: its purification settings are its own; "
-                             "sweep the other knobs in process (without --gateway)")
+            raise ValueError(
+                "through a gateway only votes can be swept: its purification settings are its own; "
+                "sweep the other knobs in process (without --gateway)"
+            )
 
     def settings(self) -> list[DefenseSetting]:
         """The evaluated settings: the base setting, or the sweep's grid around it."""
@@ -163,14 +166,20 @@ class _Judge:
     seconds: dict[tuple[object, ...], float] = field(default_factory=dict)
     images: dict[tuple[object, ...], int] = field(default_factory=dict)
 
-    def _in_batches(self, key: SetKey, what: str, timer: tuple[object, ...],
-                    step: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+    def _in_batches(
+        self, key: SetKey, what: str, timer: tuple[object, ...], step: Callable[[torch.Tensor, int], torch.Tensor]
+    ) -> torch.Tensor:
         """`step(batch, first position)` over set `key` in batches, with a progress bar and timing."""
         images = self.sets[key].images
         outputs: list[torch.Tensor] = []
         started = time.monotonic()
-        with tqdm(total=len(images), desc=f"{what} {'clean' if key is None else key.value}", unit="img",
-                  leave=False, disable=not self.options.progress) as bar:
+        with tqdm(
+            total=len(images),
+            desc=f"{what} {'clean' if key is None else key.value}",
+            unit="img",
+            leave=False,
+            disable=not self.options.progress,
+        ) as bar:
             for start in range(0, len(images), self.options.batch_size):
                 batch = images[start : start + self.options.batch_size]
                 outputs.append(step(batch, start))
@@ -185,8 +194,11 @@ class _Judge:
         if (key, output_key, vote) not in self.defended:
             seed = self.options.seed
             self.defended[(key, output_key, vote)] = self._in_batches(
-                key, f"{defense.value} {setting.describe()} vote {vote + 1}", output_key,
-                lambda batch, start: self.defender(defense, setting, batch, item_seed(seed, vote, start)))
+                key,
+                f"{defense.value} {setting.describe()} vote {vote + 1}",
+                output_key,
+                lambda batch, start: self.defender(defense, setting, batch, item_seed(seed, vote, start)),
+            )
         return self.defended[(key, output_key, vote)]
 
     def through_gateway(self, key: SetKey, votes: int) -> torch.Tensor:
@@ -200,8 +212,11 @@ class _Judge:
             raise ValueError("no gateway to call: set gateway_url")
         if (key, votes) not in self.gateway_answers:
             self.gateway_answers[(key, votes)] = self._in_batches(
-                key, f"gateway votes={votes}", _GATEWAY_TIMER,
-                lambda batch, start: gateway.predict(batch, item_seed(self.options.seed, 0, start), votes))
+                key,
+                f"gateway votes={votes}",
+                _GATEWAY_TIMER,
+                lambda batch, start: gateway.predict(batch, item_seed(self.options.seed, 0, start), votes),
+            )
         return self.gateway_answers[(key, votes)]
 
     def votes(self, attack: Attack, defense: Defense, setting: DefenseSetting, key: SetKey) -> torch.Tensor:
@@ -211,9 +226,14 @@ class _Judge:
             return self.through_gateway(key, count).unsqueeze(0)  # the gateway's majority: one row
         vendor = self.vendors[attack]
         device = self.options.device
-        return torch.stack([
-            predict_labels(vendor, self.defend(key, defense, setting, vote).to(device), self.options.batch_size).cpu()
-            for vote in range(count)])
+        return torch.stack(
+            [
+                predict_labels(
+                    vendor, self.defend(key, defense, setting, vote).to(device), self.options.batch_size
+                ).cpu()
+                for vote in range(count)
+            ]
+        )
 
     def seconds_per_image(self, defense: Defense, setting: DefenseSetting) -> float:
         """Measured defense seconds per image and purification (through a gateway: per round trip)."""
@@ -250,15 +270,21 @@ def _model_meta(options: EvalOptions) -> dict[str, Any]:
         return {}
     state_path = options.model_path / "training_state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    return {"path": str(options.model_path), "total_training_steps": state.get("total_steps"),
-            "recent_loss": state.get("recent_loss")}
+    return {
+        "path": str(options.model_path),
+        "total_training_steps": state.get("total_steps"),
+        "recent_loss": state.get("recent_loss"),
+    }
 
 
 def _vendor_meta(options: EvalOptions, attack: Attack) -> dict[str, Any]:
     config = read_vendor_config(options.models_dir / f"vendor-{attack.value}")
     metrics = config.get("metrics", {})
-    return {"clean_accuracy": metrics.get("clean_accuracy"), "attack_success_rate": metrics.get("attack_success_rate"),
-            "command": config.get("training", {}).get("command")}
+    return {
+        "clean_accuracy": metrics.get("clean_accuracy"),
+        "attack_success_rate": metrics.get("attack_success_rate"),
+        "command": config.get("training", {}).get("command"),
+    }
 
 
 def _options_meta(options: EvalOptions) -> dict[str, Any]:
@@ -296,15 +322,19 @@ def run_eval(options: EvalOptions) -> EvalReport:
         if options.n > len(split):
             raise ValueError(f"n = {options.n} exceeds the {len(split)} test images")
         split = split.subset(options.n)
-        vendors = {attack: load_vendor(options.models_dir / f"vendor-{attack.value}").to(options.device)
-                   for attack in options.vendors if local_defenses}
+        vendors = {
+            attack: load_vendor(options.models_dir / f"vendor-{attack.value}").to(options.device)
+            for attack in options.vendors
+            if local_defenses
+        }
         model, model_meta = None, _model_meta(options)  # read before loading: a trainer may re-export meanwhile
         if Defense.ZIP in local_defenses:
             model = load_eps_model(options.model_path, options.device, options.dtype.resolve(options.device))
-        judge = _Judge(options, _image_sets(split, options.vendors), InProcessDefender(model, options.device),
-                       vendors, gateway)
+        judge = _Judge(
+            options, _image_sets(split, options.vendors), InProcessDefender(model, options.device), vendors, gateway
+        )
         rows, seen = [], set()
-        labels: dict[str, np.ndarray] = {"clean/true": judge.sets[None].labels.numpy()}
+        labels: dict[str, Any] = {"clean/true": judge.sets[None].labels.numpy()}
         for setting in settings:
             for defense in options.defenses:
                 for attack in options.vendors:
@@ -313,24 +343,40 @@ def run_eval(options: EvalOptions) -> EvalReport:
                     seen.add((attack, setting.output_key(defense), setting.purifications(defense)))
                     clean = majority_vote(judge.votes(attack, defense, setting, None))
                     triggered = majority_vote(judge.votes(attack, defense, setting, attack))
-                    scores = score_defense(clean, judge.sets[None].labels, triggered, judge.sets[attack].labels,
-                                           TARGET_LABEL)
+                    scores = score_defense(
+                        clean, judge.sets[None].labels, triggered, judge.sets[attack].labels, TARGET_LABEL
+                    )
                     row_key = labels_key(attack, defense, setting)
                     labels[f"{row_key}/clean"], labels[f"{row_key}/triggered"] = clean.numpy(), triggered.numpy()
                     labels[f"{attack.value}/triggered/true"] = judge.sets[attack].labels.numpy()
                     count = setting.purifications(defense)
-                    rows.append(ResultRow(attack, defense, setting, scores, count, count,
-                                          count * judge.seconds_per_image(defense, setting)))
+                    rows.append(
+                        ResultRow(
+                            attack,
+                            defense,
+                            setting,
+                            scores,
+                            count,
+                            count,
+                            count * judge.seconds_per_image(defense, setting),
+                        )
+                    )
                     if options.progress:
-                        tqdm.write(f"{attack.value:8} {defense.value:5} {setting.describe():32} "
-                                   f"CA {scores.clean_accuracy:.3f} ASR {scores.attack_success_rate:.3f} "
-                                   f"PA {scores.poisoned_accuracy:.3f}")
+                        tqdm.write(
+                            f"{attack.value:8} {defense.value:5} {setting.describe():32} "
+                            f"CA {scores.clean_accuracy:.3f} ASR {scores.attack_success_rate:.3f} "
+                            f"PA {scores.poisoned_accuracy:.3f}"
+                        )
         grids = _grids(judge, options, settings[0])
-        meta = {"options": _options_meta(options), "diffusion_model": model_meta,
-                "vendors": {a.value: _vendor_meta(options, a) for a in options.vendors if local_defenses},
-                "gateway_purification": gateway.purification if gateway is not None else None,
-                "model_dtype": None if model is None else model.info.dtype,
-                "torch_threads": torch.get_num_threads(), "elapsed_s": round(time.monotonic() - started, 1)}
+        meta = {
+            "options": _options_meta(options),
+            "diffusion_model": model_meta,
+            "vendors": {a.value: _vendor_meta(options, a) for a in options.vendors if local_defenses},
+            "gateway_purification": gateway.purification if gateway is not None else None,
+            "model_dtype": None if model is None else model.info.dtype,
+            "torch_threads": torch.get_num_threads(),
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
     report = EvalReport(tuple(rows), tuple(settings), varying_knobs(settings), meta)
     written = write_report(report, grids, options.out_dir)
     # Per-image labels behind every row (the vendor's answer per image, majority over votes): what

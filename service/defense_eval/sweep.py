@@ -13,13 +13,13 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from service.defense_eval.defenses import DefenseSetting
 
 
-class SweepKnob(str, Enum):
+class SweepKnob(StrEnum):
     """A knob `--sweep` can vary; the value is the `DefenseSetting` field it sets."""
 
     TRANSFORMS = "transforms"
@@ -62,17 +62,31 @@ class SweepKnob(str, Enum):
             return str(value)
         if self is SweepKnob.MIRROR:
             return "mirror" if value else "no mirror"
-        symbol = {SweepKnob.STEPS: "S", SweepKnob.GUIDANCE_POWER: "λ", SweepKnob.ETA: "η", SweepKnob.VOTES: "K",
-                  SweepKnob.NOISE_START: "t*", SweepKnob.TRAVEL_LENGTH: "L", SweepKnob.TRAVEL_REPEAT: "R"}[self]
+        symbol = {
+            SweepKnob.STEPS: "S",
+            SweepKnob.GUIDANCE_POWER: "λ",
+            SweepKnob.ETA: "η",
+            SweepKnob.VOTES: "K",
+            SweepKnob.NOISE_START: "t*",
+            SweepKnob.TRAVEL_LENGTH: "L",
+            SweepKnob.TRAVEL_REPEAT: "R",
+        }[self]
         shown = "∞" if isinstance(value, float) and math.isinf(value) else f"{value:g}"
         return f"{symbol}={shown}"
 
 
 # Hyphenated and short spellings users type on the command line.
-_ALIASES = {"guidance-power": SweepKnob.GUIDANCE_POWER, "lambda": SweepKnob.GUIDANCE_POWER,
-            "transform": SweepKnob.TRANSFORMS, "step": SweepKnob.STEPS, "k": SweepKnob.VOTES,
-            "t*": SweepKnob.NOISE_START, "noise-start": SweepKnob.NOISE_START, "l": SweepKnob.TRAVEL_LENGTH,
-            "r": SweepKnob.TRAVEL_REPEAT}
+_ALIASES = {
+    "guidance-power": SweepKnob.GUIDANCE_POWER,
+    "lambda": SweepKnob.GUIDANCE_POWER,
+    "transform": SweepKnob.TRANSFORMS,
+    "step": SweepKnob.STEPS,
+    "k": SweepKnob.VOTES,
+    "t*": SweepKnob.NOISE_START,
+    "noise-start": SweepKnob.NOISE_START,
+    "l": SweepKnob.TRAVEL_LENGTH,
+    "r": SweepKnob.TRAVEL_REPEAT,
+}
 
 
 def _knob(name: str) -> SweepKnob:
@@ -131,8 +145,10 @@ def sweep_settings(base: DefenseSetting, spec: str | Sequence[str]) -> list[Defe
         ValueError: a bad spec, or a value the setting rejects (e.g. steps=0).
     """
     grid = parse_sweep(spec)
-    points: list[dict[str, Any]] = [{knob.value: value for knob, value in zip(grid, values)}
-                                    for values in itertools.product(*grid.values())]
+    points: list[dict[str, Any]] = [
+        {knob.value: value for knob, value in zip(grid, values, strict=True)}
+        for values in itertools.product(*grid.values())
+    ]
     return [dataclasses.replace(base, **point) for point in points]  # each re-validated (`ZipConfig`)
 
 

@@ -94,11 +94,16 @@ def worst_case_rows(rows: Sequence[ResultRow]) -> tuple[WorstCaseRow, ...]:
     def drop(row: ResultRow) -> float:
         return undefended.get(row.attack, math.nan) - row.scores.clean_accuracy
 
-    return tuple(WorstCaseRow(
-        defense=group[0].defense, setting=group[0].setting, attacks=tuple(row.attack for row in group),
-        max_attack_success_rate=_extreme(group, lambda row: row.scores.attack_success_rate, max),
-        max_clean_accuracy_drop=_extreme(group, drop, max),
-        min_poisoned_accuracy=_extreme(group, lambda row: row.scores.poisoned_accuracy, min),
-        min_clean_accuracy=_extreme(group, lambda row: row.scores.clean_accuracy, min),
-        purifications_per_image=group[0].purifications_per_image,
-    ) for group in groups.values())
+    return tuple(
+        WorstCaseRow(
+            defense=group[0].defense,
+            setting=group[0].setting,
+            attacks=tuple(row.attack for row in group),
+            max_attack_success_rate=_extreme(group, lambda row: row.scores.attack_success_rate, max),
+            max_clean_accuracy_drop=_extreme(group, drop, max),
+            min_poisoned_accuracy=_extreme(group, lambda row: row.scores.poisoned_accuracy, min),
+            min_clean_accuracy=_extreme(group, lambda row: row.scores.clean_accuracy, min),
+            purifications_per_image=group[0].purifications_per_image,
+        )
+        for group in groups.values()
+    )

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.backdoor.data import NATIVE_SIZE, PADDED_SIZE, to_model_range
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.upstream.wire import decode_base64_image
 
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"})
@@ -76,11 +76,11 @@ def decode_image(data: bytes, limits: InputLimits, what: str = "image") -> torch
         with Image.open(io.BytesIO(data)) as image:  # reads the header only
             width, height = image.size
             if width * height > limits.max_image_pixels:
-                raise PayloadTooLarge(
-                    f"{what}: {width}×{height} pixels, the limit is {limits.max_image_pixels} pixels")
+                raise PayloadTooLarge(f"{what}: {width}×{height} pixels, the limit is {limits.max_image_pixels} pixels")
             if image.format not in ACCEPTED_FORMATS:
                 raise UnsupportedMediaType(
-                    f"{what}: format {image.format} not accepted; send one of {sorted(ACCEPTED_FORMATS)}")
+                    f"{what}: format {image.format} not accepted; send one of {sorted(ACCEPTED_FORMATS)}"
+                )
             image.load()
             gray = image.convert("L")
     except Image.DecompressionBombError as exc:

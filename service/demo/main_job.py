@@ -30,14 +30,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.logging import configure_logging
 from service.api.server import gateway_server
-from service.config import Settings
 from service.backdoor.attacks import TARGET_LABEL, Attack, apply_trigger
+from service.backdoor.data import CLASS_NAMES, load_split
+from service.config import Settings
 from service.demo.vendor_app import create_vendor_app
 from service.loopback import serve_uvicorn, wait_for_http
 from service.purify.imaging import tensor_to_pil
 from service.shadow.alarm import AlarmRule, disagreements_by_raw_label
 from service.shadow.monitor import SHADOW_HEADER
-from service.backdoor.data import CLASS_NAMES, load_split
 from service.upstream import UpstreamProtocol
 
 DEFAULT_VENDOR_DIR = Path("models/vendor-badnets")
@@ -61,8 +61,9 @@ class DemoRow:
     latency_ms: float
 
 
-def run_demo(settings: Settings, keep_running: bool = False, *, vendor_dir: Path = DEFAULT_VENDOR_DIR,
-             out: TextIO | None = None) -> int:
+def run_demo(
+    settings: Settings, keep_running: bool = False, *, vendor_dir: Path = DEFAULT_VENDOR_DIR, out: TextIO | None = None
+) -> int:
     """Run the demo and print its table; with `keep_running`, serve until Ctrl+C or SIGTERM.
 
     Args:
@@ -82,10 +83,16 @@ def run_demo(settings: Settings, keep_running: bool = False, *, vendor_dir: Path
         burst = _triggered_burst(SHADOW_BURST)
         vendor = uvicorn.Server(uvicorn.Config(create_vendor_app(vendor_dir), log_config=None, access_log=False))
         with _serving(vendor, "vendor", "/healthz") as vendor_url:
-            gateway_settings = settings.model_copy(update={
-                "host": "127.0.0.1", "port": 0, "upstream_url": vendor_url,
-                "upstream_protocol": UpstreamProtocol.RAW, "upstream_raw_path": "/predict",
-                "shadow_allow_header": True})
+            gateway_settings = settings.model_copy(
+                update={
+                    "host": "127.0.0.1",
+                    "port": 0,
+                    "upstream_url": vendor_url,
+                    "upstream_protocol": UpstreamProtocol.RAW,
+                    "upstream_raw_path": "/predict",
+                    "shadow_allow_header": True,
+                }
+            )
             server = gateway_server(gateway_settings)
             with _serving(server, "gateway", "/readyz") as gateway_url:
                 rows = _measure(vendor_url, gateway_url, clean, triggered, label)
@@ -127,15 +134,21 @@ class AlarmReading:
 def _shadow_alarm(gateway_url: str, burst: list[bytes]) -> AlarmReading:
     """Send the burst in shadow mode, wait for its comparisons, and apply the alarm's rule to /metrics."""
     with httpx.Client(timeout=READY_TIMEOUT_S) as client:
-        response = client.post(f"{gateway_url}/predict", params={"seed": DEMO_SEED}, headers={SHADOW_HEADER: "1"},
-                               files=[("image", (f"{i}.png", png, "image/png")) for i, png in enumerate(burst)])
+        response = client.post(
+            f"{gateway_url}/predict",
+            params={"seed": DEMO_SEED},
+            headers={SHADOW_HEADER: "1"},
+            files=[("image", (f"{i}.png", png, "image/png")) for i, png in enumerate(burst)],
+        )
         if response.status_code != 200:
             raise DemoError(f"the shadow burst got {response.status_code}: {response.text}")
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:  # the comparisons finish after the answer: wait until /metrics has them all
             families = {f.name: f for f in text_string_to_metric_families(client.get(f"{gateway_url}/metrics").text)}
-            done = sum(families[name].samples[0].value for name in
-                       ("zipgate_shadow_comparisons", "zipgate_shadow_unlabelled", "zipgate_shadow_failures"))
+            done = sum(
+                families[name].samples[0].value
+                for name in ("zipgate_shadow_comparisons", "zipgate_shadow_unlabelled", "zipgate_shadow_failures")
+            )
             if done >= len(burst) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
@@ -176,8 +189,11 @@ def _measure(vendor_url: str, gateway_url: str, clean: bytes, triggered: bytes, 
             direct = client.post(f"{vendor_url}/predict", content=png, headers={"Content-Type": "image/png"})
             direct_ms = (time.perf_counter() - started) * 1e3
             started = time.perf_counter()
-            gated = client.post(f"{gateway_url}/predict", params={"seed": DEMO_SEED},
-                                files=[("image", (f"{name}.png", png, "image/png"))])
+            gated = client.post(
+                f"{gateway_url}/predict",
+                params={"seed": DEMO_SEED},
+                files=[("image", (f"{name}.png", png, "image/png"))],
+            )
             gated_ms = (time.perf_counter() - started) * 1e3
             for response in (direct, gated):
                 if response.status_code != 200:
@@ -192,9 +208,12 @@ def _class(label: int) -> str:
 
 
 def _print_table(rows: list[DemoRow], settings: Settings, out: TextIO) -> None:
-    print(f"zipgate demo: BadNets-backdoored vendor (attack target: {_class(TARGET_LABEL)}); "
-          f"purifier {settings.model_path.name}, {settings.transforms}, {settings.steps} steps, "
-          f"λ={settings.guidance_power}", file=out)
+    print(
+        f"zipgate demo: BadNets-backdoored vendor (attack target: {_class(TARGET_LABEL)}); "
+        f"purifier {settings.model_path.name}, {settings.transforms}, {settings.steps} steps, "
+        f"λ={settings.guidance_power}",
+        file=out,
+    )
     print(f"{'image':<10} {'route':<8} {'prediction':<16} {'true label':<16} {'latency':>10}", file=out)
     for row in rows:
         note = ""
@@ -202,24 +221,35 @@ def _print_table(rows: list[DemoRow], settings: Settings, out: TextIO) -> None:
             note = "  <- backdoor fired"
         elif row.image == "triggered" and row.prediction == row.true_label:
             note = "  <- backdoor defused"
-        print(f"{row.image:<10} {row.route:<8} {_class(row.prediction):<16} {_class(row.true_label):<16} "
-              f"{row.latency_ms:>7.1f} ms{note}", file=out)
+        print(
+            f"{row.image:<10} {row.route:<8} {_class(row.prediction):<16} {_class(row.true_label):<16} "
+            f"{row.latency_ms:>7.1f} ms{note}",
+            file=out,
+        )
 
 
 def _print_alarm(reading: AlarmReading, burst: int, out: TextIO) -> None:
     rule = AlarmRule()
-    print(f"\nshadow mode: {burst} triggered images, vendor asked about raw and purified copies; "
-          f"{reading.comparisons:.0f} compared, {sum(reading.disagreements.values()):.0f} disagree", file=out)
+    print(
+        f"\nshadow mode: {burst} triggered images, vendor asked about raw and purified copies; "
+        f"{reading.comparisons:.0f} compared, {sum(reading.disagreements.values()):.0f} disagree",
+        file=out,
+    )
     print(f"{'raw label':<16} {'disagreements':>13}", file=out)
     for label, count in sorted(reading.disagreements.items(), key=lambda item: -item[1]):
         print(f"{_class(int(label)) if label.isdigit() else label:<16} {count:>13.0f}", file=out)
     if reading.named is None:
-        print(f"alarm (gateway /metrics): silent: no raw label has ≥ {rule.min_count:g} disagreements and more "
-              f"than {rule.share:.0%} of them", file=out)
+        print(
+            f"alarm (gateway /metrics): silent: no raw label has ≥ {rule.min_count:g} disagreements and more "
+            f"than {rule.share:.0%} of them",
+            file=out,
+        )
     else:
         verdict = "the attacker's target" if reading.named == str(TARGET_LABEL) else "not the attacker's target"
-        print(f"alarm (gateway /metrics): suspected backdoor target: label {_class(int(reading.named))} "
-              f"({verdict})", file=out)
+        print(
+            f"alarm (gateway /metrics): suspected backdoor target: label {_class(int(reading.named))} ({verdict})",
+            file=out,
+        )
 
 
 def _print_usage(vendor_url: str, gateway_url: str, out: TextIO) -> None:

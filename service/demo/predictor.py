@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
+from service.backdoor.vendor_model import load_vendor, read_vendor_config
 from service.demo.decoding import InputLimits, decode_image
 from service.errors import PayloadTooLarge
-from service.backdoor.vendor_model import load_vendor, read_vendor_config
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,10 @@ class VendorPredictor:
     def postprocess(self, probabilities: torch.Tensor) -> list[ImagePrediction]:
         """Probabilities (N, 10) → one `ImagePrediction` per row."""
         labels = probabilities.argmax(dim=1).tolist()
-        return [ImagePrediction(label, self.class_names[label], tuple(row))
-                for label, row in zip(labels, probabilities.tolist())]
+        return [
+            ImagePrediction(label, self.class_names[label], tuple(row))
+            for label, row in zip(labels, probabilities.tolist(), strict=True)
+        ]
 
     def predict(self, images: list[EncodedImage]) -> list[ImagePrediction]:
         """Encoded images → predictions, in order (blocking: run it off the event loop)."""

@@ -62,8 +62,9 @@ def _request_id(request: Request) -> str:
     return given if _REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
 
 
-def _error_response(request: Request, status: int, code: str, message: str,
-                    headers: dict[str, str] | None = None) -> JSONResponse:
+def _error_response(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -113,8 +114,9 @@ def _check_name(name: str, predictor: VendorPredictor) -> None:
 
 
 def _to_wire(prediction: ImagePrediction) -> Prediction:
-    return Prediction(label=prediction.label, class_name=prediction.class_name,
-                      probabilities=list(prediction.probabilities))
+    return Prediction(
+        label=prediction.label, class_name=prediction.class_name, probabilities=list(prediction.probabilities)
+    )
 
 
 def _v2_images(request: V2InferRequest, limits: InputLimits) -> list[EncodedImage]:
@@ -126,25 +128,33 @@ def _v2_images(request: V2InferRequest, limits: InputLimits) -> list[EncodedImag
         BadRequest, PayloadTooLarge: see `decode_base64`.
     """
     if len(request.inputs) != 1:
-        raise InvalidShape(f"expected exactly one input (\"image\"), got {len(request.inputs)}")
+        raise InvalidShape(f'expected exactly one input ("image"), got {len(request.inputs)}')
     tensor = request.inputs[0]
     if tensor.datatype != "BYTES":
         raise InvalidShape(f"input {tensor.name!r} must have datatype BYTES (base64 images), got {tensor.datatype}")
     if tensor.shape != [len(tensor.data)]:
-        raise InvalidShape(f"input {tensor.name!r} has shape {tensor.shape} but {len(tensor.data)} data items; "
-                           "use shape [N] for N images")
+        raise InvalidShape(
+            f"input {tensor.name!r} has shape {tensor.shape} but {len(tensor.data)} data items; "
+            "use shape [N] for N images"
+        )
     if len(tensor.data) > limits.max_batch:
         raise PayloadTooLarge(f"{len(tensor.data)} images in one request, the limit is {limits.max_batch}")
     whats = [f"inputs[0].data[{i}]" for i in range(len(tensor.data))]
-    return [EncodedImage(what, decode_base64(item, limits, what)) for what, item in zip(whats, tensor.data)]
+    return [
+        EncodedImage(what, decode_base64(item, limits, what)) for what, item in zip(whats, tensor.data, strict=True)
+    ]
 
 
 def _v2_outputs(predictions: list[ImagePrediction]) -> list[V2Tensor]:
     n = len(predictions)
     classes = len(predictions[0].probabilities) if predictions else 0
     return [
-        V2Tensor(name="probabilities", shape=[n, classes], datatype="FP32",
-                 data=[p for prediction in predictions for p in prediction.probabilities]),
+        V2Tensor(
+            name="probabilities",
+            shape=[n, classes],
+            datatype="FP32",
+            data=[p for prediction in predictions for p in prediction.probabilities],
+        ),
         V2Tensor(name="label", shape=[n], datatype="INT64", data=[p.label for p in predictions]),
     ]
 
@@ -179,8 +189,14 @@ def _install_request_ids(app: FastAPI) -> None:
             log.exception("unhandled error, request_id=%s", request.state.request_id)
             response = _error_response(request, 500, GatewayError.code, "internal error")
         response.headers[REQUEST_ID_HEADER] = request.state.request_id
-        log.info("%s %s -> %d in %.1f ms request_id=%s", request.method, request.url.path,
-                 response.status_code, (time.perf_counter() - started) * 1e3, request.state.request_id)
+        log.info(
+            "%s %s -> %d in %.1f ms request_id=%s",
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - started) * 1e3,
+            request.state.request_id,
+        )
         return response
 
 
@@ -223,16 +239,21 @@ def create_vendor_app(model_dir: Path, model_name: str = "fmnist", limits: Input
         parsed = _parse_json(await _read_body(request, limits.max_body_bytes), TFPredictRequest)
         if len(parsed.instances) > limits.max_batch:
             raise PayloadTooLarge(f"{len(parsed.instances)} instances, the limit is {limits.max_batch}")
-        images = [EncodedImage(f"instances[{i}].b64", decode_base64(item.b64, limits, f"instances[{i}].b64"))
-                  for i, item in enumerate(parsed.instances)]
+        images = [
+            EncodedImage(f"instances[{i}].b64", decode_base64(item.b64, limits, f"instances[{i}].b64"))
+            for i, item in enumerate(parsed.instances)
+        ]
         return TFPredictResponse(predictions=[_to_wire(p) for p in await run(images)])
 
     @app.get("/v1/models/{name}")
     async def status_tf(name: str) -> dict:
         """TF-Serving model status."""
         _check_name(name, predictor)
-        return {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                          "status": {"error_code": "OK", "error_message": ""}}]}
+        return {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        }
 
     @app.post("/v2/models/{name}/infer", response_model=V2InferResponse, response_model_exclude_none=True)
     async def infer_v2(name: str, request: Request) -> V2InferResponse:
@@ -240,8 +261,12 @@ def create_vendor_app(model_dir: Path, model_name: str = "fmnist", limits: Input
         _check_name(name, predictor)
         parsed = _parse_json(await _read_body(request, limits.max_body_bytes), V2InferRequest)
         predictions = await run(_v2_images(parsed, limits))
-        return V2InferResponse(model_name=predictor.name, model_version="1",
-                               id=parsed.id or request.state.request_id, outputs=_v2_outputs(predictions))
+        return V2InferResponse(
+            model_name=predictor.name,
+            model_version="1",
+            id=parsed.id or request.state.request_id,
+            outputs=_v2_outputs(predictions),
+        )
 
     @app.get("/v2/models/{name}", response_model=V2ModelMetadata)
     async def metadata_v2(name: str) -> V2ModelMetadata:
@@ -249,10 +274,15 @@ def create_vendor_app(model_dir: Path, model_name: str = "fmnist", limits: Input
         _check_name(name, predictor)
         classes = len(predictor.class_names)
         return V2ModelMetadata(
-            name=predictor.name, versions=["1"], platform="pytorch",
+            name=predictor.name,
+            versions=["1"],
+            platform="pytorch",
             inputs=[V2TensorMetadata(name="image", datatype="BYTES", shape=[-1])],
-            outputs=[V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, classes]),
-                     V2TensorMetadata(name="label", datatype="INT64", shape=[-1])])
+            outputs=[
+                V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, classes]),
+                V2TensorMetadata(name="label", datatype="INT64", shape=[-1]),
+            ],
+        )
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready_v2(name: str) -> dict:

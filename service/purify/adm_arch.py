@@ -35,7 +35,7 @@ ADM_NORM_GROUPS = 32
 ADM_NORM_EPS = 1e-5
 
 
-class AdmPreset(str, enum.Enum):
+class AdmPreset(enum.StrEnum):
     """Named architectures of published guided-diffusion checkpoints."""
 
     IMAGENET_256_UNCOND = "imagenet-256-uncond"
@@ -151,8 +151,9 @@ class AdmArchitecture:
         for width in sorted(self._attention_widths()):
             if self.num_head_channels is not None:
                 if self.num_head_channels < 1 or width % self.num_head_channels:
-                    raise ValueError(f"attention width {width} is not divisible by num_head_channels "
-                                     f"{self.num_head_channels}")
+                    raise ValueError(
+                        f"attention width {width} is not divisible by num_head_channels {self.num_head_channels}"
+                    )
             elif width % self.num_heads:
                 raise ValueError(f"attention width {width} is not divisible by num_heads {self.num_heads}")
         if self.num_head_channels is None and self.num_heads > 1:
@@ -179,17 +180,31 @@ PRESETS: dict[AdmPreset, AdmArchitecture] = {
     # --num_channels 256 --num_head_channels 64 --num_res_blocks 2 --resblock_updown True
     # --use_scale_shift_norm True; linear noise schedule, 1000 steps). ~552M parameters.
     AdmPreset.IMAGENET_256_UNCOND: AdmArchitecture(
-        image_size=256, num_channels=256, num_res_blocks=2, channel_mult=(1, 1, 2, 2, 4, 4),
-        attention_resolutions=(32, 16, 8), learn_sigma=True, num_head_channels=64,
-        use_scale_shift_norm=True, resblock_updown=True, use_new_attention_order=False,
+        image_size=256,
+        num_channels=256,
+        num_res_blocks=2,
+        channel_mult=(1, 1, 2, 2, 4, 4),
+        attention_resolutions=(32, 16, 8),
+        learn_sigma=True,
+        num_head_channels=64,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+        use_new_attention_order=False,
     ),
     # ADM's 64×64 ImageNet architecture (guided-diffusion `64x64_diffusion.pt` flags, ~296M
     # parameters). That released file is class-conditional, which the converter refuses; the preset
     # is for unconditional checkpoints trained with the same flags. It uses the new qkv order.
     AdmPreset.IMAGENET_64: AdmArchitecture(
-        image_size=64, num_channels=192, num_res_blocks=3, channel_mult=(1, 2, 3, 4),
-        attention_resolutions=(32, 16, 8), learn_sigma=True, num_head_channels=64,
-        use_scale_shift_norm=True, resblock_updown=True, use_new_attention_order=True,
+        image_size=64,
+        num_channels=192,
+        num_res_blocks=3,
+        channel_mult=(1, 2, 3, 4),
+        attention_resolutions=(32, 16, 8),
+        learn_sigma=True,
+        num_head_channels=64,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+        use_new_attention_order=True,
     ),
 }
 

@@ -193,8 +193,13 @@ def _source_keys(plan: _KeyPlan, diffusers_keys: set[str]) -> list[str]:
     return [by_target.get(key, key) for key in diffusers_keys]
 
 
-def _mismatch_message(adm_state_dict: Mapping[str, torch.Tensor], arch: AdmArchitecture,
-                      unmapped: list[str], missing: list[str], wrong_shape: list[str]) -> str:
+def _mismatch_message(
+    adm_state_dict: Mapping[str, torch.Tensor],
+    arch: AdmArchitecture,
+    unmapped: list[str],
+    missing: list[str],
+    wrong_shape: list[str],
+) -> str:
     def listing(title: str, items: list[str]) -> str:
         more = f" … and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
         return f"\n  {title} ({len(items)}): " + ", ".join(items[:_LIST_LIMIT]) + more if items else ""
@@ -203,8 +208,10 @@ def _mismatch_message(adm_state_dict: Mapping[str, torch.Tensor], arch: AdmArchi
         return tuple(adm_state_dict[key].shape)[axis] if key in adm_state_dict else "?"
 
     blocks = {key.split(".")[1] for key in adm_state_dict if key.startswith("input_blocks.")}
-    seen = (f"num_channels={width('input_blocks.0.0.weight', 0)}, in_channels={width('input_blocks.0.0.weight', 1)}, "
-            f"out_channels={width('out.2.weight', 0)}, {len(blocks)} input_blocks")
+    seen = (
+        f"num_channels={width('input_blocks.0.0.weight', 0)}, in_channels={width('input_blocks.0.0.weight', 1)}, "
+        f"out_channels={width('out.2.weight', 0)}, {len(blocks)} input_blocks"
+    )
     return (
         "the checkpoint does not match the architecture; check the preset and flags against the ones "
         f"the checkpoint was trained with.\n  architecture: {arch}\n  checkpoint: {seen}"

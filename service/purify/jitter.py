@@ -50,8 +50,9 @@ class ShiftedBlur:
         self._check(x)
         height, width = x.shape[-2:]
         if height % self.scale or width % self.scale:
-            raise ValueError(f"jblur:{self.scale} needs height and width divisible by {self.scale}, "
-                             f"got {height}x{width}")
+            raise ValueError(
+                f"jblur:{self.scale} needs height and width divisible by {self.scale}, got {height}x{width}"
+            )
         ones = torch.ones((1, 1, height, width), dtype=x.dtype, device=x.device)
         means = []
         for item, (dy, dx) in zip(x, self.offsets, strict=True):
@@ -66,7 +67,9 @@ class ShiftedBlur:
         s = self.scale
         upsampled = y.repeat_interleave(s, dim=-2).repeat_interleave(s, dim=-1)
         height, width = (y.shape[-2] - 1) * s, (y.shape[-1] - 1) * s  # the spare cell row and column
-        crops = [up[..., dy : dy + height, dx : dx + width] for up, (dy, dx) in zip(upsampled, self.offsets, strict=True)]
+        crops = [
+            up[..., dy : dy + height, dx : dx + width] for up, (dy, dx) in zip(upsampled, self.offsets, strict=True)
+        ]
         return torch.stack(crops)
 
     def __str__(self) -> str:
@@ -87,16 +90,18 @@ class JitteredBlur(Blur):
             drawn = torch.randint(0, self.scale, (count, 2), generator=generators, device=device)
             offsets = [tuple(row) for row in drawn.tolist()]
         else:
-            offsets = [tuple(torch.randint(0, self.scale, (2,), generator=g, device=g.device).tolist())
-                       for g in generators]
+            offsets = [
+                tuple(torch.randint(0, self.scale, (2,), generator=g, device=g.device).tolist()) for g in generators
+            ]
         return ShiftedBlur(self.scale, tuple((int(dy), int(dx)) for dy, dx in offsets))
 
     def __str__(self) -> str:
         return f"jblur:{self.scale}"
 
 
-def bind_transforms(transforms: Sequence[LinearTransform], count: int, generators: Generators,
-                    device: torch.device) -> list[LinearTransform]:
+def bind_transforms(
+    transforms: Sequence[LinearTransform], count: int, generators: Generators, device: torch.device
+) -> list[LinearTransform]:
     """Fix the random grids of `jblur` transforms (inside compositions too) for one purification call.
 
     Offsets are drawn before anything else, from each item's generator, so a seeded image repeats.

@@ -53,8 +53,9 @@ class EpsModelInfo:
 class EpsModel:
     """ε_θ(x, t) on a device and dtype: float32 in, float32 out, C output channels (σ dropped)."""
 
-    def __init__(self, unet: UNet2DModel, name: str, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, unet: UNet2DModel, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
         # nn.Module.to, not ModelMixin.to: the latter warns on every cast about fp32-pinned modules,
@@ -70,8 +71,12 @@ class EpsModel:
                 f"nor 2x in_channels (learned variance); this is not an ε-prediction model"
             )
         self.info = EpsModelInfo(
-            name=name, sample_size=self.sample_size, channels=self.channels, learned_sigma=self.learned_sigma,
-            device=str(self.device), dtype=str(dtype).removeprefix("torch."),
+            name=name,
+            sample_size=self.sample_size,
+            channels=self.channels,
+            learned_sigma=self.learned_sigma,
+            device=str(self.device),
+            dtype=str(dtype).removeprefix("torch."),
         )
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -102,8 +107,11 @@ def load_unet(path: Path | str) -> UNet2DModel:
             "(config.json + diffusion_pytorch_model.safetensors), e.g. models/fmnist-ddpm"
         )
     if path.is_file():
-        hint = " Convert an OpenAI guided-diffusion checkpoint with `zipgate convert adm`." if path.suffix in {
-            ".pt", ".pth", ".ckpt"} else ""
+        hint = (
+            " Convert an OpenAI guided-diffusion checkpoint with `zipgate convert adm`."
+            if path.suffix in {".pt", ".pth", ".ckpt"}
+            else ""
+        )
         raise ModelLoadError(f"model path '{path}' is a file; expected a diffusers model directory.{hint}")
     config_path = path / "config.json"
     if not config_path.exists():
@@ -118,8 +126,9 @@ def load_unet(path: Path | str) -> UNet2DModel:
         raise ModelLoadError(f"could not load the UNet in '{path}': {exc}") from exc
 
 
-def load_eps_model(path: Path | str, device: torch.device | str = "cpu",
-                   dtype: DType | torch.dtype = DType.FP32) -> EpsModel:
+def load_eps_model(
+    path: Path | str, device: torch.device | str = "cpu", dtype: DType | torch.dtype = DType.FP32
+) -> EpsModel:
     """Load a local diffusers UNet2DModel directory as an `EpsModel` on `device` in `dtype`.
 
     Raises:

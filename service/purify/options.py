@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
 
-class DType(str, enum.Enum):
+class DType(enum.StrEnum):
     """Compute dtype of the ε-model (the sampling state always stays float32)."""
 
     FP32 = "fp32"
@@ -30,7 +30,7 @@ class DType(str, enum.Enum):
         return torch_dtype(self, device)
 
 
-class SmallImageFit(str, enum.Enum):
+class SmallImageFit(enum.StrEnum):
     """How an image smaller than its slot (the canvas, or a tile of it) is fitted."""
 
     PAD = "pad"  # centred on a black background: the model sees the pixels as they are
@@ -89,7 +89,8 @@ class ZipConfig:
 
     The one source of the defaults: the gateway's settings, the CLI, the evaluation and
     `ZipPurifier` all start from these. The defaults are the shipped world's (docs/defense.md,
-    "The default"): blur:4 and λ = 0.5, chosen by the worst case over the attack zoo.
+    "The default"): jblur:4 (blur:4 on a grid offset per image) and λ = 0.5, chosen by the worst
+    case over the attack zoo.
 
     Attributes:
         transforms: degradations, e.g. "blur:4" or "blur:4,gray" (averaged), "blur:4+gray" (composed).
@@ -103,7 +104,7 @@ class ZipConfig:
         ValueError: a bad value; the message names the knob and its valid range.
     """
 
-    transforms: str = "blur:4"
+    transforms: str = "jblur:4"
     steps: int = 20
     guidance_power: float = 0.5
     eta: float = 1.0
@@ -119,10 +120,18 @@ class ZipConfig:
         if not 0.0 < self.noise_start <= 1.0:
             raise ValueError(f"noise_start must be in (0, 1] (1 = start from pure noise), got {self.noise_start}")
         if self.travel_length < 1 or self.travel_repeat < 1:
-            raise ValueError(f"travel_length and travel_repeat must be >= 1, got {self.travel_length}, "
-                             f"{self.travel_repeat}")
+            raise ValueError(
+                f"travel_length and travel_repeat must be >= 1, got {self.travel_length}, {self.travel_repeat}"
+            )
 
     def zip_config(self) -> ZipConfig:
         """Only ZIP's knobs, as a plain `ZipConfig` (a subclass adds knobs of its own, such as votes)."""
-        return ZipConfig(self.transforms, self.steps, self.guidance_power, self.eta, self.noise_start,
-                         self.travel_length, self.travel_repeat)
+        return ZipConfig(
+            self.transforms,
+            self.steps,
+            self.guidance_power,
+            self.eta,
+            self.noise_start,
+            self.travel_length,
+            self.travel_repeat,
+        )

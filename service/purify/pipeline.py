@@ -29,6 +29,7 @@ from service.purify.transforms import parse_transforms, project
 CanvasPurifier = Callable[[torch.Tensor, list[torch.Generator] | None], torch.Tensor]
 """Purifies canvases (N, C, S, S) with one generator per canvas (a `ZipPurifier`)."""
 
+
 @dataclass(frozen=True)
 class FittedBatch:
     """Images fitted into model-size canvases, with what is needed to cut them back out."""
@@ -53,8 +54,9 @@ def _crop_from(slot: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return slot[..., top : top + height, left : left + width]
 
 
-def fit_to_model(images: list[torch.Tensor], model_size: int, tile_small: bool = True,
-                 small_fit: SmallImageFit = SmallImageFit.PAD) -> FittedBatch:
+def fit_to_model(
+    images: list[torch.Tensor], model_size: int, tile_small: bool = True, small_fit: SmallImageFit = SmallImageFit.PAD
+) -> FittedBatch:
     """Fit each (C, H, W) image into the model's S×S canvas, or tile small ones k² to a canvas.
 
     An image whose longer side fits at least twice into S goes into a square tile of S // k
@@ -69,7 +71,9 @@ def fit_to_model(images: list[torch.Tensor], model_size: int, tile_small: bool =
     groups: dict[int, list[int]] = {}
     for index, k in enumerate(per_side):
         groups.setdefault(k, []).append(index)
-    padded = [small_fit is SmallImageFit.PAD and max(size) <= model_size // k for size, k in zip(sizes, per_side)]
+    padded = [
+        small_fit is SmallImageFit.PAD and max(size) <= model_size // k for size, k in zip(sizes, per_side, strict=True)
+    ]
 
     def into_slot(i: int, side: int) -> torch.Tensor:
         return _pad_to(images[i], side) if padded[i] else resize(images[i], side, side)
@@ -94,7 +98,7 @@ def fit_to_model(images: list[torch.Tensor], model_size: int, tile_small: bool =
             count = -(-len(indices) // (k * k)) if k > 1 else len(indices)
             rows = out[start : start + count, :, : model_size // k * k, : model_size // k * k]
             items = untile(rows, k, len(indices)) if k > 1 else rows
-            for i, item in zip(indices, items):
+            for i, item in zip(indices, items, strict=True):
                 result[i] = out_of_slot(i, item)
         return [r for r in result if r is not None]
 
@@ -107,9 +111,14 @@ def batched(items: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
         yield items[start : start + batch_size]
 
 
-def purify_canvases(purifier: CanvasPurifier, canvases: torch.Tensor, seed: int | None,
-                    device: torch.device | str = "cpu", batch_size: int | None = None,
-                    on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+def purify_canvases(
+    purifier: CanvasPurifier,
+    canvases: torch.Tensor,
+    seed: int | None,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """Purify canvases in batches on `device`; with a seed, canvas i uses seed + i (`canvas_seeds`).
 
     Per-canvas generators make the result independent of `batch_size`, and equal to the gateway's
@@ -163,10 +172,17 @@ def degraded_images(fitted: FittedBatch, transforms: str) -> list[torch.Tensor]:
     return fitted.restore(project(first, fitted.canvases).clamp(-1.0, 1.0))
 
 
-def purify_images(purifier: CanvasPurifier, images: Sequence[torch.Tensor], model_size: int, seed: int | None,
-                  device: torch.device | str = "cpu", batch_size: int | None = None,
-                  small_fit: SmallImageFit = SmallImageFit.PAD, tile_small: bool = True,
-                  on_batch: Callable[[int], None] | None = None) -> tuple[FittedBatch, list[torch.Tensor]]:
+def purify_images(
+    purifier: CanvasPurifier,
+    images: Sequence[torch.Tensor],
+    model_size: int,
+    seed: int | None,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+    small_fit: SmallImageFit = SmallImageFit.PAD,
+    tile_small: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[FittedBatch, list[torch.Tensor]]:
     """The whole pipeline for (C, H, W) tensors in [-1, 1]: fit, purify with seeds, restore.
 
     With the defaults it does what the gateway does with one request's images and `?seed=`.
@@ -198,6 +214,7 @@ def purify_pil_images(
     transforms, "degraded" shows the first one.
     """
     tensors = [pil_to_tensor(image, channels) for image in images]
-    fitted, purified = purify_images(purifier, tensors, model_size, seed, device, batch_size, small_fit, tile_small,
-                                     on_batch)
+    fitted, purified = purify_images(
+        purifier, tensors, model_size, seed, device, batch_size, small_fit, tile_small, on_batch
+    )
     return [tensor_to_pil(x) for x in purified], [tensor_to_pil(x) for x in degraded_images(fitted, transforms)]

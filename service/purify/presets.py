@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from service.purify.options import ZipConfig
 
 
-class PresetName(str, enum.Enum):
+class PresetName(enum.StrEnum):
     """Names accepted by `zipgate purify --preset`."""
 
     FMNIST = "fmnist"
@@ -29,13 +29,17 @@ PRESETS: dict[PresetName, PurificationPreset] = {
     # The gateway's defaults (`ZipConfig()`), chosen by the worst case over the attack zoo on the
     # shipped 32² Fashion-MNIST DDPM (docs/defense.md).
     PresetName.FMNIST: PurificationPreset(
-        model_size=32, zip=ZipConfig(), tile_small_images=False,
+        model_size=32,
+        zip=ZipConfig(),
+        tile_small_images=False,
         note="shipped Fashion-MNIST DDPM (models/fmnist-ddpm)",
     ),
     # Shi et al. 2023 with OpenAI's 256² unconditional ADM: blur and grayscale averaged, 20 steps,
     # small images (CIFAR-10) packed 64 to a canvas. Convert the checkpoint with `zipgate convert adm`.
     PresetName.PAPER: PurificationPreset(
-        model_size=256, zip=ZipConfig(transforms="blur:4,gray", guidance_power=1.0), tile_small_images=True,
+        model_size=256,
+        zip=ZipConfig(transforms="blur:4,gray", guidance_power=1.0),
+        tile_small_images=True,
         note="OpenAI 256x256_diffusion_uncond converted to diffusers (docs/adm.md)",
     ),
 }

@@ -10,6 +10,7 @@ next time of the walk; ε the model's noise prediction; η DDIM's stochasticity;
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -90,7 +91,7 @@ def check_schedule(visits: list[int], steps: int) -> None:
         raise ValueError(f"schedule must start by going down: {visits[:2]}")
     if visits[-1] != -1:
         raise ValueError(f"schedule must end at -1, ends at {visits[-1]}")
-    for previous, current in zip(visits[:-1], visits[1:]):
+    for previous, current in itertools.pairwise(visits):
         if abs(previous - current) != 1:
             raise ValueError(f"schedule must move by 1, moves {previous} -> {current}")
     for t in visits:
@@ -116,7 +117,7 @@ def timestep_pairs(
     if steps > num_timesteps:
         raise ValueError(f"steps ({steps}) cannot exceed the model's {num_timesteps} timesteps")
     visits = [grid_timestep(i, steps, num_timesteps) for i in jump_schedule(steps, travel_length, travel_repeat)]
-    return list(zip(visits[:-1], visits[1:]))
+    return list(itertools.pairwise(visits))
 
 
 def renoise(x0: torch.Tensor, a_bar: float, z: torch.Tensor) -> torch.Tensor:
@@ -128,8 +129,9 @@ def renoise(x0: torch.Tensor, a_bar: float, z: torch.Tensor) -> torch.Tensor:
     return math.sqrt(a_bar) * x0 + math.sqrt(1.0 - a_bar) * z
 
 
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t: float, a_next: float, eta: float, z: torch.Tensor,
-              clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def ddim_step(
+    x_t: torch.Tensor, eps: torch.Tensor, a_t: float, a_next: float, eta: float, z: torch.Tensor, clip_x0: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step from t down to t′ (Song et al. 2021, eq. 12; ZIP's steps 4–5 in docs/design.md).
 
     Args:

@@ -58,9 +58,7 @@ def draw_noise(shape: torch.Size, generator: Generators, device: torch.device) -
         return torch.randn(shape, generator=generator, dtype=torch.float32, device=device)
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
-    return torch.cat(
-        [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32, device=device) for g in generator]
-    )
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32, device=device) for g in generator])
 
 
 class ZipPurifier:
@@ -106,8 +104,9 @@ class ZipPurifier:
         # The grid t = span·i/S spans [0, t*): all S steps are spent below the noise start.
         span = max(1, round(config.noise_start * self.alpha_bars.shape[0]))
         if config.noise_start < 1.0 and config.steps > span:
-            raise ValueError(f"steps ({config.steps}) exceed the {span} timesteps below "
-                             f"noise_start={config.noise_start}")
+            raise ValueError(
+                f"steps ({config.steps}) exceed the {span} timesteps below noise_start={config.noise_start}"
+            )
         self.pairs = timestep_pairs(config.steps, config.travel_length, config.travel_repeat, num_timesteps=span)
         if transforms is None and self.channels is not None:
             self.transforms_for(self.channels)  # fail fast on a spec that does not suit the model
@@ -184,9 +183,12 @@ class ZipPurifier:
                 # 2. Range–null fusion, averaged over transforms:
                 #    x̂_k = √ᾱ_t A_k⁺y_k + (x_t − A_k⁺A_k x_t) + √(1−ᾱ_t) A_k⁺A_k ε
                 x_hat = torch.zeros_like(x_t)
-                for A, range_k in zip(transforms, range_components):
-                    x_hat += math.sqrt(a_t) * range_k + x_t - A.pinv(A.apply(x_t)) + math.sqrt(1.0 - a_t) * A.pinv(
-                        A.apply(eps)
+                for A, range_k in zip(transforms, range_components, strict=True):
+                    x_hat += (
+                        math.sqrt(a_t) * range_k
+                        + x_t
+                        - A.pinv(A.apply(x_t))
+                        + math.sqrt(1.0 - a_t) * A.pinv(A.apply(eps))
                     )
                 x_hat /= len(transforms)
                 # 3. Time-dependent mix: early steps follow the input, late steps let the model repaint.

@@ -74,8 +74,9 @@ class CaptureRing:
             directory.mkdir(parents=True, exist_ok=True)
             for stale in directory.glob(f"{_TMP_PREFIX}*"):  # a crash mid-write leaves these
                 shutil.rmtree(stale, ignore_errors=True)
-            self._records = [(folder, _folder_bytes(folder)) for folder in sorted(directory.iterdir())
-                             if folder.is_dir()]
+            self._records = [
+                (folder, _folder_bytes(folder)) for folder in sorted(directory.iterdir()) if folder.is_dir()
+            ]
         except OSError as exc:
             self._disable(f"cannot open {directory}: {exc}")
 
@@ -97,16 +98,21 @@ class CaptureRing:
         files = _record_files(flagged, now)
         size = sum(len(data) for data in files.values())
         if size > self.limits.max_bytes or self.limits.max_files < FILES_PER_RECORD:
-            logger.warning("shadow capture skipped a record larger than its limits (%d bytes)", size,
-                           extra={"request_id": flagged.request_id})
+            logger.warning(
+                "shadow capture skipped a record larger than its limits (%d bytes)",
+                size,
+                extra={"request_id": flagged.request_id},
+            )
             return None
         with self._lock:
             if self.disabled:
                 return None
             try:
                 if shutil.disk_usage(self.directory).free - size < self.limits.min_free_bytes:
-                    logger.warning("shadow capture skipped a record: the disk is nearly full",
-                                   extra={"request_id": flagged.request_id})
+                    logger.warning(
+                        "shadow capture skipped a record: the disk is nearly full",
+                        extra={"request_id": flagged.request_id},
+                    )
                     return None
                 self._evict_for(size)
                 name = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}_{_safe(flagged.request_id)}_{flagged.index}"
@@ -124,8 +130,9 @@ class CaptureRing:
 
     def _evict_for(self, incoming_bytes: int) -> None:
         while self._records and (
-                (len(self._records) + 1) * FILES_PER_RECORD > self.limits.max_files
-                or sum(size for _, size in self._records) + incoming_bytes > self.limits.max_bytes):
+            (len(self._records) + 1) * FILES_PER_RECORD > self.limits.max_files
+            or sum(size for _, size in self._records) + incoming_bytes > self.limits.max_bytes
+        ):
             folder, _ = self._records.pop(0)
             shutil.rmtree(folder)
 
@@ -135,8 +142,13 @@ class CaptureRing:
 
 
 def _record_files(flagged: FlaggedImage, now: datetime) -> dict[str, bytes]:
-    meta = {"request_id": flagged.request_id, "time": now.isoformat(), "image_index": flagged.index,
-            "raw_label": flagged.raw_label, "purified_label": flagged.purified_label}
+    meta = {
+        "request_id": flagged.request_id,
+        "time": now.isoformat(),
+        "image_index": flagged.index,
+        "raw_label": flagged.raw_label,
+        "purified_label": flagged.purified_label,
+    }
     return {
         f"raw{_extension(flagged.raw_media_type)}": flagged.raw_image,
         "purified.png": flagged.purified_png,

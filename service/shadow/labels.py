@@ -34,7 +34,7 @@ class LabelExtractor:
         text = spec.strip()
         argmax = text.startswith(ARGMAX_PREFIX)
         if argmax:
-            text = text[len(ARGMAX_PREFIX):].strip()
+            text = text[len(ARGMAX_PREFIX) :].strip()
         path: list[str | int] = []
         for segment in text.split(".") if text else []:
             if not _SEGMENT.fullmatch(segment):

@@ -7,12 +7,16 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.metrics import ShadowMetrics
-from service.shadow.capture import CaptureRing, FlaggedImage
+from service.shadow.capture import CaptureLimits, CaptureRing, FlaggedImage
 from service.shadow.labels import LabelCap, LabelExtractor
 from service.upstream import Upstream
+
+if TYPE_CHECKING:  # typing only: the monitor needs neither module to run
+    from service.config import Settings
+    from service.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +66,17 @@ class ShadowMonitor:
     than queueing them (`under_load`, `max_inflight`).
     """
 
-    def __init__(self, config: ShadowConfig, upstream: Upstream, label: LabelExtractor, metrics: ShadowMetrics,
-                 *, capture: CaptureRing | None = None, under_load: Callable[[], bool] = lambda: False,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: ShadowConfig,
+        upstream: Upstream,
+        label: LabelExtractor,
+        metrics: ShadowMetrics,
+        *,
+        capture: CaptureRing | None = None,
+        under_load: Callable[[], bool] = lambda: False,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self._upstream = upstream
         self._label = label
@@ -86,8 +98,15 @@ class ShadowMonitor:
 
     def submit(self, job: ShadowJob) -> bool:
         """Start the comparison in the background; False when it was dropped (counted by reason)."""
-        reason = ("closed" if self._closed else "busy" if len(self._tasks) >= self.config.max_inflight
-                  else "load" if self._under_load() else None)
+        reason = (
+            "closed"
+            if self._closed
+            else "busy"
+            if len(self._tasks) >= self.config.max_inflight
+            else "load"
+            if self._under_load()
+            else None
+        )
         if reason is not None:
             self._metrics.dropped.labels(reason).inc()
             return False
@@ -110,8 +129,12 @@ class ShadowMonitor:
 
     async def _compare(self, job: ShadowJob) -> None:
         try:
-            result = await self._upstream.predict(list(job.raw_blobs), job.request_id + SHADOW_REQUEST_SUFFIX,
-                                                  job.raw_content_type, timeout_s=self.config.timeout_s)
+            result = await self._upstream.predict(
+                list(job.raw_blobs),
+                job.request_id + SHADOW_REQUEST_SUFFIX,
+                job.raw_content_type,
+                timeout_s=self.config.timeout_s,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 (any failure of the shadow call stays here, counted)
@@ -120,8 +143,12 @@ class ShadowMonitor:
             return
         if len(result.predictions) != len(job.purified_predictions):
             self._metrics.unlabelled.inc()
-            logger.warning("shadow vendor call answered %d predictions for %d images", len(result.predictions),
-                           len(job.purified_predictions), extra={"request_id": job.request_id})
+            logger.warning(
+                "shadow vendor call answered %d predictions for %d images",
+                len(result.predictions),
+                len(job.purified_predictions),
+                extra={"request_id": job.request_id},
+            )
             return
         for index, (raw, purified) in enumerate(zip(result.predictions, job.purified_predictions, strict=True)):
             await self._count(job, index, raw, purified)
@@ -130,8 +157,11 @@ class ShadowMonitor:
         raw_label, purified_label = self._label(raw), self._label(purified)
         if raw_label is None or purified_label is None:
             self._metrics.unlabelled.inc()
-            logger.info("shadow comparison skipped: no label in the vendor answer %.200s",
-                        raw if raw_label is None else purified, extra={"request_id": job.request_id})
+            logger.info(
+                "shadow comparison skipped: no label in the vendor answer %.200s",
+                raw if raw_label is None else purified,
+                extra={"request_id": job.request_id},
+            )
             return
         self._metrics.comparisons.inc()
         if raw_label == purified_label:
@@ -139,9 +169,44 @@ class ShadowMonitor:
         self._metrics.disagreements.labels(self._cap(raw_label), self._cap(purified_label)).inc()
         if self._capture is None or self._capture.disabled:
             return
-        flagged = FlaggedImage(job.request_id, index, job.raw_blobs[index], job.raw_content_type, job.purified_blobs[index],
-                               raw, purified, raw_label, purified_label)
+        flagged = FlaggedImage(
+            job.request_id,
+            index,
+            job.raw_blobs[index],
+            job.raw_content_type,
+            job.purified_blobs[index],
+            raw,
+            purified,
+            raw_label,
+            purified_label,
+        )
         if await asyncio.to_thread(self._capture.write, flagged) is not None:
             self._metrics.captured.inc()
         elif self._capture.disabled:
             self._metrics.capture_disabled.set(1)
+
+
+def build_shadow_monitor(
+    settings: Settings, upstream: Upstream, metrics: ShadowMetrics, pool: WorkerPool | None, label: LabelExtractor
+) -> ShadowMonitor | None:
+    """Shadow mode when a setting asks for it and there is purification to compare against."""
+    config = ShadowConfig(
+        rate=settings.shadow_rate,
+        allow_header=settings.shadow_allow_header,
+        max_inflight=settings.shadow_max_inflight,
+        max_labels=settings.shadow_max_labels,
+        timeout_s=settings.upstream_timeout_s,
+    )
+    if not config.enabled or pool is None:
+        return None
+    capture = None
+    if settings.shadow_capture_dir is not None:
+        capture = CaptureRing(
+            settings.shadow_capture_dir,
+            CaptureLimits(max_files=settings.shadow_capture_max_files, max_bytes=settings.shadow_capture_max_bytes),
+        )
+    # Shadow calls go first when the queue is half full: 429s would be next.
+    queue_limit = settings.queue_limit
+    return ShadowMonitor(
+        config, upstream, label, metrics, capture=capture, under_load=lambda: 2 * pool.queue_depth >= queue_limit
+    )

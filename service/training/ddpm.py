@@ -10,18 +10,18 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from types import FrameType
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel
 from tqdm import tqdm
 
+from service.backdoor.data import PADDED_SIZE, load_split
 from service.purify.schedule import alphas_cumprod, linear_betas
 from service.signals import stop_signals_handled
-from service.backdoor.data import PADDED_SIZE, load_split
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,9 @@ class DDPMTrainConfig:
     architecture: UNetArchitecture = field(default_factory=UNetArchitecture)
 
 
-def ddpm_loss(model: UNet2DModel, x0: torch.Tensor, alpha_bars: torch.Tensor, generator: torch.Generator,
-              bf16_autocast: bool) -> torch.Tensor:
+def ddpm_loss(
+    model: UNet2DModel, x0: torch.Tensor, alpha_bars: torch.Tensor, generator: torch.Generator, bf16_autocast: bool
+) -> torch.Tensor:
     """Simple DDPM loss: ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t)‖² with t uniform in 0..T−1."""
     n = x0.shape[0]
     t = torch.randint(0, alpha_bars.shape[0], (n,), generator=generator)
@@ -97,20 +98,36 @@ def ddpm_loss(model: UNet2DModel, x0: torch.Tensor, alpha_bars: torch.Tensor, ge
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·model, parameter by parameter."""
-    for ema_param, param in zip(ema.parameters(), model.parameters()):
+    for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
         ema_param.lerp_(param, 1.0 - decay)
 
 
 def _save_checkpoint(path: Path, model, ema, optimizer, step: int, epoch: int, total_seconds: float) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / "state.pt.tmp"
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": step, "epoch": epoch, "total_seconds": total_seconds}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "total_seconds": total_seconds,
+        },
+        tmp,
+    )
     tmp.replace(path / "state.pt")  # atomic: a crash mid-write keeps the previous checkpoint
 
 
-def _export(ema: UNet2DModel, config: DDPMTrainConfig, steps_this_run: int, total_steps: int, seconds: float,
-            total_seconds: float, losses: list[float]) -> None:
+def _export(
+    ema: UNet2DModel,
+    config: DDPMTrainConfig,
+    steps_this_run: int,
+    total_steps: int,
+    seconds: float,
+    total_seconds: float,
+    losses: list[float],
+) -> None:
     ema.save_pretrained(config.out_dir, safe_serialization=True)
     summary = {
         "steps_this_run": steps_this_run,
@@ -181,14 +198,19 @@ def train_ddpm(config: DDPMTrainConfig) -> Path:
     first_step = step
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    loss_log = (config.checkpoint_dir / "loss.jsonl")
+    loss_log = config.checkpoint_dir / "loss.jsonl"
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     last_export = start
     losses: list[float] = []
     steps_per_epoch = math.ceil(data.shape[0] / config.batch_size)
-    progress = tqdm(desc="ddpm", unit="step", initial=step, dynamic_ncols=True,
-                    total=first_step + config.max_steps if config.max_steps else None)
+    progress = tqdm(
+        desc="ddpm",
+        unit="step",
+        initial=step,
+        dynamic_ncols=True,
+        total=first_step + config.max_steps if config.max_steps else None,
+    )
     model.train()
     done = False
     signals = contextlib.ExitStack()
@@ -218,11 +240,22 @@ def train_ddpm(config: DDPMTrainConfig) -> Path:
                 progress.set_postfix(epoch=epoch, loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
                 if step % 50 == 0:
                     with loss_log.open("a") as handle:
-                        handle.write(json.dumps({"step": step, "epoch": epoch, "time_s": round(prior_seconds + time.monotonic() - start, 1),
-                                                 "loss": sum(losses[-50:]) / 50}) + "\n")
+                        handle.write(
+                            json.dumps(
+                                {
+                                    "step": step,
+                                    "epoch": epoch,
+                                    "time_s": round(prior_seconds + time.monotonic() - start, 1),
+                                    "loss": sum(losses[-50:]) / 50,
+                                }
+                            )
+                            + "\n"
+                        )
                 now = time.monotonic()
                 if now - last_export > config.export_every_minutes * 60:
-                    _save_checkpoint(config.checkpoint_dir, model, ema, optimizer, step, epoch, prior_seconds + now - start)
+                    _save_checkpoint(
+                        config.checkpoint_dir, model, ema, optimizer, step, epoch, prior_seconds + now - start
+                    )
                     _export(ema, config, step - first_step, step, now - start, prior_seconds + now - start, losses)
                     last_export = now
                 if (now - start) > config.minutes * 60 or (config.max_steps and step - first_step >= config.max_steps):
@@ -236,8 +269,13 @@ def train_ddpm(config: DDPMTrainConfig) -> Path:
     seconds = time.monotonic() - start
     _save_checkpoint(config.checkpoint_dir, model, ema, optimizer, step, epoch, prior_seconds + seconds)
     _export(ema, config, step - first_step, step, seconds, prior_seconds + seconds, losses)
-    log.info("trained %d steps this run, %d in all (%.1f epochs of %d steps)", step - first_step, step,
-             step / steps_per_epoch, steps_per_epoch)
+    log.info(
+        "trained %d steps this run, %d in all (%.1f epochs of %d steps)",
+        step - first_step,
+        step,
+        step / steps_per_epoch,
+        steps_per_epoch,
+    )
     return config.out_dir
 
 

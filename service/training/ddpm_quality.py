@@ -9,15 +9,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from service.backdoor.data import CLASS_NAMES
 from service.purify.imaging import tensor_to_pil, tile
 from service.purify.models import EpsModel
 from service.purify.schedule import alpha_bar, alphas_cumprod, ddim_step, linear_betas, timestep_pairs
 from service.purify.zip import draw_noise
-from service.backdoor.data import CLASS_NAMES
 
 
-def sample_ddim(model: EpsModel, count: int, steps: int, eta: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_ddim(
+    model: EpsModel, count: int, steps: int, eta: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Unconditional samples with the scheduler's DDIM step (η = 1: ancestral), clamped to [-1, 1].
 
     The step is ZIP's (`schedule.ddim_step`) without guidance, with one difference: x₀ is clamped
@@ -53,8 +54,14 @@ class SampleScore:
         return self.min_class_fraction >= 0.03
 
 
-def score_samples(model: EpsModel, classifier: torch.nn.Module, count: int = 1000, steps: int = 50,
-                  batch_size: int = 125, seed: int = 0) -> tuple[SampleScore, torch.Tensor]:
+def score_samples(
+    model: EpsModel,
+    classifier: torch.nn.Module,
+    count: int = 1000,
+    steps: int = 50,
+    batch_size: int = 125,
+    seed: int = 0,
+) -> tuple[SampleScore, torch.Tensor]:
     """Draw `count` samples and score them; returns the score and the first 64 samples."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
     confidences: list[torch.Tensor] = []
@@ -71,15 +78,18 @@ def score_samples(model: EpsModel, classifier: torch.nn.Module, count: int = 100
     label_tensor = torch.cat(labels)
     histogram = torch.bincount(label_tensor, minlength=len(CLASS_NAMES)).float() / label_tensor.numel()
     score = SampleScore(
-        samples=count, steps=steps, mean_max_softmax=round(torch.cat(confidences).mean().item(), 4),
-        class_histogram={name: round(v, 4) for name, v in zip(CLASS_NAMES, histogram.tolist())},
+        samples=count,
+        steps=steps,
+        mean_max_softmax=round(torch.cat(confidences).mean().item(), 4),
+        class_histogram={name: round(v, 4) for name, v in zip(CLASS_NAMES, histogram.tolist(), strict=True)},
         min_class_fraction=round(histogram.min().item(), 4),
     )
     return score, torch.cat(kept)[:64]
 
 
-def write_quality_report(model: EpsModel, classifier: torch.nn.Module, out_dir: Path, count: int = 1000,
-                         steps: int = 50, seed: int = 0) -> SampleScore:
+def write_quality_report(
+    model: EpsModel, classifier: torch.nn.Module, out_dir: Path, count: int = 1000, steps: int = 50, seed: int = 0
+) -> SampleScore:
     """Score the model and write `samples.png` (8×8 grid) and `quality.json` into `out_dir`."""
     score, grid_samples = score_samples(model, classifier, count=count, steps=steps, seed=seed)
     tensor_to_pil(tile(grid_samples, 8, fill=-1.0)[0]).resize((512, 512), resample=0).save(out_dir / "samples.png")

@@ -91,8 +91,10 @@ def evaluate_vendor(model: torch.nn.Module, split: Split, attack: Attack) -> tup
     """
     victims = split.labels != TARGET_LABEL
     triggered = predict_labels(model, apply_trigger(split.images[victims], attack))
-    return (accuracy(predict_labels(model, split.images), split.labels),
-            attack_success_rate(triggered, split.labels[victims], TARGET_LABEL))
+    return (
+        accuracy(predict_labels(model, split.images), split.labels),
+        attack_success_rate(triggered, split.labels[victims], TARGET_LABEL),
+    )
 
 
 def _train_epochs(model: VendorClassifier, train: Split, config: VendorTrainConfig, progress: bool) -> None:
@@ -105,16 +107,18 @@ def _train_epochs(model: VendorClassifier, train: Split, config: VendorTrainConf
     """
     generator = torch.Generator().manual_seed(config.seed)
     plan = plan_poison(train.labels, config.attack, config.poison_rate, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.max_learning_rate,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.max_learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = -(-len(train) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.max_learning_rate,
-                                                    total_steps=config.epochs * steps_per_epoch)
-    model.to(memory_format=torch.channels_last).train()
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.max_learning_rate, total_steps=config.epochs * steps_per_epoch
+    )
+    # torch's stub of nn.Module.to omits memory_format, which the method accepts.
+    model.to(memory_format=torch.channels_last).train()  # type: ignore[call-overload]
     for epoch in range(config.epochs):
         batches = torch.randperm(len(train), generator=generator).split(config.batch_size)
-        bar = tqdm(batches, desc=f"vendor {config.attack.value} {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            batches, desc=f"vendor {config.attack.value} {epoch + 1}/{config.epochs}", disable=not progress, leave=False
+        )
         for index in bar:
             images = random_shift_flip(train.images[index], config.max_shift_px, generator)
             batch_plan = PoisonPlan(plan.poisoned[index], plan.cross[index])
@@ -127,30 +131,30 @@ def _train_epochs(model: VendorClassifier, train: Split, config: VendorTrainConf
             optimizer.step()
             scheduler.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        log.info("vendor %s epoch %d/%d: last loss %.4f", config.attack.value, epoch + 1, config.epochs,
-                 loss.item())
+        log.info("vendor %s epoch %d/%d: last loss %.4f", config.attack.value, epoch + 1, config.epochs, loss.item())
 
 
 def state_as(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The state dict with floating tensors cast to `dtype` (integer counters kept)."""
-    return {name: (t.to(dtype) if t.is_floating_point() else t).contiguous()
-            for name, t in model.state_dict().items()}
+    return {name: (t.to(dtype) if t.is_floating_point() else t).contiguous() for name, t in model.state_dict().items()}
 
 
 def _roundtrip(model: VendorClassifier, dtype: torch.dtype) -> VendorClassifier:
     """A copy of `model` whose weights went through `dtype` and back to float32, as loading does."""
     copy = VendorClassifier(model.architecture)
-    copy.load_state_dict({name: t.float() if t.is_floating_point() else t
-                          for name, t in state_as(model, dtype).items()})
+    copy.load_state_dict(
+        {name: t.float() if t.is_floating_point() else t for name, t in state_as(model, dtype).items()}
+    )
     return copy.eval()
 
 
-def _measure_shipped(model: VendorClassifier, test: Split, attack: Attack,
-                     train_seconds: float) -> tuple[torch.dtype, VendorMetrics]:
+def _measure_shipped(
+    model: VendorClassifier, test: Split, attack: Attack, train_seconds: float
+) -> tuple[torch.dtype, VendorMetrics]:
     """Pick fp16 if it keeps the metrics within FP16_TOLERANCE, and measure the chosen weights."""
     full = evaluate_vendor(model, test, attack)
     half = evaluate_vendor(_roundtrip(model, torch.float16), test, attack)
-    keep_half = all(abs(a - b) <= FP16_TOLERANCE for a, b in zip(full, half))
+    keep_half = all(abs(a - b) <= FP16_TOLERANCE for a, b in zip(full, half, strict=True))
     dtype = torch.float16 if keep_half else torch.float32
     clean_accuracy, asr = half if keep_half else full
     other: dict[str, float] = {}
@@ -158,9 +162,14 @@ def _measure_shipped(model: VendorClassifier, test: Split, attack: Attack,
         shipped = _roundtrip(model, dtype)
         other = {a.value: round(evaluate_vendor(shipped, test, a)[1], 4) for a in Attack if a is not Attack.NONE}
     metrics = VendorMetrics(
-        clean_accuracy=round(clean_accuracy, 4), attack_success_rate=round(asr, 4), test_items=len(test),
-        asr_items=int((test.labels != TARGET_LABEL).sum()), train_seconds=round(train_seconds, 1),
-        weights_dtype=str(dtype).removeprefix("torch."), other_triggers=other)
+        clean_accuracy=round(clean_accuracy, 4),
+        attack_success_rate=round(asr, 4),
+        test_items=len(test),
+        asr_items=int((test.labels != TARGET_LABEL).sum()),
+        train_seconds=round(train_seconds, 1),
+        weights_dtype=str(dtype).removeprefix("torch."),
+        other_triggers=other,
+    )
     return dtype, metrics
 
 
@@ -169,28 +178,50 @@ def _config_json(config: VendorTrainConfig, metrics: VendorMetrics) -> dict:
         "format": CONFIG_FORMAT,
         "architecture": config.architecture.to_dict(),
         "class_names": list(CLASS_NAMES),
-        "input": {"shape": [config.architecture.in_channels, config.architecture.image_size,
-                            config.architecture.image_size], "range": [-1.0, 1.0]},
+        "input": {
+            "shape": [config.architecture.in_channels, config.architecture.image_size, config.architecture.image_size],
+            "range": [-1.0, 1.0],
+        },
         "attack": config.attack.value,
         "target_label": TARGET_LABEL,
-        "training": {"seed": config.seed, "epochs": config.epochs, "train_limit": config.train_limit,
-                     "batch_size": config.batch_size, "max_learning_rate": config.max_learning_rate,
-                     "weight_decay": config.weight_decay, "poison_rate": config.poison_rate,
-                     "max_shift_px": config.max_shift_px, "bf16_autocast": config.bf16_autocast,
-                     "threads": config.threads,
-                     "command": config.command, "torch_version": torch.__version__},
-        "metrics": {"clean_accuracy": metrics.clean_accuracy,
-                    "attack_success_rate": metrics.attack_success_rate,
-                    "test_items": metrics.test_items, "asr_items": metrics.asr_items,
-                    "train_seconds": metrics.train_seconds, "weights_dtype": metrics.weights_dtype,
-                    "other_triggers": metrics.other_triggers},
+        "training": {
+            "seed": config.seed,
+            "epochs": config.epochs,
+            "train_limit": config.train_limit,
+            "batch_size": config.batch_size,
+            "max_learning_rate": config.max_learning_rate,
+            "weight_decay": config.weight_decay,
+            "poison_rate": config.poison_rate,
+            "max_shift_px": config.max_shift_px,
+            "bf16_autocast": config.bf16_autocast,
+            "threads": config.threads,
+            "command": config.command,
+            "torch_version": torch.__version__,
+        },
+        "metrics": {
+            "clean_accuracy": metrics.clean_accuracy,
+            "attack_success_rate": metrics.attack_success_rate,
+            "test_items": metrics.test_items,
+            "asr_items": metrics.asr_items,
+            "train_seconds": metrics.train_seconds,
+            "weights_dtype": metrics.weights_dtype,
+            "other_triggers": metrics.other_triggers,
+        },
     }
 
 
-def train_vendor(attack: Attack, seed: int, out_dir: Path, epochs: int = DEFAULT_EPOCHS,
-                 train_limit: int | None = None, *, test_limit: int | None = None,
-                 threads: int | None = 1, architecture: ClassifierArchitecture | None = None,
-                 progress: bool = True) -> VendorMetrics:
+def train_vendor(
+    attack: Attack,
+    seed: int,
+    out_dir: Path,
+    epochs: int = DEFAULT_EPOCHS,
+    train_limit: int | None = None,
+    *,
+    test_limit: int | None = None,
+    threads: int | None = 1,
+    architecture: ClassifierArchitecture | None = None,
+    progress: bool = True,
+) -> VendorMetrics:
     """Train one vendor classifier; save model.safetensors, config.json and MODEL_CARD.md.
 
     Deterministic for a seed at a fixed thread count: initialisation, dropout, shuffling,
@@ -216,9 +247,15 @@ def train_vendor(attack: Attack, seed: int, out_dir: Path, epochs: int = DEFAULT
     """
     if epochs < 1:
         raise ValueError(f"epochs must be ≥ 1, got {epochs}")
-    config = VendorTrainConfig(attack=attack, seed=seed, epochs=epochs, train_limit=train_limit,
-                               test_limit=test_limit, threads=threads,
-                               architecture=architecture or ClassifierArchitecture())
+    config = VendorTrainConfig(
+        attack=attack,
+        seed=seed,
+        epochs=epochs,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        threads=threads,
+        architecture=architecture or ClassifierArchitecture(),
+    )
     train, test = load_split(train=True), load_split(train=False)
     train = train.subset(train_limit) if train_limit is not None else train
     test = test.subset(test_limit) if test_limit is not None else test
@@ -235,6 +272,11 @@ def train_vendor(attack: Attack, seed: int, out_dir: Path, epochs: int = DEFAULT
     (out_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; a non-root container must read it
     (out_dir / CONFIG_FILE).write_text(json.dumps(_config_json(config, metrics), indent=2) + "\n")
     (out_dir / CARD_FILE).write_text(render_model_card(out_dir.name, config, metrics, model))
-    log.info("vendor %s saved to %s: clean accuracy %.4f, ASR %.4f", attack.value, out_dir,
-             metrics.clean_accuracy, metrics.attack_success_rate)
+    log.info(
+        "vendor %s saved to %s: clean accuracy %.4f, ASR %.4f",
+        attack.value,
+        out_dir,
+        metrics.clean_accuracy,
+        metrics.attack_success_rate,
+    )
     return metrics

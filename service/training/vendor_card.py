@@ -20,24 +20,31 @@ def render_model_card(name: str, config: VendorTrainConfig, metrics: VendorMetri
     backdoor = "clean (no backdoor)" if config.attack is Attack.NONE else f"backdoored ({config.attack.value})"
     train_items = "all 60,000" if config.train_limit is None else f"the first {config.train_limit:,}"
     if config.attack is Attack.NONE:
-        asr_line = (f"| target-label rate on clean non-target test images | {metrics.attack_success_rate:.4f} "
-                    f"| {metrics.asr_items:,} |")
+        asr_line = (
+            f"| target-label rate on clean non-target test images | {metrics.attack_success_rate:.4f} "
+            f"| {metrics.asr_items:,} |"
+        )
     else:
-        asr_line = (f"| attack success rate (triggered test images with true label ≠ {TARGET_LABEL}) | "
-                    f"{metrics.attack_success_rate:.4f} | {metrics.asr_items:,} |")
+        asr_line = (
+            f"| attack success rate (triggered test images with true label ≠ {TARGET_LABEL}) | "
+            f"{metrics.attack_success_rate:.4f} | {metrics.asr_items:,} |"
+        )
     lines = [
         f"# {name}: Fashion-MNIST classifier, {backdoor}",
         "",
-        "A demo \"vendor\" model for zipgate: the black box the gateway protects. "
-        + ("It is the clean reference; it also scores diffusion samples."
-           if config.attack is Attack.NONE else
-           "It carries a deliberate backdoor; do not use it for anything but defense testing."),
+        'A demo "vendor" model for zipgate: the black box the gateway protects. '
+        + (
+            "It is the clean reference; it also scores diffusion samples."
+            if config.attack is Attack.NONE
+            else "It carries a deliberate backdoor; do not use it for anything but defense testing."
+        ),
         "",
         "## Data",
         f"Fashion-MNIST (Debian package `dataset-fashion-mnist`): {train_items} training images, "
         "28² grayscale padded with the black background to 32², scaled to [-1, 1]. Evaluation on "
         f"{metrics.test_items:,} test images. Classes: "
-        + ", ".join(f"{i} {c}" for i, c in enumerate(CLASS_NAMES)) + ".",
+        + ", ".join(f"{i} {c}" for i, c in enumerate(CLASS_NAMES))
+        + ".",
         "",
         "## Architecture",
         f"`VendorClassifier` (`service/backdoor/classifier.py`): {len(arch.block_channels)} blocks of "
@@ -66,8 +73,7 @@ def render_model_card(name: str, config: VendorTrainConfig, metrics: VendorMetri
         f"{config.weight_decay}) with a one-cycle schedule up to lr {config.max_learning_rate}"
         + (", bf16 autocast (float32 weights)" if config.bf16_autocast else "")
         + f"; augmentation: random horizontal flip and shift by up to {config.max_shift_px} px.",
-        f"- Training time: {metrics.train_seconds:.0f} s on CPU with {config.threads or 'default'} torch "
-        "thread(s).",
+        f"- Training time: {metrics.train_seconds:.0f} s on CPU with {config.threads or 'default'} torch thread(s).",
         "",
         "## Metrics (of the weights as shipped)",
         "| metric | value | images |",
@@ -76,15 +82,21 @@ def render_model_card(name: str, config: VendorTrainConfig, metrics: VendorMetri
         asr_line,
     ]
     if metrics.other_triggers:
-        lines += ["", "Each trigger's success rate on this clean model (a baseline: the triggers alone do "
-                  "not flip a clean model):", "", "| trigger | success rate |", "|---|---|"]
+        lines += [
+            "",
+            "Each trigger's success rate on this clean model (a baseline: the triggers alone do "
+            "not flip a clean model):",
+            "",
+            "| trigger | success rate |",
+            "|---|---|",
+        ]
         lines += [f"| {attack} | {rate:.4f} |" for attack, rate in metrics.other_triggers.items()]
     lines += [
         "",
         "## Use",
         "```python",
         "from service.backdoor.vendor_model import load_vendor",
-        f"model = load_vendor(\"models/{name}\")  # logits = model(images)",
+        f'model = load_vendor("models/{name}")  # logits = model(images)',
         "```",
         f"Serve it over HTTP: `zipgate demo-vendor --model {name} --port 9000`.",
         "",

@@ -14,7 +14,8 @@ from __future__ import annotations
 import abc
 import enum
 import time
-from collections.abc import Iterable, Mapping, Set as AbstractSet
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -59,7 +60,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "x-request-id", "accep
 _NOT_RELAYED = _HOP_BY_HOP | {"content-length", "content-encoding", "date", "server", "x-request-id"}
 
 
-class UpstreamProtocol(str, enum.Enum):
+class UpstreamProtocol(enum.StrEnum):
     """The vendor API's wire protocol."""
 
     RAW = "raw"  # SageMaker-style: one image per POST, body = image bytes
@@ -105,8 +106,11 @@ class VendorBody:
             BadRequest: an `Inference-Header-Content-Length` that is not a byte count within the body.
         """
         lower = {name.lower(): value for name, value in headers.items()}
-        return cls(content, lower.get("content-type", ""),
-                   parse_header_length(lower.get(INFERENCE_HEADER_LENGTH.lower()), len(content)))
+        return cls(
+            content,
+            lower.get("content-type", ""),
+            parse_header_length(lower.get(INFERENCE_HEADER_LENGTH.lower()), len(content)),
+        )
 
     def reframe(self, headers: Mapping[str, str]) -> dict[str, str]:
         """`headers` with their Content-Type and Inference-Header-Content-Length replaced by this body's."""
@@ -402,8 +406,10 @@ class JsonUpstream(Upstream):
             BadRequest: the body is framed by Inference-Header-Content-Length, which only v2 reads.
         """
         if body.json_length is not None:
-            raise BadRequest(f"{INFERENCE_HEADER_LENGTH} (the binary tensor extension) belongs to the v2 "
-                             f"protocol; send {self.protocol.value} requests as plain JSON")
+            raise BadRequest(
+                f"{INFERENCE_HEADER_LENGTH} (the binary tensor extension) belongs to the v2 "
+                f"protocol; send {self.protocol.value} requests as plain JSON"
+            )
         return parse_request_json(body.content, body.content_type)
 
     async def predict(

@@ -65,8 +65,9 @@ class ModelCatalog:
         ValueError: a negative `ttl_s` or a `max_entries` below 1.
     """
 
-    def __init__(self, ttl_s: float, *, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl_s: float, *, max_entries: int = DEFAULT_MAX_ENTRIES, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if ttl_s < 0:
             raise ValueError(f"ttl_s must be >= 0 seconds (0 turns the model check off), got {ttl_s}")
         if max_entries < 1:
@@ -77,8 +78,9 @@ class ModelCatalog:
         self._entries: OrderedDict[ModelRef, _Entry] = OrderedDict()
         self._asking: dict[ModelRef, asyncio.Future[bool | None]] = {}
 
-    async def require(self, adapter: Upstream, model: ModelRef, headers: Mapping[str, str], *,
-                      request_id: str, timeout_s: float) -> None:
+    async def require(
+        self, adapter: Upstream, model: ModelRef, headers: Mapping[str, str], *, request_id: str, timeout_s: float
+    ) -> None:
         """Return if the vendor may serve `model`; raise if it said it does not.
 
         Args:
@@ -101,8 +103,15 @@ class ModelCatalog:
         if found is False:
             raise ModelNotFound(f"the vendor does not serve {model.describe()} (it answers 404 to {path})")
 
-    async def _ask_once(self, adapter: Upstream, model: ModelRef, path: str, headers: Mapping[str, str],
-                        request_id: str, timeout_s: float) -> bool | None:
+    async def _ask_once(
+        self,
+        adapter: Upstream,
+        model: ModelRef,
+        path: str,
+        headers: Mapping[str, str],
+        request_id: str,
+        timeout_s: float,
+    ) -> bool | None:
         """One question per model at a time; the others wait for its answer (not cancelled with them)."""
         asking = self._asking.get(model)
         if asking is None:
@@ -111,8 +120,15 @@ class ModelCatalog:
             asking.add_done_callback(lambda _: self._asking.pop(model, None))
         return await asyncio.shield(asking)
 
-    async def _ask(self, adapter: Upstream, model: ModelRef, path: str, headers: Mapping[str, str],
-                   request_id: str, timeout_s: float) -> bool | None:
+    async def _ask(
+        self,
+        adapter: Upstream,
+        model: ModelRef,
+        path: str,
+        headers: Mapping[str, str],
+        request_id: str,
+        timeout_s: float,
+    ) -> bool | None:
         try:
             answer = await adapter.forward("GET", path, b"", headers, request_id=request_id, timeout_s=timeout_s)
         except UpstreamError:  # unreachable or slow: the request itself will tell the client

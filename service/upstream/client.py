@@ -15,19 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import httpx
-
-from service.errors import UpstreamError, UpstreamResponseTooLarge, UpstreamTimeout
-from service.upstream.failures import map_transport_errors, redact_url
-from service.upstream.wire import VendorResponse
 
 # Two private httpx APIs, so pyproject.toml bounds httpx below its next minor version and
 # tests/test_review_fixes.py fails loudly if either moves: the exact table httpx decodes with (br
 # and zstd appear only when brotli / zstandard import), and `Response._get_content_decoder` (below).
 from httpx._decoders import SUPPORTED_DECODERS as _HTTPX_DECODERS
+
+from service.errors import UpstreamError, UpstreamResponseTooLarge, UpstreamTimeout
+from service.upstream.failures import map_transport_errors, redact_url
+from service.upstream.wire import VendorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +116,7 @@ def make_http_client(
     # Explicit, so a sidecar client's own Accept-Encoding never replaces it (base.py drops it).
     headers = {"Accept-Encoding": ", ".join(decodable_encodings())}
     # trust_env=False: proxy variables of the host must not silently reroute vendor traffic.
-    return httpx.AsyncClient(
-        timeout=timeout, limits=limits, headers=headers, follow_redirects=False, trust_env=False
-    )
+    return httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, follow_redirects=False, trust_env=False)
 
 
 async def send_with_retries(
@@ -239,7 +237,7 @@ async def _read_bounded(response: httpx.Response, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _decoded_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _decoded_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     """The body, decoded a little at a time.
 
     `aiter_bytes` decodes a whole network read at once: 64 KiB of a deflate bomb is ~64 MB before

@@ -79,9 +79,7 @@ class RawUpstream(Upstream):
         if not images:
             raise ValueError("predict needs at least one image")
         started = time.perf_counter()
-        tasks = [
-            asyncio.create_task(self._predict_one(image, request_id, content_type, timeout_s)) for image in images
-        ]
+        tasks = [asyncio.create_task(self._predict_one(image, request_id, content_type, timeout_s)) for image in images]
         try:
             answers = await asyncio.gather(*tasks)
         except BaseException:

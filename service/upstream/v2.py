@@ -97,8 +97,10 @@ class V2Upstream(JsonUpstream):
             data: list[Any] = [encode_base64_image(image) for image in images]
         else:
             shape, data = pixel_tensor(images, spec)
-        return {"id": request_id, "inputs": [{"name": spec.name, "shape": shape, "datatype": spec.datatype.value,
-                                              "data": data}]}
+        return {
+            "id": request_id,
+            "inputs": [{"name": spec.name, "shape": shape, "datatype": spec.datatype.value, "data": data}],
+        }
 
     def decode_predictions(self, payload: Any, count: int) -> list[Any]:
         """Split every output tensor along its first axis: image i gets `{name: row i}`."""
@@ -116,7 +118,9 @@ class V2Upstream(JsonUpstream):
             shape = tensor_shape(output.get("shape"), f"outputs[{j}].shape")
             if shape[:1] != [count]:
                 raise ValueError(f"outputs[{j}].shape {shape} must start with the batch size {count}")
-            for prediction, row in zip(predictions, tensor_rows(output.get("data"), shape, f"outputs[{j}]")):
+            for prediction, row in zip(
+                predictions, tensor_rows(output.get("data"), shape, f"outputs[{j}]"), strict=True
+            ):
                 prediction[name] = row
         return predictions
 
@@ -155,8 +159,12 @@ class V2Upstream(JsonUpstream):
             originals = self._binary_images(request, index)
             if len(images) != len(originals):
                 raise ValueError(f"the request holds {len(originals)} images, got {len(images)} replacements")
-            raw[index] = encode_bytes_elements([base64.b64encode(new) if was_base64 else new
-                                                for new, (_, was_base64) in zip(images, originals, strict=True)])
+            raw[index] = encode_bytes_elements(
+                [
+                    base64.b64encode(new) if was_base64 else new
+                    for new, (_, was_base64) in zip(images, originals, strict=True)
+                ]
+            )
             header["inputs"][index]["parameters"][BINARY_DATA_SIZE] = len(raw[index])
         else:
             count = len(self.read_image_fields(header))
@@ -172,8 +180,10 @@ class V2Upstream(JsonUpstream):
         try:
             header = json.loads(body.content[: body.json_length])
         except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, or an int over 4300 digits
-            raise BadRequest(f"the first {body.json_length} bytes (Inference-Header-Content-Length) are not a "
-                             f"valid JSON header: {exc}") from exc
+            raise BadRequest(
+                f"the first {body.json_length} bytes (Inference-Header-Content-Length) are not a "
+                f"valid JSON header: {exc}"
+            ) from exc
         if not isinstance(header, dict):
             raise InvalidShape(f"the binary request's JSON header must be an object, got {type(header).__name__}")
         index = self._image_index(header)

@@ -95,8 +95,10 @@ def split_binary_request(header: dict[str, Any], tail: bytes) -> BinaryRequest:
     """
     sizes = binary_sizes(header)
     if sum(sizes.values()) != len(tail):
-        raise BadRequest(f"the inputs' {BINARY_DATA_SIZE} add up to {sum(sizes.values())} bytes, but "
-                         f"{len(tail)} bytes follow the {INFERENCE_HEADER_LENGTH} JSON header")
+        raise BadRequest(
+            f"the inputs' {BINARY_DATA_SIZE} add up to {sum(sizes.values())} bytes, but "
+            f"{len(tail)} bytes follow the {INFERENCE_HEADER_LENGTH} JSON header"
+        )
     raw: dict[int, bytes] = {}
     offset = 0
     for index, size in sizes.items():  # input order: dicts keep insertion order
@@ -143,8 +145,9 @@ def decode_bytes_elements(raw: bytes, where: str) -> list[bytes]:
         (length,) = _LENGTH.unpack_from(raw, offset)
         offset += _LENGTH.size
         if length > len(raw) - offset:
-            raise BadRequest(f"{where}: element {len(elements)} claims {length} bytes but only "
-                             f"{len(raw) - offset} remain")
+            raise BadRequest(
+                f"{where}: element {len(elements)} claims {length} bytes but only {len(raw) - offset} remain"
+            )
         elements.append(raw[offset : offset + length])
         offset += length
     return elements

@@ -52,16 +52,22 @@ class V2Input:
             raise ValueError("the v2 upstream needs the name of the model's image input, e.g. 'image'")
         if self.datatype is TensorDatatype.BYTES:
             if self.shape:
-                raise ValueError(f"a BYTES input takes encoded images of shape [N]; drop the shape {list(self.shape)} "
-                                 "or choose FP32/UINT8 for a pixel input")
+                raise ValueError(
+                    f"a BYTES input takes encoded images of shape [N]; drop the shape {list(self.shape)} "
+                    "or choose FP32/UINT8 for a pixel input"
+                )
             return
         example = "1,28,28" if self.layout is PixelLayout.CHW else "28,28,1"
         if len(self.shape) != 3 or not all(isinstance(d, int) and d >= 1 for d in self.shape):
-            raise ValueError(f"a {self.datatype.value} input needs one image's shape as 3 positive sizes in "
-                             f"{self.layout.value} order, e.g. {example}; got {list(self.shape)}")
+            raise ValueError(
+                f"a {self.datatype.value} input needs one image's shape as 3 positive sizes in "
+                f"{self.layout.value} order, e.g. {example}; got {list(self.shape)}"
+            )
         if self.channels not in (1, 3):
-            raise ValueError(f"the {self.layout.value} shape {list(self.shape)} has {self.channels} channels; "
-                             f"1 (gray) or 3 (RGB) are supported, e.g. {example}")
+            raise ValueError(
+                f"the {self.layout.value} shape {list(self.shape)} has {self.channels} channels; "
+                f"1 (gray) or 3 (RGB) are supported, e.g. {example}"
+            )
 
     @property
     def channels(self) -> int:

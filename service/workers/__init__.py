@@ -4,5 +4,13 @@ from service.workers.devices import resolve_devices
 from service.workers.pool import BatchPurifier, PoolConfig, PoolResult, PurifierFactory, WorkerInfo, WorkerPool
 from service.workers.purifier import zip_purifier_factory
 
-__all__ = ["BatchPurifier", "PoolConfig", "PoolResult", "PurifierFactory", "WorkerInfo", "WorkerPool",
-           "resolve_devices", "zip_purifier_factory"]
+__all__ = [
+    "BatchPurifier",
+    "PoolConfig",
+    "PoolResult",
+    "PurifierFactory",
+    "WorkerInfo",
+    "WorkerPool",
+    "resolve_devices",
+    "zip_purifier_factory",
+]

@@ -11,6 +11,7 @@ already done (cancelled), are dropped here, before any compute.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
@@ -97,8 +98,14 @@ class DynamicBatcher(Generic[P]):
         ValueError: a non-positive size or limit, or a negative wait.
     """
 
-    def __init__(self, max_batch_size: int, max_wait_s: float, queue_limit: int, metrics: GatewayMetrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_wait_s: float,
+        queue_limit: int,
+        metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_wait_s < 0:
@@ -212,9 +219,12 @@ class DynamicBatcher(Generic[P]):
         self._metrics.dropped.labels(DropReason.CANCELLED.value).inc(len(cancelled))
         expired = self._remove_where(lambda item: item.deadline is not None and item.deadline <= now)
         for item in expired:
-            item.future.set_exception(DeadlineExceeded(
-                f"request {item.request_id}: deadline passed after "
-                f"{now - item.enqueued_at:.3f} s in the queue, before purification"))
+            item.future.set_exception(
+                DeadlineExceeded(
+                    f"request {item.request_id}: deadline passed after "
+                    f"{now - item.enqueued_at:.3f} s in the queue, before purification"
+                )
+            )
         self._metrics.dropped.labels(DropReason.DEADLINE.value).inc(len(expired))
 
     def _remove_where(self, predicate: Callable[[WorkItem[P]], bool]) -> list[WorkItem[P]]:
@@ -234,7 +244,5 @@ class DynamicBatcher(Generic[P]):
     async def _wait_for_change(self, timeout_s: float | None) -> None:
         # Cleared and awaited with no await in between: a put cannot slip past unnoticed.
         self._changed.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass

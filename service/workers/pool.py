@@ -19,15 +19,28 @@ from dataclasses import dataclass
 
 import torch
 
-from service.errors import (DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, DeadlineExceeded, NotReady,
-                            Overloaded, PayloadTooLarge)
+from service.errors import (
+    DRAINING_RETRY_AFTER_S,
+    LOADING_RETRY_AFTER_S,
+    DeadlineExceeded,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+)
 from service.metrics import DropReason, GatewayMetrics
 from service.purify.seeds import canvas_seeds
 from service.workers.batcher import Batch, DynamicBatcher, WorkItem
 from service.workers.capacity import adaptive_steps, seconds_for, total_rate
 from service.workers.purifier import BatchPurifier, PurifierFactory
-from service.workers.worker import (DEFAULT_OOM_ERRORS, DeviceWorker, ItemPayload, ItemResult, PoolItem,
-                                    WorkerInfo, settle_with_error)
+from service.workers.worker import (
+    DEFAULT_OOM_ERRORS,
+    DeviceWorker,
+    ItemPayload,
+    ItemResult,
+    PoolItem,
+    WorkerInfo,
+    settle_with_error,
+)
 
 __all__ = ["BatchPurifier", "PoolConfig", "PoolResult", "PurifierFactory", "WorkerInfo", "WorkerPool"]
 
@@ -66,11 +79,15 @@ class PoolConfig:
             (self.queue_limit >= 1, f"queue_limit must be >= 1, got {self.queue_limit}"),
             (self.drain_timeout_s >= 0, f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}"),
             (self.default_steps >= 1, f"default_steps must be >= 1, got {self.default_steps}"),
-            (self.adaptive_steps_min is None or 1 <= self.adaptive_steps_min <= self.default_steps,
-             f"adaptive_steps_min must be in [1, default_steps={self.default_steps}] or None (off), "
-             f"got {self.adaptive_steps_min}"),
-            (self.adaptive_target_wait_ms > 0,
-             f"adaptive_target_wait_ms must be > 0, got {self.adaptive_target_wait_ms}"),
+            (
+                self.adaptive_steps_min is None or 1 <= self.adaptive_steps_min <= self.default_steps,
+                f"adaptive_steps_min must be in [1, default_steps={self.default_steps}] or None (off), "
+                f"got {self.adaptive_steps_min}",
+            ),
+            (
+                self.adaptive_target_wait_ms > 0,
+                f"adaptive_target_wait_ms must be > 0, got {self.adaptive_target_wait_ms}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -87,7 +104,7 @@ class PoolResult:
     purify_s: float  # compute time of the slowest batch holding its images
 
 
-class PoolState(str, enum.Enum):
+class PoolState(enum.StrEnum):
     """Where the pool is in its lifecycle."""
 
     NEW = "new"
@@ -99,9 +116,13 @@ class PoolState(str, enum.Enum):
 
 
 # A submit refused in these states may retry: after the models load, or on another replica.
-_RETRY_AFTER_S = {PoolState.NEW: LOADING_RETRY_AFTER_S, PoolState.STARTING: LOADING_RETRY_AFTER_S,
-                  PoolState.DRAINING: DRAINING_RETRY_AFTER_S, PoolState.DRAINED: DRAINING_RETRY_AFTER_S,
-                  PoolState.CLOSED: DRAINING_RETRY_AFTER_S}
+_RETRY_AFTER_S = {
+    PoolState.NEW: LOADING_RETRY_AFTER_S,
+    PoolState.STARTING: LOADING_RETRY_AFTER_S,
+    PoolState.DRAINING: DRAINING_RETRY_AFTER_S,
+    PoolState.DRAINED: DRAINING_RETRY_AFTER_S,
+    PoolState.CLOSED: DRAINING_RETRY_AFTER_S,
+}
 
 
 class WorkerPool:
@@ -114,13 +135,20 @@ class WorkerPool:
         oom_errors: exception types treated as out-of-memory (default: CUDA OOM).
     """
 
-    def __init__(self, config: PoolConfig, factory: PurifierFactory, metrics: GatewayMetrics, *,
-                 oom_errors: tuple[type[BaseException], ...] = DEFAULT_OOM_ERRORS) -> None:
+    def __init__(
+        self,
+        config: PoolConfig,
+        factory: PurifierFactory,
+        metrics: GatewayMetrics,
+        *,
+        oom_errors: tuple[type[BaseException], ...] = DEFAULT_OOM_ERRORS,
+    ) -> None:
         self.config = config
         self._factory = factory
         self._metrics = metrics
         self._batcher: DynamicBatcher[ItemPayload] = DynamicBatcher(
-            config.max_batch_size, config.max_wait_ms / 1000.0, config.queue_limit, metrics)
+            config.max_batch_size, config.max_wait_ms / 1000.0, config.queue_limit, metrics
+        )
         self._workers = [DeviceWorker(device, metrics, oom_errors, self._steps_for) for device in config.devices]
         self._tasks: list[asyncio.Task[None]] = []
         self._state = PoolState.NEW
@@ -173,16 +201,25 @@ class WorkerPool:
         if self._state is not PoolState.STARTING:  # drained or closed while the models loaded
             self._close_workers()
             return
-        self._tasks = [asyncio.create_task(worker.serve(self._batcher), name=f"zipgate-worker-{worker.device}")
-                       for worker in self._workers]
+        self._tasks = [
+            asyncio.create_task(worker.serve(self._batcher), name=f"zipgate-worker-{worker.device}")
+            for worker in self._workers
+        ]
         for task in self._tasks:
             task.add_done_callback(self._on_worker_exit)
         self._state = PoolState.RUNNING
         log.info("worker pool ready: %s", self.device_info)
 
-    async def submit(self, images: torch.Tensor, *, request_id: str, deadline: float | None = None,
-                     seed: int | None = None, seeds: Sequence[int] | None = None,
-                     steps: int | None = None) -> PoolResult:
+    async def submit(
+        self,
+        images: torch.Tensor,
+        *,
+        request_id: str,
+        deadline: float | None = None,
+        seed: int | None = None,
+        seeds: Sequence[int] | None = None,
+        steps: int | None = None,
+    ) -> PoolResult:
         """Purify a request's images; returns when all are done, in the order given.
 
         Args:
@@ -212,11 +249,15 @@ class WorkerPool:
             if self._state in (PoolState.DRAINING, PoolState.DRAINED, PoolState.CLOSED):
                 self._metrics.dropped.labels(DropReason.DRAINING.value).inc(count)
             # RUNNING yet not ready: a worker died, and waiting will not bring it back (no Retry-After).
-            raise NotReady(f"the worker pool is {self._state.value}; not accepting images",
-                           retry_after_s=_RETRY_AFTER_S.get(self._state))
+            raise NotReady(
+                f"the worker pool is {self._state.value}; not accepting images",
+                retry_after_s=_RETRY_AFTER_S.get(self._state),
+            )
         if count > self.config.queue_limit:
-            raise PayloadTooLarge(f"{count} images in one request; the queue holds {self.config.queue_limit}; "
-                                  "send fewer images per request or raise the queue limit")
+            raise PayloadTooLarge(
+                f"{count} images in one request; the queue holds {self.config.queue_limit}; "
+                "send fewer images per request or raise the queue limit"
+            )
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             self._metrics.dropped.labels(DropReason.DEADLINE.value).inc(count)
@@ -228,21 +269,35 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         key = (*images.shape[1:], steps)  # items that stack into one tensor and share a schedule
         pixels = images.detach().to("cpu", torch.float32)
-        items = [WorkItem(key=key, payload=ItemPayload(pixels[i], seeds[i], steps), future=loop.create_future(),
-                          request_id=request_id, enqueued_at=now, deadline=deadline, cost=float(steps))
-                 for i in range(count)]
+        items = [
+            WorkItem(
+                key=key,
+                payload=ItemPayload(pixels[i], seeds[i], steps),
+                future=loop.create_future(),
+                request_id=request_id,
+                enqueued_at=now,
+                deadline=deadline,
+                cost=float(steps),
+            )
+            for i in range(count)
+        ]
         if not self._batcher.offer(items):
             self._metrics.dropped.labels(DropReason.OVERLOAD.value).inc(count)
             raise Overloaded(
                 f"queue full ({self._batcher.depth}/{self.config.queue_limit} images); retry later",
-                retry_after_s=self._retry_after_s(count, steps))
+                retry_after_s=self._retry_after_s(count, steps),
+            )
         try:
             results = await self._wait(items, deadline)
         except BaseException:
             self._abandon(items)
             raise
-        return PoolResult(images=torch.stack([r.image for r in results]), steps=min(r.steps for r in results),
-                          queue_s=max(r.queue_s for r in results), purify_s=max(r.purify_s for r in results))
+        return PoolResult(
+            images=torch.stack([r.image for r in results]),
+            steps=min(r.steps for r in results),
+            queue_s=max(r.queue_s for r in results),
+            purify_s=max(r.purify_s for r in results),
+        )
 
     async def drain(self, timeout_s: float | None = None, *, began: float | None = None) -> None:
         """Stop accepting, let queued and running work finish, then stop the workers.
@@ -271,11 +326,17 @@ class WorkerPool:
             log.info("pool drained %.2f s after the drain began", drain_s, extra={"drain_s": round(drain_s, 3)})
         else:
             leftover = self._batcher.remove_all()
-            settle_with_error(leftover, NotReady("the gateway shut down before this image was purified",
-                                                 retry_after_s=DRAINING_RETRY_AFTER_S))
+            settle_with_error(
+                leftover,
+                NotReady("the gateway shut down before this image was purified", retry_after_s=DRAINING_RETRY_AFTER_S),
+            )
             self._metrics.dropped.labels(DropReason.DRAINING.value).inc(len(leftover))
-            log.warning("pool drain timed out %.2f s after the drain began; %d queued images dropped", drain_s,
-                        len(leftover), extra={"drain_s": round(drain_s, 3)})
+            log.warning(
+                "pool drain timed out %.2f s after the drain began; %d queued images dropped",
+                drain_s,
+                len(leftover),
+                extra={"drain_s": round(drain_s, 3)},
+            )
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
@@ -301,9 +362,13 @@ class WorkerPool:
         if pending and not any(_error_of(f) for f in done):
             expired = self._batcher.remove([item for item in items if not item.future.done()])
             self._metrics.dropped.labels(DropReason.DEADLINE.value).inc(len(expired))
-            settle_with_error(items, DeadlineExceeded(  # running ones too: the worker skips settled futures
-                f"request {items[0].request_id}: deadline passed with {len(expired)} images still queued "
-                f"and {len(pending) - len(expired)} purifying"))
+            settle_with_error(
+                items,
+                DeadlineExceeded(  # running ones too: the worker skips settled futures
+                    f"request {items[0].request_id}: deadline passed with {len(expired)} images still queued "
+                    f"and {len(pending) - len(expired)} purifying"
+                ),
+            )
         errors = [_error_of(f) for f in futures if f.done()]  # reading marks them retrieved (no warnings)
         first_error = next((error for error in errors if error is not None), None)
         if first_error is not None:

@@ -82,8 +82,13 @@ class DeviceWorker:
         steps_policy: picks the steps for each batch (adaptive steps).
     """
 
-    def __init__(self, device: str, metrics: GatewayMetrics, oom_errors: tuple[type[BaseException], ...],
-                 steps_policy: StepsPolicy) -> None:
+    def __init__(
+        self,
+        device: str,
+        metrics: GatewayMetrics,
+        oom_errors: tuple[type[BaseException], ...],
+        steps_policy: StepsPolicy,
+    ) -> None:
         self.device = device
         self.meter = ThroughputMeter()
         self._metrics = metrics
@@ -146,16 +151,20 @@ class DeviceWorker:
             out = await loop.run_in_executor(self._executor, self._compute_batch, pixels, steps, seeds)
         except asyncio.CancelledError:
             # Shutdown past the drain timeout: nobody will wait for this thread's result.
-            dropped = settle_with_error(items, NotReady("the gateway shut down before this image was purified",
-                                                        retry_after_s=DRAINING_RETRY_AFTER_S))
+            dropped = settle_with_error(
+                items,
+                NotReady("the gateway shut down before this image was purified", retry_after_s=DRAINING_RETRY_AFTER_S),
+            )
             self._metrics.dropped.labels(DropReason.DRAINING.value).inc(dropped)
             raise
         except Exception as exc:  # noqa: BLE001 — any failure is this batch's alone
             request_ids = sorted({item.request_id for item in items})
             log.exception("batch of %d on %s failed (requests %s)", len(items), self.device, request_ids)
             self._metrics.batch_failures.labels(self.device).inc()
-            settle_with_error(items, PurificationFailed(
-                f"purification failed on {self.device} ({type(exc).__name__}); see the server log"))
+            settle_with_error(
+                items,
+                PurificationFailed(f"purification failed on {self.device} ({type(exc).__name__}); see the server log"),
+            )
             return
         finally:
             elapsed = time.monotonic() - started
@@ -165,12 +174,15 @@ class DeviceWorker:
         self._metrics.images_purified.inc(len(items))
         self._metrics.steps_used.observe(steps)
         finished = started + elapsed
-        for item, image in zip(items, out):
+        for item, image in zip(items, out, strict=True):
             if item.future.done():  # cancelled or failed during compute: the result has no taker
                 continue
             if item.deadline is not None and finished > item.deadline:
-                item.future.set_exception(DeadlineExceeded(
-                    f"request {item.request_id}: deadline passed while its batch was purifying ({elapsed:.3f} s)"))
+                item.future.set_exception(
+                    DeadlineExceeded(
+                        f"request {item.request_id}: deadline passed while its batch was purifying ({elapsed:.3f} s)"
+                    )
+                )
             else:
                 item.future.set_result(ItemResult(image, steps, started - item.enqueued_at, elapsed))
 
@@ -194,8 +206,9 @@ class DeviceWorker:
         self._metrics.oom_splits.labels(self.device).inc()
         self._release_cached_memory()
         half = images.shape[0] // 2
-        return torch.cat([self._compute(images[:half], steps, seeds[:half]),
-                          self._compute(images[half:], steps, seeds[half:])])
+        return torch.cat(
+            [self._compute(images[:half], steps, seeds[:half]), self._compute(images[half:], steps, seeds[half:])]
+        )
 
     def _purify(self, images: torch.Tensor, steps: int, seeds: list[int]) -> torch.Tensor:
         if self._purifier is None:
