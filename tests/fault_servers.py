@@ -210,9 +210,14 @@ def http_response_head(
     content_type: str = "application/json",
     headers: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
-    """The bytes of an HTTP/1.1 response head: a fixed Content-Length, or chunked when None."""
+    """The bytes of an HTTP/1.1 response head: a fixed Content-Length, or chunked when None.
+
+    It says `connection: close` because every hand-built server here closes after one answer:
+    without it the client may reuse the connection for its next request before the FIN arrives,
+    and that request then meets a reset (a race a loaded machine loses now and then).
+    """
     framing = ("transfer-encoding", "chunked") if content_length is None else ("content-length", str(content_length))
-    lines = [f"HTTP/1.1 {status} X", f"content-type: {content_type}", "{}: {}".format(*framing)]
+    lines = [f"HTTP/1.1 {status} X", f"content-type: {content_type}", "{}: {}".format(*framing), "connection: close"]
     lines += [f"{name}: {value}" for name, value in headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
