@@ -90,6 +90,10 @@ def test_draining_turns_readyz_503_and_refuses_new_work_but_probes_answer(ddpm: 
             assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
             assert int(refused.headers["retry-after"]) >= 1  # another replica can take it now
             assert get(f"{url}/healthz").status_code == 200
+            # The v2 probes answer for themselves: still live, no longer ready (the vendor says yes to both).
+            live, v2_ready = get(f"{url}/v2/health/live"), get(f"{url}/v2/health/ready")
+            assert (live.status_code, live.json()) == (200, {"live": True})
+            assert (v2_ready.status_code, v2_ready.json()) == (503, {"ready": False})
             metrics = get(f"{url}/metrics")
             assert metrics.status_code == 200 and metric_value(metrics.text, "zipgate_ready") == 0.0
 
