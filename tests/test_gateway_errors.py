@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,9 +111,8 @@ def test_one_pixel_image_is_purified(client: httpx.Client) -> None:
 def test_huge_declared_size_is_413_before_decoding(client: httpx.Client) -> None:
     bomb = png_header_claiming(100_000, 100_000)  # 10 G pixels declared in a few kB
     assert len(bomb) < 10_000
-    started = time.monotonic()
+    # Decoding it would take minutes and 10 GB: the 413 can only come from the declared size.
     error = assert_error(client.post("/predict", files=_files(bomb)), 413, "payload_too_large")
-    assert time.monotonic() - started < 3.0  # decoding it would take minutes and 10 GB
     assert "pixels" in error["message"]
     # Within PIL's own guard but over ours: refused from the header too.
     assert_error(client.post("/predict", files=_files(png_header_claiming(4000, 4000))), 413, "payload_too_large")
@@ -254,9 +252,7 @@ def test_a_full_queue_is_429_with_retry_after(upstream: tuple[str, StaticApp]) -
 def _through(upstream_url: str, ddpm: Path, **overrides: object) -> httpx.Response:
     settings = gateway_settings(ddpm, upstream_url, **overrides)
     with running_gateway(settings) as url:
-        started = time.monotonic()
         response = post(f"{url}/predict", files=_files(png_bytes()), timeout=15)
-        response.elapsed_total_s = time.monotonic() - started  # type: ignore[attr-defined]
         follow_up = get(f"{url}/healthz", timeout=2)  # the gateway is still answering
         assert follow_up.status_code == 200
     return response
@@ -265,8 +261,7 @@ def _through(upstream_url: str, ddpm: Path, **overrides: object) -> httpx.Respon
 def test_slow_upstream_is_504(ddpm: Path) -> None:
     with serve_asgi(StaticApp(200, b"{}", delay_s=5.0)) as upstream_url:
         response = _through(upstream_url, ddpm, upstream_timeout_s=0.5)
-    assert_error(response, 504, "upstream_timeout")
-    assert response.elapsed_total_s < 5.0  # type: ignore[attr-defined]
+    assert_error(response, 504, "upstream_timeout")  # a vendor left to answer (after 5 s) would give 200
 
 
 def test_upstream_500_is_502_with_its_status(ddpm: Path) -> None:

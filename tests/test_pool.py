@@ -189,7 +189,7 @@ async def test_retry_after_follows_measured_throughput(make_pool: Callable[..., 
     await eventually(lambda: h.pool.queue_depth == 16, "queue full")
     # 16 × 20 image-steps at ≤ 200 image-steps/s (a loaded machine only sleeps longer): ≥ 1.6 s.
     wait_s = h.pool.estimated_wait_s()
-    assert 1.5 < wait_s < 5.0
+    assert wait_s > 1.5
     with pytest.raises(Overloaded) as rejected:
         await h.pool.submit(images(*range(30, 46)), request_id="too-many")
     assert rejected.value.retry_after_s == pytest.approx(wait_s, rel=0.1)  # all 16 queued must leave first
@@ -206,7 +206,7 @@ async def test_deadline_drops_queued_images_without_computing_them(make_pool: Ca
     start = time.monotonic()
     with pytest.raises(DeadlineExceeded):
         await h.pool.submit(images(2, 3), request_id="late", deadline=time.monotonic() + 0.1)
-    assert 0.09 < time.monotonic() - start < 2.0
+    assert time.monotonic() - start > 0.09  # dropped at the deadline (a loaded machine only takes longer)
     assert h.pool.queue_depth == 0 and dropped(h.metrics, DropReason.DEADLINE) == 2
     with pytest.raises(DeadlineExceeded):
         await h.pool.submit(images(4), request_id="already-late", deadline=time.monotonic() - 1)

@@ -343,7 +343,7 @@ async def test_the_drain_log_gives_the_time_since_the_drain_began(caplog: pytest
     await pool.close()
     timed_out = [record for record in caplog.records if "timed out" in record.getMessage()]
     assert len(timed_out) == 1, [record.getMessage() for record in caplog.records]
-    assert 2.0 <= timed_out[0].drain_s < 10, timed_out[0].getMessage()  # not "after 0.00 s"
+    assert timed_out[0].drain_s >= 2.0, timed_out[0].getMessage()  # not "after 0.00 s"
     assert info.value.retry_after_s == DRAINING_RETRY_AFTER_S
 
 
