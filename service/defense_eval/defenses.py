@@ -70,17 +70,7 @@ class DefenseSetting(ZipConfig):
             return (defense,)
         if defense is Defense.BLUR:
             return (defense, self.transforms.split(",")[0].strip(), self.mirror)
-        return (
-            defense,
-            self.transforms,
-            self.steps,
-            self.guidance_power,
-            self.eta,
-            self.noise_start,
-            self.travel_length,
-            self.travel_repeat,
-            self.mirror,
-        )
+        return (defense, *dataclasses.astuple(self.zip_config()), self.mirror)  # every ZIP knob, votes aside
 
     def describe(self) -> str:
         """A short label, e.g. "blur:2 S=20 λ=0.25 η=1 K=1"."""
