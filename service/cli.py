@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from service.purify.options import DType, SmallImageFit, ZipConfig  # light: enums and the knobs' defaults
+from service.purify.strength import Strength, apply_strength  # light: no torch
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -213,6 +215,10 @@ def eval_command(
     guidance_power: Annotated[float, typer.Option(help="λ; 'inf' disables the mix step.")] = ZipConfig.guidance_power,
     eta: Annotated[float, typer.Option(help="η of the DDIM step, in [0, 1].")] = ZipConfig.eta,
     votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,
+    strength: Annotated[
+        Strength,
+        typer.Option(help="The gateway's ?strength= preset, applied to the knobs above.", case_sensitive=False),
+    ] = Strength.BALANCED,
     mirror: Annotated[
         bool, typer.Option(help="Mirror defended images left-right for the vendor (the gateway's VENDOR_MIRROR).")
     ] = False,
@@ -234,11 +240,17 @@ def eval_command(
     from service.defense_eval.runner import EvalOptions, parse_defenses, parse_vendors, run_eval
 
     try:
+        if gateway is not None and strength is not Strength.BALANCED:
+            raise ValueError(
+                "--strength applies to the in-process evaluation; through a gateway the evaluation asks for "
+                "strength=balanced (the gateway's configured knobs) with --votes"
+            )
+        choice = apply_strength(strength, ZipConfig(transforms, steps, guidance_power, eta), votes)
         options = EvalOptions(
             vendors=parse_vendors(vendor),
             defenses=parse_defenses(defense),
             n=n,
-            setting=DefenseSetting(transforms, steps, guidance_power, eta, votes=votes, mirror=mirror),
+            setting=DefenseSetting(**dataclasses.asdict(choice.config), votes=choice.votes, mirror=mirror),
             seed=seed,
             batch_size=batch_size,
             device=device,

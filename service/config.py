@@ -21,6 +21,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.purify.options import DType, SmallImageFit, ZipConfig, check_eta, check_guidance_power, check_transforms
+from service.purify.strength import Strength, StrengthChoice, apply_strength
 from service.shadow.labels import LabelExtractor
 from service.upstream.base import UpstreamProtocol
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES
@@ -196,6 +197,18 @@ class Settings(BaseSettings):
         ZipConfig.guidance_power, description="λ of the time-dependent mix (> 0); 'inf' disables it."
     )
     eta: float = Field(ZipConfig.eta, description="η of the DDIM step, in [0, 1] (1 = ancestral noise).")
+    noise_start: float = Field(
+        ZipConfig.noise_start,
+        gt=0.0,
+        le=1.0,
+        description="t*/T: start from the input noised to t* instead of pure noise (1); more "
+        "clean accuracy, weaker on low-frequency triggers (docs/defense.md).",
+    )
+    strength: Strength = Field(
+        Strength.BALANCED,
+        description="Strength preset of requests that do not send ?strength=: light (t* = 0.6), "
+        "balanced (the knobs above), strict (at least 3 votes). docs/defense.md, 'Strength presets'.",
+    )
     vendor_mirror: bool = Field(
         False,
         description="Mirror purified images left-right before the vendor sees them "
@@ -441,6 +454,8 @@ class Settings(BaseSettings):
             )
         if self.votes > self.max_votes:
             raise ValueError(f"votes ({self.votes}) exceeds max_votes ({self.max_votes})")
+        if (needed := self.strength_choice(self.strength).votes) > self.max_votes:
+            raise ValueError(f"strength '{self.strength}' purifies {needed} times; max_votes is {self.max_votes}")
         if self.max_image_bytes > self.max_request_bytes:
             raise ValueError(
                 f"max_image_bytes ({self.max_image_bytes}) exceeds max_request_bytes ({self.max_request_bytes}); "
@@ -469,8 +484,12 @@ class Settings(BaseSettings):
 
     @property
     def zip_config(self) -> ZipConfig:
-        """ZIP's knobs as the engine takes them (the gateway runs plain ZIP: t* = 1, L = R = 1)."""
-        return ZipConfig(self.transforms, self.steps, self.guidance_power, self.eta)
+        """ZIP's knobs as the engine takes them (no time travel in the gateway: L = R = 1)."""
+        return ZipConfig(self.transforms, self.steps, self.guidance_power, self.eta, self.noise_start)
+
+    def strength_choice(self, strength: Strength, votes: int | None = None) -> StrengthChoice:
+        """The knobs and votes a request of `strength` runs (`votes`: the request's ?votes=K, else `votes`)."""
+        return apply_strength(strength, self.zip_config, self.votes if votes is None else votes)
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:

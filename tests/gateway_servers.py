@@ -64,7 +64,7 @@ class FakePurifier:
             name="fake", sample_size=TINY_SIZE, channels=1, learned_sigma=False, device="cpu", dtype="float32"
         )
 
-    def __call__(self, batch: torch.Tensor, steps: int, generators: object) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, steps: int, generators: object, variant: object = None) -> torch.Tensor:
         self.busy.set()
         time.sleep(self.delay_s)
         if self.fail:
@@ -105,7 +105,7 @@ class GatedPurifier(FakePurifier):
             self._passes = math.inf
             self._gate.notify_all()
 
-    def __call__(self, batch: torch.Tensor, steps: int, generators: object) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, steps: int, generators: object, variant: object = None) -> torch.Tensor:
         with self._gate:
             self.waiting += 1
             self.busy.set()

@@ -37,7 +37,7 @@ class NoisyPurifier:
         name="probe", sample_size=CANVAS, channels=3, learned_sigma=False, device="cpu", dtype="float32"
     )
 
-    def __call__(self, batch: torch.Tensor, steps: int, generators: object) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, steps: int, generators: object, variant: object = None) -> torch.Tensor:
         return torch.rand_like(batch) * 2 - 1
 
 

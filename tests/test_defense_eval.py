@@ -422,3 +422,23 @@ def test_per_image_labels_reproduce_every_rows_rates(report_dir: Path) -> None:
         assert row["attack_success_rate"] == pytest.approx(float((triggered == TARGET_LABEL).mean()), abs=1e-4)
         poisoned_true = labels[f"{row['attack']}/triggered/true"]
         assert row["poisoned_accuracy"] == pytest.approx(float((triggered == poisoned_true).mean()), abs=1e-4)
+
+
+def test_the_cli_evaluates_a_strength_preset_as_the_gateway_runs_it(world: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    ddpm, models_dir = world
+    common = ["eval", "--vendor", "badnets", "--defense", "zip", "--n", "4", "--steps", "2", "--transforms", "blur:2"]
+    common += ["--model", str(ddpm), "--models-dir", str(models_dir), "--dtype", "fp32", "--threads", "1"]
+    light = CliRunner().invoke(app, [*common, "--strength", "light", "--out", str(tmp_path / "light")])
+    assert light.exit_code == 0, light.output
+    strict = CliRunner().invoke(app, [*common, "--strength", "strict", "--votes", "2", "--out", str(tmp_path / "s")])
+    assert strict.exit_code == 0, strict.output
+    light_row = json.loads((tmp_path / "light" / "results.json").read_text())["rows"][0]
+    strict_row = json.loads((tmp_path / "s" / "results.json").read_text())["rows"][0]
+    assert light_row["setting"]["noise_start"] == 0.6 and light_row["purifications_per_image"] == 1
+    assert strict_row["purifications_per_image"] == 3 and strict_row["setting"]["noise_start"] == 1.0  # ≥ 3 votes
+    refused = CliRunner().invoke(app, [*common, "--strength", "light", "--gateway", "http://127.0.0.1:1"])
+    assert refused.exit_code == 2 and "strength=balanced" in refused.output

@@ -118,6 +118,8 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
     assert body["purification"] == {
         "model": "tiny-ddpm-1ch",
+        "strength": "balanced",
+        "noise_start": 1.0,
         "transforms": "jblur:4",
         "steps": 2,
         "guidance_power": 0.5,

@@ -7,6 +7,7 @@ queue can be filled deterministically; one test runs the real engine on a tiny r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,6 +43,7 @@ class FakePurifier:
     """
 
     calls: list[tuple[list[int], int]] = field(default_factory=list)
+    variants: list[object] = field(default_factory=list)  # per call, the variant it ran
     gate: threading.Event = field(default_factory=threading.Event)  # compute waits while it is clear
     seconds_per_image_step: float = 0.0
     oom_above: int | None = None  # raise FakeOOM for batches larger than this
@@ -52,11 +54,18 @@ class FakePurifier:
         self.gate.set()
         self._lock = threading.Lock()
 
-    def __call__(self, batch: torch.Tensor, steps: int, generators: list[torch.Generator] | None) -> torch.Tensor:
+    def __call__(
+        self,
+        batch: torch.Tensor,
+        steps: int,
+        generators: list[torch.Generator] | None,
+        variant: ZipConfig | None = None,
+    ) -> torch.Tensor:
         ids = [round(v * 100) for v in batch[:, 0, 0, 0].tolist()]
         assert generators is not None and len(generators) == len(ids)
         with self._lock:
             self.calls.append((ids, steps))
+            self.variants.append(variant)
             self.running += 1
         try:
             assert self.gate.wait(WAIT_S), "test forgot to open the gate"
@@ -151,6 +160,22 @@ async def test_concurrent_requests_are_batched_and_answered_in_order(make_pool: 
     assert sample(h.metrics, "zipgate_images_purified_total") == 12
     assert sample(h.metrics, "zipgate_worker_busy_seconds_total", device="cpu") > 0
     assert h.pool.queue_depth == 0 and sample(h.metrics, "zipgate_queue_depth") == 0
+
+
+async def test_images_of_different_variants_never_share_a_batch(make_pool: Callable[..., Harness]) -> None:
+    """A strength preset changes ZIP's knobs: its images batch with their own kind only, and the purifier
+    is told which knobs to run."""
+    h = await make_pool(max_batch_size=8, max_wait_ms=50.0)
+    light = ZipConfig(noise_start=0.6)
+    await hold_worker(h, 90)  # the queue fills behind it, so both variants are waiting when batches form
+    plain = asyncio.create_task(h.pool.submit(images(1, 2, 3), request_id="plain"))
+    varied = asyncio.create_task(h.pool.submit(images(4, 5, 6), request_id="light", variant=light))
+    await eventually(lambda: h.pool.queue_depth == 6, "both requests queued")
+    h.fake.gate.set()
+    results = await asyncio.gather(plain, varied)
+    torch.testing.assert_close(results[1].images, -images(4, 5, 6))
+    by_call = dict(zip((tuple(ids) for ids, _ in h.fake.calls), h.fake.variants, strict=True))
+    assert by_call[(1, 2, 3)] is None and by_call[(4, 5, 6)] == light  # one batch each, not one of six
 
 
 async def test_full_queue_rejects_the_whole_request_and_accepted_ones_complete(
@@ -493,3 +518,6 @@ async def test_real_engine_batch_equals_single_runs_with_the_same_seeds(tmp_path
     assert purifier.purifier_for(5) is purifier.purifier_for(5)
     assert purifier.purifier_for(5) is not purifier.purifier_for(4)
     assert len(purifier.purifier_for(4).pairs) == 4
+    light = ZipConfig("blur:2", guidance_power=1.0, noise_start=0.5)
+    assert purifier.purifier_for(4, light).config == dataclasses.replace(light, steps=4)  # the variant's knobs
+    assert purifier.purifier_for(4, light) is purifier.purifier_for(4, dataclasses.replace(light, steps=9))

@@ -62,7 +62,7 @@ class TriggerRemover(FakePurifier):
         super().__init__()
         self.noisy = noisy
 
-    def __call__(self, batch: torch.Tensor, steps: int, generators: Any) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, steps: int, generators: Any, variant: Any = None) -> torch.Tensor:
         out = batch.clamp(max=0.0)
         if self.noisy:
             for i, generator in enumerate(generators):

@@ -9,6 +9,7 @@ them together, and the end of a drain ends any of them with a 503 (`service.api.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from service.purify.imaging import pil_to_tensor, tensor_to_pil
 from service.purify.options import SmallImageFit
 from service.purify.pipeline import FittedBatch, degraded_images, fit_to_model, restore_images
 from service.purify.seeds import vote_canvas_seeds
+from service.purify.strength import Strength, StrengthChoice
 from service.shadow.labels import LabelExtractor
 from service.shadow.monitor import build_shadow_monitor
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
@@ -213,14 +215,37 @@ class Gateway:
         if not self.ready:
             raise self.not_ready_error()
 
-    def purification_info(self, steps: int, vote_labels: list[list[str | None]] | None = None) -> PurificationInfo:
+    def strength_choice(
+        self, strength: Strength | None = None, votes: int | None = None, *, single: bool = False
+    ) -> StrengthChoice:
+        """What a request runs: its `?strength=` (else the configured default) with its `?votes=K` (else the
+        configured votes). One purification per image with `single` (/purify and sidecar calls return one
+        image or relay one answer) or when purification is off (nothing to vote on).
+
+        Raises:
+            BadRequest: more votes than `max_votes`, asked for or implied by the preset.
+        """
+        settings = self.settings
+        choice = settings.strength_choice(settings.strength if strength is None else strength, votes)
+        if single or self.pool is None:
+            return dataclasses.replace(choice, votes=1)
+        if choice.votes > settings.max_votes:
+            implied = "" if votes is not None and votes >= choice.votes else f" (strength={choice.strength})"
+            raise BadRequest(f"votes={choice.votes}{implied} exceeds this gateway's max_votes ({settings.max_votes})")
+        return choice
+
+    def purification_info(
+        self, steps: int, choice: StrengthChoice, vote_labels: list[list[str | None]] | None = None
+    ) -> PurificationInfo:
         """The response's `purification` block."""
         engine = self.engine
         return PurificationInfo(
             model=engine.model,
-            transforms=self.settings.transforms,
+            strength=choice.strength,
+            transforms=choice.config.transforms,
             steps=steps,
-            guidance_power=self.settings.guidance_power,
+            guidance_power=choice.config.guidance_power,
+            noise_start=choice.config.noise_start,
             vendor_mirror=self.settings.vendor_mirror,
             device=engine.device,
             dtype=engine.dtype,
@@ -254,12 +279,13 @@ class Gateway:
         *,
         include_degraded: bool = False,
         mirror: bool = False,
-        votes: int = 1,
+        choice: StrengthChoice | None = None,
     ) -> PurifiedBatch:
         """Purify in the pool (withdrawn if the client hangs up); PNGs at the original sizes (mirrored if asked).
 
-        With `votes` = K, the canvases are purified K times in one submission, vote k with the
-        seeds `vote_canvas_seeds` gives it (so `?seed=s` repeats every vote).
+        `choice` (default: the configured strength and votes) sets ZIP's knobs and the votes K: the
+        canvases are purified K times in one submission, vote k with the seeds `vote_canvas_seeds`
+        gives it (so `?seed=s` repeats every vote).
 
         Raises:
             NotReady, Overloaded, DeadlineExceeded, PurificationFailed, PayloadTooLarge: from the pool.
@@ -269,6 +295,10 @@ class Gateway:
         if self.pool is None or decoded.fitted is None:
             raise NotReady("purification is disabled on this gateway (purification_enabled=false)", retry_after_s=None)
         fitted = decoded.fitted
+        choice = self.strength_choice(single=True) if choice is None else choice
+        votes = choice.votes
+        # The configured knobs travel as None, so every request that runs them shares batches.
+        variant = None if choice.config == self.settings.zip_config else choice.config
         count = fitted.canvases.shape[0]
         canvases, seeds = fitted.canvases, None
         if votes > 1:
@@ -276,7 +306,14 @@ class Gateway:
             seeds = vote_canvas_seeds(secrets.randbits(62) if ctx.seed is None else ctx.seed, votes, count)
         # deadline=None: the pool enforces it, dropping queued images and late results (its metrics say which).
         result = await guarded(
-            self.pool.submit(canvases, request_id=ctx.request_id, deadline=ctx.deadline, seed=ctx.seed, seeds=seeds),
+            self.pool.submit(
+                canvases,
+                request_id=ctx.request_id,
+                deadline=ctx.deadline,
+                seed=ctx.seed,
+                seeds=seeds,
+                variant=variant,
+            ),
             request_id=ctx.request_id,
             what="purification",
             stopped=self.lifecycle.in_flight_stopped(),
@@ -292,15 +329,15 @@ class Gateway:
             )
         return PurifiedBatch(votes=pngs, degraded_pngs=degraded, steps=result.steps)
 
-    async def prepare(self, blobs: list[bytes], ctx: RequestContext, votes: int = 1) -> PreparedImages:
-        """Decode and purify images for the vendor (K times with votes); with purification off, validate and
-        pass the originals."""
+    async def prepare(self, blobs: list[bytes], ctx: RequestContext, choice: StrengthChoice) -> PreparedImages:
+        """Decode and purify images for the vendor (as `choice` says, K times with votes); with purification
+        off, validate and pass the originals."""
         purifying = self.pool is not None
         decoded = await self.decode(blobs, ctx, fit=purifying)
         if not purifying:
             originals, content_type = originals_for_vendor(decoded)
             return PreparedImages([originals], content_type, steps=None, decoded=decoded)
-        purified = await self.purify(decoded, ctx, mirror=self.settings.vendor_mirror, votes=votes)
+        purified = await self.purify(decoded, ctx, mirror=self.settings.vendor_mirror, choice=choice)
         return PreparedImages(purified.votes, PNG, purified.steps, decoded=decoded)
 
     async def predict(self, prepared: PreparedImages, ctx: RequestContext) -> Prediction:

@@ -20,7 +20,8 @@ from service.api.schemas import (
     PurifyResponse,
     RelayedBody,
 )
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import PayloadTooLarge
+from service.purify.strength import Strength
 from service.shadow.monitor import SHADOW_HEADER, ShadowJob
 from service.upstream import UpstreamProtocol
 
@@ -51,6 +52,16 @@ VotesQuery = Annotated[
         description=(
             "Purify each image K times (K seeds), ask the vendor K times, answer with the majority label's response "
             "(ties: the label voted first). Default: the gateway's `votes`; at most its `max_votes`."
+        ),
+    ),
+]
+StrengthQuery = Annotated[
+    Strength | None,
+    Query(
+        description=(
+            "Purification strength: light (start from the input noised to t* = 0.6: more clean accuracy, weaker on "
+            "low-frequency patches), balanced (the gateway's knobs), strict (at least 3 votes). Default: the "
+            "gateway's `strength`. Measured rows: docs/defense.md, 'Strength presets'."
         ),
     ),
 ]
@@ -111,27 +122,32 @@ def build_predict_router(
         description=f"Purify each image, send it to the vendor, return its predictions. Multipart 'image' "
         f"parts or JSON base64 images; {raw_description}.",
     )
-    async def predict(request: Request, gateway: GatewayDep, ctx: ContextDep, votes: VotesQuery = None) -> Any:
+    async def predict(
+        request: Request,
+        gateway: GatewayDep,
+        ctx: ContextDep,
+        votes: VotesQuery = None,
+        strength: StrengthQuery = None,
+    ) -> Any:
         """Purify, then predict with the vendor model."""
         kind = input_kind(request.headers.get("content-type"))
         if kind is InputKind.RAW_IMAGE and raw_sidecar_on_predict:
             return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.RAW], ctx)
         gateway.require_ready()
         settings = gateway.settings
-        votes = settings.votes if votes is None else votes
-        if votes > settings.max_votes:
-            raise BadRequest(f"votes={votes} exceeds this gateway's max_votes ({settings.max_votes})")
+        choice = gateway.strength_choice(strength, votes)
         blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
-        votes = votes if gateway.pool is not None else 1  # nothing to vote on without purification
-        if len(blobs) * votes > settings.queue_limit:
+        if len(blobs) * choice.votes > settings.queue_limit:
             raise PayloadTooLarge(
-                f"{len(blobs)} images × votes={votes} = {len(blobs) * votes} purifications; the queue holds "
-                f"{settings.queue_limit}: send fewer images or ask for fewer votes"
+                f"{len(blobs)} images × votes={choice.votes} = {len(blobs) * choice.votes} purifications; the queue "
+                f"holds {settings.queue_limit}: send fewer images or ask for fewer votes"
             )
-        prepared = await gateway.prepare(blobs, ctx, votes)
+        prepared = await gateway.prepare(blobs, ctx, choice)
         result = await gateway.predict(prepared, ctx)
         purification = (
-            gateway.purification_info(prepared.steps, result.vote_labels) if prepared.steps is not None else None
+            gateway.purification_info(prepared.steps, choice, result.vote_labels)
+            if prepared.steps is not None
+            else None
         )
         response = PredictResponse(
             request_id=ctx.request_id,
@@ -168,14 +184,16 @@ def build_predict_router(
         gateway: GatewayDep,
         ctx: ContextDep,
         include: Annotated[list[Include], Query(description="degraded: also return A⁺A x")] = [],  # noqa: B006 (FastAPI copies defaults)
+        strength: StrengthQuery = None,
     ) -> Any:
-        """Purify images and return them (no vendor call)."""
+        """Purify images and return them (no vendor call; a preset's votes do not apply: one image back each)."""
         kind = input_kind(request.headers.get("content-type"))
         gateway.require_ready()
         settings = gateway.settings
+        choice = gateway.strength_choice(strength, single=True)
         blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
         decoded = await gateway.decode(blobs, ctx, fit=True)
-        purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include)
+        purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include, choice=choice)
         if len(purified.pngs) == 1 and purified.degraded_pngs is None:
             return Response(
                 purified.pngs[0], media_type="image/png", headers={PURIFY_STEPS_HEADER: str(purified.steps)}
@@ -184,7 +202,7 @@ def build_predict_router(
             request_id=ctx.request_id,
             images=[_b64(png) for png in purified.pngs],
             degraded=None if purified.degraded_pngs is None else [_b64(png) for png in purified.degraded_pngs],
-            purification=gateway.purification_info(purified.steps),
+            purification=gateway.purification_info(purified.steps, choice),
             latency_ms=ctx.timings.latency_ms(),
         )
 

@@ -219,7 +219,8 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
             request_id=ctx.request_id,
             timeout_s=time_left(ctx.deadline, ctx.request_id, "asking the vendor"),
         )
-    prepared = await gateway.prepare(blobs, ctx)
+    # The configured strength's knobs, purified once: a relayed call has one answer, so nothing to vote on.
+    prepared = await gateway.prepare(blobs, ctx, gateway.strength_choice(single=True))
     if prepared.steps is not None:  # purification off: the body and its headers go as they came
         body = adapter.replace_images(body, prepared.blobs, image_content_type=prepared.content_type)
         headers = body.reframe(headers)

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from service.purify.strength import Strength
+
 # A 1×1 black PNG, small enough for the docs' "try it out".
 EXAMPLE_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
 
@@ -30,9 +32,11 @@ class PurificationInfo(BaseModel):
     model_config = ConfigDict(ser_json_inf_nan="strings")
 
     model: str = Field(description="Diffusion model name (its directory name).")
+    strength: Strength = Field(Strength.BALANCED, description="The strength preset the request ran (?strength=).")
     transforms: str = Field(description="Degradation spec, e.g. 'blur:2'.")
     steps: int = Field(description="Sampling steps used (fewer than configured under adaptive steps).")
     guidance_power: float = Field(description="λ of the time-dependent mix.")
+    noise_start: float = Field(1.0, description="t*/T the reverse process started from (1 = pure noise).")
     vendor_mirror: bool = Field(False, description="The vendor saw the purified images mirrored left-right.")
     device: str = Field(description="Device(s) of the worker pool, e.g. 'cpu' or 'cuda:0,cuda:1'.")
     dtype: str = Field(description="ε-model compute dtype, e.g. 'float32'.")

@@ -130,7 +130,9 @@ class GatewayClient:
         Args:
             images: the batch (sent as 8-bit PNGs).
             seed: canvas i is purified with seed + i (vote k: `service.purify.seeds.vote_canvas_seeds`).
-            votes: `?votes=K`: the gateway purifies K times and answers with the majority label.
+            votes: `?votes=K`: the gateway purifies K times and answers with the majority label. The request
+                also says `strength=balanced`, so the gateway runs its configured knobs with exactly K votes
+                whatever its default strength.
 
         Returns:
             (N,) int64 labels.
@@ -138,7 +140,7 @@ class GatewayClient:
         Raises:
             UpstreamTimeout, UpstreamError: see the module docstring.
         """
-        answer = self._post("/predict", images, seed, {"votes": votes} if votes > 1 else None)
+        answer = self._post("/predict", images, seed, {"votes": votes, "strength": "balanced"})
         predictions = answer.get("predictions")
         if not isinstance(predictions, list) or len(predictions) != images.shape[0]:
             raise UpstreamError(

@@ -28,6 +28,7 @@ from service.errors import (
     PayloadTooLarge,
 )
 from service.metrics import DropReason, GatewayMetrics
+from service.purify.options import ZipConfig
 from service.purify.seeds import canvas_seeds
 from service.workers.batcher import Batch, DynamicBatcher, WorkItem
 from service.workers.capacity import adaptive_steps, seconds_for, total_rate
@@ -219,6 +220,7 @@ class WorkerPool:
         seed: int | None = None,
         seeds: Sequence[int] | None = None,
         steps: int | None = None,
+        variant: ZipConfig | None = None,
     ) -> PoolResult:
         """Purify a request's images; returns when all are done, in the order given.
 
@@ -230,6 +232,9 @@ class WorkerPool:
             seed: image i uses seed + i (same seed, same result, whatever the batching); None = random.
             seeds: one seed per image instead (votes purify the same canvases with other seeds).
             steps: sampling steps; None = `config.default_steps`.
+            variant: ZIP's knobs for these images instead of the purifier's configured ones (a strength
+                preset); its `steps` is ignored (`steps` decides). Images of different variants never share
+                a batch.
 
         Returns:
             The purified images and timings.
@@ -267,12 +272,12 @@ class WorkerPool:
         elif len(seeds) != count:
             raise ValueError(f"got {len(seeds)} seeds for {count} images")
         loop = asyncio.get_running_loop()
-        key = (*images.shape[1:], steps)  # items that stack into one tensor and share a schedule
+        key = (*images.shape[1:], steps, variant)  # items that stack into one tensor and share a schedule
         pixels = images.detach().to("cpu", torch.float32)
         items = [
             WorkItem(
                 key=key,
-                payload=ItemPayload(pixels[i], seeds[i], steps),
+                payload=ItemPayload(pixels[i], seeds[i], steps, variant),
                 future=loop.create_future(),
                 request_id=request_id,
                 enqueued_at=now,

@@ -18,8 +18,17 @@ from service.purify.zip import ZipPurifier
 class BatchPurifier(Protocol):
     """Purifies one batch on one device; built (and only ever called) in that worker's thread."""
 
-    def __call__(self, batch: torch.Tensor, steps: int, generators: list[torch.Generator] | None) -> torch.Tensor:
-        """Purify `batch` (N, C, H, W) in [-1, 1] with `steps` steps; one generator per item."""
+    def __call__(
+        self,
+        batch: torch.Tensor,
+        steps: int,
+        generators: list[torch.Generator] | None,
+        variant: ZipConfig | None = None,
+    ) -> torch.Tensor:
+        """Purify `batch` (N, C, H, W) in [-1, 1] with `steps` steps; one generator per item.
+
+        `variant`: ZIP's knobs to use instead of the configured ones (a strength preset), steps aside.
+        """
         ...
 
 
@@ -27,7 +36,7 @@ PurifierFactory = Callable[[str], BatchPurifier]  # device name → purifier (lo
 
 
 class ZipBatchPurifier:
-    """ZIP on one device: one model copy and one `ZipPurifier` per step count (they share the model).
+    """ZIP on one device: one model copy and one `ZipPurifier` per (knobs, step count); they share the model.
 
     Args:
         model: the ε-model, already on its device.
@@ -41,27 +50,36 @@ class ZipBatchPurifier:
         parse_transforms(config.transforms, model.channels)  # fail at load, not on the first request
         self.model = model
         self.config = config
-        # Adaptive steps only ever lower steps, so this holds at most `config.steps` entries.
-        self._by_steps: dict[int, ZipPurifier] = {}
+        # Keyed by the full knobs: adaptive steps only lower steps, and variants come from the fixed strength
+        # presets, so this holds at most (presets × `config.steps`) entries.
+        self._by_config: dict[ZipConfig, ZipPurifier] = {}
 
     @property
     def info(self) -> EpsModelInfo:
         """Model name, size, channels, device and dtype (shown in /readyz and responses)."""
         return self.model.info
 
-    def purifier_for(self, steps: int) -> ZipPurifier:
-        """The `ZipPurifier` for `steps` sampling steps, built on first use.
+    def purifier_for(self, steps: int, variant: ZipConfig | None = None) -> ZipPurifier:
+        """The `ZipPurifier` for `steps` sampling steps of `variant` (None: the configured knobs), built on first use.
 
         Raises:
-            ValueError: steps incompatible with the time-travel schedule.
+            ValueError: steps incompatible with the time-travel schedule, or a transform that does not suit
+                the model's channels.
         """
-        if steps not in self._by_steps:
-            self._by_steps[steps] = ZipPurifier(self.model, dataclasses.replace(self.config, steps=steps))
-        return self._by_steps[steps]
+        config = dataclasses.replace(variant or self.config, steps=steps)
+        if config not in self._by_config:
+            self._by_config[config] = ZipPurifier(self.model, config)
+        return self._by_config[config]
 
-    def __call__(self, batch: torch.Tensor, steps: int, generators: list[torch.Generator] | None) -> torch.Tensor:
+    def __call__(
+        self,
+        batch: torch.Tensor,
+        steps: int,
+        generators: list[torch.Generator] | None,
+        variant: ZipConfig | None = None,
+    ) -> torch.Tensor:
         """Purify `batch` (N, C, H, W) in [-1, 1]; returns float32 (N, C, H, W) on the model's device."""
-        return self.purifier_for(steps)(batch, generators)
+        return self.purifier_for(steps, variant)(batch, generators)
 
 
 def zip_purifier_factory(model_path: Path | str, config: ZipConfig, dtype: DType) -> PurifierFactory:

@@ -14,6 +14,7 @@ import torch
 from service.errors import DRAINING_RETRY_AFTER_S, DeadlineExceeded, GatewayError, NotReady, PurificationFailed
 from service.metrics import DropReason, GatewayMetrics
 from service.purify.models import EpsModelInfo
+from service.purify.options import ZipConfig
 from service.purify.seeds import seeded_generators
 from service.workers.batcher import Batch, DynamicBatcher, WorkItem
 from service.workers.capacity import ThroughputMeter
@@ -32,6 +33,7 @@ class ItemPayload:
     image: torch.Tensor  # (C, H, W), float, in [-1, 1]
     seed: int  # its own noise stream: same seed, same result in any batch
     steps: int  # steps the request asked for (adaptive steps may run fewer)
+    variant: ZipConfig | None = None  # ZIP's knobs for it (a strength preset); None = the purifier's own
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,13 @@ class DeviceWorker:
         steps = self._steps_policy(batch)
         pixels = [item.payload.image for item in items]
         seeds = [item.payload.seed for item in items]
+        variant = items[0].payload.variant  # the batcher's key includes it: one variant per batch
         started = time.monotonic()
         if self.meter.rate:
             self._busy_until = started + len(items) * steps / self.meter.rate
         loop = asyncio.get_running_loop()
         try:
-            out = await loop.run_in_executor(self._executor, self._compute_batch, pixels, steps, seeds)
+            out = await loop.run_in_executor(self._executor, self._compute_batch, pixels, steps, seeds, variant)
         except asyncio.CancelledError:
             # Shutdown past the drain timeout: nobody will wait for this thread's result.
             dropped = settle_with_error(
@@ -191,14 +194,16 @@ class DeviceWorker:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._purifier = None
 
-    def _compute_batch(self, pixels: list[torch.Tensor], steps: int, seeds: list[int]) -> torch.Tensor:
+    def _compute_batch(
+        self, pixels: list[torch.Tensor], steps: int, seeds: list[int], variant: ZipConfig | None
+    ) -> torch.Tensor:
         """Stack and purify in the worker thread, so the event loop does no tensor work."""
-        return self._compute(torch.stack(pixels), steps, seeds)
+        return self._compute(torch.stack(pixels), steps, seeds, variant)
 
-    def _compute(self, images: torch.Tensor, steps: int, seeds: list[int]) -> torch.Tensor:
+    def _compute(self, images: torch.Tensor, steps: int, seeds: list[int], variant: ZipConfig | None) -> torch.Tensor:
         """Purify; on out-of-memory split in half and retry, down to one image (runs in the thread)."""
         try:
-            return self._purify(images, steps, seeds)
+            return self._purify(images, steps, seeds, variant)
         except self._oom_errors:
             if images.shape[0] == 1:
                 raise
@@ -207,13 +212,16 @@ class DeviceWorker:
         self._release_cached_memory()
         half = images.shape[0] // 2
         return torch.cat(
-            [self._compute(images[:half], steps, seeds[:half]), self._compute(images[half:], steps, seeds[half:])]
+            [
+                self._compute(images[:half], steps, seeds[:half], variant),
+                self._compute(images[half:], steps, seeds[half:], variant),
+            ]
         )
 
-    def _purify(self, images: torch.Tensor, steps: int, seeds: list[int]) -> torch.Tensor:
+    def _purify(self, images: torch.Tensor, steps: int, seeds: list[int], variant: ZipConfig | None) -> torch.Tensor:
         if self._purifier is None:
             raise RuntimeError(f"worker {self.device} has no purifier; start the pool first")
-        out = self._purifier(images.to(self.device), steps, seeded_generators(seeds, self.device))
+        out = self._purifier(images.to(self.device), steps, seeded_generators(seeds, self.device), variant)
         if out.shape != images.shape:
             raise RuntimeError(f"purifier returned shape {tuple(out.shape)} for input {tuple(images.shape)}")
         return out.float().cpu()

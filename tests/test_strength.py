@@ -1,0 +1,161 @@
+"""Strength presets: the pure preset rules, the settings' checks, and `?strength=` through a running gateway."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+from pydantic import ValidationError
+
+from service.config import Settings
+from service.loopback import serve_asgi
+from service.purify.options import ZipConfig
+from service.purify.strength import PRESETS, Strength, apply_strength
+from tests.gateway_servers import FakePurifier, gateway_settings, running_gateway
+
+CONFIGURED = ZipConfig("blur:2", steps=7, guidance_power=0.25, eta=0.5, noise_start=1.0)
+
+
+@pytest.mark.parametrize("votes", [1, 2, 5])
+def test_balanced_runs_the_configured_setting_unchanged(votes: int) -> None:
+    choice = apply_strength(Strength.BALANCED, CONFIGURED, votes)
+    assert choice.config == CONFIGURED and choice.votes == votes and choice.strength is Strength.BALANCED
+
+
+@pytest.mark.parametrize(("configured_start", "expected"), [(1.0, 0.6), (0.8, 0.6), (0.4, 0.4)])
+def test_light_lowers_the_noise_start_and_nothing_else(configured_start: float, expected: float) -> None:
+    configured = dataclasses.replace(CONFIGURED, noise_start=configured_start)
+    choice = apply_strength(Strength.LIGHT, configured, 2)
+    assert choice.config == dataclasses.replace(configured, noise_start=expected)  # never starts higher
+    assert choice.votes == 2
+
+
+@pytest.mark.parametrize(("votes", "expected"), [(1, 3), (3, 3), (5, 5)])
+def test_strict_votes_at_least_three_times_with_the_configured_knobs(votes: int, expected: int) -> None:
+    choice = apply_strength(Strength.STRICT, CONFIGURED, votes)
+    assert choice.config == CONFIGURED and choice.votes == expected
+
+
+def test_every_preset_is_defined_and_names_parse() -> None:
+    assert set(PRESETS) == set(Strength)
+    assert apply_strength("light", CONFIGURED, 1).strength is Strength.LIGHT  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        apply_strength("extreme", CONFIGURED, 1)  # type: ignore[arg-type]
+
+
+def test_settings_refuse_a_default_strength_that_needs_more_votes_than_allowed() -> None:
+    with pytest.raises(ValidationError, match="strength 'strict' purifies 3 times; max_votes is 2"):
+        Settings(strength="strict", max_votes=2)
+    assert Settings(strength="strict", max_votes=3).strength_choice(Strength.STRICT).votes == 3
+
+
+@pytest.mark.parametrize("noise_start", [0.0, -0.5, 1.5])
+def test_settings_refuse_a_noise_start_outside_0_1(noise_start: float) -> None:
+    with pytest.raises(ValidationError, match="noise_start"):
+        Settings(noise_start=noise_start)
+
+
+def test_settings_pass_the_noise_start_to_zip() -> None:
+    assert Settings(noise_start=0.7).zip_config.noise_start == 0.7
+
+
+class RecordingPurifier(FakePurifier):
+    """Returns its input; records which knobs (variant) each batch was asked to run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.variants: list[object] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: Any, steps: int, generators: object, variant: object = None) -> Any:
+        with self._lock:
+            self.variants.append(variant)
+        return super().__call__(batch, steps, generators)
+
+
+class CountingVendor:
+    """A raw-protocol vendor that answers label 1 and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.app = FastAPI()
+
+        @self.app.post("/predict")
+        async def predict(request: Request) -> JSONResponse:
+            await request.body()
+            self.calls += 1
+            return JSONResponse({"label": 1})
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8), "L").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _predict(url: str, path: str = "/predict", **params: str) -> httpx.Response:
+    files = [("image", ("x.png", _png(), "image/png"))]
+    return httpx.post(f"{url}{path}", params=params, files=files, timeout=30.0)
+
+
+def test_strength_presets_through_a_running_gateway(tmp_path: Path) -> None:
+    vendor, purifier = CountingVendor(), RecordingPurifier()
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(gateway_settings(tmp_path, vendor_url), purifier_factory=lambda device: purifier) as url,
+    ):
+        default = _predict(url)
+        assert default.status_code == 200, default.text
+        assert default.json()["purification"]["strength"] == "balanced" and vendor.calls == 1
+        assert purifier.variants == [None]  # the configured knobs
+
+        strict = _predict(url, strength="strict", seed="3")
+        block = strict.json()["purification"]
+        assert strict.status_code == 200 and block["strength"] == "strict"
+        assert block["votes"] == 3 and len(block["vote_labels"][0]) == 3 and vendor.calls == 1 + 3
+        assert purifier.variants[-1] is None  # strict votes with the configured knobs: same batches as balanced
+
+        light = _predict(url, strength="light")
+        block = light.json()["purification"]
+        assert light.status_code == 200 and (block["strength"], block["noise_start"], block["votes"]) == (
+            "light",
+            0.6,
+            1,
+        )
+        assert isinstance(purifier.variants[-1], ZipConfig) and purifier.variants[-1].noise_start == 0.6
+
+        purified = _predict(url, "/purify", strength="light")
+        assert purified.status_code == 200 and purified.headers["content-type"] == "image/png"
+        assert purifier.variants[-1].noise_start == 0.6  # type: ignore[union-attr]
+        strict_purify = _predict(url, "/purify", strength="strict", include="degraded")
+        assert strict_purify.json()["purification"]["votes"] == 1  # /purify returns one image: no votes
+
+        unknown = _predict(url, strength="extreme")
+        assert unknown.status_code == 422 and "strength" in unknown.text
+
+
+def test_a_preset_that_needs_more_votes_than_allowed_is_a_client_error(tmp_path: Path) -> None:
+    vendor, purifier = CountingVendor(), RecordingPurifier()
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
+            gateway_settings(tmp_path, vendor_url, max_votes=2, strength="light"),
+            purifier_factory=lambda device: purifier,
+        ) as url,
+    ):
+        refused = _predict(url, strength="strict")
+        assert refused.status_code == 400
+        assert "votes=3 (strength=strict) exceeds this gateway's max_votes (2)" in refused.json()["error"]["message"]
+        assert vendor.calls == 0 and purifier.variants == []  # refused before any work
+        assert _predict(url, "/purify", strength="strict").status_code == 200  # one image back: no votes needed
+        default = _predict(url)  # the configured default strength
+        assert default.json()["purification"]["strength"] == "light"
