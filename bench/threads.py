@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.config import default_torch_threads  # noqa: E402
+from service.cpus import default_torch_threads  # noqa: E402
 from service.purify.options import DType, ZipConfig  # noqa: E402
 from service.training.ddpm import UNetArchitecture  # noqa: E402
 from service.workers.purifier import BatchPurifier, ZipBatchPurifier, zip_purifier_factory  # noqa: E402

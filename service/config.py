@@ -9,17 +9,16 @@ shipped Fashion-MNIST model on CPU against the demo vendor on 127.0.0.1:9000.
 from __future__ import annotations
 
 import enum
-import json
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-import yaml
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from service.config_file import ENV_PREFIX, ConfigError, ConfigFileSource
+from service.cpus import default_torch_threads
 from service.purify.options import DType, SmallImageFit, ZipConfig, check_eta, check_guidance_power, check_transforms
 from service.purify.strength import Strength, StrengthChoice, apply_strength
 from service.shadow.labels import LabelExtractor
@@ -28,7 +27,7 @@ from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES
 from service.upstream.failures import redact_url
 from service.upstream.v2_input import PixelLayout, TensorDatatype, V2Input
 
-ENV_PREFIX = "ZIPGATE_"
+
 # Paths the gateway serves itself: a raw sidecar path must not shadow them (/predict is the
 # exception: a raw image body on it is routed to the sidecar, see api/routes_predict.py).
 RESERVED_PATHS = ("/purify", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/v1/", "/v2/")
@@ -48,48 +47,6 @@ def model_name_problem(name: str) -> str | None:
     return None
 
 
-def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """The CPU quota of this process's cgroup in CPUs (a container's limit), or None when unlimited."""
-
-    def v2() -> list[str]:  # cpu.max: "<quota|max> <period>"
-        return (root / "cpu.max").read_text().split()
-
-    def v1() -> list[str]:
-        return [(root / "cpu" / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
-
-    for read in (v2, v1):
-        try:
-            quota, period = read()[:2]
-            if quota not in ("max", "-1") and float(period) > 0:
-                return float(quota) / float(period)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def usable_cpus() -> int:
-    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (rounded down, at least 1)."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        count = os.cpu_count() or 1
-    limit = _cgroup_cpu_limit()
-    return max(1, min(count, int(limit))) if limit is not None else count
-
-
-def default_torch_threads() -> int:
-    """Torch's CPU threads unless set: `OMP_NUM_THREADS` if the environment sets it, else usable cores - 1.
-
-    Torch's own default, a thread per core, collapses next to any other CPU load: every parallel
-    region waits for its slowest thread, and one thread preempted stalls them all (docs/benchmarks.md,
-    bench/threads.py). Leaving a core keeps the event loop, decoding and a neighbour off the torch threads.
-    """
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if omp.isdigit() and int(omp) >= 1:
-        return int(omp)
-    return max(1, usable_cpus() - 1)
-
-
 class LogLevel(enum.StrEnum):
     """Log levels accepted by `log_level` (lower-case, as uvicorn spells them)."""
 
@@ -97,68 +54,6 @@ class LogLevel(enum.StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
-
-
-class ConfigError(ValueError):
-    """The settings are invalid; the message names each bad setting and how to fix it."""
-
-
-class ConfigFileSource(PydanticBaseSettingsSource):
-    """Settings from a YAML or JSON file named by `config_file` (keyword) or ZIPGATE_CONFIG_FILE."""
-
-    def __init__(
-        self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any], env_settings: PydanticBaseSettingsSource
-    ) -> None:
-        super().__init__(settings_cls)
-        self._init_kwargs = init_kwargs
-        self._env_settings = env_settings
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        raise NotImplementedError("ConfigFileSource reads the whole file in __call__")
-
-    def __call__(self) -> dict[str, Any]:
-        path = self._init_kwargs.get("config_file") or self._env_settings().get("config_file")
-        if path is None:
-            return {}
-        return read_config_file(Path(path), set(self.settings_cls.model_fields))
-
-
-def read_config_file(path: Path, known: set[str]) -> dict[str, Any]:
-    """Read a YAML (.yaml/.yml) or JSON (.json) settings file into a dict of field values.
-
-    Args:
-        path: the file.
-        known: the valid keys (field names).
-
-    Returns:
-        The file's settings.
-
-    Raises:
-        ConfigError: missing or unreadable file, wrong suffix, not a mapping, or an unknown key.
-    """
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML or JSON file to --config")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"config file '{path}' must end in .yaml, .yml or .json, got '{suffix}'")
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file '{path}' is not valid {suffix.lstrip('.').upper()}: {exc}") from exc
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of setting: value, got {type(data).__name__}")
-    unknown = sorted(str(key) for key in data if key not in known or key == "config_file")
-    if unknown:
-        raise ConfigError(
-            f"config file '{path}' has unknown setting(s) {unknown}; valid keys are the setting names "
-            f"without the {ENV_PREFIX} prefix, e.g. 'steps', 'upstream_url' (see README, Configuration)"
-        )
-    return data
 
 
 class Settings(BaseSettings):

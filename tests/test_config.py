@@ -139,7 +139,7 @@ def test_settings_are_immutable() -> None:
 
 def test_torch_threads_default_leaves_a_core_and_respects_a_cpu_quota(monkeypatch: pytest.MonkeyPatch) -> None:
     """Never torch's one thread per core (it collapses next to other load; bench/threads.py)."""
-    import service.config as config
+    import service.cpus as config
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the suite's conftest sets it
     affinity = len(os.sched_getaffinity(0))
@@ -152,26 +152,26 @@ def test_torch_threads_default_leaves_a_core_and_respects_a_cpu_quota(monkeypatc
     monkeypatch.setenv("ZIPGATE_TORCH_THREADS", "3")  # ours wins
     assert load_settings().torch_threads == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr(config, "_cgroup_cpu_limit", lambda: 1.5)  # a container limited to 1.5 CPUs
+    monkeypatch.setattr(config, "cgroup_cpu_limit", lambda: 1.5)  # a container limited to 1.5 CPUs
     assert config.usable_cpus() == 1 and config.default_torch_threads() == 1
-    monkeypatch.setattr(config, "_cgroup_cpu_limit", lambda: float(affinity + 8))  # a quota above the host
+    monkeypatch.setattr(config, "cgroup_cpu_limit", lambda: float(affinity + 8))  # a quota above the host
     assert config.usable_cpus() == affinity
 
 
 def test_cgroup_cpu_quota_is_read_in_v2_and_v1_layouts(tmp_path: Path) -> None:
-    from service.config import _cgroup_cpu_limit
+    from service.cpus import cgroup_cpu_limit
 
     (tmp_path / "cpu.max").write_text("250000 100000\n")
-    assert _cgroup_cpu_limit(tmp_path) == 2.5
+    assert cgroup_cpu_limit(tmp_path) == 2.5
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert _cgroup_cpu_limit(tmp_path) is None
+    assert cgroup_cpu_limit(tmp_path) is None
     (tmp_path / "cpu.max").unlink()
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert _cgroup_cpu_limit(tmp_path) == 1.5
+    assert cgroup_cpu_limit(tmp_path) == 1.5
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert _cgroup_cpu_limit(tmp_path) is None
+    assert cgroup_cpu_limit(tmp_path) is None
 
 
 def test_zip_knobs_default_to_zip_config_and_bundle_into_one() -> None:
