@@ -19,7 +19,7 @@ from fastapi import Depends, FastAPI
 
 from service import __version__
 from service.api.errors import install_error_handlers
-from service.api.gateway import EngineInfo, Gateway
+from service.api.gateway import Gateway
 from service.api.lifecycle import Lifecycle
 from service.api.middleware import GatewayMiddleware
 from service.api.routes_docs import build_docs_router
@@ -28,6 +28,7 @@ from service.api.routes_predict import build_predict_router
 from service.api.routes_sidecar import build_sidecar_router
 from service.api.routes_v2 import build_v2_router
 from service.api.security import api_key_dependency
+from service.api.stages import EngineInfo
 from service.config import ConfigError, Settings
 from service.metrics import GatewayMetrics
 from service.upstream import RetryPolicy, Upstream, UpstreamProtocol, build_upstream, make_http_client

@@ -9,10 +9,11 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Query, Request
 from pydantic import WithJsonSchema
 
-from service.api.gateway import Gateway, RequestContext
+from service.api.gateway import Gateway
 from service.api.logging import REQUEST_ID
 from service.api.middleware import timings_of
 from service.api.schemas import ErrorResponse
+from service.api.stages import RequestContext
 from service.errors import BadRequest
 
 TIMEOUT_HEADER = "X-Request-Timeout"

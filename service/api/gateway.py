@@ -11,19 +11,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar
 
-import torch
-from PIL import Image
-from starlette.types import Receive
-
-from service.api.decode import ImageLimits, encode_png, load_image, open_images
+from service.api.decode import ImageLimits, open_images
 from service.api.guard import guarded, time_left
 from service.api.lifecycle import Lifecycle
 from service.api.schemas import PurificationInfo, Readiness
-from service.api.timing import RequestTimings
+from service.api.stages import (
+    PNG,
+    DecodedBatch,
+    EngineInfo,
+    Prediction,
+    PreparedImages,
+    PurifiedBatch,
+    RequestContext,
+    decode_batch,
+    finish_batch,
+    originals_for_vendor,
+)
 from service.api.upstream_call import UpstreamCall
 from service.api.votes import majority
 from service.config import Settings
@@ -34,111 +40,18 @@ from service.errors import (
     NotReady,
 )
 from service.metrics import GatewayMetrics, Stage
-from service.purify.imaging import pil_to_tensor, tensor_to_pil
-from service.purify.options import SmallImageFit
-from service.purify.pipeline import FittedBatch, degraded_images, fit_to_model, restore_images
 from service.purify.seeds import vote_canvas_seeds
 from service.purify.strength import Strength, StrengthChoice
 from service.shadow.labels import LabelExtractor
 from service.shadow.monitor import build_shadow_monitor
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
 from service.upstream.catalog import ModelCatalog
-from service.workers import WorkerInfo, WorkerPool
+from service.workers import WorkerPool
 
 T = TypeVar("T")
-PNG = "image/png"
 # Up to this many pixels per request, decoding on the event loop (tens of µs) beats a hop to a
 # thread, which under GIL contention costs up to the 5 ms switch interval. Larger ones go to a thread.
 INLINE_DECODE_MAX_PIXELS = 256 * 256
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """The loaded diffusion model as the request path needs it."""
-
-    model: str
-    sample_size: int
-    channels: int
-    device: str  # every worker's device, e.g. "cpu" or "cuda:0,cuda:1"
-    dtype: str
-
-    @classmethod
-    def from_device_info(cls, workers: list[WorkerInfo]) -> EngineInfo:
-        """Build from `WorkerPool.device_info` (all workers hold the same model).
-
-        Raises:
-            ValueError: the purifier did not report the model's size and channels.
-        """
-        first = workers[0]
-        if first.sample_size is None or first.channels is None:
-            raise ValueError(
-                "the purifier factory must return a purifier with `.info` (an EpsModelInfo): "
-                "the gateway needs the model's sample_size and channels"
-            )
-        return cls(
-            model=first.model,
-            sample_size=first.sample_size,
-            channels=first.channels,
-            device=",".join(w.device for w in workers),
-            dtype=",".join(sorted({w.dtype for w in workers})),
-        )
-
-
-@dataclass(frozen=True)
-class RequestContext:
-    """What the stages need to know about the request they serve."""
-
-    request_id: str
-    deadline: float  # time.monotonic() seconds
-    seed: int | None
-    timings: RequestTimings
-    receive: Receive  # the server's receive, to notice a client that hangs up
-
-
-@dataclass(frozen=True)
-class DecodedBatch:
-    """A request's images decoded, and (when purifying) fitted to the model's canvas."""
-
-    originals: list[bytes]
-    images: list[Image.Image]
-    fitted: FittedBatch | None
-
-
-@dataclass(frozen=True)
-class PreparedImages:
-    """What goes to the vendor: purified PNGs (one list per vote), or the originals when purification is off."""
-
-    votes: list[list[bytes]]  # votes[k][i]: image i as purified by vote k; one vote unless ?votes=K
-    content_type: str
-    steps: int | None  # None when not purified
-    decoded: DecodedBatch  # the client's images (shadow mode sends them to the vendor as they came)
-
-    @property
-    def blobs(self) -> list[bytes]:
-        """The first vote's images (the only ones without votes)."""
-        return self.votes[0]
-
-
-@dataclass(frozen=True)
-class PurifiedBatch:
-    """Purified images as PNG at their original sizes (one list per vote), and optionally A⁺A x beside them."""
-
-    votes: list[list[bytes]]
-    degraded_pngs: list[bytes] | None
-    steps: int
-
-    @property
-    def pngs(self) -> list[bytes]:
-        return self.votes[0]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The vendor's answer to a request: one prediction per image, and each vote's label when voting."""
-
-    predictions: list[Any]
-    vote_labels: list[list[str | None]] | None  # per image, each vote's label; None without votes
-    chosen_votes: list[int]  # per image, the vote whose answer it got (0 without votes)
 
 
 class Gateway:
@@ -267,9 +180,9 @@ class Gateway:
         with ctx.timings.measure(Stage.DECODE):
             opened = open_images(blobs, self.limits, self.settings.max_request_pixels)  # headers only
             if sum(image.width * image.height for image in opened) <= INLINE_DECODE_MAX_PIXELS:
-                return _decode_batch(blobs, opened, engine, self.settings.small_image_fit)
+                return decode_batch(blobs, opened, engine, self.settings.small_image_fit)
             return await self._guarded(
-                asyncio.to_thread(_decode_batch, blobs, opened, engine, self.settings.small_image_fit), ctx, "decoding"
+                asyncio.to_thread(decode_batch, blobs, opened, engine, self.settings.small_image_fit), ctx, "decoding"
             )
 
     async def purify(
@@ -325,7 +238,7 @@ class Gateway:
         degrade = self.settings.transforms if include_degraded else None
         with ctx.timings.measure(Stage.PURIFY):  # cutting back to the original sizes and PNG encoding
             pngs, degraded = await self._guarded(
-                asyncio.to_thread(_finish_batch, fitted, result.images.split(count), degrade, mirror), ctx, "encoding"
+                asyncio.to_thread(finish_batch, fitted, result.images.split(count), degrade, mirror), ctx, "encoding"
             )
         return PurifiedBatch(votes=pngs, degraded_pngs=degraded, steps=result.steps)
 
@@ -419,36 +332,3 @@ class Gateway:
             stopped=self.lifecycle.in_flight_stopped(),
             deadline=ctx.deadline,
         )
-
-
-def _decode_batch(
-    blobs: list[bytes], opened: list[Image.Image], engine: EngineInfo | None, small_fit: SmallImageFit
-) -> DecodedBatch:
-    images = [load_image(image, f"image {i}") for i, image in enumerate(opened)]
-    if engine is None:
-        return DecodedBatch(blobs, images, None)
-    tensors = []
-    for i, image in enumerate(images):
-        try:
-            tensors.append(pil_to_tensor(image, engine.channels))
-        except (ValueError, OSError) as exc:  # exotic pixel modes PIL cannot convert
-            raise BadRequest(f"image {i}: pixel mode {image.mode} cannot be converted: {exc}") from exc
-    return DecodedBatch(blobs, images, fit_to_model(tensors, engine.sample_size, small_fit=small_fit))
-
-
-def _finish_batch(
-    fitted: FittedBatch, votes: Sequence[torch.Tensor], degrade: str | None, mirror: bool = False
-) -> tuple[list[list[bytes]], list[bytes] | None]:
-    """The pipeline's restore of each vote's canvases (and degraded view, for the `degrade` spec), as PNG."""
-    pngs = [[encode_png(tensor_to_pil(x)) for x in restore_images(fitted, purified, mirror)] for purified in votes]
-    if degrade is None:
-        return pngs, None
-    return pngs, [encode_png(tensor_to_pil(x)) for x in degraded_images(fitted, degrade)]
-
-
-def originals_for_vendor(decoded: DecodedBatch) -> tuple[list[bytes], str]:
-    """The client's bytes when all share one format (their media type says it); else PNG re-encodes."""
-    formats = {image.format for image in decoded.images}
-    if len(formats) == 1 and (fmt := formats.pop()) and fmt in Image.MIME:
-        return decoded.originals, Image.MIME[fmt]
-    return [encode_png(image) for image in decoded.images], PNG

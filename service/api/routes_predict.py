@@ -9,7 +9,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
-from service.api.gateway import Prediction, PreparedImages, originals_for_vendor
 from service.api.inputs import InputKind, input_kind, read_images
 from service.api.routes_sidecar import RELAYED_RESPONSE, relay
 from service.api.schemas import (
@@ -20,6 +19,7 @@ from service.api.schemas import (
     PurifyResponse,
     RelayedBody,
 )
+from service.api.stages import Prediction, PreparedImages, originals_for_vendor
 from service.errors import PayloadTooLarge
 from service.purify.strength import Strength
 from service.shadow.monitor import SHADOW_HEADER, ShadowJob

@@ -32,10 +32,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
-from service.api.gateway import Gateway, RequestContext
+from service.api.gateway import Gateway
 from service.api.guard import time_left
 from service.api.schemas import EXAMPLE_PNG_B64, ErrorResponse
 from service.api.security import headers_for_vendor
+from service.api.stages import RequestContext
 from service.config import model_name_problem
 from service.errors import BadRequest, ModelNotFound, PayloadTooLarge
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, VendorBody
