@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     # --- purification (the engine) ---
     purification_enabled: bool = Field(True, description="False: forward images without purifying them.")
     model_path: Path = Field(Path("models/fmnist-ddpm"), description="diffusers UNet2DModel directory.")
-    # ZIP's knobs: defaults and validation are `ZipConfig`'s (one source; blur:4 and λ = 0.5 are chosen
+    # ZIP's knobs: defaults and validation are `ZipConfig`'s (one source; jblur:4 and λ = 0.25 are chosen
     # by the worst case over the attack zoo, docs/defense.md, "The default"). `zip_config` bundles them.
     transforms: str = Field(
         ZipConfig.transforms, description="Degradations, e.g. 'blur:4' or 'blur:4,gray' (averaged)."

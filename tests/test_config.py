@@ -28,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_run_the_shipped_model_against_the_demo_vendor() -> None:
     settings = load_settings()
     assert settings.model_path == Path("models/fmnist-ddpm")
-    assert (settings.transforms, settings.steps, settings.guidance_power, settings.eta) == ("jblur:4", 20, 0.5, 1.0)
+    assert (settings.transforms, settings.steps, settings.guidance_power, settings.eta) == ("jblur:4", 20, 0.25, 1.0)
     assert (settings.devices, settings.dtype) == ("auto", DType.AUTO)
     assert settings.purification_enabled is True
     assert settings.upstream_url == "http://127.0.0.1:9000"
@@ -175,9 +175,9 @@ def test_cgroup_cpu_quota_is_read_in_v2_and_v1_layouts(tmp_path: Path) -> None:
 
 
 def test_zip_knobs_default_to_zip_config_and_bundle_into_one() -> None:
-    """One source of the defaults: the settings' ZIP knobs are `ZipConfig`'s (jblur:4, S = 20, λ = 0.5, η = 1)."""
+    """One source of the defaults: the settings' ZIP knobs are `ZipConfig`'s (jblur:4, S = 20, λ = 0.25, η = 1)."""
     settings = Settings()
-    assert settings.zip_config == ZipConfig() == ZipConfig("jblur:4", 20, 0.5, 1.0)
+    assert settings.zip_config == ZipConfig() == ZipConfig("jblur:4", 20, 0.25, 1.0)
     assert load_settings(steps=7, guidance_power="inf").zip_config == ZipConfig(steps=7, guidance_power=math.inf)
 
 

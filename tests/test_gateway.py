@@ -122,7 +122,7 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(
         "noise_start": 1.0,
         "transforms": "jblur:4",
         "steps": 2,
-        "guidance_power": 0.5,
+        "guidance_power": 0.25,
         "vendor_mirror": False,
         "device": "cpu",
         "dtype": "float32",

@@ -31,18 +31,29 @@ def test_balanced_runs_the_configured_setting_unchanged(votes: int) -> None:
     assert choice.config == CONFIGURED and choice.votes == votes and choice.strength is Strength.BALANCED
 
 
-@pytest.mark.parametrize(("configured_start", "expected"), [(1.0, 0.6), (0.8, 0.6), (0.4, 0.4)])
-def test_light_lowers_the_noise_start_and_nothing_else(configured_start: float, expected: float) -> None:
-    configured = dataclasses.replace(CONFIGURED, noise_start=configured_start)
+@pytest.mark.parametrize(
+    ("configured_start", "configured_lambda", "start", "lam"),
+    [(1.0, 0.25, 0.6, 0.5), (0.8, 0.5, 0.6, 0.5), (0.4, 1.0, 0.4, 1.0), (1.0, float("inf"), 0.6, float("inf"))],
+)
+def test_light_never_purifies_harder_than_configured(
+    configured_start: float, configured_lambda: float, start: float, lam: float
+) -> None:
+    """Lower t* and larger λ both repaint less: light moves each that way only."""
+    configured = dataclasses.replace(CONFIGURED, noise_start=configured_start, guidance_power=configured_lambda)
     choice = apply_strength(Strength.LIGHT, configured, 2)
-    assert choice.config == dataclasses.replace(configured, noise_start=expected)  # never starts higher
+    assert choice.config == dataclasses.replace(configured, noise_start=start, guidance_power=lam)
     assert choice.votes == 2
 
 
-@pytest.mark.parametrize(("votes", "expected"), [(1, 3), (3, 3), (5, 5)])
-def test_strict_votes_at_least_three_times_with_the_configured_knobs(votes: int, expected: int) -> None:
-    choice = apply_strength(Strength.STRICT, CONFIGURED, votes)
-    assert choice.config == CONFIGURED and choice.votes == expected
+@pytest.mark.parametrize(
+    ("votes", "configured_lambda", "expected_votes", "lam"), [(1, 0.5, 3, 0.25), (3, 0.25, 3, 0.25), (5, 0.1, 5, 0.1)]
+)
+def test_strict_never_purifies_lighter_than_configured(
+    votes: int, configured_lambda: float, expected_votes: int, lam: float
+) -> None:
+    configured = dataclasses.replace(CONFIGURED, guidance_power=configured_lambda)
+    choice = apply_strength(Strength.STRICT, configured, votes)
+    assert choice.config == dataclasses.replace(configured, guidance_power=lam) and choice.votes == expected_votes
 
 
 def test_every_preset_is_defined_and_names_parse() -> None:
@@ -111,7 +122,9 @@ def test_strength_presets_through_a_running_gateway(tmp_path: Path) -> None:
     vendor, purifier = CountingVendor(), RecordingPurifier()
     with (
         serve_asgi(vendor.app) as vendor_url,
-        running_gateway(gateway_settings(tmp_path, vendor_url), purifier_factory=lambda device: purifier) as url,
+        running_gateway(
+            gateway_settings(tmp_path, vendor_url, guidance_power=0.25), purifier_factory=lambda device: purifier
+        ) as url,
     ):
         default = _predict(url)
         assert default.status_code == 200, default.text
@@ -122,7 +135,7 @@ def test_strength_presets_through_a_running_gateway(tmp_path: Path) -> None:
         block = strict.json()["purification"]
         assert strict.status_code == 200 and block["strength"] == "strict"
         assert block["votes"] == 3 and len(block["vote_labels"][0]) == 3 and vendor.calls == 1 + 3
-        assert purifier.variants[-1] is None  # strict votes with the configured knobs: same batches as balanced
+        assert purifier.variants[-1] is None  # strict at the configured λ = 0.25: the same batches as balanced
 
         light = _predict(url, strength="light")
         block = light.json()["purification"]
@@ -131,7 +144,9 @@ def test_strength_presets_through_a_running_gateway(tmp_path: Path) -> None:
             0.6,
             1,
         )
-        assert isinstance(purifier.variants[-1], ZipConfig) and purifier.variants[-1].noise_start == 0.6
+        variant = purifier.variants[-1]
+        assert isinstance(variant, ZipConfig) and (variant.noise_start, variant.guidance_power) == (0.6, 0.5)
+        assert block["guidance_power"] == 0.5
 
         purified = _predict(url, "/purify", strength="light")
         assert purified.status_code == 200 and purified.headers["content-type"] == "image/png"

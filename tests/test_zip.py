@@ -232,9 +232,9 @@ def test_bad_noise_start_is_refused(noise_start, gray_unet):
 
 
 def test_the_purifier_defaults_to_the_products_knobs(gray_unet):
-    """One source of truth: without a config, ZipPurifier runs ZipConfig's defaults (λ = 0.5, as the gateway)."""
+    """One source of truth: without a config, ZipPurifier runs ZipConfig's defaults (λ = 0.25, as the gateway)."""
     purifier = ZipPurifier(gray_unet)
-    assert purifier.config == ZipConfig() and purifier.config.guidance_power == 0.5
+    assert purifier.config == ZipConfig() and purifier.config.guidance_power == 0.25
     assert (purifier.steps, purifier.noise_start, len(purifier.pairs)) == (20, 1.0, 20)
 
 

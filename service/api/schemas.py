@@ -72,9 +72,9 @@ class PredictResponse(BaseModel):
                     ],
                     "purification": {
                         "model": "fmnist-ddpm",
-                        "transforms": "blur:4",
+                        "transforms": "jblur:4",
                         "steps": 20,
-                        "guidance_power": 0.5,
+                        "guidance_power": 0.25,
                         "device": "cpu",
                         "dtype": "float32",
                     },
@@ -108,9 +108,9 @@ class PurifyResponse(BaseModel):
                     "degraded": None,
                     "purification": {
                         "model": "fmnist-ddpm",
-                        "transforms": "blur:4",
+                        "transforms": "jblur:4",
                         "steps": 20,
-                        "guidance_power": 0.5,
+                        "guidance_power": 0.25,
                         "device": "cpu",
                         "dtype": "float32",
                     },

@@ -89,7 +89,7 @@ class ZipConfig:
 
     The one source of the defaults: the gateway's settings, the CLI, the evaluation and
     `ZipPurifier` all start from these. The defaults are the shipped world's (docs/defense.md,
-    "The default"): jblur:4 (blur:4 on a grid offset per image) and λ = 0.5, chosen by the worst
+    "The default"): jblur:4 (blur:4 on a grid offset per image) and λ = 0.25, chosen by the worst
     case over the attack zoo.
 
     Attributes:
@@ -106,7 +106,7 @@ class ZipConfig:
 
     transforms: str = "jblur:4"
     steps: int = 20
-    guidance_power: float = 0.5
+    guidance_power: float = 0.25
     eta: float = 1.0
     noise_start: float = 1.0
     travel_length: int = 1

@@ -1,16 +1,18 @@
 """Per-request strength presets: named trade-offs between clean accuracy, attack coverage and compute.
 
-A preset is a change to the gateway's configured ZIP setting, not a setting of its own, so an
-operator who tunes `TRANSFORMS` or λ keeps that tuning under every preset. Each preset's
-measured row on the attack zoo is in docs/defense.md ("Strength presets"):
+A preset moves the gateway's configured ZIP setting in one direction, never the other: `light`
+never purifies harder than configured and `strict` never lighter, and knobs a preset does not
+name (the transforms, S, η) keep the operator's values. Each preset's measured row on the attack
+zoo is in docs/defense.md ("Strength presets"):
 
-- `light`: start the reverse process from the noised input at t* = 0.6 T (SDEdit/DiffPure-style,
-  with ZIP's range guidance). It keeps about 5 more points of clean accuracy and holds the common
-  trigger families, but a low-frequency white square survives it more often.
+- `light`: repaint less (λ at least 0.5) and start the reverse process from the input noised to
+  t* = 0.6 T (SDEdit/DiffPure-style, with ZIP's range guidance): clearly more clean accuracy, and
+  the common trigger families still held, but a bright low-frequency patch (a white square)
+  survives it far more often.
 - `balanced`: the configured setting as it is (the gateway's default).
-- `strict`: purify three times with independent seeds and answer with the vendor's majority label
-  (votes, docs/design.md "Votes"): three times the compute for more clean accuracy and fewer
-  attacks through.
+- `strict`: repaint at least as much as λ = 0.25 and purify three times with independent seeds
+  and grid offsets, answering with the vendor's majority label (docs/design.md "Votes"): three
+  times the compute, for clean accuracy back and fewer attacks through.
 
 Light on purpose (no torch): settings and the CLI import it.
 """
@@ -37,18 +39,22 @@ class StrengthPreset:
     """What a preset changes; None keeps the configured value.
 
     Attributes:
-        noise_start: t*/T of the start; a configured start below it is kept (a preset never starts higher).
+        noise_start: t*/T of the start at most (a configured lower start is kept).
+        min_guidance_power: λ at least (light: a configured larger λ, which repaints less, is kept).
+        max_guidance_power: λ at most (strict: a configured smaller λ, which repaints more, is kept).
         min_votes: purifications per image at least (a configured or requested larger K is kept).
     """
 
     noise_start: float | None = None
+    min_guidance_power: float | None = None
+    max_guidance_power: float | None = None
     min_votes: int = 1
 
 
 PRESETS: dict[Strength, StrengthPreset] = {
-    Strength.LIGHT: StrengthPreset(noise_start=0.6),
+    Strength.LIGHT: StrengthPreset(noise_start=0.6, min_guidance_power=0.5),
     Strength.BALANCED: StrengthPreset(),
-    Strength.STRICT: StrengthPreset(min_votes=3),
+    Strength.STRICT: StrengthPreset(max_guidance_power=0.25, min_votes=3),
 }
 
 
@@ -76,6 +82,11 @@ def apply_strength(strength: Strength, config: ZipConfig, votes: int) -> Strengt
     """
     strength = Strength(strength)
     preset = PRESETS[strength]
-    if preset.noise_start is not None:
-        config = dataclasses.replace(config, noise_start=min(config.noise_start, preset.noise_start))
+    guidance_power = config.guidance_power
+    if preset.min_guidance_power is not None:
+        guidance_power = max(guidance_power, preset.min_guidance_power)
+    if preset.max_guidance_power is not None:
+        guidance_power = min(guidance_power, preset.max_guidance_power)
+    noise_start = config.noise_start if preset.noise_start is None else min(config.noise_start, preset.noise_start)
+    config = dataclasses.replace(config, guidance_power=guidance_power, noise_start=noise_start)
     return StrengthChoice(strength, config, max(votes, preset.min_votes))
