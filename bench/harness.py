@@ -78,7 +78,9 @@ def stop(*processes: subprocess.Popen[bytes]) -> None:
 def gateway_server(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A `zipgate serve` process with ZIPGATE_* overrides; yields its URL and process once /readyz is 200."""
     sock = bound_socket()
-    process = spawn(GATEWAY_SCRIPT, sock, {"ZIPGATE_LOG_LEVEL": "warning", **env})
+    # As `zipgate serve` does (service/cli.py): OpenMP waits passively unless the environment says otherwise.
+    openmp = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    process = spawn(GATEWAY_SCRIPT, sock, {"ZIPGATE_LOG_LEVEL": "warning", **openmp, **env})
     try:
         wait_ready(f"{url_of(sock)}/readyz", process)
         yield url_of(sock), process
@@ -100,6 +102,31 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc/<pid>/stat), in seconds.
+
+    The process's own threads only (not its children): the gateway's cost, whoever else shares the cores.
+    """
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name, which is in parentheses and may hold spaces: utime and stime
+    # are fields 14 and 15 of the line, i.e. 11 and 12 after the closing parenthesis.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_times(pid: int) -> dict[int, tuple[float, float]]:
+    """Per thread of a process: (seconds on a CPU, seconds runnable but waiting for one), from schedstat.
+
+    Time in neither is time asleep: waiting for I/O, a lock or the GIL.
+    """
+    times = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):  # a thread may end while it is read
+            on_cpu_ns, waiting_ns, _slices = (int(v) for v in (task / "schedstat").read_text().split())
+            times[int(task.name)] = (on_cpu_ns / 1e9, waiting_ns / 1e9)
+    return times
 
 
 def percentile_ms(ordered: list[float], q: float) -> float:

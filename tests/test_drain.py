@@ -52,9 +52,9 @@ from tests.gateway_servers import GatedPurifier
 sock, gate, arrivals = (int(fd) for fd in sys.argv[1:4])
 
 class ReportingGate(GatedPurifier):
-    def __call__(self, batch, steps, generators):
+    def __call__(self, batch, steps, generators, variant=None):
         os.write(arrivals, b".")
-        return super().__call__(batch, steps, generators)
+        return super().__call__(batch, steps, generators, variant)
 
 purifier = ReportingGate()
 
