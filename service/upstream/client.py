@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -116,7 +117,25 @@ def make_http_client(
     # Explicit, so a sidecar client's own Accept-Encoding never replaces it (base.py drops it).
     headers = {"Accept-Encoding": ", ".join(decodable_encodings())}
     # trust_env=False: proxy variables of the host must not silently reroute vendor traffic.
-    return httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, follow_redirects=False, trust_env=False)
+    return httpx.AsyncClient(
+        timeout=timeout,
+        limits=limits,
+        headers=headers,
+        cookies=no_cookie_jar(),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def no_cookie_jar() -> http.cookiejar.CookieJar:
+    """A jar that never stores a cookie.
+
+    The gateway's one client serves every client of the gateway: a cookie the vendor sets in an
+    answer to one of them must not ride along on the next one's request (a session leaked across
+    tenants). Set-Cookie still reaches the client that caused it, in a relayed answer's headers,
+    and a client's own Cookie header is still relayed with its own request.
+    """
+    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 async def send_with_retries(
