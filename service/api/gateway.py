@@ -41,7 +41,7 @@ from service.errors import (
 )
 from service.metrics import GatewayMetrics, Stage
 from service.purify.seeds import vote_canvas_seeds
-from service.purify.strength import Strength, StrengthChoice
+from service.purify.strength import Strength, StrengthChoice, apply_strength
 from service.shadow.labels import LabelExtractor
 from service.shadow.monitor import build_shadow_monitor
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
@@ -84,6 +84,7 @@ class Gateway:
         self.models = ModelCatalog(settings.upstream_model_check_ttl_s)  # which models the vendor serves
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.vote_label = LabelExtractor.parse(settings.vote_label)
+        self.zip_config = settings.zip_config  # built (and validated) once, not per request
         self.shadow = build_shadow_monitor(settings, upstream, metrics.shadow, pool, self.vote_label)
         self._engine: EngineInfo | None = None
 
@@ -139,7 +140,8 @@ class Gateway:
             BadRequest: more votes than `max_votes`, asked for or implied by the preset.
         """
         settings = self.settings
-        choice = settings.strength_choice(settings.strength if strength is None else strength, votes)
+        chosen = settings.strength if strength is None else strength
+        choice = apply_strength(chosen, self.zip_config, settings.votes if votes is None else votes)
         if single or self.pool is None:
             return dataclasses.replace(choice, votes=1)
         if choice.votes > settings.max_votes:
@@ -211,7 +213,7 @@ class Gateway:
         choice = self.strength_choice(single=True) if choice is None else choice
         votes = choice.votes
         # The configured knobs travel as None, so every request that runs them shares batches.
-        variant = None if choice.config == self.settings.zip_config else choice.config
+        variant = None if choice.config == self.zip_config else choice.config
         count = fitted.canvases.shape[0]
         canvases, seeds = fitted.canvases, None
         if votes > 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from dataclasses import dataclass
 
 from service.purify.options import ZipConfig
@@ -67,10 +68,11 @@ class StrengthChoice:
     votes: int
 
 
+@functools.lru_cache(maxsize=256)  # pure and on every request; ZipConfig's validation is not free
 def apply_strength(strength: Strength, config: ZipConfig, votes: int) -> StrengthChoice:
     """The setting `strength` runs, given the configured ZIP knobs and votes.
 
-    Pure: the same inputs always give the same choice (the gateway computes it once per preset).
+    Pure: the same inputs always give the same choice (so it is cached).
 
     Args:
         strength: the preset.
