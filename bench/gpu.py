@@ -8,7 +8,7 @@ Measures, with the same seed and warm-ups before every timing (issue 18, item 1)
      ZIP ÷ (forward ÷ S), forward and ZIP MFU, and peak memory; one batch of 4 against 4 single runs;
   3. the shipped Fashion-MNIST model (`models/fmnist-ddpm`) the same way at a few batch sizes;
   4. cudnn.benchmark and torch.compile of the ADM UNet at one batch (compile warm-up included);
-  5. the gateway's efficiency against the engine, when `bench/load.py` takes `--device`.
+  5. the gateway's efficiency against the engine on the GPU (`bench/load.py --device cuda`).
 MFU uses the FLOPs torch counts for one forward of the model measured (FlopCounterMode; for ADM-256
 about 2.24 TFLOP, the 1,120 GMACs of the DiT paper's Table 6) against the GPU's datasheet peak (by
 its name, or --peak-tflops). A setting that runs out of device memory is recorded and the sweep

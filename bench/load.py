@@ -15,7 +15,9 @@ one torch thread, and its CPU time per image is printed, with the gateway's and 
 (b)'s wall time its worker spent computing (from /metrics).
 Last line: `efficiency=<b images/s ÷ a images/s>`.
 
-    .venv/bin/python bench/load.py [--steps 20] [--batch 16] [--concurrency 32] [--requests 128]
+    .venv/bin/python bench/load.py [--steps 20] [--batch 16] [--concurrency 32] [--requests 128] [--device cpu]
+
+`--device cuda` (or `cuda:N`) runs (a) and the gateway's one worker on that GPU (bench/gpu.sh uses it).
 """
 
 from __future__ import annotations
@@ -92,22 +94,25 @@ class ComputeTimes:
         )
 
 
-def engine_images_per_second(settings: Settings, batch: int, images: int) -> ComputeTimes:
+def engine_images_per_second(settings: Settings, batch: int, images: int, device: str = "cpu") -> ComputeTimes:
     """Offline throughput of what one gateway worker runs: `images` images in batches of `batch`, after a warm-up.
 
     The gateway's knobs, dtype and torch threads, one generator per image (as `DeviceWorker` seeds
     them), and the same statistic as (b): all the images over the whole time, not the best batch.
     """
     torch.set_num_threads(settings.torch_threads)
-    model = load_eps_model(settings.model_path, "cpu", settings.dtype)
+    model = load_eps_model(settings.model_path, device, settings.dtype.resolve(device))
     purifier = ZipPurifier(model, settings.zip_config)
-    x = torch.rand(batch, model.channels, model.sample_size, model.sample_size) * 2 - 1
-    purifier(x, seeded_generators(list(range(batch)), "cpu"))  # warm-up
+    x = (torch.rand(batch, model.channels, model.sample_size, model.sample_size) * 2 - 1).to(device)
+    purifier(x, seeded_generators(list(range(batch)), device))  # warm-up
+    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+    synchronize()
     batches = math.ceil(images / batch)
     me = threading.get_native_id()  # with one torch thread, this thread computes everything
     before, started = thread_times(os.getpid())[me], time.perf_counter()
     for i in range(batches):
-        purifier(x, seeded_generators(list(range(i * batch, (i + 1) * batch)), "cpu"))
+        purifier(x, seeded_generators(list(range(i * batch, (i + 1) * batch)), device))
+    synchronize()
     wall_s, after = time.perf_counter() - started, thread_times(os.getpid())[me]
     return ComputeTimes(batches * batch, wall_s, after[0] - before[0], after[1] - before[1])
 
@@ -142,16 +147,19 @@ def main() -> None:
     parser.add_argument("--unbatched-requests", type=int, default=48)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--model", type=Path, default=Path("models/fmnist-ddpm"))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where (a) and the gateway's worker run")
     args = parser.parse_args()
+    device = "cuda:0" if args.device == "cuda" else args.device
     dtype = DType(args.dtype)
     body = _test_png()
     # The gateway's settings as its environment below makes them (the upstream URL only has to parse).
     settings = load_settings(upstream_url="http://127.0.0.1:1", steps=args.steps, dtype=dtype, model_path=args.model)
 
-    offline = engine_images_per_second(settings, args.batch, args.requests)
+    offline = engine_images_per_second(settings, args.batch, args.requests, device)
     engine = offline.images / offline.wall_s
     print(
-        f"steps={args.steps} dtype={dtype.resolve('cpu')} concurrency={args.concurrency} model={args.model} "
+        f"steps={args.steps} device={device} dtype={dtype.resolve(device)} concurrency={args.concurrency} "
+        f"model={args.model} "
         f"transforms={settings.zip_config.transforms} λ={settings.zip_config.guidance_power} "
         f"torch_threads={settings.torch_threads} OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
     )
@@ -165,6 +173,7 @@ def main() -> None:
         "ZIPGATE_STEPS": str(args.steps),
         "ZIPGATE_DTYPE": args.dtype,
         "ZIPGATE_MODEL_PATH": str(args.model),
+        "ZIPGATE_DEVICES": device,
         "ZIPGATE_MAX_WAIT_MS": "20",
         "ZIPGATE_QUEUE_LIMIT": "1024",
         "ZIPGATE_REQUEST_TIMEOUT_S": "300",
