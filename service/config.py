@@ -19,14 +19,22 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from service.config_file import ENV_PREFIX, ConfigError, ConfigFileSource
 from service.cpus import default_torch_threads
-from service.purify.options import DType, SmallImageFit, ZipConfig, check_eta, check_guidance_power, check_transforms
+from service.purify.options import (
+    Acceleration,
+    CompileMode,
+    DType,
+    SmallImageFit,
+    ZipConfig,
+    check_eta,
+    check_guidance_power,
+    check_transforms,
+)
 from service.purify.strength import Strength, StrengthChoice, apply_strength
 from service.shadow.labels import LabelExtractor
 from service.upstream.base import UpstreamProtocol
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES
 from service.upstream.failures import redact_url
 from service.upstream.v2_input import PixelLayout, TensorDatatype, V2Input
-
 
 # Paths the gateway serves itself: a raw sidecar path must not shadow them (/predict is the
 # exception: a raw image body on it is routed to the sidecar, see api/routes_predict.py).
@@ -119,6 +127,12 @@ class Settings(BaseSettings):
     )
     devices: str = Field("auto", description="'auto' (every CUDA device, else CPU) or a list: 'cuda:0,cuda:1'.")
     dtype: DType = Field(DType.AUTO, description="ε-model compute dtype: auto (fp16 on CUDA) | fp32 | bf16 | fp16.")
+    channels_last: bool = Field(False, description="The UNet's weights and inputs in NHWC order (for GPUs).")
+    compile_mode: CompileMode = Field(
+        CompileMode.OFF,
+        description="torch.compile of the UNet: off | default | reduce-overhead (CUDA graphs) | "
+        "max-autotune. Batches are padded to power-of-two buckets, each compiled before ready.",
+    )
     torch_threads: int = Field(
         default_factory=default_torch_threads,
         ge=1,
@@ -381,6 +395,11 @@ class Settings(BaseSettings):
     def zip_config(self) -> ZipConfig:
         """ZIP's knobs as the engine takes them (no time travel in the gateway: L = R = 1)."""
         return ZipConfig(self.transforms, self.steps, self.guidance_power, self.eta, self.noise_start)
+
+    @property
+    def acceleration(self) -> Acceleration:
+        """How the ε-model runs on its devices (channels-last, torch.compile)."""
+        return Acceleration(channels_last=self.channels_last, compile_mode=self.compile_mode)
 
     def strength_choice(self, strength: Strength, votes: int | None = None) -> StrengthChoice:
         """The knobs and votes a request of `strength` runs (`votes`: the request's ?votes=K, else `votes`)."""

@@ -138,7 +138,13 @@ def _zip_factory(settings: Settings) -> PurifierFactory:
             f"model_path '{settings.model_path}' is not a directory; point ZIPGATE_MODEL_PATH at "
             "a diffusers UNet2DModel folder (e.g. models/fmnist-ddpm) or disable purification"
         )
-    return zip_purifier_factory(settings.model_path, settings.zip_config, settings.dtype)
+    return zip_purifier_factory(
+        settings.model_path,
+        settings.zip_config,
+        settings.dtype,
+        settings.acceleration,
+        max_batch_size=settings.max_batch_size,
+    )
 
 
 def _pool_config(settings: Settings) -> PoolConfig:

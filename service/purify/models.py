@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
-from service.purify.options import DType  # defined in the light module; importable from here too
+from service.purify.options import Acceleration, CompileMode, DType  # the light module's; importable from here
 
 
 def torch_dtype(dtype: DType, device: torch.device | str) -> torch.dtype:
@@ -54,13 +54,33 @@ class EpsModel:
     """ε_θ(x, t) on a device and dtype: float32 in, float32 out, C output channels (σ dropped)."""
 
     def __init__(
-        self, unet: UNet2DModel, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+        self,
+        unet: UNet2DModel,
+        name: str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        acceleration: Acceleration = Acceleration(),
     ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
+        self.acceleration = acceleration
         # nn.Module.to, not ModelMixin.to: the latter warns on every cast about fp32-pinned modules,
         # which UNet2DModel does not have.
         self.unet = torch.nn.Module.to(unet, device=self.device, dtype=dtype).eval().requires_grad_(False)
+        self._memory_format = torch.channels_last if acceleration.channels_last else torch.contiguous_format
+        if acceleration.channels_last:
+            self.unet = self.unet.to(memory_format=torch.channels_last)
+        self._forward = self.unet
+        if acceleration.compile_mode is not CompileMode.OFF:
+            # dynamic=False: one graph per batch size, the fastest on a GPU; the pool pads batches to
+            # a few bucket sizes and compiles each during its warm-up (workers/purifier.py).
+            inductor = acceleration.compile_backend == "inductor"  # the modes are inductor's options
+            self._forward = torch.compile(
+                self.unet,
+                mode=acceleration.compile_mode.value if inductor else None,
+                backend=acceleration.compile_backend,
+                dynamic=False,
+            )
         config = unet.config
         self.channels: int = int(config.in_channels)
         self.sample_size: int = _as_int_size(config.sample_size)
@@ -81,8 +101,9 @@ class EpsModel:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε for x (N, C, H, W) at integer timesteps t (N,); learned-σ channels are dropped."""
+        x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=self._memory_format)
         with torch.inference_mode():
-            out = self.unet(x.to(device=self.device, dtype=self.dtype), t.to(self.device)).sample
+            out = self._forward(x, t.to(self.device)).sample
         return out[:, : self.channels].float()
 
 
@@ -127,7 +148,10 @@ def load_unet(path: Path | str) -> UNet2DModel:
 
 
 def load_eps_model(
-    path: Path | str, device: torch.device | str = "cpu", dtype: DType | torch.dtype = DType.FP32
+    path: Path | str,
+    device: torch.device | str = "cpu",
+    dtype: DType | torch.dtype = DType.FP32,
+    acceleration: Acceleration = Acceleration(),
 ) -> EpsModel:
     """Load a local diffusers UNet2DModel directory as an `EpsModel` on `device` in `dtype`.
 
@@ -136,4 +160,4 @@ def load_eps_model(
     """
     device = torch.device(device)
     torch_dtype = dtype.resolve(device) if isinstance(dtype, DType) else dtype
-    return EpsModel(load_unet(path), name=Path(path).name, device=device, dtype=torch_dtype)
+    return EpsModel(load_unet(path), name=Path(path).name, device=device, dtype=torch_dtype, acceleration=acceleration)

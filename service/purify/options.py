@@ -30,6 +30,34 @@ class DType(enum.StrEnum):
         return torch_dtype(self, device)
 
 
+class CompileMode(enum.StrEnum):
+    """`torch.compile` of the ε-model's UNet (docs/design.md, "Engine acceleration").
+
+    A compiled UNet is specialised to its batch size, so the pool pads batches to power-of-two
+    buckets and compiles each bucket while warming up, before the worker reports ready.
+    """
+
+    OFF = "off"
+    DEFAULT = "default"
+    REDUCE_OVERHEAD = "reduce-overhead"  # CUDA graphs on a GPU: the step's launch overhead goes
+    MAX_AUTOTUNE = "max-autotune"
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """How the ε-model runs on its device, results unchanged up to rounding.
+
+    Attributes:
+        channels_last: the UNet's weights and inputs in NHWC memory order (tensor cores prefer it).
+        compile_mode: `torch.compile` mode; OFF runs eagerly.
+        compile_backend: the `torch.compile` backend (inductor; tests use "eager" to check the wiring).
+    """
+
+    channels_last: bool = False
+    compile_mode: CompileMode = CompileMode.OFF
+    compile_backend: str = "inductor"
+
+
 class SmallImageFit(enum.StrEnum):
     """How an image smaller than its slot (the canvas, or a tile of it) is fitted."""
 
