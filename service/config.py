@@ -109,8 +109,8 @@ class Settings(BaseSettings):
     )
     strength: Strength = Field(
         Strength.BALANCED,
-        description="Strength preset of requests that do not send ?strength=: light (t* = 0.6), "
-        "balanced (the knobs above), strict (at least 3 votes). docs/defense.md, 'Strength presets'.",
+        description="Strength preset of requests that do not send ?strength=: light (λ ≥ 0.5, t* ≤ 0.6), "
+        "balanced (the knobs above), strict (λ ≤ 0.25, at least 3 votes). docs/defense.md, 'Strength presets'.",
     )
     vendor_mirror: bool = Field(
         False,

@@ -59,9 +59,10 @@ StrengthQuery = Annotated[
     Strength | None,
     Query(
         description=(
-            "Purification strength: light (start from the input noised to t* = 0.6: more clean accuracy, weaker on "
-            "low-frequency patches), balanced (the gateway's knobs), strict (at least 3 votes). Default: the "
-            "gateway's `strength`. Measured rows: docs/defense.md, 'Strength presets'."
+            "Purification strength: light (λ ≥ 0.5, start from the input noised to t* = 0.6: more clean accuracy, "
+            "weaker on bright low-frequency patches), balanced (the gateway's knobs), strict (λ ≤ 0.25 and at least 3 "
+            "votes: 3× the compute, more clean accuracy, fewer attacks through). Default: the gateway's `strength`. "
+            "Measured rows: docs/defense.md, 'Strength presets'."
         ),
     ),
 ]
