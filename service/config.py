@@ -107,6 +107,15 @@ class Settings(BaseSettings):
         description="t*/T: start from the input noised to t* instead of pure noise (1); more "
         "clean accuracy, weaker on low-frequency triggers (docs/defense.md).",
     )
+    travel_length: int = Field(
+        ZipConfig.travel_length, ge=1, description="RePaint time travel L: jump back L steps (1 = no time travel)."
+    )
+    travel_repeat: int = Field(
+        ZipConfig.travel_repeat,
+        ge=1,
+        description="RePaint time travel R: every L steps, go back and redo them R - 1 more times "
+        "(L = R = 2 costs 2.8x the forwards at 20 steps; docs/defense.md, 'Time travel').",
+    )
     strength: Strength = Field(
         Strength.BALANCED,
         description="Strength preset of requests that do not send ?strength=: light (λ ≥ 0.5, t* ≤ 0.6), "
@@ -393,8 +402,16 @@ class Settings(BaseSettings):
 
     @property
     def zip_config(self) -> ZipConfig:
-        """ZIP's knobs as the engine takes them (no time travel in the gateway: L = R = 1)."""
-        return ZipConfig(self.transforms, self.steps, self.guidance_power, self.eta, self.noise_start)
+        """ZIP's knobs as the engine takes them."""
+        return ZipConfig(
+            self.transforms,
+            self.steps,
+            self.guidance_power,
+            self.eta,
+            self.noise_start,
+            self.travel_length,
+            self.travel_repeat,
+        )
 
     @property
     def acceleration(self) -> Acceleration:

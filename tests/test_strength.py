@@ -75,8 +75,11 @@ def test_settings_refuse_a_noise_start_outside_0_1(noise_start: float) -> None:
         Settings(noise_start=noise_start)
 
 
-def test_settings_pass_the_noise_start_to_zip() -> None:
-    assert Settings(noise_start=0.7).zip_config.noise_start == 0.7
+def test_settings_pass_the_noise_start_and_time_travel_to_zip() -> None:
+    config = Settings(noise_start=0.7, travel_length=2, travel_repeat=3).zip_config
+    assert (config.noise_start, config.travel_length, config.travel_repeat) == (0.7, 2, 3)
+    with pytest.raises(ValidationError, match="travel_length"):
+        Settings(travel_length=0)
 
 
 class RecordingPurifier(FakePurifier):
