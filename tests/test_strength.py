@@ -101,12 +101,14 @@ class CountingVendor:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.headers: list[dict[str, str]] = []
         self.app = FastAPI()
 
         @self.app.post("/predict")
         async def predict(request: Request) -> JSONResponse:
             await request.body()
             self.calls += 1
+            self.headers.append(dict(request.headers))
             return JSONResponse({"label": 1})
 
 
@@ -177,3 +179,30 @@ def test_a_preset_that_needs_more_votes_than_allowed_is_a_client_error(tmp_path:
         assert _predict(url, "/purify", strength="strict").status_code == 200  # one image back: no votes needed
         default = _predict(url)  # the configured default strength
         assert default.json()["purification"]["strength"] == "light"
+
+
+def test_a_sidecar_request_picks_its_strength_with_a_header_the_vendor_never_sees(tmp_path: Path) -> None:
+    vendor, purifier = CountingVendor(), RecordingPurifier()
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
+            gateway_settings(tmp_path, vendor_url, guidance_power=0.25), purifier_factory=lambda device: purifier
+        ) as url,
+    ):
+
+        def sidecar(**headers: str) -> httpx.Response:
+            return httpx.post(
+                f"{url}/predict", content=_png(), headers={"content-type": "image/png", **headers}, timeout=30.0
+            )
+
+        light = sidecar(**{"X-Zipgate-Strength": "Light"})
+        assert light.status_code == 200 and light.json() == {"label": 1}  # the vendor's answer, relayed
+        variant = purifier.variants[-1]
+        assert isinstance(variant, ZipConfig) and variant.noise_start == 0.6
+        assert "x-zipgate-strength" not in vendor.headers[-1]
+        assert sidecar().status_code == 200 and purifier.variants[-1] is None  # the default, balanced
+        strict = sidecar(**{"X-Zipgate-Strength": "strict"})
+        assert strict.status_code == 200 and vendor.calls == 3  # one relayed call: no votes
+        bad = sidecar(**{"X-Zipgate-Strength": "maximal"})
+        assert bad.status_code == 400 and "X-Zipgate-Strength" in bad.json()["error"]["message"]
+        assert vendor.calls == 3 and len(purifier.variants) == 3  # refused before any work

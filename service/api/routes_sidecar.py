@@ -35,10 +35,11 @@ from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
 from service.api.gateway import Gateway
 from service.api.guard import time_left
 from service.api.schemas import EXAMPLE_PNG_B64, ErrorResponse
-from service.api.security import headers_for_vendor
+from service.api.security import STRENGTH_HEADER, headers_for_vendor
 from service.api.stages import RequestContext
 from service.config import model_name_problem
 from service.errors import BadRequest, ModelNotFound, PayloadTooLarge
+from service.purify.strength import Strength
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, VendorBody
 from service.upstream.catalog import ModelRef
 from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH
@@ -193,6 +194,22 @@ def headers_for_question(headers: dict[str, str]) -> dict[str, str]:
     }
 
 
+def sidecar_strength(request: Request) -> Strength | None:
+    """The strength a sidecar request asks for in X-Zipgate-Strength (None: the gateway's default).
+
+    Raises:
+        BadRequest: a value that names no preset.
+    """
+    value = request.headers.get(STRENGTH_HEADER)
+    if value is None:
+        return None
+    try:
+        return Strength(value.strip().lower())
+    except ValueError:
+        known = ", ".join(s.value for s in Strength)
+        raise BadRequest(f"{STRENGTH_HEADER}: {value!r} is not a strength; use one of {known}") from None
+
+
 async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: RequestContext) -> Response:
     """Purify the images inside a vendor-format request and relay it to the same path upstream.
 
@@ -205,6 +222,7 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
     """
     check_vendor_path(request, gateway.settings.upstream_models)
     gateway.require_ready()
+    choice = gateway.strength_choice(sidecar_strength(request), single=True)
     headers = headers_for_vendor(request.headers, gateway.settings.api_key)
     body = VendorBody.from_headers(await request.body(), request.headers)
     blobs = adapter.extract_images(body)
@@ -220,8 +238,9 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
             request_id=ctx.request_id,
             timeout_s=time_left(ctx.deadline, ctx.request_id, "asking the vendor"),
         )
-    # The configured strength's knobs, purified once: a relayed call has one answer, so nothing to vote on.
-    prepared = await gateway.prepare(blobs, ctx, gateway.strength_choice(single=True))
+    # The strength's knobs (X-Zipgate-Strength, else the configured default), purified once: a relayed
+    # call has one answer, so nothing to vote on.
+    prepared = await gateway.prepare(blobs, ctx, choice)
     if prepared.steps is not None:  # purification off: the body and its headers go as they came
         body = adapter.replace_images(body, prepared.blobs, image_content_type=prepared.content_type)
         headers = body.reframe(headers)

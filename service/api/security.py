@@ -13,7 +13,9 @@ from service.errors import Unauthorized
 
 API_KEY_HEADER = "X-API-Key"
 # Headers the gateway itself reads; not forwarded to the vendor in sidecar mode.
-GATEWAY_ONLY_HEADERS = frozenset({"x-request-timeout"})
+# The strength header is the sidecar's ?strength= (a vendor-format request has no query of ours).
+STRENGTH_HEADER = "X-Zipgate-Strength"
+GATEWAY_ONLY_HEADERS = frozenset({"x-request-timeout", STRENGTH_HEADER.lower()})
 # Credential headers that may carry the gateway's key in some spelling (the adapter drops
 # Proxy-Authorization as hop-by-hop too; here it goes whatever the adapter does).
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})
@@ -54,7 +56,7 @@ def api_key_dependency(expected: SecretStr) -> Callable[..., Awaitable[None]]:
 
 
 def headers_for_vendor(headers: Mapping[str, str], api_key: SecretStr | None) -> dict[str, str]:
-    """The client's headers minus what is meant for the gateway: its X-Request-Timeout and, when a
+    """The client's headers minus what is meant for the gateway: its X-Request-Timeout, X-Zipgate-Strength and, when a
     key is configured, X-API-Key (the gateway's header, whatever it holds) and any Authorization or
     Proxy-Authorization that carries the gateway's key in any form. A vendor credential in
     Authorization passes (unless UPSTREAM_URL has credentials: the adapter's Basic auth replaces it).
