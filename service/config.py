@@ -403,15 +403,7 @@ class Settings(BaseSettings):
     @property
     def zip_config(self) -> ZipConfig:
         """ZIP's knobs as the engine takes them."""
-        return ZipConfig(
-            self.transforms,
-            self.steps,
-            self.guidance_power,
-            self.eta,
-            self.noise_start,
-            self.travel_length,
-            self.travel_repeat,
-        )
+        return ZipConfig.from_knobs(self)
 
     @property
     def acceleration(self) -> Acceleration:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,14 +125,22 @@ def _predict(url: str, path: str = "/predict", **params: str) -> httpx.Response:
     return httpx.post(f"{url}{path}", params=params, files=files, timeout=30.0)
 
 
-def test_strength_presets_through_a_running_gateway(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _gateway(tmp_path: Path, **settings: Any) -> Iterator[tuple[str, CountingVendor, RecordingPurifier]]:
+    """A running gateway (λ = 0.25 unless set) with a recording purifier, in front of a counting vendor."""
     vendor, purifier = CountingVendor(), RecordingPurifier()
     with (
         serve_asgi(vendor.app) as vendor_url,
         running_gateway(
-            gateway_settings(tmp_path, vendor_url, guidance_power=0.25), purifier_factory=lambda device: purifier
+            gateway_settings(tmp_path, vendor_url, **{"guidance_power": 0.25, **settings}),
+            purifier_factory=lambda device: purifier,
         ) as url,
     ):
+        yield url, vendor, purifier
+
+
+def test_strength_presets_through_a_running_gateway(tmp_path: Path) -> None:
+    with _gateway(tmp_path) as (url, vendor, purifier):
         default = _predict(url)
         assert default.status_code == 200, default.text
         assert default.json()["purification"]["strength"] == "balanced" and vendor.calls == 1
@@ -164,14 +174,7 @@ def test_strength_presets_through_a_running_gateway(tmp_path: Path) -> None:
 
 
 def test_a_preset_that_needs_more_votes_than_allowed_is_a_client_error(tmp_path: Path) -> None:
-    vendor, purifier = CountingVendor(), RecordingPurifier()
-    with (
-        serve_asgi(vendor.app) as vendor_url,
-        running_gateway(
-            gateway_settings(tmp_path, vendor_url, max_votes=2, strength="light"),
-            purifier_factory=lambda device: purifier,
-        ) as url,
-    ):
+    with _gateway(tmp_path, max_votes=2, strength="light") as (url, vendor, purifier):
         refused = _predict(url, strength="strict")
         assert refused.status_code == 400
         assert "votes=3 (strength=strict) exceeds this gateway's max_votes (2)" in refused.json()["error"]["message"]
@@ -182,13 +185,7 @@ def test_a_preset_that_needs_more_votes_than_allowed_is_a_client_error(tmp_path:
 
 
 def test_a_sidecar_request_picks_its_strength_with_a_header_the_vendor_never_sees(tmp_path: Path) -> None:
-    vendor, purifier = CountingVendor(), RecordingPurifier()
-    with (
-        serve_asgi(vendor.app) as vendor_url,
-        running_gateway(
-            gateway_settings(tmp_path, vendor_url, guidance_power=0.25), purifier_factory=lambda device: purifier
-        ) as url,
-    ):
+    with _gateway(tmp_path) as (url, vendor, purifier):
 
         def sidecar(**headers: str) -> httpx.Response:
             return httpx.post(

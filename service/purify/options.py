@@ -6,6 +6,7 @@ none of them should load torch or diffusers to do so (the heavy work is imported
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
@@ -154,12 +155,10 @@ class ZipConfig:
 
     def zip_config(self) -> ZipConfig:
         """Only ZIP's knobs, as a plain `ZipConfig` (a subclass adds knobs of its own, such as votes)."""
-        return ZipConfig(
-            self.transforms,
-            self.steps,
-            self.guidance_power,
-            self.eta,
-            self.noise_start,
-            self.travel_length,
-            self.travel_repeat,
-        )
+        return ZipConfig.from_knobs(self)
+
+    @classmethod
+    def from_knobs(cls, source: object) -> ZipConfig:
+        """A `ZipConfig` from any object holding ZIP's knobs as attributes of the same names (the
+        gateway's settings, an evaluation setting): a knob added here reaches every such source."""
+        return cls(**{field.name: getattr(source, field.name) for field in dataclasses.fields(cls)})
