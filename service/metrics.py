@@ -63,6 +63,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.images_purified = Counter("zipgate_images_purified_total", "Images purified by the workers.", registry=r)
+        self.strength_requests = Counter(
+            "zipgate_strength_requests_total",
+            "Purifying requests by strength preset (strict costs 3x: the mix is the compute bill).",
+            ["strength"],
+            registry=r,
+        )
         self.upstream_requests = Counter(
             "zipgate_upstream_requests_total",
             "Calls to the vendor API, by HTTP status ('error' = no response).",

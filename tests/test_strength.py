@@ -22,7 +22,7 @@ from service.config import Settings
 from service.loopback import serve_asgi
 from service.purify.options import ZipConfig
 from service.purify.strength import PRESETS, Strength, apply_strength
-from tests.gateway_servers import FakePurifier, gateway_settings, running_gateway
+from tests.gateway_servers import FakePurifier, gateway_settings, metric_value, running_gateway
 
 CONFIGURED = ZipConfig("blur:2", steps=7, guidance_power=0.25, eta=0.5, noise_start=1.0)
 
@@ -171,6 +171,12 @@ def test_strength_presets_through_a_running_gateway(tmp_path: Path) -> None:
 
         unknown = _predict(url, strength="extreme")
         assert unknown.status_code == 422 and "strength" in unknown.text
+        scrape = httpx.get(f"{url}/metrics", timeout=10.0).text
+        counts = {
+            strength: metric_value(scrape, "zipgate_strength_requests_total", strength=strength)
+            for strength in ("balanced", "strict", "light")
+        }
+        assert counts == {"balanced": 1, "strict": 2, "light": 2}  # /purify requests counted too
 
 
 def test_a_preset_that_needs_more_votes_than_allowed_is_a_client_error(tmp_path: Path) -> None:

@@ -211,6 +211,7 @@ class Gateway:
             raise NotReady("purification is disabled on this gateway (purification_enabled=false)", retry_after_s=None)
         fitted = decoded.fitted
         choice = self.strength_choice(single=True) if choice is None else choice
+        self.metrics.strength_requests.labels(choice.strength.value).inc()
         votes = choice.votes
         # The configured knobs travel as None, so every request that runs them shares batches.
         variant = None if choice.config == self.zip_config else choice.config
