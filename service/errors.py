@@ -21,7 +21,8 @@
 Upstream messages name "the vendor" and the failure, never its URL (an internal host, perhaps with
 credentials): they reach the client.
 
-`api/errors.py` turns any of these into `{"error": {"code", "message", "request_id"}}`.
+`api/errors.py` turns any of these into `{"error": {"code", "message", "request_id"}}`, or, on the
+vendor protocols' paths, into their own shape (`error_body`).
 This module imports nothing heavy: `upstream/` and `workers/` raise these without torch or FastAPI.
 """
 
@@ -188,3 +189,25 @@ class UpstreamRejected(UpstreamError):
         self.status_code = upstream_status
         self.body = body
         self.content_type = content_type
+
+
+# TF-Serving, KServe v1 and the Open Inference Protocol (v2) answer errors as {"error": "<message>"};
+# their clients (tritonclient, KServe's) read that string. On their paths the gateway speaks the same.
+PROTOCOL_ERROR_PREFIXES = ("/v1/", "/v2/")
+
+
+def error_body(
+    path: str, code: str, message: str, request_id: str | None, upstream_status: int | None = None
+) -> dict[str, object]:
+    """The JSON body of an error answered on `path`.
+
+    The house shape is {"error": {"code", "message", "request_id"}}. Under /v1/ and /v2/ (and /v2
+    itself) it is the protocols' {"error": "<message>"}, with the code and request id as fields of
+    their own beside it, so a v2 client shows the message and nothing of ours is lost.
+    """
+    details: dict[str, object] = {"code": code, "message": message, "request_id": request_id}
+    if upstream_status is not None:
+        details["upstream_status"] = upstream_status
+    if path == "/v2" or path.startswith(PROTOCOL_ERROR_PREFIXES):
+        return {"error": message, **{key: value for key, value in details.items() if key != "message"}}
+    return {"error": details}

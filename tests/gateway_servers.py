@@ -277,3 +277,13 @@ def get(url: str, **kwargs: Any) -> Any:
 
     kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
     return httpx.get(url, **kwargs)
+
+
+def error_details(body: Any, path: str) -> dict[str, Any]:
+    """An error body's code, message and request id, checking its shape: the house {"error": {...}},
+    or on the /v1/ and /v2/ protocol paths theirs, {"error": "<message>", "code", "request_id"}."""
+    if path == "/v2" or path.startswith(("/v1/", "/v2/")):
+        assert isinstance(body.get("error"), str) and {"error", "code", "request_id"} <= set(body), body
+        return {**{key: value for key, value in body.items() if key != "error"}, "message": body["error"]}
+    assert set(body) == {"error"}, body
+    return body["error"]

@@ -22,6 +22,7 @@ from service.backdoor.vendor_model import load_vendor, predict_labels
 from service.demo.decoding import InputLimits
 from service.demo.vendor_app import create_vendor_app
 from service.loopback import serve_asgi
+from tests.gateway_servers import error_details
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "vendor-badnets"
 NAME = "fmnist"
@@ -46,8 +47,9 @@ def b64(data: bytes) -> str:
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    """The house shape, or on the /v1/ and /v2/ protocol paths theirs: {"error": "<message>", "code", ...}."""
     assert response.status_code == status, response.text
-    error = response.json()["error"]
+    error = error_details(response.json(), response.request.url.path)
     assert error["code"] == code and error["message"]
     assert error["request_id"] == response.headers["x-request-id"]
 

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.gateway_servers import (
+    error_details,
     gateway_settings,
     png_header_claiming,
     running_gateway,
@@ -487,8 +488,7 @@ def check_answer(request: FuzzRequest, response: httpx.Response) -> None:
         return
     assert response.headers.get("content-type", "").startswith("application/json"), (where, response.text[:300])
     body = response.json()
-    assert set(body) == {"error"}, (where, body)
-    error = body["error"]
+    error = error_details(body, request.path)
     assert isinstance(error.get("code"), str) and isinstance(error.get("message"), str), (where, body)
     assert isinstance(error.get("request_id"), str) and error["request_id"], (where, body)
     assert error["request_id"] == response.headers.get("x-request-id"), (where, body, response.headers)

@@ -15,6 +15,7 @@ from tests.fault_servers import StaticApp, refused_port, reset_after_head, serve
 from tests.gateway_servers import (
     FakePurifier,
     GatedPurifier,
+    error_details,
     gateway_settings,
     get,
     metric_value,
@@ -31,12 +32,14 @@ MAX_IMAGES = 3
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:
-    """The response is a JSON error of `status` and `code`, stamped with the request id, no trace."""
+    """The response is a JSON error of `status` and `code`, stamped with the request id, no trace.
+
+    The house shape {"error": {...}}; on the /v1/ and /v2/ protocol paths theirs, {"error": "<message>"},
+    with the code and request id beside it.
+    """
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
+    error = error_details(response.json(), response.request.url.path)
     assert error["code"] == code, error
     assert error["message"] and "Traceback" not in response.text
     assert error["request_id"] == response.headers["x-request-id"]

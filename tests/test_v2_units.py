@@ -174,3 +174,19 @@ def test_input_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = load_settings().upstream_input
     assert spec == V2Input("pixels", TensorDatatype.FP32, (28, 28, 1), PixelLayout.HWC)
     assert spec.channels == 1 and spec.height_width == (28, 28)
+
+
+def test_errors_on_the_protocol_paths_take_the_protocols_shape() -> None:
+    from service.errors import error_body
+
+    house = {"error": {"code": "bad_request", "message": "no", "request_id": "r1"}}
+    assert error_body("/predict", "bad_request", "no", "r1") == house
+    assert error_body("/v2x", "bad_request", "no", "r1") == house  # not a protocol path
+    for path in ("/v2", "/v2/models/m/infer", "/v2/health/ready", "/v1/models/m:predict"):
+        assert error_body(path, "bad_request", "no", "r1") == {"error": "no", "code": "bad_request", "request_id": "r1"}
+    assert error_body("/v1/models/m:predict", "upstream_error", "down", None, upstream_status=503) == {
+        "error": "down",
+        "code": "upstream_error",
+        "request_id": None,
+        "upstream_status": 503,
+    }

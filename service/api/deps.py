@@ -12,7 +12,7 @@ from pydantic import WithJsonSchema
 from service.api.gateway import Gateway
 from service.api.logging import REQUEST_ID
 from service.api.middleware import timings_of
-from service.api.schemas import ErrorResponse
+from service.api.schemas import ErrorResponse, ProtocolErrorResponse
 from service.api.stages import RequestContext
 from service.errors import BadRequest
 
@@ -20,21 +20,26 @@ TIMEOUT_HEADER = "X-Request-Timeout"
 MAX_SEED = 2**63 - 1
 
 # The gateway's own errors on every route that reads a body (the sidecar's model routes add 404).
+_ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "Undecodable or empty image, invalid JSON or base64, bad header.",
+    401: "Missing or wrong API key (only when one is configured).",
+    408: "The request body did not arrive within body_read_timeout_s.",
+    413: "Over the byte, pixel or image-count limit.",
+    415: "Unsupported Content-Type or image format.",
+    422: "JSON or parameters of the wrong shape.",
+    429: "Purification queue full; see Retry-After.",
+    500: "The purification batch failed, or an unexpected error.",
+    502: "The vendor API failed: 5xx, refused, reset, or an unreadable answer.",
+    503: "Starting (model loading) or draining for shutdown.",
+    504: "The request's deadline or the vendor's timeout passed.",
+}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        400: "Undecodable or empty image, invalid JSON or base64, bad header.",
-        401: "Missing or wrong API key (only when one is configured).",
-        408: "The request body did not arrive within body_read_timeout_s.",
-        413: "Over the byte, pixel or image-count limit.",
-        415: "Unsupported Content-Type or image format.",
-        422: "JSON or parameters of the wrong shape.",
-        429: "Purification queue full; see Retry-After.",
-        500: "The purification batch failed, or an unexpected error.",
-        502: "The vendor API failed: 5xx, refused, reset, or an unreadable answer.",
-        503: "Starting (model loading) or draining for shutdown.",
-        504: "The request's deadline or the vendor's timeout passed.",
-    }.items()
+    status: {"model": ErrorResponse, "description": description} for status, description in _ERROR_DESCRIPTIONS.items()
+}
+# The same errors on the /v1/ and /v2/ protocol paths, in the protocols' shape (service.errors.error_body).
+PROTOCOL_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ProtocolErrorResponse, "description": description}
+    for status, description in _ERROR_DESCRIPTIONS.items()
 }
 
 SeedQuery = Annotated[

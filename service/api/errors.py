@@ -1,4 +1,6 @@
-"""Every error leaves the gateway as `{"error": {"code", "message", "request_id"}}`, never a trace.
+"""Every error leaves the gateway as `{"error": {"code", "message", "request_id"}}`, never a trace
+(on the /v1/ and /v2/ protocol paths as the protocols' `{"error": "<message>"}` with the code and
+request id beside it: `service.errors.error_body`).
 
 GatewayError (service/errors.py)   → its own status, code and headers
 UpstreamRejected (vendor 4xx)      → the vendor's status; its body quoted in the message
@@ -10,7 +12,10 @@ anything else                      → 500 internal (api/middleware.py; the trac
 
 from __future__ import annotations
 
+import contextvars
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -19,13 +24,25 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from service.api.logging import REQUEST_ID
-from service.errors import GatewayError, InvalidShape, UpstreamError, UpstreamRejected
+from service.errors import GatewayError, InvalidShape, UpstreamError, UpstreamRejected, error_body
 
 logger = logging.getLogger(__name__)
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 _QUOTED_BODY_CHARS = 500  # enough to show a vendor's error message, not enough to relay a payload
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client left first": never seen by it, only counted
+# The request's path, for the error shape; a ContextVar like the request id (the middleware sets both).
+REQUEST_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("zipgate_request_path", default="")
+
+
+@contextmanager
+def request_path_context(path: str) -> Iterator[None]:
+    """Errors answered inside the block take the shape of `path`'s protocol."""
+    token = REQUEST_PATH.set(path)
+    try:
+        yield
+    finally:
+        REQUEST_PATH.reset(token)
 
 
 class ClientDisconnected(Exception):
@@ -47,10 +64,8 @@ def error_response(
     Returns:
         The response.
     """
-    detail: dict[str, object] = {"code": code, "message": message, "request_id": REQUEST_ID.get()}
-    if upstream_status is not None:
-        detail["upstream_status"] = upstream_status
-    return JSONResponse({"error": detail}, status_code=status, headers=headers)
+    body = error_body(REQUEST_PATH.get(), code, message, REQUEST_ID.get(), upstream_status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def gateway_error_response(exc: GatewayError) -> JSONResponse:

@@ -21,7 +21,12 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import CLIENT_CLOSED_REQUEST, gateway_error_response, internal_error_response
+from service.api.errors import (
+    CLIENT_CLOSED_REQUEST,
+    gateway_error_response,
+    internal_error_response,
+    request_path_context,
+)
 from service.api.lifecycle import Lifecycle
 from service.api.logging import request_id_context
 from service.api.timing import RequestTimings
@@ -104,7 +109,7 @@ class GatewayMiddleware:
 
         # Probes and scrapes are not work: a /metrics scrape would otherwise always report itself in flight.
         counted = scope["path"] not in PROBE_PATHS
-        with request_id_context(request_id):
+        with request_id_context(request_id), request_path_context(scope["path"]):
             if counted:
                 self.metrics.inflight.inc()
             try:

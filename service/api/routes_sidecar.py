@@ -31,10 +31,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
+from service.api.deps import ERROR_RESPONSES, PROTOCOL_ERROR_RESPONSES, ContextDep, GatewayDep
 from service.api.gateway import Gateway
 from service.api.guard import time_left
-from service.api.schemas import EXAMPLE_PNG_B64, ErrorResponse
+from service.api.schemas import EXAMPLE_PNG_B64, ProtocolErrorResponse
 from service.api.security import STRENGTH_HEADER, headers_for_vendor
 from service.api.stages import RequestContext
 from service.config import model_name_problem
@@ -127,13 +127,14 @@ RELAYED_RESPONSE: dict[int | str, dict[str, Any]] = {
     # The vendor's statuses are its own (e.g. 404 for an unknown model name): OpenAPI's catch-all.
     "default": {
         "description": "Any other status the vendor answers, relayed unchanged with its body and type; "
-        "the statuses listed are the gateway's own errors (JSON ErrorResponse)."
+        "the statuses listed are the gateway's own errors (JSON ErrorResponse; on /v1/ and /v2/ paths "
+        "ProtocolErrorResponse)."
     },
 }
 
 # Only the routes with a model name in the path answer it (ModelNotFound); the raw path has none.
 MODEL_NOT_EXPOSED_RESPONSE: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorResponse, "description": "A model outside UPSTREAM_MODELS."}
+    404: {"model": ProtocolErrorResponse, "description": "A model outside UPSTREAM_MODELS."}
 }
 
 
@@ -264,8 +265,8 @@ def build_sidecar_router(gateway_dependencies: list[Any], raw_path: str | None) 
         "tensor extension): purified, forwarded, relayed."
     )
 
-    responses: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **ERROR_RESPONSES}
-    model_responses = {**responses, **MODEL_NOT_EXPOSED_RESPONSE}
+    responses: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **ERROR_RESPONSES}  # the raw path
+    model_responses = {**RELAYED_RESPONSE, **PROTOCOL_ERROR_RESPONSES, **MODEL_NOT_EXPOSED_RESPONSE}  # /v1/, /v2/
 
     @router.post(
         "/v1/models/{name}:predict",

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.api.deps import ERROR_RESPONSES, GatewayDep
+from service.api.deps import PROTOCOL_ERROR_RESPONSES, GatewayDep
 from service.api.gateway import Gateway
 from service.api.logging import REQUEST_ID
 from service.api.routes_sidecar import (
@@ -81,7 +81,7 @@ def build_v2_router(gateway_dependencies: list[Any]) -> APIRouter:
     """
     router = APIRouter(tags=["sidecar"])
     metadata = APIRouter(tags=["sidecar"], dependencies=gateway_dependencies)
-    relayed: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **ERROR_RESPONSES}
+    relayed: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **PROTOCOL_ERROR_RESPONSES}
     model_relayed = {**relayed, **MODEL_NOT_EXPOSED_RESPONSE}
 
     @router.get("/v2/health/live", responses=_HEALTH_RESPONSES, response_class=JSONResponse)

@@ -160,6 +160,28 @@ class ErrorDetail(BaseModel):
     upstream_status: int | None = Field(None, description="The vendor's HTTP status, for upstream errors.")
 
 
+class ProtocolErrorResponse(BaseModel):
+    """An error the gateway answers on the /v1/ and /v2/ protocol paths: the shape of TF-Serving,
+    KServe v1 and the Open Inference Protocol, {"error": "<message>"}, with our code and request id."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": "model 'other' is not exposed; this gateway serves ['fmnist']",
+                    "code": "model_not_found",
+                    "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
+                }
+            ]
+        }
+    )
+
+    error: str = Field(description="What went wrong and, where it helps, how to fix it.")
+    code: str = Field(description="The stable error code (as in ErrorResponse).")
+    request_id: str | None = Field(description="The request's id (X-Request-ID).")
+    upstream_status: int | None = Field(None, description="The vendor's status, for upstream errors.")
+
+
 class ErrorResponse(BaseModel):
     """Every error the gateway answers, whatever the status."""
 

@@ -5,8 +5,9 @@
 - Open Inference Protocol v2 (KServe/Triton): `POST /v2/models/{name}/infer`, one BYTES input
   of base64 images, plus the v2 health and metadata routes.
 
-Errors are JSON `{"error": {"code", "message", "request_id"}}` with a 4xx status for bad input,
-never a bare 500. `X-Request-ID` is taken from the request (or made), echoed and logged.
+Errors are JSON `{"error": {"code", "message", "request_id"}}` (on /v1/ and /v2/ paths the
+protocols' `{"error": "<message>"}`, with the code and request id beside it) with a 4xx status for
+bad input, never a bare 500. `X-Request-ID` is taken from the request (or made), echoed and logged.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from service.demo.schemas import (
     V2Tensor,
     V2TensorMetadata,
 )
-from service.errors import BadRequest, GatewayError, InvalidShape, PayloadTooLarge, UnsupportedMediaType
+from service.errors import BadRequest, GatewayError, InvalidShape, PayloadTooLarge, UnsupportedMediaType, error_body
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,7 @@ def _error_response(
     request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
-    body = {"error": {"code": code, "message": message, "request_id": request_id}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(request.url.path, code, message, request_id), status_code=status, headers=headers)
 
 
 async def _read_body(request: Request, limit_bytes: int) -> bytes:
