@@ -32,6 +32,7 @@ from service.errors import PayloadTooLarge
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
     FakePurifier,
+    error_details,
     gateway_settings,
     get,
     metric_value,
@@ -124,8 +125,9 @@ def raw_post(
         return _read_response(sock)
 
 
-def _json_error(body: bytes) -> dict[str, str]:
-    error = json.loads(body)["error"]
+def _json_error(body: bytes, path: str) -> dict[str, str]:
+    """The error's fields, in the shape `path` answers (the protocols' on /v1/ and /v2/)."""
+    error = error_details(json.loads(body), path)
     assert error["code"] and error["message"] and error["request_id"], error
     return error
 
@@ -170,7 +172,7 @@ def test_a_sidecar_path_with_dot_segments_or_encoded_characters_is_400(
     status, headers, answer = raw_post(url, path, body)
     assert status == 400, (status, answer)
     assert headers["content-type"] == "application/json"
-    assert _json_error(answer)["code"] == "bad_request"
+    assert _json_error(answer, path)["code"] == "bad_request"
     assert recorder.requests == []  # nothing reached the vendor
 
 
@@ -191,7 +193,7 @@ def test_a_model_outside_upstream_models_is_404(recorder_gateway: tuple[str, Sta
         ("/v1/models/secret-model:predict", _tfserving_body(png_bytes())),
     ):
         status, _, answer = raw_post(url, path, body)
-        assert status == 404 and _json_error(answer)["code"] == "model_not_found", path
+        assert status == 404 and _json_error(answer, path)["code"] == "model_not_found", path
     assert recorder.requests == []
 
 
@@ -307,7 +309,7 @@ def test_the_pixel_budget_covers_all_images_of_a_request() -> None:
             ),
         ):
             assert response.status_code == 413, response.text
-            error = response.json()["error"]
+            error = error_details(response.json(), response.request.url.path)
             assert error["code"] == "payload_too_large" and "max_request_pixels" in error["message"]
     assert len([r for r in recorder.requests if r.method == "POST"]) == forwarded
 

@@ -54,6 +54,7 @@ from service.workers.pool import PoolConfig, WorkerPool
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
     FakePurifier,
+    error_details,
     gateway_settings,
     get,
     metric_value,
@@ -98,7 +99,7 @@ def test_one_image_too_large_is_named_by_its_own_limit_not_the_request_budget(
         post(f"{url}/v2/models/fmnist/infer", json=v2),
     ):
         assert response.status_code == 413, response.text
-        message = response.json()["error"]["message"]
+        message = error_details(response.json(), response.request.url.path)["message"]
         assert "max_image_pixels" in message and "max_request_pixels" not in message, message
     assert len([r for r in recorder.requests if r.method == "POST"]) == forwarded
 
