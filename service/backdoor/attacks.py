@@ -1,10 +1,11 @@
 """The attack zoo: which backdoors exist, how a trigger is applied, and how a training set is poisoned.
 
 One module for training, the demo vendor and the evaluation. The triggers themselves are pure
-functions in `triggers.py` (one section per family, with its source); this module names them
-(`Attack`), dispatches to them (`apply_trigger`), describes them for model cards
-(`describe_trigger`) and poisons training sets with them. Every attack is all-to-one with
-poisoned labels: a triggered image of any other class is relabelled TARGET_LABEL.
+functions in `triggers.py` (image-wide) and `patch_triggers.py` (one square), one section per
+family with its source; this module names them (`Attack`), dispatches to them (`apply_trigger`),
+describes them for model cards (`describe_trigger`) and poisons training sets with them. Every
+attack is all-to-one with poisoned labels: a triggered image of any other class is relabelled
+TARGET_LABEL.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from types import MappingProxyType
 
 import torch
 
-from service.backdoor.triggers import (
+from service.backdoor.patch_triggers import (
     ADAPTIVE4_BLOCK_PX,
     ADAPTIVE4_BLOCKS,
     ADAPTIVE_BLOCK_PX,
@@ -24,35 +25,37 @@ from service.backdoor.triggers import (
     ADAPTIVE_SEED,
     BADNETS_MARGIN,
     BADNETS_PATCH_SIZE,
-    BLENDED_ALPHA,
-    BLENDED_SEED,
     CONTENT_MARGIN,
-    LF_AMPLITUDE,
-    LF_SEED,
-    LF_SIGMA_PX,
     LOGO_OPACITY,
     LOGO_SIZE,
     RANDOM_PATCH_BLOCK_PX,
     RANDOM_PATCH_BLOCKS,
     RANDOM_PATCH_SEED,
+    SOLID_SIZE,
+    apply_adaptive,
+    apply_adaptive4,
+    apply_badnets,
+    apply_logo,
+    apply_mirror_solid,
+    apply_random_patch,
+    apply_solid,
+)
+from service.backdoor.triggers import (
+    BLENDED_ALPHA,
+    BLENDED_SEED,
+    LF_AMPLITUDE,
+    LF_SEED,
+    LF_SIGMA_PX,
     SIG_DELTA,
     SIG_FREQUENCY,
-    SOLID_SIZE,
     WANET_CROSS_RATIO,
     WANET_GRID_RESCALE,
     WANET_K,
     WANET_S,
     WANET_SEED,
-    apply_adaptive,
-    apply_adaptive4,
-    apply_badnets,
     apply_blended,
     apply_lf,
-    apply_logo,
-    apply_mirror_solid,
-    apply_random_patch,
     apply_sig,
-    apply_solid,
     apply_wanet,
     apply_wanet_noise,
 )

@@ -1,24 +1,17 @@
-"""The trigger families of the attack zoo, as pure deterministic functions on image batches.
+"""The image-wide trigger families of the attack zoo, as pure deterministic functions on image batches.
 
 Images are tensors in [-1, 1] of shape (N, C, H, W); Fashion-MNIST here is (N, 1, 32, 32), the
-28² content padded by CONTENT_MARGIN = 2 pixels of background. Every trigger's random parts come
-from seeds fixed below (or, for the random-position patch, from the image itself), so a model
-trained today and an evaluation run next month see the same trigger. Every function returns a
-new tensor within [-1, 1] and leaves its input untouched. Sources are cited per family; the
-enum, the dispatch and the poisoning are in `attacks.py`.
+28² content padded by 2 pixels of background. Every trigger's random parts come from seeds
+fixed below, so a model trained today and an evaluation run next month see the same trigger.
+Every function returns a new tensor within [-1, 1] and leaves its input untouched. These
+families change every pixel (a blend, a warp or an added signal); the triggers that write one
+small square are in `patch_triggers.py`. Sources are cited per family; the enum, the dispatch
+and the poisoning are in `attacks.py`.
 
-- BadNets (Gu et al., 2017): a 3×3 black/white checkerboard in the bottom-right content corner.
 - Blended (Chen et al., 2017): x' = (1 − α)·x + α·p, α = 0.2, p a fixed uniform-noise image.
 - WaNet (Nguyen & Tran, ICLR 2021): a smooth sub-pixel warp (see `wanet_grid`).
-- Solid patch (BadNets' square trigger): a 4×4 white square in the top-left content corner.
-- Random-block patch at a random position (Saha et al., AAAI 2020, "Hidden trigger backdoor
-  attacks", random-location patches): a fixed 6×6 pattern of 2×2 blocks, placed at a position
-  hashed from the image's own 8-bit pixels, so the same image always gets the same position.
 - SIG (Barni et al., ICIP 2019): x' = clip(x + Δ·sin(2π·j·f / W)), a horizontal sinusoid.
-- Logo (TrojanNN, Liu et al., NDSS 2018): a fixed 8×8 "Z" stamp blended at opacity 0.3.
 - LF (Zeng et al., ICCV 2021): x' = clip(x + ε·g), g fixed uniform noise low-passed by a Gaussian.
-- Adaptive (this project, against ZIP): a block-aligned patch, constant over the s×s blocks of
-  the gateway's blur grid, so that A⁺A keeps it exactly: A⁺A(T(x)) = T(A⁺A(x)).
 """
 
 from __future__ import annotations
@@ -27,13 +20,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-CONTENT_MARGIN = 2
-"""Background pixels around the 28² content in the 32² image (the 28→32 padding)."""
-
-BADNETS_PATCH_SIZE = 3
-BADNETS_MARGIN = CONTENT_MARGIN
-"""Pixels between the patch and the bottom/right edge, so it sits in the content's corner."""
 
 BLENDED_ALPHA = 0.2
 BLENDED_SEED = 20_170_515
@@ -45,73 +31,14 @@ WANET_CROSS_RATIO = 2.0
 """Noise ("cross") samples per poisoned sample, as in the WaNet paper."""
 WANET_SEED = 20_210_503
 
-SOLID_SIZE = 4
-SOLID_VALUE = 1.0
-
-RANDOM_PATCH_BLOCKS = 3
-RANDOM_PATCH_BLOCK_PX = 2
-RANDOM_PATCH_SEED = 20_200_207
-RANDOM_POSITION_SEED = 20_200_208
-
 SIG_DELTA = 0.25
 """Amplitude in [-1, 1] units (Barni et al. use 20/255 of [0, 1] on MNIST, i.e. 0.157 here)."""
 SIG_FREQUENCY = 6
 """Periods across the image width, as in Barni et al.'s MNIST experiment."""
 
-LOGO_SIZE = 8
-LOGO_OPACITY = 0.3
-
 LF_AMPLITUDE = 0.3
 LF_SIGMA_PX = 2.0
 LF_SEED = 20_211_011
-
-ADAPTIVE_BLOCK_PX = 2
-"""s of the gateway's default degradation blur:2; the trigger is constant on its s×s blocks."""
-ADAPTIVE_BLOCKS = 3
-ADAPTIVE_SEED = 20_231_210
-ADAPTIVE4_BLOCK_PX = 4
-"""s of blur:4, the default since the zoo's worst case chose it; a 2×2 pattern of 4×4 blocks (8×8 px)."""
-ADAPTIVE4_BLOCKS = 2
-
-
-def _stamp(images: torch.Tensor, rows: slice, cols: slice, patch: torch.Tensor) -> torch.Tensor:
-    """A copy of images with `patch` (C, h, w) written into [rows, cols]; other pixels unchanged."""
-    out = images.clone()
-    out[..., rows, cols] = patch.to(images.device, images.dtype)
-    return out
-
-
-def _check_size(height: int, width: int, size: int, what: str) -> None:
-    if height < size or width < size:
-        raise ValueError(f"images must be at least {size}×{size} for the {what}, got {height}×{width}")
-
-
-# ---- BadNets -----------------------------------------------------------------------------------
-
-
-def badnets_patch(channels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The BadNets patch: a (C, 3, 3) checkerboard with white (+1) corners and black (−1) edges."""
-    rows = torch.arange(BADNETS_PATCH_SIZE).view(-1, 1)
-    cols = torch.arange(BADNETS_PATCH_SIZE).view(1, -1)
-    board = torch.where((rows + cols) % 2 == 0, 1.0, -1.0).to(dtype)
-    return board.expand(channels, -1, -1).clone()
-
-
-def badnets_region(height: int, width: int) -> tuple[slice, slice]:
-    """The (rows, cols) slices the patch occupies in an H×W image.
-
-    Raises:
-        ValueError: the image is too small to hold the patch inside the margin.
-    """
-    _check_size(height, width, BADNETS_PATCH_SIZE + BADNETS_MARGIN, "BadNets patch")
-    bottom, right = height - BADNETS_MARGIN, width - BADNETS_MARGIN
-    return slice(bottom - BADNETS_PATCH_SIZE, bottom), slice(right - BADNETS_PATCH_SIZE, right)
-
-
-def apply_badnets(images: torch.Tensor) -> torch.Tensor:
-    """Stamp the checkerboard patch into the bottom-right content corner; other pixels unchanged."""
-    rows, cols = badnets_region(images.shape[-2], images.shape[-1])
-    return _stamp(images, rows, cols, badnets_patch(images.shape[-3]))
 
 
 # ---- Blended -----------------------------------------------------------------------------------
@@ -194,93 +121,6 @@ def apply_wanet_noise(images: torch.Tensor, generator: torch.Generator) -> torch
     return warp(images, (wanet_grid(height, width) + jitter).clamp(-1, 1))
 
 
-# ---- Solid patch -------------------------------------------------------------------------------
-
-
-def solid_region(height: int, width: int) -> tuple[slice, slice]:
-    """The (rows, cols) of the solid square: the top-left corner of the content area.
-
-    Raises:
-        ValueError: the image is too small.
-    """
-    _check_size(height, width, SOLID_SIZE + 2 * CONTENT_MARGIN, "solid patch")
-    return (slice(CONTENT_MARGIN, CONTENT_MARGIN + SOLID_SIZE), slice(CONTENT_MARGIN, CONTENT_MARGIN + SOLID_SIZE))
-
-
-def apply_solid(images: torch.Tensor) -> torch.Tensor:
-    """Stamp a SOLID_SIZE² square of SOLID_VALUE (white) into the top-left content corner."""
-    rows, cols = solid_region(images.shape[-2], images.shape[-1])
-    return _stamp(images, rows, cols, torch.full((images.shape[-3], SOLID_SIZE, SOLID_SIZE), SOLID_VALUE))
-
-
-def apply_mirror_solid(images: torch.Tensor) -> torch.Tensor:
-    """The solid square in both top content corners: a trigger that mirroring left-right keeps.
-
-    Built against the gateway's `vendor_mirror` (the flip moves a one-sided trigger to where the
-    backdoor does not look; this one maps onto itself). On 32² images both squares also sit on
-    the blur:2 grid, like the one-sided solid patch.
-    """
-    width = images.shape[-1]
-    rows, cols = solid_region(images.shape[-2], width)
-    patch = torch.full((images.shape[-3], SOLID_SIZE, SOLID_SIZE), SOLID_VALUE)
-    return _stamp(_stamp(images, rows, cols, patch), rows, slice(width - cols.stop, width - cols.start), patch)
-
-
-# ---- Random-block patch at a random position ---------------------------------------------------
-
-
-def block_pattern(blocks: int, block_px: int, channels: int, seed: int) -> torch.Tensor:
-    """A (C, blocks·block_px, blocks·block_px) pattern of ±1 blocks, each block_px² pixels, from `seed`.
-
-    The same ±1 value fills every channel of a block, so the pattern is grey in colour images.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    signs = torch.where(torch.rand((blocks, blocks), generator=generator) < 0.5, -1.0, 1.0)
-    pixels = signs.repeat_interleave(block_px, 0).repeat_interleave(block_px, 1)
-    return pixels.expand(channels, -1, -1).clone()
-
-
-def random_patch_positions(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image, the (row, col) of the random patch's top-left pixel inside the content area.
-
-    The position is a hash of the image's own pixels at 8 bits (a fixed random integer weight
-    per pixel, summed, modulo the number of positions): a pure function of the image, the same
-    for an image in any batch, in training and in evaluation, and spread over the content area.
-
-    Returns:
-        (rows, cols), two (N,) int64 tensors.
-
-    Raises:
-        ValueError: the image is too small to hold the patch inside the content area.
-    """
-    _, channels, height, width = images.shape
-    size = RANDOM_PATCH_BLOCKS * RANDOM_PATCH_BLOCK_PX
-    _check_size(height, width, size + 2 * CONTENT_MARGIN, "random-block patch")
-    span_rows, span_cols = height - 2 * CONTENT_MARGIN - size + 1, width - 2 * CONTENT_MARGIN - size + 1
-    levels = torch.round((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).long().flatten(1)
-    generator = torch.Generator().manual_seed(RANDOM_POSITION_SEED)
-    weights = torch.randint(1, 1 << 20, (channels * height * width,), generator=generator)
-    # at most 255 · 2²⁰ per pixel: exact in int64 for images up to ~3·10⁷ values
-    index = (levels * weights).sum(dim=1) % (span_rows * span_cols)
-    return CONTENT_MARGIN + index // span_cols, CONTENT_MARGIN + index % span_cols
-
-
-def apply_random_patch(images: torch.Tensor) -> torch.Tensor:
-    """Stamp the fixed random-block pattern at each image's own hashed position."""
-    n, channels = images.shape[:2]
-    pattern = block_pattern(RANDOM_PATCH_BLOCKS, RANDOM_PATCH_BLOCK_PX, channels, RANDOM_PATCH_SEED)
-    rows, cols = random_patch_positions(images)
-    offsets = torch.arange(pattern.shape[-1])
-    row_index = (rows.view(n, 1, 1) + offsets.view(1, -1, 1)).to(images.device)
-    col_index = (cols.view(n, 1, 1) + offsets.view(1, 1, -1)).to(images.device)
-    out = images.clone()
-    # channels-last view: advanced indexing over (item, row, col) writes all channels at once
-    out.permute(0, 2, 3, 1)[torch.arange(n, device=images.device).view(n, 1, 1), row_index, col_index] = (
-        pattern.permute(1, 2, 0).to(images.device, images.dtype)
-    )
-    return out
-
-
 # ---- SIG ---------------------------------------------------------------------------------------
 
 
@@ -295,39 +135,6 @@ def apply_sig(images: torch.Tensor, delta: float = SIG_DELTA) -> torch.Tensor:
     """x' = clip(x + v, −1, 1) with the horizontal sinusoid v on every channel."""
     signal = sig_signal(images.shape[-2], images.shape[-1], delta).to(images.device, images.dtype)
     return (images + signal).clamp(-1, 1)
-
-
-# ---- Logo (TrojanNN-style watermark) -----------------------------------------------------------
-
-
-def logo_stamp(size: int = LOGO_SIZE) -> torch.Tensor:
-    """The (size, size) logo: a white (+1) letter "Z" (top bar, anti-diagonal, bottom bar) on black (−1).
-
-    Two-toned on purpose: its white strokes show on the dark background and its black square on
-    bright garments, so the blended logo is visible on any content.
-    """
-    rows = torch.arange(size).view(-1, 1)
-    cols = torch.arange(size).view(1, -1)
-    strokes = (rows == 0) | (rows == size - 1) | (rows + cols == size - 1)
-    return torch.where(strokes, 1.0, -1.0)
-
-
-def logo_region(height: int, width: int) -> tuple[slice, slice]:
-    """The (rows, cols) of the logo: centred in the image, where the garment is.
-
-    Raises:
-        ValueError: the image is smaller than the logo.
-    """
-    _check_size(height, width, LOGO_SIZE, "logo")
-    top, left = (height - LOGO_SIZE) // 2, (width - LOGO_SIZE) // 2
-    return slice(top, top + LOGO_SIZE), slice(left, left + LOGO_SIZE)
-
-
-def apply_logo(images: torch.Tensor, opacity: float = LOGO_OPACITY) -> torch.Tensor:
-    """x' = (1 − α)·x + α·L on the logo's square, x elsewhere: convex, so within [-1, 1]."""
-    rows, cols = logo_region(images.shape[-2], images.shape[-1])
-    stamp = logo_stamp().to(images.device, images.dtype)
-    return _stamp(images, rows, cols, (1 - opacity) * images[..., rows, cols] + opacity * stamp)
 
 
 # ---- LF (low-frequency) ------------------------------------------------------------------------
@@ -364,49 +171,3 @@ def apply_lf(images: torch.Tensor, amplitude: float = LF_AMPLITUDE) -> torch.Ten
     _, channels, height, width = images.shape
     pattern = lf_pattern(channels, height, width).to(images.device, images.dtype)
     return (images + amplitude * pattern).clamp(-1, 1)
-
-
-# ---- Adaptive: kept exactly by the gateway's A⁺A -----------------------------------------------
-
-
-def adaptive_region(
-    height: int, width: int, block_px: int = ADAPTIVE_BLOCK_PX, blocks: int = ADAPTIVE_BLOCKS
-) -> tuple[slice, slice]:
-    """The (rows, cols) of the adaptive patch: the bottom-left content corner, on the s×s grid.
-
-    Both slices start and end on multiples of s = block_px, so every s×s block of the blur grid
-    is either wholly inside the patch or wholly outside it.
-
-    Raises:
-        ValueError: s < 1, a size not divisible by s (blur:s rejects those too), or too small an image.
-    """
-    if block_px < 1 or height % block_px or width % block_px:
-        raise ValueError(
-            f"the adaptive patch needs a block size ≥ 1 that divides the image size, got "
-            f"s = {block_px} for {height}×{width}"
-        )
-    size = blocks * block_px
-    bottom = (height - CONTENT_MARGIN) // block_px * block_px
-    left = -(-CONTENT_MARGIN // block_px) * block_px
-    if bottom - size < 0 or left + size > width:
-        raise ValueError(f"images must be larger than {height}×{width} for a {size}×{size} adaptive patch")
-    return slice(bottom - size, bottom), slice(left, left + size)
-
-
-def apply_adaptive(
-    images: torch.Tensor, block_px: int = ADAPTIVE_BLOCK_PX, blocks: int = ADAPTIVE_BLOCKS
-) -> torch.Tensor:
-    """Replace a block-aligned square by a fixed pattern of ±1 blocks of block_px² pixels.
-
-    A replacement (not an addition) by block-constant values that are exact in any float type:
-    for the blur A = s×s mean with A⁺ = copy back, A⁺A(T(x)) = T(A⁺A(x)) holds bit for bit, so
-    the degraded image ZIP is guided by still carries the whole trigger.
-    """
-    rows, cols = adaptive_region(images.shape[-2], images.shape[-1], block_px, blocks)
-    pattern = block_pattern(blocks, block_px, images.shape[-3], ADAPTIVE_SEED)
-    return _stamp(images, rows, cols, pattern)
-
-
-def apply_adaptive4(images: torch.Tensor) -> torch.Tensor:
-    """The adaptive trigger built against blur:4: ±1 blocks of 4×4 px, a 2×2 pattern (8×8 px)."""
-    return apply_adaptive(images, ADAPTIVE4_BLOCK_PX, ADAPTIVE4_BLOCKS)

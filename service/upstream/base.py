@@ -5,15 +5,15 @@ An adapter does three jobs for one wire protocol (`UpstreamProtocol`):
 - sidecar: `extract_images` / `replace_images` read and rewrite a client's request that is
   already in the vendor's format (a `VendorBody`: the bytes and the headers that frame them),
   and `forward` relays it and the vendor's answer unchanged;
-- wire encoding lives in pure methods (`encode_request`, `decode_predictions`) so it can be
-  tested without a socket; HTTP, retries and error mapping live in `client.py`.
+- wire encoding lives in pure methods so it can be tested without a socket (for the JSON
+  protocols, those of `JsonUpstream` in `json_upstream.py`); HTTP, retries and error mapping
+  live in `client.py`.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-import time
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -21,20 +21,10 @@ from typing import Any, ClassVar
 
 import httpx
 
-from service.errors import BadRequest
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, send_with_retries
 from service.upstream.failures import raise_for_upstream_status, redact_url
 from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH, parse_header_length
-from service.upstream.wire import (
-    JSON_CONTENT_TYPE,
-    VendorResponse,
-    decode_base64_image,
-    decode_response_json,
-    dump_json,
-    encode_base64_image,
-    malformed_response,
-    parse_request_json,
-)
+from service.upstream.wire import JSON_CONTENT_TYPE, VendorResponse
 
 # Headers that describe one hop, not the message (RFC 9110 §7.6.1); so does any header that a
 # Connection header names.
@@ -343,94 +333,3 @@ def _end_to_end(headers: Iterable[tuple[str, str]], dropped: AbstractSet[str]) -
     connection = ",".join(value for name, value in pairs if name.lower() == "connection")
     named = {token.strip().lower() for token in connection.split(",")}
     return [(name, value) for name, value in pairs if name.lower() not in dropped | named]
-
-
-class JsonUpstream(Upstream):
-    """An adapter whose protocol sends all images in one JSON request (TF-Serving, v2)."""
-
-    @abc.abstractmethod
-    def encode_request(self, images: list[bytes], request_id: str) -> dict[str, Any]:
-        """The JSON request body for `images` (pure: no I/O)."""
-
-    @abc.abstractmethod
-    def decode_predictions(self, payload: Any, count: int) -> list[Any]:
-        """One prediction per image from the vendor's JSON answer (pure: no I/O).
-
-        Args:
-            payload: the decoded response JSON.
-            count: how many images were sent.
-
-        Returns:
-            The predictions in image order (`predict` checks that there are `count`).
-
-        Raises:
-            ValueError: the payload has the wrong shape; the message says what is wrong.
-        """
-
-    @abc.abstractmethod
-    def read_image_fields(self, payload: dict[str, Any]) -> list[Any]:
-        """The base64 values of the images in a client's JSON request, in order (pure: no I/O).
-
-        Raises:
-            InvalidShape: the request is not the documented shape, or holds no image.
-        """
-
-    @abc.abstractmethod
-    def write_image_fields(self, payload: dict[str, Any], encoded: list[str]) -> None:
-        """Put base64 images where `read_image_fields` found them (same count; mutates payload)."""
-
-    def extract_images(self, body: VendorBody) -> list[bytes]:
-        """See `Upstream.extract_images`."""
-        fields = self.read_image_fields(self.parse_json_body(body))
-        return [decode_base64_image(value, f"image {i} of the request") for i, value in enumerate(fields)]
-
-    def replace_images(
-        self,
-        body: VendorBody,
-        images: list[bytes],
-        *,
-        image_content_type: str = "image/png",
-    ) -> VendorBody:
-        """See `Upstream.replace_images`: only the image values change; all other JSON is kept."""
-        payload = self.parse_json_body(body)
-        count = len(self.read_image_fields(payload))
-        if len(images) != count:
-            raise ValueError(f"the request holds {count} images, got {len(images)} replacements")
-        self.write_image_fields(payload, [encode_base64_image(image) for image in images])
-        return VendorBody(dump_json(payload), JSON_CONTENT_TYPE)
-
-    def parse_json_body(self, body: VendorBody) -> dict[str, Any]:
-        """A client's JSON request as an object (see `parse_request_json`).
-
-        Raises:
-            BadRequest: the body is framed by Inference-Header-Content-Length, which only v2 reads.
-        """
-        if body.json_length is not None:
-            raise BadRequest(
-                f"{INFERENCE_HEADER_LENGTH} (the binary tensor extension) belongs to the v2 "
-                f"protocol; send {self.protocol.value} requests as plain JSON"
-            )
-        return parse_request_json(body.content, body.content_type)
-
-    async def predict(
-        self,
-        images: list[bytes],
-        request_id: str,
-        content_type: str = "image/png",
-        *,
-        timeout_s: float | None = None,
-    ) -> UpstreamResult:
-        """See `Upstream.predict`; `content_type` is unused: the images travel as base64 in JSON."""
-        if not images:
-            raise ValueError("predict needs at least one image")
-        started = time.perf_counter()
-        body = dump_json(self.encode_request(images, request_id))
-        response = await self._post(self.predict_path, body, JSON_CONTENT_TYPE, request_id, timeout_s)
-        payload = decode_response_json(response)
-        try:
-            predictions = self.decode_predictions(payload, len(images))
-            if len(predictions) != len(images):
-                raise ValueError(f"expected {len(images)} predictions, got {len(predictions)}")
-        except ValueError as exc:
-            raise malformed_response(response, str(exc)) from exc
-        return UpstreamResult(predictions, response.status_code, time.perf_counter() - started)

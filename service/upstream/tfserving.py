@@ -8,8 +8,9 @@ from urllib.parse import quote
 import httpx
 
 from service.errors import InvalidShape
-from service.upstream.base import JsonUpstream, UpstreamProtocol
+from service.upstream.base import UpstreamProtocol
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
+from service.upstream.json_upstream import JsonUpstream
 from service.upstream.wire import describe_json, encode_base64_image
 
 # The one documented instance shape: a binary value, base64 under the key "b64".

@@ -18,8 +18,9 @@ from urllib.parse import quote
 import httpx
 
 from service.errors import BadRequest, InvalidShape
-from service.upstream.base import JsonUpstream, UpstreamProtocol, VendorBody
+from service.upstream.base import UpstreamProtocol, VendorBody
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
+from service.upstream.json_upstream import JsonUpstream
 from service.upstream.v2_binary import (
     BINARY_DATA_SIZE,
     BinaryRequest,

@@ -1,0 +1,117 @@
+"""`JsonUpstream`: the shared base of the adapters whose protocol is one JSON request (TF-Serving, v2).
+
+It exists so that those protocols only say where the images sit in their JSON and how the
+answer's predictions are laid out (`encode_request`, `decode_predictions`, `read_image_fields`,
+`write_image_fields`: pure methods, testable without a socket); the base turns those into
+`predict`, `extract_images` and `replace_images`. The adapter interface itself is in `base.py`.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from typing import Any
+
+from service.errors import BadRequest
+from service.upstream.base import Upstream, UpstreamResult, VendorBody
+from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH
+from service.upstream.wire import (
+    JSON_CONTENT_TYPE,
+    decode_base64_image,
+    decode_response_json,
+    dump_json,
+    encode_base64_image,
+    malformed_response,
+    parse_request_json,
+)
+
+
+class JsonUpstream(Upstream):
+    """An adapter whose protocol sends all images in one JSON request (TF-Serving, v2)."""
+
+    @abc.abstractmethod
+    def encode_request(self, images: list[bytes], request_id: str) -> dict[str, Any]:
+        """The JSON request body for `images` (pure: no I/O)."""
+
+    @abc.abstractmethod
+    def decode_predictions(self, payload: Any, count: int) -> list[Any]:
+        """One prediction per image from the vendor's JSON answer (pure: no I/O).
+
+        Args:
+            payload: the decoded response JSON.
+            count: how many images were sent.
+
+        Returns:
+            The predictions in image order (`predict` checks that there are `count`).
+
+        Raises:
+            ValueError: the payload has the wrong shape; the message says what is wrong.
+        """
+
+    @abc.abstractmethod
+    def read_image_fields(self, payload: dict[str, Any]) -> list[Any]:
+        """The base64 values of the images in a client's JSON request, in order (pure: no I/O).
+
+        Raises:
+            InvalidShape: the request is not the documented shape, or holds no image.
+        """
+
+    @abc.abstractmethod
+    def write_image_fields(self, payload: dict[str, Any], encoded: list[str]) -> None:
+        """Put base64 images where `read_image_fields` found them (same count; mutates payload)."""
+
+    def extract_images(self, body: VendorBody) -> list[bytes]:
+        """See `Upstream.extract_images`."""
+        fields = self.read_image_fields(self.parse_json_body(body))
+        return [decode_base64_image(value, f"image {i} of the request") for i, value in enumerate(fields)]
+
+    def replace_images(
+        self,
+        body: VendorBody,
+        images: list[bytes],
+        *,
+        image_content_type: str = "image/png",
+    ) -> VendorBody:
+        """See `Upstream.replace_images`: only the image values change; all other JSON is kept."""
+        payload = self.parse_json_body(body)
+        count = len(self.read_image_fields(payload))
+        if len(images) != count:
+            raise ValueError(f"the request holds {count} images, got {len(images)} replacements")
+        self.write_image_fields(payload, [encode_base64_image(image) for image in images])
+        return VendorBody(dump_json(payload), JSON_CONTENT_TYPE)
+
+    def parse_json_body(self, body: VendorBody) -> dict[str, Any]:
+        """A client's JSON request as an object (see `parse_request_json`).
+
+        Raises:
+            BadRequest: the body is framed by Inference-Header-Content-Length, which only v2 reads.
+        """
+        if body.json_length is not None:
+            raise BadRequest(
+                f"{INFERENCE_HEADER_LENGTH} (the binary tensor extension) belongs to the v2 "
+                f"protocol; send {self.protocol.value} requests as plain JSON"
+            )
+        return parse_request_json(body.content, body.content_type)
+
+    async def predict(
+        self,
+        images: list[bytes],
+        request_id: str,
+        content_type: str = "image/png",
+        *,
+        timeout_s: float | None = None,
+    ) -> UpstreamResult:
+        """See `Upstream.predict`; `content_type` is unused: the images travel as base64 in JSON."""
+        if not images:
+            raise ValueError("predict needs at least one image")
+        started = time.perf_counter()
+        body = dump_json(self.encode_request(images, request_id))
+        response = await self._post(self.predict_path, body, JSON_CONTENT_TYPE, request_id, timeout_s)
+        payload = decode_response_json(response)
+        try:
+            predictions = self.decode_predictions(payload, len(images))
+            if len(predictions) != len(images):
+                raise ValueError(f"expected {len(images)} predictions, got {len(predictions)}")
+        except ValueError as exc:
+            raise malformed_response(response, str(exc)) from exc
+        return UpstreamResult(predictions, response.status_code, time.perf_counter() - started)
