@@ -3,14 +3,20 @@
 Reads the per-image labels of an evaluation run (`zipgate eval --defense none,zip`, its labels.npz):
 the vendor's label on the raw image is the `none` row's, on the purified image the `zip` row's
 (exactly what the gateway's shadow comparison sees). Then it replays request streams through the
-alert rule of docs/alerts (docker/alerts.yml, `ZipgateSuspectedBackdoorTarget`): in a window of
-W requests, one raw label holds at least M disagreements and more than a share S of them.
+two alert rules of docker/alerts.yml:
+- the share rule (`ZipgateSuspectedBackdoorTarget`): in a window of W requests, one raw label holds
+  at least M disagreements and more than a share S of them; checked after every request;
+- the baseline rule (`ZipgateDisagreementAboveBaseline`): one raw label's disagreement rate in the
+  window stands z* standard errors above its rate in a clean baseline of B windows just before
+  (and has at least m disagreements); checked every W/30 requests (Prometheus's one-minute
+  evaluation of a 30-minute window). The attack starts when the baseline ends.
 
     .venv/bin/python bench/shadow_alarm.py reports/zoo-final [--window 1000] [--min-count 20]
 
 Prints one line per vendor and attack share, then the summary lines last:
-`false_alarm_windows=` (windows of clean traffic in which the rule fired) and
-`disagreement_ratio=` (triggered ÷ clean disagreement rate, median over vendors).
+`false_alarm_windows=` (windows of clean traffic in which the share rule fired),
+`baseline_false_alarm_streams=` (clean streams of 20 windows in which the baseline rule ever fired)
+and `disagreement_ratio=` (triggered ÷ clean disagreement rate, median over vendors).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from service.defense_eval.report import LABELS_FILE
-from service.shadow.alarm import AlarmRule
+from service.shadow.alarm import AlarmRule, BaselineRule, excess_disagreement_z
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,11 @@ class Pairs:
     def disagreement(self, triggered: bool) -> float:
         pairs = self.triggered if triggered else self.clean
         return float((pairs[:, 0] != pairs[:, 1]).mean())
+
+    @property
+    def labels(self) -> int:
+        """How many labels the vendor answers (labels are 0..n-1)."""
+        return int(max(self.clean.max(), self.triggered.max())) + 1
 
 
 def stream(pairs: Pairs, attack_share: float, rng: np.random.Generator) -> Iterator[tuple[bool, int, int]]:
@@ -94,6 +105,73 @@ def false_alarm_windows(pairs: Pairs, rule: Window, windows: int, rng: np.random
     return fired
 
 
+@dataclass(frozen=True)
+class BaselineWindow:
+    """The baseline rule's clock, counted in requests."""
+
+    requests: int  # the window
+    baseline_windows: int  # the baseline's length, in windows (48: a day of 30-minute windows)
+    rule: BaselineRule
+
+    @property
+    def evaluate_every(self) -> int:
+        return max(1, self.requests // 30)
+
+
+def per_label_counts(pairs: np.ndarray, labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(disagreements, comparisons) per raw label, as arrays of length `labels`."""
+    raw = pairs[:, 0]
+    disagreeing = raw[pairs[:, 0] != pairs[:, 1]]
+    return np.bincount(disagreeing, minlength=labels).astype(float), np.bincount(raw, minlength=labels).astype(float)
+
+
+def clean_baseline(pairs: Pairs, rule: BaselineWindow, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline window's counts: clean traffic drawn with replacement."""
+    sample = pairs.clean[rng.integers(len(pairs.clean), size=rule.requests * rule.baseline_windows)]
+    return per_label_counts(sample, pairs.labels)
+
+
+def first_baseline_alarm(
+    pairs: Pairs, rule: BaselineWindow, attack_share: float, rng: np.random.Generator, max_requests: int
+) -> tuple[int | None, int | None, int]:
+    """Replay one stream after a clean baseline until the rule fires: (label named, triggered sent, requests sent).
+
+    Vectorised: cumulative per-label counts give every evaluation's window at once.
+    """
+    baseline = clean_baseline(pairs, rule, rng)
+    triggered = rng.random(max_requests) < attack_share
+    drawn = np.where(
+        triggered[:, None],
+        pairs.triggered[rng.integers(len(pairs.triggered), size=max_requests)],
+        pairs.clean[rng.integers(len(pairs.clean), size=max_requests)],
+    )
+    labels = pairs.labels
+    onehot = np.eye(labels)[drawn[:, 0]]
+    compared = np.vstack([np.zeros(labels), np.cumsum(onehot, axis=0)])
+    disagreed = np.vstack([np.zeros(labels), np.cumsum(onehot * (drawn[:, :1] != drawn[:, 1:]), axis=0)])
+    ends = np.arange(rule.evaluate_every, max_requests + 1, rule.evaluate_every)
+    starts = np.maximum(ends - rule.requests, 0)
+    d, c = disagreed[ends] - disagreed[starts], compared[ends] - compared[starts]
+    z = excess_disagreement_z(d, c, *(side[None, :] for side in baseline))
+    firing = (z >= rule.rule.z) & (d >= rule.rule.min_count)
+    hits = np.flatnonzero(firing.any(axis=1))
+    if not len(hits):
+        return None, None, max_requests
+    first = hits[0]
+    label = int(np.nanargmax(np.where(firing[first], z[first], np.nan)))
+    return label, int(triggered[: ends[first]].sum()), int(ends[first])
+
+
+def baseline_false_alarm_streams(
+    pairs: Pairs, rule: BaselineWindow, streams: int, rng: np.random.Generator, max_requests: int
+) -> int:
+    """Clean streams of `max_requests`, each after its own clean baseline, in which the baseline rule ever fires.
+
+    Every evaluation of the stream counts (not only independent windows): what an operator would see.
+    """
+    return sum(first_baseline_alarm(pairs, rule, 0.0, rng, max_requests)[0] is not None for _ in range(streams))
+
+
 def load_pairs(report: Path, setting: str | None = None) -> dict[str, Pairs]:
     """Raw/purified label pairs per attack from a report's labels.npz (the first ZIP setting unless named)."""
     with np.load(report / LABELS_FILE) as saved:
@@ -120,6 +198,14 @@ def load_pairs(report: Path, setting: str | None = None) -> dict[str, Pairs]:
     return result
 
 
+def needed_to_name(runs: list[tuple[int | None, int | None, int]], target: int, max_requests: int) -> str:
+    """Triggered requests until the target was named: "median, p95", or how often it was named at all."""
+    named = [triggered for label, triggered, _ in runs if label == target and triggered is not None]
+    if len(named) == len(runs):
+        return f"{statistics.median(named):.0f}, {np.percentile(named, 95):.0f}"
+    return f"named in {len(named)}/{len(runs)} runs of {max_requests} requests"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("report", type=Path)
@@ -127,40 +213,51 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=1000)
     parser.add_argument("--min-count", type=int, default=20)
     parser.add_argument("--share", type=float, default=0.5)
-    parser.add_argument("--shares", default="1,0.5,0.25,0.1,0.02", help="attack shares of the traffic to replay")
+    parser.add_argument("--z", type=float, default=BaselineRule.z, help="the baseline rule's threshold")
+    parser.add_argument("--baseline-min-count", type=int, default=int(BaselineRule.min_count))
+    parser.add_argument("--baseline-windows", type=int, default=48, help="the baseline's length, in windows")
+    parser.add_argument("--shares", default="1,0.5,0.25,0.1,0.05,0.02", help="attack shares of the traffic to replay")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rule = Window(args.window, AlarmRule(args.min_count, args.share))
+    baseline_rule = BaselineWindow(args.window, args.baseline_windows, BaselineRule(args.z, args.baseline_min_count))
+    max_requests = 20 * rule.requests
     rng = np.random.default_rng(args.seed)
     vendors = load_pairs(args.report, args.setting)
     target = 0  # every shipped vendor's target (service.backdoor.attacks.TARGET_LABEL)
-    print(f"rule: window={rule.requests} requests, min_count={rule.rule.min_count:g}, share>{rule.rule.share}")
+    print(f"share rule: window={rule.requests} requests, min_count={rule.rule.min_count:g}, share>{rule.rule.share}")
+    print(
+        f"baseline rule: z>={baseline_rule.rule.z:g}, min_count={baseline_rule.rule.min_count:g}, "
+        f"baseline={baseline_rule.baseline_windows} windows, evaluated every {baseline_rule.evaluate_every} requests; "
+        f"streams of {max_requests} requests"
+    )
     print(
         "| vendor | clean disagreement | triggered disagreement | attack share | triggered requests to name "
-        "the target (median, p95) | alarms naming another label |"
+        "the target (median, p95): share rule | baseline rule | alarms naming another label (share, baseline) |"
     )
-    print("|---|---|---|---|---|---|")
-    false_alarms = 0
+    print("|---|---|---|---|---|---|---|")
+    false_alarms = baseline_false_alarms = 0
     ratios = []
     for attack, pairs in vendors.items():
         false_alarms += false_alarm_windows(pairs, rule, args.runs, rng)
+        baseline_false_alarms += baseline_false_alarm_streams(pairs, baseline_rule, args.runs, rng, max_requests)
         ratios.append(pairs.disagreement(True) / max(pairs.disagreement(False), 1e-9))
         for share in (float(s) for s in args.shares.split(",")):
-            runs = [first_alarm(pairs, rule, share, rng, max_requests=20 * rule.requests) for _ in range(args.runs)]
-            named = [triggered for label, triggered, _ in runs if label == target and triggered is not None]
+            runs = [first_alarm(pairs, rule, share, rng, max_requests) for _ in range(args.runs)]
+            baseline_runs = [
+                first_baseline_alarm(pairs, baseline_rule, share, rng, max_requests) for _ in range(args.runs)
+            ]
             wrong = sum(label not in (None, target) for label, _, _ in runs)
-            needed = (
-                f"{statistics.median(named):.0f}, {np.percentile(named, 95):.0f}"
-                if len(named) == len(runs)
-                else f"named in {len(named)}/{len(runs)} runs of {20 * rule.requests} requests"
-            )
+            baseline_wrong = sum(label not in (None, target) for label, _, _ in baseline_runs)
             print(
                 f"| {attack} | {pairs.disagreement(False):.3f} | {pairs.disagreement(True):.3f} | {share:g} | "
-                f"{needed} | {wrong} |"
+                f"{needed_to_name(runs, target, max_requests)} | "
+                f"{needed_to_name(baseline_runs, target, max_requests)} | {wrong}, {baseline_wrong} |"
             )
     windows = args.runs * len(vendors)
     print(f"false_alarm_windows={false_alarms}/{windows}")
+    print(f"baseline_false_alarm_streams={baseline_false_alarms}/{windows}")
     print(f"disagreement_ratio={statistics.median(ratios):.2f}")
 
 

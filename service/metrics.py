@@ -121,7 +121,10 @@ class ShadowMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self.comparisons = Counter(
-            "zipgate_shadow_comparisons_total", "Images whose raw and purified vendor labels were compared.", registry=r
+            "zipgate_shadow_comparisons_total",
+            "Images whose raw and purified vendor labels were compared, by the label on the raw image.",
+            ["raw_label"],  # the baseline alarm's denominator: each label's disagreement rate
+            registry=r,
         )
         self.disagreements = Counter(
             "zipgate_shadow_disagreements_total",
@@ -149,6 +152,5 @@ class ShadowMetrics:
         self.capture_disabled = Gauge(
             "zipgate_shadow_capture_disabled", "1 when forensic capture stopped after an I/O error.", registry=r
         )
-        self.comparisons.inc(0)
         for reason in ("busy", "load", "closed"):
             self.dropped.labels(reason)

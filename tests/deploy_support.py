@@ -98,6 +98,10 @@ PROMQL_WORDS = frozenset(
         "vector",
         "scalar",
         "abs",
+        "sqrt",
+        "sgn",
+        "exp",
+        "ln",
         "ceil",
         "floor",
         "round",
@@ -171,6 +175,12 @@ def promql_metric_names(expr: str) -> set[str]:
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     text = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][+-]?\d+)?", " ", text)
     return {word for word in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", text) if word.lower() not in PROMQL_WORDS}
+
+
+def recorded_metric_names() -> set[str]:
+    """The series docker/alerts.yml's recording rules write (dashboards may read them like metrics)."""
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
 
 
 def gateway_metric_names() -> set[str]:

@@ -251,6 +251,18 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def metric_sum(metrics_text: str, name: str) -> float:
+    """The sum of every sample named `name` in Prometheus text format, whatever its labels (0 when absent)."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        if series.partition("{")[0] == name:
+            total += float(value)
+    return total
+
+
 def wait_until(condition: Any, timeout_s: float = 10.0, what: str = "condition") -> None:
     """Poll `condition()` until true (raises TimeoutError after `timeout_s`)."""
     deadline = time.monotonic() + timeout_s

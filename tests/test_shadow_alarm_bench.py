@@ -63,6 +63,9 @@ def test_the_bench_reads_an_evaluation_report(tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parents[1],
     ).stdout
     lines = out.strip().splitlines()
-    assert lines[-2] == "false_alarm_windows=0/5"
+    assert lines[-3] == "false_alarm_windows=0/5"
+    assert lines[-2] == "baseline_false_alarm_streams=0/5"
     assert lines[-1] == "disagreement_ratio=5.00"  # 1.0 ÷ 0.2
-    assert "| badnets | 0.200 | 1.000 | 1 | 20, 20 | 0 |" in out
+    # All triggered: the share rule names the target at its 20th disagreement; the baseline rule at its
+    # first evaluation (every 200 / 30 = 6 requests) with 10 disagreements: the 12th request.
+    assert "| badnets | 0.200 | 1.000 | 1 | 20, 20 | 12, 12 | 0, 0 |" in out

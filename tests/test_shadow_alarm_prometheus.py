@@ -12,7 +12,7 @@ import yaml
 
 from service.loopback import serve_asgi
 from tests.deploy_support import ALERT_RULES
-from tests.gateway_servers import gateway_settings, metric_value, running_gateway, wait_until
+from tests.gateway_servers import gateway_settings, metric_sum, running_gateway, wait_until
 from tests.test_prometheus_scrape import free_port, loopback_config, poll, running_prometheus
 from tests.test_shadow_gateway import TARGET, BackdooredVendor, TriggerRemover, _png
 
@@ -50,7 +50,7 @@ def test_a_burst_of_triggered_requests_fires_the_alarm_naming_the_target(tmp_pat
                 )
             wait_until(
                 lambda: (
-                    metric_value(httpx.get(f"{url}/metrics").text, "zipgate_shadow_comparisons_total") == MIN_COUNT - 1
+                    metric_sum(httpx.get(f"{url}/metrics").text, "zipgate_shadow_comparisons_total") == MIN_COUNT - 1
                 )
             )
             poll("Prometheus scraping the disagreements", lambda: _sum(prometheus_url) == MIN_COUNT - 1)

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from service.loopback import serve_asgi
-from tests.gateway_servers import FakePurifier, gateway_settings, metric_value, running_gateway, wait_until
+from tests.gateway_servers import FakePurifier, gateway_settings, metric_sum, metric_value, running_gateway, wait_until
 
 TARGET, CLEAN_LABEL = "7", "1"
 
@@ -93,8 +93,10 @@ def test_shadow_mode_counts_disagreements_on_triggered_images_and_captures_them(
         assert [a.status_code for a in answers] == [200] * 5
         # The client always gets the purified answer, never the raw one.
         assert all(a.json()["predictions"] == [{"label": CLEAN_LABEL}] for a in answers)
-        wait_until(lambda: metric_value(_metrics(url), "zipgate_shadow_comparisons_total") == 5, what="5 comparisons")
+        wait_until(lambda: metric_sum(_metrics(url), "zipgate_shadow_comparisons_total") == 5, what="5 comparisons")
         text = _metrics(url)
+    assert metric_value(text, "zipgate_shadow_comparisons_total", raw_label=TARGET) == 3
+    assert metric_value(text, "zipgate_shadow_comparisons_total", raw_label=CLEAN_LABEL) == 2
     assert metric_value(text, "zipgate_shadow_disagreements_total", raw_label=TARGET, purified_label=CLEAN_LABEL) == 3
     assert metric_value(text, "zipgate_shadow_captured_total") == 3
     shadow_ids = [rid for rid in vendor.request_ids if rid.endswith("-shadow")]
@@ -120,7 +122,7 @@ def test_shadow_failures_never_reach_the_client(tmp_path: Path) -> None:
     ):
         assert _post(url, _png(True)).status_code == 200
         wait_until(lambda: metric_value(_metrics(url), "zipgate_shadow_failures_total") == 1, what="a failure")
-        assert metric_value(_metrics(url), "zipgate_shadow_comparisons_total") == 0
+        assert metric_sum(_metrics(url), "zipgate_shadow_comparisons_total") == 0
 
 
 def test_the_shadow_header_works_only_when_allowed(tmp_path: Path) -> None:
@@ -138,11 +140,11 @@ def test_the_shadow_header_works_only_when_allowed(tmp_path: Path) -> None:
             assert _post(url, _png(True), headers={"X-Zipgate-Shadow": "1"}).status_code == 200
             if allowed:
                 wait_until(
-                    lambda: metric_value(_metrics(url), "zipgate_shadow_comparisons_total") == 2, what="2 comparisons"
+                    lambda: metric_sum(_metrics(url), "zipgate_shadow_comparisons_total") == 2, what="2 comparisons"
                 )
             text = _metrics(url)
         expected = 2 if allowed else 0
-        assert metric_value(text, "zipgate_shadow_comparisons_total") == expected
+        assert metric_sum(text, "zipgate_shadow_comparisons_total") == expected
         assert sum(rid.endswith("-shadow") for rid in vendor.request_ids) == expected
 
 

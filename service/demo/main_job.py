@@ -36,7 +36,7 @@ from service.config import Settings
 from service.demo.vendor_app import create_vendor_app
 from service.loopback import serve_uvicorn, wait_for_http
 from service.purify.imaging import tensor_to_pil
-from service.shadow.alarm import AlarmRule, disagreements_by_raw_label
+from service.shadow.alarm import AlarmRule, comparisons_by_raw_label, disagreements_by_raw_label
 from service.shadow.monitor import SHADOW_HEADER
 from service.upstream import UpstreamProtocol
 
@@ -146,15 +146,17 @@ def _shadow_alarm(gateway_url: str, burst: list[bytes]) -> AlarmReading:
         while True:  # the comparisons finish after the answer: wait until /metrics has them all
             families = {f.name: f for f in text_string_to_metric_families(client.get(f"{gateway_url}/metrics").text)}
             done = sum(
-                families[name].samples[0].value
+                sample.value
                 for name in ("zipgate_shadow_comparisons", "zipgate_shadow_unlabelled", "zipgate_shadow_failures")
+                for sample in families[name].samples
+                if sample.name.endswith("_total")
             )
             if done >= len(burst) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
         text = client.get(f"{gateway_url}/metrics").text
     counts = disagreements_by_raw_label(text)
-    comparisons = families["zipgate_shadow_comparisons"].samples[0].value
+    comparisons = sum(comparisons_by_raw_label(text).values())
     return AlarmReading(comparisons, counts, AlarmRule().suspected_target(counts))
 
 

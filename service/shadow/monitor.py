@@ -163,10 +163,11 @@ class ShadowMonitor:
                 extra={"request_id": job.request_id},
             )
             return
-        self._metrics.comparisons.inc()
+        capped_raw = self._cap(raw_label)
+        self._metrics.comparisons.labels(capped_raw).inc()
         if raw_label == purified_label:
             return
-        self._metrics.disagreements.labels(self._cap(raw_label), self._cap(purified_label)).inc()
+        self._metrics.disagreements.labels(capped_raw, self._cap(purified_label)).inc()
         if self._capture is None or self._capture.disabled:
             return
         flagged = FlaggedImage(
