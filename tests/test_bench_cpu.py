@@ -1,4 +1,5 @@
-"""bench/engine.py and bench/proxy_overhead.py keep working (tiny runs), and the harness's /proc readers."""
+"""bench/engine.py, bench/compile.py and bench/proxy_overhead.py keep working (tiny runs), and the harness's
+/proc readers."""
 
 from __future__ import annotations
 
@@ -52,6 +53,20 @@ def test_engine_bench_prints_the_forward_ratio_then_the_speedup_last() -> None:
     assert ratio is not None and 0.0 < float(ratio.group(1)) < 5.0, out
     assert re.fullmatch(r"speedup=\d+\.\d+", lines[-1]), out
     assert re.search(r"^\(c\) UNet forward only, fp32, batch 2: \d+\.\d+ image-forwards/s", out, re.MULTILINE), out
+
+
+def test_compile_bench_times_the_warm_up_and_compares_outputs_then_prints_the_ratio_last() -> None:
+    # torch.compile's eager backend: the worker's compile wiring without minutes of inductor.
+    out = _run(
+        "bench/compile.py", "--backend", "eager", "--batch-sizes", "2,3", "--steps", "2", "--repeats", "1",
+        "--threads", "1", "--dtype", "fp32",
+    )  # fmt: skip
+    for batch in (2, 3):
+        assert re.search(rf"^warmup_s_b{batch}=\d+\.\d$", out, re.MULTILINE), out
+        # The eager backend runs the same kernels: the outputs agree exactly.
+        assert f"max_abs_diff_b{batch}=0.0000 (mean 0.0000; eager fp32 against eager fp32: max 0.0000" in out, out
+    ratio = re.fullmatch(r"compiled_over_eager=(\d+\.\d+)", out.rstrip().splitlines()[-1])
+    assert ratio is not None and float(ratio.group(1)) > 0.0, out
 
 
 @pytest.mark.slow
