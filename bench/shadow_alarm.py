@@ -7,9 +7,10 @@ two alert rules of docker/alerts.yml:
 - the share rule (`ZipgateSuspectedBackdoorTarget`): in a window of W requests, one raw label holds
   at least M disagreements and more than a share S of them; checked after every request;
 - the baseline rule (`ZipgateDisagreementAboveBaseline`): one raw label's disagreement rate in the
-  window stands z* standard errors above its rate in a clean baseline of B windows just before
-  (and has at least m disagreements); checked every W/30 requests (Prometheus's one-minute
-  evaluation of a 30-minute window). The attack starts when the baseline ends.
+  window stands at z >= z* above its rate in the B windows before it (likelihood-ratio z), with
+  at least m disagreements and a rate 10 points above the baseline's; checked every W/30 requests
+  (the rule group's one-minute interval on a 30-minute window). A clean baseline and a clean
+  window precede the onset, and both windows slide, as in Prometheus.
 
     .venv/bin/python bench/shadow_alarm.py reports/zoo-final [--window 1000] [--min-count 20]
 
@@ -118,48 +119,42 @@ class BaselineWindow:
         return max(1, self.requests // 30)
 
 
-def per_label_counts(pairs: np.ndarray, labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(disagreements, comparisons) per raw label, as arrays of length `labels`."""
-    raw = pairs[:, 0]
-    disagreeing = raw[pairs[:, 0] != pairs[:, 1]]
-    return np.bincount(disagreeing, minlength=labels).astype(float), np.bincount(raw, minlength=labels).astype(float)
-
-
-def clean_baseline(pairs: Pairs, rule: BaselineWindow, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The baseline window's counts: clean traffic drawn with replacement."""
-    sample = pairs.clean[rng.integers(len(pairs.clean), size=rule.requests * rule.baseline_windows)]
-    return per_label_counts(sample, pairs.labels)
-
-
 def first_baseline_alarm(
     pairs: Pairs, rule: BaselineWindow, attack_share: float, rng: np.random.Generator, max_requests: int
 ) -> tuple[int | None, int | None, int]:
-    """Replay one stream after a clean baseline until the rule fires: (label named, triggered sent, requests sent).
+    """Replay one stream until the rule fires: (label named, triggered sent, requests sent since the onset).
 
-    Vectorised: cumulative per-label counts give every evaluation's window at once.
+    As Prometheus sees it: a clean baseline and a clean window of traffic precede the onset; at each
+    evaluation the window is the last W requests and the baseline the B·W before them, both sliding (so the
+    first windows mix clean and attack traffic, and from W requests in the baseline starts taking the attack
+    in). Vectorised: cumulative per-label counts give every evaluation's windows at once.
     """
-    baseline = clean_baseline(pairs, rule, rng)
+    window, baseline = rule.requests, rule.requests * rule.baseline_windows
+    prefix = baseline + window
     triggered = rng.random(max_requests) < attack_share
-    drawn = np.where(
+    attack = np.where(
         triggered[:, None],
         pairs.triggered[rng.integers(len(pairs.triggered), size=max_requests)],
         pairs.clean[rng.integers(len(pairs.clean), size=max_requests)],
     )
-    labels = pairs.labels
-    onehot = np.eye(labels)[drawn[:, 0]]
-    compared = np.vstack([np.zeros(labels), np.cumsum(onehot, axis=0)])
-    disagreed = np.vstack([np.zeros(labels), np.cumsum(onehot * (drawn[:, :1] != drawn[:, 1:]), axis=0)])
-    ends = np.arange(rule.evaluate_every, max_requests + 1, rule.evaluate_every)
-    starts = np.maximum(ends - rule.requests, 0)
+    drawn = np.concatenate([pairs.clean[rng.integers(len(pairs.clean), size=prefix)], attack])
+    onehot = np.eye(pairs.labels)[drawn[:, 0]]
+    zero = np.zeros((1, pairs.labels))
+    compared = np.vstack([zero, np.cumsum(onehot, axis=0)])
+    disagreed = np.vstack([zero, np.cumsum(onehot * (drawn[:, :1] != drawn[:, 1:]), axis=0)])
+    ends = prefix + np.arange(rule.evaluate_every, max_requests + 1, rule.evaluate_every)
+    starts = ends - window
     d, c = disagreed[ends] - disagreed[starts], compared[ends] - compared[starts]
-    z = excess_disagreement_z(d, c, *(side[None, :] for side in baseline))
-    firing = (z >= rule.rule.z) & (d >= rule.rule.min_count)
+    big_d, big_c = disagreed[starts] - disagreed[starts - baseline], compared[starts] - compared[starts - baseline]
+    firing = rule.rule.fires(d, c, big_d, big_c)
     hits = np.flatnonzero(firing.any(axis=1))
     if not len(hits):
         return None, None, max_requests
     first = hits[0]
-    label = int(np.nanargmax(np.where(firing[first], z[first], np.nan)))
-    return label, int(triggered[: ends[first]].sum()), int(ends[first])
+    z = excess_disagreement_z(d[first], c[first], big_d[first], big_c[first])
+    label = int(np.nanargmax(np.where(firing[first], z, np.nan)))
+    sent = int(ends[first] - prefix)
+    return label, int(triggered[:sent].sum()), sent
 
 
 def baseline_false_alarm_streams(
@@ -215,13 +210,16 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.5)
     parser.add_argument("--z", type=float, default=BaselineRule.z, help="the baseline rule's threshold")
     parser.add_argument("--baseline-min-count", type=int, default=int(BaselineRule.min_count))
+    parser.add_argument("--min-excess", type=float, default=BaselineRule.min_excess, help="rate over the baseline's")
     parser.add_argument("--baseline-windows", type=int, default=48, help="the baseline's length, in windows")
     parser.add_argument("--shares", default="1,0.5,0.25,0.1,0.05,0.02", help="attack shares of the traffic to replay")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rule = Window(args.window, AlarmRule(args.min_count, args.share))
-    baseline_rule = BaselineWindow(args.window, args.baseline_windows, BaselineRule(args.z, args.baseline_min_count))
+    baseline_rule = BaselineWindow(
+        args.window, args.baseline_windows, BaselineRule(args.z, args.baseline_min_count, args.min_excess)
+    )
     max_requests = 20 * rule.requests
     rng = np.random.default_rng(args.seed)
     vendors = load_pairs(args.report, args.setting)
@@ -229,6 +227,7 @@ def main() -> None:
     print(f"share rule: window={rule.requests} requests, min_count={rule.rule.min_count:g}, share>{rule.rule.share}")
     print(
         f"baseline rule: z>={baseline_rule.rule.z:g}, min_count={baseline_rule.rule.min_count:g}, "
+        f"min_excess={baseline_rule.rule.min_excess:g}, "
         f"baseline={baseline_rule.baseline_windows} windows, evaluated every {baseline_rule.evaluate_every} requests; "
         f"streams of {max_requests} requests"
     )

@@ -68,8 +68,9 @@ def excess_disagreement_z(
         z = sign(d/c - D/C) sqrt(G)
     Why not the textbook z = (d/c - D/C) / sqrt(p (1 - p) (1/c + 1/C)): at the alert's threshold its tail
     is up to 30 times heavier than the normal one for rare disagreements (p = 0.05, c = 100: 9e-6 instead
-    of 3e-7, since a binomial's right tail is skewed); the signed root's stays at the normal tail for
-    every rate and window size the rule sees (tests/test_baseline_alarm.py computes both exactly).
+    of 3e-7, since a binomial's right tail is skewed); the signed root's stays within about 2x of the
+    normal tail (at most 6e-7 for rates 5-75% and 30-300 comparisons; tests/test_baseline_alarm.py
+    computes both exactly).
     The windows must not overlap (the baseline ends where the window starts), or the test is blunted.
     NaN where it is undefined (no comparisons on either side): such a label never fires.
     Elementwise over arrays, so the bench can score every window of a replay at once.
@@ -94,26 +95,43 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BaselineRule:
-    """The alert's condition: z >= `z` and at least `min_count` disagreements in the window.
+    """The alert's condition: z >= `z`, at least `min_count` disagreements in the window, and a rate at
+    least `min_excess` above the baseline's.
 
     `z` = 5 keeps false alarms rare although up to `SHADOW_MAX_LABELS` labels are tested every
-    evaluation (a one-sided normal tail of 3e-7 per label and window); `min_count` keeps a quiet
-    label's handful of disagreements from firing on small-number noise.
+    evaluation (a one-sided normal tail of 3e-7 per label and evaluation); `min_count` keeps a quiet
+    label's handful of disagreements from firing on small-number noise; `min_excess` (10 points of
+    disagreement rate) keeps a busy label from paging on a small drift of its clean rate, since z
+    grows with the square root of the counts.
     """
 
     z: float = 5.0
     min_count: float = 10
+    min_excess: float = 0.1
+
+    def fires(
+        self,
+        disagreements: np.ndarray | float,
+        comparisons: np.ndarray | float,
+        baseline_disagreements: np.ndarray | float,
+        baseline_comparisons: np.ndarray | float,
+    ) -> np.ndarray:
+        """Elementwise over arrays of counts (window, then baseline): whether the rule fires."""
+        d, c = np.asarray(disagreements, dtype=float), np.asarray(comparisons, dtype=float)
+        big_d, big_c = np.asarray(baseline_disagreements, dtype=float), np.asarray(baseline_comparisons, dtype=float)
+        z = excess_disagreement_z(d, c, big_d, big_c)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            excess = d / c - big_d / big_c
+        return (z >= self.z) & (d >= self.min_count) & (excess >= self.min_excess)  # NaN compares false
 
     def suspected_targets(self, window: Mapping[str, LabelCounts], baseline: Mapping[str, LabelCounts]) -> list[str]:
         """Raw labels (never "other") whose window rate stands above their baseline; most extreme first."""
         scored = []
         for label, now in window.items():
             before = baseline.get(label)
-            if label == OTHER_LABEL or before is None or now.disagreements < self.min_count:
+            if label == OTHER_LABEL or before is None or not self.fires(*now, *before):
                 continue
-            z = float(excess_disagreement_z(now.disagreements, now.comparisons, *before))
-            if z >= self.z:  # NaN compares false
-                scored.append((z, label))
+            scored.append((float(excess_disagreement_z(*now, *before)), label))
         return [label for _, label in sorted(scored, reverse=True)]
 
 
