@@ -51,7 +51,11 @@ class EpsModelInfo:
 
 
 class EpsModel:
-    """ε_θ(x, t) on a device and dtype: float32 in, float32 out, C output channels (σ dropped)."""
+    """ε_θ(x, t) on a device and dtype: float32 in, float32 out, C output channels (σ dropped).
+
+    Takes ownership of `unet`: it is moved and cast in place (a copy would double the memory of a
+    large model), so two EpsModels of different dtypes need two copies of the weights.
+    """
 
     def __init__(
         self,
