@@ -126,3 +126,11 @@ def test_compose_prometheus_loads_the_rules_beside_its_config() -> None:
     rules_in_container = Path(mounts[f"./{ALERT_RULES.relative_to(REPO).as_posix()}"])
     assert rules_in_container == config_in_container.parent / ALERT_RULES.name
     assert f"--config.file={config_in_container}" in prometheus["command"]
+
+
+def test_every_alert_is_in_the_deployment_guides_table() -> None:
+    rows = [
+        line for line in (REPO / "docs" / "deployment.md").read_text().splitlines() if line.startswith("| `Zipgate")
+    ]
+    documented = {line.split("`")[1] for line in rows}
+    assert documented == {alert["alert"] for alert in alerts()}
