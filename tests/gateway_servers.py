@@ -237,30 +237,25 @@ def decode_png(data: bytes) -> Image.Image:
     return image
 
 
-def metric_value(metrics_text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+def _samples(metrics_text: str) -> Iterator[tuple[str, str, float]]:
+    """(sample name, its labels sorted and joined, value) for each sample line of Prometheus text format."""
     for line in metrics_text.splitlines():
         if line.startswith("#") or " " not in line:
             continue
         series, value = line.rsplit(" ", 1)
         sample, _, label_text = series.partition("{")
-        got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
-        if sample == name and got == wanted:
-            return float(value)
-    return 0.0
+        yield sample, ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else "", float(value)
+
+
+def metric_value(metrics_text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    return next((value for sample, got, value in _samples(metrics_text) if (sample, got) == (name, wanted)), 0.0)
 
 
 def metric_sum(metrics_text: str, name: str) -> float:
     """The sum of every sample named `name` in Prometheus text format, whatever its labels (0 when absent)."""
-    total = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        series, value = line.rsplit(" ", 1)
-        if series.partition("{")[0] == name:
-            total += float(value)
-    return total
+    return sum(value for sample, _, value in _samples(metrics_text) if sample == name)
 
 
 def wait_until(condition: Any, timeout_s: float = 10.0, what: str = "condition") -> None:
