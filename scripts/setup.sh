@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: Debian packages (data, Prometheus for the tests), a venv, the project.
+# Set up a fresh machine: Debian packages (data; Prometheus and Chromium for the tests), a venv, the project.
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # headless, for the /ui browser test
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
