@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
-command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)  # headless, for the /ui browser test
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)  # headless, for the /ui browser test
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
