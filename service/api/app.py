@@ -22,7 +22,7 @@ from service.api.errors import install_error_handlers
 from service.api.gateway import Gateway
 from service.api.lifecycle import Lifecycle
 from service.api.middleware import GatewayMiddleware
-from service.api.routes_docs import build_docs_router
+from service.api.routes_docs import mount_docs
 from service.api.routes_health import build_health_router
 from service.api.routes_predict import build_predict_router
 from service.api.routes_sidecar import build_sidecar_router
@@ -106,16 +106,22 @@ def create_app(
             await client.aclose()
             logger.info("gateway stopped")
 
-    # Private API pages: FastAPI's own are off, and routes_docs serves them behind the key (none without one).
-    private_pages: dict[str, Any] = (
-        {} if settings.public_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    # FastAPI's own API pages load their scripts from a CDN: off, and routes_docs serves them from the package,
+    # public or behind the key (none when private without a key).
+    app = FastAPI(
+        title="zipgate",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
-    app = FastAPI(title="zipgate", version=__version__, description=DESCRIPTION, lifespan=lifespan, **private_pages)
     app.state.lifecycle = lifecycle  # for the server's signal handler (drain before uvicorn stops)
     install_error_handlers(app)
     dependencies = [Depends(api_key_dependency(settings.api_key))] if settings.api_key is not None else []
-    if not settings.public_docs and dependencies:
-        app.include_router(build_docs_router(app, dependencies))
+    if settings.public_docs or dependencies:
+        mount_docs(app, [] if settings.public_docs else dependencies)
     raw_on_predict = settings.upstream_raw_path == RAW_SIDECAR_ON_PREDICT
     app.include_router(build_predict_router(dependencies, raw_on_predict, settings.purification_enabled))
     app.include_router(build_sidecar_router(dependencies, None if raw_on_predict else settings.upstream_raw_path))

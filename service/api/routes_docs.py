@@ -1,53 +1,88 @@
-"""The interactive API pages (`/docs`, `/redoc`, `/openapi.json`) behind the API key.
+"""The interactive API pages (`/docs`, `/redoc`, `/openapi.json`), served from the package, offline.
 
-FastAPI serves them to anyone; with a key configured they would list every route, parameter and
-limit of a gateway that is otherwise closed, so unless `public_docs` is set the app mounts these
-copies instead, with the same key check as the API (see app.py). A browser does not send the
-key by itself: open them through a proxy that adds it, or fetch the document with curl.
+FastAPI's own pages load Swagger UI and ReDoc from a CDN (and ReDoc its fonts from Google), so on
+a host without the internet they are blank. These are FastAPI's pages built with its documented
+custom-assets recipe instead: the scripts and styles come from the `fastapi-offline` package
+(which ships Swagger UI's and ReDoc's bundles) under `ASSETS_URL`, and nothing names another host.
+
+With an API key the pages would list every route, parameter and limit of a gateway that is
+otherwise closed, so unless `public_docs` is set they sit behind the same key check as the API
+(see app.py). A browser does not send the key by itself: open them through a proxy that adds it,
+or fetch the document with curl. The assets themselves are the libraries' public code: no key.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 OPENAPI_URL = "/openapi.json"
 DOCS_URL = "/docs"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 REDOC_URL = "/redoc"
+ASSETS_URL = "/docs-assets"
+SWAGGER_JS = f"{ASSETS_URL}/swagger-ui-bundle.js"
+SWAGGER_CSS = f"{ASSETS_URL}/swagger-ui.css"
+REDOC_JS = f"{ASSETS_URL}/redoc.standalone.js"
+FAVICON = f"{ASSETS_URL}/favicon.png"
 
 
-def build_docs_router(app: FastAPI, dependencies: list[Any]) -> APIRouter:
-    """FastAPI's API pages as routes with `dependencies` (the API key check), left out of the schema.
+def docs_assets_dir() -> Path:
+    """The folder of Swagger UI's and ReDoc's bundles, as the `fastapi-offline` package installs them."""
+    return Path(str(files("fastapi_offline") / "static"))
+
+
+async def openapi(request: Request) -> JSONResponse:
+    """The OpenAPI document of the app serving the request."""
+    return JSONResponse(request.app.openapi())
+
+
+async def swagger_ui(request: Request) -> HTMLResponse:
+    """Swagger UI, with its script, style and icon from `ASSETS_URL`."""
+    return get_swagger_ui_html(
+        openapi_url=OPENAPI_URL,
+        title=f"{request.app.title} - Swagger UI",
+        oauth2_redirect_url=OAUTH2_REDIRECT_URL,
+        swagger_js_url=SWAGGER_JS,
+        swagger_css_url=SWAGGER_CSS,
+        swagger_favicon_url=FAVICON,
+    )
+
+
+async def swagger_ui_redirect() -> HTMLResponse:
+    """Swagger UI's OAuth2 redirect page (inline script, no assets)."""
+    return get_swagger_ui_oauth2_redirect_html()
+
+
+async def redoc(request: Request) -> HTMLResponse:
+    """ReDoc, with its script and icon from `ASSETS_URL` and the browser's own fonts (not Google's)."""
+    return get_redoc_html(
+        openapi_url=OPENAPI_URL,
+        title=f"{request.app.title} - ReDoc",
+        redoc_js_url=REDOC_JS,
+        redoc_favicon_url=FAVICON,
+        with_google_fonts=False,
+    )
+
+
+def mount_docs(app: FastAPI, dependencies: list[Any]) -> None:
+    """Serve the API pages on `app` (built with FastAPI's own pages off), guarded by `dependencies`.
 
     Args:
-        app: the app whose OpenAPI document is served (built with its own pages turned off).
-        dependencies: route dependencies that guard the pages.
-
-    Returns:
-        The router.
+        app: the app whose OpenAPI document is served.
+        dependencies: route dependencies that guard the pages and the document (the API key check;
+            empty for public pages). The assets are mounted without them.
     """
     router = APIRouter(include_in_schema=False, dependencies=dependencies)
-
-    @router.get(OPENAPI_URL)
-    async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @router.get(DOCS_URL)
-    async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=OPENAPI_URL, title=f"{app.title} - Swagger UI", oauth2_redirect_url=OAUTH2_REDIRECT_URL
-        )
-
-    @router.get(OAUTH2_REDIRECT_URL)
-    async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
-
-    @router.get(REDOC_URL)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=OPENAPI_URL, title=f"{app.title} - ReDoc")
-
-    return router
+    router.add_api_route(OPENAPI_URL, openapi, methods=["GET"])
+    router.add_api_route(DOCS_URL, swagger_ui, methods=["GET"])
+    router.add_api_route(OAUTH2_REDIRECT_URL, swagger_ui_redirect, methods=["GET"])
+    router.add_api_route(REDOC_URL, redoc, methods=["GET"])
+    app.include_router(router)
+    app.mount(ASSETS_URL, StaticFiles(directory=docs_assets_dir()), name="docs-assets")
