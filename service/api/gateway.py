@@ -265,26 +265,34 @@ class Gateway:
             UpstreamTimeout, UpstreamError, UpstreamRejected: see `Upstream.predict` (any vote's call).
             DeadlineExceeded: the request's deadline passed before or during the call.
             NotReady: the drain ran out during the call.
+            ClientDisconnected: the client hung up during the call (which is cancelled: httpx closes the connection).
         """
         remaining = time_left(ctx.deadline, ctx.request_id, "calling the vendor")
 
-        async def call(blobs: list[bytes], request_id: str, timed: bool) -> UpstreamResult:
-            with UpstreamCall(self.metrics, ctx.timings if timed else None) as outcome:
-                # The remaining budget caps the call; the guard is the outer bound, whatever the adapter does.
-                result = await self.upstream.predict(blobs, request_id, prepared.content_type, timeout_s=remaining)
+        def send(blobs: list[bytes], request_id: str) -> Awaitable[UpstreamResult]:
+            # The remaining budget caps the call; the guard is the outer bound, whatever the adapter does.
+            return self.upstream.predict(blobs, request_id, prepared.content_type, timeout_s=remaining)
+
+        async def call(blobs: list[bytes], request_id: str) -> UpstreamResult:
+            with UpstreamCall(self.metrics, None) as outcome:  # one of several overlapping calls
+                result = await send(blobs, request_id)
                 outcome.status = str(result.status_code)
             return result
 
         if len(prepared.votes) == 1:
-            result = await self._guarded(call(prepared.blobs, ctx.request_id, timed=True), ctx, "the vendor call")
+            # The guard inside the timing, so that its ends are counted as what they are (timeout, cancelled).
+            with self._upstream_call(ctx) as timed:
+                result = await self._guarded(
+                    send(prepared.blobs, ctx.request_id), ctx, "the vendor call", watch_client=True
+                )
+                timed.status = str(result.status_code)
             return Prediction(result.predictions, vote_labels=None, chosen_votes=[0] * len(result.predictions))
         with ctx.timings.measure(Stage.UPSTREAM):  # the calls overlap: the stage is their wall time, not a sum
             results = await self._guarded(
-                asyncio.gather(
-                    *[call(blobs, f"{ctx.request_id}-vote{k}", timed=False) for k, blobs in enumerate(prepared.votes)]
-                ),
+                asyncio.gather(*[call(blobs, f"{ctx.request_id}-vote{k}") for k, blobs in enumerate(prepared.votes)]),
                 ctx,
                 "the vendor calls",
+                watch_client=True,
             )
         outcome = majority([r.predictions for r in results], self.vote_label)
         return Prediction(outcome.predictions, vote_labels=outcome.labels, chosen_votes=outcome.chosen)
@@ -304,6 +312,7 @@ class Gateway:
             UpstreamTimeout, UpstreamError: transport failures only (a vendor 4xx/5xx is relayed).
             DeadlineExceeded: the request's deadline passed before or during the call.
             NotReady: the drain ran out during the call.
+            ClientDisconnected: the client hung up during the call (which is cancelled: httpx closes the connection).
         """
         remaining = time_left(ctx.deadline, ctx.request_id, "calling the vendor")
         with self._upstream_call(ctx) as outcome:
@@ -319,6 +328,7 @@ class Gateway:
                 ),
                 ctx,
                 "the vendor call",
+                watch_client=True,
             )
             outcome.status = str(relayed.status_code)
         return relayed
@@ -326,12 +336,14 @@ class Gateway:
     def _upstream_call(self, ctx: RequestContext) -> UpstreamCall:
         return UpstreamCall(self.metrics, ctx.timings)
 
-    async def _guarded(self, work: Awaitable[T], ctx: RequestContext, what: str) -> T:
-        """`work` within the request's deadline and the drain (see `service.api.guard`)."""
+    async def _guarded(self, work: Awaitable[T], ctx: RequestContext, what: str, *, watch_client: bool = False) -> T:
+        """`work` within the request's deadline and the drain (see `service.api.guard`); with `watch_client`
+        (only once the body has been read), also until the client hangs up (ClientDisconnected, 499)."""
         return await guarded(
             work,
             request_id=ctx.request_id,
             what=what,
             stopped=self.lifecycle.in_flight_stopped(),
             deadline=ctx.deadline,
+            receive=ctx.receive if watch_client else None,
         )
