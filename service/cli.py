@@ -271,12 +271,14 @@ def demo_vendor_command(
     model_name: Annotated[str, typer.Option(help="Name in the TF-Serving and v2 paths.")] = "fmnist",
 ) -> None:
     """Serve a (backdoored) vendor classifier over HTTP: raw, TF-Serving and v2 protocols."""
+    from service.backdoor.vendor_model import CONFIG_FILE
     from service.demo.vendor_app import run_demo_vendor
 
     model_dir = Path(model) if Path(model).is_dir() else MODELS_DIR / model
     if not model_dir.is_dir():
+        shipped = sorted(path.name for path in MODELS_DIR.glob("vendor-*") if (path / CONFIG_FILE).is_file())
         raise typer.BadParameter(
-            f"no vendor model at {model_dir}; shipped: vendor-clean, vendor-badnets, vendor-blended, vendor-wanet"
+            f"no vendor model at {model_dir}; the vendors in {MODELS_DIR}: {', '.join(shipped) or 'none'}"
         )
     run_demo_vendor(model_dir, host=host, port=port, model_name=model_name)
 

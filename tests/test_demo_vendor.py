@@ -358,3 +358,17 @@ def test_request_id_is_echoed_logged_and_made_when_missing(
 def test_a_missing_model_folder_fails_at_construction(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="zipgate train vendor"):
         create_vendor_app(tmp_path / "absent")
+
+
+def test_an_unknown_demo_vendor_is_refused_with_every_vendor_that_ships() -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from service.cli_models import MODELS_DIR
+
+    shipped = sorted(path.name for path in MODELS_DIR.glob("vendor-*") if (path / "config.json").is_file())
+    assert len(shipped) >= 12  # clean and the eleven attacks of the zoo
+    result = CliRunner().invoke(app, ["demo-vendor", "--model", "vendor-nope"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert all(name in re.findall(r"vendor-[a-z0-9]+", message) for name in shipped), message
