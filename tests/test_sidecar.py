@@ -70,6 +70,59 @@ def _assert_relayed(through: httpx.Response, direct: httpx.Response) -> None:
     assert through.content == direct.content
 
 
+@pytest.fixture(scope="module")
+def recorded(ddpm: Path) -> Iterator[tuple[StaticApp, str]]:
+    """The gateway in front of a vendor that records what reaches it (no model check: every call is the request)."""
+    vendor = StaticApp(200, b'{"predictions": []}')
+    with (
+        serve_asgi(vendor) as vendor_url,
+        running_gateway(gateway_settings(ddpm, vendor_url, upstream_model_check_ttl_s=0)) as url,
+    ):
+        yield vendor, url
+
+
+def test_bare_base64_instances_are_purified_and_reach_the_vendor_bare(recorded: tuple[StaticApp, str]) -> None:
+    vendor, url = recorded
+    images = [png_bytes(seed=11), png_bytes(seed=12)]
+    purified = _purified(url, *images)
+    through = post(
+        f"{url}/v1/models/fmnist:predict",
+        params={"seed": SEED},
+        json={"signature_name": "serving_default", "instances": [_b64(images[0]), {"b64": _b64(images[1])}]},
+    )
+    assert through.status_code == 200, through.text
+    sent = json.loads(vendor.requests[-1].body)
+    assert sent == {"signature_name": "serving_default", "instances": [_b64(purified[0]), {"b64": _b64(purified[1])}]}
+
+
+IMAGE_B64 = _b64(png_bytes(seed=13))
+V2_IMAGE = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [IMAGE_B64]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/models/fmnist:predict", {"instances": [{"b64": IMAGE_B64}], "inputs": {"b64": IMAGE_B64}}),
+        ("/v1/models/fmnist:predict", {"instances": [{"b64": IMAGE_B64}], "image2": IMAGE_B64}),
+        ("/v2/models/fmnist/infer", {"inputs": [V2_IMAGE, {**V2_IMAGE, "name": "image2"}]}),
+        (
+            "/v2/models/fmnist/infer",
+            {"inputs": [V2_IMAGE, {"name": "pixels", "shape": [784], "datatype": "UINT8", "data": [0] * 784}]},
+        ),
+        ("/v2/models/fmnist/infer", {"parameters": {"image2": IMAGE_B64}, "inputs": [V2_IMAGE]}),
+    ],
+    ids=["v1-instances-and-inputs", "v1-extra-key", "v2-two-bytes-inputs", "v2-pixel-input", "v2-parameter"],
+)
+def test_a_second_place_for_an_image_is_refused_before_anything_reaches_the_vendor(
+    recorded: tuple[StaticApp, str], path: str, body: dict
+) -> None:
+    vendor, url = recorded
+    before = len(vendor.requests)
+    response = post(f"{url}{path}", json=body)
+    assert response.status_code == 400 and response.json()["code"] == "bad_request", response.text
+    assert len(vendor.requests) == before  # the unpurified image never left the gateway
+
+
 def test_raw_image_body_on_predict_is_the_vendors_raw_protocol(gateway: str, vendor_url: str) -> None:
     image = png_bytes(seed=1)
     (purified,) = _purified(gateway, image)
@@ -125,7 +178,7 @@ def test_vendor_errors_are_relayed_unchanged(gateway: str, vendor_url: str) -> N
 
 
 def test_a_bad_sidecar_body_is_the_gateways_json_error(gateway: str) -> None:
-    response = post(f"{gateway}/v1/models/fmnist:predict", json={"inputs": [1]})
+    response = post(f"{gateway}/v1/models/fmnist:predict", json={"instances": [1]})
     assert response.status_code == 422 and response.json()["code"] == "invalid_request"
     response = post(
         f"{gateway}/v2/models/fmnist/infer",

@@ -131,8 +131,15 @@ def test_tfserving_sidecar_round_trip_keeps_other_keys(idle_client: httpx.AsyncC
     [
         (b"{not json", "application/json", BadRequest),
         (b'{"instances": [{"b64": "a"}]}', "text/plain", UnsupportedMediaType),
-        (json.dumps({"instances": [b64(b"x")]}).encode(), "application/json", InvalidShape),  # bare strings
-        (json.dumps({"inputs": {"b64": b64(b"x")}}).encode(), "application/json", InvalidShape),  # columnar
+        (json.dumps({"inputs": {"b64": b64(b"x")}}).encode(), "application/json", BadRequest),  # columnar
+        # Both: TF-Serving refuses them, and "inputs" would reach the vendor unpurified.
+        (json.dumps({"instances": [b64(b"x")], "inputs": [b64(b"y")]}).encode(), "application/json", BadRequest),
+        (json.dumps({"instances": [b64(b"x")], "inputs": {"b64": b64(b"y")}}).encode(), "application/json", BadRequest),
+        # Beside the images only small values pass: a long string or many values could be an image.
+        (json.dumps({"instances": [b64(b"x")], "image2": "A" * 129}).encode(), "application/json", BadRequest),
+        (json.dumps({"instances": [b64(b"x")], "pixels": [0] * 65}).encode(), "application/json", BadRequest),
+        (json.dumps({"instances": [b64(b"x")], "signature_name": "s" * 129}).encode(), "application/json", BadRequest),
+        (json.dumps({"instances": [7]}).encode(), "application/json", InvalidShape),
         (json.dumps({"instances": []}).encode(), "application/json", InvalidShape),
         (json.dumps({"instances": [{"b64": b64(b"x"), "k": 1}]}).encode(), "application/json", InvalidShape),
         (json.dumps({"instances": [{"b64": 7}]}).encode(), "application/json", InvalidShape),
@@ -170,9 +177,21 @@ def test_v2_sidecar_round_trip_finds_the_bytes_input_and_keeps_the_rest(idle_cli
     expected["inputs"][1]["data"] = [b64(b"A"), b64(b"B"), b64(b"C")]  # flat row-major, same shape
     assert json.loads(new.content) == expected and new.content_type == "application/json"
 
-    # Two BYTES inputs: the one named like the configured input is the image.
+    # A second BYTES input could carry an image the gateway would not purify: refused, whatever its name.
     request["inputs"][0] = {"name": "caption", "shape": [1], "datatype": "BYTES", "data": [b64(b"hi")]}
-    assert v2.extract_images(VendorBody(json.dumps(request).encode(), "application/json")) == IMAGES
+    with pytest.raises(BadRequest) as info:
+        v2.extract_images(VendorBody(json.dumps(request).encode(), "application/json"))
+    assert type(info.value) is BadRequest and "'caption', 'image'" in info.value.message
+
+
+def test_tfserving_sidecar_takes_bare_base64_instances_and_writes_them_back_bare(
+    idle_client: httpx.AsyncClient,
+) -> None:
+    tf = adapter(UpstreamProtocol.TFSERVING, idle_client)
+    body = json.dumps({"instances": [b64(IMAGES[0]), {"b64": b64(IMAGES[1])}]}).encode()  # KServe v1 takes both
+    assert tf.extract_images(VendorBody(body, "application/json")) == IMAGES[:2]
+    new = tf.replace_images(VendorBody(body, "application/json"), [b"A", b"B"])
+    assert json.loads(new.content) == {"instances": [b64(b"A"), {"b64": b64(b"B")}]}
 
 
 @pytest.mark.parametrize(
@@ -190,7 +209,23 @@ def test_v2_sidecar_round_trip_finds_the_bytes_input_and_keeps_the_rest(idle_cli
                     {"name": "b", "shape": [1], "datatype": "BYTES", "data": ["eA=="]},
                 ]
             },
-            InvalidShape,
+            BadRequest,
+        ),
+        (  # beside the image, a numeric input large enough to hold an image's pixels
+            {
+                "inputs": [
+                    {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["eA=="]},
+                    {"name": "pixels", "shape": [1, 28, 28], "datatype": "UINT8", "data": [0] * 784},
+                ]
+            },
+            BadRequest,
+        ),
+        (  # an image in the parameters
+            {
+                "parameters": {"image2": b64(bytes(200))},
+                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}],
+            },
+            BadRequest,
         ),
         ({"inputs": [{"name": "i", "shape": [1], "datatype": "BYTES", "data": ["no base64!"]}]}, BadRequest),
     ],
@@ -250,6 +285,24 @@ def test_v2_binary_request_round_trip_keeps_the_framing_and_each_elements_form(
     assert header["id"] == "bin-1" and header["parameters"] == {"binary_data_output": True}
     assert new.content[new.json_length :] == struct.pack("<f", 0.5) + image_raw  # the FP32 input untouched
     assert v2.extract_images(new) == [b"A", b"BB", b"CCC"]
+
+
+def test_v2_binary_request_refuses_a_non_image_input_large_enough_to_hold_pixels(
+    idle_client: httpx.AsyncClient,
+) -> None:
+    v2 = adapter(UpstreamProtocol.V2, idle_client)
+    pixels = bytes(784)  # a 28 x 28 UINT8 image, beside the image input: the vendor would see it unpurified
+    image_raw = encode_bytes_elements([IMAGES[0]])
+    header = {
+        "inputs": [
+            {"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(image_raw)}},
+            {"name": "pixels", "shape": [1, 28, 28], "datatype": "UINT8", "parameters": {"binary_data_size": 784}},
+        ]
+    }
+    header_json = json.dumps(header).encode()
+    with pytest.raises(BadRequest) as info:
+        v2.extract_images(VendorBody(header_json + image_raw + pixels, "application/octet-stream", len(header_json)))
+    assert type(info.value) is BadRequest and "inputs[1]" in info.value.message
 
 
 def test_v2_binary_request_with_the_images_in_the_json_header(idle_client: httpx.AsyncClient) -> None:

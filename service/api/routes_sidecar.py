@@ -66,7 +66,12 @@ TFSERVING_BODY_OPENAPI: dict[str, Any] = {
                         "instances": {
                             "type": "array",
                             "minItems": 1,
-                            "items": {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string"}}},
+                            "items": {
+                                "oneOf": [
+                                    {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string"}}},
+                                    {"type": "string", "description": "the base64 image itself (KServe's v1 form)"},
+                                ]
+                            },
                         }
                     },
                 },
@@ -275,7 +280,8 @@ def build_sidecar_router(gateway_dependencies: list[Any], raw_path: str | None) 
         response_class=Response,
     )
     async def tfserving_predict(name: str, request: Request, gateway: GatewayDep, ctx: ContextDep) -> Response:
-        """TF-Serving / Vertex `{"instances": [{"b64": ...}]}`: purified, forwarded, relayed."""
+        """TF-Serving / Vertex `{"instances": [{"b64": ...}]}` (or KServe's bare base64 strings): purified, forwarded,
+        relayed."""
         return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.TFSERVING], ctx)
 
     @router.post(

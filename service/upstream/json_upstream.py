@@ -2,7 +2,7 @@
 
 It exists so that those protocols only say where the images sit in their JSON and how the
 answer's predictions are laid out (`encode_request`, `decode_predictions`, `read_image_fields`,
-`write_image_fields`: pure methods, testable without a socket); the base turns those into
+`write_image_fields`, `without_images`: pure methods, testable without a socket); the base turns those into
 `predict`, `extract_images` and `replace_images`. The adapter interface itself is in `base.py`.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from service.errors import BadRequest
 from service.upstream.base import Upstream, UpstreamResult, VendorBody
+from service.upstream.side_content import check_side_content
 from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH
 from service.upstream.wire import (
     JSON_CONTENT_TYPE,
@@ -60,9 +61,21 @@ class JsonUpstream(Upstream):
     def write_image_fields(self, payload: dict[str, Any], encoded: list[str]) -> None:
         """Put base64 images where `read_image_fields` found them (same count; mutates payload)."""
 
+    @abc.abstractmethod
+    def without_images(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A client's JSON request without its image fields: what is forwarded unpurified (pure: no I/O).
+
+        Raises:
+            InvalidShape: as `read_image_fields`.
+            BadRequest: a second field that can hold images (the protocol's adapter says which).
+        """
+
     def extract_images(self, body: VendorBody) -> list[bytes]:
-        """See `Upstream.extract_images`."""
-        fields = self.read_image_fields(self.parse_json_body(body))
+        """See `Upstream.extract_images`; also refuses content beside the images that could hold one
+        (`side_content`)."""
+        payload = self.parse_json_body(body)
+        fields = self.read_image_fields(payload)
+        check_side_content(self.without_images(payload))
         return [decode_base64_image(value, f"image {i} of the request") for i, value in enumerate(fields)]
 
     def replace_images(

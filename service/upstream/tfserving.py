@@ -1,4 +1,10 @@
-"""TF-Serving / Vertex AI REST "predict" in the row format: `{"instances": [{"b64": ...}]}`."""
+"""TF-Serving / Vertex AI REST "predict" in the row format: `{"instances": [{"b64": ...}]}`.
+
+In a sidecar request each instance is an image: `{"b64": "<base64>"}`, or the bare base64 string
+as KServe's v1 takes it; each purified image goes back in the form its original came in. The
+columnar `inputs` is refused (400), alone or beside `instances` (TF-Serving itself refuses both
+together); the other keys (`signature_name`) pass unchanged within `side_content`'s bounds.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
-from service.errors import InvalidShape
+from service.errors import BadRequest, InvalidShape
 from service.upstream.base import UpstreamProtocol
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
 from service.upstream.json_upstream import JsonUpstream
@@ -68,27 +74,46 @@ class TFServingUpstream(JsonUpstream):
         return payload["predictions"]
 
     def read_image_fields(self, payload: dict[str, Any]) -> list[Any]:
-        """The `b64` value of every instance; other top-level keys (e.g. signature_name) are kept."""
-        return [instance[_B64] for instance in _image_instances(payload)]
+        """Every instance's base64 text (`b64` value or bare string); other keys (e.g. signature_name) are kept."""
+        return [instance if isinstance(instance, str) else instance[_B64] for instance in _image_instances(payload)]
 
     def write_image_fields(self, payload: dict[str, Any], encoded: list[str]) -> None:
-        """Set each instance's `b64`."""
-        for instance, text in zip(_image_instances(payload), encoded, strict=True):
-            instance[_B64] = text
+        """Set each instance in its original form: `{"b64": text}`, or the bare text."""
+        instances = _image_instances(payload)
+        for i, (instance, text) in enumerate(zip(instances, encoded, strict=True)):
+            instances[i] = text if isinstance(instance, str) else {_B64: text}
+
+    def without_images(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Every key but `instances` (whose items are all images)."""
+        _image_instances(payload)  # the shape, and no columnar `inputs` beside
+        return {key: value for key, value in payload.items() if key != "instances"}
 
 
-def _image_instances(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `instances` of a row-format request, each checked to be `{"b64": <str>}`."""
+def _image_instances(payload: dict[str, Any]) -> list[Any]:
+    """The `instances` of a row-format request, each checked to be `{"b64": <str>}` or a base64 string.
+
+    Raises:
+        BadRequest: the request holds the columnar `inputs` (alone or beside `instances`).
+        InvalidShape: no `instances`, or an instance of another shape.
+    """
+    if "inputs" in payload:
+        beside = (
+            'both "instances" and "inputs": use one (TF-Serving refuses both too)'
+            if "instances" in payload
+            else 'the columnar "inputs" format, which the gateway does not purify'
+        )
+        raise BadRequest(f'the request holds {beside}; send {{"instances": [{{"b64": "<base64 image>"}}, ...]}}')
     if "instances" not in payload:
-        hint = ' (the columnar "inputs" format is not supported)' if "inputs" in payload else ""
-        raise InvalidShape(f'expected {{"instances": [{{"b64": "<base64 image>"}}, ...]}}{hint}')
+        raise InvalidShape('expected {"instances": [{"b64": "<base64 image>"}, ...]}')
     instances = payload["instances"]
     if not isinstance(instances, list) or not instances:
         raise InvalidShape('"instances" must be a non-empty list of {"b64": "<base64 image>"} objects')
     for i, instance in enumerate(instances):
+        if isinstance(instance, str):
+            continue
         if not isinstance(instance, dict) or set(instance) != {_B64}:
             raise InvalidShape(
-                f'instances[{i}] must be {{"b64": "<base64 image>"}} (a binary value, nothing else), '
-                f"got {describe_json(instance)}"
+                f'instances[{i}] must be {{"b64": "<base64 image>"}} or the base64 string itself (an image, '
+                f"nothing else), got {describe_json(instance)}"
             )
     return instances

@@ -4,6 +4,10 @@ Sidecar requests may use the binary tensor data extension (`v2_binary`): the ima
 elements are then length-prefixed bytes after the JSON header, each either the image itself or its
 base64 text (KServe turns binary BYTES into UTF-8 strings, so its clients send base64); each
 purified image goes back in the form its original came in.
+
+A sidecar request holds exactly one BYTES input, the images; a second one is refused (400), as it
+could carry an image the gateway did not purify. Other inputs (numeric tensors), `parameters`,
+`outputs` and `id` pass unchanged within `side_content`'s bounds.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from service.errors import BadRequest, InvalidShape
 from service.upstream.base import UpstreamProtocol, VendorBody
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
 from service.upstream.json_upstream import JsonUpstream
+from service.upstream.side_content import check_side_bytes, check_side_content
 from service.upstream.v2_binary import (
     BINARY_DATA_SIZE,
     BinaryRequest,
@@ -79,7 +84,6 @@ class V2Upstream(JsonUpstream):
             raise ValueError("the v2 upstream needs a model name (the {model} in /v2/models/{model}/infer)")
         self._model_name = model_name
         self._image_input = image_input or V2Input()
-        self._input_name = self._image_input.name
 
     @property
     def predict_path(self) -> str:
@@ -135,11 +139,25 @@ class V2Upstream(JsonUpstream):
         index = self._image_index(payload)
         payload["inputs"][index]["data"] = encoded
 
+    def without_images(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The request with the image input's data taken out (its name, shape and parameters stay)."""
+        index = self._image_index(payload)
+        inputs = [
+            {key: value for key, value in item.items() if key != "data"} if i == index else item
+            for i, item in enumerate(payload["inputs"])
+        ]
+        return {**payload, "inputs": inputs}
+
     def extract_images(self, body: VendorBody) -> list[bytes]:
-        """See `Upstream.extract_images`; also reads binary requests (Inference-Header-Content-Length)."""
+        """See `Upstream.extract_images`; also reads binary requests (Inference-Header-Content-Length),
+        whose header and other inputs' binary data are bounded as `side_content` says."""
         if body.json_length is None:
             return super().extract_images(body)
         request, index = self._split(body)
+        check_side_content(self.without_images(request.header), "the JSON header")
+        for i, raw in request.raw.items():
+            if i != index:
+                check_side_bytes(raw, f"inputs[{i}] (binary)")
         if index not in request.raw:  # the images are in the JSON header, as base64 text
             return super().extract_images(VendorBody(body.content[: body.json_length], "application/json"))
         return [image for image, _ in self._binary_images(request, index)]
@@ -206,17 +224,23 @@ class V2Upstream(JsonUpstream):
         return [_binary_image(element, f"{where} element {i}") for i, element in enumerate(elements)]
 
     def _image_index(self, payload: dict[str, Any]) -> int:
-        """The index of the request's one BYTES input (the one named `input_name` when there are several)."""
+        """The index of the request's one BYTES input, which holds the images.
+
+        Raises:
+            InvalidShape: no list of input objects, or no BYTES input.
+            BadRequest: several BYTES inputs: each could hold an image, and only one is purified.
+        """
         inputs = payload.get("inputs")
         if not isinstance(inputs, list) or not inputs or not all(isinstance(item, dict) for item in inputs):
             raise InvalidShape('expected {"inputs": [{"name", "shape", "datatype": "BYTES", "data"}, ...]}')
         candidates = [i for i, item in enumerate(inputs) if item.get("datatype") == _BYTES]
+        if not candidates:
+            raise InvalidShape("expected one BYTES input holding the images, found none")
         if len(candidates) > 1:
-            candidates = [i for i in candidates if inputs[i].get("name") == self._input_name]
-        if len(candidates) != 1:
-            raise InvalidShape(
-                f"expected exactly one BYTES input holding the images (or one named "
-                f"{self._input_name!r} among several), found {len(candidates)}"
+            names = ", ".join(repr(inputs[i].get("name")) for i in candidates)
+            raise BadRequest(
+                f"the request holds {len(candidates)} BYTES inputs ({names}); the gateway purifies one image "
+                "input, and any other BYTES input could carry an unpurified image: send the images in one input"
             )
         return candidates[0]
 
