@@ -123,6 +123,25 @@ def test_a_second_place_for_an_image_is_refused_before_anything_reaches_the_vend
     assert len(vendor.requests) == before  # the unpurified image never left the gateway
 
 
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v2/models/fmnist/infer", 422),  # KServe's ModelServer: FastAPI refuses the body before the handler
+        ("/v2/models/fmnist/versions/1/infer", 422),
+        ("/v1/models/fmnist:predict", 400),  # TF-Serving and KServe's v1 both answer 400
+    ],
+)
+def test_a_body_that_is_not_json_gets_the_status_the_protocols_server_answers(
+    recorded: tuple[StaticApp, str], path: str, status: int
+) -> None:
+    vendor, url = recorded
+    before = len(vendor.requests)
+    response = post(f"{url}{path}", content=b'{"inputs": [', headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert isinstance(response.json()["error"], str) and "not valid JSON" in response.json()["error"]
+    assert len(vendor.requests) == before
+
+
 def test_raw_image_body_on_predict_is_the_vendors_raw_protocol(gateway: str, vendor_url: str) -> None:
     image = png_bytes(seed=1)
     (purified,) = _purified(gateway, image)

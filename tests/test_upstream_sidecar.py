@@ -239,6 +239,17 @@ def test_v2_sidecar_rejects_undocumented_shapes(
     assert type(info.value) is error
 
 
+def test_a_v2_body_that_is_not_json_is_422_as_kserve_answers_and_a_binary_header_400(
+    idle_client: httpx.AsyncClient,
+) -> None:
+    v2 = adapter(UpstreamProtocol.V2, idle_client)
+    with pytest.raises(InvalidShape):
+        v2.extract_images(VendorBody(b'{"inputs": [', "application/json"))
+    with pytest.raises(BadRequest) as info:
+        v2.extract_images(VendorBody(b'{"inputs": [' + b"\x00" * 8, "application/octet-stream", 12))
+    assert type(info.value) is BadRequest
+
+
 # --- v2 binary tensor data extension -----------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from service.errors import BadRequest
 from service.upstream.base import Upstream, UpstreamResult, VendorBody
@@ -28,7 +28,14 @@ from service.upstream.wire import (
 
 
 class JsonUpstream(Upstream):
-    """An adapter whose protocol sends all images in one JSON request (TF-Serving, v2)."""
+    """An adapter whose protocol sends all images in one JSON request (TF-Serving, v2).
+
+    Attributes:
+        malformed_json_error: what a sidecar body that is not JSON gets: the status the protocol's
+            servers answer, so that clients that branch on it see no difference (400 unless overridden).
+    """
+
+    malformed_json_error: ClassVar[type[BadRequest]] = BadRequest
 
     @abc.abstractmethod
     def encode_request(self, images: list[bytes], request_id: str) -> dict[str, Any]:
@@ -104,7 +111,7 @@ class JsonUpstream(Upstream):
                 f"{INFERENCE_HEADER_LENGTH} (the binary tensor extension) belongs to the v2 "
                 f"protocol; send {self.protocol.value} requests as plain JSON"
             )
-        return parse_request_json(body.content, body.content_type)
+        return parse_request_json(body.content, body.content_type, malformed=self.malformed_json_error)
 
     async def predict(
         self,

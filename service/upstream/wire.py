@@ -54,19 +54,23 @@ def is_json_media_type(content_type: str | None) -> bool:
     return kind == JSON_CONTENT_TYPE or kind.endswith("+json")
 
 
-def parse_request_json(body: bytes, content_type: str | None) -> dict[str, Any]:
+def parse_request_json(
+    body: bytes, content_type: str | None, *, malformed: type[BadRequest] = BadRequest
+) -> dict[str, Any]:
     """Parse a client's JSON request body that must be a JSON object.
 
     Args:
         body: the request body.
         content_type: its Content-Type; absent is accepted, a non-JSON type is not.
+        malformed: the error for a body that is not JSON: the status the protocol answers (400, or
+            KServe's v2 422).
 
     Returns:
         The decoded object.
 
     Raises:
         UnsupportedMediaType: the content type is set and is not JSON.
-        BadRequest: the body is not valid UTF-8 JSON.
+        BadRequest: the body is not valid UTF-8 JSON (`malformed`).
         InvalidShape: the JSON is not an object.
     """
     if content_type and not is_json_media_type(content_type):
@@ -76,7 +80,7 @@ def parse_request_json(body: bytes, content_type: str | None) -> dict[str, Any]:
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, or an int over 4300 digits
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+        raise malformed(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidShape(f"the request body must be a JSON object, got {type(payload).__name__}")
     return payload
