@@ -19,6 +19,7 @@ from service.purify.models import EpsModel, load_eps_model
 from service.purify.options import Acceleration, CompileMode, DType, ZipConfig
 from service.purify.seeds import seeded_generators
 from service.workers.purifier import ZipBatchPurifier, batch_buckets, zip_purifier_factory
+from tests.fp_tolerance import accumulation_depth, reordering_atol
 from tests.tiny_models import tiny_unet
 
 EAGER_COMPILE = Acceleration(compile_mode=CompileMode.DEFAULT, compile_backend="eager")
@@ -58,7 +59,10 @@ def test_channels_last_gives_the_same_eps(tiny_dir: Path) -> None:
     nhwc = load_eps_model(tiny_dir, acceleration=Acceleration(channels_last=True))
     x, t = torch.rand(3, 1, 16, 16) * 2 - 1, torch.tensor([10, 500, 999])
     assert nhwc.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(nhwc(x, t), plain(x, t), atol=1e-5, rtol=1e-5)
+    want = plain(x, t)
+    # NHWC kernels add the same terms in another order (fp_tolerance.py).
+    atol = reordering_atol(accumulation_depth(plain.unet), want.abs().max().item())
+    torch.testing.assert_close(nhwc(x, t), want, atol=atol, rtol=0)
 
 
 def test_a_padded_compiled_batch_equals_the_plain_run_with_the_same_seeds(tiny_dir: Path) -> None:
@@ -72,7 +76,9 @@ def test_a_padded_compiled_batch_equals_the_plain_run_with_the_same_seeds(tiny_d
     want = plain(x, 3, seeded_generators([5, 6, 7], "cpu"))
     got = compiled(x, 3, seeded_generators([5, 6, 7], "cpu"))
     assert got.shape == want.shape == x.shape
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # the padding image changes nothing
+    # The padding image changes nothing beyond the order of the batched sums, over 3 model calls.
+    atol = reordering_atol(accumulation_depth(compiled_model.unet, calls=3), want.abs().max().item())
+    torch.testing.assert_close(got, want, atol=atol, rtol=0)
     assert set(compiled_model.batch_sizes) == {4}  # 3 images ran as the bucket of 4
     assert compiled(x[:1], 3, None).shape == (1, 1, 16, 16)
 

@@ -12,6 +12,7 @@ from service.purify.options import ZipConfig
 from service.purify.schedule import alpha_bar, alphas_cumprod, linear_betas, timestep_pairs
 from service.purify.transforms import Blur, Grayscale, parse_transforms
 from service.purify.zip import ZipPurifier
+from tests.fp_tolerance import accumulation_depth, reordering_atol
 from tests.tiny_models import tiny_unet
 
 INF = float("inf")
@@ -124,7 +125,9 @@ def test_batch_equals_single_runs_with_per_item_generators(gray_unet):
     purifier = ZipPurifier(gray_unet, ZipConfig("blur:4", steps=5))
     batch = purifier(x, [torch.Generator().manual_seed(100 + i) for i in range(3)])
     singles = torch.cat([purifier(x[i : i + 1], torch.Generator().manual_seed(100 + i)) for i in range(3)])
-    torch.testing.assert_close(batch, singles, atol=1e-4, rtol=1e-4)
+    # Batched convolutions add their terms in another order: 5 model calls' worth of fp32 reordering at most.
+    atol = reordering_atol(accumulation_depth(gray_unet, calls=5), singles.abs().max().item())
+    torch.testing.assert_close(batch, singles, atol=atol, rtol=0)
 
 
 def test_bf16_model_stays_close_to_fp32(gray_unet):
