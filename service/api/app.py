@@ -31,6 +31,7 @@ from service.api.security import api_key_dependency
 from service.api.stages import EngineInfo
 from service.config import ConfigError, Settings
 from service.metrics import GatewayMetrics
+from service.ui.routes import mount_ui
 from service.upstream import RetryPolicy, Upstream, UpstreamProtocol, build_upstream, make_http_client
 from service.workers import PoolConfig, PurifierFactory, WorkerPool, resolve_devices, zip_purifier_factory
 
@@ -127,6 +128,7 @@ def create_app(
     app.include_router(build_sidecar_router(dependencies, None if raw_on_predict else settings.upstream_raw_path))
     app.include_router(build_v2_router(dependencies))
     app.include_router(build_health_router(metrics))
+    mount_ui(app, dependencies)
     app.add_middleware(
         GatewayMiddleware,
         metrics=metrics,

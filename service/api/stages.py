@@ -94,11 +94,14 @@ class PreparedImages:
 
 @dataclass(frozen=True)
 class PurifiedBatch:
-    """Purified images as PNG at their original sizes (one list per vote), and optionally A⁺A x beside them."""
+    """Purified images as PNG at their original sizes (one list per vote), and optionally A⁺A x (and the
+    suspicion mask) beside them."""
 
     votes: list[list[bytes]]
     degraded_pngs: list[bytes] | None
     steps: int
+    # The suspicion mask per image (white: repainted as suspect), where the purifier localises; None otherwise.
+    mask_pngs: list[bytes] | None = None
 
     @property
     def pngs(self) -> list[bytes]:

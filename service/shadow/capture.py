@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 FILES_PER_RECORD = 5
 _TMP_PREFIX = ".tmp-"
+RAW_STEM = "raw"
+PURIFIED_FILE = "purified.png"
+META_FILE = "meta.json"
 
 
 @dataclass(frozen=True)
@@ -150,11 +153,11 @@ def _record_files(flagged: FlaggedImage, now: datetime) -> dict[str, bytes]:
         "purified_label": flagged.purified_label,
     }
     return {
-        f"raw{_extension(flagged.raw_media_type)}": flagged.raw_image,
-        "purified.png": flagged.purified_png,
+        f"{RAW_STEM}{_extension(flagged.raw_media_type)}": flagged.raw_image,
+        PURIFIED_FILE: flagged.purified_png,
         "raw_response.json": _json(flagged.raw_prediction),
         "purified_response.json": _json(flagged.purified_prediction),
-        "meta.json": _json(meta),
+        META_FILE: _json(meta),
     }
 
 
@@ -174,3 +177,65 @@ def _safe(request_id: str) -> str:
 
 def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+# --- reading the ring back (the /ui page of captures) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class CapturedRecord:
+    """One record as stored, for display: what `_record_files` wrote."""
+
+    name: str  # the folder's name
+    request_id: str
+    time: str  # ISO 8601, UTC
+    image_index: int
+    raw_label: str
+    purified_label: str
+    raw_file: str  # the raw image's file name (its extension is the client's format)
+    raw_response: str  # the vendor's answers, as stored (JSON text)
+    purified_response: str
+
+
+def captured_records(directory: Path) -> list[str]:
+    """The names of the complete records under `directory`, newest first ([] when there is none)."""
+    try:
+        names = [entry.name for entry in directory.iterdir() if entry.is_dir()]
+    except OSError:
+        return []
+    return sorted((name for name in names if not name.startswith(_TMP_PREFIX)), reverse=True)
+
+
+def record_file(directory: Path, name: str, filename: str) -> Path | None:
+    """The path of a record's raw or purified image, or None: only names that `captured_records` lists and
+    only those two files are ever resolved, so a name from a URL cannot reach outside the folder."""
+    if name not in captured_records(directory):
+        return None
+    folder = directory / name
+    if filename == PURIFIED_FILE or (filename.startswith(f"{RAW_STEM}.") and "/" not in filename):
+        path = folder / filename
+        return path if path.is_file() else None
+    return None
+
+
+def read_record(directory: Path, name: str) -> CapturedRecord | None:
+    """A record's metadata and answers; None when it is gone (evicted meanwhile) or unreadable."""
+    if name not in captured_records(directory):
+        return None
+    folder = directory / name
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+        raw_files = sorted(p.name for p in folder.glob(f"{RAW_STEM}.*"))
+        return CapturedRecord(
+            name=name,
+            request_id=str(meta["request_id"]),
+            time=str(meta["time"]),
+            image_index=int(meta["image_index"]),
+            raw_label=str(meta["raw_label"]),
+            purified_label=str(meta["purified_label"]),
+            raw_file=raw_files[0],
+            raw_response=(folder / "raw_response.json").read_text(),
+            purified_response=(folder / "purified_response.json").read_text(),
+        )
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None

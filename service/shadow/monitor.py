@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.metrics import ShadowMetrics
 from service.shadow.capture import CaptureLimits, CaptureRing, FlaggedImage
+from service.shadow.history import ShadowHistory
 from service.shadow.labels import LabelCap, LabelExtractor
 from service.upstream import Upstream
 
@@ -85,6 +86,7 @@ class ShadowMonitor:
         self._under_load = under_load
         self._rng = rng or random.Random()
         self._cap = LabelCap(config.max_labels)
+        self.history = ShadowHistory()  # the counters' increments per minute, for the alarms' state on /ui
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         if capture is not None and capture.disabled:
@@ -165,6 +167,7 @@ class ShadowMonitor:
             return
         capped_raw = self._cap(raw_label)
         self._metrics.comparisons.labels(capped_raw).inc()
+        self.history.count(capped_raw, disagreed=raw_label != purified_label)
         if raw_label == purified_label:
             return
         self._metrics.disagreements.labels(capped_raw, self._cap(purified_label)).inc()
