@@ -17,6 +17,7 @@ from typing import TypeVar
 from service.api.decode import ImageLimits, open_images
 from service.api.guard import guarded, time_left
 from service.api.lifecycle import Lifecycle
+from service.api.probes import PROBE_CACHE_TTL_S, PROBE_TIMEOUT_S, VendorProbes
 from service.api.schemas import PurificationInfo, Readiness
 from service.api.stages import (
     PNG,
@@ -82,6 +83,8 @@ class Gateway:
         self.upstream = upstream
         self.sidecars = dict(sidecars)
         self.models = ModelCatalog(settings.upstream_model_check_ttl_s)  # which models the vendor serves
+        # The vendor's answers to the public probes: cached, so that a public route cannot hammer it.
+        self.probes = VendorProbes(PROBE_CACHE_TTL_S, min(PROBE_TIMEOUT_S, settings.upstream_timeout_s))
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.vote_label = LabelExtractor.parse(settings.vote_label)
         self.zip_config = settings.zip_config  # built (and validated) once, not per request

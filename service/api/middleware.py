@@ -39,9 +39,10 @@ REQUEST_ID_HEADER = "x-request-id"
 # Printable ASCII without spaces, bounded: safe to log, echo and forward upstream.
 _REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 # Probes and scrapes must answer while starting or draining, and without an API key.
-# The v2 health routes are probes too (tritonclient's is_server_live/ready): while draining, "live"
-# must stay true and "ready" answer false by itself, not be refused with the drain's 503.
-PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
+# The v2 health routes and KServe v1's `GET /` are probes too (tritonclient's is_server_live/ready, KServe's
+# is_server_live): while draining, "live" must stay true and "ready" answer false by itself, not be
+# refused with the drain's 503.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/v2/health/live", "/v2/health/ready"})
 UNMATCHED_ENDPOINT = "unmatched"  # one label for every unknown path: no label explosion from scanners
 TIMINGS_STATE_KEY = "zipgate_timings"
 

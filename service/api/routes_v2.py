@@ -5,7 +5,8 @@ InferenceRESTClient) can use the gateway as they would the vendor.
   (ready = the gateway is ready and the vendor says it is ready; live = the vendor says it is live,
   the gateway being live as it answers). 200 `{"live"|"ready": true}`, else 503 with false. No API
   key, like /healthz; the orchestrator's probes stay /healthz and /readyz (a vendor outage must not
-  restart the gateway).
+  restart the gateway). Being public, they send the vendor none of the caller's headers and ask it
+  at most once per path per `PROBE_CACHE_TTL_S` (`service.api.probes`).
 - `GET /v2`, `/v2/models/{name}[/versions/{v}]` and `.../ready`: relayed from the vendor unchanged,
   after the path checks of the sidecar (`check_vendor_path`: plain names, `upstream_models`). Model
   readiness also needs the gateway to be ready (503 while starting or draining).
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from service.api.deps import PROTOCOL_ERROR_RESPONSES, GatewayDep
 from service.api.gateway import Gateway
 from service.api.logging import REQUEST_ID
+from service.api.probes import PROBE_TIMEOUT_S
 from service.api.routes_sidecar import (
     MODEL_NOT_EXPOSED_RESPONSE,
     RELAYED_RESPONSE,
@@ -30,11 +32,7 @@ from service.api.routes_sidecar import (
     vendor_path,
 )
 from service.api.security import headers_for_vendor
-from service.errors import UpstreamError
 from service.upstream import RelayedResponse, UpstreamProtocol
-
-# A health probe waits this long for the vendor at most (or upstream_timeout_s, if shorter).
-PROBE_TIMEOUT_S = 5.0
 
 _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "True: the gateway and the vendor both are.", "content": {"application/json": {}}},
@@ -45,14 +43,17 @@ _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def ask_vendor(request: Request, gateway: Gateway) -> RelayedResponse:
-    """GET the request's own path from the vendor's v2 API, with the client's vendor headers.
+async def ask_vendor(
+    request: Request, gateway: Gateway, protocol: UpstreamProtocol = UpstreamProtocol.V2
+) -> RelayedResponse:
+    """GET the request's own path from the vendor, with the client's vendor headers (a route behind the
+    API key: its caller's vendor credentials pass, as on the sidecar routes).
 
     Raises:
         UpstreamTimeout, UpstreamError: the vendor could not be reached or timed out.
     """
     headers = headers_for_question(headers_for_vendor(request.headers, gateway.settings.api_key))
-    return await gateway.sidecars[UpstreamProtocol.V2].forward(
+    return await gateway.sidecars[protocol].forward(
         "GET",
         vendor_path(request),
         b"",
@@ -62,12 +63,9 @@ async def ask_vendor(request: Request, gateway: Gateway) -> RelayedResponse:
     )
 
 
-async def vendor_says_yes(request: Request, gateway: Gateway) -> bool:
-    """Whether the vendor answers the request's health path with 200 (False when it cannot be reached)."""
-    try:
-        return (await ask_vendor(request, gateway)).status_code == 200
-    except UpstreamError:
-        return False
+async def vendor_says_yes(gateway: Gateway, protocol: UpstreamProtocol, path: str) -> bool:
+    """Whether the vendor answers its probe `path` with 200 (public probes: cached, no caller headers)."""
+    return await gateway.probes.says_ok(gateway.sidecars[protocol], path, REQUEST_ID.get())
 
 
 def build_v2_router(gateway_dependencies: list[Any]) -> APIRouter:
@@ -85,15 +83,15 @@ def build_v2_router(gateway_dependencies: list[Any]) -> APIRouter:
     model_relayed = {**relayed, **MODEL_NOT_EXPOSED_RESPONSE}
 
     @router.get("/v2/health/live", responses=_HEALTH_RESPONSES, response_class=JSONResponse)
-    async def v2_live(request: Request, gateway: GatewayDep) -> JSONResponse:
+    async def v2_live(gateway: GatewayDep) -> JSONResponse:
         """Live: the vendor's `/v2/health/live` answers 200 (the gateway is live, as it answers)."""
-        live = await vendor_says_yes(request, gateway)
+        live = await vendor_says_yes(gateway, UpstreamProtocol.V2, "/v2/health/live")
         return JSONResponse({"live": live}, status_code=200 if live else 503)
 
     @router.get("/v2/health/ready", responses=_HEALTH_RESPONSES, response_class=JSONResponse)
-    async def v2_ready(request: Request, gateway: GatewayDep) -> JSONResponse:
+    async def v2_ready(gateway: GatewayDep) -> JSONResponse:
         """Ready: the gateway is ready (as /readyz) and the vendor's `/v2/health/ready` answers 200."""
-        ready = gateway.ready and await vendor_says_yes(request, gateway)
+        ready = gateway.ready and await vendor_says_yes(gateway, UpstreamProtocol.V2, "/v2/health/ready")
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @metadata.get("/v2", responses=relayed, response_class=Response)
