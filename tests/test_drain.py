@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -261,6 +262,107 @@ def test_sigterm_finishes_queued_and_running_work_then_exits_0(
     assert sorted(line["request_id"] for line in access) == ["drain-0", "drain-1", "drain-2"]
     assert all(line["status"] == 200 for line in access)
     assert any("draining" in line["message"] for line in lines)
+
+
+def _connect_outcome(address: tuple[str, int]) -> str:
+    """What a new connection meets now: "refused", or the status of a GET /readyz on it ("closed": no answer)."""
+    try:
+        conn = http.client.HTTPConnection(*address, timeout=10)
+        conn.request("GET", "/readyz")
+        response = conn.getresponse()
+    except ConnectionRefusedError:
+        return "refused"
+    except (ConnectionError, http.client.HTTPException):
+        return "closed"
+    try:
+        return str(response.status)
+    finally:
+        conn.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the server has closed this idle connection (end of file, or a reset)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1) == b""
+    except ConnectionError:
+        return True
+
+
+@pytest.mark.slow
+def test_sigterm_refuses_new_connections_closes_idle_ones_and_lets_work_in_flight_finish(
+    ddpm: Path, bound_socket: socket.socket, gate: SubprocessGate, tmp_path: Path
+) -> None:
+    """What a load balancer sees of a drain (docs/deployment.md): the listener closes, so new connections
+    are refused (a connect error, safe to retry on another replica); idle keep-alive connections are
+    closed; a request already in flight finishes with its answer and `Connection: close`."""
+    log_path = tmp_path / "gateway.log"
+    with serve_asgi(StaticApp(200, b'{"label": 7}')) as upstream_url:
+        process = _start_gateway(
+            bound_socket,
+            {
+                "model_path": str(ddpm),
+                "upstream_url": upstream_url,
+                "max_batch_size": "1",
+                "max_wait_ms": "1",
+                "devices": "cpu",
+                "dtype": "fp32",
+                "drain_timeout_s": "200",
+                "request_timeout_s": "200",
+            },
+            log_path,
+            script=GATED_SERVE_SCRIPT,
+            fds=gate.child_fds,
+        )
+        gate.started()
+        url = _url(bound_socket)
+        address = bound_socket.getsockname()
+        bound_socket.close()  # the gateway's copy is the listener's only one now: its close is the listener's end
+        in_flight: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: in_flight.append(post(f"{url}/predict", files=_files(0), timeout=200)), daemon=True
+        )
+        try:
+            try:
+                wait_for_http(f"{url}/readyz", timeout_s=120)
+            except TimeoutError:
+                pytest.fail(f"gateway never ready: {log_path.read_text()[-2000:]}")
+            idle = http.client.HTTPConnection(*address, timeout=10)  # a kept-alive connection, idle at SIGTERM
+            idle.request("GET", "/healthz")
+            assert idle.getresponse().read() and idle.sock is not None
+            sender.start()
+            assert gate.batches_arrived(timeout_s=60) == 1, log_path.read_text()[-2000:]
+            process.send_signal(signal.SIGTERM)
+            # New connections: refused once the listener closes (uvicorn sees the signal within its 0.1 s tick;
+            # one that slips in before that gets the drain's 503 with Retry-After, or is closed unanswered).
+            outcomes: list[str] = []
+            wait_until(
+                lambda: outcomes.append(_connect_outcome(address)) or outcomes[-1] == "refused",
+                timeout_s=30,
+                what="new connections refused",
+            )
+            assert set(outcomes) <= {"refused", "503", "closed"}, outcomes
+            wait_until(lambda: _closed_by_peer(idle.sock), timeout_s=30, what="the idle connection closed")
+            assert process.poll() is None  # still draining: the request at the gate holds it
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            gate.open()
+            if sender.ident is not None:
+                sender.join(200)
+        code, stderr = _stop(process, log_path)
+    assert code == 0, stderr[-3000:]
+    (answer,) = in_flight
+    assert answer.status_code == 200 and answer.headers["connection"] == "close", answer.text
+
+
+def test_the_deployment_guide_says_what_a_load_balancer_sees_of_a_drain() -> None:
+    guide = (REPO / "docs" / "deployment.md").read_text()
+    assert "new connections are refused" in guide and "new requests get 503" not in guide
 
 
 @pytest.mark.slow

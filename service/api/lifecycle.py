@@ -35,7 +35,8 @@ class Lifecycle:
 
     @property
     def draining(self) -> bool:
-        """True once shutdown began: new requests are refused with 503."""
+        """True once shutdown began: requests that still arrive are refused with 503 (soon after, the
+        server closes its listener, and new connections are refused)."""
         return self.state is Readiness.DRAINING
 
     def mark_ready(self) -> None:
@@ -49,7 +50,7 @@ class Lifecycle:
             self.state, self.detail = Readiness.FAILED, detail
 
     def begin_drain(self) -> None:
-        """Shutdown began: /readyz turns 503 and new requests are refused; running ones finish."""
+        """Shutdown began: /readyz turns 503 and new requests are refused (503); running ones finish."""
         if self.state is not Readiness.DRAINING:
             self.drain_started = time.monotonic()
             self.state, self.detail = Readiness.DRAINING, "shutting down; retry on another replica"

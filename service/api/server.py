@@ -1,10 +1,12 @@
 """`run_gateway(settings)`: serve the gateway with uvicorn in this process (`zipgate serve`).
 
-Shutdown on SIGTERM or Ctrl+C, in order: `/readyz` turns 503 and new requests get 503 at once
-(so a load balancer stops sending); uvicorn stops accepting connections and waits up to
-`drain_timeout_s` for requests in flight, whose queued images keep being purified; just before
-that budget ends, requests still in flight answer 503 with Retry-After (`stop_in_flight`); the
-lifespan drains the pool and closes the vendor client; the process exits 0.
+Shutdown on SIGTERM or Ctrl+C, in order: the gateway marks itself draining (`/readyz` 503, and a
+request that still arrives gets 503 with Retry-After); within uvicorn's 0.1 s tick it closes the
+listener (new connections are refused: what a load balancer sees, a connect error it may retry
+elsewhere) and idle keep-alive connections, and waits up to `drain_timeout_s` for requests in
+flight, whose queued images keep being purified and whose answers carry `Connection: close`; just
+before that budget ends, requests still in flight answer 503 with Retry-After (`stop_in_flight`);
+the lifespan drains the pool and closes the vendor client; the process exits 0.
 """
 
 from __future__ import annotations
