@@ -59,6 +59,7 @@ def test_an_api_page_names_no_other_host_and_every_asset_is_served(upstream_url:
             served = get(target)
             assert served.status_code == 200, asset
             assert len(served.content) > 1000, asset  # the bundle, not an error page
+            assert b"https://cdn." not in served.content, asset  # ReDoc's own logo fetch, pointed home
 
 
 def test_private_pages_need_the_key_but_their_public_assets_do_not(upstream_url: str) -> None:

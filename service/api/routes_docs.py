@@ -3,7 +3,8 @@
 FastAPI's own pages load Swagger UI and ReDoc from a CDN (and ReDoc its fonts from Google), so on
 a host without the internet they are blank. These are FastAPI's pages built with its documented
 custom-assets recipe instead: the scripts and styles come from the `fastapi-offline` package
-(which ships Swagger UI's and ReDoc's bundles) under `ASSETS_URL`, and nothing names another host.
+(which ships Swagger UI's and ReDoc's bundles) under `ASSETS_URL`, and nothing names another host
+(Swagger UI's validator badge off, ReDoc's footer logo pointed at the local icon).
 
 With an API key the pages would list every route, parameter and limit of a gateway that is
 otherwise closed, so unless `public_docs` is set they sit behind the same key check as the API
@@ -19,7 +20,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 OPENAPI_URL = "/openapi.json"
@@ -31,11 +32,24 @@ SWAGGER_JS = f"{ASSETS_URL}/swagger-ui-bundle.js"
 SWAGGER_CSS = f"{ASSETS_URL}/swagger-ui.css"
 REDOC_JS = f"{ASSETS_URL}/redoc.standalone.js"
 FAVICON = f"{ASSETS_URL}/favicon.png"
+# ReDoc's bundle fetches one thing by itself: its footer's logo ("API docs by Redocly"). Served with that
+# URL pointed at the local icon, the page makes no request to another host (the browser test checks it).
+REDOC_LOGO_URL = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 def docs_assets_dir() -> Path:
     """The folder of Swagger UI's and ReDoc's bundles, as the `fastapi-offline` package installs them."""
     return Path(str(files("fastapi_offline") / "static"))
+
+
+def offline_redoc_bundle() -> bytes:
+    """ReDoc's bundle with its logo URL pointed at `FAVICON`."""
+    return (docs_assets_dir() / "redoc.standalone.js").read_bytes().replace(REDOC_LOGO_URL.encode(), FAVICON.encode())
+
+
+async def redoc_js(request: Request) -> Response:
+    """`offline_redoc_bundle()`, read once when the app was built."""
+    return Response(request.app.state.redoc_bundle, media_type="text/javascript")
 
 
 async def openapi(request: Request) -> JSONResponse:
@@ -52,6 +66,8 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         swagger_js_url=SWAGGER_JS,
         swagger_css_url=SWAGGER_CSS,
         swagger_favicon_url=FAVICON,
+        # Swagger UI's validator badge is an image from validator.swagger.io (on any host but localhost): off.
+        swagger_ui_parameters={"validatorUrl": None},
     )
 
 
@@ -85,4 +101,6 @@ def mount_docs(app: FastAPI, dependencies: list[Any]) -> None:
     router.add_api_route(OAUTH2_REDIRECT_URL, swagger_ui_redirect, methods=["GET"])
     router.add_api_route(REDOC_URL, redoc, methods=["GET"])
     app.include_router(router)
+    app.state.redoc_bundle = offline_redoc_bundle()
+    app.add_api_route(REDOC_JS, redoc_js, methods=["GET"], include_in_schema=False)  # before the mount: it wins
     app.mount(ASSETS_URL, StaticFiles(directory=docs_assets_dir()), name="docs-assets")

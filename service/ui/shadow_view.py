@@ -8,6 +8,8 @@ only after a rule has held for its `for:` duration; this shows whether the condi
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,10 @@ def shadow_page(gateway: Gateway, page: int) -> ShadowPage:
     page = min(max(page, 1), pages)
     shown = names[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
     records = [] if directory is None else [r for name in shown if (r := read_record(directory, name)) is not None]
+    records = [
+        dataclasses.replace(r, raw_response=_compact(r.raw_response), purified_response=_compact(r.purified_response))
+        for r in records
+    ]
     rows, alarms = _counts_and_alarms(gateway)
     return ShadowPage(
         shadow_enabled=gateway.shadow is not None,
@@ -133,3 +139,11 @@ def _counts_and_alarms(gateway: Gateway) -> tuple[list[LabelRow], list[AlarmStat
             else f"this gateway has {recorded_h:.1f} of the {BASELINE_S // 3600} baseline hours so far",
         ),
     ]
+
+
+def _compact(stored: str) -> str:
+    """A stored answer on one line (as the try view shows answers); as stored when it is not JSON."""
+    try:
+        return json.dumps(json.loads(stored))
+    except ValueError:
+        return stored
