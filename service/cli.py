@@ -273,12 +273,14 @@ def demo_vendor_command(
     """Serve a (backdoored) vendor classifier over HTTP: raw, TF-Serving and v2 protocols."""
     from service.backdoor.vendor_model import CONFIG_FILE
     from service.demo.vendor_app import run_demo_vendor
+    from service.paths import models_dir
 
-    model_dir = Path(model) if Path(model).is_dir() else MODELS_DIR / model
+    shipped_dir = models_dir()
+    model_dir = Path(model) if Path(model).is_dir() else shipped_dir / model
     if not model_dir.is_dir():
-        shipped = sorted(path.name for path in MODELS_DIR.glob("vendor-*") if (path / CONFIG_FILE).is_file())
+        shipped = sorted(path.name for path in shipped_dir.glob("vendor-*") if (path / CONFIG_FILE).is_file())
         raise typer.BadParameter(
-            f"no vendor model at {model_dir}; the vendors in {MODELS_DIR}: {', '.join(shipped) or 'none'}"
+            f"no vendor model at {model_dir}; the vendors in {shipped_dir}: {', '.join(shipped) or 'none'}"
         )
     run_demo_vendor(model_dir, host=host, port=port, model_name=model_name)
 

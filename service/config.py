@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from service.config_file import ENV_PREFIX, ConfigError, ConfigFileSource
 from service.cpus import default_torch_threads
+from service.paths import resolve_model_path
 from service.purify.options import (
     Acceleration,
     CompileMode,
@@ -285,6 +286,12 @@ class Settings(BaseSettings):
     _check_transforms = field_validator("transforms")(check_transforms)
     _check_guidance_power = field_validator("guidance_power")(check_guidance_power)
     _check_eta = field_validator("eta")(check_eta)
+
+    @field_validator("model_path")
+    @classmethod
+    def _find_shipped_model(cls, path: Path) -> Path:
+        # The default names the shipped model relative to the project: found from any working directory.
+        return resolve_model_path(path)
 
     @field_validator("torch_threads", mode="before")
     @classmethod

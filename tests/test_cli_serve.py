@@ -21,6 +21,8 @@ from tests.gateway_servers import wait_until
 pytestmark = pytest.mark.slow
 
 START_TIMEOUT_S = 120.0  # imports torch; a loaded 2-core machine
+REPO = Path(__file__).resolve().parents[1]
+ZIPGATE = str(Path(sys.executable).with_name("zipgate"))  # the console script, as a user runs it
 # Purification off: no model to load, and nothing listens at the vendor URL (only probes are sent).
 NO_MODEL = ["--no-purification", "--upstream-url", "http://127.0.0.1:9"]
 
@@ -45,15 +47,17 @@ def answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def zipgate_serve(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m service.cli serve ARGS` in a process; SIGTERM and a wait afterwards."""
+def zipgate_serve(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`zipgate serve ARGS` in a process started in `cwd`; SIGTERM and a wait afterwards."""
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", *args],
+            [ZIPGATE, "serve", *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=cwd,
         )
         try:
             yield process
@@ -107,6 +111,16 @@ def test_without_the_flag_the_env_wins_over_the_file(tmp_path: Path) -> None:
         assert not answers(f"http://127.0.0.1:{file_port}/healthz")
 
 
+def test_serve_finds_the_shipped_model_from_another_directory(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    args = ["--port", str(port), "--upstream-url", "http://127.0.0.1:9"]  # purification on: the default model
+    with zipgate_serve(args, clean_env(), log, cwd=tmp_path) as process:
+        url = f"http://127.0.0.1:{port}"
+        wait_serving(process, url, log)
+        wait_until(lambda: answers(f"{url}/readyz"), timeout_s=START_TIMEOUT_S, what="the shipped model loaded")
+
+
 def test_a_bad_flag_value_exits_2_naming_the_setting(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "serve", "--upstream-protocol", "grpc", *NO_MODEL],
@@ -114,7 +128,7 @@ def test_a_bad_flag_value_exits_2_naming_the_setting(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=START_TIMEOUT_S,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "upstream_protocol" in result.stderr.lower() or "UPSTREAM_PROTOCOL" in result.stderr, result.stderr

@@ -32,6 +32,7 @@ from service.api.security import api_key_dependency
 from service.api.stages import EngineInfo
 from service.config import ConfigError, Settings
 from service.metrics import GatewayMetrics
+from service.paths import missing_model_hint
 from service.ui.routes import mount_ui
 from service.upstream import RetryPolicy, Upstream, UpstreamProtocol, build_upstream, make_http_client
 from service.workers import PoolConfig, PurifierFactory, WorkerPool, resolve_devices, zip_purifier_factory
@@ -144,10 +145,7 @@ def create_app(
 def _zip_factory(settings: Settings) -> PurifierFactory:
     """The ZIP purifier factory for `settings.model_path` (checked now, loaded per device at start-up)."""
     if not settings.model_path.is_dir():
-        raise ConfigError(
-            f"model_path '{settings.model_path}' is not a directory; point ZIPGATE_MODEL_PATH at "
-            "a diffusers UNet2DModel folder (e.g. models/fmnist-ddpm) or disable purification"
-        )
+        raise ConfigError(f"model_path {missing_model_hint(settings.model_path)}; or disable purification")
     return zip_purifier_factory(
         settings.model_path,
         settings.zip_config,

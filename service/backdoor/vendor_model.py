@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from service.backdoor.classifier import ClassifierArchitecture, VendorClassifier
+from service.paths import resolve_model_path
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -23,13 +24,13 @@ def predict_labels(model: torch.nn.Module, images: torch.Tensor, batch_size: int
 
 
 def read_vendor_config(model_dir: Path) -> dict:
-    """The parsed config.json of a vendor model folder.
+    """The parsed config.json of a vendor model folder (a relative one also under the zipgate home, `paths.py`).
 
     Raises:
         FileNotFoundError: the folder or its config.json is missing (says how to make one).
         ValueError: config.json is not a vendor classifier config.
     """
-    path = Path(model_dir) / CONFIG_FILE
+    path = resolve_model_path(model_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: train a model with `zipgate train vendor --attack ... --seed N`")
     config = json.loads(path.read_text())
@@ -50,7 +51,7 @@ def load_vendor(model_dir: Path) -> VendorClassifier:
         RuntimeError: the weights do not match the architecture in config.json.
     """
     config = read_vendor_config(model_dir)
-    weights_path = Path(model_dir) / WEIGHTS_FILE
+    weights_path = resolve_model_path(model_dir) / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path} not found")
     model = VendorClassifier(ClassifierArchitecture.from_dict(config["architecture"]))

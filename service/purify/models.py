@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DModel
 
+from service.paths import missing_model_hint, resolve_model_path
 from service.purify.options import Acceleration, CompileMode, DType  # the light module's; importable from here
 
 
@@ -122,15 +123,15 @@ def _as_int_size(sample_size: int | list[int] | tuple[int, ...]) -> int:
 def load_unet(path: Path | str) -> UNet2DModel:
     """Read a diffusers UNet2DModel directory from local disk only (no hub access, ever).
 
+    A relative path that does not exist here is looked for under the zipgate home (`paths.py`), so the
+    default `models/fmnist-ddpm` loads from any working directory.
+
     Raises:
         ModelLoadError: missing path, a checkpoint file instead of a directory, or no config.json.
     """
-    path = Path(path)
+    path = resolve_model_path(path)
     if not path.exists():
-        raise ModelLoadError(
-            f"model path '{path}' does not exist; expected a diffusers UNet2DModel directory "
-            "(config.json + diffusion_pytorch_model.safetensors), e.g. models/fmnist-ddpm"
-        )
+        raise ModelLoadError(f"model path {missing_model_hint(path)}")
     if path.is_file():
         hint = (
             " Convert an OpenAI guided-diffusion checkpoint with `zipgate convert adm`."
