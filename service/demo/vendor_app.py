@@ -3,7 +3,8 @@
 - raw (SageMaker-style): `POST /predict`, body = the image bytes;
 - TF-Serving / Vertex: `POST /v1/models/{name}:predict`, `{"instances": [{"b64": ...}]}`;
 - Open Inference Protocol v2 (KServe/Triton): `POST /v2/models/{name}/infer`, one BYTES input
-  of base64 images, plus the v2 health and metadata routes.
+  of base64 images, plus the v2 health and metadata routes, and KServe v1's liveness `GET /` and
+  model status `GET /v1/models/{name}`.
 
 Errors are JSON `{"error": {"code", "message", "request_id"}}` (on /v1/ and /v2/ paths the
 protocols' `{"error": "<message>"}`, with the code and request id beside it) with a 4xx status for
@@ -300,6 +301,11 @@ def create_vendor_app(model_dir: Path, model_name: str = "fmnist", limits: Input
     @app.get("/v2/health/live")
     async def live_v2() -> dict:
         return {"live": True}
+
+    @app.get("/")
+    async def live_v1() -> dict:
+        """KServe v1 liveness (its ModelServer's `GET /`)."""
+        return {"status": "alive"}
 
     @app.get("/healthz")
     async def healthz() -> dict:
