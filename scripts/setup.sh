@@ -1,43 +1,44 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: Debian packages (data; Prometheus and Chromium for the tests), a venv, the project.
-# Idempotent: re-running skips what is already there.
+# Set up a fresh machine for the gateway and the demo: Debian packages (data, Prometheus for the tests),
+# a venv with torch and the project. Prints one line per step; re-running skips what is already there.
+# What only the test suite needs (Chromium, the KServe venv) is scripts/setup_tests.sh's, which scripts/test.sh
+# runs; scripts/demo.sh runs only this.
+#
+# Environment:
+#   PYTHON           interpreter the venv is made from (default: python3)
+#   TORCH_INDEX_URL  where torch comes from (default: PyTorch's CPU index). On a CUDA machine name the
+#                    CUDA build's index, e.g. TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/setup_lib.sh
 
 need_apt=()
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
-command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium chromium-driver)  # headless, for the /ui browser test
 if [ ${#need_apt[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  apt_install "${need_apt[@]}"
+else
+  step "Debian packages (Fashion-MNIST, Prometheus): present"
 fi
 
-PYTHON="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-# torch first, pinned to the CPU build: otherwise pip may pull a multi-GB CUDA build.
-.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -e ".[dev]"
-
-# KServe's real ModelServer, for the protocol-conformance tests (tests/test_kserve_upstream.py), in a venv
-# of its own: kserve's pins (uvicorn[standard] brings uvloop, plus pandas, grpcio) must not change the
-# gateway's test environment. The tests start tests/kserve_vendor.py in it as a process. Soft: if it
-# cannot be built, those tests skip with this reason and the rest of the setup stands.
-KSERVE_REQUIREMENT="kserve==0.21.0"
-KSERVE_VENV=".venv-kserve"
-kserve_stamp="$KSERVE_VENV/.zipgate-ready"
-kserve_want="$KSERVE_REQUIREMENT torch==2.13.0 pyproject:$(sha256sum pyproject.toml | cut -c1-16)"
-build_kserve_venv() {
-  rm -f "$kserve_stamp"
-  { [ -x "$KSERVE_VENV/bin/python" ] || "$PYTHON" -m venv "$KSERVE_VENV"; } &&
-    { "$KSERVE_VENV/bin/python" -c "import torch" 2>/dev/null || "$KSERVE_VENV/bin/pip" install -q "torch==2.13.0"; } &&
-    "$KSERVE_VENV/bin/pip" install -q "$KSERVE_REQUIREMENT" -e . &&
-    "$KSERVE_VENV/bin/python" -c "import kserve, service.demo.predictor" &&
-    echo "$kserve_want" > "$kserve_stamp"
-}
-if [ "$(cat "$kserve_stamp" 2>/dev/null)" != "$kserve_want" ]; then
-  build_kserve_venv || echo "setup.sh: WARNING: the KServe venv ($KSERVE_VENV) could not be built;" \
-    "the KServe conformance tests will skip" >&2
+if [ -x .venv/bin/python ]; then
+  step "venv .venv: present"
+else
+  step "creating the venv .venv"
+  "$PYTHON" -m venv .venv
 fi
+install_torch .venv
+
+# `pip install -e` takes ~10 s even when nothing changed: skip it while pyproject.toml (the dependencies)
+# is the one installed last. The editable install finds new modules under service/ without a re-run.
+project_stamp=".venv/.zipgate-installed"
+project_want="pyproject:$(sha256sum pyproject.toml | cut -c1-16) torch:$TORCH_REQUIREMENT"
+if [ "$(cat "$project_stamp" 2>/dev/null)" = "$project_want" ] && [ -x .venv/bin/zipgate ]; then
+  step "zipgate and its dependencies: installed, pyproject.toml unchanged"
+else
+  step "installing zipgate and its dependencies (pip install -e '.[dev]'; about 2 minutes the first time)"
+  rm -f "$project_stamp"
+  .venv/bin/pip install -q -e ".[dev]"
+  echo "$project_want" > "$project_stamp"
+fi
+step "ready: .venv/bin/zipgate"

@@ -1,6 +1,6 @@
 """A shipped vendor classifier served by KServe's real ModelServer (REST v1 and v2), for the conformance tests.
 
-It runs in the KServe venv that scripts/setup.sh builds (.venv-kserve: kserve's pins stay out of
+It runs in the KServe venv that scripts/setup_tests.sh builds (.venv-kserve: kserve's pins stay out of
 the gateway's venv); tests/test_kserve_upstream.py starts it as a process:
 
     .venv-kserve/bin/python tests/kserve_vendor.py --model-dir models/vendor-clean --name fmnist --port 8085

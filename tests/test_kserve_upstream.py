@@ -1,5 +1,5 @@
 """Protocol conformance against the real thing: KServe's ModelServer serving a shipped vendor
-(tests/kserve_vendor.py, in the KServe venv scripts/setup.sh builds) behind the gateway, over v1
+(tests/kserve_vendor.py, in the KServe venv scripts/setup_tests.sh builds) behind the gateway, over v1
 and v2, driven by httpx and by NVIDIA's tritonclient. The hand-written stubs elsewhere stay for
 fault injection; these tests prove the wire formats against a server we did not write."""
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
-KSERVE_READY_STAMP = ROOT / ".venv-kserve" / ".zipgate-ready"  # written by scripts/setup.sh when the venv works
+KSERVE_READY_STAMP = ROOT / ".venv-kserve" / ".zipgate-ready"  # written by scripts/setup_tests.sh when the venv works
 VENDOR_DIR = ROOT / "models" / "vendor-clean"
 MODEL = "fmnist"
 SEED = 45
@@ -43,7 +43,7 @@ def kserve_vendor(log_path: Path) -> Iterator[str]:
     """tests/kserve_vendor.py as a process, until its /v2/health/ready answers 200."""
     if not KSERVE_READY_STAMP.exists():
         pytest.skip(
-            f"the KServe venv ({KSERVE_PYTHON.parent.parent.name}) could not be built: scripts/setup.sh "
+            f"the KServe venv ({KSERVE_PYTHON.parent.parent.name}) could not be built: scripts/setup_tests.sh "
             "printed why; rerun it to build it"
         )
     port = _free_port()
