@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from service.cli_models import DEFAULT_MODEL, MODELS_DIR, ZOO_NAMES, convert_app, train_app
+from service.config import ENV_PREFIX, Settings  # light: pydantic, no torch (the defaults --help shows)
+from service.paths import HOME_ENV
 from service.purify.options import DType, SmallImageFit, ZipConfig  # light: enums and the knobs' defaults
 from service.purify.strength import Strength, apply_strength  # light: no torch
-
-if TYPE_CHECKING:
-    from service.config import Settings
 
 app = typer.Typer(
     help="zipgate: ZIP backdoor purification in front of a black-box image model.",
@@ -65,33 +66,54 @@ def _run_with_settings(
     raise typer.Exit(code)
 
 
-@app.command()
+class PlainHelpCommand(TyperCommand):
+    """A command whose --help is click's plain text, wrapped at word boundaries at any width: rich's
+    table would cut a long environment variable name short in a narrow help column."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rich_markup_mode = None
+
+
+def _setting_flag(name: str, help: str, *flags: str) -> Any:
+    """A `serve` flag for the setting `name`: its help names the environment variable, and the
+    default shown is the setting's own (the flag's None only means "not given")."""
+    default = Settings.model_fields[name].default
+    if isinstance(default, bool):
+        shown = "--purification" if default else "--no-purification"
+    else:
+        shown = str(default.value if isinstance(default, enum.Enum) else default)
+    return typer.Option(*flags, help=f"{help} [env {ENV_PREFIX}{name.upper()}; default: {shown}]", show_default=False)
+
+
+@app.command(cls=PlainHelpCommand)
 def serve(
-    config: Annotated[Path | None, typer.Option(help="YAML/JSON settings file (ZIPGATE_* env vars win).")] = None,
-    host: Annotated[str | None, typer.Option(help="Interface to bind; 0.0.0.0 for all [ZIPGATE_HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port; 0 = any free one [ZIPGATE_PORT].")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error [ZIPGATE_LOG_LEVEL].")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help=f"YAML/JSON settings file; env variables win over it [env {ENV_PREFIX}CONFIG_FILE]."),
+    ] = None,
+    host: Annotated[str | None, _setting_flag("host", "Interface to bind; 0.0.0.0 for all.")] = None,
+    port: Annotated[int | None, _setting_flag("port", "TCP port; 0 = any free one.")] = None,
+    log_level: Annotated[str | None, _setting_flag("log_level", "debug | info | warning | error.")] = None,
     upstream_url: Annotated[
         str | None,
-        typer.Option(help="Vendor API root URL [ZIPGATE_UPSTREAM_URL]; credentials belong in the env, not in argv."),
+        _setting_flag("upstream_url", "Vendor API root URL; credentials belong in the env, not in argv."),
     ] = None,
-    upstream_protocol: Annotated[
-        str | None, typer.Option(help="raw | tfserving | v2 [ZIPGATE_UPSTREAM_PROTOCOL].")
-    ] = None,
+    upstream_protocol: Annotated[str | None, _setting_flag("upstream_protocol", "raw | tfserving | v2.")] = None,
     upstream_model: Annotated[
-        str | None, typer.Option(help="Vendor model name in tfserving/v2 paths [ZIPGATE_UPSTREAM_MODEL].")
+        str | None, _setting_flag("upstream_model", "Vendor model name in tfserving/v2 paths.")
     ] = None,
     model_path: Annotated[
-        Path | None, typer.Option(help="diffusers UNet2DModel directory [ZIPGATE_MODEL_PATH].")
+        Path | None,
+        _setting_flag("model_path", f"diffusers UNet2DModel directory (a relative one also under ${HOME_ENV})."),
     ] = None,
-    devices: Annotated[str | None, typer.Option(help="auto | cpu | cuda:0,cuda:1 … [ZIPGATE_DEVICES].")] = None,
-    transforms: Annotated[str | None, typer.Option(help="e.g. blur:4 [ZIPGATE_TRANSFORMS].")] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampling steps [ZIPGATE_STEPS].")] = None,
+    devices: Annotated[str | None, _setting_flag("devices", "auto | cpu | cuda:0,cuda:1 …")] = None,
+    transforms: Annotated[str | None, _setting_flag("transforms", "Degradations, e.g. blur:4.")] = None,
+    steps: Annotated[int | None, _setting_flag("steps", "Sampling steps.")] = None,
     purification: Annotated[
         bool | None,
-        typer.Option(
-            "--purification/--no-purification",
-            help="Purify, or forward images as they are [ZIPGATE_PURIFICATION_ENABLED].",
+        _setting_flag(
+            "purification_enabled", "Purify, or forward images as they are.", "--purification/--no-purification"
         ),
     ] = None,
 ) -> None:
