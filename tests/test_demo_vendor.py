@@ -364,9 +364,9 @@ def test_an_unknown_demo_vendor_is_refused_with_every_vendor_that_ships() -> Non
     from typer.testing import CliRunner
 
     from service.cli import app
-    from service.cli_models import MODELS_DIR
+    from service.paths import models_dir
 
-    shipped = sorted(path.name for path in MODELS_DIR.glob("vendor-*") if (path / "config.json").is_file())
+    shipped = sorted(path.name for path in models_dir().glob("vendor-*") if (path / "config.json").is_file())
     assert len(shipped) >= 12  # clean and the eleven attacks of the zoo
     result = CliRunner().invoke(app, ["demo-vendor", "--model", "vendor-nope"], env={"COLUMNS": "1000"})
     assert result.exit_code == 2
