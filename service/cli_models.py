@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from service.paths import resolve_model_path
 from service.purify.options import DType
 
 train_app = typer.Typer(help="Train the shipped default models.", no_args_is_help=True)
@@ -22,10 +23,32 @@ ZOO_NAMES = "badnets, blended, wanet, solid, randpatch, sig, logo, lf, adaptive,
 """The attack zoo's names for help texts (tests check them against `attacks.ZOO`; no torch import here)."""
 
 
+def overwrite_problem(out: Path, init: Path | None, overwrite: bool) -> str | None:
+    """Why training into `out` must not start, or None: it would replace a model (the shipped one, by
+    default) that the run does not continue from, and `overwrite` was not given.
+
+    Relative paths are resolved as the loaders resolve them (`paths.resolve_model_path`), so
+    `--init models/fmnist-ddpm` continues the shipped model from any directory.
+    """
+    target = resolve_model_path(out)
+    if overwrite or not (target / "config.json").is_file():
+        return None
+    if init is not None and resolve_model_path(init).resolve() == target.resolve():
+        return None  # continuing the model in `out`: its step count and weights carry on
+    return (
+        f"{target} already holds a model, and this run would replace it with "
+        f"{'the weights of ' + str(init) if init else 'a freshly initialised one'} (exported every 10 minutes); "
+        f"continue training it with --init {out}, write elsewhere with --out, or pass --overwrite to replace it"
+    )
+
+
 @train_app.command("ddpm")
 def train_ddpm_command(
-    out: Annotated[Path, typer.Option("-o", "--out")] = DEFAULT_MODEL,
-    init: Annotated[Path | None, typer.Option(help="Continue from these shipped weights.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where the EMA weights are exported.")] = DEFAULT_MODEL,
+    init: Annotated[Path | None, typer.Option(help="Continue from these weights (e.g. the shipped model).")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a model already in --out although this run does not continue from it.")
+    ] = False,
     minutes: Annotated[float, typer.Option(help="Wall-clock budget.")] = 60.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in this run.")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
@@ -37,7 +60,14 @@ def train_ddpm_command(
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
 ) -> None:
-    """Train (or continue training) the Fashion-MNIST DDPM; exports EMA weights every 10 minutes."""
+    """Train (or continue training) the Fashion-MNIST DDPM; exports EMA weights every 10 minutes.
+
+    Refuses to replace a model in --out (the shipped one by default) unless it continues from it
+    (--init the same folder) or --overwrite is given.
+    """
+    if (problem := overwrite_problem(out, init, overwrite)) is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     import torch
 
     from service.training.ddpm import DDPMTrainConfig, train_ddpm
@@ -46,8 +76,8 @@ def train_ddpm_command(
     logging.basicConfig(level=logging.INFO)
     train_ddpm(
         DDPMTrainConfig(
-            out_dir=out,
-            init_dir=init,
+            out_dir=resolve_model_path(out),
+            init_dir=None if init is None else resolve_model_path(init),
             minutes=minutes,
             max_steps=max_steps,
             batch_size=batch_size,

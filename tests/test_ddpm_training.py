@@ -145,3 +145,34 @@ def test_stop_signals_interrupt_training_even_when_sigint_was_ignored(sig):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # handlers come back
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_train_ddpm_refuses_to_replace_the_shipped_model_it_does_not_continue(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    # A stand-in for the shipped model under ZIPGATE_HOME: should the guard fail, the real one stays intact.
+    shipped = tmp_path / "home" / "models" / "fmnist-ddpm"
+    tiny_unet(channels=1, size=16).save_pretrained(shipped)
+    before = {path.name: path.stat().st_mtime_ns for path in shipped.iterdir()}
+    monkeypatch.setenv("ZIPGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # the default --out names the shipped model from any directory
+    result = CliRunner().invoke(app, ["train", "ddpm", "--max-steps", "1", "--train-limit", "8", "--batch-size", "4"])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "already holds a model" in message and "--overwrite" in message and "--init models/fmnist-ddpm" in message
+    assert {path.name: path.stat().st_mtime_ns for path in shipped.iterdir()} == before
+
+
+def test_overwrite_problem_allows_continuing_the_same_model_or_an_explicit_overwrite(tmp_path, monkeypatch):
+    from service.cli_models import DEFAULT_MODEL, overwrite_problem
+
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(__file__).resolve().parents[1] / DEFAULT_MODEL
+    assert overwrite_problem(DEFAULT_MODEL, None, overwrite=False) is not None
+    assert overwrite_problem(DEFAULT_MODEL, tmp_path / "other", overwrite=False) is not None
+    assert overwrite_problem(DEFAULT_MODEL, DEFAULT_MODEL, overwrite=False) is None  # README's continue command
+    assert overwrite_problem(shipped, DEFAULT_MODEL, overwrite=False) is None  # the same folder, spelt otherwise
+    assert overwrite_problem(DEFAULT_MODEL, None, overwrite=True) is None
+    assert overwrite_problem(tmp_path / "new-model", None, overwrite=False) is None  # nothing there to lose
