@@ -15,7 +15,12 @@ from typer.core import TyperCommand
 from service.cli_models import DEFAULT_MODEL, MODELS_DIR, ZOO_NAMES, convert_app, train_app
 from service.config import ENV_PREFIX, Settings  # light: pydantic, no torch (the defaults --help shows)
 from service.paths import HOME_ENV
-from service.purify.options import DType, SmallImageFit, ZipConfig  # light: enums and the knobs' defaults
+from service.purify.options import (
+    DEFAULT_DTYPE,
+    DType,
+    SmallImageFit,
+    ZipConfig,
+)  # light: enums and the knobs' defaults
 from service.purify.strength import Strength, apply_strength  # light: no torch
 
 app = typer.Typer(
@@ -165,7 +170,9 @@ def purify(
     guidance_power: Annotated[float | None, typer.Option(help="λ; 'inf' disables the mix step.")] = None,
     eta: Annotated[float | None, typer.Option(help="η of the DDIM step, in [0, 1].")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
-    dtype: Annotated[DType, typer.Option(help="Compute dtype of the ε-model.", case_sensitive=False)] = DType.FP32,
+    dtype: Annotated[
+        DType, typer.Option(help="Compute dtype of the ε-model, as the gateway's ZIPGATE_DTYPE.", case_sensitive=False)
+    ] = DEFAULT_DTYPE,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible noise (canvas i uses seed + i).")] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     save_degraded: Annotated[bool, typer.Option(help="Also write A⁺A x (the degraded input).")] = False,
@@ -240,7 +247,9 @@ def eval_command(
     seed: Annotated[int, typer.Option()] = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     device: Annotated[str, typer.Option()] = "cpu",
-    dtype: Annotated[DType, typer.Option(help="Compute dtype of the ε-model.", case_sensitive=False)] = DType.AUTO,
+    dtype: Annotated[
+        DType, typer.Option(help="Compute dtype of the ε-model, as the gateway's ZIPGATE_DTYPE.", case_sensitive=False)
+    ] = DEFAULT_DTYPE,
     model: Annotated[Path, typer.Option(help="Diffusion model directory.")] = DEFAULT_MODEL,
     models_dir: Annotated[Path, typer.Option(help="Where the vendor-<attack> folders are.")] = MODELS_DIR,
     out: Annotated[Path, typer.Option("-o", "--out")] = Path("reports"),

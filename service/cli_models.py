@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from service.paths import resolve_model_path
-from service.purify.options import DType
+from service.purify.options import DEFAULT_DTYPE, DType
 
 train_app = typer.Typer(help="Train the shipped default models.", no_args_is_help=True)
 convert_app = typer.Typer(help="Convert third-party checkpoints to diffusers directories.", no_args_is_help=True)
@@ -118,7 +118,7 @@ def score_ddpm_command(
     steps: Annotated[int, typer.Option(min=1)] = 50,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option()] = 2,
-    dtype: Annotated[DType, typer.Option(help="Compute dtype of the ε-model.", case_sensitive=False)] = DType.AUTO,
+    dtype: Annotated[DType, typer.Option(help="Compute dtype of the ε-model.", case_sensitive=False)] = DEFAULT_DTYPE,
 ) -> None:
     """Sample quality for the model card: samples.png and quality.json written into the model folder."""
     import torch

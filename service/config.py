@@ -21,6 +21,7 @@ from service.config_file import ENV_PREFIX, ConfigError, ConfigFileSource
 from service.cpus import default_torch_threads
 from service.paths import resolve_model_path
 from service.purify.options import (
+    DEFAULT_DTYPE,
     Acceleration,
     CompileMode,
     DType,
@@ -136,7 +137,7 @@ class Settings(BaseSettings):
         "28² in 32²) or 'resize' (scaled up).",
     )
     devices: str = Field("auto", description="'auto' (every CUDA device, else CPU) or a list: 'cuda:0,cuda:1'.")
-    dtype: DType = Field(DType.AUTO, description="ε-model compute dtype: auto (fp16 on CUDA) | fp32 | bf16 | fp16.")
+    dtype: DType = Field(DEFAULT_DTYPE, description="ε-model compute dtype: auto (fp16 on CUDA) | fp32 | bf16 | fp16.")
     channels_last: bool = Field(False, description="The UNet's weights and inputs in NHWC order (for GPUs).")
     compile_mode: CompileMode = Field(
         CompileMode.OFF,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
@@ -114,3 +116,29 @@ def test_bad_model_path_and_bad_spec_fail_cleanly(tmp_path):
         app, ["purify", str(images), "--model", str(tmp_path / "model"), "--transforms", "sharpen:2"]
     )
     assert result.exit_code == 2 and "unknown transform" in _text(result.output)
+
+
+def test_cli_and_gateway_purify_alike_by_default(tmp_path, monkeypatch):
+    """One dtype default and one rule: the same seed gives `zipgate purify` and the gateway's /purify one output."""
+    import httpx
+
+    # As on a CPU with native bf16, where `auto` differs from fp32 (elsewhere both would be fp32 alike).
+    monkeypatch.setattr("service.purify.models.cpu_has_native_bf16", lambda: True)
+
+    from service.config import Settings
+    from tests.gateway_servers import gateway_settings, running_gateway
+
+    tiny_unet(channels=1, size=16).save_pretrained(tmp_path / "model")
+    images = _write_images(tmp_path / "in", 1, 16, "L")
+    args = ["purify", str(images), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "model")]
+    result = runner.invoke(app, [*args, "--steps", "3", "--transforms", "blur:4", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    cli = np.asarray(Image.open(tmp_path / "out" / "img0.png"), dtype=np.int16)
+    unset = Settings.model_fields["dtype"].default  # the gateway's dtype when nothing sets it
+    settings = gateway_settings(tmp_path / "model", "http://127.0.0.1:9", dtype=unset, steps=3, transforms="blur:4")
+    with running_gateway(settings) as url:
+        png = (images / "img0.png").read_bytes()
+        answer = httpx.post(f"{url}/purify", params={"seed": 7}, files={"image": ("img0.png", png, "image/png")})
+    assert answer.status_code == 200, answer.text
+    served = np.asarray(Image.open(io.BytesIO(answer.content)), dtype=np.int16)
+    assert np.array_equal(cli, served), np.abs(cli - served).max()

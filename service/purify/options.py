@@ -31,6 +31,11 @@ class DType(enum.StrEnum):
         return torch_dtype(self, device)
 
 
+DEFAULT_DTYPE = DType.AUTO
+"""The ε-model's compute dtype unless one is set: the gateway, `zipgate purify`, `eval` and `score-ddpm`
+alike, each resolved by `DType.resolve` for its device, so one seed gives one output everywhere."""
+
+
 class CompileMode(enum.StrEnum):
     """`torch.compile` of the ε-model's UNet (docs/design.md, "Engine acceleration").
 
