@@ -321,3 +321,11 @@ def test_every_tritonclient_call_that_works_against_kserve_works_through_the_gat
     for name, outcome in direct.items():
         if not outcome["ok"]:
             assert not through[name]["ok"], (name, through[name])
+
+
+@pytest.mark.parametrize("path", [f"/v2/models/{MODEL}/infer", f"/v1/models/{MODEL}:predict"])
+def test_a_body_that_is_not_json_gets_kserves_own_status(gateway: tuple[str, str], kserve_url: str, path: str) -> None:
+    url, _ = gateway
+    broken = {"content": b'{"inputs": [', "headers": {"Content-Type": "application/json"}}
+    direct, through = post(f"{kserve_url}{path}", **broken), post(f"{url}{path}", **broken)
+    assert through.status_code == direct.status_code and direct.status_code in (400, 422), (direct.text, through.text)
