@@ -446,3 +446,16 @@ def test_the_cli_evaluates_a_strength_preset_as_the_gateway_runs_it(world: tuple
     assert strict_row["purifications_per_image"] == 3 and strict_row["setting"]["noise_start"] == 1.0  # ≥ 3 votes
     refused = CliRunner().invoke(app, [*common, "--strength", "light", "--gateway", "http://127.0.0.1:1"])
     assert refused.exit_code == 2 and "strength=balanced" in refused.output
+
+
+def test_eval_progress_counts_stages_and_estimates_the_time_left(
+    world: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_eval(_options(world, tmp_path, defenses=(Defense.NONE, Defense.ZIP), progress=True))
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).replace("\r", "\n").splitlines()
+    stages = 1 + len(ATTACKS) + (1 + len(ATTACKS))  # none, then zip: the clean set and each triggered set
+    assert any(line.startswith(f"stage 1/{stages}: ") and "left for the run" in line for line in lines)
+    assert any(line.startswith(f"stage {stages}/{stages}: about ") for line in lines)  # all kinds measured
+    none_rows = [line for line in lines if line.split()[1:2] == ["none"] and "CA " in line]
+    assert len(none_rows) == len(ATTACKS) and not any("S=" in line or "blur" in line for line in none_rows)

@@ -29,6 +29,7 @@ from service.backdoor.metrics import majority_vote, score_defense
 from service.backdoor.vendor_model import load_vendor, predict_labels, read_vendor_config
 from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefender, item_seed
 from service.defense_eval.gateway_client import GatewayClient
+from service.defense_eval.progress import EvalProgress, planned_stages, stage_label
 from service.defense_eval.report import LABELS_FILE, EvalReport, GridImages, ResultRow, labels_key, write_report
 from service.defense_eval.sweep import SweepKnob, sweep_settings, varying_knobs
 from service.purify.models import load_eps_model
@@ -165,6 +166,7 @@ class _Judge:
     gateway_answers: dict[tuple[SetKey, int], torch.Tensor] = field(default_factory=dict)
     seconds: dict[tuple[object, ...], float] = field(default_factory=dict)
     images: dict[tuple[object, ...], int] = field(default_factory=dict)
+    progress: EvalProgress | None = None
 
     def _in_batches(
         self, key: SetKey, what: str, timer: tuple[object, ...], step: Callable[[torch.Tensor, int], torch.Tensor]
@@ -173,16 +175,19 @@ class _Judge:
         images = self.sets[key].images
         outputs: list[torch.Tensor] = []
         started = time.monotonic()
+        desc = f"{what} {'clean' if key is None else key.value}"
         with tqdm(
             total=len(images),
-            desc=f"{what} {'clean' if key is None else key.value}",
+            desc=desc if self.progress is None else self.progress.start_stage(desc),
             unit="img",
             leave=False,
             disable=not self.options.progress,
         ) as bar:
             for start in range(0, len(images), self.options.batch_size):
-                batch = images[start : start + self.options.batch_size]
+                batch, batch_started = images[start : start + self.options.batch_size], time.monotonic()
                 outputs.append(step(batch, start))
+                if self.progress is not None:
+                    self.progress.timed_batch(timer, len(batch), time.monotonic() - batch_started, first=start == 0)
                 bar.update(len(batch))
         self.seconds[timer] = self.seconds.get(timer, 0.0) + time.monotonic() - started
         self.images[timer] = self.images.get(timer, 0) + len(images)
@@ -195,7 +200,7 @@ class _Judge:
             seed = self.options.seed
             self.defended[(key, output_key, vote)] = self._in_batches(
                 key,
-                f"{defense.value} {setting.describe()} vote {vote + 1}",
+                f"{stage_label(defense, setting)} vote {vote + 1}",
                 output_key,
                 lambda batch, start: self.defender(defense, setting, batch, item_seed(seed, vote, start)),
             )
@@ -333,6 +338,11 @@ def run_eval(options: EvalOptions) -> EvalReport:
         judge = _Judge(
             options, _image_sets(split, options.vendors), InProcessDefender(model, options.device), vendors, gateway
         )
+        sizes = {key: len(images) for key, images in judge.sets.items()}
+        plan = planned_stages(
+            settings, options.defenses, options.vendors, sizes, None if gateway is None else _GATEWAY_TIMER
+        )
+        judge.progress = EvalProgress(plan, tqdm.write if options.progress else lambda line: None)
         rows, seen = [], set()
         labels: dict[str, Any] = {"clean/true": judge.sets[None].labels.numpy()}
         for setting in settings:
@@ -363,7 +373,7 @@ def run_eval(options: EvalOptions) -> EvalReport:
                     )
                     if options.progress:
                         tqdm.write(
-                            f"{attack.value:8} {defense.value:5} {setting.describe():32} "
+                            f"{attack.value:8} {stage_label(defense, setting):38} "
                             f"CA {scores.clean_accuracy:.3f} ASR {scores.attack_success_rate:.3f} "
                             f"PA {scores.poisoned_accuracy:.3f}"
                         )
