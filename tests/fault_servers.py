@@ -25,6 +25,7 @@ from service.loopback import bound_socket, serve_asgi, serve_uvicorn, url_of, wa
 
 __all__ = [
     "EndlessBody",
+    "HangingApp",
     "RecordedRequest",
     "ScriptedTcp",
     "StaticApp",
@@ -173,6 +174,29 @@ class StaticApp:
             }
         )
         await send({"type": "http.response.body", "body": self.body})
+
+
+@dataclass
+class HangingApp:
+    """ASGI app that never answers: it records each request's path, then waits for the caller to hang up
+    (a vendor whose call only the caller can end).
+
+    Attributes:
+        arrived: the paths of the requests received, in order (appended from the server thread).
+        hung_up: the paths of the requests whose caller has hung up since.
+    """
+
+    arrived: list[str] = field(default_factory=list)
+    hung_up: list[str] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.arrived.append(scope["path"])
+        if await _client_left_within(receive, 600.0):  # far past any test: only the caller ends the wait
+            self.hung_up.append(scope["path"])
 
 
 async def _client_left_within(receive: Receive, timeout_s: float) -> bool:

@@ -286,6 +286,18 @@ def get(url: str, **kwargs: Any) -> Any:
     return httpx.get(url, **kwargs)
 
 
+def raw_request(path: str, **kwargs: Any) -> bytes:
+    """An HTTP/1.1 POST as bytes (body and Content-Type built by httpx from `kwargs`: files=, json=,
+    content=, headers=), to send on a socket the test closes itself."""
+    import httpx
+
+    request = httpx.Request("POST", f"http://gateway{path}", **kwargs)
+    body = request.read()
+    head = f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in request.headers.items() if name.lower() == "content-type")
+    return (head + "\r\n").encode() + body
+
+
 def error_details(body: Any, path: str) -> dict[str, Any]:
     """An error body's code, message and request id, checking its shape: the house {"error": {...}},
     or on the /v1/ and /v2/ protocol paths theirs, {"error": "<message>", "code", "request_id"}."""

@@ -128,6 +128,23 @@ def _start_gateway(
         )
 
 
+def _start_gated_gateway(
+    sock: socket.socket, ddpm: Path, upstream_url: str, gate: SubprocessGate, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """GATED_SERVE_SCRIPT with one image per batch, each held at `gate`, and budgets (200 s) no test reaches."""
+    settings = {
+        "model_path": str(ddpm),
+        "upstream_url": upstream_url,
+        "max_batch_size": "1",
+        "max_wait_ms": "1",
+        "devices": "cpu",
+        "dtype": "fp32",
+        "drain_timeout_s": "200",
+        "request_timeout_s": "200",
+    }
+    return _start_gateway(sock, settings, log_path, script=GATED_SERVE_SCRIPT, fds=gate.child_fds)
+
+
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()
     return f"http://{host}:{port}"
@@ -197,22 +214,7 @@ def test_sigterm_finishes_queued_and_running_work_then_exits_0(
     with serve_asgi(upstream) as upstream_url:
         # One image per batch, each held at the gate until this test lets it through: at SIGTERM one
         # batch is running and two images are queued behind it, however loaded the machine is.
-        process = _start_gateway(
-            bound_socket,
-            {
-                "model_path": str(ddpm),
-                "upstream_url": upstream_url,
-                "max_batch_size": "1",
-                "max_wait_ms": "1",
-                "devices": "cpu",
-                "dtype": "fp32",
-                "drain_timeout_s": "200",
-                "request_timeout_s": "200",
-            },
-            log_path,
-            script=GATED_SERVE_SCRIPT,
-            fds=gate.child_fds,
-        )
+        process = _start_gated_gateway(bound_socket, ddpm, upstream_url, gate, log_path)
         gate.started()
         url = _url(bound_socket)
         statuses: dict[int, int] = {}
@@ -300,22 +302,7 @@ def test_sigterm_refuses_new_connections_closes_idle_ones_and_lets_work_in_fligh
     closed; a request already in flight finishes with its answer and `Connection: close`."""
     log_path = tmp_path / "gateway.log"
     with serve_asgi(StaticApp(200, b'{"label": 7}')) as upstream_url:
-        process = _start_gateway(
-            bound_socket,
-            {
-                "model_path": str(ddpm),
-                "upstream_url": upstream_url,
-                "max_batch_size": "1",
-                "max_wait_ms": "1",
-                "devices": "cpu",
-                "dtype": "fp32",
-                "drain_timeout_s": "200",
-                "request_timeout_s": "200",
-            },
-            log_path,
-            script=GATED_SERVE_SCRIPT,
-            fds=gate.child_fds,
-        )
+        process = _start_gated_gateway(bound_socket, ddpm, upstream_url, gate, log_path)
         gate.started()
         url = _url(bound_socket)
         address = bound_socket.getsockname()

@@ -13,14 +13,11 @@ pixel tensor large enough to be an image does either, and every answer is a 2xx 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import socket
 import struct
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -29,13 +26,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.upstream.v2_binary import encode_bytes_elements
-from tests.fault_servers import StaticApp, serve_asgi
+from tests.fault_servers import HangingApp, StaticApp, serve_asgi
 from tests.gateway_servers import (
     error_details,
     gateway_settings,
     get,
     metric_value,
     png_bytes,
+    raw_request,
     running_gateway,
     tiny_ddpm_dir,
     wait_until,
@@ -196,28 +194,6 @@ def test_extra_v2_inputs_never_carry_an_unpurified_image_to_the_vendor(
 # ---- clients that hang up during the vendor call ----------------------------------------------------
 
 
-@dataclass
-class HangingVendor:
-    """A vendor that never answers: it records each call, then waits for the caller to hang up."""
-
-    arrived: int = 0
-    hung_up: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        while (await receive()).get("more_body"):
-            pass
-        with self._lock:
-            self.arrived += 1
-        async with asyncio.timeout(600):  # far past the test: only the caller's hang-up ends the wait
-            while (await receive())["type"] != "http.disconnect":
-                pass
-        with self._lock:
-            self.hung_up += 1
-
-
 HANG_UP_ROUTES = {
     "/predict": lambda: {"files": [("image", ("x.png", IMAGES[0], "image/png"))]},
     "/v1/models/fmnist:predict": lambda: {"json": {"instances": [_b64(IMAGES[0])]}},
@@ -227,18 +203,10 @@ HANG_UP_ROUTES = {
 }
 
 
-def _raw_request(path: str, **kwargs: Any) -> bytes:
-    request = httpx.Request("POST", f"http://gateway{path}", **kwargs)
-    body = request.read()
-    head = f"POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
-    head += f"Content-Type: {request.headers['content-type']}\r\n\r\n"
-    return head.encode() + body
-
-
 def test_clients_that_hang_up_during_the_vendor_call_are_499_and_cancel_it(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    vendor = HangingVendor()
+    vendor = HangingApp()
     model = tiny_ddpm_dir(tmp_path_factory.mktemp("models"))
     sent: list[str] = []
     with (
@@ -259,16 +227,18 @@ def test_clients_that_hang_up_during_the_vendor_call_are_499_and_cancel_it(
             path=st.sampled_from(sorted(HANG_UP_ROUTES)), request_id=st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True)
         )
         def run(path: str, request_id: str) -> None:
-            arrived = vendor.arrived
+            arrived = len(vendor.arrived)
             with socket.create_connection(address, timeout=30) as client:
-                raw = _raw_request(path, **HANG_UP_ROUTES[path]())
+                raw = raw_request(path, **HANG_UP_ROUTES[path]())
                 client.sendall(raw.replace(b"\r\n\r\n", f"\r\nX-Request-ID: {request_id}\r\n\r\n".encode(), 1))
-                wait_until(lambda: vendor.arrived > arrived, timeout_s=60, what=f"{path}: the call at the vendor")
+                wait_until(lambda: len(vendor.arrived) > arrived, timeout_s=60, what=f"{path}: the call at the vendor")
             sent.append(path)
 
         run()
         wait_until(
-            lambda: vendor.hung_up == vendor.arrived == len(sent), timeout_s=60, what="every vendor call cancelled"
+            lambda: len(vendor.hung_up) == len(vendor.arrived) == len(sent),
+            timeout_s=60,
+            what="every vendor call cancelled",
         )
 
         def counted(status: str) -> float:
