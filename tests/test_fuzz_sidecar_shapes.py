@@ -44,6 +44,10 @@ pytestmark = pytest.mark.slow
 IMAGES = tuple(png_bytes(seed=seed) for seed in range(3))
 PIXELS = 784  # a 28 x 28 image's pixel count: a tensor this long beside the image input could be one
 EXAMPLES = 60
+# Derandomized: the same requests go out on every run, so a failure reproduces.
+FUZZING = settings(
+    max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+)
 
 
 def _b64(data: bytes) -> str:
@@ -105,9 +109,7 @@ def test_mixed_v1_keys_never_carry_an_unpurified_image_to_the_vendor(
 ) -> None:
     vendor, client = recorded
 
-    @settings(
-        max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
-    )
+    @FUZZING
     @given(body=v1_bodies)
     def run(body: dict[str, Any]) -> None:
         before = len(vendor.requests)
@@ -174,9 +176,7 @@ def test_extra_v2_inputs_never_carry_an_unpurified_image_to_the_vendor(
 ) -> None:
     vendor, client = recorded
 
-    @settings(
-        max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
-    )
+    @FUZZING
     @given(body=v2_bodies, binary=st.booleans())
     def run(body: dict[str, Any], binary: bool) -> None:
         before = len(vendor.requests)
@@ -220,9 +220,7 @@ def test_clients_that_hang_up_during_the_vendor_call_are_499_and_cancel_it(
     ):
         address = (httpx.URL(url).host, httpx.URL(url).port or 80)
 
-        @settings(
-            max_examples=12, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
-        )
+        @settings(FUZZING, max_examples=12)  # each example waits for a vendor call and a hang-up
         @given(
             path=st.sampled_from(sorted(HANG_UP_ROUTES)), request_id=st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True)
         )
