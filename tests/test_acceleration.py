@@ -89,7 +89,10 @@ def test_the_factory_compiles_every_bucket_before_it_returns(tiny_dir: Path, cap
         purifier = factory("cpu")
     assert isinstance(purifier, ZipBatchPurifier) and purifier.buckets == (1, 2, 4)
     assert purifier.model._forward is not purifier.model.unet  # the compiled module runs
-    assert any("warm-up on cpu" in record.getMessage() for record in caplog.records)
+    (warm_up,) = [record for record in caplog.records if "warm-up on cpu" in record.getMessage()]
+    # Fields, not a dataclass's repr: the message names them, the JSON log line carries them.
+    assert "Acceleration(" not in warm_up.getMessage() and "compile_mode default" in warm_up.getMessage()
+    assert (warm_up.compile_mode, warm_up.channels_last) == ("default", False)  # type: ignore[attr-defined]
     assert purifier(torch.zeros(3, 1, 16, 16), 2, None).shape == (3, 1, 16, 16)
 
 

@@ -372,3 +372,49 @@ def test_an_unknown_demo_vendor_is_refused_with_every_vendor_that_ships() -> Non
     assert result.exit_code == 2
     message = " ".join(result.output.split())
     assert all(name in re.findall(r"vendor-[a-z0-9]+", message) for name in shipped), message
+
+
+@pytest.mark.slow
+def test_zipgate_demo_vendor_logs_json_lines_like_the_gateway(tmp_path: Path) -> None:
+    """`zipgate demo-vendor` as a process: every line on stderr is one JSON object, requests carry their id."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.gateway_servers import wait_until
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    zipgate = str(Path(sys.executable).with_name("zipgate"))
+    log = tmp_path / "vendor.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [zipgate, "demo-vendor", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        try:
+
+            def healthy() -> bool:
+                assert process.poll() is None, log.read_text()
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_until(healthy, timeout_s=120, what="zipgate demo-vendor answering")
+            answer = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-ID": "json-log-check"})
+            assert answer.status_code == 200
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]  # each line JSON
+    (request,) = [entry for entry in entries if entry.get("request_id") == "json-log-check"]
+    assert request["message"].startswith("GET /healthz -> 200 in ") and request["duration_ms"] > 0
+    assert request["status"] == 200 and request["level"] == "info"
+    assert any(entry["logger"].startswith("uvicorn") for entry in entries)  # uvicorn's own lines too

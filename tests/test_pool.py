@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -492,8 +493,11 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-async def test_real_engine_batch_equals_single_runs_with_the_same_seeds(tmp_path: Path) -> None:
+async def test_real_engine_batch_equals_single_runs_with_the_same_seeds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Also: the ZIP purifier keeps one ZipPurifier per steps count."""
+    caplog.set_level(logging.INFO, logger="service.workers.pool")
     tiny_unet(channels=1, size=16).save_pretrained(tmp_path / "tiny")
     factory = zip_purifier_factory(tmp_path / "tiny", ZipConfig("blur:2", guidance_power=1.0), dtype=DType.FP32)
     metrics = GatewayMetrics()
@@ -503,6 +507,9 @@ async def test_real_engine_batch_equals_single_runs_with_the_same_seeds(tmp_path
     await pool.start()
     try:
         assert pool.device_info == [WorkerInfo(device="cpu", dtype="float32", model="tiny", sample_size=16, channels=1)]
+        (ready,) = [record for record in caplog.records if record.getMessage().startswith("worker pool ready")]
+        assert ready.getMessage() == "worker pool ready: 1 worker(s) on cpu (float32)"  # fields, not a repr
+        assert ready.workers == [dataclasses.asdict(pool.device_info[0])]  # type: ignore[attr-defined]
         x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
         batched = await pool.submit(x, request_id="batch", seed=11)
         assert sample(metrics, "zipgate_batch_size_sum") == 3  # one batch of 3

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
+from service.api.logging import configure_logging
 from service.demo.decoding import InputLimits, decode_base64
 from service.demo.predictor import EncodedImage, ImagePrediction, VendorPredictor
 from service.demo.schemas import (
@@ -187,16 +188,21 @@ def _install_request_ids(app: FastAPI) -> None:
         try:
             response = await call_next(request)
         except Exception:  # the last line of defence: log it, answer JSON, keep the request id
-            log.exception("unhandled error, request_id=%s", request.state.request_id)
+            log.exception("unhandled error", extra={"request_id": request.state.request_id})
             response = _error_response(request, 500, GatewayError.code, "internal error")
         response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        elapsed_ms = (time.perf_counter() - started) * 1e3
         log.info(
-            "%s %s -> %d in %.1f ms request_id=%s",
+            "%s %s -> %d in %.1f ms",
             request.method,
             request.url.path,
             response.status_code,
-            (time.perf_counter() - started) * 1e3,
-            request.state.request_id,
+            elapsed_ms,
+            extra={
+                "request_id": request.state.request_id,
+                "status": response.status_code,
+                "duration_ms": round(elapsed_ms, 3),
+            },
         )
         return response
 
@@ -320,6 +326,5 @@ def run_demo_vendor(model_dir: Path, host: str = "127.0.0.1", port: int = 9000, 
     Raises:
         FileNotFoundError, ValueError, RuntimeError: the model folder is missing or invalid.
     """
-    if not logging.getLogger().handlers:  # make the per-request log lines visible when run from the CLI
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_vendor_app(Path(model_dir), model_name), host=host, port=port, log_level="info")
+    configure_logging("info")  # JSON lines, one object each, as the gateway logs (uvicorn's own included)
+    uvicorn.run(create_vendor_app(Path(model_dir), model_name), host=host, port=port, log_config=None)

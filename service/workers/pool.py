@@ -10,6 +10,7 @@ Lifecycle: NEW → (start) → RUNNING → (drain) → DRAINING → DRAINED → 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import secrets
@@ -163,7 +164,9 @@ class WorkerPool:
         for task in self._tasks:
             task.add_done_callback(self._on_worker_exit)
         self._state = PoolState.RUNNING
-        log.info("worker pool ready: %s", self.device_info)
+        workers = [dataclasses.asdict(info) for info in self.device_info]
+        devices = ", ".join(f"{info.device} ({info.dtype})" for info in self.device_info)
+        log.info("worker pool ready: %d worker(s) on %s", len(workers), devices, extra={"workers": workers})
 
     async def submit(
         self,

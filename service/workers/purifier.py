@@ -147,7 +147,14 @@ def zip_purifier_factory(
         # ready, so that "ready" means "fast" and no request waits behind a compile.
         started = time.perf_counter()
         purifier.warm_up()
-        log.info("warm-up on %s: %.1f s (%s)", device, time.perf_counter() - started, acceleration)
+        seconds = time.perf_counter() - started
+        fields = {"channels_last": acceleration.channels_last, "compile_mode": acceleration.compile_mode.value}
+        if compiled:
+            fields["compile_backend"] = acceleration.compile_backend
+        described = ", ".join(f"{name} {value}" for name, value in fields.items())
+        log.info(
+            "warm-up on %s: %.1f s (%s)", device, seconds, described, extra={"warm_up_s": round(seconds, 3), **fields}
+        )
         return purifier
 
     return build
