@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 app.add_typer(convert_app, name="convert")
+# The flags spelt otherwise than `--<setting with dashes>`, for errors that name a value's source.
+SETTING_FLAGS = {"config_file": "--config", "purification_enabled": "--purification/--no-purification"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -64,7 +66,7 @@ def _run_with_settings(
     from service.config import ConfigError, load_settings
 
     try:
-        code = job(load_settings(config, **(overrides or {})))
+        code = job(load_settings(config, flags=SETTING_FLAGS, **(overrides or {})))
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.config_file import ENV_PREFIX, ConfigError, ConfigFileSource
+from service.config_sources import SettingSource, SourceKind, config_file_path, env_variable, setting_sources
 from service.cpus import default_torch_threads
 from service.paths import resolve_model_path
 from service.purify.options import (
@@ -423,38 +425,48 @@ class Settings(BaseSettings):
         return apply_strength(strength, self.zip_config, self.votes if votes is None else votes)
 
 
-def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    config_file: Path | str | None = None, *, flags: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
     """Build `Settings` from keyword overrides, the environment and an optional config file.
 
     Args:
         config_file: a YAML or JSON file (else ZIPGATE_CONFIG_FILE, else none).
+        flags: how the command line spells an override's flag, where not `--<name with dashes>`.
         overrides: setting values that win over env and file (e.g. from CLI options).
 
     Returns:
         The validated settings.
 
     Raises:
-        ConfigError: a bad file or value; the message names each setting (with its env variable)
-            and what is expected.
+        ConfigError: a bad file or value; the message names each setting, where its value came from
+            (flag, env variable, config file) and what is expected.
     """
     if config_file is not None:
         overrides["config_file"] = Path(config_file)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        message = format_validation_error(exc)
+        sources = setting_sources(Settings.model_fields, overrides, config_file_path(config_file), flags)
+        message = format_validation_error(exc, sources)
     # Raised outside the except block, so the ValidationError is not chained to it: its input_value
     # (a model-level error carries every input) would print upstream_url's credentials in a traceback.
     raise ConfigError(message)
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per bad setting: its name, its env variable, and pydantic's reason."""
+def format_validation_error(exc: ValidationError, sources: Mapping[str, SettingSource] | None = None) -> str:
+    """One line per bad setting: its name, where its value came from, and pydantic's reason."""
     lines = ["invalid zipgate settings:"]
     for error in exc.errors(include_url=False):
         if error["type"] == "default_factory_not_called":  # a default derived from a setting listed as bad
             continue
         name = ".".join(str(part) for part in error["loc"]) or "settings"
-        where = f"{name} (env {ENV_PREFIX}{name.upper()})" if error["loc"] else "settings"
+        source = (sources or {}).get(name)
+        if not error["loc"]:
+            where = "settings"
+        elif source is None or source.kind is SourceKind.DEFAULT:  # e.g. an unknown keyword
+            where = f"{name} (env {env_variable(name)})"
+        else:
+            where = f"{name} (from {source})"
         lines.append(f"  - {where}: {error['msg']}")
     return "\n".join(lines)

@@ -109,6 +109,10 @@ def test_without_the_flag_the_env_wins_over_the_file(tmp_path: Path) -> None:
     with zipgate_serve(["--config", str(config), *NO_MODEL], clean_env(ZIPGATE_PORT=str(env_port)), log) as process:
         wait_serving(process, f"http://127.0.0.1:{env_port}", log)
         assert not answers(f"http://127.0.0.1:{file_port}/healthz")
+    # ...and says so: one warning per file value the environment overrides.
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    (warning,) = [entry for entry in entries if entry.get("setting")]
+    assert (warning["level"], warning["setting"], warning["env"]) == ("warning", "port", "ZIPGATE_PORT")
 
 
 def test_serve_finds_the_shipped_model_from_another_directory(tmp_path: Path) -> None:
@@ -121,14 +125,15 @@ def test_serve_finds_the_shipped_model_from_another_directory(tmp_path: Path) ->
         wait_until(lambda: answers(f"{url}/readyz"), timeout_s=START_TIMEOUT_S, what="the shipped model loaded")
 
 
-def test_a_bad_flag_value_exits_2_naming_the_setting(tmp_path: Path) -> None:
+def test_a_bad_flag_value_exits_2_naming_the_setting_and_the_flag(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "serve", "--upstream-protocol", "grpc", *NO_MODEL],
-        env=clean_env(),
+        env=clean_env(ZIPGATE_UPSTREAM_PROTOCOL="v2"),  # valid, and outranked by the flag
         capture_output=True,
         text=True,
         timeout=START_TIMEOUT_S,
         cwd=REPO,
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "upstream_protocol" in result.stderr.lower() or "UPSTREAM_PROTOCOL" in result.stderr, result.stderr
+    assert "upstream_protocol (from flag --upstream-protocol)" in result.stderr, result.stderr
+    assert "ZIPGATE_UPSTREAM_PROTOCOL" not in result.stderr  # the value did not come from the environment

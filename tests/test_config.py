@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -96,8 +97,8 @@ def test_bad_config_files_say_what_is_wrong(tmp_path: Path, name: str, content: 
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"steps": 0}, "steps (env ZIPGATE_STEPS)"),
-        ({"eta": 1.5}, "eta (env ZIPGATE_ETA)"),
+        ({"steps": 0}, "steps (from flag --steps)"),
+        ({"eta": 1.5}, "eta (from flag --eta)"),
         ({"guidance_power": 0}, "guidance_power"),
         ({"transforms": "sharpen:2"}, "unknown transform 'sharpen'"),
         ({"upstream_url": "vendor:8080"}, "absolute http(s) URL"),
@@ -121,7 +122,41 @@ def test_invalid_values_name_the_setting_and_its_env_variable(overrides: dict, f
 def test_all_errors_are_reported_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(steps=0, eta=2.0)
-    assert "ZIPGATE_STEPS" in str(caught.value) and "ZIPGATE_ETA" in str(caught.value)
+    assert "--steps" in str(caught.value) and "--eta" in str(caught.value)
+
+
+def test_an_error_names_the_source_the_value_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("steps: 0\nupstream_protocol: grpc\neta: 0.5\n")
+    monkeypatch.setenv("ZIPGATE_ETA", "7")  # the env outranks the file's valid 0.5
+    monkeypatch.setenv("ZIPGATE_UPSTREAM_PROTOCOL", "v2")  # valid, but the flag outranks it
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, flags={"upstream_protocol": "--upstream-protocol"}, upstream_protocol="v1")
+    message = str(caught.value)
+    assert f"steps (from config file {config})" in message
+    assert "eta (from env ZIPGATE_ETA)" in message
+    assert "upstream_protocol (from flag --upstream-protocol)" in message
+    assert "env ZIPGATE_UPSTREAM_PROTOCOL" not in message
+
+
+def test_file_values_the_env_overrides_are_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.api.server import warn_of_file_values_the_env_overrides
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text("port: 9100\nhost: 0.0.0.0\nsteps: 7\napi_key: file-secret\n")
+    monkeypatch.setenv("ZIPGATE_PORT", "9200")
+    monkeypatch.setenv("zipgate_api_key", "env-secret")  # read case-insensitively, like pydantic-settings
+    settings = load_settings(config)
+    assert (settings.port, settings.steps) == (9200, 7)
+    with caplog.at_level(logging.WARNING, logger="service.api.server"):
+        warn_of_file_values_the_env_overrides(settings)
+    warned = {record.setting: record for record in caplog.records}  # type: ignore[attr-defined]
+    assert set(warned) == {"port", "api_key"}
+    assert "variable ZIPGATE_PORT overrides it" in warned["port"].getMessage()
+    assert "variable zipgate_api_key overrides it" in warned["api_key"].getMessage()
+    assert not any("secret" in record.getMessage() for record in caplog.records)
 
 
 def test_special_values() -> None:
@@ -196,3 +231,16 @@ def test_importing_the_settings_loads_neither_torch_nor_diffusers() -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_deployment_guides_config_file_is_valid_and_leaves_the_images_variables_alone(tmp_path: Path) -> None:
+    import re
+
+    import yaml
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text()
+    (block,) = re.findall(r"```yaml\n(# gateway\.yaml.*?)```", guide, re.S)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(block)
+    assert load_settings(config).upstream_model == "my-model"
+    assert not {"host", "port", "model_path"} & set(yaml.safe_load(block))  # the image's ZIPGATE_* set those

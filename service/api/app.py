@@ -159,7 +159,7 @@ def _pool_config(settings: Settings) -> PoolConfig:
     try:
         devices = resolve_devices(settings.devices)
     except ValueError as exc:
-        raise ConfigError(f"devices (env ZIPGATE_DEVICES): {exc}") from exc
+        raise ConfigError(f"devices {settings.devices!r}: {exc}") from exc
     return PoolConfig(
         devices=devices,
         max_batch_size=settings.max_batch_size,

@@ -27,6 +27,7 @@ from service.api.lifecycle import Lifecycle
 from service.api.logging import configure_logging
 from service.api.schemas import Readiness
 from service.config import Settings
+from service.config_sources import file_settings_overridden_by_env
 from service.signals import stop_signals_handled
 from service.workers import PurifierFactory
 
@@ -131,12 +132,32 @@ def run_gateway(settings: Settings, sockets: list[socket.socket] | None = None) 
         ConfigError: see `create_app`.
     """
     configure_logging(settings.log_level.value)
+    warn_of_file_values_the_env_overrides(settings)
     server = gateway_server(settings)
     with _signals_end_cleanly():
         server.run(sockets=sockets)
     if server.start_failed or not server.started:
         return EXIT_START_FAILED
     return EXIT_OK
+
+
+def warn_of_file_values_the_env_overrides(settings: Settings) -> None:
+    """Log a warning for each config-file value an environment variable overrides (the environment
+    outranks the file: the image's ZIPGATE_HOST, ZIPGATE_PORT and ZIPGATE_MODEL_PATH, a ConfigMap's)."""
+    overridden = file_settings_overridden_by_env(settings.config_file, Settings.model_fields)
+    for name, variable in overridden.items():  # names only: a file's values may be credentials
+        logger.warning(
+            "config file %s sets %s, but the environment variable %s overrides it; "
+            "unset the variable (or set the value there) to use the file's",
+            settings.config_file,
+            name,
+            variable,
+            extra={
+                "setting": name,
+                "config_file": str(settings.config_file),
+                "env": variable,
+            },
+        )
 
 
 @contextlib.contextmanager
