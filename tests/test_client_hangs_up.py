@@ -83,3 +83,26 @@ def test_a_client_that_hangs_up_during_the_vendor_call_cancels_it_and_is_counted
         assert counted("504") == 0
         assert metric_value(text, "zipgate_upstream_requests_total", status="cancelled") == 1
         assert metric_value(text, "zipgate_upstream_requests_total", status="timeout") == 0
+
+
+def test_a_client_that_hangs_up_while_the_vendor_is_asked_about_its_model_is_counted_499(
+    vendor: tuple[HangingApp, str],
+) -> None:
+    app, vendor_url = vendor
+    # The model check on: the vendor is asked about the model first, and that question never answers.
+    settings = gateway_settings(
+        None, vendor_url, upstream_timeout_s=300, request_timeout_s=300, upstream_model_check_ttl_s=60
+    )
+    endpoint, path, request = CASES["v2-sidecar"]
+    with running_gateway(settings) as url:
+        before = len(app.arrived)
+        with socket.create_connection(_address(url), timeout=10) as client:
+            client.sendall(raw_request(path, **request))
+            wait_until(lambda: len(app.arrived) > before, timeout_s=30, what="the question at the vendor")
+        assert app.arrived[-1] == "/v2/models/m/ready"
+
+        def counted(status: str) -> float:
+            return metric_value(get(f"{url}/metrics").text, "zipgate_requests_total", endpoint=endpoint, status=status)
+
+        wait_until(lambda: counted("499") == 1, timeout_s=30, what="the request counted as 499")
+        assert counted("504") == 0

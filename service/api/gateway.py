@@ -46,7 +46,7 @@ from service.purify.strength import Strength, StrengthChoice, apply_strength
 from service.shadow.labels import LabelExtractor
 from service.shadow.monitor import build_shadow_monitor
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
-from service.upstream.catalog import ModelCatalog
+from service.upstream.catalog import ModelCatalog, ModelRef
 from service.workers import WorkerPool
 
 T = TypeVar("T")
@@ -247,6 +247,20 @@ class Gateway:
                 asyncio.to_thread(finish_batch, fitted, result.images.split(count), degrade, mirror), ctx, "encoding"
             )
         return PurifiedBatch(votes=pngs, degraded_pngs=degraded, steps=result.steps)
+
+    async def require_model(
+        self, adapter: Upstream, model: ModelRef, headers: Mapping[str, str], ctx: RequestContext
+    ) -> None:
+        """Ask the vendor whether it serves `model` (`ModelCatalog.require`), within the request's deadline,
+        the drain, and until the client hangs up (the question is shared: it goes on for the others).
+
+        Raises:
+            ModelNotFound: the vendor says it does not serve `model`.
+            DeadlineExceeded, NotReady, ClientDisconnected: see `service.api.guard`.
+        """
+        timeout_s = time_left(ctx.deadline, ctx.request_id, "asking the vendor")
+        question = self.models.require(adapter, model, headers, request_id=ctx.request_id, timeout_s=timeout_s)
+        await self._guarded(question, ctx, "asking the vendor", watch_client=True)
 
     async def prepare(self, blobs: list[bytes], ctx: RequestContext, choice: StrengthChoice) -> PreparedImages:
         """Decode and purify images for the vendor (as `choice` says, K times with votes); with purification

@@ -33,7 +33,6 @@ from fastapi.responses import Response
 
 from service.api.deps import ERROR_RESPONSES, PROTOCOL_ERROR_RESPONSES, ContextDep, GatewayDep
 from service.api.gateway import Gateway
-from service.api.guard import time_left
 from service.api.schemas import EXAMPLE_PNG_B64, ProtocolErrorResponse
 from service.api.security import STRENGTH_HEADER, headers_for_vendor
 from service.api.stages import RequestContext
@@ -225,6 +224,7 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
         InvalidShape, UnsupportedMediaType, PayloadTooLarge: the body or an image in it.
         NotReady, Overloaded, DeadlineExceeded, PurificationFailed: from purification.
         UpstreamTimeout, UpstreamError: the vendor could not be reached or timed out.
+        ClientDisconnected: the client hung up while the vendor was asked or called.
     """
     check_vendor_path(request, gateway.settings.upstream_models)
     gateway.require_ready()
@@ -237,13 +237,7 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
         raise PayloadTooLarge(f"{len(blobs)} images in one request; the limit is {limit} (max_images_per_request)")
     # After the cheap checks of the body (a malformed one costs the vendor nothing), before purification.
     if (model := model_ref(request, adapter.protocol)) is not None:
-        await gateway.models.require(
-            adapter,
-            model,
-            headers_for_question(headers),
-            request_id=ctx.request_id,
-            timeout_s=time_left(ctx.deadline, ctx.request_id, "asking the vendor"),
-        )
+        await gateway.require_model(adapter, model, headers_for_question(headers), ctx)
     # The strength's knobs (X-Zipgate-Strength, else the configured default), purified once: a relayed
     # call has one answer, so nothing to vote on.
     prepared = await gateway.prepare(blobs, ctx, choice)
