@@ -1,7 +1,8 @@
 """Sidecar mode: the vendor's own request formats on the vendor's own paths, purified and relayed.
 
 A client only changes the host name: the gateway reads the images out of the vendor-format
-body, purifies them, writes them back in place (all other fields kept), forwards the request
+body, purifies them, writes them back in place (all other fields kept; those must be small, and a
+second field that could hold images is refused: `service.upstream.side_content`), forwards the request
 to the same path (and query) upstream, and relays the vendor's answer unchanged: status, body,
 content type and end-to-end headers. Only the gateway's own failures (bad image, queue full,
 vendor unreachable) answer in the gateway's JSON error shape.
