@@ -8,6 +8,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # tags the wheels in it with it (.../whl/cpu holds torch-2.13.0+cpu), so the requirement pins that tag.
 TORCH_VERSION="2.13.0"
 TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+TORCH_INDEX_URL="${TORCH_INDEX_URL%/}"  # .../whl/cu128/ names the same index
 TORCH_REQUIREMENT="torch==${TORCH_VERSION}+${TORCH_INDEX_URL##*/}"
 
 step() {
