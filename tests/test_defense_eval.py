@@ -249,8 +249,8 @@ def test_report_files_are_written(report_dir: Path) -> None:
     with Image.open(report_dir / "grid-badnets.png") as grid:
         assert grid.format == "PNG" and grid.width > grid.height > 100
     table = (report_dir / "results.md").read_text().splitlines()
-    # per attack: header + (3 defenses × 3 attacks); worst case: header + one row per defense
-    assert sum(line.startswith("| ") for line in table) == (1 + 3 * 3) + (1 + 3)
+    # per attack: header + (every defense × 3 attacks); worst case: header + one row per defense
+    assert sum(line.startswith("| ") for line in table) == (1 + len(Defense) * 3) + (1 + len(Defense))
 
 
 def test_results_json_holds_every_row_and_the_model_meta(report_dir: Path, world: tuple[Path, Path]) -> None:
@@ -271,7 +271,7 @@ def test_results_json_holds_every_row_and_the_model_meta(report_dir: Path, world
 def test_results_json_holds_the_worst_case_of_each_defense(report_dir: Path) -> None:
     results = json.loads((report_dir / "results.json").read_text())
     worst = {entry["defense"]: entry for entry in results["worst_case"]}
-    assert list(worst) == ["none", "blur", "zip"]
+    assert list(worst) == [defense.value for defense in Defense]
     for defense, entry in worst.items():
         rows = [r for r in results["rows"] if r["defense"] == defense]
         assert entry["attacks"] == [a.value for a in ATTACKS]
@@ -280,6 +280,19 @@ def test_results_json_holds_the_worst_case_of_each_defense(report_dir: Path) -> 
         assert entry["max_attack_success_rate_attack"] in entry["attacks"]
     assert worst["none"]["max_clean_accuracy_drop"] == 0.0
     assert "Worst case" in (report_dir / "results.md").read_text()
+    # The cost columns count what ran: 2 ZIP steps (S = 2); the localiser's 5 steps × 2 draws before
+    # the restore's 2; the DiffPure pass's 6 steps after that; none of it for the model-free defenses.
+    forwards = {defense: entry["forwards_per_image"] for defense, entry in worst.items()}
+    assert forwards == {
+        "none": 0,
+        "blur": 0,
+        "shrinkpad": 0,
+        "diffpure": 2,
+        "zip": 2,
+        "local": 12,
+        "local+diffpure": 18,
+    }
+    assert {entry["upstream_calls_per_image"] for entry in worst.values()} == {1}
 
 
 def test_no_defense_rows_match_the_vendor_measured_directly(report_dir: Path, world: tuple[Path, Path]) -> None:

@@ -1,4 +1,9 @@
-"""The defenses under evaluation (none, blur = A⁺A x, ZIP) and how one is applied in process.
+"""The defenses under evaluation and how one is applied in process.
+
+`none` (raw images); the baselines `blur` (A⁺A x), `shrinkpad` (ShrinkPad, Li et al. 2021: shrink
+by a few pixels, pad back at a random offset) and `diffpure` (DiffPure, Nie et al., ICML 2022: noise
+to t and denoise with the prior, no guidance); `zip` (global ZIP); `local` (localise, then restore:
+`service.purify.local_restore`).
 
 A defense maps a batch (N, C, H, W) in [-1, 1] to a batch of the same shape, through the engine
 pipeline the gateway serves with (`service.purify.pipeline`): the batch is fitted to the model's
@@ -15,12 +20,14 @@ import math
 from enum import StrEnum
 
 import torch
+import torch.nn.functional as F
 
+from service.purify.local_restore import LocalRestoreConfig, LocalRestorer, diffpure
 from service.purify.models import EpsModel
 from service.purify.options import ZipConfig
-from service.purify.pipeline import degraded_images, fit_to_model, purify_canvases, restore_images
+from service.purify.pipeline import CanvasPurifier, degraded_images, fit_to_model, purify_canvases, restore_images
 from service.purify.seeds import VOTE_SEED_SHIFT
-from service.purify.zip import ZipPurifier
+from service.purify.zip import EpsFunction, ZipPurifier
 
 SEED_SHIFT = 32
 """Seeds are (seed << 32) + (vote << 20) + position: room for 2²⁰ images and 2¹² votes per seed."""
@@ -31,12 +38,21 @@ class Defense(StrEnum):
 
     NONE = "none"
     BLUR = "blur"
+    SHRINKPAD = "shrinkpad"
+    DIFFPURE = "diffpure"
     ZIP = "zip"
+    LOCAL = "local"
+    LOCAL_DIFFPURE = "local+diffpure"
 
     @property
     def stochastic(self) -> bool:
         """True when repeated runs differ (only then do votes buy anything)."""
-        return self is Defense.ZIP
+        return self not in (Defense.NONE, Defense.BLUR)
+
+    @property
+    def needs_model(self) -> bool:
+        """True when the defense runs the diffusion model."""
+        return self not in (Defense.NONE, Defense.BLUR, Defense.SHRINKPAD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +70,17 @@ class DefenseSetting(ZipConfig):
 
     votes: int = 1
     mirror: bool = False
+    diffpure_noise: float = 0.3
+    shrink_px: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 1 <= self.votes < 1 << (SEED_SHIFT - VOTE_SEED_SHIFT):
             raise ValueError(f"votes must be in [1, {(1 << (SEED_SHIFT - VOTE_SEED_SHIFT)) - 1}], got {self.votes}")
+        if not 0.0 < self.diffpure_noise < 1.0 or self.shrink_px < 1:
+            raise ValueError(
+                f"need diffpure_noise in (0, 1) and shrink_px >= 1, got {self.diffpure_noise}, {self.shrink_px}"
+            )
 
     def purifications(self, defense: Defense) -> int:
         """Defended copies of each image this setting costs: K for ZIP, 1 for a deterministic defense."""
@@ -70,6 +92,14 @@ class DefenseSetting(ZipConfig):
             return (defense,)
         if defense is Defense.BLUR:
             return (defense, self.transforms.split(",")[0].strip(), self.mirror)
+        if defense is Defense.SHRINKPAD:
+            return (defense, self.shrink_px, self.mirror)
+        if defense is Defense.DIFFPURE:
+            return (defense, self.diffpure_noise, self.steps, self.mirror)
+        if defense is Defense.LOCAL:
+            return (defense, self.steps, self.mirror)
+        if defense is Defense.LOCAL_DIFFPURE:
+            return (defense, self.steps, self.diffpure_noise, self.mirror)
         return (defense, *dataclasses.astuple(self.zip_config()), self.mirror)  # every ZIP knob, votes aside
 
     def describe(self) -> str:
@@ -103,6 +133,37 @@ def item_seed(seed: int, vote: int, position: int) -> int:
     return (seed << SEED_SHIFT) + (vote << VOTE_SEED_SHIFT) + position
 
 
+class ForwardCounter:
+    """An ε-model that counts image forwards: each call adds its batch size (the cost column)."""
+
+    def __init__(self, model: EpsModel | EpsFunction) -> None:
+        self.model = model
+        # A plain eps(x, t) callable has neither: ZipPurifier then takes the channels from the input.
+        self.channels = getattr(model, "channels", None)
+        self.sample_size: int | None = getattr(model, "sample_size", None)
+        self.forwards = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.forwards += x.shape[0]
+        return self.model(x, t)
+
+
+def shrink_pad(canvases: torch.Tensor, shrink_px: int, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """ShrinkPad (Li et al., 2021): shrink each canvas by 2·`shrink_px` per side, pad back at a random offset.
+
+    The offset (dy, dx) ∈ [0, 2·shrink_px]² is drawn from each canvas's generator; the padding is
+    the black background (-1).
+    """
+    side = canvases.shape[-1]
+    inner = side - 2 * shrink_px
+    small = F.interpolate(canvases.float(), size=(inner, inner), mode="bilinear", align_corners=False, antialias=True)
+    out = torch.full_like(canvases, -1.0, dtype=torch.float32)
+    for i, generator in enumerate(generators if generators is not None else [None] * len(canvases)):
+        dy, dx = torch.randint(0, 2 * shrink_px + 1, (2,), generator=generator).tolist()
+        out[i, :, dy : dy + inner, dx : dx + inner] = small[i]
+    return out
+
+
 class InProcessDefender:
     """Applies any defense in this process; ZIP purifiers are built once per setting and kept.
 
@@ -112,9 +173,33 @@ class InProcessDefender:
     """
 
     def __init__(self, model: EpsModel | None, device: torch.device | str = "cpu") -> None:
-        self.model = model
+        self.model = None if model is None else ForwardCounter(model)
         self.device = torch.device(device)
         self._purifiers: dict[ZipConfig, ZipPurifier] = {}
+        self._local: dict[LocalRestoreConfig, LocalRestorer] = {}
+
+    @property
+    def forwards(self) -> int:
+        """Image forwards of the ε-model so far (all defenses together)."""
+        return 0 if self.model is None else self.model.forwards
+
+    def _canvas_purifier(self, defense: Defense, setting: DefenseSetting) -> CanvasPurifier:
+        """What purifies a batch of canvases for a defense that runs the ε-model (or ShrinkPad)."""
+        if defense is Defense.SHRINKPAD:
+            return lambda canvases, generators: shrink_pad(canvases, setting.shrink_px, generators)
+        if self.model is None:
+            raise ValueError(f"the {defense.value} defense needs a diffusion model: pass model_path")
+        if defense in (Defense.LOCAL, Defense.LOCAL_DIFFPURE):
+            polish = setting.diffpure_noise if defense is Defense.LOCAL_DIFFPURE else None
+            local = LocalRestoreConfig(steps=setting.steps, polish_noise=polish)
+            if local not in self._local:
+                self._local[local] = LocalRestorer(self.model, local)
+            return self._local[local]
+        if defense is Defense.DIFFPURE:
+            model = self.model
+            walk = ZipConfig(steps=setting.steps, guidance_power=math.inf, noise_start=setting.diffpure_noise)
+            return lambda canvases, generators: diffpure(model, canvases, walk, generators)
+        return self.purifier(setting)
 
     def purifier(self, setting: ZipConfig) -> ZipPurifier:
         """The `ZipPurifier` for a setting's ZIP knobs (transforms, S, λ, η, t*, L, R).
@@ -136,7 +221,7 @@ class InProcessDefender:
             defense: which defense.
             setting: its knobs.
             images: (N, C, H, W) in [-1, 1].
-            seed: the batch's base seed (ZIP only): canvas i uses seed + i, as with the gateway's `?seed=`.
+            seed: the batch's base seed (stochastic defenses): canvas i uses seed + i, as with `?seed=`.
 
         Returns:
             The defended batch, float32 on CPU.
@@ -145,13 +230,12 @@ class InProcessDefender:
             return images.clone()
         # The pipeline's fit, the gateway's: padded when smaller, resized when larger, small ones tiled;
         # so blur degrades at the resolution ZIP keeps.
-        size = self.model.sample_size if self.model is not None else images.shape[-1]
+        size = (self.model.sample_size if self.model is not None else None) or images.shape[-1]
         fitted = fit_to_model(list(images), size)
         if defense is Defense.BLUR:
             defended = degraded_images(fitted, setting.transforms)
         else:
-            defended = restore_images(
-                fitted, purify_canvases(self.purifier(setting), fitted.canvases, seed, self.device)
-            )
+            purifier = self._canvas_purifier(defense, setting)
+            defended = restore_images(fitted, purify_canvases(purifier, fitted.canvases, seed, self.device))
         batch = torch.stack(defended).float()
         return batch.flip(-1) if setting.mirror else batch

@@ -40,6 +40,7 @@ class ResultRow:
         purifications_per_image: defended copies per image (K for ZIP with votes, else 1).
         upstream_calls_per_image: vendor calls per image (one per defended copy).
         purify_s_per_image: measured seconds of defense compute per image (× K), 0 for `none`.
+        forwards_per_image: counted ε-model forwards per image (× K), 0 without the model.
     """
 
     attack: Attack
@@ -49,6 +50,7 @@ class ResultRow:
     purifications_per_image: int
     upstream_calls_per_image: int
     purify_s_per_image: float
+    forwards_per_image: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,7 @@ def results_json(report: EvalReport) -> dict[str, Any]:
             "purifications_per_image": row.purifications_per_image,
             "upstream_calls_per_image": row.upstream_calls_per_image,
             "purify_s_per_image": round(row.purify_s_per_image, 4),
+            "forwards_per_image": round(row.forwards_per_image, 2),
         }
         for row in report.rows
     ]
@@ -165,6 +168,8 @@ def _worst_case_json(worst: WorstCaseRow) -> dict[str, Any]:
         **extreme("min_poisoned_accuracy", worst.min_poisoned_accuracy),
         **extreme("min_clean_accuracy", worst.min_clean_accuracy),
         "purifications_per_image": worst.purifications_per_image,
+        "forwards_per_image": round(worst.forwards_per_image, 2),
+        "upstream_calls_per_image": worst.upstream_calls_per_image,
     }
 
 
@@ -177,6 +182,14 @@ def _setting_cell(defense: Defense, setting: DefenseSetting) -> str:
         return "—"
     if defense is Defense.BLUR:
         return f"A⁺A x, {setting.transforms.split(',')[0]}"
+    if defense is Defense.SHRINKPAD:
+        return f"shrink {setting.shrink_px} px, pad back"
+    if defense is Defense.DIFFPURE:
+        return f"t = {setting.diffpure_noise:g}·T, S={setting.steps}"
+    if defense is Defense.LOCAL:
+        return f"localise + restore, S={setting.steps}"
+    if defense is Defense.LOCAL_DIFFPURE:
+        return f"localise + restore, S={setting.steps}; DiffPure t = {setting.diffpure_noise:g}·T"
     return setting.describe()
 
 
@@ -191,14 +204,16 @@ def _extreme_cell(extreme: Extreme, signed: bool = False) -> str:
 def render_worst_case(report: EvalReport) -> str:
     """The worst-case rows as a markdown table: one per (defense, setting), over the evaluated attacks."""
     lines = [
-        "| defense | setting | attacks | max ASR | worst ΔCA vs none | min PA | min CA |",
-        "|---|---|---|---|---|---|---|",
+        "| defense | setting | attacks | max ASR | worst ΔCA vs none | min PA | min CA | forwards / image "
+        "| vendor calls / image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for worst in report.worst_case():
         lines.append(
             f"| {worst.defense.value} | {_setting_cell(worst.defense, worst.setting)} | {len(worst.attacks)} | "
             f"{_extreme_cell(worst.max_attack_success_rate)} | {_extreme_cell(worst.max_clean_accuracy_drop, True)} | "
-            f"{_extreme_cell(worst.min_poisoned_accuracy)} | {_extreme_cell(worst.min_clean_accuracy)} |"
+            f"{_extreme_cell(worst.min_poisoned_accuracy)} | {_extreme_cell(worst.min_clean_accuracy)} | "
+            f"{worst.forwards_per_image:.1f} | {worst.upstream_calls_per_image} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -206,8 +221,9 @@ def render_worst_case(report: EvalReport) -> str:
 def render_markdown(report: EvalReport) -> str:
     """The results as markdown: one row per (setting, defense, attack), ΔCA against `none`; then the worst case."""
     lines = [
-        "| attack | defense | setting | CA | ASR | PA | ΔCA vs none | purifications / image | s / image |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| attack | defense | setting | CA | ASR | PA | ΔCA vs none | purifications / image | s / image "
+        "| forwards / image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report.rows:
         try:
@@ -219,7 +235,7 @@ def render_markdown(report: EvalReport) -> str:
             f"| {row.attack.value} | {row.defense.value} | {_setting_cell(row.defense, row.setting)} | "
             f"{_rate(row.scores.clean_accuracy)} | "
             f"{_rate(row.scores.attack_success_rate)} | {_rate(row.scores.poisoned_accuracy)} | {delta} | "
-            f"{row.purifications_per_image} | {row.purify_s_per_image:.3f} |"
+            f"{row.purifications_per_image} | {row.purify_s_per_image:.3f} | {row.forwards_per_image:.1f} |"
         )
     first = report.rows[0].scores if report.rows else None
     if first is not None:

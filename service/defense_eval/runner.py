@@ -166,6 +166,7 @@ class _Judge:
     gateway_answers: dict[tuple[SetKey, int], torch.Tensor] = field(default_factory=dict)
     seconds: dict[tuple[object, ...], float] = field(default_factory=dict)
     images: dict[tuple[object, ...], int] = field(default_factory=dict)
+    forwards: dict[tuple[object, ...], int] = field(default_factory=dict)
     progress: EvalProgress | None = None
 
     def _in_batches(
@@ -174,7 +175,7 @@ class _Judge:
         """`step(batch, first position)` over set `key` in batches, with a progress bar and timing."""
         images = self.sets[key].images
         outputs: list[torch.Tensor] = []
-        started = time.monotonic()
+        started, forwards_before = time.monotonic(), self.defender.forwards
         desc = f"{what} {'clean' if key is None else key.value}"
         with tqdm(
             total=len(images),
@@ -191,6 +192,7 @@ class _Judge:
                 bar.update(len(batch))
         self.seconds[timer] = self.seconds.get(timer, 0.0) + time.monotonic() - started
         self.images[timer] = self.images.get(timer, 0) + len(images)
+        self.forwards[timer] = self.forwards.get(timer, 0) + self.defender.forwards - forwards_before
         return torch.cat(outputs)
 
     def defend(self, key: SetKey, defense: Defense, setting: DefenseSetting, vote: int) -> torch.Tensor:
@@ -244,6 +246,11 @@ class _Judge:
         """Measured defense seconds per image and purification (through a gateway: per round trip)."""
         key = _GATEWAY_TIMER if self.gateway is not None and defense is Defense.ZIP else setting.output_key(defense)
         return self.seconds.get(key, 0.0) / max(1, self.images.get(key, 0))
+
+    def forwards_per_image(self, defense: Defense, setting: DefenseSetting) -> float:
+        """Counted ε-model forwards per image and purification (through a gateway: not counted, 0)."""
+        key = setting.output_key(defense)
+        return self.forwards.get(key, 0) / max(1, self.images.get(key, 0))
 
 
 def _image_sets(split: Split, attacks: Sequence[Attack]) -> dict[SetKey, Split]:
@@ -333,7 +340,7 @@ def run_eval(options: EvalOptions) -> EvalReport:
             if local_defenses
         }
         model, model_meta = None, _model_meta(options)  # read before loading: a trainer may re-export meanwhile
-        if Defense.ZIP in local_defenses:
+        if any(defense.needs_model for defense in local_defenses):
             model = load_eps_model(options.model_path, options.device, options.dtype.resolve(options.device))
         judge = _Judge(
             options, _image_sets(split, options.vendors), InProcessDefender(model, options.device), vendors, gateway
@@ -369,6 +376,7 @@ def run_eval(options: EvalOptions) -> EvalReport:
                             count,
                             count,
                             count * judge.seconds_per_image(defense, setting),
+                            count * judge.forwards_per_image(defense, setting),
                         )
                     )
                     if options.progress:

@@ -45,6 +45,8 @@ class WorstCaseRow:
         max_attack_success_rate, max_clean_accuracy_drop, min_poisoned_accuracy: see the module.
         min_clean_accuracy: the lowest CA of any vendor (not a drop: vendors differ without defense).
         purifications_per_image: as in the rows aggregated.
+        forwards_per_image: the most ε-model forwards per image among them.
+        upstream_calls_per_image: vendor calls per image, as in the rows.
     """
 
     defense: Defense
@@ -55,6 +57,8 @@ class WorstCaseRow:
     min_poisoned_accuracy: Extreme
     min_clean_accuracy: Extreme
     purifications_per_image: int
+    forwards_per_image: float = 0.0
+    upstream_calls_per_image: int = 1
 
 
 def _extreme(rows: Sequence[ResultRow], value: Callable[[ResultRow], float], pick: Callable[..., float]) -> Extreme:
@@ -104,6 +108,8 @@ def worst_case_rows(rows: Sequence[ResultRow]) -> tuple[WorstCaseRow, ...]:
             min_poisoned_accuracy=_extreme(group, lambda row: row.scores.poisoned_accuracy, min),
             min_clean_accuracy=_extreme(group, lambda row: row.scores.clean_accuracy, min),
             purifications_per_image=group[0].purifications_per_image,
+            forwards_per_image=max(row.forwards_per_image for row in group),
+            upstream_calls_per_image=group[0].upstream_calls_per_image,
         )
         for group in groups.values()
     )

@@ -31,7 +31,7 @@ EpsFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def _as_eps_function(model: object) -> EpsFunction:
+def as_eps_function(model: object) -> EpsFunction:
     """Accept an `EpsModel`, any `eps(x, t)` callable, or a bare diffusers UNet2DModel."""
     from diffusers import UNet2DModel  # local: keeps `import service.purify.zip` light for plain callables
 
@@ -91,7 +91,7 @@ class ZipPurifier:
         betas: torch.Tensor | None = None,
     ) -> None:
         self.config = config = ZipConfig() if config is None else config
-        self.eps = _as_eps_function(model)
+        self.eps = as_eps_function(model)
         self.channels: int | None = getattr(model, "channels", None) or getattr(
             getattr(model, "config", None), "in_channels", None
         )
