@@ -258,7 +258,10 @@ class Settings(BaseSettings):
     )
     shadow_max_inflight: int = Field(4, ge=1, description="Shadow vendor calls at once; more are dropped.")
     shadow_max_labels: int = Field(
-        100, ge=1, description="Distinct labels in the disagreement metric; later ones are counted as 'other'."
+        100,
+        ge=1,
+        description="Distinct labels in the disagreement metric; later ones are counted as 'other'. Each is "
+        "bounded first: over 64 characters or unprintable, it is 'h:' + 12 hex digits of its SHA-256.",
     )
     shadow_capture_dir: Path | None = Field(
         None,
@@ -266,7 +269,10 @@ class Settings(BaseSettings):
         "images and vendor answers here (stores user images; see README).",
     )
     shadow_capture_max_files: int = Field(
-        5000, ge=5, description="Files the capture folder holds at most (5 per record); the oldest records go first."
+        5000,
+        ge=5,
+        description="Files the capture folder holds at most (5 per record); the oldest records go first "
+        "(records deleted by hand are dropped from the count).",
     )
     shadow_capture_max_bytes: int = Field(
         256 * 1024 * 1024, ge=1, description="Bytes the capture folder holds at most; the oldest records go first."

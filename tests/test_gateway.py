@@ -137,6 +137,22 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(
     assert timing["upstream"] > 0 and timing["purify"] > 0
 
 
+def test_vote_labels_keep_the_vendors_label_type(gateway: tuple[str, Settings]) -> None:
+    """The demo vendor's labels are integers, in every protocol: so is each vote's label, as in predictions[]."""
+    url, _ = gateway
+    images = [png_bytes(seed=seed) for seed in range(3)]
+    response = post(f"{url}/predict", params={"votes": 3, "seed": 5}, files=_files(*images))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    rows = body["purification"]["vote_labels"]
+    assert len(rows) == len(images) and all(len(row) == 3 for row in rows)
+    for row, prediction in zip(rows, body["predictions"], strict=True):
+        assert all(type(label) is int for label in row), row  # 9, not '9'
+        assert type(prediction["label"]) is int
+        winner = max(row, key=lambda label: (row.count(label), -row.index(label)))
+        assert prediction["label"] == winner  # the majority, compared as the vendor typed it
+
+
 def test_predict_accepts_json_base64_and_makes_a_request_id(gateway: tuple[str, Settings]) -> None:
     url, _ = gateway
     response = post(f"{url}/predict", json={"images": [base64.b64encode(png_bytes(seed=3)).decode()]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,100 @@ def test_votes_that_would_overflow_the_queue_are_refused_with_the_reason(tmp_pat
     assert refused.status_code == 413 and "3 images × votes=3 = 9" in refused.json()["error"]["message"]
     assert accepted.status_code == 200 and accepted.json()["purification"]["votes"] == 2
     assert len(vendor.request_ids) == 2 * 3  # only the accepted request reached the vendor: 2 votes × 3 images
+
+
+class LongLabelVendor:
+    """Raw-protocol vendor whose every answer is a label of `label_chars` characters, a different one per call."""
+
+    def __init__(self, label_chars: int) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.app = FastAPI()
+
+        @self.app.post("/predict")
+        async def predict(request: Request) -> JSONResponse:
+            await request.body()
+            with self.lock:
+                self.calls += 1
+                call = self.calls
+            return JSONResponse({"label": f"{call}:" + "L" * label_chars})
+
+
+def test_vendor_labels_of_200_kb_leave_metrics_capture_and_responses_bounded(tmp_path: Path) -> None:
+    vendor = LongLabelVendor(200_000)
+    capture = tmp_path / "capture"
+    requests = 40
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
+            gateway_settings(tmp_path, vendor_url, shadow_rate=1.0, shadow_capture_dir=capture, max_votes=3),
+            purifier_factory=lambda device: TriggerRemover(),
+        ) as url,
+    ):
+        for seed in range(requests):
+            assert _post(url, _png(True, seed)).status_code == 200
+        wait_until(
+            lambda: metric_sum(_metrics(url), "zipgate_shadow_comparisons_total") == requests,
+            timeout_s=60.0,
+            what=f"{requests} comparisons",
+        )
+        scrape = httpx.get(f"{url}/metrics", timeout=10.0)
+        voted = httpx.post(
+            f"{url}/predict?votes=3", files=[("image", ("x.png", _png(False), "image/png"))], timeout=30.0
+        )
+    assert len(scrape.content) < 100_000, len(scrape.content)
+    shadow_series = [line for line in scrape.text.splitlines() if line.startswith("zipgate_shadow_")]
+    assert metric_sum(scrape.text, "zipgate_shadow_disagreements_total") == requests  # every pair differed
+    for line in shadow_series:
+        for value in line[line.find("{") + 1 : line.rfind("}")].split(",") if "{" in line else []:
+            label = value.split("=", 1)[1].strip('"')
+            assert len(label) <= 64 and label.isprintable(), line[:200]
+    hashed = [line for line in shadow_series if 'raw_label="h:' in line]
+    assert len(hashed) >= 2 * requests  # comparisons and disagreements, each label under its own hash
+    # Capture files name the labels as the metrics do; the vendor's whole answer is the evidence beside them.
+    records = sorted(capture.iterdir())
+    assert records
+    for record in records:
+        meta = json.loads((record / "meta.json").read_text())
+        assert meta["raw_label"].startswith("h:") and len(meta["raw_label"]) == 14
+        assert len(json.loads((record / "raw_response.json").read_text())["label"]) > 200_000
+    # A response's vote labels are bounded too (the predictions are the vendor's, relayed as they are).
+    assert voted.status_code == 200
+    labels = voted.json()["purification"]["vote_labels"]
+    assert all(isinstance(label, str) and label.startswith("h:") and len(label) == 14 for label in labels[0])
+
+
+def test_deleting_a_captured_record_by_hand_does_not_stop_capture(tmp_path: Path) -> None:
+    vendor = BackdooredVendor()
+    capture = tmp_path / "capture"
+    with (
+        serve_asgi(vendor.app) as vendor_url,
+        running_gateway(
+            gateway_settings(
+                tmp_path, vendor_url, shadow_rate=1.0, shadow_capture_dir=capture, shadow_capture_max_files=15
+            ),
+            purifier_factory=lambda device: TriggerRemover(),
+        ) as url,
+    ):
+
+        def compared() -> float:
+            return metric_value(_metrics(url), "zipgate_shadow_comparisons_total", raw_label=TARGET)
+
+        def disagree(count: int, first_seed: int) -> None:
+            for seed in range(first_seed, first_seed + count):
+                expected = compared() + 1
+                assert _post(url, _png(True, seed)).status_code == 200
+                # One at a time, so that every comparison (and its record) is done before the next.
+                wait_until(lambda expected=expected: compared() == expected, what="the comparison")
+
+        disagree(3, 0)  # the ring is full: 3 records of 5 files
+        records = sorted(capture.iterdir())
+        assert len(records) == 3
+        shutil.rmtree(records[0])  # the oldest, as an analyst would after looking at it
+        disagree(4, 3)
+        text = _metrics(url)
+        after = sorted(capture.iterdir())
+    assert metric_value(text, "zipgate_shadow_capture_disabled") == 0
+    assert metric_value(text, "zipgate_shadow_captured_total") == 7  # every disagreement, before and after
+    assert len(after) == 3 and not set(after) & set(records)  # the ring went on: the 3 newest records
+    assert all(len(list(record.iterdir())) == 5 for record in after)

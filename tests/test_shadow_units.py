@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,17 @@ from prometheus_client import CollectorRegistry
 
 from service.errors import UpstreamError
 from service.shadow.capture import FILES_PER_RECORD, CaptureLimits, CaptureRing, FlaggedImage
-from service.shadow.labels import OTHER_LABEL, LabelCap, LabelExtractor, LabelSpecError
+from service.shadow.labels import (
+    HASHED_LABEL_PREFIX,
+    MAX_LABEL_CHARS,
+    OTHER_LABEL,
+    LabelCap,
+    LabelExtractor,
+    LabelSpecError,
+    bounded_label,
+    bounded_vendor_label,
+    label_key,
+)
 from service.shadow.monitor import SHADOW_REQUEST_SUFFIX, ShadowConfig, ShadowJob, ShadowMetrics, ShadowMonitor
 from service.upstream import UpstreamResult
 
@@ -40,7 +51,53 @@ from service.upstream import UpstreamResult
     ],
 )
 def test_label_extractor_reads_paths_and_argmax(spec: str, prediction: Any, expected: str | None) -> None:
-    assert LabelExtractor.parse(spec)(prediction) == expected
+    extractor = LabelExtractor.parse(spec)
+    assert extractor(prediction) == expected
+    value = extractor.read(prediction)  # the same label with the vendor's type
+    assert (value is None) == (expected is None)
+    assert value is None or (label_key(value) == expected and type(value) in (int, float, str))
+
+
+@pytest.mark.parametrize(
+    ("prediction", "expected"),
+    [({"label": 9}, 9), ({"label": "9"}, "9"), ({"label": 9.0}, 9.0), ({"label": ""}, None), ({"label": None}, None)],
+)
+def test_label_extractor_reads_the_vendors_type(prediction: Any, expected: Any) -> None:
+    value = LabelExtractor.parse("label").read(prediction)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "x" * (MAX_LABEL_CHARS + 1),
+        "x" * 200_000,
+        "a\nb",
+        "tab\there",
+        "\x00",
+        "\x1b[31mred",
+        "bidi\u202eevil",
+        "lone \ud800 surrogate",
+        "zero\u200bwidth",
+    ],
+)
+def test_long_or_unprintable_labels_become_a_short_stable_hash(label: str) -> None:
+    bounded = bounded_label(label)
+    assert bounded.startswith(HASHED_LABEL_PREFIX) and len(bounded) == len(HASHED_LABEL_PREFIX) + 12
+    assert bounded == bounded_label(label)  # stable: the same label gives the same series
+    assert bounded.isprintable() and bounded != bounded_label(label + "x")
+    assert bounded_vendor_label(label) == bounded
+
+
+@pytest.mark.parametrize("label", ["7", "cat", "ankle boot", "x" * MAX_LABEL_CHARS, "Ärmel", "猫"])
+def test_short_printable_labels_pass_unchanged(label: str) -> None:
+    assert bounded_label(label) == label and bounded_vendor_label(label) == label
+
+
+def test_a_vendor_label_keeps_its_type_unless_its_text_is_too_long() -> None:
+    assert bounded_vendor_label(9) == 9 and bounded_vendor_label(9.0) == 9.0 and bounded_vendor_label(None) is None
+    assert bounded_vendor_label(10 ** (MAX_LABEL_CHARS - 1)) == 10 ** (MAX_LABEL_CHARS - 1)  # 64 digits
+    assert bounded_vendor_label(10**MAX_LABEL_CHARS) == bounded_label(str(10**MAX_LABEL_CHARS))  # 65 digits
 
 
 @pytest.mark.parametrize("spec", ["a..b", "a.b c", "x.$y", "argmax:a-.[0]"])
@@ -97,6 +154,22 @@ def test_capture_ring_resumes_its_accounting_after_a_restart(tmp_path: Path) -> 
     assert second.record_count() == 2 and not (tmp_path / ".tmp-crashed").exists()
     second.write(_flagged("c"))
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_capture_ring_skips_records_deleted_by_hand_and_corrects_its_accounting(tmp_path: Path) -> None:
+    ring = CaptureRing(tmp_path, CaptureLimits(max_files=3 * FILES_PER_RECORD, max_bytes=10**9, min_free_bytes=0))
+    first, second, third = (ring.write(_flagged(f"r{i}")) for i in range(3))
+    assert first and second and third
+    shutil.rmtree(first)  # the oldest, as an analyst would after looking at it
+    shutil.rmtree(third)  # and one that is not next in line
+    fourth = ring.write(_flagged("r3"))
+    assert fourth is not None and not ring.disabled
+    # Both gone records left the accounting; the one still there was not pushed out in their place.
+    assert ring.record_count() == 2 and sorted(tmp_path.iterdir()) == [second, fourth]
+    assert ring.total_bytes() == sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+    for i in range(4, 8):  # and the ring goes on evicting as before
+        assert ring.write(_flagged(f"r{i}")) is not None
+    assert ring.record_count() == 3 and len(list(tmp_path.iterdir())) == 3 and not ring.disabled
 
 
 def test_capture_disables_itself_on_io_errors_and_never_raises(tmp_path: Path) -> None:
@@ -169,6 +242,24 @@ async def test_monitor_counts_agreements_and_disagreements_by_label_pair(tmp_pat
     assert _value(registry, "zipgate_shadow_captured_total") == 1
     (record,) = list(tmp_path.iterdir())
     assert json.loads((record / "meta.json").read_text())["image_index"] == 0
+
+
+async def test_monitor_bounds_vendor_labels_before_metrics_and_capture(tmp_path: Path) -> None:
+    long_raw, unprintable = "7" * 200_000, "evil\r\n# TYPE fake counter"
+    upstream = _ScriptedUpstream([long_raw, unprintable])
+    monitor, registry = _monitor(upstream, tmp_path, rate=1.0)
+    monitor.submit(_job([1, unprintable]))
+    await monitor.wait_idle()
+    hashed_raw = bounded_label(long_raw)
+    assert _value(registry, "zipgate_shadow_comparisons_total", raw_label=hashed_raw) == 1
+    assert _value(registry, "zipgate_shadow_disagreements_total", raw_label=hashed_raw, purified_label="1") == 1
+    # The same unprintable label on both sides: compared in full, one agreement, under its hash.
+    assert _value(registry, "zipgate_shadow_comparisons_total", raw_label=bounded_label(unprintable)) == 1
+    assert _value(registry, "zipgate_shadow_disagreements_total", raw_label=bounded_label(unprintable)) == 0
+    (record,) = list(tmp_path.iterdir())
+    meta = json.loads((record / "meta.json").read_text())
+    assert (meta["raw_label"], meta["purified_label"]) == (hashed_raw, "1")
+    assert json.loads((record / "raw_response.json").read_text()) == {"label": long_raw}  # the evidence, whole
 
 
 async def test_monitor_counts_unlabelled_answers_and_failures_without_raising() -> None:

@@ -198,7 +198,7 @@ def test_a_sidecar_request_picks_its_strength_with_a_header_the_vendor_never_see
                 f"{url}/predict", content=_png(), headers={"content-type": "image/png", **headers}, timeout=30.0
             )
 
-        light = sidecar(**{"X-Zipgate-Strength": "Light"})
+        light = sidecar(**{"X-Zipgate-Strength": "light"})
         assert light.status_code == 200 and light.json() == {"label": 1}  # the vendor's answer, relayed
         variant = purifier.variants[-1]
         assert isinstance(variant, ZipConfig) and variant.noise_start == 0.6
@@ -207,5 +207,59 @@ def test_a_sidecar_request_picks_its_strength_with_a_header_the_vendor_never_see
         strict = sidecar(**{"X-Zipgate-Strength": "strict"})
         assert strict.status_code == 200 and vendor.calls == 3  # one relayed call: no votes
         bad = sidecar(**{"X-Zipgate-Strength": "maximal"})
-        assert bad.status_code == 400 and "X-Zipgate-Strength" in bad.json()["error"]["message"]
+        assert bad.status_code == 422 and "X-Zipgate-Strength" in bad.json()["error"]["message"]
         assert vendor.calls == 3 and len(purifier.variants) == 3  # refused before any work
+
+
+@pytest.mark.parametrize("spelling", ["STRICT", "Strict", "sTRICT"])
+def test_strength_has_one_spelling_in_the_query_and_in_the_header(tmp_path: Path, spelling: str) -> None:
+    """Both take the presets' names exactly, in lower case; any other spelling is the same 422, before any work."""
+    with _gateway(tmp_path) as (url, vendor, purifier):
+        query = _predict(url, strength=spelling)
+        header = httpx.post(
+            f"{url}/predict",
+            content=_png(),
+            headers={"content-type": "image/png", "X-Zipgate-Strength": spelling},
+            timeout=30.0,
+        )
+        for response, name in ((query, "strength"), (header, "X-Zipgate-Strength")):
+            assert response.status_code == 422, (name, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "invalid_request" and name in error["message"], error
+        assert vendor.calls == 0 and purifier.variants == []
+        # The exact spelling passes both ways.
+        assert _predict(url, strength="strict").json()["purification"]["strength"] == "strict"
+        exact = httpx.post(
+            f"{url}/predict",
+            content=_png(),
+            headers={"content-type": "image/png", "X-Zipgate-Strength": "strict"},
+            timeout=30.0,
+        )
+        assert exact.status_code == 200 and exact.json() == {"label": 1}
+
+
+@pytest.mark.parametrize("value", ["3_0", "+3", " 3", "3 ", "3.0", "3e0", "0x3", "\u0663", "\uff13", ""])
+def test_integer_query_parameters_take_ascii_digits_only(tmp_path: Path, value: str) -> None:
+    """Python's int() (and pydantic's lax int) read "3_0" as 30 and "٣" as 3: the gateway refuses what is not
+    plain digits, with a 422 that names the parameter, before any work."""
+    with _gateway(tmp_path, max_votes=50) as (url, vendor, purifier):
+        for name in ("votes", "seed"):
+            response = _predict(url, **{name: value})
+            assert response.status_code == 422, (name, value, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "invalid_request" and f"query.{name}" in error["message"], error
+        assert vendor.calls == 0 and purifier.variants == []
+        assert _predict(url, votes="3", seed="30").json()["purification"]["votes"] == 3
+
+
+@pytest.mark.parametrize("value", ["1_0", "+5", "0x10", "\u0665", "5.", ".5"])
+def test_the_request_timeout_header_takes_plain_numbers_only(tmp_path: Path, value: str) -> None:
+    with _gateway(tmp_path) as (url, vendor, purifier):
+        files = [("image", ("x.png", _png(), "image/png"))]
+        headers = {"X-Request-Timeout": value.encode()}  # UTF-8: a header may carry any byte
+        response = httpx.post(f"{url}/predict", files=files, headers=headers, timeout=30.0)
+        if value in ("5.", ".5"):  # plain decimals, as JSON numbers almost are
+            assert response.status_code == 200, response.text
+            return
+        assert response.status_code == 400 and "X-Request-Timeout" in response.json()["error"]["message"]
+        assert vendor.calls == 0

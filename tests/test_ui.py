@@ -16,6 +16,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from fastapi.templating import Jinja2Templates
 from PIL import Image
 from starlette.requests import Request
@@ -103,6 +105,39 @@ def test_a_request_error_shows_on_the_form_with_its_status(gateway_url: str) -> 
         f"{gateway_url}/ui/try", files=[("image", ("x.png", png_bytes(), "image/png"))], data={"votes": "0"}
     )
     assert response.status_code == 400 and "at least 1" in response.text
+
+
+def test_numbers_on_the_pages_follow_the_apis_rule(gateway_url: str) -> None:
+    """Votes in the form and ?page= are ASCII digits, as ?votes= is: "3_0" is refused, not read as 30."""
+    for votes in ("3_0", " 3", "+3", "\u0663"):
+        response = post(
+            f"{gateway_url}/ui/try", files=[("image", ("x.png", png_bytes(), "image/png"))], data={"votes": votes}
+        )
+        assert response.status_code == 400 and "at least 1" in response.text, votes
+    for page in ("1_0", "+1", "1.0"):
+        assert get(f"{gateway_url}/ui/captures", params={"page": page}).status_code == 422, page
+    assert get(f"{gateway_url}/ui/captures", params={"page": "1"}).status_code == 200
+
+
+def test_try_shows_a_hostile_vendors_labels_bounded(models: tuple[Path, Path]) -> None:
+    """A vendor that answers 200 KB labels: the page shows each label as its short hash, and each answer cut."""
+    calls = iter(range(10**6))
+    vendor = FastAPI()
+
+    @vendor.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"label": f"{next(calls)}:" + "L" * 200_000})
+
+    with serve_asgi(vendor) as vendor_url, running_gateway(gateway_settings(models[0], vendor_url)) as url:
+        response = post(f"{url}/ui/try", files=[("image", ("x.png", png_bytes(), "image/png"))], data={"votes": "3"})
+    assert response.status_code == 200, response.text[:500]
+    html = response.text
+    labels = re.findall(r'<span class="label">([^<]*)</span>', html)
+    assert len(labels) == 2 and all(re.fullmatch(r"h:[0-9a-f]{12}", label) for label in labels), labels
+    (votes,) = re.findall(r'<p class="votes">votes: ([^<]*)</p>', html)
+    assert all(re.fullmatch(r"h:[0-9a-f]{12}", label) for label in votes.split(", ")), votes
+    assert len(html) < 100_000, len(html)  # two answers cut to 2,000 characters, no 200 KB label
 
 
 def test_the_pages_need_the_key_but_the_stylesheet_does_not(models: tuple[Path, Path]) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
-from pydantic import WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from service.api.gateway import Gateway
 from service.api.logging import REQUEST_ID
@@ -42,11 +43,33 @@ PROTOCOL_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in _ERROR_DESCRIPTIONS.items()
 }
 
+# Numbers in a query or header are written one way: ASCII digits (an integer, a leading minus allowed so
+# that a range check can name the range), a number also with a decimal point and an exponent. Python's
+# int() and float(), and pydantic's lax int, also read "3_0" (30), " 3", "+3", "3.0" and non-ASCII
+# digits: a typo would then run a different request than the client meant, so those are refused.
+_PLAIN_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+_PLAIN_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def is_plain_integer(text: str) -> bool:
+    """Whether `text` is an integer as the gateway reads one: ASCII digits, perhaps a leading minus."""
+    return _PLAIN_INTEGER.fullmatch(text) is not None
+
+
+def _plain_integer(value: object) -> object:
+    """Pydantic's before-validator for integer query parameters (a 422 that names the parameter)."""
+    if isinstance(value, str) and not is_plain_integer(value):
+        raise ValueError("must be an integer written in ASCII digits, e.g. 3 (no '+', spaces, '_' or '.')")
+    return value
+
+
+# For an integer query parameter: Annotated[int, Field(<bounds>), PLAIN_INTEGER] (the bounds before it,
+# or the OpenAPI schema loses its minimum and maximum).
+PLAIN_INTEGER = BeforeValidator(_plain_integer)
+
 SeedQuery = Annotated[
-    int | None,
+    Annotated[int, Field(ge=0, le=MAX_SEED), PLAIN_INTEGER] | None,
     Query(
-        ge=0,
-        le=MAX_SEED,
         description=(
             "Noise seed: the same seed gives the same purified image (image i uses seed + i). Default: random."
         ),
@@ -84,10 +107,7 @@ def request_context(request: Request, gateway: Gateway, seed: int | None, timeou
     settings = gateway.settings
     timeout_s = settings.request_timeout_s
     if timeout_header is not None:
-        try:
-            timeout_s = float(timeout_header)
-        except ValueError:
-            timeout_s = math.nan
+        timeout_s = float(timeout_header) if _PLAIN_NUMBER.fullmatch(timeout_header) else math.nan
         if not (math.isfinite(timeout_s) and timeout_s > 0):
             raise BadRequest(f"{TIMEOUT_HEADER} must be a positive number of seconds, got {timeout_header!r}")
         timeout_s = min(timeout_s, settings.max_request_timeout_s)  # "within a maximum": capped, not refused

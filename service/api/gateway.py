@@ -43,7 +43,7 @@ from service.errors import (
 from service.metrics import GatewayMetrics, Stage
 from service.purify.seeds import vote_canvas_seeds
 from service.purify.strength import Strength, StrengthChoice, apply_strength
-from service.shadow.labels import LabelExtractor
+from service.shadow.labels import LabelExtractor, VendorLabel
 from service.shadow.monitor import build_shadow_monitor
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
 from service.upstream.catalog import ModelCatalog, ModelRef
@@ -153,7 +153,7 @@ class Gateway:
         return choice
 
     def purification_info(
-        self, steps: int, choice: StrengthChoice, vote_labels: list[list[str | None]] | None = None
+        self, steps: int, choice: StrengthChoice, vote_labels: list[list[VendorLabel | None]] | None = None
     ) -> PurificationInfo:
         """The response's `purification` block."""
         engine = self.engine

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from pydantic import Field
 
-from service.api.deps import ERROR_RESPONSES, ContextDep, GatewayDep
+from service.api.deps import ERROR_RESPONSES, PLAIN_INTEGER, ContextDep, GatewayDep
 from service.api.inputs import InputKind, input_kind, read_images
 from service.api.routes_sidecar import RELAYED_RESPONSE, relay
 from service.api.schemas import (
@@ -46,9 +47,8 @@ _IMAGES_OPENAPI: dict[str, Any] = {
 _RAW_IMAGE_OPENAPI: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 PURIFY_STEPS_HEADER = "X-Purification-Steps"
 VotesQuery = Annotated[
-    int | None,
+    Annotated[int, Field(ge=1), PLAIN_INTEGER] | None,
     Query(
-        ge=1,
         description=(
             "Purify each image K times (K seeds), ask the vendor K times, answer with the majority label's response "
             "(ties: the label voted first). Default: the gateway's `votes`; at most its `max_votes`."

@@ -38,7 +38,7 @@ from service.api.schemas import EXAMPLE_PNG_B64, ProtocolErrorResponse
 from service.api.security import STRENGTH_HEADER, headers_for_vendor
 from service.api.stages import RequestContext
 from service.config import model_name_problem
-from service.errors import BadRequest, ModelNotFound, PayloadTooLarge
+from service.errors import BadRequest, InvalidShape, ModelNotFound, PayloadTooLarge
 from service.purify.strength import Strength
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, VendorBody
 from service.upstream.catalog import ModelRef
@@ -203,17 +203,22 @@ def headers_for_question(headers: dict[str, str]) -> dict[str, str]:
 def sidecar_strength(request: Request) -> Strength | None:
     """The strength a sidecar request asks for in X-Zipgate-Strength (None: the gateway's default).
 
+    The same rule as `?strength=`: one of the presets' names exactly, in lower case ("STRICT" is
+    refused by both, with the same 422).
+
     Raises:
-        BadRequest: a value that names no preset.
+        InvalidShape: a value that names no preset (422, as `?strength=` answers).
     """
     value = request.headers.get(STRENGTH_HEADER)
     if value is None:
         return None
     try:
-        return Strength(value.strip().lower())
+        return Strength(value)
     except ValueError:
         known = ", ".join(s.value for s in Strength)
-        raise BadRequest(f"{STRENGTH_HEADER}: {value!r} is not a strength; use one of {known}") from None
+        raise InvalidShape(
+            f"{STRENGTH_HEADER}: {value[:64]!r} is not a strength; use one of {known} (lower case, as ?strength=)"
+        ) from None
 
 
 async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: RequestContext) -> Response:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from service.purify.strength import Strength
+from service.shadow.labels import MAX_LABEL_CHARS, VendorLabel
 
 # A 1×1 black PNG, small enough for the docs' "try it out".
 EXAMPLE_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
@@ -41,10 +42,14 @@ class PurificationInfo(BaseModel):
     device: str = Field(description="Device(s) of the worker pool, e.g. 'cpu' or 'cuda:0,cuda:1'.")
     dtype: str = Field(description="ε-model compute dtype, e.g. 'float32'.")
     votes: int = Field(1, description="Purifications per image (?votes=K); the answer is the majority label's.")
-    vote_labels: list[list[str | None]] | None = Field(
+    # VendorLabel is int | float | str: pydantic's smart unions keep the exact type (9 stays 9, "9" stays "9").
+    vote_labels: list[list[VendorLabel | None]] | None = Field(
         None,
         description=(
-            "With votes: per image, the label each vote's vendor answer gave (null: unreadable), in vote order."
+            "With votes: per image, the label each vote's vendor answer gave, in vote order, with the vendor's "
+            "type (an integer label stays an integer, as in predictions[].label; null: unreadable). A label "
+            f"longer than {MAX_LABEL_CHARS} characters or with unprintable ones is 'h:' and 12 hex digits of "
+            "its SHA-256 instead."
         ),
     )
 

@@ -20,6 +20,7 @@ from service.errors import BadRequest
 from service.purify.imaging import pil_to_tensor, tensor_to_pil
 from service.purify.options import SmallImageFit
 from service.purify.pipeline import FittedBatch, degraded_images, fit_to_model, restore_images
+from service.shadow.labels import VendorLabel
 from service.workers import WorkerInfo
 
 PNG = "image/png"
@@ -113,7 +114,7 @@ class Prediction:
     """The vendor's answer to a request: one prediction per image, and each vote's label when voting."""
 
     predictions: list[Any]
-    vote_labels: list[list[str | None]] | None  # per image, each vote's label; None without votes
+    vote_labels: list[list[VendorLabel | None]] | None  # per image, each vote's label; None without votes
     chosen_votes: list[int]  # per image, the vote whose answer it got (0 without votes)
 
 

@@ -7,10 +7,13 @@ Layout (one folder per flagged image, named so that `sorted()` is oldest first):
         purified.png            what the vendor was sent instead
         raw_response.json       the vendor's answer for the raw image (one prediction)
         purified_response.json  the vendor's answer for the purified image (one prediction)
-        meta.json               request id, time, image index, both labels
+        meta.json               request id, time, image index, both labels (bounded, as in the metrics:
+                                `service.shadow.labels.bounded_label`)
 
 A record is written into a hidden temporary folder and renamed into place, so an analyst never
-sees half a record. This stores user images: see the README's privacy note.
+sees half a record. An analyst may delete record folders by hand: the ring notices at its next
+eviction, drops them from its accounting, and goes on. This stores user images: see the README's
+privacy note.
 """
 
 from __future__ import annotations
@@ -62,9 +65,10 @@ class FlaggedImage:
 class CaptureRing:
     """Writes `FlaggedImage`s under a folder, evicting the oldest to stay within `CaptureLimits`.
 
-    The first I/O error (disk full, read-only, folder gone) disables capture for the life of
-    the process: the gateway keeps serving, and the log and `disabled` say why. Thread-safe, as
-    records are written from worker threads.
+    The first I/O error (disk full, read-only, the capture folder gone) disables capture for the
+    life of the process: the gateway keeps serving, and the log and `disabled` say why. A record
+    folder that is already gone (an analyst deleted it) is no error: it leaves the accounting when
+    an eviction comes due. Thread-safe, as records are written from worker threads.
     """
 
     def __init__(self, directory: Path, limits: CaptureLimits = CaptureLimits()) -> None:
@@ -132,12 +136,22 @@ class CaptureRing:
             return folder
 
     def _evict_for(self, incoming_bytes: int) -> None:
-        while self._records and (
-            (len(self._records) + 1) * FILES_PER_RECORD > self.limits.max_files
-            or sum(size for _, size in self._records) + incoming_bytes > self.limits.max_bytes
-        ):
+        if not self._over_limits(incoming_bytes):
+            return
+        # Records deleted by hand still count until now: drop them first, so that they do not push
+        # out records that are still there (and no eviction trips on a folder that is gone).
+        self._records = [(folder, size) for folder, size in self._records if folder.is_dir()]
+        while self._records and self._over_limits(incoming_bytes):
             folder, _ = self._records.pop(0)
-            shutil.rmtree(folder)
+            try:
+                shutil.rmtree(folder)
+            except FileNotFoundError:  # deleted by hand since the check above: already evicted
+                logger.info("shadow capture: record %s was already gone", folder.name)
+
+    def _over_limits(self, incoming_bytes: int) -> bool:
+        return (len(self._records) + 1) * FILES_PER_RECORD > self.limits.max_files or sum(
+            size for _, size in self._records
+        ) + incoming_bytes > self.limits.max_bytes
 
     def _disable(self, reason: str) -> None:
         self.disabled_reason = reason

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from service.metrics import ShadowMetrics
 from service.shadow.capture import CaptureLimits, CaptureRing, FlaggedImage
 from service.shadow.history import ShadowHistory
-from service.shadow.labels import LabelCap, LabelExtractor
+from service.shadow.labels import LabelCap, LabelExtractor, bounded_label
 from service.upstream import Upstream
 
 if TYPE_CHECKING:  # typing only: the monitor needs neither module to run
@@ -160,17 +160,18 @@ class ShadowMonitor:
         if raw_label is None or purified_label is None:
             self._metrics.unlabelled.inc()
             logger.info(
-                "shadow comparison skipped: no label in the vendor answer %.200s",
+                "shadow comparison skipped: no label in the vendor answer %.200r",  # repr: escaped, and cut
                 raw if raw_label is None else purified,
                 extra={"request_id": job.request_id},
             )
             return
-        capped_raw = self._cap(raw_label)
+        # Compared in full; bounded (length, characters), then capped (how many), before any metric sees them.
+        capped_raw = self._cap(bounded_label(raw_label))
         self._metrics.comparisons.labels(capped_raw).inc()
         self.history.count(capped_raw, disagreed=raw_label != purified_label)
         if raw_label == purified_label:
             return
-        self._metrics.disagreements.labels(capped_raw, self._cap(purified_label)).inc()
+        self._metrics.disagreements.labels(capped_raw, self._cap(bounded_label(purified_label))).inc()
         if self._capture is None or self._capture.disabled:
             return
         flagged = FlaggedImage(
@@ -181,8 +182,8 @@ class ShadowMonitor:
             job.purified_blobs[index],
             raw,
             purified,
-            raw_label,
-            purified_label,
+            bounded_label(raw_label),  # meta.json: bounded; raw_response.json has the answer in full
+            bounded_label(purified_label),
         )
         if await asyncio.to_thread(self._capture.write, flagged) is not None:
             self._metrics.captured.inc()

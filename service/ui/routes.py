@@ -16,10 +16,11 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import Field
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
-from service.api.deps import ContextDep, GatewayDep
+from service.api.deps import PLAIN_INTEGER, ContextDep, GatewayDep, is_plain_integer
 from service.api.gateway import Gateway
 from service.api.inputs import IMAGE_FIELD, input_kind, read_images
 from service.errors import BadRequest, GatewayError
@@ -81,7 +82,9 @@ async def try_submit(request: Request, gateway: GatewayDep, ctx: ContextDep) -> 
 
 
 async def captures(
-    request: Request, gateway: GatewayDep, page: Annotated[int, Query(ge=1, le=1_000_000)] = 1
+    request: Request,
+    gateway: GatewayDep,
+    page: Annotated[Annotated[int, Field(ge=1, le=1_000_000), PLAIN_INTEGER], Query()] = 1,
 ) -> HTMLResponse:
     """The shadow counters, the alarms' state and a page of captured disagreements (newest first)."""
     return _render(
@@ -171,10 +174,7 @@ def _votes(form: FormData) -> int | None:
     value = form.get("votes")
     if not isinstance(value, str) or not value.strip():
         return None
-    try:
-        votes = int(value)
-    except ValueError:
-        votes = 0
+    votes = int(value) if is_plain_integer(value) else 0  # as ?votes= reads it: "3_0" is no 30
     if votes < 1:
         raise BadRequest(f"votes {value!r}: a whole number, at least 1")
     return votes

@@ -21,6 +21,7 @@ from service.api.schemas import LatencyMs, PurificationInfo
 from service.api.stages import PNG, PreparedImages, RequestContext, originals_for_vendor
 from service.api.upstream_call import UpstreamCall
 from service.purify.strength import StrengthChoice
+from service.shadow.labels import VendorLabel, bounded_label
 
 RAW_CALL_SUFFIX = "-raw"  # the vendor's logs tell the raw-image call from the purified one
 MAX_ANSWER_CHARS = 2_000  # a vendor answer is untrusted: shown cut to this
@@ -37,9 +38,9 @@ class TriedImage:
     mask: str | None  # the suspicion mask, where the purifier localises
     raw_answer: str
     purified_answer: str
-    raw_label: str | None
+    raw_label: str | None  # bounded (`bounded_label`), as everywhere a vendor's label is shown
     purified_label: str | None
-    vote_labels: list[str | None] | None
+    vote_labels: list[VendorLabel | None] | None
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,8 @@ async def try_images(
                 mask=None if purified.mask_pngs is None else _data_uri(purified.mask_pngs[i]),
                 raw_answer=_shown(raw_answers[i]),
                 purified_answer=_shown(result.predictions[i]),
-                raw_label=label(raw_answers[i]),
-                purified_label=label(result.predictions[i]),
+                raw_label=_bounded(label(raw_answers[i])),
+                purified_label=_bounded(label(result.predictions[i])),
                 vote_labels=None if result.vote_labels is None else result.vote_labels[i],
             )
         )
@@ -104,6 +105,10 @@ async def _raw_answers(gateway: Gateway, originals: list[bytes], content_type: s
         )
         outcome.status = str(answer.status_code)
     return list(answer.predictions)
+
+
+def _bounded(label: str | None) -> str | None:
+    return None if label is None else bounded_label(label)
 
 
 def _data_uri(png: bytes) -> str:
