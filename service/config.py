@@ -27,6 +27,7 @@ from service.purify.options import (
     Acceleration,
     CompileMode,
     DType,
+    Method,
     SmallImageFit,
     ZipConfig,
     check_eta,
@@ -119,6 +120,17 @@ class Settings(BaseSettings):
         ge=1,
         description="RePaint time travel R: every L steps, go back and redo them R - 1 more times "
         "(L = R = 2 costs 2.8x the forwards at 20 steps; docs/defense.md, 'Time travel').",
+    )
+    method: Method = Field(
+        ZipConfig.method,
+        description="global: ZIP over the whole image; local: localise the trigger, repaint those blocks and "
+        "keep the rest, then a DiffPure pass at polish_noise (docs/defense.md).",
+    )
+    polish_noise: float = Field(
+        ZipConfig.polish_noise,
+        ge=0.0,
+        lt=1.0,
+        description="method=local: t/T of the DiffPure pass over the restored image (0 skips it).",
     )
     strength: Strength = Field(
         Strength.BALANCED,

@@ -63,6 +63,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.images_purified = Counter("zipgate_images_purified_total", "Images purified by the workers.", registry=r)
+        self.masked_fraction = Histogram(
+            "zipgate_masked_fraction",
+            "Share of each localised image that was repainted as suspect (method=local).",
+            buckets=(0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0),
+            registry=r,
+        )
         self.strength_requests = Counter(
             "zipgate_strength_requests_total",
             "Purifying requests by strength preset (strict costs 3x: the mix is the compute bill).",

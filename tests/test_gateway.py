@@ -119,6 +119,8 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(
     assert body["purification"] == {
         "model": "tiny-ddpm-1ch",
         "strength": "balanced",
+        "method": "global",
+        "masked_fraction": None,
         "noise_start": 1.0,
         "transforms": "jblur:4",
         "steps": 2,

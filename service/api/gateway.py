@@ -29,6 +29,7 @@ from service.api.stages import (
     RequestContext,
     decode_batch,
     finish_batch,
+    finish_masks,
     originals_for_vendor,
 )
 from service.api.upstream_call import UpstreamCall
@@ -41,6 +42,7 @@ from service.errors import (
     NotReady,
 )
 from service.metrics import GatewayMetrics, Stage
+from service.purify.local_restore import split_mask_channel
 from service.purify.seeds import vote_canvas_seeds
 from service.purify.strength import Strength, StrengthChoice, apply_strength
 from service.shadow.labels import LabelExtractor, VendorLabel
@@ -153,13 +155,19 @@ class Gateway:
         return choice
 
     def purification_info(
-        self, steps: int, choice: StrengthChoice, vote_labels: list[list[VendorLabel | None]] | None = None
+        self,
+        steps: int,
+        choice: StrengthChoice,
+        vote_labels: list[list[VendorLabel | None]] | None = None,
+        masked_fraction: list[float] | None = None,
     ) -> PurificationInfo:
         """The response's `purification` block."""
         engine = self.engine
         return PurificationInfo(
             model=engine.model,
             strength=choice.strength,
+            method=choice.config.method,
+            masked_fraction=masked_fraction,
             transforms=choice.config.transforms,
             steps=steps,
             guidance_power=choice.config.guidance_power,
@@ -242,11 +250,18 @@ class Gateway:
         ctx.timings.add(Stage.QUEUE, result.queue_s)
         ctx.timings.add(Stage.PURIFY, result.purify_s)
         degrade = self.settings.transforms if include_degraded else None
+        # A localising engine hands its keep-mask back as one more channel: the masks are the first vote's.
+        images, keep = split_mask_channel(result.images, fitted.canvases.shape[1])
         with ctx.timings.measure(Stage.PURIFY):  # cutting back to the original sizes and PNG encoding
             pngs, degraded = await self._guarded(
-                asyncio.to_thread(finish_batch, fitted, result.images.split(count), degrade, mirror), ctx, "encoding"
+                asyncio.to_thread(finish_batch, fitted, images.split(count), degrade, mirror), ctx, "encoding"
             )
-        return PurifiedBatch(votes=pngs, degraded_pngs=degraded, steps=result.steps)
+            masks = None if keep is None else await asyncio.to_thread(finish_masks, fitted, keep[:count])
+        if masks is None:
+            return PurifiedBatch(votes=pngs, degraded_pngs=degraded, steps=result.steps)
+        for fraction in masks[1]:
+            self.metrics.masked_fraction.observe(fraction)
+        return PurifiedBatch(pngs, degraded, result.steps, mask_pngs=masks[0], masked_fraction=masks[1])
 
     async def require_model(
         self, adapter: Upstream, model: ModelRef, headers: Mapping[str, str], ctx: RequestContext
@@ -271,7 +286,7 @@ class Gateway:
             originals, content_type = originals_for_vendor(decoded)
             return PreparedImages([originals], content_type, steps=None, decoded=decoded)
         purified = await self.purify(decoded, ctx, mirror=self.settings.vendor_mirror, choice=choice)
-        return PreparedImages(purified.votes, PNG, purified.steps, decoded=decoded)
+        return PreparedImages(purified.votes, PNG, purified.steps, decoded, purified.masked_fraction)
 
     async def predict(self, prepared: PreparedImages, ctx: RequestContext) -> Prediction:
         """Send images to the vendor in the configured protocol; one prediction per image.

@@ -146,7 +146,7 @@ def build_predict_router(
         prepared = await gateway.prepare(blobs, ctx, choice)
         result = await gateway.predict(prepared, ctx)
         purification = (
-            gateway.purification_info(prepared.steps, choice, result.vote_labels)
+            gateway.purification_info(prepared.steps, choice, result.vote_labels, prepared.masked_fraction)
             if prepared.steps is not None
             else None
         )
@@ -184,7 +184,9 @@ def build_predict_router(
         request: Request,
         gateway: GatewayDep,
         ctx: ContextDep,
-        include: Annotated[list[Include], Query(description="degraded: also return A⁺A x")] = [],  # noqa: B006 (FastAPI copies defaults)
+        include: Annotated[
+            list[Include], Query(description="degraded: also return A⁺A x; mask: the suspicion masks (method=local)")
+        ] = [],  # noqa: B006 (FastAPI copies defaults)
         strength: StrengthQuery = None,
     ) -> Any:
         """Purify images and return them (no vendor call; a preset's votes do not apply: one image back each)."""
@@ -195,7 +197,8 @@ def build_predict_router(
         blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
         decoded = await gateway.decode(blobs, ctx, fit=True)
         purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include, choice=choice)
-        if len(purified.pngs) == 1 and purified.degraded_pngs is None:
+        masks = purified.mask_pngs if Include.MASK in include else None
+        if len(purified.pngs) == 1 and purified.degraded_pngs is None and masks is None:
             return Response(
                 purified.pngs[0], media_type="image/png", headers={PURIFY_STEPS_HEADER: str(purified.steps)}
             )
@@ -203,7 +206,8 @@ def build_predict_router(
             request_id=ctx.request_id,
             images=[_b64(png) for png in purified.pngs],
             degraded=None if purified.degraded_pngs is None else [_b64(png) for png in purified.degraded_pngs],
-            purification=gateway.purification_info(purified.steps, choice),
+            masks=None if masks is None else [_b64(png) for png in masks],
+            purification=gateway.purification_info(purified.steps, choice, masked_fraction=purified.masked_fraction),
             latency_ms=ctx.timings.latency_ms(),
         )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from service.purify.options import Method
 from service.purify.strength import Strength
 from service.shadow.labels import MAX_LABEL_CHARS, VendorLabel
 
@@ -34,6 +35,14 @@ class PurificationInfo(BaseModel):
 
     model: str = Field(description="Diffusion model name (its directory name).")
     strength: Strength = Field(Strength.BALANCED, description="The strength preset the request ran (?strength=).")
+    method: Method = Field(
+        Method.GLOBAL,
+        description="global: ZIP over the whole image; local: the suspicious blocks localised and repainted, "
+        "the rest kept, then a light DiffPure pass (docs/design.md, 'Localise, then restore').",
+    )
+    masked_fraction: list[float] | None = Field(
+        None, description="method=local: per image, the share of its pixels repainted as suspect."
+    )
     transforms: str = Field(description="Degradation spec, e.g. 'blur:2'.")
     steps: int = Field(description="Sampling steps used (fewer than configured under adaptive steps).")
     guidance_power: float = Field(description="λ of the time-dependent mix.")
@@ -99,6 +108,7 @@ class Include(enum.StrEnum):
     """Extra outputs of `POST /purify`."""
 
     DEGRADED = "degraded"
+    MASK = "mask"
 
 
 class PurifyResponse(BaseModel):
@@ -128,6 +138,11 @@ class PurifyResponse(BaseModel):
     request_id: str
     images: list[str] = Field(description="Base64 PNG of each purified image, at its original size.")
     degraded: list[str] | None = Field(None, description="Base64 PNG of A⁺A x (the first transform), if asked.")
+    masks: list[str] | None = Field(
+        None,
+        description="With ?include=mask and method=local: base64 PNG of each image's suspicion mask "
+        "(white = repainted as suspect).",
+    )
     purification: PurificationInfo
     latency_ms: LatencyMs
 

@@ -86,6 +86,7 @@ class PreparedImages:
     content_type: str
     steps: int | None  # None when not purified
     decoded: DecodedBatch  # the client's images (shadow mode sends them to the vendor as they came)
+    masked_fraction: list[float] | None = None  # per image, where the purifier localises (first vote)
 
     @property
     def blobs(self) -> list[bytes]:
@@ -103,6 +104,7 @@ class PurifiedBatch:
     steps: int
     # The suspicion mask per image (white: repainted as suspect), where the purifier localises; None otherwise.
     mask_pngs: list[bytes] | None = None
+    masked_fraction: list[float] | None = None  # per image: the share repainted as suspect (first vote)
 
     @property
     def pngs(self) -> list[bytes]:
@@ -141,6 +143,12 @@ def finish_batch(
     if degrade is None:
         return pngs, None
     return pngs, [encode_png(tensor_to_pil(x)) for x in degraded_images(fitted, degrade)]
+
+
+def finish_masks(fitted: FittedBatch, keep: torch.Tensor) -> tuple[list[bytes], list[float]]:
+    """The first vote's keep-masks at the original sizes: PNGs (white = repainted) and repainted shares."""
+    masks = [1.0 - mask.clamp(0.0, 1.0) for mask in fitted.restore(keep)]
+    return [encode_png(tensor_to_pil(mask * 2.0 - 1.0)) for mask in masks], [float(mask.mean()) for mask in masks]
 
 
 def originals_for_vendor(decoded: DecodedBatch) -> tuple[list[bytes], str]:

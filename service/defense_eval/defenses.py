@@ -33,6 +33,12 @@ SEED_SHIFT = 32
 """Seeds are (seed << 32) + (vote << 20) + position: room for 2²⁰ images and 2¹² votes per seed."""
 
 
+DIFFPURE_NOISE = 0.3
+"""t/T of DiffPure (and of the pass after a local restore): low enough to keep the garment."""
+SHRINK_PX = 2
+"""ShrinkPad's shrink per side in pixels (Li et al. 2021 shrink CIFAR-10's 32² by a few pixels)."""
+
+
 class Defense(StrEnum):
     """What stands between the triggered image and the vendor model."""
 
@@ -70,8 +76,8 @@ class DefenseSetting(ZipConfig):
 
     votes: int = 1
     mirror: bool = False
-    diffpure_noise: float = 0.3
-    shrink_px: int = 2
+    diffpure_noise: float = DIFFPURE_NOISE
+    shrink_px: int = SHRINK_PX
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -110,6 +116,10 @@ class DefenseSetting(ZipConfig):
             label += f" t*={self.noise_start:g}"
         if (self.travel_length, self.travel_repeat) != (1, 1):
             label += f" L={self.travel_length} R={self.travel_repeat}"
+        if self.diffpure_noise != DIFFPURE_NOISE:
+            label += f" t_dp={self.diffpure_noise:g}"
+        if self.shrink_px != SHRINK_PX:
+            label += f" shrink={self.shrink_px}"
         if self.mirror:
             label += " mirror"
         return label

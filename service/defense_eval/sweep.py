@@ -31,11 +31,19 @@ class SweepKnob(StrEnum):
     TRAVEL_LENGTH = "travel_length"
     TRAVEL_REPEAT = "travel_repeat"
     MIRROR = "mirror"
+    DIFFPURE_NOISE = "diffpure_noise"
+    SHRINK_PX = "shrink_px"
 
     @property
     def integer(self) -> bool:
         """True for the knobs that take whole numbers."""
-        return self in (SweepKnob.STEPS, SweepKnob.VOTES, SweepKnob.TRAVEL_LENGTH, SweepKnob.TRAVEL_REPEAT)
+        return self in (
+            SweepKnob.STEPS,
+            SweepKnob.VOTES,
+            SweepKnob.TRAVEL_LENGTH,
+            SweepKnob.TRAVEL_REPEAT,
+            SweepKnob.SHRINK_PX,
+        )
 
     def parse_value(self, text: str) -> str | int | float:
         """One value of this knob from its text ("inf" is a valid λ).
@@ -70,6 +78,8 @@ class SweepKnob(StrEnum):
             SweepKnob.NOISE_START: "t*",
             SweepKnob.TRAVEL_LENGTH: "L",
             SweepKnob.TRAVEL_REPEAT: "R",
+            SweepKnob.DIFFPURE_NOISE: "t_dp",
+            SweepKnob.SHRINK_PX: "shrink",
         }[self]
         shown = "∞" if isinstance(value, float) and math.isinf(value) else f"{value:g}"
         return f"{symbol}={shown}"
@@ -86,6 +96,9 @@ _ALIASES = {
     "noise-start": SweepKnob.NOISE_START,
     "l": SweepKnob.TRAVEL_LENGTH,
     "r": SweepKnob.TRAVEL_REPEAT,
+    "t_dp": SweepKnob.DIFFPURE_NOISE,
+    "diffpure-noise": SweepKnob.DIFFPURE_NOISE,
+    "shrink": SweepKnob.SHRINK_PX,
 }
 
 

@@ -20,13 +20,14 @@ washes out fine whole-image patterns and keeps the garment.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from service.purify.localise import LocaliseConfig, localise
 from service.purify.masks import KeepMask, MaskedBlur
-from service.purify.options import ZipConfig
+from service.purify.options import Method, ZipConfig
 from service.purify.schedule import alphas_cumprod, linear_betas
 from service.purify.transforms import LinearTransform
 from service.purify.zip import Generators, ZipPurifier, as_eps_function, draw_noise
@@ -62,6 +63,11 @@ class LocalRestoreConfig:
             raise ValueError(
                 f"outside_blur must divide the localise block ({self.localise.block}), got {self.outside_blur}"
             )
+
+    @classmethod
+    def from_zip(cls, config: ZipConfig) -> LocalRestoreConfig:
+        """The restore a `Method.LOCAL` ZipConfig asks for: its S and η, its polish pass (0: none)."""
+        return cls(steps=config.steps, eta=config.eta, polish_noise=config.polish_noise or None)
 
     def zip_config(self) -> ZipConfig:
         """The restoring run's ZIP knobs (its transform is the per-image mask, not a spec)."""
@@ -149,3 +155,39 @@ class LocalRestorer:
     def __call__(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """The restored images only (a `CanvasPurifier`, as `ZipPurifier` is)."""
         return self.run(x, generator).images
+
+    def with_mask(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+        """The restored images with the keep-mask as one more channel, (N, C + 1, H, W): how a worker
+        hands the mask back through the pool (`split_mask_channel` takes it off again)."""
+        result = self.run(x, generator)
+        return torch.cat([result.images, result.keep], dim=1)
+
+
+def split_mask_channel(batch: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images, keep-mask or None) of a purified batch: a localising purifier appends the mask channel.
+
+    Raises:
+        ValueError: a channel count that is neither `channels` nor `channels` + 1.
+    """
+    if batch.shape[1] == channels:
+        return batch, None
+    if batch.shape[1] == channels + 1:
+        return batch[:, :channels], batch[:, channels:]
+    raise ValueError(f"a purified batch has {channels} or {channels + 1} channels, got {batch.shape[1]}")
+
+
+def build_purifier(model: object, config: ZipConfig, *, with_mask: bool = False) -> Callable[..., torch.Tensor]:
+    """The engine for `config`: a `ZipPurifier` (GLOBAL) or a `LocalRestorer` (LOCAL).
+
+    Args:
+        model: the ε-model.
+        config: the knobs; `config.method` picks the engine.
+        with_mask: a LOCAL engine appends its keep-mask as a channel (`LocalRestorer.with_mask`).
+
+    Returns:
+        A callable (batch, generators) -> purified batch.
+    """
+    if config.method is Method.LOCAL:
+        restorer = LocalRestorer(model, LocalRestoreConfig.from_zip(config))
+        return restorer.with_mask if with_mask else restorer
+    return ZipPurifier(model, config)

@@ -64,6 +64,13 @@ class Acceleration:
     compile_backend: str = "inductor"
 
 
+class Method(enum.StrEnum):
+    """What the engine repaints (docs/design.md, "Localise, then restore")."""
+
+    GLOBAL = "global"  # ZIP over the whole image: the transforms, λ, t*, L and R
+    LOCAL = "local"  # localise the trigger, repaint those blocks (λ = ∞), then a DiffPure pass at polish_noise
+
+
 class SmallImageFit(enum.StrEnum):
     """How an image smaller than its slot (the canvas, or a tile of it) is fitted."""
 
@@ -133,6 +140,9 @@ class ZipConfig:
         eta: η of the DDIM step.
         noise_start: t*/T in (0, 1]; 1 = ZIP's start from pure noise (an evaluation lever).
         travel_length, travel_repeat: RePaint time travel (L, R); 1, 1 = a plain descent.
+        method: GLOBAL runs ZIP over the whole image; LOCAL localises the trigger and repaints only
+            those blocks, keeping every other pixel (λ = ∞; the transforms, λ, t*, L and R unused).
+        polish_noise: t/T of the DiffPure pass after a LOCAL restore (0 skips it).
 
     Raises:
         ValueError: a bad value; the message names the knob and its valid range.
@@ -145,6 +155,8 @@ class ZipConfig:
     noise_start: float = 1.0
     travel_length: int = 1
     travel_repeat: int = 1
+    method: Method = Method.GLOBAL
+    polish_noise: float = 0.3
 
     def __post_init__(self) -> None:
         check_transforms(self.transforms)
@@ -153,6 +165,9 @@ class ZipConfig:
         check_eta(self.eta)
         if not 0.0 < self.noise_start <= 1.0:
             raise ValueError(f"noise_start must be in (0, 1] (1 = start from pure noise), got {self.noise_start}")
+        if not 0.0 <= self.polish_noise < 1.0:
+            raise ValueError(f"polish_noise must be in [0, 1) (0 skips the DiffPure pass), got {self.polish_noise}")
+        object.__setattr__(self, "method", Method(self.method))  # a settings string becomes the enum
         if self.travel_length < 1 or self.travel_repeat < 1:
             raise ValueError(
                 f"travel_length and travel_repeat must be >= 1, got {self.travel_length}, {self.travel_repeat}"

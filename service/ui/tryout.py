@@ -87,7 +87,7 @@ async def try_images(
     return TryResult(
         request_id=ctx.request_id,
         images=images,
-        purification=gateway.purification_info(purified.steps, choice, result.vote_labels),
+        purification=gateway.purification_info(purified.steps, choice, result.vote_labels, purified.masked_fraction),
         latency_ms=ctx.timings.latency_ms(),
     )
 

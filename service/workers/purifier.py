@@ -11,11 +11,11 @@ from typing import Protocol
 
 import torch
 
+from service.purify.local_restore import build_purifier
 from service.purify.models import EpsModel, EpsModelInfo, load_eps_model
 from service.purify.options import Acceleration, CompileMode, DType, ZipConfig
 from service.purify.seeds import seeded_generators
 from service.purify.transforms import parse_transforms
-from service.purify.zip import ZipPurifier
 
 
 class BatchPurifier(Protocol):
@@ -68,15 +68,16 @@ class ZipBatchPurifier:
         self.buckets = None if buckets is None else tuple(sorted(buckets))
         # Keyed by the full knobs: adaptive steps only lower steps, and variants come from the fixed strength
         # presets, so this holds at most (presets × `config.steps`) entries.
-        self._by_config: dict[ZipConfig, ZipPurifier] = {}
+        self._by_config: dict[ZipConfig, Callable[..., torch.Tensor]] = {}
 
     @property
     def info(self) -> EpsModelInfo:
         """Model name, size, channels, device and dtype (shown in /readyz and responses)."""
         return self.model.info
 
-    def purifier_for(self, steps: int, variant: ZipConfig | None = None) -> ZipPurifier:
-        """The `ZipPurifier` for `steps` sampling steps of `variant` (None: the configured knobs), built on first use.
+    def purifier_for(self, steps: int, variant: ZipConfig | None = None) -> Callable[..., torch.Tensor]:
+        """The engine for `steps` sampling steps of `variant` (None: the configured knobs), built on first use:
+        a `ZipPurifier`, or for `Method.LOCAL` a `LocalRestorer` that appends its keep-mask as a channel.
 
         Raises:
             ValueError: steps incompatible with the time-travel schedule, or a transform that does not suit
@@ -84,7 +85,7 @@ class ZipBatchPurifier:
         """
         config = dataclasses.replace(variant or self.config, steps=steps)
         if config not in self._by_config:
-            self._by_config[config] = ZipPurifier(self.model, config)
+            self._by_config[config] = build_purifier(self.model, config, with_mask=True)
         return self._by_config[config]
 
     def __call__(
@@ -94,7 +95,8 @@ class ZipBatchPurifier:
         generators: list[torch.Generator] | None,
         variant: ZipConfig | None = None,
     ) -> torch.Tensor:
-        """Purify `batch` (N, C, H, W) in [-1, 1]; returns float32 (N, C, H, W) on the model's device."""
+        """Purify `batch` (N, C, H, W) in [-1, 1]; returns float32 (N, C, H, W) on the model's device, or
+        (N, C + 1, H, W) with the keep-mask last when the knobs localise (`Method.LOCAL`)."""
         count = batch.shape[0]
         size = self._bucket_for(count)
         if size > count:  # pad to the bucket: a compiled model never meets a new shape while serving

@@ -222,7 +222,12 @@ class DeviceWorker:
         if self._purifier is None:
             raise RuntimeError(f"worker {self.device} has no purifier; start the pool first")
         out = self._purifier(images.to(self.device), steps, seeded_generators(seeds, self.device), variant)
-        if out.shape != images.shape:
+        # A localising purifier appends its keep-mask as one more channel (`split_mask_channel`).
+        if (
+            out.shape[0] != images.shape[0]
+            or out.shape[2:] != images.shape[2:]
+            or out.shape[1] - images.shape[1] not in (0, 1)
+        ):
             raise RuntimeError(f"purifier returned shape {tuple(out.shape)} for input {tuple(images.shape)}")
         return out.float().cpu()
 
