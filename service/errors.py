@@ -2,13 +2,14 @@
 
     GatewayError (500, internal)
     ├── BadRequest (400, bad_request)            undecodable/empty image, bad spec
-    │   ├── PayloadTooLarge (413, payload_too_large)   bytes or pixels over a limit
-    │   ├── UnsupportedMediaType (415, unsupported_media_type)
-    │   └── InvalidShape (422, invalid_request)         JSON of the wrong shape
     ├── Unauthorized (401, unauthorized)         missing or wrong API key
-    ├── ModelNotFound (404, model_not_found)     a sidecar model outside upstream_models
+    ├── ModelNotFound (404, model_not_found)     a model this server does not expose or serve
     ├── RequestTimeout (408, request_timeout)    the body did not arrive within body_read_timeout_s
+    ├── PayloadTooLarge (413, payload_too_large) bytes, pixels or images over a limit
+    ├── UnsupportedMediaType (415, unsupported_media_type)
+    ├── InvalidShape (422, invalid_request)      JSON of the wrong shape
     ├── Overloaded (429, overloaded)             queue full; carries retry_after_s
+    ├── ClientDisconnected (499, client_disconnected)  the client left first: counted, never answered
     ├── DeadlineExceeded (504, deadline_exceeded) request deadline passed (queue, compute or vendor call)
     ├── NotReady (503, not_ready)                starting or draining (with Retry-After), or unable to serve
     │                                            at all (pool stopped, purification off: none)
@@ -18,11 +19,14 @@
         ├── UpstreamResponseTooLarge (502, upstream_response_too_large)  over upstream_max_response_bytes
         └── UpstreamRejected (status of upstream, upstream_rejected)  a 4xx relayed as is, Retry-After kept
 
+The 4xx classes are siblings, as their statuses are: `except BadRequest` catches a 400 and no 413,
+415 or 422. A class that is a subclass is a kind of its parent for every caller.
+
 Upstream messages name "the vendor" and the failure, never its URL (an internal host, perhaps with
 credentials): they reach the client.
 
 `api/errors.py` turns any of these into `{"error": {"code", "message", "request_id"}}`, or, on the
-vendor protocols' paths, into their own shape (`error_body`).
+vendor protocols' paths, into their own shape (`error_body`); `ClientDisconnected` into a bare 499.
 This module imports nothing heavy: `upstream/` and `workers/` raise these without torch or FastAPI.
 """
 
@@ -53,21 +57,21 @@ class BadRequest(GatewayError):
     code = "bad_request"
 
 
-class PayloadTooLarge(BadRequest):
+class PayloadTooLarge(GatewayError):
     """A byte, pixel or image-count limit was exceeded."""
 
     status_code = 413
     code = "payload_too_large"
 
 
-class UnsupportedMediaType(BadRequest):
+class UnsupportedMediaType(GatewayError):
     """The content type or image format is not one we accept."""
 
     status_code = 415
     code = "unsupported_media_type"
 
 
-class InvalidShape(BadRequest):
+class InvalidShape(GatewayError):
     """The JSON body does not have the documented shape."""
 
     status_code = 422
@@ -82,7 +86,7 @@ class Unauthorized(GatewayError):
 
 
 class ModelNotFound(GatewayError):
-    """The sidecar does not expose this vendor model (it is not in `upstream_models`)."""
+    """The model named in the path is not one this server exposes (`upstream_models`) or serves."""
 
     status_code = 404
     code = "model_not_found"
@@ -109,6 +113,13 @@ class Overloaded(GatewayError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message, headers=retry_after_header(retry_after_s))
         self.retry_after_s = retry_after_s
+
+
+class ClientDisconnected(GatewayError):
+    """The client hung up before its answer was ready; its queued work was withdrawn."""
+
+    status_code = 499  # nginx's "client closed request": never seen by the client, only counted
+    code = "client_disconnected"
 
 
 class DeadlineExceeded(GatewayError):

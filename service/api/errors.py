@@ -6,7 +6,7 @@ GatewayError (service/errors.py)   → its own status, code and headers
 UpstreamRejected (vendor 4xx)      → the vendor's status; its body quoted in the message
 RequestValidationError (FastAPI)   → 422 invalid_request
 HTTPException (routing 404/405 …)  → its status, code from `HTTP_CODES`
-ClientDisconnected                 → 499, counted and logged only (nobody is listening)
+ClientDisconnected (a GatewayError) → 499, counted and logged only (nobody is listening)
 anything else                      → 500 internal (api/middleware.py; the trace goes to the log)
 """
 
@@ -24,13 +24,20 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from service.api.logging import REQUEST_ID
-from service.errors import GatewayError, InvalidShape, UpstreamError, UpstreamRejected, error_body
+from service.errors import (
+    ClientDisconnected,
+    GatewayError,
+    InvalidShape,
+    UpstreamError,
+    UpstreamRejected,
+    error_body,
+)
 
 logger = logging.getLogger(__name__)
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 _QUOTED_BODY_CHARS = 500  # enough to show a vendor's error message, not enough to relay a payload
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client left first": never seen by it, only counted
+CLIENT_CLOSED_REQUEST = ClientDisconnected.status_code  # nginx's "the client left first": only counted
 # The request's path, for the error shape; a ContextVar like the request id (the middleware sets both).
 REQUEST_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("zipgate_request_path", default="")
 
@@ -43,10 +50,6 @@ def request_path_context(path: str) -> Iterator[None]:
         yield
     finally:
         REQUEST_PATH.reset(token)
-
-
-class ClientDisconnected(Exception):
-    """The client hung up before its answer was ready; its queued work was withdrawn."""
 
 
 def error_response(

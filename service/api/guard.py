@@ -18,8 +18,7 @@ from typing import Any, TypeVar
 
 from starlette.types import Receive
 
-from service.api.errors import ClientDisconnected
-from service.errors import DRAINING_RETRY_AFTER_S, DeadlineExceeded, NotReady
+from service.errors import DRAINING_RETRY_AFTER_S, ClientDisconnected, DeadlineExceeded, NotReady
 
 T = TypeVar("T")
 

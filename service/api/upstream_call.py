@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from service.api.errors import ClientDisconnected
 from service.api.timing import RequestTimings
-from service.errors import DeadlineExceeded, UpstreamError, UpstreamTimeout
+from service.errors import ClientDisconnected, DeadlineExceeded, UpstreamError, UpstreamTimeout
 from service.metrics import GatewayMetrics, Stage
 
 

@@ -42,7 +42,15 @@ from service.demo.schemas import (
     V2Tensor,
     V2TensorMetadata,
 )
-from service.errors import BadRequest, GatewayError, InvalidShape, PayloadTooLarge, UnsupportedMediaType, error_body
+from service.errors import (
+    BadRequest,
+    GatewayError,
+    InvalidShape,
+    ModelNotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    error_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +58,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")  # printable, no spaces: safe to log and echo
 _RAW_CONTENT_TYPES = ("image/", "application/octet-stream")
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
-
-
-class ModelNotFound(GatewayError):
-    """The model name in the path is not the one this server serves."""
-
-    status_code = 404
-    code = "model_not_found"
 
 
 def _request_id(request: Request) -> str:

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from service.api.deps import PLAIN_INTEGER, ContextDep, GatewayDep, is_plain_integer
 from service.api.gateway import Gateway
 from service.api.inputs import IMAGE_FIELD, input_kind, read_images
-from service.errors import BadRequest, GatewayError
+from service.errors import BadRequest, ClientDisconnected, GatewayError
 from service.purify.strength import Strength
 from service.shadow.capture import record_file
 from service.shadow.history import WINDOW_S
@@ -70,6 +70,8 @@ async def try_submit(request: Request, gateway: GatewayDep, ctx: ContextDep) -> 
         strength, votes = _strength(form), _votes(form)
         names = [getattr(part, "filename", None) or f"image {i}" for i, part in enumerate(form.getlist(IMAGE_FIELD))]
         result = await try_images(gateway, ctx, blobs, names, gateway.strength_choice(strength, votes))
+    except ClientDisconnected:
+        raise  # nobody is listening: the 499 handler counts it, no page is rendered
     except GatewayError as exc:
         return _render(
             request, gateway, "try.html", view="try", error=exc, chosen_strength=strength, chosen_votes=votes,

@@ -12,7 +12,7 @@ import abc
 import time
 from typing import Any, ClassVar
 
-from service.errors import BadRequest
+from service.errors import BadRequest, InvalidShape
 from service.upstream.base import Upstream, UpstreamResult, VendorBody
 from service.upstream.side_content import check_side_content
 from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH
@@ -35,7 +35,7 @@ class JsonUpstream(Upstream):
             servers answer, so that clients that branch on it see no difference (400 unless overridden).
     """
 
-    malformed_json_error: ClassVar[type[BadRequest]] = BadRequest
+    malformed_json_error: ClassVar[type[BadRequest | InvalidShape]] = BadRequest
 
     @abc.abstractmethod
     def encode_request(self, images: list[bytes], request_id: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class V2Upstream(JsonUpstream):
     protocol: ClassVar[UpstreamProtocol] = UpstreamProtocol.V2
     # KServe's ModelServer answers a JSON body that is not JSON with 422 (FastAPI validates the body
     # before the handler), so do we; a binary request's header that is not JSON is a 400, as there.
-    malformed_json_error: ClassVar[type[BadRequest]] = InvalidShape
+    malformed_json_error: ClassVar[type[BadRequest | InvalidShape]] = InvalidShape
 
     def __init__(
         self,

@@ -55,7 +55,7 @@ def is_json_media_type(content_type: str | None) -> bool:
 
 
 def parse_request_json(
-    body: bytes, content_type: str | None, *, malformed: type[BadRequest] = BadRequest
+    body: bytes, content_type: str | None, *, malformed: type[BadRequest | InvalidShape] = BadRequest
 ) -> dict[str, Any]:
     """Parse a client's JSON request body that must be a JSON object.
 
