@@ -29,10 +29,12 @@ from service.defense_eval.report import LABELS_FILE
 from service.defense_eval.runner import EvalOptions, parse_defenses, parse_vendors, run_eval
 from service.defense_eval.sweep import SweepKnob, parse_sweep, sweep_settings, varying_knobs
 from service.errors import UpstreamError
+from service.purify.local_restore import LocalRestoreConfig, LocalRestorer
 from service.purify.models import load_eps_model
 from service.purify.options import DType
 from service.purify.pipeline import degraded_images, fit_to_model, purify_canvases, restore_images
 from service.purify.schedule import timestep_pairs
+from service.purify.zip import ZipPurifier
 from tests.fp_tolerance import accumulation_depth, reordering_atol
 from tests.gateway_servers import gateway_settings, running_gateway, running_vendor, tiny_ddpm_dir, tiny_vendor_dir
 
@@ -281,7 +283,7 @@ def test_results_json_holds_the_worst_case_of_each_defense(report_dir: Path) -> 
     assert worst["none"]["max_clean_accuracy_drop"] == 0.0
     assert "Worst case" in (report_dir / "results.md").read_text()
     # The cost columns count what ran: 2 ZIP steps (S = 2); the localiser's 5 steps × 2 draws before
-    # the restore's 2; the DiffPure pass's 6 steps after that; none of it for the model-free defenses.
+    # the restore's 2; none of it for the model-free defenses.
     forwards = {defense: entry["forwards_per_image"] for defense, entry in worst.items()}
     assert forwards == {
         "none": 0,
@@ -290,7 +292,6 @@ def test_results_json_holds_the_worst_case_of_each_defense(report_dir: Path) -> 
         "diffpure": 2,
         "zip": 2,
         "local": 12,
-        "local+diffpure": 18,
     }
     assert {entry["upstream_calls_per_image"] for entry in worst.values()} == {1}
 
@@ -472,3 +473,21 @@ def test_eval_progress_counts_stages_and_estimates_the_time_left(
     assert any(line.startswith(f"stage {stages}/{stages}: about ") for line in lines)  # all kinds measured
     none_rows = [line for line in lines if line.split()[1:2] == ["none"] and "CA " in line]
     assert len(none_rows) == len(ATTACKS) and not any("S=" in line or "blur" in line for line in none_rows)
+
+
+def test_zip_with_method_local_runs_the_gateways_local_engine() -> None:
+    grid = sweep_settings(DefenseSetting(), "method=global,local polish_noise=0,0.2")
+    assert [(s.method.value, s.polish_noise) for s in grid] == [
+        ("global", 0.0),
+        ("global", 0.2),
+        ("local", 0.0),
+        ("local", 0.2),
+    ]
+    assert grid[2].describe().startswith("local polish=0 S=20") and "jblur" not in grid[3].describe()
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    defender = InProcessDefender(model)  # type: ignore[arg-type]
+    assert isinstance(defender.purifier(grid[0]), ZipPurifier)
+    local = defender.purifier(grid[3])
+    assert isinstance(local, LocalRestorer) and local.config == LocalRestoreConfig(polish_noise=0.2)
+    with pytest.raises(ValueError, match="global or local"):
+        sweep_settings(DefenseSetting(), "method=regional")

@@ -1,9 +1,10 @@
 """The defenses under evaluation and how one is applied in process.
 
 `none` (raw images); the baselines `blur` (A⁺A x), `shrinkpad` (ShrinkPad, Li et al. 2021: shrink
-by a few pixels, pad back at a random offset) and `diffpure` (DiffPure, Nie et al., ICML 2022: noise
-to t and denoise with the prior, no guidance); `zip` (global ZIP); `local` (localise, then restore:
-`service.purify.local_restore`).
+by a few pixels, pad back at a random offset), `diffpure` (DiffPure, Nie et al., ICML 2022: noise
+to t and denoise with the prior, no guidance) and `local` (BDMAE-style localise-and-restore alone,
+`service.purify.local_restore`); `zip`, the gateway's engine for the setting's knobs: global ZIP,
+or with `method=local` localise, restore and a DiffPure pass, as the gateway serves it.
 
 A defense maps a batch (N, C, H, W) in [-1, 1] to a batch of the same shape, through the engine
 pipeline the gateway serves with (`service.purify.pipeline`): the batch is fitted to the model's
@@ -22,12 +23,12 @@ from enum import StrEnum
 import torch
 import torch.nn.functional as F
 
-from service.purify.local_restore import LocalRestoreConfig, LocalRestorer, diffpure
+from service.purify.local_restore import LocalRestoreConfig, LocalRestorer, build_purifier, diffpure
 from service.purify.models import EpsModel
-from service.purify.options import ZipConfig
+from service.purify.options import Method, ZipConfig
 from service.purify.pipeline import CanvasPurifier, degraded_images, fit_to_model, purify_canvases, restore_images
 from service.purify.seeds import VOTE_SEED_SHIFT
-from service.purify.zip import EpsFunction, ZipPurifier
+from service.purify.zip import EpsFunction
 
 SEED_SHIFT = 32
 """Seeds are (seed << 32) + (vote << 20) + position: room for 2²⁰ images and 2¹² votes per seed."""
@@ -48,7 +49,6 @@ class Defense(StrEnum):
     DIFFPURE = "diffpure"
     ZIP = "zip"
     LOCAL = "local"
-    LOCAL_DIFFPURE = "local+diffpure"
 
     @property
     def stochastic(self) -> bool:
@@ -104,18 +104,19 @@ class DefenseSetting(ZipConfig):
             return (defense, self.diffpure_noise, self.steps, self.mirror)
         if defense is Defense.LOCAL:
             return (defense, self.steps, self.mirror)
-        if defense is Defense.LOCAL_DIFFPURE:
-            return (defense, self.steps, self.diffpure_noise, self.mirror)
         return (defense, *dataclasses.astuple(self.zip_config()), self.mirror)  # every ZIP knob, votes aside
 
     def describe(self) -> str:
         """A short label, e.g. "blur:2 S=20 λ=0.25 η=1 K=1"."""
-        power = "∞" if math.isinf(self.guidance_power) else f"{self.guidance_power:g}"
-        label = f"{self.transforms} S={self.steps} λ={power} η={self.eta:g} K={self.votes}"
-        if self.noise_start < 1.0:
-            label += f" t*={self.noise_start:g}"
-        if (self.travel_length, self.travel_repeat) != (1, 1):
-            label += f" L={self.travel_length} R={self.travel_repeat}"
+        if self.method is Method.LOCAL:  # the transforms, λ, t*, L and R do not apply
+            label = f"local polish={self.polish_noise:g} S={self.steps} η={self.eta:g} K={self.votes}"
+        else:
+            power = "∞" if math.isinf(self.guidance_power) else f"{self.guidance_power:g}"
+            label = f"{self.transforms} S={self.steps} λ={power} η={self.eta:g} K={self.votes}"
+            if self.noise_start < 1.0:
+                label += f" t*={self.noise_start:g}"
+            if (self.travel_length, self.travel_repeat) != (1, 1):
+                label += f" L={self.travel_length} R={self.travel_repeat}"
         if self.diffpure_noise != DIFFPURE_NOISE:
             label += f" t_dp={self.diffpure_noise:g}"
         if self.shrink_px != SHRINK_PX:
@@ -185,7 +186,7 @@ class InProcessDefender:
     def __init__(self, model: EpsModel | None, device: torch.device | str = "cpu") -> None:
         self.model = None if model is None else ForwardCounter(model)
         self.device = torch.device(device)
-        self._purifiers: dict[ZipConfig, ZipPurifier] = {}
+        self._purifiers: dict[ZipConfig, CanvasPurifier] = {}
         self._local: dict[LocalRestoreConfig, LocalRestorer] = {}
 
     @property
@@ -199,9 +200,8 @@ class InProcessDefender:
             return lambda canvases, generators: shrink_pad(canvases, setting.shrink_px, generators)
         if self.model is None:
             raise ValueError(f"the {defense.value} defense needs a diffusion model: pass model_path")
-        if defense in (Defense.LOCAL, Defense.LOCAL_DIFFPURE):
-            polish = setting.diffpure_noise if defense is Defense.LOCAL_DIFFPURE else None
-            local = LocalRestoreConfig(steps=setting.steps, polish_noise=polish)
+        if defense is Defense.LOCAL:
+            local = LocalRestoreConfig(steps=setting.steps)
             if local not in self._local:
                 self._local[local] = LocalRestorer(self.model, local)
             return self._local[local]
@@ -211,8 +211,9 @@ class InProcessDefender:
             return lambda canvases, generators: diffpure(model, canvases, walk, generators)
         return self.purifier(setting)
 
-    def purifier(self, setting: ZipConfig) -> ZipPurifier:
-        """The `ZipPurifier` for a setting's ZIP knobs (transforms, S, λ, η, t*, L, R).
+    def purifier(self, setting: ZipConfig) -> CanvasPurifier:
+        """The engine for a setting's ZIP knobs, as the gateway builds it (`build_purifier`): a
+        `ZipPurifier` (transforms, S, λ, η, t*, L, R) or, for `Method.LOCAL`, a `LocalRestorer`.
 
         Raises:
             ValueError: no ε-model was given.
@@ -221,7 +222,7 @@ class InProcessDefender:
             raise ValueError("the zip defense needs a diffusion model: pass model_path (e.g. models/fmnist-ddpm)")
         key = setting.zip_config()  # votes and mirror do not change the purifier
         if key not in self._purifiers:
-            self._purifiers[key] = ZipPurifier(self.model, key)
+            self._purifiers[key] = build_purifier(self.model, key)
         return self._purifiers[key]
 
     def __call__(self, defense: Defense, setting: DefenseSetting, images: torch.Tensor, seed: int) -> torch.Tensor:

@@ -188,8 +188,6 @@ def _setting_cell(defense: Defense, setting: DefenseSetting) -> str:
         return f"t = {setting.diffpure_noise:g}·T, S={setting.steps}"
     if defense is Defense.LOCAL:
         return f"localise + restore, S={setting.steps}"
-    if defense is Defense.LOCAL_DIFFPURE:
-        return f"localise + restore, S={setting.steps}; DiffPure t = {setting.diffpure_noise:g}·T"
     return setting.describe()
 
 

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from service.defense_eval.defenses import DefenseSetting
+from service.purify.options import Method
 
 
 class SweepKnob(StrEnum):
@@ -33,6 +34,8 @@ class SweepKnob(StrEnum):
     MIRROR = "mirror"
     DIFFPURE_NOISE = "diffpure_noise"
     SHRINK_PX = "shrink_px"
+    METHOD = "method"
+    POLISH_NOISE = "polish_noise"
 
     @property
     def integer(self) -> bool:
@@ -54,6 +57,11 @@ class SweepKnob(StrEnum):
         text = text.strip()
         if self is SweepKnob.TRANSFORMS:
             return text
+        if self is SweepKnob.METHOD:
+            try:
+                return Method(text.lower()).value
+            except ValueError:
+                raise ValueError(f"sweep: method is global or local, got {text!r}") from None
         if self is SweepKnob.MIRROR:
             if text.lower() not in ("0", "1", "true", "false", "on", "off"):
                 raise ValueError(f"sweep: mirror needs 0/1 (or on/off), got {text!r}")
@@ -66,7 +74,7 @@ class SweepKnob(StrEnum):
 
     def format_value(self, value: str | int | float) -> str:
         """The value as a short label ("λ=0.25", "S=20", "blur:2")."""
-        if self is SweepKnob.TRANSFORMS:
+        if self in (SweepKnob.TRANSFORMS, SweepKnob.METHOD):
             return str(value)
         if self is SweepKnob.MIRROR:
             return "mirror" if value else "no mirror"
@@ -80,6 +88,7 @@ class SweepKnob(StrEnum):
             SweepKnob.TRAVEL_REPEAT: "R",
             SweepKnob.DIFFPURE_NOISE: "t_dp",
             SweepKnob.SHRINK_PX: "shrink",
+            SweepKnob.POLISH_NOISE: "polish",
         }[self]
         shown = "∞" if isinstance(value, float) and math.isinf(value) else f"{value:g}"
         return f"{symbol}={shown}"
