@@ -183,8 +183,6 @@ def purify(
     ] = SmallImageFit.PAD,
 ) -> None:
     """Purify images with ZIP and write PNGs (and optionally the degraded A⁺A x beside them)."""
-    import dataclasses
-
     from PIL import Image
     from tqdm import tqdm
 
@@ -220,11 +218,13 @@ def purify(
             tile_small=chosen.tile_small_images,
             small_fit=small_fit,
             on_batch=lambda n: bar.update(min(n, bar.total - bar.n)),
+            with_degraded=save_degraded,
         )
         bar.update(bar.total - bar.n)
-    for path, clean, blurred in zip(paths, purified, degraded, strict=True):
+    for path, clean in zip(paths, purified, strict=True):
         clean.save(out / f"{path.stem}.png")
-        if save_degraded:
+    if degraded is not None:  # computed only for --save-degraded
+        for path, blurred in zip(paths, degraded, strict=True):
             blurred.save(out / f"{path.stem}.degraded.png")
     typer.echo(f"wrote {len(purified)} purified image(s) to {out}")
 

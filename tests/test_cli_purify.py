@@ -80,6 +80,7 @@ def test_seeded_purify_is_reproducible_and_independent_of_batch_size(tmp_path):
             ],
         )
         assert result.exit_code == 0, result.output
+        assert not list(out.glob("*.degraded.png"))  # not asked for: not written (nor computed)
         outputs.append([np.asarray(Image.open(out / f"img{i}.png"), dtype=np.int16) for i in range(3)])
     for a, b in zip(*outputs, strict=True):
         assert np.abs(a - b).max() <= 1  # batched conv kernels may round one 8-bit level differently

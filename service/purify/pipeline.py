@@ -207,14 +207,16 @@ def purify_pil_images(
     tile_small: bool = True,
     small_fit: SmallImageFit = SmallImageFit.PAD,
     on_batch: Callable[[int], None] | None = None,
-) -> tuple[list[Image.Image], list[Image.Image]]:
+    with_degraded: bool = False,
+) -> tuple[list[Image.Image], list[Image.Image] | None]:
     """Purify PIL images of any sizes; returns (purified, degraded A⁺A x) at the original sizes.
 
-    With a seed, canvas i uses seed + i, so results do not depend on batch_size. With several
-    transforms, "degraded" shows the first one.
+    With a seed, canvas i uses seed + i, so results do not depend on batch_size. The degraded view
+    is computed only `with_degraded` (None otherwise); with several transforms it shows the first.
     """
     tensors = [pil_to_tensor(image, channels) for image in images]
     fitted, purified = purify_images(
         purifier, tensors, model_size, seed, device, batch_size, small_fit, tile_small, on_batch
     )
-    return [tensor_to_pil(x) for x in purified], [tensor_to_pil(x) for x in degraded_images(fitted, transforms)]
+    degraded = [tensor_to_pil(x) for x in degraded_images(fitted, transforms)] if with_degraded else None
+    return [tensor_to_pil(x) for x in purified], degraded
