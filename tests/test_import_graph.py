@@ -1,4 +1,11 @@
-"""The offline packages stay untangled: `training` and `defense_eval` share `backdoor` and never import each other.
+"""The import rules docs/design.md states, as tests.
+
+- the offline packages stay untangled: `training` and `defense_eval` share `backdoor` and never
+  import each other;
+- `upstream` is httpx only: no torch, no FastAPI (nor Starlette, which FastAPI is built on);
+- `purify` is pure tensor code: no web framework, no HTTP client;
+- `api` is imported by nothing below it: only `ui` (beside it) and the entry points (`cli`,
+  `cli_models`, `demo`) import it.
 
 Read from the source with `ast` (every import, also those inside functions and TYPE_CHECKING
 blocks), so the test sees what the code says, not what happened to be imported first.
@@ -27,12 +34,38 @@ def imported_modules(path: Path) -> set[str]:
     return modules
 
 
+def module_files(name: str) -> list[Path]:
+    """The source files of `service.<name>`, a package (every file under it) or a single module."""
+    package = SERVICE / name
+    return sorted(package.rglob("*.py")) if package.is_dir() else [SERVICE / f"{name}.py"]
+
+
 def package_imports(package: str) -> dict[str, set[str]]:
     """Module file (relative to service/) → the service modules it imports, for one package."""
     return {
         str(path.relative_to(SERVICE)): {m for m in imported_modules(path) if m.startswith("service.")}
-        for path in sorted((SERVICE / package).rglob("*.py"))
+        for path in module_files(package)
     }
+
+
+def third_party_importers(package: str, roots: set[str]) -> dict[str, set[str]]:
+    """The modules of `service.<package>` that import any of the top-level packages `roots`, with what they import."""
+    found = {
+        str(path.relative_to(SERVICE)): {m for m in imported_modules(path) if m.split(".")[0] in roots}
+        for path in module_files(package)
+    }
+    return {module: imports for module, imports in found.items() if imports}
+
+
+# The parts of service/ that `api` builds on (its layers below) and those built on it. Every
+# top-level module and package is in exactly one, so a new one has to be placed.
+ABOVE_API = frozenset({"api", "ui", "cli", "cli_models", "demo"})  # api itself, ui beside it, the entry points
+BELOW_API = frozenset(
+    {
+        "config", "config_file", "config_sources", "paths", "cpus", "errors", "metrics", "signals", "loopback",
+        "torch_threads", "purify", "workers", "upstream", "shadow", "backdoor", "training", "defense_eval",
+    }
+)  # fmt: skip
 
 
 def importers_of(package: str, importer: str) -> dict[str, set[str]]:
@@ -69,3 +102,27 @@ def test_backdoor_is_a_leaf_of_the_offline_side(package: str) -> None:
 
 def test_both_sides_use_the_shared_backdoor_package() -> None:
     assert importers_of("backdoor", "training") and importers_of("backdoor", "defense_eval")
+
+
+def test_every_part_of_service_is_placed_above_or_below_the_api() -> None:
+    parts = {path.stem for path in SERVICE.glob("*.py")} | {path.parent.name for path in SERVICE.glob("*/__init__.py")}
+    assert parts - {"__init__"} == ABOVE_API | BELOW_API and not ABOVE_API & BELOW_API
+
+
+@pytest.mark.parametrize("part", sorted(BELOW_API))
+def test_nothing_below_the_api_imports_it(part: str) -> None:
+    assert importers_of("api", part) == {}
+
+
+def test_upstream_imports_neither_torch_nor_fastapi() -> None:
+    assert third_party_importers("upstream", {"torch", "fastapi", "starlette"}) == {}
+
+
+def test_purify_imports_no_web_framework() -> None:
+    assert third_party_importers("purify", {"fastapi", "starlette", "uvicorn", "httpx", "jinja2"}) == {}
+
+
+def test_the_import_checks_see_imports_that_exist() -> None:
+    # Not vacuous: the same helpers find the imports that are allowed.
+    assert third_party_importers("purify", {"torch"}) and third_party_importers("api", {"fastapi"})
+    assert importers_of("api", "ui") and importers_of("api", "cli")
