@@ -438,9 +438,14 @@ class Settings(BaseSettings):
         """How the ε-model runs on its devices (channels-last, torch.compile)."""
         return Acceleration(channels_last=self.channels_last, compile_mode=self.compile_mode)
 
-    def strength_choice(self, strength: Strength, votes: int | None = None) -> StrengthChoice:
-        """The knobs and votes a request of `strength` runs (`votes`: the request's ?votes=K, else `votes`)."""
-        return apply_strength(strength, self.zip_config, self.votes if votes is None else votes)
+    def strength_choice(
+        self, strength: Strength | None = None, votes: int | None = None, *, base: ZipConfig | None = None
+    ) -> StrengthChoice:
+        """The knobs and votes a request runs: its `strength` (else `strength`) applied to `base` (else
+        `zip_config`, built now: the gateway passes the one it built once), with `votes` (the request's
+        ?votes=K, else `votes`)."""
+        chosen = self.strength if strength is None else strength
+        return apply_strength(chosen, self.zip_config if base is None else base, self.votes if votes is None else votes)
 
 
 def load_settings(

@@ -44,7 +44,7 @@ from service.errors import (
 from service.metrics import GatewayMetrics, Stage
 from service.purify.local_restore import split_mask_channel
 from service.purify.seeds import vote_canvas_seeds
-from service.purify.strength import Strength, StrengthChoice, apply_strength
+from service.purify.strength import Strength, StrengthChoice
 from service.shadow.labels import LabelExtractor, VendorLabel
 from service.shadow.monitor import build_shadow_monitor
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
@@ -55,6 +55,11 @@ T = TypeVar("T")
 # Up to this many pixels per request, decoding on the event loop (tens of µs) beats a hop to a
 # thread, which under GIL contention costs up to the 5 ms switch interval. Larger ones go to a thread.
 INLINE_DECODE_MAX_PIXELS = 256 * 256
+
+
+def purification_disabled() -> NotReady:
+    """The 503 of a purifying stage on a gateway that does not purify: waiting will not help (no Retry-After)."""
+    return NotReady("purification is disabled on this gateway (purification_enabled=false)", retry_after_s=None)
 
 
 class Gateway:
@@ -107,9 +112,7 @@ class Gateway:
         """
         if self._engine is None:
             if self.pool is None:
-                raise NotReady(
-                    "purification is disabled on this gateway (purification_enabled=false)", retry_after_s=None
-                )
+                raise purification_disabled()
             if not self.pool.ready:
                 raise self.not_ready_error()
             self._engine = EngineInfo.from_device_info(self.pool.device_info)
@@ -145,8 +148,7 @@ class Gateway:
             BadRequest: more votes than `max_votes`, asked for or implied by the preset.
         """
         settings = self.settings
-        chosen = settings.strength if strength is None else strength
-        choice = apply_strength(chosen, self.zip_config, settings.votes if votes is None else votes)
+        choice = settings.strength_choice(strength, votes, base=self.zip_config)
         if single or self.pool is None:
             return dataclasses.replace(choice, votes=1)
         if choice.votes > settings.max_votes:
@@ -219,7 +221,7 @@ class Gateway:
             ClientDisconnected: the client left while its images waited.
         """
         if self.pool is None or decoded.fitted is None:
-            raise NotReady("purification is disabled on this gateway (purification_enabled=false)", retry_after_s=None)
+            raise purification_disabled()
         fitted = decoded.fitted
         choice = self.strength_choice(single=True) if choice is None else choice
         self.metrics.strength_requests.labels(choice.strength.value).inc()

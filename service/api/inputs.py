@@ -87,7 +87,7 @@ async def _multipart_images(request: Request, max_images: int) -> list[bytes]:
                 f"multipart body has no '{IMAGE_FIELD}' part; send each image as a file "
                 f"in a field named '{IMAGE_FIELD}' (curl -F {IMAGE_FIELD}=@x.png)"
             )
-        _check_count(len(parts), max_images)
+        check_image_count(len(parts), max_images)
         images = []
         for i, part in enumerate(parts):
             if not isinstance(part, UploadFile):
@@ -107,7 +107,7 @@ def _json_images(body: bytes, max_images: int, max_image_bytes: int) -> list[byt
             raise BadRequest('the body is not valid JSON; send {"images": ["<base64>", ...]}') from exc
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3])
         raise InvalidShape(f'expected {{"images": ["<base64>", ...]}}: {problems}') from exc
-    _check_count(len(parsed.images), max_images)
+    check_image_count(len(parsed.images), max_images)
     images = []
     for i, text in enumerate(parsed.images):
         if math.ceil(len(text) / 4) * 3 > max_image_bytes + 2:  # decoded size ≈ 3/4 of the text, checked first
@@ -116,7 +116,12 @@ def _json_images(body: bytes, max_images: int, max_image_bytes: int) -> list[byt
     return images
 
 
-def _check_count(count: int, max_images: int) -> None:
+def check_image_count(count: int, max_images: int) -> None:
+    """The per-request image limit, for every way images arrive (multipart, JSON, a sidecar body).
+
+    Raises:
+        PayloadTooLarge: more than `max_images` (the `max_images_per_request` setting).
+    """
     if count > max_images:
         raise PayloadTooLarge(
             f"{count} images in one request; the limit is {max_images} (max_images_per_request): split the request"

@@ -21,10 +21,10 @@ from service.api.schemas import (
     RelayedBody,
 )
 from service.api.stages import Prediction, PreparedImages, originals_for_vendor
-from service.errors import PayloadTooLarge
 from service.purify.strength import Strength
 from service.shadow.monitor import SHADOW_HEADER, ShadowJob
 from service.upstream import UpstreamProtocol
+from service.workers import check_queue_room
 
 _IMAGES_OPENAPI: dict[str, Any] = {
     "multipart/form-data": {
@@ -138,11 +138,7 @@ def build_predict_router(
         settings = gateway.settings
         choice = gateway.strength_choice(strength, votes)
         blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
-        if len(blobs) * choice.votes > settings.queue_limit:
-            raise PayloadTooLarge(
-                f"{len(blobs)} images × votes={choice.votes} = {len(blobs) * choice.votes} purifications; the queue "
-                f"holds {settings.queue_limit}: send fewer images or ask for fewer votes"
-            )
+        check_queue_room(len(blobs), settings.queue_limit, votes=choice.votes)  # before decoding: an early 413
         prepared = await gateway.prepare(blobs, ctx, choice)
         result = await gateway.predict(prepared, ctx)
         purification = (

@@ -34,11 +34,12 @@ from fastapi.responses import Response
 
 from service.api.deps import ERROR_RESPONSES, PROTOCOL_ERROR_RESPONSES, ContextDep, GatewayDep
 from service.api.gateway import Gateway
+from service.api.inputs import check_image_count
 from service.api.schemas import EXAMPLE_PNG_B64, ProtocolErrorResponse
 from service.api.security import STRENGTH_HEADER, headers_for_vendor
 from service.api.stages import RequestContext
 from service.config import model_name_problem
-from service.errors import BadRequest, InvalidShape, ModelNotFound, PayloadTooLarge
+from service.errors import BadRequest, InvalidShape, ModelNotFound
 from service.purify.strength import Strength
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, VendorBody
 from service.upstream.catalog import ModelRef
@@ -238,9 +239,7 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
     headers = headers_for_vendor(request.headers, gateway.settings.api_key)
     body = VendorBody.from_headers(await request.body(), request.headers)
     blobs = adapter.extract_images(body)
-    limit = gateway.settings.max_images_per_request
-    if len(blobs) > limit:
-        raise PayloadTooLarge(f"{len(blobs)} images in one request; the limit is {limit} (max_images_per_request)")
+    check_image_count(len(blobs), gateway.settings.max_images_per_request)
     # After the cheap checks of the body (a malformed one costs the vendor nothing), before purification.
     if (model := model_ref(request, adapter.protocol)) is not None:
         await gateway.require_model(adapter, model, headers_for_question(headers), ctx)

@@ -6,6 +6,7 @@ import enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic.json_schema import JsonDict
 
 from service.purify.options import Method
 from service.purify.strength import Strength
@@ -73,6 +74,17 @@ class LatencyMs(BaseModel):
     total: float
 
 
+# The `purification` block of the response examples.
+_EXAMPLE_PURIFICATION: JsonDict = {
+    "model": "fmnist-ddpm",
+    "transforms": "jblur:4",
+    "steps": 20,
+    "guidance_power": 0.25,
+    "device": "cpu",
+    "dtype": "float32",
+}
+
+
 class PredictResponse(BaseModel):
     """The vendor's prediction for each purified image, with how and how fast."""
 
@@ -84,14 +96,7 @@ class PredictResponse(BaseModel):
                     "predictions": [
                         {"label": 9, "class_name": "ankle boot", "probabilities": [float(k == 9) for k in range(10)]}
                     ],
-                    "purification": {
-                        "model": "fmnist-ddpm",
-                        "transforms": "jblur:4",
-                        "steps": 20,
-                        "guidance_power": 0.25,
-                        "device": "cpu",
-                        "dtype": "float32",
-                    },
+                    "purification": _EXAMPLE_PURIFICATION,
                     "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 3.1, "total": 186.0},
                 }
             ]
@@ -121,14 +126,7 @@ class PurifyResponse(BaseModel):
                     "request_id": "3f2b9c0e8d7a4b6c9e1f2a3b4c5d6e7f",
                     "images": [EXAMPLE_PNG_B64],
                     "degraded": None,
-                    "purification": {
-                        "model": "fmnist-ddpm",
-                        "transforms": "jblur:4",
-                        "steps": 20,
-                        "guidance_power": 0.25,
-                        "device": "cpu",
-                        "dtype": "float32",
-                    },
+                    "purification": _EXAMPLE_PURIFICATION,
                     "latency_ms": {"decode": 0.4, "queue": 1.2, "purify": 180.0, "upstream": 0.0, "total": 183.0},
                 }
             ]

@@ -29,6 +29,28 @@ def pil_to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).div(127.5).sub(1.0)
 
 
+def check_batch(x: torch.Tensor, channels: int | None = None) -> None:
+    """Check that `x` is a batch of images as purification takes it: (N, C, H, W), N ≥ 1, float, finite.
+
+    Args:
+        x: the batch.
+        channels: the C the model expects (None: any).
+
+    Raises:
+        ValueError: the first of these that does not hold, named.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("empty batch")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a float tensor in [-1, 1], got {x.dtype}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"model expects {channels} channels, input has {x.shape[1]}")
+    if not torch.isfinite(x).all():
+        raise ValueError("input contains NaN or infinite values")
+
+
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     """A tensor (C, H, W) in [-1, 1] → 8-bit PIL image (L or RGB), rounded, clamped."""
     if x.ndim != 3 or x.shape[0] not in _MODE_FOR_CHANNELS:

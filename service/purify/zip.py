@@ -22,6 +22,7 @@ from typing import cast
 
 import torch
 
+from service.purify.imaging import check_batch
 from service.purify.jitter import bind_transforms
 from service.purify.options import ZipConfig
 from service.purify.schedule import alpha_bar, alphas_cumprod, ddim_step, linear_betas, renoise, timestep_pairs
@@ -137,16 +138,7 @@ class ZipPurifier:
         return self._transforms_by_channels[channels]
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"expected a batch (N, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError("empty batch")
-        if not x.is_floating_point():
-            raise ValueError(f"expected a float tensor in [-1, 1], got {x.dtype}")
-        if self.channels is not None and x.shape[1] != self.channels:
-            raise ValueError(f"model expects {self.channels} channels, input has {x.shape[1]}")
-        if not torch.isfinite(x).all():
-            raise ValueError("input contains NaN or infinite values")
+        check_batch(x, self.channels)
 
     def __call__(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Purify `x` (N, C, H, W) in [-1, 1]; returns a float32 batch of the same shape.

@@ -29,6 +29,7 @@ from service.errors import (
     PayloadTooLarge,
 )
 from service.metrics import DropReason, GatewayMetrics
+from service.purify.imaging import check_batch
 from service.purify.options import ZipConfig
 from service.purify.seeds import canvas_seeds
 from service.workers.batcher import Batch, DynamicBatcher, WorkItem
@@ -205,7 +206,9 @@ class WorkerPool:
             PurificationFailed: a batch holding one of the images failed.
         """
         steps = self.config.default_steps if steps is None else steps
-        _check_images(images, steps)
+        check_batch(images)  # what would fail a whole batch: one bad request cannot fail its batch-mates
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
         count = images.shape[0]
         if not self.ready:
             if self._state in (PoolState.DRAINING, PoolState.DRAINED, PoolState.CLOSED):
@@ -215,11 +218,7 @@ class WorkerPool:
                 f"the worker pool is {self._state.value}; not accepting images",
                 retry_after_s=_RETRY_AFTER_S.get(self._state),
             )
-        if count > self.config.queue_limit:
-            raise PayloadTooLarge(
-                f"{count} images in one request; the queue holds {self.config.queue_limit}; "
-                "send fewer images per request or raise the queue limit"
-            )
+        check_queue_room(count, self.config.queue_limit)
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             self._metrics.dropped.labels(DropReason.DEADLINE.value).inc(count)
@@ -374,13 +373,26 @@ def _error_of(future: asyncio.Future[ItemResult]) -> BaseException | None:
     return asyncio.CancelledError() if future.cancelled() else future.exception()
 
 
-def _check_images(images: torch.Tensor, steps: int) -> None:
-    """Reject what would fail a whole batch, so one bad request cannot fail its batch-mates."""
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected images of shape (N, C, H, W) with N >= 1, got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"expected float images in [-1, 1], got {images.dtype}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or infinite values")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+def check_queue_room(images: int, queue_limit: int, *, votes: int | None = None) -> None:
+    """Refuse what a queue of `queue_limit` images could never hold, however empty (the queue's rule:
+    the API asks it before decoding, for an early 413; `WorkerPool.submit` for every submission).
+
+    Args:
+        images: the request's images.
+        queue_limit: the queue's size (`PoolConfig.queue_limit`, from the `queue_limit` setting).
+        votes: the request's votes K, each a purification of every image (named in the message); None:
+            `images` counts every canvas of one submission.
+
+    Raises:
+        PayloadTooLarge: more purifications than the whole queue holds.
+    """
+    if votes is None and images > queue_limit:
+        raise PayloadTooLarge(
+            f"{images} images in one request; the queue holds {queue_limit}; "
+            "send fewer images per request or raise the queue limit"
+        )
+    if votes is not None and images * votes > queue_limit:
+        raise PayloadTooLarge(
+            f"{images} images × votes={votes} = {images * votes} purifications; the queue "
+            f"holds {queue_limit}: send fewer images or ask for fewer votes"
+        )
