@@ -223,7 +223,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Request body size limit.")
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1, description="Encoded size limit of one image.")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="Width × height limit, checked before decoding.")
-    # One request at 4096² peaks under 1.5 GiB (README, Configuration; tests/test_hardening_edge.py). The
+    # One request at 4096² peaks under 1.5 GiB (README, Configuration; tests/test_image_limits.py). The
     # default follows a raised max_image_pixels, so a deployment that raised only that still starts.
     max_request_pixels: int = Field(
         default_factory=lambda data: max(data.get("max_image_pixels", 0), DEFAULT_MAX_REQUEST_PIXELS),

@@ -1,6 +1,6 @@
 """Peak memory of one request at the gateway's pixel limits, measured in a fresh process.
 
-Run by tests/test_hardening_edge.py as `python -m tests.request_memory_probe SHAPE`, where SHAPE is
+Run by tests/test_image_limits.py as `python -m tests.request_memory_probe SHAPE`, where SHAPE is
 `one` (one image of the whole pixel budget) or `many` (the budget spread over 64 images). It
 starts the gateway in-process (TestClient, a 3-channel identity-plus-noise purifier: the worst
 case, three times the pixels of a grayscale model), sends one warm-up request, resets the

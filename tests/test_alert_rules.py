@@ -28,7 +28,7 @@ from tools import prometheus_rule
 ALERT_TESTS = REPO / "tests" / "prometheus" / "alerts_test.yml"
 COMPOSE = REPO / "docker-compose.yml"
 OVERLAYS = ("cpu", "gpu", "gpu-keda")
-# What operators must hear about (issue 16): each entry's metrics must appear in some alert.
+# What operators must hear about: each entry's metrics must appear in some alert.
 REQUIRED_SIGNALS = {
     "readiness": {"zipgate_ready", "up"},
     "answers (5xx, 429, 503, 504)": {"zipgate_requests_total"},

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service import cli
 from tests.gateway_servers import wait_until
 
 pytestmark = pytest.mark.slow
@@ -137,3 +138,42 @@ def test_a_bad_flag_value_exits_2_naming_the_setting_and_the_flag(tmp_path: Path
     assert result.returncode == 2, result.stdout + result.stderr
     assert "upstream_protocol (from flag --upstream-protocol)" in result.stderr, result.stderr
     assert "ZIPGATE_UPSTREAM_PROTOCOL" not in result.stderr  # the value did not come from the environment
+
+
+def test_the_cli_sets_a_passive_openmp_wait_unless_the_environment_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    cli._openmp_waits_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    cli._openmp_waits_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+@pytest.mark.slow
+def test_zipgate_serve_sets_it_before_torch_loads_openmp() -> None:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name != "OMP_WAIT_POLICY" and not name.startswith("ZIPGATE_")
+    }
+    # libgomp prints its settings when it loads (with torch); a bad setting then ends `serve` (exit 2).
+    env.update(OMP_DISPLAY_ENV="VERBOSE", ZIPGATE_MAX_CONNECTIONS="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-c", "from service.cli import app; app(['serve'])"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 2 and "max_connections" in result.stderr, result.stderr[-2000:]
+    if "OPENMP DISPLAY ENVIRONMENT" not in result.stderr:
+        pytest.skip("this torch's OpenMP runtime is not libgomp (it prints nothing to check)")
+    # PASSIVE: no spinning at all (libgomp's default spins 300000 rounds; ACTIVE for ever).
+    assert "GOMP_SPINCOUNT = '0'" in result.stderr, result.stderr[-2000:]
+
+
+def test_the_image_sets_a_passive_openmp_wait() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "OMP_WAIT_POLICY=PASSIVE" in dockerfile

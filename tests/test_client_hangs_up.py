@@ -4,15 +4,20 @@ as the 504 the vendor's timeout would have given it much later."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.fault_servers import HangingApp, serve_asgi
+from service.api.guard import guarded
+from service.errors import ClientDisconnected
+from tests.fault_servers import HangingApp, StaticApp, serve_asgi
 from tests.gateway_servers import (
     gateway_settings,
     get,
@@ -22,6 +27,7 @@ from tests.gateway_servers import (
     running_gateway,
     wait_until,
 )
+from tests.raw_http import address, request_head
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +112,44 @@ def test_a_client_that_hangs_up_while_the_vendor_is_asked_about_its_model_is_cou
 
         wait_until(lambda: counted("499") == 1, timeout_s=30, what="the request counted as 499")
         assert counted("504") == 0
+
+
+async def test_a_failing_receive_is_raised_not_reported_as_a_disconnect() -> None:
+    stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def broken_receive() -> dict[str, Any]:
+        raise RuntimeError("receive broke")
+
+    with pytest.raises(RuntimeError, match="receive broke"):
+        await guarded(
+            asyncio.sleep(10), request_id="r", what="work", stopped=stopped, deadline=None, receive=broken_receive
+        )
+
+    async def disconnect() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    with pytest.raises(ClientDisconnected):
+        await guarded(
+            asyncio.sleep(10), request_id="r", what="work", stopped=stopped, deadline=None, receive=disconnect
+        )
+
+
+def test_a_client_that_hangs_up_mid_body_is_499_not_500(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = StaticApp(200, b"{}")
+    with serve_asgi(recorder) as upstream_url, running_gateway(gateway_settings(None, upstream_url)) as url:
+        with caplog.at_level(logging.INFO):
+            with socket.create_connection(address(url), timeout=5) as sock:
+                sock.sendall(request_head("POST", "/predict", content_length=1000) + b'{"images": ["iVBO')
+            wait_until(
+                lambda: (
+                    metric_value(
+                        get(f"{url}/metrics").text, "zipgate_requests_total", endpoint="/predict", status="499"
+                    )
+                    == 1
+                ),
+                what="499 counted",
+            )
+        text = get(f"{url}/metrics").text
+    assert metric_value(text, "zipgate_requests_total", endpoint="/predict", status="500") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith(("service", "zipgate"))]
+    assert any(r.levelno == logging.INFO and "disconnected" in r.getMessage() for r in caplog.records)

@@ -8,14 +8,18 @@ import math
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from service.config import ConfigError, Settings, load_settings
+from service.config import DEFAULT_MAX_REQUEST_PIXELS, ConfigError, Settings, load_settings
 from service.purify.options import DType, ZipConfig
 from service.upstream import UpstreamProtocol
+
+CREDENTIALS = "vendoruser:s3cret-pw"
 
 
 @pytest.fixture(autouse=True)
@@ -244,3 +248,67 @@ def test_the_deployment_guides_config_file_is_valid_and_leaves_the_images_variab
     config.write_text(block)
     assert load_settings(config).upstream_model == "my-model"
     assert not {"host", "port", "model_path"} & set(yaml.safe_load(block))  # the image's ZIPGATE_* set those
+
+
+def test_max_connections_must_leave_room_for_the_request_itself() -> None:
+    with pytest.raises(ConfigError, match="max_connections"):
+        load_settings(max_connections=1)
+    assert load_settings(max_connections=2).max_connections == 2
+
+
+def test_settings_repr_hides_the_upstream_url() -> None:
+    settings = load_settings(upstream_url=f"http://{CREDENTIALS}@vendor:9000")
+    assert settings.upstream_url == f"http://{CREDENTIALS}@vendor:9000"
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"request_timeout_s": 1000.0},  # a model-level error: pydantic's input_value is every input
+        {"max_image_pixels": "many"},
+        {"upstream_url": f"ftp://{CREDENTIALS}@vendor"},
+        {"upstream_url": f"http://{CREDENTIALS}@vendor:port"},  # httpx.InvalidURL, not a ValueError
+    ],
+)
+def test_a_config_error_carries_no_credentials(overrides: dict[str, Any]) -> None:
+    values = {"upstream_url": f"http://{CREDENTIALS}@vendor:9000", **overrides}
+    with pytest.raises(ConfigError) as info:
+        load_settings(**values)
+    printed = "".join(traceback.format_exception(info.value))
+    assert "invalid zipgate settings" in printed
+    assert "s3cret" not in printed, printed
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_the_request_pixel_budget_follows_a_raised_image_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().max_request_pixels == DEFAULT_MAX_REQUEST_PIXELS == 4096 * 4096
+    assert load_settings(max_image_pixels=1000).max_request_pixels == DEFAULT_MAX_REQUEST_PIXELS
+    monkeypatch.setenv("ZIPGATE_MAX_IMAGE_PIXELS", str(5000 * 5000))  # a deployment that raised only this
+    assert load_settings().max_request_pixels == 5000 * 5000
+    assert load_settings(max_request_pixels=6000 * 6000).max_request_pixels == 6000 * 6000
+    with pytest.raises(ConfigError, match="max_image_pixels"):
+        load_settings(max_request_pixels=4096 * 4096)  # set explicitly below the image limit: still refused
+
+
+def test_the_pixel_budget_must_hold_one_image() -> None:
+    with pytest.raises(ConfigError, match="max_image_pixels"):
+        load_settings(max_request_pixels=100, max_image_pixels=101)
+
+
+def test_upstream_models_is_a_comma_separated_env_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZIPGATE_UPSTREAM_MODELS", " fmnist, resnet-50.v1 ,")
+    assert load_settings().upstream_models == ("fmnist", "resnet-50.v1")
+    monkeypatch.setenv("ZIPGATE_UPSTREAM_MODELS", "")
+    assert load_settings().upstream_models == ()  # empty: every model
+    for bad in ("fmnist,..", "a/b", "a%2fb", "."):
+        monkeypatch.setenv("ZIPGATE_UPSTREAM_MODELS", bad)
+        with pytest.raises(ConfigError, match="upstream_models"):
+            load_settings()
+
+
+def test_public_docs_defaults_to_private_when_a_key_is_set() -> None:
+    assert load_settings().public_docs is True
+    assert load_settings(api_key="gateway-key-123").public_docs is False
+    assert load_settings(api_key="gateway-key-123", public_docs=True).public_docs is True
+    assert load_settings(public_docs=False).public_docs is False

@@ -76,3 +76,23 @@ def test_pages_are_not_served_when_private_without_a_key(upstream_url: str) -> N
     with running_gateway(gateway_settings(None, upstream_url, public_docs=False)) as url:
         for page in (*PAGES, "/openapi.json"):
             assert get(f"{url}{page}").status_code == 404, page
+
+
+DOC_PATHS = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+
+
+def test_api_pages_need_the_key_unless_public() -> None:
+    recorder = StaticApp(200, b"{}")
+    with serve_asgi(recorder) as upstream_url:
+        with running_gateway(gateway_settings(None, upstream_url, api_key=KEY)) as url:
+            for path in DOC_PATHS:
+                response = get(f"{url}{path}")
+                assert response.status_code == 401, path
+                assert response.json()["error"]["code"] == "unauthorized"
+                assert get(f"{url}{path}", headers={"X-API-Key": KEY}).status_code == 200, path
+            spec = get(f"{url}/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+            assert "/predict" in spec["paths"] and "/docs" not in spec["paths"]
+            assert "/openapi.json" in get(f"{url}/docs", headers={"X-API-Key": KEY}).text
+        with running_gateway(gateway_settings(None, upstream_url, api_key=KEY, public_docs=True)) as url:
+            for path in DOC_PATHS:
+                assert get(f"{url}{path}").status_code == 200, path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import logging
@@ -12,17 +13,23 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from service import loopback
 from service.api import create_app
+from service.errors import DRAINING_RETRY_AFTER_S, LOADING_RETRY_AFTER_S, NotReady
 from service.loopback import wait_for_http
+from service.metrics import GatewayMetrics
+from service.workers.pool import PoolConfig, WorkerPool
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
+    FakePurifier,
     GatedPurifier,
     gateway_settings,
     get,
@@ -455,3 +462,77 @@ def test_requests_cut_short_by_the_drain_timeout_get_a_503_json_with_retry_after
     assert len(statuses) == REQUESTS and 503 in statuses.values(), statuses  # some were cut: the drain ran out
     durations = [record.drain_s for record in caplog.records if hasattr(record, "drain_s")]
     assert durations and all(seconds > 0 for seconds in durations), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.slow
+def test_a_body_still_arriving_when_the_drain_runs_out_gets_a_503_json() -> None:
+    recorder = StaticApp(200, b"{}")
+    with (
+        serve_asgi(recorder) as upstream_url,
+        serving_gateway_server(gateway_settings(None, upstream_url, drain_timeout_s=1.0, body_read_timeout_s=60.0)) as (
+            server,
+            url,
+        ),
+    ):
+        host, port = httpx.URL(url).host, httpx.URL(url).port
+        assert port is not None
+        with socket.create_connection((host, port), timeout=10) as client:
+            client.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\nX-Request-ID: trickle-1\r\n\r\n" + b'{"images": ['
+            )
+            wait_until(
+                lambda: metric_value(get(f"{url}/metrics").text, "zipgate_inflight_requests") >= 1,
+                what="the trickled request in flight (the scrape does not count itself)",
+            )
+            server.handle_exit(signal.SIGTERM, None)
+            client.settimeout(0.1)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:  # a byte every 0.1 s, past the drain budget, until it answers
+                try:
+                    first = client.recv(1, socket.MSG_PEEK)
+                except TimeoutError:
+                    client.sendall(b" ")
+                    continue
+                assert first, "closed without an answer"
+                break
+            client.settimeout(10)
+            answer = http.client.HTTPResponse(client)
+            answer.begin()
+            body = answer.read()
+    assert answer.status == 503, (answer.status, body[:300])
+    assert answer.headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert error["code"] == "not_ready" and error["request_id"] == "trickle-1" == answer.headers["x-request-id"]
+    assert int(answer.headers["retry-after"]) == DRAINING_RETRY_AFTER_S
+    assert recorder.requests == []
+
+
+def _pool(delay_s: float) -> WorkerPool:
+    return WorkerPool(
+        PoolConfig(devices=("cpu",), max_batch_size=1, max_wait_ms=0.0),
+        lambda device: FakePurifier(delay_s=delay_s),
+        GatewayMetrics(),
+    )
+
+
+async def test_the_drain_log_gives_the_time_since_the_drain_began(caplog: pytest.LogCaptureFixture) -> None:
+    pool = _pool(delay_s=1.0)
+    await pool.start()
+    submitted = asyncio.create_task(pool.submit(torch.zeros(1, 1, 16, 16), request_id="r"))
+    await asyncio.sleep(0.1)  # the batch is computing
+    with caplog.at_level(logging.INFO, logger="service.workers.pool"):
+        await pool.drain(timeout_s=0.0, began=time.monotonic() - 2.0)  # the budget was spent before the call
+    with pytest.raises(NotReady) as info:
+        await submitted
+    await pool.close()
+    timed_out = [record for record in caplog.records if "timed out" in record.getMessage()]
+    assert len(timed_out) == 1, [record.getMessage() for record in caplog.records]
+    assert timed_out[0].drain_s >= 2.0, timed_out[0].getMessage()  # not "after 0.00 s"
+    assert info.value.retry_after_s == DRAINING_RETRY_AFTER_S
+
+
+async def test_a_pool_not_started_yet_says_come_back_after_loading() -> None:
+    with pytest.raises(NotReady) as info:
+        await _pool(delay_s=0.0).submit(torch.zeros(1, 1, 16, 16), request_id="r")
+    assert info.value.retry_after_s == LOADING_RETRY_AFTER_S

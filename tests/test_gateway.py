@@ -16,12 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
+from service.api.app import create_app
 from service.config import Settings
 from service.metrics import Stage
 from service.upstream import UpstreamProtocol
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import (
     TINY_SIZE,
+    FakePurifier,
     GatedPurifier,
     decode_png,
     gateway_settings,
@@ -377,3 +379,22 @@ def test_demo_explains_a_missing_vendor_model(
     settings = gateway_settings(models[0], "http://127.0.0.1:9")
     assert main_job.run_demo(settings, vendor_dir=tmp_path / "missing", out=io.StringIO()) == 1
     assert "zipgate train vendor" in capsys.readouterr().err
+
+
+def test_404_is_documented_only_on_the_sidecar_model_routes() -> None:
+    paths = create_app(
+        gateway_settings(Path("unused"), "http://127.0.0.1:9", upstream_raw_path="/invocations"),
+        purifier_factory=lambda device: FakePurifier(),
+    ).openapi()["paths"]
+    posts = {path: operations["post"]["responses"] for path, operations in paths.items() if "post" in operations}
+    assert set(posts) == {
+        "/predict",
+        "/purify",
+        "/v1/models/{name}:predict",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+        "/invocations",
+    }
+    for path, responses in posts.items():
+        assert "408" in responses, path  # every route that reads a body
+        assert ("404" in responses) == path.startswith(("/v1/models/", "/v2/models/")), path

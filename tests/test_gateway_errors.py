@@ -10,7 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.api.app import create_app
 from service.api.gateway import Gateway
+from service.errors import LOADING_RETRY_AFTER_S, NotReady
 from tests.fault_servers import StaticApp, refused_port, reset_after_head, serve_asgi, serve_tcp
 from tests.gateway_servers import (
     FakePurifier,
@@ -298,3 +300,37 @@ def test_upstream_4xx_is_relayed_with_its_status(ddpm: Path) -> None:
         response = _through(upstream_url, ddpm)
     error = assert_error(response, 404, "upstream_rejected")
     assert error["upstream_status"] == 404 and "no model fmnist" in error["message"]
+
+
+def test_not_ready_sends_retry_after_only_where_waiting_helps() -> None:
+    assert NotReady("loading", retry_after_s=LOADING_RETRY_AFTER_S).headers == {"Retry-After": "5"}
+    assert NotReady("stopped", retry_after_s=None).headers == {}
+
+
+def test_http_503s_carry_retry_after_by_cause() -> None:
+    loaded = threading.Event()
+
+    def slow_to_load(device: str) -> FakePurifier:
+        assert loaded.wait(60)
+        return FakePurifier()
+
+    def broken(device: str) -> FakePurifier:
+        raise RuntimeError("no such model")
+
+    with serve_asgi(StaticApp(200, b'{"label": 1}')) as upstream_url:
+        settings = gateway_settings(Path("unused"), upstream_url)
+        with serve_asgi(create_app(settings, purifier_factory=slow_to_load)) as url:
+            try:
+                loading = post(f"{url}/predict", files=[("image", png_bytes())])
+            finally:
+                loaded.set()
+            assert loading.status_code == 503 and loading.headers["retry-after"] == "5", loading.text
+        with serve_asgi(create_app(settings, purifier_factory=broken)) as url:
+            wait_until(lambda: get(f"{url}/readyz").json()["status"] == "failed", what="start-up failed")
+            failed = post(f"{url}/predict", files=[("image", png_bytes())])
+            assert failed.status_code == 503 and "retry-after" not in failed.headers, failed.headers
+        app = create_app(settings, purifier_factory=lambda device: FakePurifier())
+        with serve_asgi(app, ready_path="/readyz", startup_timeout_s=60) as url:
+            app.state.lifecycle.begin_drain()
+            draining = post(f"{url}/predict", files=[("image", png_bytes())])
+            assert draining.status_code == 503 and draining.headers["retry-after"] == "1", draining.text

@@ -1,5 +1,5 @@
 """Upstream adapters, units on httpx.MockTransport: wire encoding per protocol, the error table,
-retries, construction and the hardening of issue 15 (credentials, encodings, limits, budgets).
+retries, construction and hardening (credentials, encodings, limits, budgets).
 
 The sidecar side (relay, rewriting a vendor's own request) is in test_upstream_sidecar.py; the
 same adapters against misbehaving vendors on real sockets in test_upstream_faults.py.
@@ -8,6 +8,8 @@ same adapters against misbehaving vendors on real sockets in test_upstream_fault
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,8 +29,11 @@ from service.upstream import (
     make_http_client,
     redact_url,
 )
+from service.upstream import client as client_module
 from service.upstream.client import decodable_encodings
 from tests.mock_vendor import BASE, IMAGES, RID, Handler, adapter, b64, good_answer, mock_client
+
+CREDENTIALS = "vendoruser:s3cret-pw"
 
 
 @pytest.fixture
@@ -375,7 +380,7 @@ async def test_make_http_client_sets_timeouts() -> None:
         assert client.follow_redirects is False
 
 
-# --- hardening (issue 15): credentials, messages, encodings, per-call budget -------------------
+# --- hardening: credentials, messages, encodings, per-call budget -------------------------------
 
 
 @pytest.mark.parametrize(
@@ -460,3 +465,60 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading() -> N
         with pytest.raises(UpstreamResponseTooLarge) as info:
             await adapter(UpstreamProtocol.RAW, client, max_response_bytes=1000).predict(IMAGES[:1], RID)
     assert info.value.status_code == 502 and info.value.upstream_status == 200
+
+
+def test_the_private_httpx_apis_the_client_uses_are_still_there() -> None:
+    """If this fails, httpx moved them: re-check service/upstream/client.py before raising its bound."""
+    from httpx._decoders import SUPPORTED_DECODERS
+
+    assert {"identity", "gzip", "deflate"} <= set(SUPPORTED_DECODERS)
+    decoder = httpx.Response(200, headers={"content-encoding": "gzip"})._get_content_decoder()
+    assert decoder.decode(gzip.compress(b"zipgate")) + decoder.flush() == b"zipgate"
+
+
+async def test_the_decoding_generator_is_closed_when_the_answer_is_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[bool] = []
+    real_chunks = client_module._decoded_chunks
+
+    async def recording_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in real_chunks(response):
+                yield chunk
+        finally:
+            closed.append(True)
+
+    monkeypatch.setattr(client_module, "_decoded_chunks", recording_chunks)
+    body = gzip.compress(b"\0" * 200_000)
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(200, content=body, headers={"content-encoding": "gzip"})
+    )
+    async with httpx.AsyncClient(transport=transport) as http:
+        with pytest.raises(UpstreamResponseTooLarge):
+            await client_module.send_with_retries(
+                http,
+                http.build_request("POST", "http://vendor/predict"),
+                RetryPolicy(max_retries=0),
+                max_response_bytes=10_000,
+            )
+        assert closed == [True]  # at once, not whenever the event loop finalizes the generator
+
+
+async def test_url_credentials_go_as_basic_auth_and_replace_the_clients_authorization() -> None:
+    seen: list[httpx.Request] = []
+
+    def vendor(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"ok": True})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(vendor)) as http:
+        adapter = build_upstream(UpstreamProtocol.V2, http, f"http://{CREDENTIALS}@vendor:9000", "fmnist")
+        await adapter.forward(
+            "POST",
+            "/v2/models/fmnist/infer",
+            b"{}",
+            {"Authorization": "Bearer vendor-token"},
+            content_type="application/json",
+        )
+    expected = "Basic " + base64.b64encode(CREDENTIALS.encode()).decode()
+    assert seen[0].headers.get_list("authorization") == [expected]
+    assert seen[0].url.userinfo == b""

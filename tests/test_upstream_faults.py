@@ -1,4 +1,4 @@
-"""One fault-injection test per way a vendor can fail (issue 15), each over real loopback sockets,
+"""One fault-injection test per way a vendor can fail, each over real loopback sockets,
 plus a healthy vendor as the control.
 
 Every test checks three things a client and an operator depend on: the mapped error (status and

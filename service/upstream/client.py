@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import httpx
 
 # Two private httpx APIs, so pyproject.toml bounds httpx below its next minor version and
-# tests/test_review_fixes.py fails loudly if either moves: the exact table httpx decodes with (br
+# tests/test_upstream.py fails loudly if either moves: the exact table httpx decodes with (br
 # and zstd appear only when brotli / zstandard import), and `Response._get_content_decoder` (below).
 from httpx._decoders import SUPPORTED_DECODERS as _HTTPX_DECODERS
 

@@ -1,0 +1,95 @@
+"""Requests as bytes: raw HTTP/1.1 over a socket, for what a well-behaved client never sends (dot
+segments, trickled bodies, hang-ups mid-body), and the sidecar bodies (TF-Serving, v2) of images."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+
+import httpx
+
+from tests.gateway_servers import error_details
+
+
+def address(base_url: str) -> tuple[str, int]:
+    """The gateway's host and port."""
+    url = httpx.URL(base_url)
+    assert url.host and url.port
+    return url.host, url.port
+
+
+def request_head(
+    method: str,
+    path: str,
+    *,
+    content_type: str = "application/json",
+    content_length: int | None = None,
+    extra: str = "",
+) -> bytes:
+    """An HTTP/1.1 request head with `path` exactly as given (no client normalises it)."""
+    length = f"Content-Length: {content_length}\r\n" if content_length is not None else ""
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: {content_type}\r\n{length}{extra}\r\n"
+    ).encode()
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP/1.1 response with a Content-Length body from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response head: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+def raw_post(
+    base_url: str, path: str, body: bytes, *, timeout_s: float = 30.0, extra_headers: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """POST `body` to `path` verbatim over a fresh socket; the status, headers and body."""
+    with socket.create_connection(address(base_url), timeout=timeout_s) as sock:
+        sock.sendall(request_head("POST", path, content_length=len(body), extra=extra_headers) + body)
+        return _read_response(sock)
+
+
+def json_error(body: bytes, path: str) -> dict[str, str]:
+    """The error's fields, in the shape `path` answers (the protocols' on /v1/ and /v2/)."""
+    error = error_details(json.loads(body), path)
+    assert error["code"] and error["message"] and error["request_id"], error
+    return error
+
+
+def b64(data: bytes) -> str:
+    """Base64 text of `data`."""
+    return base64.b64encode(data).decode()
+
+
+def v2_body(*images: bytes) -> bytes:
+    """A v2 inference request with one BYTES input of the images."""
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [len(images)],
+                    "datatype": "BYTES",
+                    "data": [b64(image) for image in images],
+                }
+            ]
+        }
+    ).encode()
+
+
+def tfserving_body(*images: bytes) -> bytes:
+    """A TF-Serving request of the images, `{"instances": [{"b64": ...}]}`."""
+    return json.dumps({"instances": [{"b64": b64(image)} for image in images]}).encode()
