@@ -18,6 +18,7 @@ from service.paths import HOME_ENV
 from service.purify.options import (
     DEFAULT_DTYPE,
     DType,
+    Method,
     SmallImageFit,
     ZipConfig,
 )  # light: enums and the knobs' defaults
@@ -171,6 +172,12 @@ def purify(
     steps: Annotated[int | None, typer.Option(help="S, sampling steps.")] = None,
     guidance_power: Annotated[float | None, typer.Option(help="λ; 'inf' disables the mix step.")] = None,
     eta: Annotated[float | None, typer.Option(help="η of the DDIM step, in [0, 1].")] = None,
+    method: Annotated[
+        Method | None,
+        typer.Option(
+            help="global ZIP, or local: localise, restore and polish (the preset's by default).", case_sensitive=False
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 …")] = "cpu",
     dtype: Annotated[
         DType, typer.Option(help="Compute dtype of the ε-model, as the gateway's ZIPGATE_DTYPE.", case_sensitive=False)
@@ -186,18 +193,24 @@ def purify(
     from PIL import Image
     from tqdm import tqdm
 
+    from service.purify.local_restore import build_purifier
     from service.purify.models import ModelLoadError, load_eps_model
     from service.purify.pipeline import purify_pil_images
     from service.purify.presets import PRESETS, PresetName
-    from service.purify.zip import ZipPurifier
 
     paths = _image_paths(images)
     try:
         chosen = PRESETS[PresetName(preset)]
-        knobs: dict[str, Any] = {"transforms": transforms, "steps": steps, "guidance_power": guidance_power, "eta": eta}
+        knobs: dict[str, Any] = {
+            "transforms": transforms,
+            "steps": steps,
+            "guidance_power": guidance_power,
+            "eta": eta,
+            "method": method,
+        }
         config = dataclasses.replace(chosen.zip, **{name: value for name, value in knobs.items() if value is not None})
         eps_model = load_eps_model(model, device=device, dtype=dtype)
-        purifier = ZipPurifier(eps_model, config)
+        purifier = build_purifier(eps_model, config)
     except (ModelLoadError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     loaded = []

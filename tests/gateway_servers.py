@@ -143,11 +143,13 @@ def tiny_vendor_dir(root: Path, seed: int = 0) -> Path:
 
 
 def gateway_settings(model_path: Path | None, upstream_url: str, **overrides: Any) -> Settings:
-    """Settings for fast tests: tiny model, 2 steps, CPU fp32, 1 ms batching wait, short drains."""
+    """Settings for fast tests: tiny model, 2 steps of global ZIP (a random model would find every block
+    suspicious; METHOD=local has tests of its own), CPU fp32, 1 ms batching wait, short drains."""
     values: dict[str, Any] = {
         "model_path": model_path or Path("unused"),
         "purification_enabled": model_path is not None,
         "steps": 2,
+        "method": "global",
         "devices": "cpu",
         "dtype": "fp32",
         "max_wait_ms": 1.0,

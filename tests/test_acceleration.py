@@ -16,7 +16,7 @@ import torch
 
 from service.config import Settings
 from service.purify.models import EpsModel, load_eps_model
-from service.purify.options import Acceleration, CompileMode, DType, ZipConfig
+from service.purify.options import Acceleration, CompileMode, DType, Method, ZipConfig
 from service.purify.seeds import seeded_generators
 from service.workers.purifier import ZipBatchPurifier, batch_buckets, zip_purifier_factory
 from tests.fp_tolerance import accumulation_depth, reordering_atol
@@ -68,7 +68,7 @@ def test_channels_last_gives_the_same_eps(tiny_dir: Path) -> None:
 def test_a_padded_compiled_batch_equals_the_plain_run_with_the_same_seeds(tiny_dir: Path) -> None:
     from service.purify.models import load_unet
 
-    config = ZipConfig("blur:2", steps=3)
+    config = ZipConfig("blur:2", steps=3, method=Method.GLOBAL)
     plain = ZipBatchPurifier(load_eps_model(tiny_dir), config)
     compiled_model = RecordingEps(load_unet(tiny_dir), "tiny", acceleration=EAGER_COMPILE)
     compiled = ZipBatchPurifier(compiled_model, config, buckets=(1, 2, 4))
@@ -84,7 +84,9 @@ def test_a_padded_compiled_batch_equals_the_plain_run_with_the_same_seeds(tiny_d
 
 
 def test_the_factory_compiles_every_bucket_before_it_returns(tiny_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    factory = zip_purifier_factory(tiny_dir, ZipConfig("blur:2", steps=2), DType.FP32, EAGER_COMPILE, max_batch_size=4)
+    factory = zip_purifier_factory(
+        tiny_dir, ZipConfig("blur:2", steps=2, method=Method.GLOBAL), DType.FP32, EAGER_COMPILE, max_batch_size=4
+    )
     with caplog.at_level(logging.INFO, logger="service.workers.purifier"):
         purifier = factory("cpu")
     assert isinstance(purifier, ZipBatchPurifier) and purifier.buckets == (1, 2, 4)
@@ -97,7 +99,9 @@ def test_the_factory_compiles_every_bucket_before_it_returns(tiny_dir: Path, cap
 
 
 def test_without_compile_batches_run_at_their_own_size(tiny_dir: Path) -> None:
-    factory = zip_purifier_factory(tiny_dir, ZipConfig("blur:2", steps=2), DType.FP32, max_batch_size=8)
+    factory = zip_purifier_factory(
+        tiny_dir, ZipConfig("blur:2", steps=2, method=Method.GLOBAL), DType.FP32, max_batch_size=8
+    )
     purifier = factory("cpu")
     assert isinstance(purifier, ZipBatchPurifier) and purifier.buckets is None
     assert purifier.model._forward is purifier.model.unet

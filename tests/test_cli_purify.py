@@ -136,7 +136,10 @@ def test_cli_and_gateway_purify_alike_by_default(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     cli = np.asarray(Image.open(tmp_path / "out" / "img0.png"), dtype=np.int16)
     unset = Settings.model_fields["dtype"].default  # the gateway's dtype when nothing sets it
-    settings = gateway_settings(tmp_path / "model", "http://127.0.0.1:9", dtype=unset, steps=3, transforms="blur:4")
+    method = Settings.model_fields["method"].default  # and its engine (the test helper pins global)
+    settings = gateway_settings(
+        tmp_path / "model", "http://127.0.0.1:9", dtype=unset, method=method, steps=3, transforms="blur:4"
+    )
     with running_gateway(settings) as url:
         png = (images / "img0.png").read_bytes()
         answer = httpx.post(f"{url}/purify", params={"seed": 7}, files={"image": ("img0.png", png, "image/png")})

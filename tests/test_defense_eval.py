@@ -31,7 +31,7 @@ from service.defense_eval.sweep import SweepKnob, parse_sweep, sweep_settings, v
 from service.errors import UpstreamError
 from service.purify.local_restore import LocalRestoreConfig, LocalRestorer
 from service.purify.models import load_eps_model
-from service.purify.options import DType
+from service.purify.options import DType, Method
 from service.purify.pipeline import degraded_images, fit_to_model, purify_canvases, restore_images
 from service.purify.schedule import timestep_pairs
 from service.purify.zip import ZipPurifier
@@ -64,7 +64,7 @@ def _options(world: tuple[Path, Path], out_dir: Path, **overrides: object) -> Ev
         vendors=ATTACKS,
         defenses=tuple(Defense),
         n=N,
-        setting=DefenseSetting("blur:2", steps=2, guidance_power=0.25),
+        setting=DefenseSetting("blur:2", steps=2, guidance_power=0.25, method=Method.GLOBAL),
         seed=0,
         batch_size=8,
         dtype=DType.FP32,
@@ -103,7 +103,10 @@ def test_blur_defense_is_the_projection_of_the_first_transform() -> None:
 
 
 def test_output_keys_ignore_knobs_a_defense_does_not_use() -> None:
-    a, b = DefenseSetting("blur:2", 10, 0.25), DefenseSetting("blur:2,blur:4", 20, 1.0, votes=3)
+    a, b = (
+        DefenseSetting("blur:2", 10, 0.25, method=Method.GLOBAL),
+        DefenseSetting("blur:2,blur:4", 20, 1.0, votes=3, method=Method.GLOBAL),
+    )
     assert a.output_key(Defense.NONE) == b.output_key(Defense.NONE)
     assert a.output_key(Defense.BLUR) == b.output_key(Defense.BLUR)
     assert a.output_key(Defense.ZIP) != b.output_key(Defense.ZIP)
@@ -111,7 +114,7 @@ def test_output_keys_ignore_knobs_a_defense_does_not_use() -> None:
 
 
 def test_sweep_is_the_cartesian_grid_last_knob_fastest() -> None:
-    base = DefenseSetting("blur:2", 20, 0.25)
+    base = DefenseSetting("blur:2", 20, 0.25, method=Method.GLOBAL)
     grid = sweep_settings(base, "steps=10,20 guidance_power=1,2 transforms=blur:2,blur:4")
     assert len(grid) == 8
     assert [(s.steps, s.guidance_power, s.transforms) for s in grid[:3]] == [
@@ -147,7 +150,7 @@ def test_bad_sweep_specs_say_what_is_wrong(spec: str, message: str) -> None:
 
 
 def test_sweep_varies_noise_start_and_time_travel_and_the_purifier_gets_them() -> None:
-    grid = sweep_settings(DefenseSetting(), "t*=0.5,1 L=2 R=1,3")
+    grid = sweep_settings(DefenseSetting(method=Method.GLOBAL), "t*=0.5,1 L=2 R=1,3")
     assert [(s.noise_start, s.travel_length, s.travel_repeat) for s in grid] == [
         (0.5, 2, 1),
         (0.5, 2, 3),
@@ -155,7 +158,7 @@ def test_sweep_varies_noise_start_and_time_travel_and_the_purifier_gets_them() -
         (1.0, 2, 3),
     ]
     assert len({s.output_key(Defense.ZIP) for s in grid}) == 4
-    assert "t*=0.5 L=2 R=3" in grid[1].describe() and "t*" not in DefenseSetting().describe()
+    assert "t*=0.5 L=2 R=3" in grid[1].describe() and "t*" not in DefenseSetting(method=Method.GLOBAL).describe()
     model = lambda x, t: torch.zeros_like(x)  # noqa: E731
     purifier = InProcessDefender(model).purifier(grid[1])  # type: ignore[arg-type]
     assert purifier.noise_start == 0.5
@@ -229,7 +232,7 @@ def test_label_of_rejects_what_it_cannot_read(prediction: object) -> None:
 def test_zip_defense_does_not_depend_on_the_batch(world: tuple[Path, Path]) -> None:
     model = load_eps_model(world[0])
     defender = InProcessDefender(model, "cpu")
-    setting = DefenseSetting("blur:2", steps=2)
+    setting = DefenseSetting("blur:2", steps=2, method=Method.GLOBAL)
     images = load_split(train=False).subset(4).images
     seeds = [item_seed(0, 1, p) for p in range(4)]
     whole = defender(Defense.ZIP, setting, images, seeds[0])
@@ -349,7 +352,7 @@ def gateway_url(world: tuple[Path, Path]) -> Iterator[str]:
 def test_gateway_purifies_with_the_same_seeds_as_the_engine(world: tuple[Path, Path], gateway_url: str) -> None:
     images = load_split(train=False).subset(4).images
     defender = InProcessDefender(load_eps_model(world[0]), "cpu")
-    setting = DefenseSetting("blur:2", steps=2, guidance_power=0.25)
+    setting = DefenseSetting("blur:2", steps=2, guidance_power=0.25, method=Method.GLOBAL)
     seeds = [item_seed(3, 1, p) for p in range(4)]
     with GatewayClient(gateway_url) as client:
         purified, degraded = client.purify(images, seeds[0])
@@ -364,7 +367,7 @@ def test_gateway_pads_an_upload_smaller_than_the_model_instead_of_stretching_it(
     """As a 28² Fashion-MNIST upload sits in the shipped 32² model: here 12² in the tiny 16² one."""
     small = load_split(train=False).subset(2).images[..., 10:22, 10:22]
     defender = InProcessDefender(load_eps_model(world[0]), "cpu")
-    setting = DefenseSetting("blur:2", steps=2, guidance_power=0.25)
+    setting = DefenseSetting("blur:2", steps=2, guidance_power=0.25, method=Method.GLOBAL)
     seeds = [item_seed(0, 0, p) for p in range(2)]
     with GatewayClient(gateway_url) as client:
         purified, _ = client.purify(small, seeds[0])
@@ -379,7 +382,7 @@ def test_the_evaluation_tiles_small_images_as_the_gateway_does(world: tuple[Path
     seed + i, in process exactly as through the gateway (the evaluation measures what the gateway serves)."""
     small = load_split(train=False).subset(5).images[..., 10:18, 10:18]  # 5 images: 2 canvases
     defender = InProcessDefender(load_eps_model(world[0]), "cpu")
-    setting = DefenseSetting("blur:2", steps=2, guidance_power=0.25)  # the gateway's settings
+    setting = DefenseSetting("blur:2", steps=2, guidance_power=0.25, method=Method.GLOBAL)  # the gateway's settings
     seed = item_seed(1, 0, 0)
     with GatewayClient(gateway_url) as client:
         purified, degraded = client.purify(small, seed)

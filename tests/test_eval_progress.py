@@ -5,8 +5,9 @@ from __future__ import annotations
 from service.backdoor.attacks import Attack
 from service.defense_eval.defenses import Defense, DefenseSetting
 from service.defense_eval.progress import EvalProgress, format_duration, planned_stages, stage_label
+from service.purify.options import Method
 
-SETTING = DefenseSetting("jblur:4", steps=20, guidance_power=0.25, votes=2)
+SETTING = DefenseSetting("jblur:4", steps=20, guidance_power=0.25, votes=2, method=Method.GLOBAL)
 
 
 def test_the_none_label_shows_no_purification_settings() -> None:

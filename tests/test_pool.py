@@ -21,7 +21,7 @@ import torch
 from service.errors import DeadlineExceeded, NotReady, Overloaded, PayloadTooLarge, PurificationFailed
 from service.metrics import DropReason, GatewayMetrics
 from service.purify.models import cpu_has_native_bf16
-from service.purify.options import DType, ZipConfig
+from service.purify.options import DType, Method, ZipConfig
 from service.workers.batcher import Batch, WorkItem
 from service.workers.devices import resolve_devices
 from service.workers.pool import PoolConfig, WorkerPool
@@ -499,7 +499,9 @@ async def test_real_engine_batch_equals_single_runs_with_the_same_seeds(
     """Also: the ZIP purifier keeps one ZipPurifier per steps count."""
     caplog.set_level(logging.INFO, logger="service.workers.pool")
     tiny_unet(channels=1, size=16).save_pretrained(tmp_path / "tiny")
-    factory = zip_purifier_factory(tmp_path / "tiny", ZipConfig("blur:2", guidance_power=1.0), dtype=DType.FP32)
+    factory = zip_purifier_factory(
+        tmp_path / "tiny", ZipConfig("blur:2", guidance_power=1.0, method=Method.GLOBAL), dtype=DType.FP32
+    )
     metrics = GatewayMetrics()
     pool = WorkerPool(
         PoolConfig(devices=("cpu",), max_batch_size=4, max_wait_ms=0.0, default_steps=3), factory, metrics
@@ -529,6 +531,6 @@ async def test_real_engine_batch_equals_single_runs_with_the_same_seeds(
     assert purifier.purifier_for(5) is purifier.purifier_for(5)
     assert purifier.purifier_for(5) is not purifier.purifier_for(4)
     assert len(purifier.purifier_for(4).pairs) == 4
-    light = ZipConfig("blur:2", guidance_power=1.0, noise_start=0.5)
+    light = ZipConfig("blur:2", guidance_power=1.0, noise_start=0.5, method=Method.GLOBAL)
     assert purifier.purifier_for(4, light).config == dataclasses.replace(light, steps=4)  # the variant's knobs
     assert purifier.purifier_for(4, light) is purifier.purifier_for(4, dataclasses.replace(light, steps=9))

@@ -11,9 +11,10 @@ from service.backdoor.metrics import DefenseScores
 from service.defense_eval.defenses import Defense, DefenseSetting
 from service.defense_eval.report import EvalReport, ResultRow, render_markdown, results_json
 from service.defense_eval.worst_case import worst_case_rows
+from service.purify.options import Method
 
-STRONG = DefenseSetting("blur:2", 20, 0.25)
-WEAK = DefenseSetting("blur:2", 20, 1.0)
+STRONG = DefenseSetting("blur:2", 20, 0.25, method=Method.GLOBAL)
+WEAK = DefenseSetting("blur:2", 20, 1.0, method=Method.GLOBAL)
 
 
 def _row(
@@ -76,7 +77,15 @@ def test_a_metric_without_defined_values_is_nan_and_a_missing_baseline_gives_no_
 def test_votes_make_their_own_group_and_duplicates_are_rejected() -> None:
     rows = [
         _row(Attack.SIG, Defense.ZIP, 0.8, 0.1, 0.7),
-        _row(Attack.SIG, Defense.ZIP, 0.85, 0.05, 0.75, DefenseSetting("blur:2", 20, 0.25, votes=3), votes=3),
+        _row(
+            Attack.SIG,
+            Defense.ZIP,
+            0.85,
+            0.05,
+            0.75,
+            DefenseSetting("blur:2", 20, 0.25, votes=3, method=Method.GLOBAL),
+            votes=3,
+        ),
     ]
     assert [w.purifications_per_image for w in worst_case_rows(rows)] == [1, 3]
     with pytest.raises(ValueError, match="twice"):

@@ -129,9 +129,9 @@ class ZipConfig:
     """ZIP's knobs, validated once at construction (the symbols of docs/design.md).
 
     The one source of the defaults: the gateway's settings, the CLI, the evaluation and
-    `ZipPurifier` all start from these. The defaults are the shipped world's (docs/defense.md,
-    "The default"): jblur:4 (blur:4 on a grid offset per image) and λ = 0.25, chosen by the worst
-    case over the attack zoo.
+    `ZipPurifier` all start from these. The defaults are the shipped world's, chosen by the worst
+    case over the attack zoo (docs/defense.md): `Method.LOCAL` with a DiffPure pass at t = 0.2·T;
+    for `Method.GLOBAL`, jblur:4 (blur:4 on a grid offset per image) and λ = 0.25.
 
     Attributes:
         transforms: degradations, e.g. "blur:4" or "blur:4,gray" (averaged), "blur:4+gray" (composed).
@@ -155,8 +155,8 @@ class ZipConfig:
     noise_start: float = 1.0
     travel_length: int = 1
     travel_repeat: int = 1
-    method: Method = Method.GLOBAL
-    polish_noise: float = 0.3
+    method: Method = Method.LOCAL
+    polish_noise: float = 0.2
 
     def __post_init__(self) -> None:
         check_transforms(self.transforms)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from service.purify.options import ZipConfig
+from service.purify.options import Method, ZipConfig
 
 
 class PresetName(enum.StrEnum):
@@ -38,7 +38,8 @@ PRESETS: dict[PresetName, PurificationPreset] = {
     # small images (CIFAR-10) packed 64 to a canvas. Convert the checkpoint with `zipgate convert adm`.
     PresetName.PAPER: PurificationPreset(
         model_size=256,
-        zip=ZipConfig(transforms="blur:4,gray", guidance_power=1.0),
+        # Global: the localiser's thresholds are calibrated on the shipped model (docs/design.md).
+        zip=ZipConfig(transforms="blur:4,gray", guidance_power=1.0, method=Method.GLOBAL),
         tile_small_images=True,
         note="OpenAI 256x256_diffusion_uncond converted to diffusers (docs/adm.md)",
     ),
