@@ -1,6 +1,6 @@
 """The worst case over the attack zoo: per (defense, setting), the maximum ASR and CA drop and the minimum PA.
 
-A defense is as good as its worst attack (issue 13: the worst case is the headline). This module
+A defense is as good as its worst attack (the worst case is the headline). This module
 aggregates evaluated rows, a pure function of them:
 
 - max ASR: the largest attack success rate of any attack;

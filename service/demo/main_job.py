@@ -36,6 +36,7 @@ from service.config import Settings
 from service.demo.vendor_app import create_vendor_app
 from service.loopback import serve_uvicorn, wait_for_http
 from service.purify.imaging import tensor_to_pil
+from service.purify.options import Method
 from service.shadow.alarm import AlarmRule, comparisons_by_raw_label, disagreements_by_raw_label
 from service.shadow.monitor import SHADOW_HEADER
 from service.upstream import UpstreamProtocol
@@ -210,10 +211,14 @@ def _class(label: int) -> str:
 
 
 def _print_table(rows: list[DemoRow], settings: Settings, out: TextIO) -> None:
+    engine = (
+        f"localise + restore, {settings.steps} steps, polish {settings.polish_noise:g}·T"
+        if settings.method is Method.LOCAL
+        else f"{settings.transforms}, {settings.steps} steps, λ={settings.guidance_power}"
+    )
     print(
         f"zipgate demo: BadNets-backdoored vendor (attack target: {_class(TARGET_LABEL)}); "
-        f"purifier {settings.model_path.name}, {settings.transforms}, {settings.steps} steps, "
-        f"λ={settings.guidance_power}",
+        f"purifier {settings.model_path.name}, {engine}",
         file=out,
     )
     print(f"{'image':<10} {'route':<8} {'prediction':<16} {'true label':<16} {'latency':>10}", file=out)
