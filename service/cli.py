@@ -245,7 +245,12 @@ def purify(
 @app.command("eval")
 def eval_command(
     vendor: Annotated[str, typer.Option(help=f"Comma list of attacks, or all (the zoo: {ZOO_NAMES}).")] = "all",
-    defense: Annotated[str, typer.Option(help="Comma list: none,blur,zip.")] = "none,blur,zip",
+    defense: Annotated[
+        str,
+        typer.Option(
+            help="Comma list: none, blur, shrinkpad, diffpure, zip (the gateway's engine), local (the mask alone)."
+        ),
+    ] = "none,blur,zip",
     n: Annotated[int, typer.Option(min=1, help="First n test images.")] = 1000,
     steps: Annotated[int, typer.Option(help="S, sampling steps.")] = ZipConfig.steps,
     transforms: Annotated[str, typer.Option()] = ZipConfig.transforms,
