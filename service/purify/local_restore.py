@@ -1,6 +1,6 @@
 """Localise, then restore: repaint only the blocks the prior finds suspicious (docs/design.md).
 
-One call runs the two stages on a batch of canvases:
+One call runs the stages on a batch of canvases (the polish pass last, when configured):
 
     map, keep = localise(ε_θ, x)                        # localise.py: suspicion map, keep-mask m
     x̃ = ZIP(x; A = diag(m), λ = ∞)                      # zip.py with a per-image `KeepMask`
@@ -71,7 +71,7 @@ class LocalRestoreConfig:
 
     def zip_config(self) -> ZipConfig:
         """The restoring run's ZIP knobs (its transform is the per-image mask, not a spec)."""
-        return ZipConfig(steps=self.steps, guidance_power=self.guidance_power, eta=self.eta)
+        return ZipConfig(steps=self.steps, guidance_power=self.guidance_power, eta=self.eta, method=Method.GLOBAL)
 
     def polish_config(self) -> ZipConfig:
         """The DiffPure pass as a ZIP run: started at t from the noised image, no mix (A = 0 below).
@@ -81,7 +81,9 @@ class LocalRestoreConfig:
         """
         if self.polish_noise is None:
             raise ValueError("no polish pass: set polish_noise")
-        return ZipConfig(steps=self.polish_steps, guidance_power=math.inf, noise_start=self.polish_noise)
+        return ZipConfig(
+            steps=self.polish_steps, guidance_power=math.inf, noise_start=self.polish_noise, method=Method.GLOBAL
+        )
 
 
 @dataclass(frozen=True)
