@@ -256,6 +256,12 @@ def eval_command(
     transforms: Annotated[str, typer.Option()] = ZipConfig.transforms,
     guidance_power: Annotated[float, typer.Option(help="λ; 'inf' disables the mix step.")] = ZipConfig.guidance_power,
     eta: Annotated[float, typer.Option(help="η of the DDIM step, in [0, 1].")] = ZipConfig.eta,
+    method: Annotated[
+        Method, typer.Option(help="zip's engine: local (localise, restore, polish) or global.", case_sensitive=False)
+    ] = ZipConfig.method,
+    polish_noise: Annotated[
+        float, typer.Option(help="method=local: t/T of the DiffPure pass (0 skips it).")
+    ] = ZipConfig.polish_noise,
     votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,
     strength: Annotated[
         Strength,
@@ -289,7 +295,8 @@ def eval_command(
                 "--strength applies to the in-process evaluation; through a gateway the evaluation asks for "
                 "strength=balanced (the gateway's configured knobs) with --votes"
             )
-        choice = apply_strength(strength, ZipConfig(transforms, steps, guidance_power, eta), votes)
+        knobs = ZipConfig(transforms, steps, guidance_power, eta, method=method, polish_noise=polish_noise)
+        choice = apply_strength(strength, knobs, votes)
         options = EvalOptions(
             vendors=parse_vendors(vendor),
             defenses=parse_defenses(defense),

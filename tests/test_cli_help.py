@@ -17,7 +17,7 @@ EXPECTED = {
     "--upstream-model": ("ZIPGATE_UPSTREAM_MODEL", "fmnist"),
     "--devices": ("ZIPGATE_DEVICES", "auto"),
     "--transforms": ("ZIPGATE_TRANSFORMS", "jblur:4"),
-    "--steps": ("ZIPGATE_STEPS", "20"),
+    "--steps": ("ZIPGATE_STEPS", "10"),
     "--purification": ("ZIPGATE_PURIFICATION_ENABLED", "--purification"),
 }
 

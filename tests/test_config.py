@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.config import DEFAULT_MAX_REQUEST_PIXELS, ConfigError, Settings, load_settings
-from service.purify.options import DType, ZipConfig
+from service.purify.options import DType, Method, ZipConfig
 from service.upstream import UpstreamProtocol
 
 CREDENTIALS = "vendoruser:s3cret-pw"
@@ -33,7 +33,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_run_the_shipped_model_against_the_demo_vendor() -> None:
     settings = load_settings()
     assert settings.model_path == Path("models/fmnist-ddpm")
-    assert (settings.transforms, settings.steps, settings.guidance_power, settings.eta) == ("jblur:4", 20, 0.25, 1.0)
+    assert (settings.method, settings.steps, settings.polish_noise) == (Method.LOCAL, 10, 0.2)
+    assert (settings.transforms, settings.guidance_power, settings.eta) == ("jblur:4", 0.25, 1.0)
     assert (settings.devices, settings.dtype) == ("auto", DType.AUTO)
     assert settings.purification_enabled is True
     assert settings.upstream_url == "http://127.0.0.1:9000"
@@ -214,9 +215,10 @@ def test_cgroup_cpu_quota_is_read_in_v2_and_v1_layouts(tmp_path: Path) -> None:
 
 
 def test_zip_knobs_default_to_zip_config_and_bundle_into_one() -> None:
-    """One source of the defaults: the settings' ZIP knobs are `ZipConfig`'s (jblur:4, S = 20, λ = 0.25, η = 1)."""
+    """One source of the defaults: the settings' ZIP knobs are `ZipConfig`'s (local, S = 10, polish 0.2; for
+    global: jblur:4, λ = 0.25, η = 1)."""
     settings = Settings()
-    assert settings.zip_config == ZipConfig() == ZipConfig("jblur:4", 20, 0.25, 1.0)
+    assert settings.zip_config == ZipConfig() == ZipConfig("jblur:4", 10, 0.25, 1.0, method=Method.LOCAL)
     assert load_settings(steps=7, guidance_power="inf").zip_config == ZipConfig(steps=7, guidance_power=math.inf)
 
 

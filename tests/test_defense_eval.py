@@ -150,7 +150,7 @@ def test_bad_sweep_specs_say_what_is_wrong(spec: str, message: str) -> None:
 
 
 def test_sweep_varies_noise_start_and_time_travel_and_the_purifier_gets_them() -> None:
-    grid = sweep_settings(DefenseSetting(method=Method.GLOBAL), "t*=0.5,1 L=2 R=1,3")
+    grid = sweep_settings(DefenseSetting(steps=20, method=Method.GLOBAL), "t*=0.5,1 L=2 R=1,3")
     assert [(s.noise_start, s.travel_length, s.travel_repeat) for s in grid] == [
         (0.5, 2, 1),
         (0.5, 2, 3),
@@ -486,11 +486,11 @@ def test_zip_with_method_local_runs_the_gateways_local_engine() -> None:
         ("local", 0.0),
         ("local", 0.2),
     ]
-    assert grid[2].describe().startswith("local polish=0 S=20") and "jblur" not in grid[3].describe()
+    assert grid[2].describe().startswith("local polish=0 S=10") and "jblur" not in grid[3].describe()
     model = lambda x, t: torch.zeros_like(x)  # noqa: E731
     defender = InProcessDefender(model)  # type: ignore[arg-type]
     assert isinstance(defender.purifier(grid[0]), ZipPurifier)
     local = defender.purifier(grid[3])
-    assert isinstance(local, LocalRestorer) and local.config == LocalRestoreConfig(polish_noise=0.2)
+    assert isinstance(local, LocalRestorer) and local.config == LocalRestoreConfig(steps=10, polish_noise=0.2)
     with pytest.raises(ValueError, match="global or local"):
         sweep_settings(DefenseSetting(), "method=regional")
