@@ -238,7 +238,8 @@ def test_the_purifier_defaults_to_the_products_knobs(gray_unet):
     """One source of truth: without a config, ZipPurifier runs ZipConfig's defaults (λ = 0.25, as the gateway)."""
     purifier = ZipPurifier(gray_unet)
     assert purifier.config == ZipConfig() and purifier.config.guidance_power == 0.25
-    assert (purifier.steps, purifier.noise_start, len(purifier.pairs)) == (20, 1.0, 20)
+    steps = ZipConfig.steps  # the product's S (10 since METHOD=local is the default)
+    assert (purifier.steps, purifier.noise_start, len(purifier.pairs)) == (steps, 1.0, steps)
 
 
 @pytest.mark.parametrize(
