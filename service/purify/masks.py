@@ -27,6 +27,13 @@ def _check_keep(keep: torch.Tensor) -> None:
         raise ValueError("a keep-mask holds only 0 (repaint) and 1 (keep)")
 
 
+def _masked(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """m ⊙ x, the mask checked against the batch (validated once, at construction, not every step)."""
+    if x.shape[0] != keep.shape[0] or x.shape[-2:] != keep.shape[-2:]:
+        raise ValueError(f"keep-mask of shape {tuple(keep.shape)} does not fit a batch of shape {tuple(x.shape)}")
+    return x * keep.to(device=x.device, dtype=x.dtype)
+
+
 @dataclass(frozen=True, eq=False)
 class KeepMask:
     """A x = m ⊙ x for a binary keep-mask m (N, 1, H, W), broadcast over channels; A⁺ = A."""
@@ -36,18 +43,11 @@ class KeepMask:
     def __post_init__(self) -> None:
         _check_keep(self.keep)
 
-    def _mask_for(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != self.keep.shape[0] or x.shape[-2:] != self.keep.shape[-2:]:
-            raise ValueError(
-                f"keep-mask of shape {tuple(self.keep.shape)} does not fit a batch of shape {tuple(x.shape)}"
-            )
-        return self.keep.to(device=x.device, dtype=x.dtype)
-
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self._mask_for(x)
+        return _masked(x, self.keep)
 
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self._mask_for(y)
+        return _masked(y, self.keep)
 
     def __str__(self) -> str:
         return f"mask:{1.0 - float(self.keep.float().mean()):.3f}"
@@ -67,10 +67,10 @@ class MaskedBlur:
             raise ValueError(f"the keep-mask must be constant on the {self.scale}×{self.scale} blocks of the blur")
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return Blur(self.scale).apply(KeepMask(self.keep).apply(x))
+        return Blur(self.scale).apply(_masked(x, self.keep))
 
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
-        return KeepMask(self.keep).pinv(Blur(self.scale).pinv(y))
+        return _masked(Blur(self.scale).pinv(y), self.keep)
 
     def __str__(self) -> str:
         return f"mask:{1.0 - float(self.keep.float().mean()):.3f}+blur:{self.scale}"
