@@ -35,7 +35,8 @@ from service.purify.options import (
     check_transforms,
 )
 from service.purify.strength import Strength, StrengthChoice, apply_strength
-from service.shadow.labels import LabelExtractor
+from service.shadow.labels import OTHER_LABEL, LabelExtractor, bounded_label
+from service.shadow.policy import DefensePolicy
 from service.upstream.base import UpstreamProtocol
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES
 from service.upstream.failures import redact_url
@@ -43,7 +44,18 @@ from service.upstream.v2_input import PixelLayout, TensorDatatype, V2Input
 
 # Paths the gateway serves itself: a raw sidecar path must not shadow them (/predict is the
 # exception: a raw image body on it is routed to the sidecar, see api/routes_predict.py).
-RESERVED_PATHS = ("/purify", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json", "/v1/", "/v2/")
+RESERVED_PATHS = (
+    "/purify",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/v1/",
+    "/v2/",
+    "/targets",
+)
 # A vendor model name as a path segment: nothing a server or proxy could decode or resolve into
 # another path (no "/", backslash or "%", no dot segments); see api/routes_sidecar.py.
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -290,6 +302,19 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=1, description="Bytes the capture folder holds at most; the oldest records go first."
     )
 
+    # --- the closed loop (docs/design.md, "The closed loop") ---
+    policy: DefensePolicy = Field(
+        DefensePolicy.ALWAYS,
+        description="Which answer /predict returns: always (the purified image's), on_alarm (the raw image's unless "
+        "its raw label is a named backdoor target), until_alarm (purified until a target is named, then as "
+        "on_alarm). The loop policies purify every image and ask the vendor about the raw one too (2 calls).",
+    )
+    suspected_targets: tuple[str, ...] = Field(
+        (),
+        description="Raw labels held as backdoor targets from the start (comma list), e.g. the label the "
+        "Prometheus alert named; the gateway's own alarm and PUT /targets/{label} add more.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -356,13 +381,20 @@ class Settings(BaseSettings):
         # ZIPGATE_API_KEY="" in a compose file means "no key", not "the empty key".
         return key if key is not None and key.get_secret_value() else None
 
-    @field_validator("upstream_models", mode="before")
+    @field_validator("upstream_models", "suspected_targets", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         # The env form is "a,b" (pydantic-settings would expect JSON); a file may give a list.
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
+
+    @field_validator("suspected_targets")
+    @classmethod
+    def _check_targets(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        if OTHER_LABEL in labels:
+            raise ValueError(f"'{OTHER_LABEL}' is the bucket of labels past shadow_max_labels, not one vendor label")
+        return tuple(bounded_label(label) for label in labels)  # as the shadow counters name labels
 
     @field_validator("upstream_input_shape", mode="before")
     @classmethod
@@ -400,6 +432,8 @@ class Settings(BaseSettings):
             )
         if self.votes > self.max_votes:
             raise ValueError(f"votes ({self.votes}) exceeds max_votes ({self.max_votes})")
+        if self.policy.asks_raw and not self.purification_enabled:
+            raise ValueError(f"policy={self.policy} compares purified and raw answers; it needs purification_enabled")
         if (needed := self.strength_choice(self.strength).votes) > self.max_votes:
             raise ValueError(f"strength '{self.strength}' purifies {needed} times; max_votes is {self.max_votes}")
         if self.max_image_bytes > self.max_request_bytes:

@@ -4,6 +4,7 @@
     ├── BadRequest (400, bad_request)            undecodable/empty image, bad spec
     ├── Unauthorized (401, unauthorized)         missing or wrong API key
     ├── ModelNotFound (404, model_not_found)     a model this server does not expose or serve
+    ├── TargetNotNamed (404, target_not_named)   clearing a backdoor target that is not named
     ├── RequestTimeout (408, request_timeout)    the body did not arrive within body_read_timeout_s
     ├── PayloadTooLarge (413, payload_too_large) bytes, pixels or images over a limit
     ├── UnsupportedMediaType (415, unsupported_media_type)
@@ -90,6 +91,13 @@ class ModelNotFound(GatewayError):
 
     status_code = 404
     code = "model_not_found"
+
+
+class TargetNotNamed(GatewayError):
+    """`DELETE /targets/{label}` of a label the gateway does not hold as a backdoor target."""
+
+    status_code = 404
+    code = "target_not_named"
 
 
 class RequestTimeout(GatewayError):

@@ -69,6 +69,14 @@ class GatewayMetrics:
             buckets=(0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0),
             registry=r,
         )
+        self.answers = Counter(
+            "zipgate_answers_total",
+            "Images answered under a closed-loop policy, by the image the answer came from (purified or raw).",
+            ["answer"],
+            registry=r,
+        )
+        for answer in ("purified", "raw"):
+            self.answers.labels(answer)
         self.strength_requests = Counter(
             "zipgate_strength_requests_total",
             "Purifying requests by strength preset (strict costs 3x: the mix is the compute bill).",

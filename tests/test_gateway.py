@@ -132,6 +132,9 @@ def test_predict_returns_the_vendors_answer_for_the_purified_images(
         "dtype": "float32",
         "votes": 1,
         "vote_labels": None,
+        "policy": "always",
+        "answers": None,
+        "named_targets": None,
     }
     assert set(body["latency_ms"]) == {*STAGES, "total"}
     assert all(value >= 0 for value in body["latency_ms"].values())

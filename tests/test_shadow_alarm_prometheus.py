@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from service.loopback import serve_asgi
+from tests.backdoored_vendor import TARGET, BackdooredVendor, TriggerRemover, backdoor_png
 from tests.deploy_support import ALERT_RULES
 from tests.gateway_servers import gateway_settings, metric_sum, running_gateway, wait_until
 from tests.test_prometheus_scrape import free_port, loopback_config, poll, running_prometheus
-from tests.test_shadow_gateway import TARGET, BackdooredVendor, TriggerRemover, _png
 
 pytestmark = pytest.mark.slow
 MIN_COUNT = 20  # the rule's minimum count of disagreements
@@ -44,7 +44,9 @@ def test_a_burst_of_triggered_requests_fires_the_alarm_naming_the_target(tmp_pat
             for seed in range(MIN_COUNT - 1):  # one short of the minimum: no alarm, whatever the share
                 assert (
                     httpx.post(
-                        f"{url}/predict", files=[("image", ("t.png", _png(True, seed), "image/png"))], timeout=30.0
+                        f"{url}/predict",
+                        files=[("image", ("t.png", backdoor_png(True, seed), "image/png"))],
+                        timeout=30.0,
                     ).status_code
                     == 200
                 )
@@ -55,7 +57,9 @@ def test_a_burst_of_triggered_requests_fires_the_alarm_naming_the_target(tmp_pat
             )
             poll("Prometheus scraping the disagreements", lambda: _sum(prometheus_url) == MIN_COUNT - 1)
             assert not _firing(prometheus_url)
-            httpx.post(f"{url}/predict", files=[("image", ("t.png", _png(True, 99), "image/png"))], timeout=30.0)
+            httpx.post(
+                f"{url}/predict", files=[("image", ("t.png", backdoor_png(True, 99), "image/png"))], timeout=30.0
+            )
             (alert,) = poll("the backdoor alarm", lambda: _firing(prometheus_url), timeout_s=60.0)
     assert alert["labels"]["raw_label"] == TARGET
     assert alert["annotations"]["summary"] == f"suspected backdoor target: label {TARGET}"

@@ -7,7 +7,6 @@ raw and purified answers then disagree exactly on triggered images.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import threading
@@ -17,59 +16,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
 from service.loopback import serve_asgi
-from tests.gateway_servers import FakePurifier, gateway_settings, metric_sum, metric_value, running_gateway, wait_until
-
-TARGET, CLEAN_LABEL = "7", "1"
-
-
-def _png(triggered: bool, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 100, (16, 16), dtype=np.uint8)
-    if triggered:
-        pixels[12:15, 12:15] = 255
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-class BackdooredVendor:
-    """Raw-protocol vendor: label 7 when any pixel is bright; records request ids; can fail shadow calls."""
-
-    def __init__(self, fail_shadow: bool = False) -> None:
-        self.request_ids: list[str] = []
-        self.lock = threading.Lock()
-        self.app = FastAPI()
-
-        @self.app.post("/predict")
-        async def predict(request: Request) -> JSONResponse:
-            request_id = request.headers.get("x-request-id", "")
-            with self.lock:
-                self.request_ids.append(request_id)
-            if fail_shadow and request_id.endswith("-shadow"):
-                return JSONResponse({"error": "down"}, status_code=500)
-            image = np.asarray(Image.open(io.BytesIO(await request.body())).convert("L"))
-            return JSONResponse({"label": TARGET if image.max() > 200 else CLEAN_LABEL})
-
-
-class TriggerRemover(FakePurifier):
-    """Darkens everything above mid-grey; with `noisy`, vote-dependent: a seeded coin puts a bright pixel back."""
-
-    def __init__(self, noisy: bool = False) -> None:
-        super().__init__()
-        self.noisy = noisy
-
-    def __call__(self, batch: torch.Tensor, steps: int, generators: Any, variant: Any = None) -> torch.Tensor:
-        out = batch.clamp(max=0.0)
-        if self.noisy:
-            for i, generator in enumerate(generators):
-                if torch.rand(1, generator=generator).item() < 0.5:
-                    out[i, :, 0, 0] = 1.0
-        return out
+from tests.backdoored_vendor import CLEAN_LABEL, TARGET, BackdooredVendor, TriggerRemover, backdoor_png
+from tests.gateway_servers import gateway_settings, metric_sum, metric_value, running_gateway, wait_until
 
 
 def _post(url: str, png: bytes, **kwargs: Any) -> httpx.Response:
@@ -90,7 +43,9 @@ def test_shadow_mode_counts_disagreements_on_triggered_images_and_captures_them(
             purifier_factory=lambda device: TriggerRemover(),
         ) as url,
     ):
-        answers = [_post(url, _png(triggered, seed)) for seed, triggered in enumerate([True, False, True, True, False])]
+        answers = [
+            _post(url, backdoor_png(triggered, seed)) for seed, triggered in enumerate([True, False, True, True, False])
+        ]
         assert [a.status_code for a in answers] == [200] * 5
         # The client always gets the purified answer, never the raw one.
         assert all(a.json()["predictions"] == [{"label": CLEAN_LABEL}] for a in answers)
@@ -114,14 +69,14 @@ def test_shadow_mode_counts_disagreements_on_triggered_images_and_captures_them(
 
 
 def test_shadow_failures_never_reach_the_client(tmp_path: Path) -> None:
-    vendor = BackdooredVendor(fail_shadow=True)
+    vendor = BackdooredVendor(fail_suffix="-shadow")
     with (
         serve_asgi(vendor.app) as vendor_url,
         running_gateway(
             gateway_settings(tmp_path, vendor_url, shadow_rate=1.0), purifier_factory=lambda device: TriggerRemover()
         ) as url,
     ):
-        assert _post(url, _png(True)).status_code == 200
+        assert _post(url, backdoor_png(True)).status_code == 200
         wait_until(lambda: metric_value(_metrics(url), "zipgate_shadow_failures_total") == 1, what="a failure")
         assert metric_sum(_metrics(url), "zipgate_shadow_comparisons_total") == 0
 
@@ -136,9 +91,9 @@ def test_the_shadow_header_works_only_when_allowed(tmp_path: Path) -> None:
                 purifier_factory=lambda device: TriggerRemover(),
             ) as url,
         ):
-            assert _post(url, _png(True), headers={"X-Zipgate-Shadow": "1"}).status_code == 200
-            assert _post(url, _png(True)).status_code == 200  # no header, rate 0: never compared
-            assert _post(url, _png(True), headers={"X-Zipgate-Shadow": "1"}).status_code == 200
+            assert _post(url, backdoor_png(True), headers={"X-Zipgate-Shadow": "1"}).status_code == 200
+            assert _post(url, backdoor_png(True)).status_code == 200  # no header, rate 0: never compared
+            assert _post(url, backdoor_png(True), headers={"X-Zipgate-Shadow": "1"}).status_code == 200
             if allowed:
                 wait_until(
                     lambda: metric_sum(_metrics(url), "zipgate_shadow_comparisons_total") == 2, what="2 comparisons"
@@ -158,7 +113,7 @@ def test_votes_answer_with_the_majority_and_repeat_with_a_seed(tmp_path: Path) -
             purifier_factory=lambda device: TriggerRemover(noisy=True),
         ) as url,
     ):
-        images = [_png(False, seed) for seed in range(4)]
+        images = [backdoor_png(False, seed) for seed in range(4)]
         files = [("image", (f"{i}.png", png, "image/png")) for i, png in enumerate(images)]
         first = httpx.post(f"{url}/predict?votes=5&seed=11", files=files, timeout=30.0).json()
         again = httpx.post(f"{url}/predict?votes=5&seed=11", files=files, timeout=30.0).json()
@@ -189,7 +144,9 @@ def test_bad_votes_are_client_errors(tmp_path: Path, value: str) -> None:
             gateway_settings(tmp_path, vendor_url), purifier_factory=lambda device: TriggerRemover()
         ) as url,
     ):
-        response = httpx.post(f"{url}/predict?votes={value}", files=[("image", ("x.png", _png(False), "image/png"))])
+        response = httpx.post(
+            f"{url}/predict?votes={value}", files=[("image", ("x.png", backdoor_png(False), "image/png"))]
+        )
     assert 400 <= response.status_code < 500 and "error" in response.json()
 
 
@@ -202,7 +159,7 @@ def test_votes_that_would_overflow_the_queue_are_refused_with_the_reason(tmp_pat
             purifier_factory=lambda device: TriggerRemover(),
         ) as url,
     ):
-        files = [("image", (f"{i}.png", _png(False, i), "image/png")) for i in range(3)]
+        files = [("image", (f"{i}.png", backdoor_png(False, i), "image/png")) for i in range(3)]
         refused = httpx.post(f"{url}/predict?votes=3", files=files, timeout=30.0)
         accepted = httpx.post(f"{url}/predict?votes=2", files=files, timeout=30.0)
     assert refused.status_code == 413 and "3 images × votes=3 = 9" in refused.json()["error"]["message"]
@@ -239,7 +196,7 @@ def test_vendor_labels_of_200_kb_leave_metrics_capture_and_responses_bounded(tmp
         ) as url,
     ):
         for seed in range(requests):
-            assert _post(url, _png(True, seed)).status_code == 200
+            assert _post(url, backdoor_png(True, seed)).status_code == 200
         wait_until(
             lambda: metric_sum(_metrics(url), "zipgate_shadow_comparisons_total") == requests,
             timeout_s=60.0,
@@ -247,7 +204,7 @@ def test_vendor_labels_of_200_kb_leave_metrics_capture_and_responses_bounded(tmp
         )
         scrape = httpx.get(f"{url}/metrics", timeout=10.0)
         voted = httpx.post(
-            f"{url}/predict?votes=3", files=[("image", ("x.png", _png(False), "image/png"))], timeout=30.0
+            f"{url}/predict?votes=3", files=[("image", ("x.png", backdoor_png(False), "image/png"))], timeout=30.0
         )
     assert len(scrape.content) < 100_000, len(scrape.content)
     shadow_series = [line for line in scrape.text.splitlines() if line.startswith("zipgate_shadow_")]
@@ -290,7 +247,7 @@ def test_deleting_a_captured_record_by_hand_does_not_stop_capture(tmp_path: Path
         def disagree(count: int, first_seed: int) -> None:
             for seed in range(first_seed, first_seed + count):
                 expected = compared() + 1
-                assert _post(url, _png(True, seed)).status_code == 200
+                assert _post(url, backdoor_png(True, seed)).status_code == 200
                 # One at a time, so that every comparison (and its record) is done before the next.
                 wait_until(lambda expected=expected: compared() == expected, what="the comparison")
 

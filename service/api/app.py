@@ -26,6 +26,7 @@ from service.api.routes_docs import mount_docs
 from service.api.routes_health import build_health_router
 from service.api.routes_predict import build_predict_router
 from service.api.routes_sidecar import build_sidecar_router
+from service.api.routes_targets import build_targets_router
 from service.api.routes_v1 import build_v1_router
 from service.api.routes_v2 import build_v2_router
 from service.api.security import api_key_dependency
@@ -130,6 +131,7 @@ def create_app(
     app.include_router(build_sidecar_router(dependencies, None if raw_on_predict else settings.upstream_raw_path))
     app.include_router(build_v1_router(dependencies))
     app.include_router(build_v2_router(dependencies))
+    app.include_router(build_targets_router(dependencies))
     app.include_router(build_health_router(metrics))
     mount_ui(app, dependencies)
     app.add_middleware(

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import secrets
 from collections.abc import Awaitable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from service.api.decode import ImageLimits, open_images
 from service.api.guard import guarded, time_left
@@ -40,13 +40,17 @@ from service.errors import (
     LOADING_RETRY_AFTER_S,
     BadRequest,
     NotReady,
+    UpstreamError,
 )
 from service.metrics import GatewayMetrics, Stage
 from service.purify.local_restore import split_mask_channel
 from service.purify.seeds import vote_canvas_seeds
 from service.purify.strength import Strength, StrengthChoice
+from service.shadow.history import ShadowHistory
 from service.shadow.labels import LabelExtractor, VendorLabel
 from service.shadow.monitor import build_shadow_monitor
+from service.shadow.policy import AnswerSource, DefensePolicy
+from service.shadow.targets import TargetBoard
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
 from service.upstream.catalog import ModelCatalog, ModelRef
 from service.workers import WorkerPool
@@ -55,6 +59,7 @@ T = TypeVar("T")
 # Up to this many pixels per request, decoding on the event loop (tens of µs) beats a hop to a
 # thread, which under GIL contention costs up to the 5 ms switch interval. Larger ones go to a thread.
 INLINE_DECODE_MAX_PIXELS = 256 * 256
+RAW_REQUEST_SUFFIX = "-raw"  # the vendor's logs tell the closed loop's raw call from the purified one
 
 
 def purification_disabled() -> NotReady:
@@ -95,7 +100,12 @@ class Gateway:
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.vote_label = LabelExtractor.parse(settings.vote_label)
         self.zip_config = settings.zip_config  # built (and validated) once, not per request
-        self.shadow = build_shadow_monitor(settings, upstream, metrics.shadow, pool, self.vote_label)
+        history = ShadowHistory()
+        # The backdoor targets named so far; the closed-loop policies purify their answers.
+        self.targets = TargetBoard(metrics.registry, settings.suspected_targets, history)
+        self.shadow = build_shadow_monitor(
+            settings, upstream, metrics.shadow, pool, self.vote_label, history=history, on_counted=self.targets.judge
+        )
         self._engine: EngineInfo | None = None
 
     @property
@@ -162,8 +172,11 @@ class Gateway:
         choice: StrengthChoice,
         vote_labels: list[list[VendorLabel | None]] | None = None,
         masked_fraction: list[float] | None = None,
+        *,
+        answers: list[AnswerSource] | None = None,
+        named_targets: list[str] | None = None,
     ) -> PurificationInfo:
-        """The response's `purification` block."""
+        """The response's `purification` block (`answers` and `named_targets`: the closed loop's)."""
         engine = self.engine
         return PurificationInfo(
             model=engine.model,
@@ -179,6 +192,9 @@ class Gateway:
             dtype=engine.dtype,
             votes=1 if vote_labels is None else len(vote_labels[0]),
             vote_labels=vote_labels,
+            policy=self.settings.policy if answers is not None else DefensePolicy.ALWAYS,
+            answers=answers,
+            named_targets=named_targets,
         )
 
     # --- stages -----------------------------------------------------------------------------
@@ -330,6 +346,31 @@ class Gateway:
             )
         outcome = majority([r.predictions for r in results], self.vote_label)
         return Prediction(outcome.predictions, vote_labels=outcome.labels, chosen_votes=outcome.chosen)
+
+    async def ask_raw(self, decoded: DecodedBatch, ctx: RequestContext) -> list[Any]:
+        """Ask the vendor about the client's images as they came (the closed loop); one prediction per image.
+
+        Raises:
+            UpstreamError: the vendor answered a different number of predictions.
+            the errors of `predict`.
+        """
+        originals, content_type = originals_for_vendor(decoded)
+        remaining = time_left(ctx.deadline, ctx.request_id, "calling the vendor")
+        with self._upstream_call(ctx) as timed:
+            result = await self._guarded(
+                self.upstream.predict(
+                    originals, ctx.request_id + RAW_REQUEST_SUFFIX, content_type, timeout_s=remaining
+                ),
+                ctx,
+                "the vendor call on the raw images",
+                watch_client=True,
+            )
+            timed.status = str(result.status_code)
+        if len(result.predictions) != len(originals):
+            raise UpstreamError(
+                f"the vendor answered {len(result.predictions)} predictions for {len(originals)} raw images"
+            )
+        return list(result.predictions)
 
     async def forward(
         self,

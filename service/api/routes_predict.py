@@ -9,7 +9,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
 
+from service.api.closed_loop import LoopAnswer, answer_by_policy, shadow_job
 from service.api.deps import ERROR_RESPONSES, PLAIN_INTEGER, ContextDep, GatewayDep
+from service.api.gateway import Gateway
 from service.api.inputs import InputKind, input_kind, read_images
 from service.api.routes_sidecar import RELAYED_RESPONSE, relay
 from service.api.schemas import (
@@ -20,9 +22,9 @@ from service.api.schemas import (
     PurifyResponse,
     RelayedBody,
 )
-from service.api.stages import Prediction, PreparedImages, originals_for_vendor
-from service.purify.strength import Strength
-from service.shadow.monitor import SHADOW_HEADER, ShadowJob
+from service.api.stages import RequestContext
+from service.purify.strength import Strength, StrengthChoice
+from service.shadow.monitor import SHADOW_HEADER
 from service.upstream import UpstreamProtocol
 from service.workers import check_queue_room
 
@@ -66,13 +68,6 @@ StrengthQuery = Annotated[
         ),
     ),
 ]
-
-
-def shadow_job(request_id: str, prepared: PreparedImages, result: Prediction) -> ShadowJob:
-    """The comparison's inputs: the client's images as sent, and the purified images behind the answers."""
-    originals, content_type = originals_for_vendor(prepared.decoded)
-    purified = [prepared.votes[k][i] for i, k in enumerate(result.chosen_votes)]
-    return ShadowJob(request_id, originals, content_type, purified, result.predictions)
 
 
 def build_predict_router(
@@ -139,6 +134,8 @@ def build_predict_router(
         choice = gateway.strength_choice(strength, votes)
         blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
         check_queue_room(len(blobs), settings.queue_limit, votes=choice.votes)  # before decoding: an early 413
+        if settings.policy.asks_raw:
+            return _answer(await answer_by_policy(gateway, blobs, ctx, choice), gateway, ctx, choice)
         prepared = await gateway.prepare(blobs, ctx, choice)
         result = await gateway.predict(prepared, ctx)
         purification = (
@@ -208,6 +205,26 @@ def build_predict_router(
         )
 
     return router
+
+
+def _answer(loop: LoopAnswer, gateway: Gateway, ctx: RequestContext, choice: StrengthChoice) -> Response:
+    """The closed loop's response: each image's chosen answer, and which image it came from."""
+    prepared, result = loop.prepared, loop.prediction
+    purification = gateway.purification_info(
+        prepared.steps or 0,
+        choice,
+        result.vote_labels,
+        prepared.masked_fraction,
+        answers=loop.answers,
+        named_targets=loop.named_targets,
+    )
+    response = PredictResponse(
+        request_id=ctx.request_id,
+        predictions=result.predictions,
+        purification=purification,
+        latency_ms=ctx.timings.latency_ms(),
+    )
+    return Response(response.model_dump_json(), media_type="application/json")
 
 
 def _b64(data: bytes) -> str:

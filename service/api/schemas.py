@@ -11,6 +11,8 @@ from pydantic.json_schema import JsonDict
 from service.purify.options import Method
 from service.purify.strength import Strength
 from service.shadow.labels import MAX_LABEL_CHARS, VendorLabel
+from service.shadow.policy import AnswerSource, DefensePolicy
+from service.shadow.targets import TargetSource
 
 # A 1×1 black PNG, small enough for the docs' "try it out".
 EXAMPLE_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
@@ -52,6 +54,17 @@ class PurificationInfo(BaseModel):
     device: str = Field(description="Device(s) of the worker pool, e.g. 'cpu' or 'cuda:0,cuda:1'.")
     dtype: str = Field(description="ε-model compute dtype, e.g. 'float32'.")
     votes: int = Field(1, description="Purifications per image (?votes=K); the answer is the majority label's.")
+    policy: DefensePolicy = Field(
+        DefensePolicy.ALWAYS,
+        description="Which answer the client gets: always the purified image's; on_alarm / until_alarm (the "
+        "closed loop): the raw image's where its raw label is not a named backdoor target (docs/design.md).",
+    )
+    answers: list[AnswerSource] | None = Field(
+        None, description="Closed loop: per image, the image its answer came from (purified or raw)."
+    )
+    named_targets: list[str] | None = Field(
+        None, description="Closed loop: the raw labels held as backdoor targets when this request was answered."
+    )
     # VendorLabel is int | float | str: pydantic's smart unions keep the exact type (9 stays 9, "9" stays "9").
     vote_labels: list[list[VendorLabel | None]] | None = Field(
         None,
@@ -218,3 +231,19 @@ class ErrorResponse(BaseModel):
     )
 
     error: ErrorDetail
+
+
+class NamedTargetInfo(BaseModel):
+    """One raw label held as a backdoor target."""
+
+    label: str = Field(description="The raw label, as the shadow metrics name it (bounded, capped).")
+    source: TargetSource = Field(description="Who named it: setting (SUSPECTED_TARGETS), alarm, operator.")
+    since: float = Field(description="When it was named, Unix seconds.")
+    rule: str | None = Field(None, description="source=alarm: the rule that named it.")
+
+
+class TargetsResponse(BaseModel):
+    """The closed loop's state: the policy, and the targets whose answers it purifies."""
+
+    policy: DefensePolicy = Field(description="The POLICY setting.")
+    targets: list[NamedTargetInfo] = Field(description="The named targets, oldest first.")

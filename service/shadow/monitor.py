@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from service.metrics import ShadowMetrics
 from service.shadow.capture import CaptureLimits, CaptureRing, FlaggedImage
 from service.shadow.history import ShadowHistory
-from service.shadow.labels import LabelCap, LabelExtractor, bounded_label
+from service.shadow.labels import OTHER_LABEL, LabelCap, LabelExtractor, bounded_label
 from service.upstream import Upstream
 
 if TYPE_CHECKING:  # typing only: the monitor needs neither module to run
@@ -77,6 +77,8 @@ class ShadowMonitor:
         capture: CaptureRing | None = None,
         under_load: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
+        history: ShadowHistory | None = None,
+        on_counted: Callable[[], object] = lambda: None,
     ) -> None:
         self.config = config
         self._upstream = upstream
@@ -86,7 +88,9 @@ class ShadowMonitor:
         self._under_load = under_load
         self._rng = rng or random.Random()
         self._cap = LabelCap(config.max_labels)
-        self.history = ShadowHistory()  # the counters' increments per minute, for the alarms' state on /ui
+        # The counters' increments per minute: the alarms' state on /ui, and the gateway's own alarm.
+        self.history = history or ShadowHistory()
+        self._on_counted = on_counted  # after each request's comparisons: the gateway's alarm judges them
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         if capture is not None and capture.disabled:
@@ -100,19 +104,44 @@ class ShadowMonitor:
 
     def submit(self, job: ShadowJob) -> bool:
         """Start the comparison in the background; False when it was dropped (counted by reason)."""
+        return self._start(self._compare(job), job.request_id, check_load=True)
+
+    def compare_known(self, job: ShadowJob, raw_predictions: Sequence[Any]) -> list[str | None]:
+        """Count the comparisons of a request whose raw answers the gateway already has (the closed loop asks
+        the vendor about both images inline); disagreements are captured in the background.
+
+        Returns:
+            Per image, its raw label as the counters name it (bounded, capped); None where either answer has
+            no readable label, or the raw label is past the cap ("other": no single label to judge).
+        """
+        raw_labels: list[str | None] = []
+        flagged: list[FlaggedImage] = []
+        for index, (raw, purified) in enumerate(zip(raw_predictions, job.purified_predictions, strict=True)):
+            counted = self._tally(job, index, raw, purified)
+            raw_labels.append(None if counted is None or counted[0] == OTHER_LABEL else counted[0])
+            if counted is not None and counted[1] is not None:
+                flagged.append(counted[1])
+        self._on_counted()
+        if flagged and self._capture is not None and not self._capture.disabled:
+            # A capture is I/O: off the request path, bounded like the shadow calls (dropped when busy).
+            self._start(self._capture_all(flagged), job.request_id, check_load=False)
+        return raw_labels
+
+    def _start(self, work: Coroutine[Any, Any, None], request_id: str, *, check_load: bool) -> bool:
         reason = (
             "closed"
             if self._closed
             else "busy"
             if len(self._tasks) >= self.config.max_inflight
             else "load"
-            if self._under_load()
+            if check_load and self._under_load()
             else None
         )
         if reason is not None:
+            work.close()
             self._metrics.dropped.labels(reason).inc()
             return False
-        task = asyncio.get_running_loop().create_task(self._compare(job), name=f"shadow-{job.request_id}")
+        task = asyncio.get_running_loop().create_task(work, name=f"shadow-{request_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
@@ -153,9 +182,14 @@ class ShadowMonitor:
             )
             return
         for index, (raw, purified) in enumerate(zip(result.predictions, job.purified_predictions, strict=True)):
-            await self._count(job, index, raw, purified)
+            counted = self._tally(job, index, raw, purified)
+            if counted is not None and counted[1] is not None:
+                await self._capture_all([counted[1]])
+        self._on_counted()
 
-    async def _count(self, job: ShadowJob, index: int, raw: Any, purified: Any) -> None:
+    def _tally(self, job: ShadowJob, index: int, raw: Any, purified: Any) -> tuple[str, FlaggedImage | None] | None:
+        """Count one comparison; returns the raw label as counted and, for a disagreement to capture, the record
+        (None: either answer has no readable label, nothing counted)."""
         raw_label, purified_label = self._label(raw), self._label(purified)
         if raw_label is None or purified_label is None:
             self._metrics.unlabelled.inc()
@@ -164,16 +198,16 @@ class ShadowMonitor:
                 raw if raw_label is None else purified,
                 extra={"request_id": job.request_id},
             )
-            return
+            return None
         # Compared in full; bounded (length, characters), then capped (how many), before any metric sees them.
         capped_raw = self._cap(bounded_label(raw_label))
         self._metrics.comparisons.labels(capped_raw).inc()
         self.history.count(capped_raw, disagreed=raw_label != purified_label)
         if raw_label == purified_label:
-            return
+            return capped_raw, None
         self._metrics.disagreements.labels(capped_raw, self._cap(bounded_label(purified_label))).inc()
         if self._capture is None or self._capture.disabled:
-            return
+            return capped_raw, None
         flagged = FlaggedImage(
             job.request_id,
             index,
@@ -185,16 +219,31 @@ class ShadowMonitor:
             bounded_label(raw_label),  # meta.json: bounded; raw_response.json has the answer in full
             bounded_label(purified_label),
         )
-        if await asyncio.to_thread(self._capture.write, flagged) is not None:
-            self._metrics.captured.inc()
-        elif self._capture.disabled:
-            self._metrics.capture_disabled.set(1)
+        return capped_raw, flagged
+
+    async def _capture_all(self, flagged: Sequence[FlaggedImage]) -> None:
+        capture = self._capture
+        for image in flagged:
+            if capture is None or capture.disabled:
+                return
+            if await asyncio.to_thread(capture.write, image) is not None:
+                self._metrics.captured.inc()
+            elif capture.disabled:
+                self._metrics.capture_disabled.set(1)
 
 
 def build_shadow_monitor(
-    settings: Settings, upstream: Upstream, metrics: ShadowMetrics, pool: WorkerPool | None, label: LabelExtractor
+    settings: Settings,
+    upstream: Upstream,
+    metrics: ShadowMetrics,
+    pool: WorkerPool | None,
+    label: LabelExtractor,
+    *,
+    history: ShadowHistory | None = None,
+    on_counted: Callable[[], object] = lambda: None,
 ) -> ShadowMonitor | None:
-    """Shadow mode when a setting asks for it and there is purification to compare against."""
+    """Shadow mode when a setting asks for it, or the closed-loop policy compares every request inline, and
+    there is purification to compare against."""
     config = ShadowConfig(
         rate=settings.shadow_rate,
         allow_header=settings.shadow_allow_header,
@@ -202,7 +251,7 @@ def build_shadow_monitor(
         max_labels=settings.shadow_max_labels,
         timeout_s=settings.upstream_timeout_s,
     )
-    if not config.enabled or pool is None:
+    if not (config.enabled or settings.policy.asks_raw) or pool is None:
         return None
     capture = None
     if settings.shadow_capture_dir is not None:
@@ -213,5 +262,12 @@ def build_shadow_monitor(
     # Shadow calls go first when the queue is half full: 429s would be next.
     queue_limit = settings.queue_limit
     return ShadowMonitor(
-        config, upstream, label, metrics, capture=capture, under_load=lambda: 2 * pool.queue_depth >= queue_limit
+        config,
+        upstream,
+        label,
+        metrics,
+        capture=capture,
+        under_load=lambda: 2 * pool.queue_depth >= queue_limit,
+        history=history,
+        on_counted=on_counted,
     )

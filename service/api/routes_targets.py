@@ -1,0 +1,76 @@
+"""The closed loop's operator routes: which backdoor targets the gateway holds, and naming or clearing one.
+
+- `GET /targets`: the policy and the named targets (who named each, when, by which rule).
+- `PUT /targets/{label}`: hold a raw label as a target (an operator acting on the Prometheus alert,
+  on this replica; `SUSPECTED_TARGETS` names one on every replica at start-up).
+- `DELETE /targets/{label}`: stop holding it (404 when it is not named).
+
+Behind the API key, like every route that changes what clients get (docs/design.md, "The closed loop").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service.api.deps import ERROR_RESPONSES, GatewayDep
+from service.api.gateway import Gateway
+from service.api.schemas import ErrorResponse, NamedTargetInfo, TargetsResponse
+from service.errors import BadRequest, TargetNotNamed
+from service.shadow.labels import bounded_label
+from service.shadow.targets import TargetSource
+
+
+def targets_state(gateway: Gateway) -> TargetsResponse:
+    """The policy and the named targets, oldest first."""
+    named = sorted(gateway.targets.named.values(), key=lambda target: target.since)
+    return TargetsResponse(
+        policy=gateway.settings.policy,
+        targets=[NamedTargetInfo(label=t.label, source=t.source, since=t.since, rule=t.rule) for t in named],
+    )
+
+
+async def get_targets(gateway: GatewayDep) -> TargetsResponse:
+    """The closed loop's state."""
+    return targets_state(gateway)
+
+
+async def put_target(label: str, gateway: GatewayDep) -> TargetsResponse:
+    """Hold `label` (the vendor's raw label, as it answers it) as a backdoor target."""
+    try:
+        gateway.targets.name(bounded_label(label), TargetSource.OPERATOR)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return targets_state(gateway)
+
+
+async def delete_target(label: str, gateway: GatewayDep) -> TargetsResponse:
+    """Stop holding `label` as a backdoor target."""
+    if not gateway.targets.clear(bounded_label(label)):
+        raise TargetNotNamed(f"{bounded_label(label)!r} is not a named target")
+    return targets_state(gateway)
+
+
+_CHANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The label is 'other' (the bucket of labels past the cap)."},
+    401: ERROR_RESPONSES[401],
+    404: {"model": ErrorResponse, "description": "DELETE: the label is not a named target (target_not_named)."},
+}
+
+
+def build_targets_router(gateway_dependencies: list[Any]) -> APIRouter:
+    """The three routes, behind `gateway_dependencies` (the API key check, when configured)."""
+    router = APIRouter(tags=["closed loop"], dependencies=gateway_dependencies)
+    router.add_api_route(
+        "/targets", get_targets, methods=["GET"], response_model=TargetsResponse, responses={401: ERROR_RESPONSES[401]}
+    )
+    for path_op, handler in (("PUT", put_target), ("DELETE", delete_target)):
+        router.add_api_route(
+            "/targets/{label:path}",
+            handler,
+            methods=[path_op],
+            response_model=TargetsResponse,
+            responses=_CHANGE_RESPONSES,
+        )
+    return router

@@ -1,0 +1,145 @@
+"""The backdoor targets this gateway holds as named: by a setting, by its own alarm, or by an operator.
+
+The closed-loop policies (`service.shadow.policy`) purify the answers of images whose raw label is
+a named target. A target is named three ways:
+
+- `SETTING`: `SUSPECTED_TARGETS` at start-up (what an operator paged by the Prometheus alert rolls
+  out to every replica);
+- `ALARM`: the gateway's own copy of the two alarm rules (`service.shadow.alarm`) over its
+  shadow history, judged as comparisons arrive (at most once per `JUDGE_EVERY_S`);
+- `OPERATOR`: `PUT /targets/{label}` on one replica.
+
+A name holds until an operator clears it (`DELETE /targets/{label}`) or the gateway restarts:
+an alarm that cleared itself when the attacker paused would hand the attacker back the raw
+answers. Labels are as the shadow counters name them (bounded, capped), never "other".
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from service.shadow.alarm import AlarmRule, BaselineRule
+from service.shadow.history import ShadowHistory
+from service.shadow.labels import OTHER_LABEL
+
+logger = logging.getLogger(__name__)
+
+JUDGE_EVERY_S = 0.25  # the rules sum the whole history (up to a day of minutes): not on every comparison
+
+
+class TargetSource(enum.StrEnum):
+    """Who named a target."""
+
+    SETTING = "setting"
+    ALARM = "alarm"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class NamedTarget:
+    """One named target: the raw label, who named it, when (Unix seconds), and the rule when an alarm did."""
+
+    label: str
+    source: TargetSource
+    since: float
+    rule: str | None = None
+
+
+class TargetBoard:
+    """The named targets, and the alarm that adds to them.
+
+    Args:
+        registry: where `zipgate_named_target` is exported (1 per named label and source).
+        initial: labels named by the setting.
+        history: the shadow history the alarm rules judge; None: no alarm (names come from outside).
+        wall_clock: Unix seconds, for `since` (tests pass their own).
+        clock: monotonic seconds, for the judging interval.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        initial: Iterable[str] = (),
+        history: ShadowHistory | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._gauge = Gauge(
+            "zipgate_named_target",
+            "1 for each raw label held as a backdoor target (the closed loop purifies its answers), by who named it.",
+            ["raw_label", "source"],
+            registry=registry,
+        )
+        self._history = history
+        self._wall_clock = wall_clock
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._named: dict[str, NamedTarget] = {}
+        self._judged_at: float | None = None
+        self._share_rule, self._baseline_rule = AlarmRule(), BaselineRule()
+        for label in initial:
+            self.name(label, TargetSource.SETTING)
+
+    @property
+    def named(self) -> dict[str, NamedTarget]:
+        """A copy of the named targets, by label."""
+        with self._lock:
+            return dict(self._named)
+
+    def name(self, label: str, source: TargetSource, rule: str | None = None) -> NamedTarget:
+        """Hold `label` as a target (kept as first named if it already is).
+
+        Raises:
+            ValueError: `label` is empty or "other" (the bucket of labels past the cap names no class).
+        """
+        if not label or label == OTHER_LABEL:
+            raise ValueError(f"{label!r} cannot be named a target: it is not one vendor label")
+        with self._lock:
+            existing = self._named.get(label)
+            if existing is not None:
+                return existing
+            target = NamedTarget(label, source, self._wall_clock(), rule)
+            self._named[label] = target
+        self._gauge.labels(label, source.value).set(1)
+        logger.warning("backdoor target named: raw label %r by %s%s", label, source.value, f" ({rule})" if rule else "")
+        return target
+
+    def clear(self, label: str) -> bool:
+        """Stop holding `label` as a target; False when it was not named."""
+        with self._lock:
+            target = self._named.pop(label, None)
+        if target is None:
+            return False
+        self._gauge.remove(label, target.source.value)
+        logger.warning("backdoor target cleared: raw label %r (named by %s)", label, target.source.value)
+        return True
+
+    def judge(self) -> list[str]:
+        """Apply the two alarm rules to the history (at most once per `JUDGE_EVERY_S`) and name what they
+        name; returns the labels newly named."""
+        if self._history is None:
+            return []
+        now = self._clock()
+        with self._lock:
+            if self._judged_at is not None and now - self._judged_at < JUDGE_EVERY_S:
+                return []
+            self._judged_at = now
+        windows = self._history.windows()
+        found: dict[str, str] = {}
+        share = self._share_rule.suspected_target({label: c.disagreements for label, c in windows.window.items()})
+        if share is not None:
+            found[share] = "share of the disagreements"
+        for label in self._baseline_rule.suspected_targets(windows.window, windows.baseline):
+            found.setdefault(label, "disagreement rate above its baseline")
+        known = self.named
+        return [
+            label for label, rule in found.items() if label not in known and self.name(label, TargetSource.ALARM, rule)
+        ]

@@ -1,0 +1,88 @@
+"""The closed loop's rules: which answer an image gets, and how targets are named and cleared."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.shadow.alarm import AlarmRule
+from service.shadow.history import ShadowHistory
+from service.shadow.policy import DefensePolicy, answer_purified
+from service.shadow.targets import JUDGE_EVERY_S, TargetBoard, TargetSource
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("policy", "label", "named", "expected"),
+    [
+        (DefensePolicy.ALWAYS, "1", set(), True),
+        (DefensePolicy.ALWAYS, "1", {"7"}, True),
+        (DefensePolicy.ON_ALARM, "1", set(), False),  # before an alarm: the raw answer
+        (DefensePolicy.ON_ALARM, "7", {"7"}, True),
+        (DefensePolicy.ON_ALARM, "1", {"7"}, False),  # not the target: the attack failed for it
+        (DefensePolicy.ON_ALARM, None, set(), True),  # unreadable: cannot tell, so purified
+        (DefensePolicy.UNTIL_ALARM, "1", set(), True),  # before an alarm: protected
+        (DefensePolicy.UNTIL_ALARM, "7", {"7"}, True),
+        (DefensePolicy.UNTIL_ALARM, "1", {"7"}, False),
+        (DefensePolicy.UNTIL_ALARM, None, {"7"}, True),
+    ],
+)
+def test_which_answer_an_image_gets(policy: DefensePolicy, label: str | None, named: set[str], expected: bool) -> None:
+    assert answer_purified(policy, label, named, bool(named)) is expected
+
+
+def test_only_the_loop_policies_ask_about_the_raw_image() -> None:
+    assert [p for p in DefensePolicy if p.asks_raw] == [DefensePolicy.ON_ALARM, DefensePolicy.UNTIL_ALARM]
+
+
+def test_the_setting_names_targets_and_an_operator_clears_them() -> None:
+    registry = CollectorRegistry()
+    board = TargetBoard(registry, ["7"], wall_clock=lambda: 42.0)
+    assert board.named["7"].source is TargetSource.SETTING and board.named["7"].since == 42.0
+    assert registry.get_sample_value("zipgate_named_target", {"raw_label": "7", "source": "setting"}) == 1
+    assert board.name("7", TargetSource.OPERATOR).source is TargetSource.SETTING  # first naming kept
+    assert board.clear("7") and not board.clear("7")
+    assert board.named == {}
+    assert registry.get_sample_value("zipgate_named_target", {"raw_label": "7", "source": "setting"}) is None
+
+
+@pytest.mark.parametrize("label", ["", "other"])
+def test_other_and_empty_cannot_be_named(label: str) -> None:
+    with pytest.raises(ValueError, match="cannot be named"):
+        TargetBoard(CollectorRegistry()).name(label, TargetSource.OPERATOR)
+
+
+def test_the_alarm_names_a_label_once_the_share_rule_holds_and_keeps_it_named() -> None:
+    clock = Clock()
+    history = ShadowHistory(clock=clock)
+    board = TargetBoard(CollectorRegistry(), history=history, clock=clock)
+    rule = AlarmRule()
+    for _ in range(int(rule.min_count) - 1):
+        history.count("7", disagreed=True)
+    assert board.judge() == []  # one short of the minimum count
+    history.count("7", disagreed=True)
+    assert board.judge() == []  # judged less than JUDGE_EVERY_S ago: not judged again yet
+    clock.now += JUDGE_EVERY_S
+    assert board.judge() == ["7"]
+    assert board.named["7"].source is TargetSource.ALARM and "share" in (board.named["7"].rule or "")
+    # The attacker pauses: the window empties, and the name holds (only an operator clears it).
+    clock.now += 10 * 24 * 3600
+    assert board.judge() == [] and "7" in board.named
+
+
+def test_the_alarm_does_not_name_a_label_whose_share_of_disagreements_is_a_minority() -> None:
+    clock = Clock()
+    history = ShadowHistory(clock=clock)
+    board = TargetBoard(CollectorRegistry(), history=history, clock=clock)
+    for label in itertools.islice(itertools.cycle(["1", "2", "3"]), 90):  # 30 each: a third of the disagreements
+        history.count(label, disagreed=True)
+    assert board.judge() == [] and board.named == {}
