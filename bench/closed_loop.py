@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.backdoor.attacks import TARGET_LABEL  # noqa: E402
 from service.defense_eval.report import LABELS_FILE  # noqa: E402
+from service.defense_eval.stream import attacks_in, labelled_sets  # noqa: E402
 
 
 def closed_loop(raw: np.ndarray, purified: np.ndarray, target: int) -> np.ndarray:
@@ -42,32 +43,21 @@ class LoopScores:
     purified_share: float  # of the clean images: how many the loop sends through purification
 
 
-def _row(labels: np.lib.npyio.NpzFile, attack: str, defense: str, contains: str, kind: str) -> np.ndarray:
-    keys = [
-        k for k in labels.files if k.startswith(f"{attack}/{defense}/") and k.endswith(f"/{kind}") and contains in k
-    ]
-    if len(keys) != 1:
-        raise SystemExit(f"need exactly one {defense} row containing {contains!r} for {attack}/{kind}, found {keys}")
-    return np.asarray(labels[keys[0]])
-
-
 def replay(labels: np.lib.npyio.NpzFile, defense: str, contains: str, target: int = TARGET_LABEL) -> list[LoopScores]:
     """The loop's scores for every attack of the run."""
-    truth = np.asarray(labels["clean/true"])
-    attacks = sorted({key.split("/")[0] for key in labels.files if key.endswith("/triggered/true")})
     scores = []
-    for attack in attacks:
-        victims = np.asarray(labels[f"{attack}/triggered/true"])
-        raw_clean, raw_triggered = (_row(labels, attack, "none", "", kind) for kind in ("clean", "triggered"))
-        clean = closed_loop(raw_clean, _row(labels, attack, defense, contains, "clean"), target)
-        triggered = closed_loop(raw_triggered, _row(labels, attack, defense, contains, "triggered"), target)
+    stored = {key: labels[key] for key in labels.files}
+    for attack in attacks_in(stored):
+        clean_set, triggered_set = labelled_sets(stored, attack, defense, contains)
+        clean = closed_loop(clean_set.raw, clean_set.purified, target)
+        triggered = closed_loop(triggered_set.raw, triggered_set.purified, target)
         scores.append(
             LoopScores(
                 attack,
-                float((clean == truth).mean() - (raw_clean == truth).mean()),
+                float((clean == clean_set.truth).mean() - (clean_set.raw == clean_set.truth).mean()),
                 float((triggered == target).mean()),
-                float((triggered == victims).mean()),
-                float((raw_clean == target).mean()),
+                float((triggered == triggered_set.truth).mean()),
+                float((clean_set.raw == target).mean()),
             )
         )
     return scores
@@ -80,7 +70,10 @@ def main() -> None:
     parser.add_argument("--contains", default="", help="a part of the row's setting label, to pick one")
     args = parser.parse_args()
     with np.load(args.report / LABELS_FILE) as labels:
-        scores = replay(labels, args.defense, args.contains)
+        try:
+            scores = replay(labels, args.defense, args.contains)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     for s in scores:
         print(
             f"{s.attack:12} ΔCA {s.clean_accuracy_drop:+.3f}  ASR {s.attack_success_rate:.3f}  "

@@ -284,10 +284,20 @@ def eval_command(
         str | None, typer.Option(help="e.g. 'steps=10,20 guidance_power=0.25,1 transforms=blur:2,blur:4'")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    stream_shares: Annotated[
+        str,
+        typer.Option(
+            help="With the none and zip rows (no sweep): the closed loop as a stream at these attack shares p "
+            "(stream.md; '' skips it)."
+        ),
+    ] = "0.01,0.1",
 ) -> None:
     """CA / ASR / PA of defenses on the shipped vendor models; writes results.json, results.md and grids."""
-    from service.defense_eval.defenses import DefenseSetting
+    from service.backdoor.attacks import TARGET_LABEL
+    from service.defense_eval.defenses import Defense, DefenseSetting
+    from service.defense_eval.report import LABELS_FILE
     from service.defense_eval.runner import EvalOptions, parse_defenses, parse_vendors, run_eval
+    from service.defense_eval.stream import write_stream_report
 
     try:
         if gateway is not None and strength is not Strength.BALANCED:
@@ -313,12 +323,18 @@ def eval_command(
             sweep=sweep,
             threads=threads,
         )
+        shares = [float(share) for share in stream_shares.split(",") if share.strip()]
         report = run_eval(options)
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(report.files["table"].read_text())
-    typer.echo("wrote " + ", ".join(str(path) for path in report.files.values()))
+    written = [str(path) for path in report.files.values()]
+    if shares and sweep is None and {Defense.NONE, Defense.ZIP} <= set(options.defenses):
+        stream = write_stream_report(out / LABELS_FILE, TARGET_LABEL, shares)
+        typer.echo(stream.read_text())
+        written.append(str(stream))
+    typer.echo("wrote " + ", ".join(written))
 
 
 @app.command("demo-vendor")

@@ -9,10 +9,19 @@ before the alarm is a hit and none after it is: the stream ASR is the share that
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from service.defense_eval.stream import LabelledSet, StreamSpec, simulate_stream, stream_table
+from service.defense_eval.stream import (
+    LabelledSet,
+    StreamSpec,
+    labelled_sets,
+    simulate_stream,
+    stream_table,
+    write_stream_report,
+)
 from service.shadow.alarm import AlarmRule, BaselineRule
 from service.shadow.policy import DefensePolicy
 
@@ -92,3 +101,29 @@ def test_the_same_seed_gives_the_same_stream_and_the_table_names_every_policy() 
 def test_a_share_outside_0_1_is_refused(share: float) -> None:
     with pytest.raises(ValueError, match="attack_share"):
         StreamSpec(share)
+
+
+def test_the_report_reads_an_evaluations_labels_and_writes_every_attack_share_and_policy(tmp_path: Path) -> None:
+    clean, triggered = _sets()
+    setting = "local polish=0.2 S=10 η=1 K=1"
+    labels = {"clean/true": clean.truth}
+    for attack in ("sig", "wanet"):
+        labels |= {
+            f"{attack}/triggered/true": triggered.truth,
+            f"{attack}/none/—/clean": clean.raw,
+            f"{attack}/none/—/triggered": triggered.raw,
+            f"{attack}/zip/{setting}/clean": clean.purified,
+            f"{attack}/zip/{setting}/triggered": triggered.purified,
+        }
+    np.savez(tmp_path / "labels.npz", **labels)
+    text = write_stream_report(tmp_path / "labels.npz", TARGET, [0.1, 0.3]).read_text()
+    rows = [line for line in text.splitlines() if line.startswith(("| sig", "| wanet"))]
+    assert len(rows) == 2 * 2 * len(DefensePolicy)
+    assert all(f"| {policy} |" in text for policy in DefensePolicy)
+
+
+def test_the_report_names_a_missing_row() -> None:
+    clean, triggered = _sets()
+    labels = {"clean/true": clean.truth, "sig/triggered/true": triggered.truth, "sig/none/—/clean": clean.raw}
+    with pytest.raises(ValueError, match="exactly one zip row"):
+        labelled_sets(labels, "sig")

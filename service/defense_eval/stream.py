@@ -14,8 +14,9 @@ the alarm included), CA over the clean ones, and the minutes until the target wa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -172,6 +173,56 @@ def _judge(disagreements: np.ndarray, comparisons: np.ndarray, minute: int) -> s
     return found
 
 
+def labelled_sets(
+    labels: Mapping[str, np.ndarray], attack: str, defense: str = "zip", contains: str = ""
+) -> tuple[LabelledSet, LabelledSet]:
+    """An evaluation's clean and triggered sets for `attack` (`labels.npz`: its `none` row and the one `defense`
+    row whose setting contains `contains`).
+
+    Raises:
+        ValueError: no such row, or several.
+    """
+
+    def row(kind: str, row_defense: str, part: str) -> np.ndarray:
+        prefix = f"{attack}/{row_defense}/"
+        keys = [k for k in labels if k.startswith(prefix) and k.endswith(f"/{kind}") and part in k]
+        if len(keys) != 1:
+            raise ValueError(f"need exactly one {row_defense} row containing {part!r} for {attack}/{kind}: {keys}")
+        return np.asarray(labels[keys[0]])
+
+    clean = LabelledSet(np.asarray(labels["clean/true"]), row("clean", "none", ""), row("clean", defense, contains))
+    triggered = LabelledSet(
+        np.asarray(labels[f"{attack}/triggered/true"]),
+        row("triggered", "none", ""),
+        row("triggered", defense, contains),
+    )
+    return clean, triggered
+
+
+def attacks_in(labels: Mapping[str, np.ndarray]) -> list[str]:
+    """The attacks an evaluation's `labels.npz` holds triggered sets of."""
+    return sorted({key.split("/")[0] for key in labels if key.endswith("/triggered/true")})
+
+
+def stream_rows(
+    labels: Mapping[str, np.ndarray],
+    target: int,
+    shares: Sequence[float],
+    policies: Sequence[DefensePolicy] = tuple(DefensePolicy),
+    contains: str = "",
+    **spec: int,
+) -> list[tuple[str, float, StreamScores]]:
+    """Every attack of the evaluation, at every share and policy, on the same stream seeds."""
+    rows = []
+    for attack in attacks_in(labels):
+        clean, triggered = labelled_sets(labels, attack, contains=contains)
+        for share in shares:
+            for policy in policies:
+                scores = simulate_stream(clean, triggered, target, policy, StreamSpec(share, **spec))
+                rows.append((attack, share, scores))
+    return rows
+
+
 def stream_table(rows: Sequence[tuple[str, float, StreamScores]]) -> str:
     """A markdown table of (attack, p, scores) rows."""
     lines = [
@@ -186,3 +237,23 @@ def stream_table(rows: Sequence[tuple[str, float, StreamScores]]) -> str:
             f"{s.triggered_before_alarm} of {s.triggered} | {', '.join(map(str, s.false_names)) or '—'} |"
         )
     return "\n".join(lines)
+
+
+STREAM_FILE = "stream.md"
+
+
+def write_stream_report(labels_path: Path, target: int, shares: Sequence[float], contains: str = "") -> Path:
+    """The stream table of an evaluation's `labels.npz` (every attack, share and policy), as stream.md beside it."""
+    with np.load(labels_path) as stored:
+        labels = {key: stored[key] for key in stored.files}
+    rows = stream_rows(labels, target, shares, contains=contains)
+    spec = StreamSpec(shares[0])
+    path = labels_path.parent / STREAM_FILE
+    path.write_text(
+        f"# The closed loop as a stream\n\n{spec.requests_per_minute} images a minute: {spec.baseline_minutes} "
+        f"minutes of clean traffic (the baseline), then {spec.attack_minutes} minutes with a share p triggered; "
+        "scores over the attack minutes, the alarm's delay included (service/defense_eval/stream.py).\n\n"
+        + stream_table(rows)
+        + "\n"
+    )
+    return path
