@@ -18,12 +18,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from service.api.deps import PROTOCOL_ERROR_RESPONSES, GatewayDep
 from service.api.gateway import Gateway
 from service.api.logging import REQUEST_ID
 from service.api.probes import PROBE_TIMEOUT_S
-from service.api.routes_sidecar import (
+from service.api.relay import (
     MODEL_NOT_EXPOSED_RESPONSE,
     RELAYED_RESPONSE,
     check_vendor_path,
@@ -34,13 +35,31 @@ from service.api.routes_sidecar import (
 from service.api.security import headers_for_vendor
 from service.upstream import RelayedResponse, UpstreamProtocol
 
-_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "True: the gateway and the vendor both are.", "content": {"application/json": {}}},
-    503: {
-        "description": "False: the gateway or the vendor is not (or the vendor cannot be reached).",
-        "content": {"application/json": {}},
-    },
-}
+
+class V2LiveResponse(BaseModel):
+    """`GET /v2/health/live`, as the Open Inference Protocol answers it."""
+
+    live: bool = Field(description="The vendor is live (the gateway is, as it answers).")
+
+
+class V2ReadyResponse(BaseModel):
+    """`GET /v2/health/ready`, as the Open Inference Protocol answers it."""
+
+    ready: bool = Field(description="The gateway is ready (as /readyz) and so is the vendor.")
+
+
+def _health_responses(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {"model": model, "description": "True: the gateway and the vendor both are."},
+        503: {
+            "model": model,
+            "description": "False: the gateway or the vendor is not (or the vendor cannot be reached).",
+        },
+    }
+
+
+RELAYED_RESPONSES: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **PROTOCOL_ERROR_RESPONSES}
+MODEL_RELAYED_RESPONSES: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSES, **MODEL_NOT_EXPOSED_RESPONSE}
 
 
 async def ask_vendor(
@@ -68,6 +87,49 @@ async def vendor_says_yes(gateway: Gateway, protocol: UpstreamProtocol, path: st
     return await gateway.probes.says_ok(gateway.sidecars[protocol], path, REQUEST_ID.get())
 
 
+async def v2_live(gateway: GatewayDep) -> JSONResponse:
+    """Live: the vendor's `/v2/health/live` answers 200 (the gateway is live, as it answers)."""
+    live = await vendor_says_yes(gateway, UpstreamProtocol.V2, "/v2/health/live")
+    return JSONResponse(V2LiveResponse(live=live).model_dump(), status_code=200 if live else 503)
+
+
+async def v2_ready(gateway: GatewayDep) -> JSONResponse:
+    """Ready: the gateway is ready (as /readyz) and the vendor's `/v2/health/ready` answers 200."""
+    ready = gateway.ready and await vendor_says_yes(gateway, UpstreamProtocol.V2, "/v2/health/ready")
+    return JSONResponse(V2ReadyResponse(ready=ready).model_dump(), status_code=200 if ready else 503)
+
+
+async def v2_server_metadata(request: Request, gateway: GatewayDep) -> Response:
+    """The vendor's server metadata, relayed."""
+    return relayed_response(await ask_vendor(request, gateway))
+
+
+async def v2_model_metadata(name: str, request: Request, gateway: GatewayDep) -> Response:
+    """The vendor's model metadata (inputs, outputs), relayed."""
+    check_vendor_path(request, gateway.settings.upstream_models)
+    return relayed_response(await ask_vendor(request, gateway))
+
+
+async def v2_model_version_metadata(name: str, version: str, request: Request, gateway: GatewayDep) -> Response:
+    """The vendor's metadata of one model version, relayed."""
+    check_vendor_path(request, gateway.settings.upstream_models)
+    return relayed_response(await ask_vendor(request, gateway))
+
+
+async def v2_model_ready(name: str, request: Request, gateway: GatewayDep) -> Response:
+    """The vendor's model readiness, relayed once the gateway is ready (503 before)."""
+    check_vendor_path(request, gateway.settings.upstream_models)
+    gateway.require_ready()
+    return relayed_response(await ask_vendor(request, gateway))
+
+
+async def v2_model_version_ready(name: str, version: str, request: Request, gateway: GatewayDep) -> Response:
+    """The vendor's readiness of one model version, relayed once the gateway is ready (503 before)."""
+    check_vendor_path(request, gateway.settings.upstream_models)
+    gateway.require_ready()
+    return relayed_response(await ask_vendor(request, gateway))
+
+
 def build_v2_router(gateway_dependencies: list[Any]) -> APIRouter:
     """The v2 health routes (no API key) and metadata routes (behind `gateway_dependencies`).
 
@@ -78,52 +140,28 @@ def build_v2_router(gateway_dependencies: list[Any]) -> APIRouter:
         The router.
     """
     router = APIRouter(tags=["sidecar"])
-    metadata = APIRouter(tags=["sidecar"], dependencies=gateway_dependencies)
-    relayed: dict[int | str, dict[str, Any]] = {**RELAYED_RESPONSE, **PROTOCOL_ERROR_RESPONSES}
-    model_relayed = {**relayed, **MODEL_NOT_EXPOSED_RESPONSE}
-
-    @router.get("/v2/health/live", responses=_HEALTH_RESPONSES, response_class=JSONResponse)
-    async def v2_live(gateway: GatewayDep) -> JSONResponse:
-        """Live: the vendor's `/v2/health/live` answers 200 (the gateway is live, as it answers)."""
-        live = await vendor_says_yes(gateway, UpstreamProtocol.V2, "/v2/health/live")
-        return JSONResponse({"live": live}, status_code=200 if live else 503)
-
-    @router.get("/v2/health/ready", responses=_HEALTH_RESPONSES, response_class=JSONResponse)
-    async def v2_ready(gateway: GatewayDep) -> JSONResponse:
-        """Ready: the gateway is ready (as /readyz) and the vendor's `/v2/health/ready` answers 200."""
-        ready = gateway.ready and await vendor_says_yes(gateway, UpstreamProtocol.V2, "/v2/health/ready")
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
-
-    @metadata.get("/v2", responses=relayed, response_class=Response)
-    async def v2_server_metadata(request: Request, gateway: GatewayDep) -> Response:
-        """The vendor's server metadata, relayed."""
-        return relayed_response(await ask_vendor(request, gateway))
-
-    @metadata.get("/v2/models/{name}", responses=model_relayed, response_class=Response)
-    async def v2_model_metadata(name: str, request: Request, gateway: GatewayDep) -> Response:
-        """The vendor's model metadata (inputs, outputs), relayed."""
-        check_vendor_path(request, gateway.settings.upstream_models)
-        return relayed_response(await ask_vendor(request, gateway))
-
-    @metadata.get("/v2/models/{name}/versions/{version}", responses=model_relayed, response_class=Response)
-    async def v2_model_version_metadata(name: str, version: str, request: Request, gateway: GatewayDep) -> Response:
-        """The vendor's metadata of one model version, relayed."""
-        check_vendor_path(request, gateway.settings.upstream_models)
-        return relayed_response(await ask_vendor(request, gateway))
-
-    @metadata.get("/v2/models/{name}/ready", responses=model_relayed, response_class=Response)
-    async def v2_model_ready(name: str, request: Request, gateway: GatewayDep) -> Response:
-        """The vendor's model readiness, relayed once the gateway is ready (503 before)."""
-        check_vendor_path(request, gateway.settings.upstream_models)
-        gateway.require_ready()
-        return relayed_response(await ask_vendor(request, gateway))
-
-    @metadata.get("/v2/models/{name}/versions/{version}/ready", responses=model_relayed, response_class=Response)
-    async def v2_model_version_ready(name: str, version: str, request: Request, gateway: GatewayDep) -> Response:
-        """The vendor's readiness of one model version, relayed once the gateway is ready (503 before)."""
-        check_vendor_path(request, gateway.settings.upstream_models)
-        gateway.require_ready()
-        return relayed_response(await ask_vendor(request, gateway))
-
-    router.include_router(metadata)
+    router.add_api_route(
+        "/v2/health/live",
+        v2_live,
+        methods=["GET"],
+        responses=_health_responses(V2LiveResponse),
+        response_class=JSONResponse,
+    )
+    router.add_api_route(
+        "/v2/health/ready",
+        v2_ready,
+        methods=["GET"],
+        responses=_health_responses(V2ReadyResponse),
+        response_class=JSONResponse,
+    )
+    # The metadata routes relay the vendor's answer to the caller: behind the API key.
+    metadata: dict[str, Any] = {"methods": ["GET"], "dependencies": gateway_dependencies, "response_class": Response}
+    router.add_api_route("/v2", v2_server_metadata, responses=RELAYED_RESPONSES, **metadata)
+    for path, endpoint in (
+        ("/v2/models/{name}", v2_model_metadata),
+        ("/v2/models/{name}/versions/{version}", v2_model_version_metadata),
+        ("/v2/models/{name}/ready", v2_model_ready),
+        ("/v2/models/{name}/versions/{version}/ready", v2_model_version_ready),
+    ):
+        router.add_api_route(path, endpoint, responses=MODEL_RELAYED_RESPONSES, **metadata)
     return router
