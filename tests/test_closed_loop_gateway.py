@@ -96,6 +96,8 @@ def test_an_operator_names_and_clears_a_target_behind_the_api_key(tmp_path: Path
         assert _labels(_predict(url, [True], seed=5, **auth)) == [TARGET]  # raw again
         missing = httpx.delete(f"{url}/targets/{TARGET}", headers=auth, timeout=10.0)
         other = httpx.put(f"{url}/targets/other", headers=auth, timeout=10.0)
+        wrong_method = httpx.patch(f"{url}/targets/{TARGET}", headers=auth, timeout=10.0)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "DELETE, PUT"
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "target_not_named"
     assert other.status_code == 400 and "other" in other.json()["error"]["message"]
 

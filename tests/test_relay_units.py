@@ -68,13 +68,6 @@ def test_the_v2_routes_are_the_module_level_handlers() -> None:
     }
 
 
-def test_the_old_import_path_still_works_until_its_callers_move() -> None:
-    assert routes_sidecar.relay is relay_module.relay
-    assert routes_sidecar.RELAYED_RESPONSE is relay_module.RELAYED_RESPONSE
-    assert routes_sidecar.check_vendor_path is relay_module.check_vendor_path
-    assert routes_sidecar.relayed_response is relay_module.relayed_response
-
-
 async def test_v2_health_handlers_answer_without_an_app() -> None:
     asked: list[str] = []
 

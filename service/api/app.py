@@ -24,7 +24,7 @@ from service.api.lifecycle import Lifecycle
 from service.api.middleware import GatewayMiddleware
 from service.api.routes_docs import mount_docs
 from service.api.routes_health import build_health_router
-from service.api.routes_predict import build_predict_router
+from service.api.routes_predict import RAW_SIDECAR_ON_PREDICT, build_predict_router
 from service.api.routes_sidecar import build_sidecar_router
 from service.api.routes_targets import build_targets_router
 from service.api.routes_v1 import build_v1_router
@@ -40,7 +40,6 @@ from service.workers import PoolConfig, PurifierFactory, WorkerPool, resolve_dev
 
 logger = logging.getLogger(__name__)
 
-RAW_SIDECAR_ON_PREDICT = "/predict"
 DESCRIPTION = """\
 Purifies every image with ZIP (zero-shot diffusion purification) before a black-box vendor model
 sees it. `POST /predict` returns the vendor's predictions; `POST /purify` returns the purified

@@ -13,7 +13,7 @@ from service.api.closed_loop import LoopAnswer, answer_by_policy, shadow_job
 from service.api.deps import ERROR_RESPONSES, PLAIN_INTEGER, ContextDep, GatewayDep
 from service.api.gateway import Gateway
 from service.api.inputs import InputKind, input_kind, read_images
-from service.api.routes_sidecar import RELAYED_RESPONSE, relay
+from service.api.relay import RELAYED_RESPONSE, relay
 from service.api.schemas import (
     EXAMPLE_PNG_B64,
     Include,
@@ -48,6 +48,7 @@ _IMAGES_OPENAPI: dict[str, Any] = {
 }
 _RAW_IMAGE_OPENAPI: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 PURIFY_STEPS_HEADER = "X-Purification-Steps"
+RAW_SIDECAR_ON_PREDICT = "/predict"  # a raw path of /predict: image bodies there are sidecar requests
 VotesQuery = Annotated[
     Annotated[int, Field(ge=1), PLAIN_INTEGER] | None,
     Query(
@@ -70,15 +71,120 @@ StrengthQuery = Annotated[
 ]
 
 
+def raw_sidecar_on_predict(gateway: Gateway) -> bool:
+    """The raw protocol's path is /predict: an image body on /predict is a sidecar request (relayed)."""
+    return gateway.settings.upstream_raw_path == RAW_SIDECAR_ON_PREDICT
+
+
+async def predict(
+    request: Request,
+    gateway: GatewayDep,
+    ctx: ContextDep,
+    votes: VotesQuery = None,
+    strength: StrengthQuery = None,
+) -> Any:
+    """Purify, then predict with the vendor model (under a closed-loop policy, answer by policy)."""
+    kind = input_kind(request.headers.get("content-type"))
+    if kind is InputKind.RAW_IMAGE and raw_sidecar_on_predict(gateway):
+        return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.RAW], ctx)
+    gateway.require_ready()
+    settings = gateway.settings
+    choice = gateway.strength_choice(strength, votes)
+    blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
+    check_queue_room(len(blobs), settings.queue_limit, votes=choice.votes)  # before decoding: an early 413
+    if settings.policy.asks_raw:
+        return _answer(await answer_by_policy(gateway, blobs, ctx, choice), gateway, ctx, choice)
+    prepared = await gateway.prepare(blobs, ctx, choice)
+    result = await gateway.predict(prepared, ctx)
+    purification = (
+        gateway.purification_info(prepared.steps, choice, result.vote_labels, prepared.masked_fraction)
+        if prepared.steps is not None
+        else None
+    )
+    response = PredictResponse(
+        request_id=ctx.request_id,
+        predictions=result.predictions,
+        purification=purification,
+        latency_ms=ctx.timings.latency_ms(),
+    )
+    shadow = gateway.shadow
+    if shadow is not None and shadow.sampled(request.headers.get(SHADOW_HEADER)):
+        # Started now, it runs while the response goes out: the client never waits for it.
+        shadow.submit(shadow_job(ctx.request_id, prepared, result))
+    return Response(response.model_dump_json(), media_type="application/json")
+
+
+async def purify(
+    request: Request,
+    gateway: GatewayDep,
+    ctx: ContextDep,
+    include: Annotated[
+        list[Include], Query(description="degraded: also return A⁺A x; mask: the suspicion masks (method=local)")
+    ] = [],  # noqa: B006 (FastAPI copies defaults)
+    strength: StrengthQuery = None,
+) -> Any:
+    """Purify images and return them (no vendor call; a preset's votes do not apply: one image back each)."""
+    kind = input_kind(request.headers.get("content-type"))
+    gateway.require_ready()
+    settings = gateway.settings
+    choice = gateway.strength_choice(strength, single=True)
+    blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
+    decoded = await gateway.decode(blobs, ctx, fit=True)
+    purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include, choice=choice)
+    masks = purified.mask_pngs if Include.MASK in include else None
+    if len(purified.pngs) == 1 and purified.degraded_pngs is None and masks is None:
+        return Response(purified.pngs[0], media_type="image/png", headers={PURIFY_STEPS_HEADER: str(purified.steps)})
+    return PurifyResponse(
+        request_id=ctx.request_id,
+        images=[_b64(png) for png in purified.pngs],
+        degraded=None if purified.degraded_pngs is None else [_b64(png) for png in purified.degraded_pngs],
+        masks=None if masks is None else [_b64(png) for png in masks],
+        purification=gateway.purification_info(purified.steps, choice, masked_fraction=purified.masked_fraction),
+        latency_ms=ctx.timings.latency_ms(),
+    )
+
+
+def _predict_responses(raw_on_predict: bool) -> dict[int | str, dict[str, Any]]:
+    """A vendor 4xx is relayed with its own status ("default"); an image body relayed in sidecar mode answers
+    whatever the vendor does, so there 200 has two shapes (serialized by hand in `predict`: a union
+    response_model would drop "Infinity")."""
+    if not raw_on_predict:
+        return {
+            **ERROR_RESPONSES,
+            200: {"model": PredictResponse},
+            "default": {"description": "A vendor 4xx, relayed with its status and body (upstream_rejected)."},
+        }
+    return {
+        **ERROR_RESPONSES,
+        "default": RELAYED_RESPONSE["default"],
+        200: {
+            "model": PredictResponse | RelayedBody,
+            "description": "PredictResponse; for an image body, the vendor's answer relayed unchanged.",
+        },
+    }
+
+
+_PURIFY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    200: {
+        "description": (
+            "One image (and no include): the purified PNG, with the steps used in X-Purification-Steps. "
+            "Several images, or include=degraded: JSON with base64 PNGs."
+        ),
+        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
+
+
 def build_predict_router(
-    gateway_dependencies: list[Any], raw_sidecar_on_predict: bool, purification_enabled: bool
+    gateway_dependencies: list[Any], raw_on_predict: bool, purification_enabled: bool
 ) -> APIRouter:
     """`POST /predict`, and `POST /purify` when purification is on.
 
     Args:
         gateway_dependencies: route dependencies (the API key check, when configured).
-        raw_sidecar_on_predict: the raw protocol's path is /predict, so an image body on
-            /predict is a sidecar request (relayed); otherwise it is one image for this API.
+        raw_on_predict: the raw protocol's path is /predict, so an image body on /predict is a sidecar
+            request (relayed); otherwise it is one image for this API (the schema says which).
         purification_enabled: mount /purify (without a model it could only ever fail).
 
     Returns:
@@ -88,122 +194,29 @@ def build_predict_router(
     raw_description = (
         "an image body (image/*, application/octet-stream) is the vendor's raw protocol: purified "
         "and relayed as the vendor answers it (sidecar mode)"
-        if raw_sidecar_on_predict
+        if raw_on_predict
         else "an image body (image/*) is one image"
     )
-    predict_body = {"requestBody": {"required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}}
-    # A vendor 4xx is relayed with its own status ("default"); an image body relayed in sidecar mode answers
-    # whatever the vendor does, so there 200 has two shapes (serialized by hand below: a union
-    # response_model would drop "Infinity").
-    predict_responses: dict[int | str, dict[str, Any]] = {
-        **ERROR_RESPONSES,
-        200: {"model": PredictResponse},
-        "default": {"description": "A vendor 4xx, relayed with its status and body (upstream_rejected)."},
-    }
-    if raw_sidecar_on_predict:
-        predict_responses = {
-            **ERROR_RESPONSES,
-            "default": RELAYED_RESPONSE["default"],
-            200: {
-                "model": PredictResponse | RelayedBody,
-                "description": "PredictResponse; for an image body, the vendor's answer relayed unchanged.",
-            },
-        }
-
-    @router.post(
+    body = {"requestBody": {"required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}}
+    router.add_api_route(
         "/predict",
+        predict,
+        methods=["POST"],
         response_model=None,
-        responses=predict_responses,
-        openapi_extra=predict_body,
+        responses=_predict_responses(raw_on_predict),
+        openapi_extra=body,
         description=f"Purify each image, send it to the vendor, return its predictions. Multipart 'image' "
         f"parts or JSON base64 images; {raw_description}.",
     )
-    async def predict(
-        request: Request,
-        gateway: GatewayDep,
-        ctx: ContextDep,
-        votes: VotesQuery = None,
-        strength: StrengthQuery = None,
-    ) -> Any:
-        """Purify, then predict with the vendor model."""
-        kind = input_kind(request.headers.get("content-type"))
-        if kind is InputKind.RAW_IMAGE and raw_sidecar_on_predict:
-            return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.RAW], ctx)
-        gateway.require_ready()
-        settings = gateway.settings
-        choice = gateway.strength_choice(strength, votes)
-        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
-        check_queue_room(len(blobs), settings.queue_limit, votes=choice.votes)  # before decoding: an early 413
-        if settings.policy.asks_raw:
-            return _answer(await answer_by_policy(gateway, blobs, ctx, choice), gateway, ctx, choice)
-        prepared = await gateway.prepare(blobs, ctx, choice)
-        result = await gateway.predict(prepared, ctx)
-        purification = (
-            gateway.purification_info(prepared.steps, choice, result.vote_labels, prepared.masked_fraction)
-            if prepared.steps is not None
-            else None
+    if purification_enabled:
+        router.add_api_route(
+            "/purify",
+            purify,
+            methods=["POST"],
+            response_model=PurifyResponse,
+            openapi_extra=body,
+            responses=_PURIFY_RESPONSES,
         )
-        response = PredictResponse(
-            request_id=ctx.request_id,
-            predictions=result.predictions,
-            purification=purification,
-            latency_ms=ctx.timings.latency_ms(),
-        )
-        shadow = gateway.shadow
-        if shadow is not None and shadow.sampled(request.headers.get(SHADOW_HEADER)):
-            # Started now, it runs while the response goes out: the client never waits for it.
-            shadow.submit(shadow_job(ctx.request_id, prepared, result))
-        return Response(response.model_dump_json(), media_type="application/json")
-
-    if not purification_enabled:
-        return router
-
-    @router.post(
-        "/purify",
-        response_model=PurifyResponse,
-        openapi_extra={"requestBody": {"required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}},
-        responses={
-            **ERROR_RESPONSES,
-            200: {
-                "description": (
-                    "One image (and no include): the purified PNG, with the steps used in X-Purification-Steps. "
-                    "Several images, or include=degraded: JSON with base64 PNGs."
-                ),
-                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-            },
-        },
-    )
-    async def purify(
-        request: Request,
-        gateway: GatewayDep,
-        ctx: ContextDep,
-        include: Annotated[
-            list[Include], Query(description="degraded: also return A⁺A x; mask: the suspicion masks (method=local)")
-        ] = [],  # noqa: B006 (FastAPI copies defaults)
-        strength: StrengthQuery = None,
-    ) -> Any:
-        """Purify images and return them (no vendor call; a preset's votes do not apply: one image back each)."""
-        kind = input_kind(request.headers.get("content-type"))
-        gateway.require_ready()
-        settings = gateway.settings
-        choice = gateway.strength_choice(strength, single=True)
-        blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
-        decoded = await gateway.decode(blobs, ctx, fit=True)
-        purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include, choice=choice)
-        masks = purified.mask_pngs if Include.MASK in include else None
-        if len(purified.pngs) == 1 and purified.degraded_pngs is None and masks is None:
-            return Response(
-                purified.pngs[0], media_type="image/png", headers={PURIFY_STEPS_HEADER: str(purified.steps)}
-            )
-        return PurifyResponse(
-            request_id=ctx.request_id,
-            images=[_b64(png) for png in purified.pngs],
-            degraded=None if purified.degraded_pngs is None else [_b64(png) for png in purified.degraded_pngs],
-            masks=None if masks is None else [_b64(png) for png in masks],
-            purification=gateway.purification_info(purified.steps, choice, masked_fraction=purified.masked_fraction),
-            latency_ms=ctx.timings.latency_ms(),
-        )
-
     return router
 
 

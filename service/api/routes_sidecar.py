@@ -32,14 +32,10 @@ from pydantic import Field, TypeAdapter
 from typing_extensions import TypedDict  # pydantic needs it (not typing.TypedDict) before Python 3.12
 
 from service.api.deps import ERROR_RESPONSES, PROTOCOL_ERROR_RESPONSES, ContextDep, GatewayDep
-
-# The steps moved to service.api.relay; importable from here too until every caller imports them from there.
-from service.api.relay import (  # noqa: F401 (check_vendor_path, relayed_response: re-exported)
+from service.api.relay import (
     MODEL_NOT_EXPOSED_RESPONSE,
     RELAYED_RESPONSE,
-    check_vendor_path,
     relay,
-    relayed_response,
 )
 from service.api.schemas import EXAMPLE_PNG_B64
 from service.upstream import UpstreamProtocol

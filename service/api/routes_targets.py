@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from service.api.deps import ERROR_RESPONSES, GatewayDep
 from service.api.gateway import Gateway
@@ -52,6 +54,19 @@ async def delete_target(label: str, gateway: GatewayDep) -> TargetsResponse:
     return targets_state(gateway)
 
 
+class _OneTargetRoute(APIRoute):
+    """PUT and DELETE of /targets/{label} are two routes (two operations, two operation ids); a 405 on
+    either lists both methods in Allow, as the path's schema does (Starlette would list the first's only)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in _ONE_TARGET_METHODS:
+            raise HTTPException(405, headers={"Allow": ", ".join(sorted(_ONE_TARGET_METHODS))})
+        await super().handle(scope, receive, send)
+
+
+_ONE_TARGET_METHODS = frozenset({"PUT", "DELETE"})
+
+
 _CHANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "The label is 'other' (the bucket of labels past the cap)."},
     401: ERROR_RESPONSES[401],
@@ -65,12 +80,13 @@ def build_targets_router(gateway_dependencies: list[Any]) -> APIRouter:
     router.add_api_route(
         "/targets", get_targets, methods=["GET"], response_model=TargetsResponse, responses={401: ERROR_RESPONSES[401]}
     )
-    for path_op, handler in (("PUT", put_target), ("DELETE", delete_target)):
+    for method, handler in (("PUT", put_target), ("DELETE", delete_target)):
         router.add_api_route(
             "/targets/{label:path}",
             handler,
-            methods=[path_op],
+            methods=[method],
             response_model=TargetsResponse,
             responses=_CHANGE_RESPONSES,
+            route_class_override=_OneTargetRoute,
         )
     return router

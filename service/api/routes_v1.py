@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.api.deps import PROTOCOL_ERROR_RESPONSES, GatewayDep
-from service.api.routes_sidecar import MODEL_NOT_EXPOSED_RESPONSE, RELAYED_RESPONSE, check_vendor_path, relayed_response
+from service.api.relay import MODEL_NOT_EXPOSED_RESPONSE, RELAYED_RESPONSE, check_vendor_path, relayed_response
 from service.api.routes_v2 import ask_vendor, vendor_says_yes
 from service.upstream import UpstreamProtocol
 
