@@ -16,9 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+from service.loopback import serve_asgi
 from service.purify.models import EpsModelInfo
 from service.purify.schedule import alphas_cumprod, linear_betas
 from service.workers.purifier import ZipBatchPurifier
+from tests.backdoored_vendor import CLEAN_LABEL, BackdooredVendor
 from tests.gateway_servers import (
     TINY_SIZE,
     gateway_settings,
@@ -30,6 +32,7 @@ from tests.gateway_servers import (
     running_vendor,
     tiny_ddpm_dir,
     tiny_vendor_dir,
+    wait_until,
 )
 
 
@@ -112,3 +115,25 @@ def test_a_mask_is_asked_of_a_global_gateway_and_none_comes_back(tmp_path: Path)
             body = post(f"{base_url}/purify?include=mask", files=uploads).json()
     assert body["masks"] is None and body["purification"]["method"] == "global"
     assert body["purification"]["masked_fraction"] is None
+
+
+def test_a_shadow_capture_stores_the_suspicion_mask_beside_the_images(tmp_path: Path) -> None:
+    vendor = BackdooredVendor()  # "7" for an image with a bright pixel: the square
+    capture = tmp_path / "capture"
+    with serve_asgi(vendor.app) as vendor_url:
+        settings = gateway_settings(
+            tiny_ddpm_dir(tmp_path), vendor_url, method="local", polish_noise=0.0, shadow_rate=1.0,
+            shadow_capture_dir=capture,
+        )  # fmt: skip
+        factory = lambda device: ZipBatchPurifier(BlackPrior(), settings.zip_config)  # noqa: E731
+        with running_gateway(settings, purifier_factory=factory) as url:  # type: ignore[arg-type]
+            image = _square_png(seed=3)
+            answer = post(f"{url}/predict", files={"image": ("s.png", image, "image/png")})
+            assert answer.json()["predictions"] == [{"label": CLEAN_LABEL}]  # the square was repainted
+            wait_until(lambda: metric_sum(get(f"{url}/metrics").text, "zipgate_shadow_captured_total") == 1)
+            (record,) = list(capture.iterdir())
+            served = get(f"{url}/ui/captures/{record.name}/mask.png")
+    mask = np.asarray(Image.open(record / "mask.png"))
+    square = np.asarray(Image.open(io.BytesIO(image))) == 255
+    assert mask[square].min() == 255  # the whole square is marked repainted
+    assert served.status_code == 200 and served.content == (record / "mask.png").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import shutil
@@ -129,6 +130,16 @@ def test_capture_writes_the_documented_layout(tmp_path: Path) -> None:
     assert meta["request_id"] == "a/b..c" and meta["raw_label"] == "1" and meta["purified_label"] == "2"
     assert "/" not in folder.name.split("_", 1)[1]  # client ids never make paths
     assert json.loads((folder / "raw_response.json").read_text()) == {"label": 1}
+
+
+def test_a_record_with_a_mask_stores_it_and_counts_its_file(tmp_path: Path) -> None:
+    ring = CaptureRing(tmp_path, CaptureLimits(max_files=2 * FILES_PER_RECORD + 1, min_free_bytes=0))
+    with_mask = dataclasses.replace(_flagged("m"), mask_png=b"mask")
+    first = ring.write(with_mask)
+    assert first is not None and (first / "mask.png").read_bytes() == b"mask"
+    ring.write(_flagged("a"))  # 6 + 5 files: at the limit
+    ring.write(_flagged("b"))  # 16 files would pass it: the oldest (with its mask) goes
+    assert not first.exists() and ring.record_count() == 2
 
 
 def test_capture_ring_evicts_oldest_within_file_and_byte_limits(tmp_path: Path) -> None:

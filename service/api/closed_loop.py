@@ -35,7 +35,7 @@ def shadow_job(request_id: str, prepared: PreparedImages, result: Prediction) ->
     """The comparison's inputs: the client's images as sent, and the purified images behind the answers."""
     originals, content_type = originals_for_vendor(prepared.decoded)
     purified = [prepared.votes[k][i] for i, k in enumerate(result.chosen_votes)]
-    return ShadowJob(request_id, originals, content_type, purified, result.predictions)
+    return ShadowJob(request_id, originals, content_type, purified, result.predictions, prepared.mask_pngs)
 
 
 async def answer_by_policy(
@@ -56,7 +56,9 @@ async def answer_by_policy(
         raw_call.cancel()  # a no-op when it is done
         # Awaited, never dropped; its error, if purification failed too, loses to the one on its way out.
         await asyncio.gather(raw_call, return_exceptions=True)
-    prepared = PreparedImages(purified.votes, PNG, purified.steps, decoded, purified.masked_fraction)
+    prepared = PreparedImages(
+        purified.votes, PNG, purified.steps, decoded, purified.masked_fraction, purified.mask_pngs
+    )
     result = await gateway.predict(prepared, ctx)
     monitor = gateway.shadow
     if monitor is None:  # build_shadow_monitor builds one for every loop policy

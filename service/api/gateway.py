@@ -304,7 +304,9 @@ class Gateway:
             originals, content_type = originals_for_vendor(decoded)
             return PreparedImages([originals], content_type, steps=None, decoded=decoded)
         purified = await self.purify(decoded, ctx, mirror=self.settings.vendor_mirror, choice=choice)
-        return PreparedImages(purified.votes, PNG, purified.steps, decoded, purified.masked_fraction)
+        return PreparedImages(
+            purified.votes, PNG, purified.steps, decoded, purified.masked_fraction, purified.mask_pngs
+        )
 
     async def predict(self, prepared: PreparedImages, ctx: RequestContext) -> Prediction:
         """Send images to the vendor in the configured protocol; one prediction per image.

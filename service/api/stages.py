@@ -87,6 +87,7 @@ class PreparedImages:
     steps: int | None  # None when not purified
     decoded: DecodedBatch  # the client's images (shadow mode sends them to the vendor as they came)
     masked_fraction: list[float] | None = None  # per image, where the purifier localises (first vote)
+    mask_pngs: list[bytes] | None = None  # per image, its suspicion mask (shadow captures store it)
 
     @property
     def blobs(self) -> list[bytes]:

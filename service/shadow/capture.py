@@ -5,6 +5,7 @@ Layout (one folder per flagged image, named so that `sorted()` is oldest first):
     <capture_dir>/<UTC time, 20261130T221500.123456Z>_<request id>_<image index>/
         raw.<png|jpg|…>         the image as the client sent it (its own format)
         purified.png            what the vendor was sent instead
+        mask.png                METHOD=local: the suspicion mask (white = repainted as suspect), when known
         raw_response.json       the vendor's answer for the raw image (one prediction)
         purified_response.json  the vendor's answer for the purified image (one prediction)
         meta.json               request id, time, image index, both labels (bounded, as in the metrics:
@@ -31,10 +32,11 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-FILES_PER_RECORD = 5
+FILES_PER_RECORD = 5  # without a mask; a record with mask.png has one more (each is counted as it is)
 _TMP_PREFIX = ".tmp-"
 RAW_STEM = "raw"
 PURIFIED_FILE = "purified.png"
+MASK_FILE = "mask.png"
 META_FILE = "meta.json"
 
 
@@ -60,6 +62,7 @@ class FlaggedImage:
     purified_prediction: Any
     raw_label: str
     purified_label: str
+    mask_png: bytes | None = None  # METHOD=local: the suspicion mask of the purified image
 
 
 class CaptureRing:
@@ -76,13 +79,13 @@ class CaptureRing:
         self.limits = limits
         self.disabled_reason: str | None = None
         self._lock = threading.Lock()
-        self._records: list[tuple[Path, int]] = []  # (folder, bytes), oldest first
+        self._records: list[tuple[Path, int, int]] = []  # (folder, bytes, files), oldest first
         try:
             directory.mkdir(parents=True, exist_ok=True)
             for stale in directory.glob(f"{_TMP_PREFIX}*"):  # a crash mid-write leaves these
                 shutil.rmtree(stale, ignore_errors=True)
             self._records = [
-                (folder, _folder_bytes(folder)) for folder in sorted(directory.iterdir()) if folder.is_dir()
+                (folder, *_folder_size(folder)) for folder in sorted(directory.iterdir()) if folder.is_dir()
             ]
         except OSError as exc:
             self._disable(f"cannot open {directory}: {exc}")
@@ -97,14 +100,14 @@ class CaptureRing:
 
     def total_bytes(self) -> int:
         with self._lock:
-            return sum(size for _, size in self._records)
+            return sum(size for _, size, _ in self._records)
 
     def write(self, flagged: FlaggedImage, now: datetime | None = None) -> Path | None:
         """Store one record; returns its folder, or None when capture is (or just became) disabled."""
         now = now or datetime.now(UTC)
         files = _record_files(flagged, now)
         size = sum(len(data) for data in files.values())
-        if size > self.limits.max_bytes or self.limits.max_files < FILES_PER_RECORD:
+        if size > self.limits.max_bytes or self.limits.max_files < len(files):
             logger.warning(
                 "shadow capture skipped a record larger than its limits (%d bytes)",
                 size,
@@ -121,7 +124,7 @@ class CaptureRing:
                         extra={"request_id": flagged.request_id},
                     )
                     return None
-                self._evict_for(size)
+                self._evict_for(size, len(files))
                 name = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}_{_safe(flagged.request_id)}_{flagged.index}"
                 tmp = self.directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
                 tmp.mkdir()
@@ -132,26 +135,26 @@ class CaptureRing:
             except OSError as exc:
                 self._disable(f"writing to {self.directory} failed: {exc}")
                 return None
-            self._records.append((folder, size))
+            self._records.append((folder, size, len(files)))
             return folder
 
-    def _evict_for(self, incoming_bytes: int) -> None:
-        if not self._over_limits(incoming_bytes):
+    def _evict_for(self, incoming_bytes: int, incoming_files: int) -> None:
+        if not self._over_limits(incoming_bytes, incoming_files):
             return
         # Records deleted by hand still count until now: drop them first, so that they do not push
         # out records that are still there (and no eviction trips on a folder that is gone).
-        self._records = [(folder, size) for folder, size in self._records if folder.is_dir()]
-        while self._records and self._over_limits(incoming_bytes):
-            folder, _ = self._records.pop(0)
+        self._records = [record for record in self._records if record[0].is_dir()]
+        while self._records and self._over_limits(incoming_bytes, incoming_files):
+            folder, _, _ = self._records.pop(0)
             try:
                 shutil.rmtree(folder)
             except FileNotFoundError:  # deleted by hand since the check above: already evicted
                 logger.info("shadow capture: record %s was already gone", folder.name)
 
-    def _over_limits(self, incoming_bytes: int) -> bool:
-        return (len(self._records) + 1) * FILES_PER_RECORD > self.limits.max_files or sum(
-            size for _, size in self._records
-        ) + incoming_bytes > self.limits.max_bytes
+    def _over_limits(self, incoming_bytes: int, incoming_files: int) -> bool:
+        files = sum(count for _, _, count in self._records) + incoming_files
+        size = sum(size for _, size, _ in self._records) + incoming_bytes
+        return files > self.limits.max_files or size > self.limits.max_bytes
 
     def _disable(self, reason: str) -> None:
         self.disabled_reason = reason
@@ -166,13 +169,16 @@ def _record_files(flagged: FlaggedImage, now: datetime) -> dict[str, bytes]:
         "raw_label": flagged.raw_label,
         "purified_label": flagged.purified_label,
     }
-    return {
+    files = {
         f"{RAW_STEM}{_extension(flagged.raw_media_type)}": flagged.raw_image,
         PURIFIED_FILE: flagged.purified_png,
         "raw_response.json": _json(flagged.raw_prediction),
         "purified_response.json": _json(flagged.purified_prediction),
         META_FILE: _json(meta),
     }
+    if flagged.mask_png is not None:
+        files[MASK_FILE] = flagged.mask_png
+    return files
 
 
 def _extension(media_type: str) -> str:
@@ -189,8 +195,10 @@ def _safe(request_id: str) -> str:
     return kept[:64] or "none"
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+def _folder_size(folder: Path) -> tuple[int, int]:
+    """Bytes and files of one record folder."""
+    sizes = [f.stat().st_size for f in folder.iterdir() if f.is_file()]
+    return sum(sizes), len(sizes)
 
 
 # --- reading the ring back (the /ui page of captures) ------------------------------------------
@@ -209,6 +217,7 @@ class CapturedRecord:
     raw_file: str  # the raw image's file name (its extension is the client's format)
     raw_response: str  # the vendor's answers, as stored (JSON text)
     purified_response: str
+    has_mask: bool = False  # mask.png is there (METHOD=local)
 
 
 def captured_records(directory: Path) -> list[str]:
@@ -221,12 +230,12 @@ def captured_records(directory: Path) -> list[str]:
 
 
 def record_file(directory: Path, name: str, filename: str) -> Path | None:
-    """The path of a record's raw or purified image, or None: only names that `captured_records` lists and
-    only those two files are ever resolved, so a name from a URL cannot reach outside the folder."""
+    """The path of a record's raw, purified or mask image, or None: only names that `captured_records` lists
+    and only those files are ever resolved, so a name from a URL cannot reach outside the folder."""
     if name not in captured_records(directory):
         return None
     folder = directory / name
-    if filename == PURIFIED_FILE or (filename.startswith(f"{RAW_STEM}.") and "/" not in filename):
+    if filename in (PURIFIED_FILE, MASK_FILE) or (filename.startswith(f"{RAW_STEM}.") and "/" not in filename):
         path = folder / filename
         return path if path.is_file() else None
     return None
@@ -250,6 +259,7 @@ def read_record(directory: Path, name: str) -> CapturedRecord | None:
             raw_file=raw_files[0],
             raw_response=(folder / "raw_response.json").read_text(),
             purified_response=(folder / "purified_response.json").read_text(),
+            has_mask=(folder / MASK_FILE).is_file(),
         )
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None

@@ -57,6 +57,7 @@ class ShadowJob:
     raw_content_type: str
     purified_blobs: Sequence[bytes]
     purified_predictions: Sequence[Any]
+    mask_pngs: Sequence[bytes] | None = None  # METHOD=local: each image's suspicion mask (the first vote's)
 
 
 class ShadowMonitor:
@@ -218,6 +219,7 @@ class ShadowMonitor:
             purified,
             bounded_label(raw_label),  # meta.json: bounded; raw_response.json has the answer in full
             bounded_label(purified_label),
+            None if job.mask_pngs is None else job.mask_pngs[index],
         )
         return capped_raw, flagged
 

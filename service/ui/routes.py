@@ -96,7 +96,7 @@ async def captures(
 
 
 async def capture_image(name: str, filename: str, gateway: GatewayDep) -> Response:
-    """A captured record's raw or purified image, as stored."""
+    """A captured record's raw, purified or mask image, as stored."""
     directory = gateway.settings.shadow_capture_dir
     path = None if directory is None else record_file(directory, name, filename)
     if path is None:
