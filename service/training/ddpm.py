@@ -160,6 +160,158 @@ def stop_signals_save() -> Iterator[None]:
         yield
 
 
+@dataclass
+class _TrainingRun:
+    """One run's model, EMA, optimizer and counters: what the loop advances and the final save writes.
+
+    Kept in one mutable object so that a Ctrl-C anywhere in the loop leaves the counters exactly
+    where the interrupted step left them, for the save that follows.
+    """
+
+    config: DDPMTrainConfig
+    model: UNet2DModel
+    ema: UNet2DModel
+    optimizer: torch.optim.Optimizer
+    alpha_bars: torch.Tensor
+    generator: torch.Generator
+    step: int  # every step the weights have had, over all runs
+    epoch: int
+    first_step: int  # `step` when this run began
+    prior_seconds: float  # training time of the earlier runs
+    start: float = 0.0  # time.monotonic() when this run's loop began
+    last_export: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+
+def _training_images(config: DDPMTrainConfig) -> torch.Tensor:
+    """The Fashion-MNIST training split, cut to `config.train_limit` images where one is set."""
+    data = load_split(train=True).images
+    if config.train_limit:
+        data = data[: config.train_limit]
+    return data
+
+
+def _initial_model(config: DDPMTrainConfig) -> UNet2DModel:
+    """The weights in `config.init_dir` where one is given, else a fresh model of the configured shape."""
+    if config.init_dir is not None:
+        return UNet2DModel.from_pretrained(config.init_dir, local_files_only=True).float()
+    return config.architecture.build()
+
+
+def _resume_counters(
+    config: DDPMTrainConfig, model: UNet2DModel, ema: UNet2DModel, optimizer: torch.optim.Optimizer
+) -> tuple[int, int, float]:
+    """Load the crash-recovery checkpoint if there is one, else read the shipped model's counters.
+
+    Returns:
+        (step, epoch, prior_seconds): zeros for a fresh model. A checkpoint also restores the
+        model, EMA and optimizer state; continuing `init_dir` only carries its step and time totals.
+    """
+    state_path = config.checkpoint_dir / "state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        log.info("resumed from %s at step %d", state_path, state["step"])
+        return state["step"], state["epoch"], state.get("total_seconds", 0.0)
+    if config.init_dir is not None and (config.init_dir / "training_state.json").exists():
+        shipped = json.loads((config.init_dir / "training_state.json").read_text())
+        return shipped.get("total_steps", 0), 0, shipped.get("total_seconds", 0.0)
+    return 0, 0, 0.0
+
+
+def _start_run(config: DDPMTrainConfig, generator: torch.Generator) -> _TrainingRun:
+    """Build the model, its EMA copy and the optimizer, and continue the counters where they stood."""
+    alpha_bars = alphas_cumprod(linear_betas())
+    model = _initial_model(config)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    step, epoch, prior_seconds = _resume_counters(config, model, ema, optimizer)
+    return _TrainingRun(config, model, ema, optimizer, alpha_bars, generator, step, epoch, step, prior_seconds)
+
+
+def _random_flip(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability ½ (the augmentation `horizontal_flip` turns on)."""
+    flip = torch.rand(x0.shape[0], generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+
+
+def _optimise_step(run: _TrainingRun, x0: torch.Tensor) -> None:
+    """One optimizer step on the batch `x0`, then the EMA update; advances `run.step` and `run.losses`."""
+    config = run.config
+    for group in run.optimizer.param_groups:
+        # Warm-up at the start of every run: the optimizer state may be new (--init).
+        group["lr"] = config.learning_rate * min(1.0, (run.step - run.first_step + 1) / config.warmup_steps)
+    loss = ddpm_loss(run.model, x0, run.alpha_bars, run.generator, config.bf16_autocast)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.grad_clip)
+    run.optimizer.step()
+    # EMA warm-up over the total step count: early on, the random init would dominate.
+    decay = min(config.ema_decay, (1 + run.step) / (10 + run.step))
+    update_ema(run.ema, run.model, decay)
+    run.step += 1
+    run.losses.append(loss.item())
+
+
+def _append_loss_log(loss_log: Path, run: _TrainingRun) -> None:
+    """Append the mean loss of the last 50 steps to `loss.jsonl` (one JSON object a line)."""
+    with loss_log.open("a") as handle:
+        handle.write(
+            json.dumps(
+                {
+                    "step": run.step,
+                    "epoch": run.epoch,
+                    "time_s": round(run.prior_seconds + time.monotonic() - run.start, 1),
+                    "loss": sum(run.losses[-50:]) / 50,
+                }
+            )
+            + "\n"
+        )
+
+
+def _save_and_export(run: _TrainingRun, seconds: float, total_seconds: float) -> None:
+    """Write the crash-recovery checkpoint, then export the EMA weights and `training_state.json`.
+
+    Args:
+        seconds: this run's training time so far.
+        total_seconds: the training time over all runs (the caller's sum, as it rounds it).
+    """
+    _save_checkpoint(run.config.checkpoint_dir, run.model, run.ema, run.optimizer, run.step, run.epoch, total_seconds)
+    _export(run.ema, run.config, run.step - run.first_step, run.step, seconds, total_seconds, run.losses)
+
+
+def _train_until_done(run: _TrainingRun, data: torch.Tensor, progress: tqdm, loss_log: Path) -> None:
+    """Train epoch after epoch until the time or step budget is spent, exporting every so often.
+
+    The epoch in which the budget runs out still counts as one (`run.epoch` advances past it).
+    """
+    config = run.config
+    done = False
+    while not done:
+        order = torch.randperm(data.shape[0], generator=run.generator)
+        for batch_start in range(0, data.shape[0], config.batch_size):
+            x0 = data[order[batch_start : batch_start + config.batch_size]]
+            if config.horizontal_flip:
+                x0 = _random_flip(x0, run.generator)
+            _optimise_step(run, x0)
+            progress.update(1)
+            progress.set_postfix(epoch=run.epoch, loss=f"{sum(run.losses[-50:]) / len(run.losses[-50:]):.4f}")
+            if run.step % 50 == 0:
+                _append_loss_log(loss_log, run)
+            now = time.monotonic()
+            if now - run.last_export > config.export_every_minutes * 60:
+                _save_and_export(run, now - run.start, run.prior_seconds + now - run.start)
+                run.last_export = now
+            if (now - run.start) > config.minutes * 60 or (
+                config.max_steps and run.step - run.first_step >= config.max_steps
+            ):
+                done = True
+                break
+        run.epoch += 1
+
+
 def train_ddpm(config: DDPMTrainConfig) -> Path:
     """Train (or continue training) the DDPM and export the EMA weights to `config.out_dir`.
 
@@ -171,109 +323,37 @@ def train_ddpm(config: DDPMTrainConfig) -> Path:
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    data = load_split(train=True).images
-    if config.train_limit:
-        data = data[: config.train_limit]
-    alpha_bars = alphas_cumprod(linear_betas())
-
-    if config.init_dir is not None:
-        model = UNet2DModel.from_pretrained(config.init_dir, local_files_only=True).float()
-    else:
-        model = config.architecture.build()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    step = epoch = 0  # `step` counts every step the weights have had, over all runs
-    prior_seconds = 0.0
-    state_path = config.checkpoint_dir / "state.pt"
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, epoch, prior_seconds = state["step"], state["epoch"], state.get("total_seconds", 0.0)
-        log.info("resumed from %s at step %d", state_path, step)
-    elif config.init_dir is not None and (config.init_dir / "training_state.json").exists():
-        shipped = json.loads((config.init_dir / "training_state.json").read_text())
-        step, prior_seconds = shipped.get("total_steps", 0), shipped.get("total_seconds", 0.0)
-    first_step = step
+    data = _training_images(config)
+    run = _start_run(config, generator)
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
     loss_log = config.checkpoint_dir / "loss.jsonl"
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    last_export = start
-    losses: list[float] = []
+    run.start = run.last_export = time.monotonic()
     steps_per_epoch = math.ceil(data.shape[0] / config.batch_size)
     progress = tqdm(
         desc="ddpm",
         unit="step",
-        initial=step,
+        initial=run.step,
         dynamic_ncols=True,
-        total=first_step + config.max_steps if config.max_steps else None,
+        total=run.first_step + config.max_steps if config.max_steps else None,
     )
-    model.train()
-    done = False
+    run.model.train()
     signals = contextlib.ExitStack()
     signals.enter_context(stop_signals_save())
     try:
-        while not done:
-            order = torch.randperm(data.shape[0], generator=generator)
-            for batch_start in range(0, data.shape[0], config.batch_size):
-                x0 = data[order[batch_start : batch_start + config.batch_size]]
-                if config.horizontal_flip:
-                    flip = torch.rand(x0.shape[0], generator=generator) < 0.5
-                    x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
-                for group in optimizer.param_groups:
-                    # Warm-up at the start of every run: the optimizer state may be new (--init).
-                    group["lr"] = config.learning_rate * min(1.0, (step - first_step + 1) / config.warmup_steps)
-                loss = ddpm_loss(model, x0, alpha_bars, generator, config.bf16_autocast)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                # EMA warm-up over the total step count: early on, the random init would dominate.
-                decay = min(config.ema_decay, (1 + step) / (10 + step))
-                update_ema(ema, model, decay)
-                step += 1
-                losses.append(loss.item())
-                progress.update(1)
-                progress.set_postfix(epoch=epoch, loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-                if step % 50 == 0:
-                    with loss_log.open("a") as handle:
-                        handle.write(
-                            json.dumps(
-                                {
-                                    "step": step,
-                                    "epoch": epoch,
-                                    "time_s": round(prior_seconds + time.monotonic() - start, 1),
-                                    "loss": sum(losses[-50:]) / 50,
-                                }
-                            )
-                            + "\n"
-                        )
-                now = time.monotonic()
-                if now - last_export > config.export_every_minutes * 60:
-                    _save_checkpoint(
-                        config.checkpoint_dir, model, ema, optimizer, step, epoch, prior_seconds + now - start
-                    )
-                    _export(ema, config, step - first_step, step, now - start, prior_seconds + now - start, losses)
-                    last_export = now
-                if (now - start) > config.minutes * 60 or (config.max_steps and step - first_step >= config.max_steps):
-                    done = True
-                    break
-            epoch += 1
+        _train_until_done(run, data, progress, loss_log)
     except KeyboardInterrupt:  # Ctrl-C / SIGINT: keep what was trained
-        log.warning("interrupted at step %d: saving the checkpoint and the EMA weights", step)
+        log.warning("interrupted at step %d: saving the checkpoint and the EMA weights", run.step)
     signals.close()
     progress.close()
-    seconds = time.monotonic() - start
-    _save_checkpoint(config.checkpoint_dir, model, ema, optimizer, step, epoch, prior_seconds + seconds)
-    _export(ema, config, step - first_step, step, seconds, prior_seconds + seconds, losses)
+    seconds = time.monotonic() - run.start
+    _save_and_export(run, seconds, run.prior_seconds + seconds)
     log.info(
         "trained %d steps this run, %d in all (%.1f epochs of %d steps)",
-        step - first_step,
-        step,
-        step / steps_per_epoch,
+        run.step - run.first_step,
+        run.step,
+        run.step / steps_per_epoch,
         steps_per_epoch,
     )
     return config.out_dir
