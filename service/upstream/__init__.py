@@ -34,6 +34,19 @@ __all__ = [
 ]
 
 
+def _parse_protocol(protocol: UpstreamProtocol | str) -> UpstreamProtocol:
+    """The `UpstreamProtocol` a setting names.
+
+    Raises:
+        ValueError: no protocol has that value; the message lists the ones that do.
+    """
+    try:
+        return UpstreamProtocol(protocol)
+    except ValueError:
+        choices = ", ".join(member.value for member in UpstreamProtocol)
+        raise ValueError(f"unknown upstream protocol {protocol!r}; choose one of {choices}") from None
+
+
 def build_upstream(
     protocol: UpstreamProtocol | str,
     client: httpx.AsyncClient,
@@ -66,37 +79,24 @@ def build_upstream(
     Raises:
         ValueError: an unknown protocol, or a setting the adapter rejects (the message says which).
     """
-    try:
-        protocol = UpstreamProtocol(protocol)
-    except ValueError:
-        choices = ", ".join(member.value for member in UpstreamProtocol)
-        raise ValueError(f"unknown upstream protocol {protocol!r}; choose one of {choices}") from None
+    protocol = _parse_protocol(protocol)
+    name, limit = model_name or "", max_response_bytes
     if protocol is UpstreamProtocol.RAW:
         return RawUpstream(
-            client,
-            base_url,
-            path=raw_path,
-            retry=retry,
-            total_timeout_s=total_timeout_s,
-            max_response_bytes=max_response_bytes,
+            client, base_url, path=raw_path, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=limit
         )
     if protocol is UpstreamProtocol.TFSERVING:
         return TFServingUpstream(
-            client,
-            base_url,
-            model_name=model_name or "",
-            retry=retry,
-            total_timeout_s=total_timeout_s,
-            max_response_bytes=max_response_bytes,
+            client, base_url, model_name=name, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=limit
         )
     if protocol is UpstreamProtocol.V2:
         return V2Upstream(
             client,
             base_url,
-            model_name=model_name or "",
+            model_name=name,
             image_input=image_input,
             retry=retry,
             total_timeout_s=total_timeout_s,
-            max_response_bytes=max_response_bytes,
+            max_response_bytes=limit,
         )
     assert_never(protocol)

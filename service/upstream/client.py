@@ -60,6 +60,27 @@ def decodable_encodings() -> tuple[str, ...]:
     return tuple(name for name in _HTTPX_DECODERS if name != "identity")
 
 
+def _require_positive(**settings: float) -> None:
+    """Reject the first setting that is not > 0, naming it (settings are checked in the order given).
+
+    Raises:
+        ValueError: "<name> must be > 0, got <value>".
+    """
+    for name, value in settings.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _client_timeout(connect_s: float, read_s: float, write_s: float | None, pool_s: float | None) -> httpx.Timeout:
+    """The per-operation timeouts; writing and waiting for a pooled connection default to the read timeout."""
+    return httpx.Timeout(
+        connect=connect_s,
+        read=read_s,
+        write=write_s if write_s is not None else read_s,
+        pool=pool_s if pool_s is not None else read_s,
+    )
+
+
 def make_http_client(
     timeout_connect_s: float = 2.0,
     timeout_read_s: float = 30.0,
@@ -93,20 +114,13 @@ def make_http_client(
     Raises:
         ValueError: a timeout or limit is not positive.
     """
-    for name, value in (
-        ("timeout_connect_s", timeout_connect_s),
-        ("timeout_read_s", timeout_read_s),
-        ("max_connections", max_connections),
-        ("keepalive_expiry_s", keepalive_expiry_s),
-    ):
-        if value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-    timeout = httpx.Timeout(
-        connect=timeout_connect_s,
-        read=timeout_read_s,
-        write=timeout_write_s if timeout_write_s is not None else timeout_read_s,
-        pool=timeout_pool_s if timeout_pool_s is not None else timeout_read_s,
+    _require_positive(
+        timeout_connect_s=timeout_connect_s,
+        timeout_read_s=timeout_read_s,
+        max_connections=max_connections,
+        keepalive_expiry_s=keepalive_expiry_s,
     )
+    timeout = _client_timeout(timeout_connect_s, timeout_read_s, timeout_write_s, timeout_pool_s)
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=(
