@@ -210,6 +210,32 @@ def _config_json(config: VendorTrainConfig, metrics: VendorMetrics) -> dict:
     }
 
 
+def _load_splits(train_limit: int | None, test_limit: int | None) -> tuple[Split, Split]:
+    """The Fashion-MNIST training and test splits, each cut to its first N items where a limit is set."""
+    train, test = load_split(train=True), load_split(train=False)
+    train = train.subset(train_limit) if train_limit is not None else train
+    test = test.subset(test_limit) if test_limit is not None else test
+    return train, test
+
+
+def _write_model_dir(
+    out_dir: Path, model: VendorClassifier, dtype: torch.dtype, config: VendorTrainConfig, metrics: VendorMetrics
+) -> None:
+    """Save the weights in `dtype`, config.json and MODEL_CARD.md to `out_dir` (created if missing)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state_as(model, dtype), str(out_dir / WEIGHTS_FILE), metadata={"format": CONFIG_FORMAT})
+    (out_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; a non-root container must read it
+    (out_dir / CONFIG_FILE).write_text(json.dumps(_config_json(config, metrics), indent=2) + "\n")
+    (out_dir / CARD_FILE).write_text(render_model_card(out_dir.name, config, metrics, model))
+    log.info(
+        "vendor %s saved to %s: clean accuracy %.4f, ASR %.4f",
+        config.attack.value,
+        out_dir,
+        metrics.clean_accuracy,
+        metrics.attack_success_rate,
+    )
+
+
 def train_vendor(
     attack: Attack,
     seed: int,
@@ -256,9 +282,7 @@ def train_vendor(
         threads=threads,
         architecture=architecture or ClassifierArchitecture(),
     )
-    train, test = load_split(train=True), load_split(train=False)
-    train = train.subset(train_limit) if train_limit is not None else train
-    test = test.subset(test_limit) if test_limit is not None else test
+    train, test = _load_splits(train_limit, test_limit)
     with torch_threads(threads):
         torch.manual_seed(seed)
         model = VendorClassifier(config.architecture)
@@ -266,17 +290,5 @@ def train_vendor(
         _train_epochs(model, train, config, progress)
         train_seconds = time.monotonic() - started
         dtype, metrics = _measure_shipped(model, test, attack, train_seconds)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state_as(model, dtype), str(out_dir / WEIGHTS_FILE), metadata={"format": CONFIG_FORMAT})
-    (out_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; a non-root container must read it
-    (out_dir / CONFIG_FILE).write_text(json.dumps(_config_json(config, metrics), indent=2) + "\n")
-    (out_dir / CARD_FILE).write_text(render_model_card(out_dir.name, config, metrics, model))
-    log.info(
-        "vendor %s saved to %s: clean accuracy %.4f, ASR %.4f",
-        attack.value,
-        out_dir,
-        metrics.clean_accuracy,
-        metrics.attack_success_rate,
-    )
+    _write_model_dir(Path(out_dir), model, dtype, config, metrics)
     return metrics
