@@ -36,11 +36,26 @@ class DropReason(enum.StrEnum):
 
 
 class GatewayMetrics:
-    """The gateway's collectors; `registry` is what `/metrics` exposes."""
+    """The gateway's collectors; `registry` is what `/metrics` exposes.
+
+    The collectors are created by concern (requests, purification, upstream, queue and workers,
+    shadow and readiness), in this order, which is the order `/metrics` lists them in.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._add_request_collectors(r)
+        self._add_purification_collectors(r)
+        self._add_upstream_collectors(r)
+        self._add_queue_and_worker_collectors(r)
+        # Written only by the app (`create_app`), from the gateway's readiness at scrape time.
+        self.shadow = ShadowMetrics(r)
+        self.ready = Gauge("zipgate_ready", "1 when the model is loaded and workers run, else 0.", registry=r)
+        self._precreate_series()
+
+    def _add_request_collectors(self, r: CollectorRegistry) -> None:
+        """HTTP requests: answers by endpoint and status, their durations, those in flight, and each stage."""
         self.requests = Counter(
             "zipgate_requests_total",
             "HTTP requests answered, by endpoint and status code.",
@@ -62,6 +77,9 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+
+    def _add_purification_collectors(self, r: CollectorRegistry) -> None:
+        """What purification did: images purified, the share repainted, closed-loop answers, strengths."""
         self.images_purified = Counter("zipgate_images_purified_total", "Images purified by the workers.", registry=r)
         self.masked_fraction = Histogram(
             "zipgate_masked_fraction",
@@ -83,6 +101,9 @@ class GatewayMetrics:
             ["strength"],
             registry=r,
         )
+
+    def _add_upstream_collectors(self, r: CollectorRegistry) -> None:
+        """Calls to the vendor API: by status, and their durations."""
         self.upstream_requests = Counter(
             "zipgate_upstream_requests_total",
             "Calls to the vendor API, by HTTP status ('error' = no response).",
@@ -92,6 +113,9 @@ class GatewayMetrics:
         self.upstream_duration = Histogram(
             "zipgate_upstream_duration_seconds", "Vendor API call duration.", buckets=LATENCY_BUCKETS_S, registry=r
         )
+
+    def _add_queue_and_worker_collectors(self, r: CollectorRegistry) -> None:
+        """The queue (depth, limit, drops) and the workers (batches, busy time, OOM splits, failures, steps)."""
         self.queue_depth = Gauge("zipgate_queue_depth", "Images waiting for a worker (the scaling signal).", registry=r)
         # Exported so alerts can compare the depth with the limit (429s start there) whatever it is set to.
         self.queue_limit = Gauge(
@@ -115,9 +139,9 @@ class GatewayMetrics:
         self.steps_used = Histogram(
             "zipgate_purify_steps", "Sampling steps used per batch (adaptive steps).", buckets=STEPS_BUCKETS, registry=r
         )
-        # Written only by the app (`create_app`), from the gateway's readiness at scrape time.
-        self.shadow = ShadowMetrics(r)
-        self.ready = Gauge("zipgate_ready", "1 when the model is loaded and workers run, else 0.", registry=r)
+
+    def _precreate_series(self) -> None:
+        """Create the labelled series dashboards and alerts need before their first event."""
         for stage in Stage:
             self.stage_duration.labels(stage.value)  # export every stage from the start (dashboards, alerts)
         for reason in DropReason:
