@@ -32,7 +32,7 @@ from service.defense_eval.gateway_client import GatewayClient
 from service.defense_eval.progress import EvalProgress, planned_stages, stage_label
 from service.defense_eval.report import LABELS_FILE, EvalReport, GridImages, ResultRow, labels_key, write_report
 from service.defense_eval.sweep import SweepKnob, sweep_settings, varying_knobs
-from service.purify.models import load_eps_model
+from service.purify.models import EpsModel, load_eps_model
 from service.purify.options import DType
 from service.torch_threads import torch_threads
 
@@ -311,6 +311,107 @@ def _options_meta(options: EvalOptions) -> dict[str, Any]:
     return values
 
 
+def _test_images(n: int) -> Split:
+    """The test split's first `n` images: the clean set every image set derives from.
+
+    Raises:
+        ValueError: n is larger than the test split.
+    """
+    split = load_split(train=False)
+    if n > len(split):
+        raise ValueError(f"n = {n} exceeds the {len(split)} test images")
+    return split.subset(n)
+
+
+def _load_vendors(options: EvalOptions, local_defenses: Sequence[Defense]) -> dict[Attack, torch.nn.Module]:
+    """Each evaluated vendor model on `options.device`; none where no defense runs in process."""
+    return {
+        attack: load_vendor(options.models_dir / f"vendor-{attack.value}").to(options.device)
+        for attack in options.vendors
+        if local_defenses
+    }
+
+
+def _eval_progress(
+    judge: _Judge, options: EvalOptions, settings: Sequence[DefenseSetting], gateway: GatewayClient | None
+) -> EvalProgress:
+    """The stage-by-stage progress of the whole plan (printed only with `options.progress`)."""
+    sizes = {key: len(images) for key, images in judge.sets.items()}
+    plan = planned_stages(
+        settings, options.defenses, options.vendors, sizes, None if gateway is None else _GATEWAY_TIMER
+    )
+    return EvalProgress(plan, tqdm.write if options.progress else lambda line: None)
+
+
+def _evaluate_row(
+    judge: _Judge, attack: Attack, defense: Defense, setting: DefenseSetting, labels: dict[str, Any]
+) -> ResultRow:
+    """Score one (attack, defense, setting) on the majority votes; record its per-image labels in `labels`."""
+    clean = majority_vote(judge.votes(attack, defense, setting, None))
+    triggered = majority_vote(judge.votes(attack, defense, setting, attack))
+    scores = score_defense(clean, judge.sets[None].labels, triggered, judge.sets[attack].labels, TARGET_LABEL)
+    row_key = labels_key(attack, defense, setting)
+    labels[f"{row_key}/clean"], labels[f"{row_key}/triggered"] = clean.numpy(), triggered.numpy()
+    labels[f"{attack.value}/triggered/true"] = judge.sets[attack].labels.numpy()
+    count = setting.purifications(defense)
+    row = ResultRow(
+        attack,
+        defense,
+        setting,
+        scores,
+        count,
+        count,
+        count * judge.seconds_per_image(defense, setting),
+        count * judge.forwards_per_image(defense, setting),
+    )
+    if judge.options.progress:
+        tqdm.write(
+            f"{attack.value:8} {stage_label(defense, setting):38} "
+            f"CA {scores.clean_accuracy:.3f} ASR {scores.attack_success_rate:.3f} "
+            f"PA {scores.poisoned_accuracy:.3f}"
+        )
+    return row
+
+
+def _evaluate_rows(judge: _Judge, settings: Sequence[DefenseSetting]) -> tuple[list[ResultRow], dict[str, Any]]:
+    """Every result row, setting by setting, defense by defense, vendor by vendor.
+
+    Returns:
+        (rows, labels): labels maps "clean/true", "<row key>/clean|triggered" and
+        "<attack>/triggered/true" to per-image labels (the arrays of labels.npz).
+    """
+    rows, seen = [], set()
+    labels: dict[str, Any] = {"clean/true": judge.sets[None].labels.numpy()}
+    for setting in settings:
+        for defense in judge.options.defenses:
+            for attack in judge.options.vendors:
+                if (attack, setting.output_key(defense), setting.purifications(defense)) in seen:
+                    continue  # none/blur do not change with λ, S, η or K: one row each, not one per setting
+                seen.add((attack, setting.output_key(defense), setting.purifications(defense)))
+                rows.append(_evaluate_row(judge, attack, defense, setting, labels))
+    return rows, labels
+
+
+def _run_meta(
+    options: EvalOptions,
+    model_meta: dict[str, Any],
+    local_defenses: Sequence[Defense],
+    gateway: GatewayClient | None,
+    model: EpsModel | None,
+    started: float,
+) -> dict[str, Any]:
+    """The report's metadata: options, diffusion model, vendors, gateway, dtype, threads, elapsed time."""
+    return {
+        "options": _options_meta(options),
+        "diffusion_model": model_meta,
+        "vendors": {a.value: _vendor_meta(options, a) for a in options.vendors if local_defenses},
+        "gateway_purification": gateway.purification if gateway is not None else None,
+        "model_dtype": None if model is None else model.info.dtype,
+        "torch_threads": torch.get_num_threads(),
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+
+
 def run_eval(options: EvalOptions) -> EvalReport:
     """Measure CA, ASR and PA for every (setting, defense, vendor) and write the report to `out_dir`.
 
@@ -330,71 +431,18 @@ def run_eval(options: EvalOptions) -> EvalReport:
     settings = options.settings()
     local_defenses = [d for d in options.defenses if options.gateway_url is None or d is not Defense.ZIP]
     with torch_threads(options.threads), _gateway(options) as gateway:
-        split = load_split(train=False)
-        if options.n > len(split):
-            raise ValueError(f"n = {options.n} exceeds the {len(split)} test images")
-        split = split.subset(options.n)
-        vendors = {
-            attack: load_vendor(options.models_dir / f"vendor-{attack.value}").to(options.device)
-            for attack in options.vendors
-            if local_defenses
-        }
+        split = _test_images(options.n)
+        vendors = _load_vendors(options, local_defenses)
         model, model_meta = None, _model_meta(options)  # read before loading: a trainer may re-export meanwhile
         if any(defense.needs_model for defense in local_defenses):
             model = load_eps_model(options.model_path, options.device, options.dtype.resolve(options.device))
         judge = _Judge(
             options, _image_sets(split, options.vendors), InProcessDefender(model, options.device), vendors, gateway
         )
-        sizes = {key: len(images) for key, images in judge.sets.items()}
-        plan = planned_stages(
-            settings, options.defenses, options.vendors, sizes, None if gateway is None else _GATEWAY_TIMER
-        )
-        judge.progress = EvalProgress(plan, tqdm.write if options.progress else lambda line: None)
-        rows, seen = [], set()
-        labels: dict[str, Any] = {"clean/true": judge.sets[None].labels.numpy()}
-        for setting in settings:
-            for defense in options.defenses:
-                for attack in options.vendors:
-                    if (attack, setting.output_key(defense), setting.purifications(defense)) in seen:
-                        continue  # none/blur do not change with λ, S, η or K: one row each, not one per setting
-                    seen.add((attack, setting.output_key(defense), setting.purifications(defense)))
-                    clean = majority_vote(judge.votes(attack, defense, setting, None))
-                    triggered = majority_vote(judge.votes(attack, defense, setting, attack))
-                    scores = score_defense(
-                        clean, judge.sets[None].labels, triggered, judge.sets[attack].labels, TARGET_LABEL
-                    )
-                    row_key = labels_key(attack, defense, setting)
-                    labels[f"{row_key}/clean"], labels[f"{row_key}/triggered"] = clean.numpy(), triggered.numpy()
-                    labels[f"{attack.value}/triggered/true"] = judge.sets[attack].labels.numpy()
-                    count = setting.purifications(defense)
-                    rows.append(
-                        ResultRow(
-                            attack,
-                            defense,
-                            setting,
-                            scores,
-                            count,
-                            count,
-                            count * judge.seconds_per_image(defense, setting),
-                            count * judge.forwards_per_image(defense, setting),
-                        )
-                    )
-                    if options.progress:
-                        tqdm.write(
-                            f"{attack.value:8} {stage_label(defense, setting):38} "
-                            f"CA {scores.clean_accuracy:.3f} ASR {scores.attack_success_rate:.3f} "
-                            f"PA {scores.poisoned_accuracy:.3f}"
-                        )
+        judge.progress = _eval_progress(judge, options, settings, gateway)
+        rows, labels = _evaluate_rows(judge, settings)
         grids = _grids(judge, options, settings[0])
-        meta = {
-            "options": _options_meta(options),
-            "diffusion_model": model_meta,
-            "vendors": {a.value: _vendor_meta(options, a) for a in options.vendors if local_defenses},
-            "gateway_purification": gateway.purification if gateway is not None else None,
-            "model_dtype": None if model is None else model.info.dtype,
-            "torch_threads": torch.get_num_threads(),
-            "elapsed_s": round(time.monotonic() - started, 1),
-        }
+        meta = _run_meta(options, model_meta, local_defenses, gateway, model, started)
     report = EvalReport(tuple(rows), tuple(settings), varying_knobs(settings), meta)
     written = write_report(report, grids, options.out_dir)
     # Per-image labels behind every row (the vendor's answer per image, majority over votes): what
