@@ -9,7 +9,6 @@ them together, and the end of a drain ends any of them with a 503 (`service.api.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import secrets
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
@@ -18,7 +17,8 @@ from service.api.decode import ImageLimits, open_images
 from service.api.guard import guarded, time_left
 from service.api.lifecycle import Lifecycle
 from service.api.probes import PROBE_CACHE_TTL_S, PROBE_TIMEOUT_S, VendorProbes
-from service.api.schemas import PurificationInfo, Readiness
+from service.api.request_policy import RequestPolicy
+from service.api.schemas import Readiness
 from service.api.stages import (
     PNG,
     DecodedBatch,
@@ -38,18 +38,16 @@ from service.config import Settings
 from service.errors import (
     DRAINING_RETRY_AFTER_S,
     LOADING_RETRY_AFTER_S,
-    BadRequest,
     NotReady,
     UpstreamError,
 )
 from service.metrics import GatewayMetrics, Stage
 from service.purify.local_restore import split_mask_channel
 from service.purify.seeds import vote_canvas_seeds
-from service.purify.strength import Strength, StrengthChoice
+from service.purify.strength import StrengthChoice
 from service.shadow.history import ShadowHistory
-from service.shadow.labels import LabelExtractor, VendorLabel
+from service.shadow.labels import LabelExtractor
 from service.shadow.monitor import build_shadow_monitor
-from service.shadow.policy import AnswerSource, DefensePolicy
 from service.shadow.targets import TargetBoard
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
 from service.upstream.catalog import ModelCatalog, ModelRef
@@ -100,6 +98,7 @@ class Gateway:
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.vote_label = LabelExtractor.parse(settings.vote_label)
         self.zip_config = settings.zip_config  # built (and validated) once, not per request
+        self.policy = RequestPolicy(settings, self.zip_config, purifying=pool is not None)  # what a request runs
         history = ShadowHistory()
         # The backdoor targets named so far; the closed-loop policies purify their answers.
         self.targets = TargetBoard(metrics.registry, settings.suspected_targets, history)
@@ -147,56 +146,6 @@ class Gateway:
         if not self.ready:
             raise self.not_ready_error()
 
-    def strength_choice(
-        self, strength: Strength | None = None, votes: int | None = None, *, single: bool = False
-    ) -> StrengthChoice:
-        """What a request runs: its `?strength=` (else the configured default) with its `?votes=K` (else the
-        configured votes). One purification per image with `single` (/purify and sidecar calls return one
-        image or relay one answer) or when purification is off (nothing to vote on).
-
-        Raises:
-            BadRequest: more votes than `max_votes`, asked for or implied by the preset.
-        """
-        settings = self.settings
-        choice = settings.strength_choice(strength, votes, base=self.zip_config)
-        if single or self.pool is None:
-            return dataclasses.replace(choice, votes=1)
-        if choice.votes > settings.max_votes:
-            implied = "" if votes is not None and votes >= choice.votes else f" (strength={choice.strength})"
-            raise BadRequest(f"votes={choice.votes}{implied} exceeds this gateway's max_votes ({settings.max_votes})")
-        return choice
-
-    def purification_info(
-        self,
-        steps: int,
-        choice: StrengthChoice,
-        vote_labels: list[list[VendorLabel | None]] | None = None,
-        masked_fraction: list[float] | None = None,
-        *,
-        answers: list[AnswerSource] | None = None,
-        named_targets: list[str] | None = None,
-    ) -> PurificationInfo:
-        """The response's `purification` block (`answers` and `named_targets`: the closed loop's)."""
-        engine = self.engine
-        return PurificationInfo(
-            model=engine.model,
-            strength=choice.strength,
-            method=choice.config.method,
-            masked_fraction=masked_fraction,
-            transforms=choice.config.transforms,
-            steps=steps,
-            guidance_power=choice.config.guidance_power,
-            noise_start=choice.config.noise_start,
-            vendor_mirror=self.settings.vendor_mirror,
-            device=engine.device,
-            dtype=engine.dtype,
-            votes=1 if vote_labels is None else len(vote_labels[0]),
-            vote_labels=vote_labels,
-            policy=self.settings.policy if answers is not None else DefensePolicy.ALWAYS,
-            answers=answers,
-            named_targets=named_targets,
-        )
-
     # --- stages -----------------------------------------------------------------------------
 
     async def decode(self, blobs: list[bytes], ctx: RequestContext, *, fit: bool) -> DecodedBatch:
@@ -239,7 +188,7 @@ class Gateway:
         if self.pool is None or decoded.fitted is None:
             raise purification_disabled()
         fitted = decoded.fitted
-        choice = self.strength_choice(single=True) if choice is None else choice
+        choice = self.policy.choose(single=True) if choice is None else choice
         self.metrics.strength_requests.labels(choice.strength.value).inc()
         votes = choice.votes
         # The configured knobs travel as None, so every request that runs them shares batches.
@@ -326,7 +275,7 @@ class Gateway:
             return self.upstream.predict(blobs, request_id, prepared.content_type, timeout_s=remaining)
 
         async def call(blobs: list[bytes], request_id: str) -> UpstreamResult:
-            with UpstreamCall(self.metrics, None) as outcome:  # one of several overlapping calls
+            with self._upstream_call(None) as outcome:  # one of several overlapping calls: timed together below
                 result = await send(blobs, request_id)
                 outcome.status = str(result.status_code)
             return result
@@ -410,8 +359,10 @@ class Gateway:
             outcome.status = str(relayed.status_code)
         return relayed
 
-    def _upstream_call(self, ctx: RequestContext) -> UpstreamCall:
-        return UpstreamCall(self.metrics, ctx.timings)
+    def _upstream_call(self, ctx: RequestContext | None) -> UpstreamCall:
+        """One vendor call's metrics, and its time in the request's upstream stage (not with `ctx` None: calls
+        that overlap are timed together by their caller)."""
+        return UpstreamCall(self.metrics, None if ctx is None else ctx.timings)
 
     async def _guarded(self, work: Awaitable[T], ctx: RequestContext, what: str, *, watch_client: bool = False) -> T:
         """`work` within the request's deadline and the drain (see `service.api.guard`); with `watch_client`

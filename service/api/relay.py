@@ -23,8 +23,8 @@ from service.api.inputs import check_image_count
 from service.api.schemas import ProtocolErrorResponse, RelayedBody
 from service.api.security import STRENGTH_HEADER, headers_for_vendor
 from service.api.stages import RequestContext
-from service.config import model_name_problem
 from service.errors import BadRequest, InvalidShape, ModelNotFound
+from service.http_paths import model_name_problem
 from service.purify.strength import Strength
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, VendorBody
 from service.upstream.catalog import ModelRef
@@ -141,7 +141,7 @@ async def relay(request: Request, gateway: Gateway, adapter: Upstream, ctx: Requ
     """
     check_vendor_path(request, gateway.settings.upstream_models)
     gateway.require_ready()
-    choice = gateway.strength_choice(sidecar_strength(request), single=True)
+    choice = gateway.policy.choose(sidecar_strength(request), single=True)
     headers = headers_for_vendor(request.headers, gateway.settings.api_key)
     body = VendorBody.from_headers(await request.body(), request.headers)
     blobs = adapter.extract_images(body)

@@ -89,7 +89,7 @@ async def predict(
         return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.RAW], ctx)
     gateway.require_ready()
     settings = gateway.settings
-    choice = gateway.strength_choice(strength, votes)
+    choice = gateway.policy.choose(strength, votes)
     blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
     check_queue_room(len(blobs), settings.queue_limit, votes=choice.votes)  # before decoding: an early 413
     if settings.policy.asks_raw:
@@ -97,7 +97,9 @@ async def predict(
     prepared = await gateway.prepare(blobs, ctx, choice)
     result = await gateway.predict(prepared, ctx)
     purification = (
-        gateway.purification_info(prepared.steps, choice, result.vote_labels, prepared.masked_fraction)
+        gateway.policy.purification_block(
+            gateway.engine, prepared.steps, choice, result.vote_labels, prepared.masked_fraction
+        )
         if prepared.steps is not None
         else None
     )
@@ -127,7 +129,7 @@ async def purify(
     kind = input_kind(request.headers.get("content-type"))
     gateway.require_ready()
     settings = gateway.settings
-    choice = gateway.strength_choice(strength, single=True)
+    choice = gateway.policy.choose(strength, single=True)
     blobs = await read_images(request, kind, settings.max_images_per_request, settings.max_image_bytes)
     decoded = await gateway.decode(blobs, ctx, fit=True)
     purified = await gateway.purify(decoded, ctx, include_degraded=Include.DEGRADED in include, choice=choice)
@@ -139,7 +141,9 @@ async def purify(
         images=[_b64(png) for png in purified.pngs],
         degraded=None if purified.degraded_pngs is None else [_b64(png) for png in purified.degraded_pngs],
         masks=None if masks is None else [_b64(png) for png in masks],
-        purification=gateway.purification_info(purified.steps, choice, masked_fraction=purified.masked_fraction),
+        purification=gateway.policy.purification_block(
+            gateway.engine, purified.steps, choice, masked_fraction=purified.masked_fraction
+        ),
         latency_ms=ctx.timings.latency_ms(),
     )
 
@@ -223,7 +227,8 @@ def build_predict_router(
 def _answer(loop: LoopAnswer, gateway: Gateway, ctx: RequestContext, choice: StrengthChoice) -> Response:
     """The closed loop's response: each image's chosen answer, and which image it came from."""
     prepared, result = loop.prepared, loop.prediction
-    purification = gateway.purification_info(
+    purification = gateway.policy.purification_block(
+        gateway.engine,
         prepared.steps or 0,
         choice,
         result.vote_labels,

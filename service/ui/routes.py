@@ -69,7 +69,7 @@ async def try_submit(request: Request, gateway: GatewayDep, ctx: ContextDep) -> 
         form = await request.form()  # parsed (and limited) by read_images: Starlette keeps it
         strength, votes = _strength(form), _votes(form)
         names = [getattr(part, "filename", None) or f"image {i}" for i, part in enumerate(form.getlist(IMAGE_FIELD))]
-        result = await try_images(gateway, ctx, blobs, names, gateway.strength_choice(strength, votes))
+        result = await try_images(gateway, ctx, blobs, names, gateway.policy.choose(strength, votes))
     except ClientDisconnected:
         raise  # nobody is listening: the 499 handler counts it, no page is rendered
     except GatewayError as exc:

@@ -16,14 +16,11 @@ from typing import Any
 
 from service.api.decode import encode_png
 from service.api.gateway import Gateway
-from service.api.guard import guarded, time_left
 from service.api.schemas import LatencyMs, PurificationInfo
-from service.api.stages import PNG, PreparedImages, RequestContext, originals_for_vendor
-from service.api.upstream_call import UpstreamCall
+from service.api.stages import PNG, PreparedImages, RequestContext
 from service.purify.strength import StrengthChoice
 from service.shadow.labels import VendorLabel, bounded_label
 
-RAW_CALL_SUFFIX = "-raw"  # the vendor's logs tell the raw-image call from the purified one
 MAX_ANSWER_CHARS = 2_000  # a vendor answer is untrusted: shown cut to this
 
 
@@ -65,7 +62,7 @@ async def try_images(
     decoded = await gateway.decode(blobs, ctx, fit=True)
     purified = await gateway.purify(decoded, ctx, include_degraded=True, mirror=settings.vendor_mirror, choice=choice)
     result = await gateway.predict(PreparedImages(purified.votes, PNG, purified.steps, decoded=decoded), ctx)
-    raw_answers = await _raw_answers(gateway, *originals_for_vendor(decoded), ctx)
+    raw_answers = await gateway.ask_raw(decoded, ctx)
     label = gateway.vote_label
     images = []
     for i, name in enumerate(names):
@@ -87,24 +84,11 @@ async def try_images(
     return TryResult(
         request_id=ctx.request_id,
         images=images,
-        purification=gateway.purification_info(purified.steps, choice, result.vote_labels, purified.masked_fraction),
+        purification=gateway.policy.purification_block(
+            gateway.engine, purified.steps, choice, result.vote_labels, purified.masked_fraction
+        ),
         latency_ms=ctx.timings.latency_ms(),
     )
-
-
-async def _raw_answers(gateway: Gateway, originals: list[bytes], content_type: str, ctx: RequestContext) -> list[Any]:
-    """The vendor's answers on the images as uploaded (one call, after the purified path's)."""
-    remaining = time_left(ctx.deadline, ctx.request_id, "asking the vendor about the raw images")
-    with UpstreamCall(gateway.metrics, None) as outcome:
-        answer = await guarded(
-            gateway.upstream.predict(originals, ctx.request_id + RAW_CALL_SUFFIX, content_type, timeout_s=remaining),
-            request_id=ctx.request_id,
-            what="the vendor call on the raw images",
-            stopped=gateway.lifecycle.in_flight_stopped(),
-            deadline=ctx.deadline,
-        )
-        outcome.status = str(answer.status_code)
-    return list(answer.predictions)
 
 
 def _bounded(label: str | None) -> str | None:
