@@ -208,6 +208,134 @@ def _install_request_ids(app: FastAPI) -> None:
         return response
 
 
+def _predictor(request: Request) -> VendorPredictor:
+    """The app's predictor (`app.state.predictor`, set by `create_vendor_app`)."""
+    predictor: VendorPredictor = request.app.state.predictor
+    return predictor
+
+
+async def _run(predictor: VendorPredictor, images: list[EncodedImage]) -> list[ImagePrediction]:
+    """Predict in a worker thread, so the event loop keeps serving while the model runs."""
+    return await run_in_threadpool(predictor.predict, images)
+
+
+async def predict_raw(request: Request) -> Prediction:
+    """SageMaker-style: the body is one encoded image (`Content-Type: image/*`)."""
+    predictor = _predictor(request)
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type and not content_type.startswith(_RAW_CONTENT_TYPES):
+        raise UnsupportedMediaType(f"Content-Type {content_type!r}: send the image bytes as image/*")
+    body = await _read_body(request, predictor.limits.max_image_bytes)
+    (prediction,) = await _run(predictor, [EncodedImage("body", body)])
+    return _to_wire(prediction)
+
+
+async def predict_tf(name: str, request: Request) -> TFPredictResponse:
+    """TF-Serving / Vertex AI row format with binary instances."""
+    predictor = _predictor(request)
+    limits = predictor.limits
+    _check_name(name, predictor)
+    parsed = _parse_json(await _read_body(request, limits.max_body_bytes), TFPredictRequest)
+    if len(parsed.instances) > limits.max_batch:
+        raise PayloadTooLarge(f"{len(parsed.instances)} instances, the limit is {limits.max_batch}")
+    images = [
+        EncodedImage(f"instances[{i}].b64", decode_base64(item.b64, limits, f"instances[{i}].b64"))
+        for i, item in enumerate(parsed.instances)
+    ]
+    return TFPredictResponse(predictions=[_to_wire(p) for p in await _run(predictor, images)])
+
+
+async def status_tf(name: str, request: Request) -> dict:
+    """TF-Serving model status."""
+    _check_name(name, _predictor(request))
+    return {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
+
+
+async def infer_v2(name: str, request: Request) -> V2InferResponse:
+    """Open Inference Protocol v2 inference."""
+    predictor = _predictor(request)
+    _check_name(name, predictor)
+    parsed = _parse_json(await _read_body(request, predictor.limits.max_body_bytes), V2InferRequest)
+    predictions = await _run(predictor, _v2_images(parsed, predictor.limits))
+    return V2InferResponse(
+        model_name=predictor.name,
+        model_version="1",
+        id=parsed.id or request.state.request_id,
+        outputs=_v2_outputs(predictions),
+    )
+
+
+async def metadata_v2(name: str, request: Request) -> V2ModelMetadata:
+    """v2 model metadata: one BYTES input, two outputs."""
+    predictor = _predictor(request)
+    _check_name(name, predictor)
+    classes = len(predictor.class_names)
+    return V2ModelMetadata(
+        name=predictor.name,
+        versions=["1"],
+        platform="pytorch",
+        inputs=[V2TensorMetadata(name="image", datatype="BYTES", shape=[-1])],
+        outputs=[
+            V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, classes]),
+            V2TensorMetadata(name="label", datatype="INT64", shape=[-1]),
+        ],
+    )
+
+
+# The handlers below have no docstring, as before: FastAPI would publish one as the route's description.
+async def model_ready_v2(name: str, request: Request) -> dict:
+    predictor = _predictor(request)
+    _check_name(name, predictor)
+    return {"name": predictor.name, "ready": True}
+
+
+async def server_metadata_v2() -> dict:
+    return {"name": "zipgate-demo-vendor", "version": __version__, "extensions": []}
+
+
+async def ready_v2() -> dict:
+    return {"ready": True}  # the model loads in the factory, so a running server is ready
+
+
+async def live_v2() -> dict:
+    return {"live": True}
+
+
+async def live_v1() -> dict:
+    """KServe v1 liveness (its ModelServer's `GET /`)."""
+    return {"status": "alive"}
+
+
+async def healthz(request: Request) -> dict:
+    predictor = _predictor(request)
+    return {"status": "ok", "model": predictor.name, "attack": predictor.attack}
+
+
+def _install_routes(app: FastAPI) -> None:
+    """Register the three wire formats' routes and the health routes; the handlers find the model in `app.state`."""
+    app.add_api_route("/predict", predict_raw, methods=["POST"], response_model=Prediction)
+    app.add_api_route("/v1/models/{name}:predict", predict_tf, methods=["POST"], response_model=TFPredictResponse)
+    app.add_api_route("/v1/models/{name}", status_tf, methods=["GET"])
+    app.add_api_route(
+        "/v2/models/{name}/infer",
+        infer_v2,
+        methods=["POST"],
+        response_model=V2InferResponse,
+        response_model_exclude_none=True,
+    )
+    app.add_api_route("/v2/models/{name}", metadata_v2, methods=["GET"], response_model=V2ModelMetadata)
+    app.add_api_route("/v2/models/{name}/ready", model_ready_v2, methods=["GET"])
+    app.add_api_route("/v2", server_metadata_v2, methods=["GET"])
+    app.add_api_route("/v2/health/ready", ready_v2, methods=["GET"])
+    app.add_api_route("/v2/health/live", live_v2, methods=["GET"])
+    app.add_api_route("/", live_v1, methods=["GET"])
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+
+
 def create_vendor_app(model_dir: Path, model_name: str = "fmnist", limits: InputLimits = InputLimits()) -> FastAPI:
     """The demo vendor API for the model in `model_dir`, served under `model_name`.
 
@@ -224,100 +352,10 @@ def create_vendor_app(model_dir: Path, model_name: str = "fmnist", limits: Input
     """
     predictor = VendorPredictor(Path(model_dir), model_name, limits)
     app = FastAPI(title=f"zipgate demo vendor ({model_name}, {predictor.attack})", version=__version__)
+    app.state.predictor = predictor
     _install_error_handlers(app)
     _install_request_ids(app)
-
-    async def run(images: list[EncodedImage]) -> list[ImagePrediction]:
-        return await run_in_threadpool(predictor.predict, images)
-
-    @app.post("/predict", response_model=Prediction)
-    async def predict_raw(request: Request) -> Prediction:
-        """SageMaker-style: the body is one encoded image (`Content-Type: image/*`)."""
-        content_type = request.headers.get("content-type", "").lower()
-        if content_type and not content_type.startswith(_RAW_CONTENT_TYPES):
-            raise UnsupportedMediaType(f"Content-Type {content_type!r}: send the image bytes as image/*")
-        body = await _read_body(request, limits.max_image_bytes)
-        (prediction,) = await run([EncodedImage("body", body)])
-        return _to_wire(prediction)
-
-    @app.post("/v1/models/{name}:predict", response_model=TFPredictResponse)
-    async def predict_tf(name: str, request: Request) -> TFPredictResponse:
-        """TF-Serving / Vertex AI row format with binary instances."""
-        _check_name(name, predictor)
-        parsed = _parse_json(await _read_body(request, limits.max_body_bytes), TFPredictRequest)
-        if len(parsed.instances) > limits.max_batch:
-            raise PayloadTooLarge(f"{len(parsed.instances)} instances, the limit is {limits.max_batch}")
-        images = [
-            EncodedImage(f"instances[{i}].b64", decode_base64(item.b64, limits, f"instances[{i}].b64"))
-            for i, item in enumerate(parsed.instances)
-        ]
-        return TFPredictResponse(predictions=[_to_wire(p) for p in await run(images)])
-
-    @app.get("/v1/models/{name}")
-    async def status_tf(name: str) -> dict:
-        """TF-Serving model status."""
-        _check_name(name, predictor)
-        return {
-            "model_version_status": [
-                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-            ]
-        }
-
-    @app.post("/v2/models/{name}/infer", response_model=V2InferResponse, response_model_exclude_none=True)
-    async def infer_v2(name: str, request: Request) -> V2InferResponse:
-        """Open Inference Protocol v2 inference."""
-        _check_name(name, predictor)
-        parsed = _parse_json(await _read_body(request, limits.max_body_bytes), V2InferRequest)
-        predictions = await run(_v2_images(parsed, limits))
-        return V2InferResponse(
-            model_name=predictor.name,
-            model_version="1",
-            id=parsed.id or request.state.request_id,
-            outputs=_v2_outputs(predictions),
-        )
-
-    @app.get("/v2/models/{name}", response_model=V2ModelMetadata)
-    async def metadata_v2(name: str) -> V2ModelMetadata:
-        """v2 model metadata: one BYTES input, two outputs."""
-        _check_name(name, predictor)
-        classes = len(predictor.class_names)
-        return V2ModelMetadata(
-            name=predictor.name,
-            versions=["1"],
-            platform="pytorch",
-            inputs=[V2TensorMetadata(name="image", datatype="BYTES", shape=[-1])],
-            outputs=[
-                V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, classes]),
-                V2TensorMetadata(name="label", datatype="INT64", shape=[-1]),
-            ],
-        )
-
-    @app.get("/v2/models/{name}/ready")
-    async def model_ready_v2(name: str) -> dict:
-        _check_name(name, predictor)
-        return {"name": predictor.name, "ready": True}
-
-    @app.get("/v2")
-    async def server_metadata_v2() -> dict:
-        return {"name": "zipgate-demo-vendor", "version": __version__, "extensions": []}
-
-    @app.get("/v2/health/ready")
-    async def ready_v2() -> dict:
-        return {"ready": True}  # the model loads in the factory, so a running server is ready
-
-    @app.get("/v2/health/live")
-    async def live_v2() -> dict:
-        return {"live": True}
-
-    @app.get("/")
-    async def live_v1() -> dict:
-        """KServe v1 liveness (its ModelServer's `GET /`)."""
-        return {"status": "alive"}
-
-    @app.get("/healthz")
-    async def healthz() -> dict:
-        return {"status": "ok", "model": predictor.name, "attack": predictor.attack}
-
+    _install_routes(app)
     return app
 
 
