@@ -210,6 +210,31 @@ class WorkerPool:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         count = images.shape[0]
+        # From here to the offer nothing awaits: admission, the seeds, the items and the offer happen
+        # in one step of the event loop, so no drain or other submission interleaves with them; the
+        # wait follows the offer at once, so a caller cancelled or failed there withdraws its items.
+        now = self._admit(count, request_id, deadline)
+        seeds = _request_seeds(seed, seeds, count)
+        items = self._work_items(images, seeds, steps, variant, request_id=request_id, now=now, deadline=deadline)
+        self._enqueue(items, steps)
+        try:
+            results = await self._wait(items, deadline)
+        except BaseException:
+            self._abandon(items)
+            raise
+        return _pool_result(results)
+
+    def _admit(self, count: int, request_id: str, deadline: float | None) -> float:
+        """Refuse `count` images the pool cannot take now (counting them as dropped where it says why).
+
+        Returns:
+            `time.monotonic()` at admission: the items' enqueue time.
+
+        Raises:
+            NotReady: the pool is not started, is draining, or lost a worker.
+            PayloadTooLarge: more images than the whole queue holds.
+            DeadlineExceeded: the deadline has already passed.
+        """
         if not self.ready:
             if self._state in (PoolState.DRAINING, PoolState.DRAINED, PoolState.CLOSED):
                 self._metrics.dropped.labels(DropReason.DRAINING.value).inc(count)
@@ -223,14 +248,24 @@ class WorkerPool:
         if deadline is not None and deadline <= now:
             self._metrics.dropped.labels(DropReason.DEADLINE.value).inc(count)
             raise DeadlineExceeded(f"request {request_id}: deadline passed before queueing")
-        if seeds is None:
-            seeds = canvas_seeds(secrets.randbits(63) if seed is None else seed, count)  # canvas i: seed + i
-        elif len(seeds) != count:
-            raise ValueError(f"got {len(seeds)} seeds for {count} images")
+        return now
+
+    def _work_items(
+        self,
+        images: torch.Tensor,
+        seeds: Sequence[int],
+        steps: int,
+        variant: ZipConfig | None,
+        *,
+        request_id: str,
+        now: float,
+        deadline: float | None,
+    ) -> list[PoolItem]:
+        """One queue item per image, each with its own future on the running loop, in the order given."""
         loop = asyncio.get_running_loop()
         key = (*images.shape[1:], steps, variant)  # items that stack into one tensor and share a schedule
         pixels = images.detach().to("cpu", torch.float32)
-        items = [
+        return [
             WorkItem(
                 key=key,
                 payload=ItemPayload(pixels[i], seeds[i], steps, variant),
@@ -240,25 +275,23 @@ class WorkerPool:
                 deadline=deadline,
                 cost=float(steps),
             )
-            for i in range(count)
+            for i in range(images.shape[0])
         ]
+
+    def _enqueue(self, items: list[PoolItem], steps: int) -> None:
+        """Queue all the items or none.
+
+        Raises:
+            Overloaded: the queue lacks room for all of them (counted as dropped), with a Retry-After
+                from measured throughput.
+        """
+        count = len(items)
         if not self._batcher.offer(items):
             self._metrics.dropped.labels(DropReason.OVERLOAD.value).inc(count)
             raise Overloaded(
                 f"queue full ({self._batcher.depth}/{self.config.queue_limit} images); retry later",
                 retry_after_s=self._retry_after_s(count, steps),
             )
-        try:
-            results = await self._wait(items, deadline)
-        except BaseException:
-            self._abandon(items)
-            raise
-        return PoolResult(
-            images=torch.stack([r.image for r in results]),
-            steps=min(r.steps for r in results),
-            queue_s=max(r.queue_s for r in results),
-            purify_s=max(r.purify_s for r in results),
-        )
 
     async def drain(self, timeout_s: float | None = None, *, began: float | None = None) -> None:
         """Stop accepting, let queued and running work finish, then stop the workers.
@@ -366,6 +399,29 @@ class WorkerPool:
     def _close_workers(self) -> None:
         for worker in self._workers:
             worker.close()
+
+
+def _request_seeds(seed: int | None, seeds: Sequence[int] | None, count: int) -> Sequence[int]:
+    """The seed of each of `count` images: `seeds` as given, else seed + i (a random seed when None).
+
+    Raises:
+        ValueError: `seeds` does not hold one seed per image.
+    """
+    if seeds is None:
+        return canvas_seeds(secrets.randbits(63) if seed is None else seed, count)  # canvas i: seed + i
+    if len(seeds) != count:
+        raise ValueError(f"got {len(seeds)} seeds for {count} images")
+    return seeds
+
+
+def _pool_result(results: list[ItemResult]) -> PoolResult:
+    """A request's result from its images' results, in order: the fewest steps, the longest waits."""
+    return PoolResult(
+        images=torch.stack([r.image for r in results]),
+        steps=min(r.steps for r in results),
+        queue_s=max(r.queue_s for r in results),
+        purify_s=max(r.purify_s for r in results),
+    )
 
 
 def _error_of(future: asyncio.Future[ItemResult]) -> BaseException | None:
