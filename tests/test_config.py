@@ -15,9 +15,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from service.config import DEFAULT_MAX_REQUEST_PIXELS, ConfigError, Settings, load_settings
+from service.config import ConfigError, ConfigFileField, Settings, load_settings
 from service.purify.options import DType, Method, ZipConfig
+from service.purify.settings import PurifyFields
+from service.server_settings import DEFAULT_MAX_REQUEST_PIXELS, PoolFields, RequestLimitFields, ServerFields
+from service.shadow.settings import ShadowFields
 from service.upstream import UpstreamProtocol
+from service.upstream.settings import UpstreamFields
 
 CREDENTIALS = "vendoruser:s3cret-pw"
 
@@ -212,6 +216,13 @@ def test_cgroup_cpu_quota_is_read_in_v2_and_v1_layouts(tmp_path: Path) -> None:
     assert cgroup_cpu_limit(tmp_path) == 1.5
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_settings_compose_each_parts_fields_in_one_order() -> None:
+    """Each part's fields are defined where the part lives; `Settings` adds none, and lists them part by
+    part in one order (errors, repr and override warnings follow it)."""
+    parts = [ConfigFileField, ServerFields, PurifyFields, PoolFields, UpstreamFields, RequestLimitFields, ShadowFields]
+    assert list(Settings.model_fields) == [name for part in parts for name in part.model_fields]
 
 
 def test_zip_knobs_default_to_zip_config_and_bundle_into_one() -> None:

@@ -5,7 +5,8 @@
 - `upstream` is httpx only: no torch, no FastAPI (nor Starlette, which FastAPI is built on);
 - `purify` is pure tensor code: no web framework, no HTTP client;
 - `api` is imported by nothing below it: only `ui` (beside it) and the entry points (`cli`,
-  `cli_models`, `demo`) import it.
+  `cli_models`, `demo`) import it. What config and the packages below need of the HTTP side (the path
+  rules in `http_paths`, the server's settings in `server_settings`) sits below it, in leaves.
 
 Read from the source with `ast` (every import, also those inside functions and TYPE_CHECKING
 blocks), so the test sees what the code says, not what happened to be imported first.
@@ -62,8 +63,9 @@ def third_party_importers(package: str, roots: set[str]) -> dict[str, set[str]]:
 ABOVE_API = frozenset({"api", "ui", "cli", "cli_models", "demo"})  # api itself, ui beside it, the entry points
 BELOW_API = frozenset(
     {
-        "config", "config_file", "config_sources", "paths", "cpus", "errors", "metrics", "signals", "loopback",
-        "torch_threads", "purify", "workers", "upstream", "shadow", "backdoor", "training", "defense_eval",
+        "config", "config_file", "config_sources", "server_settings", "http_paths", "paths", "cpus", "errors",
+        "metrics", "signals", "loopback", "torch_threads", "purify", "workers", "upstream", "shadow", "backdoor",
+        "training", "defense_eval",
     }
 )  # fmt: skip
 
@@ -112,6 +114,14 @@ def test_every_part_of_service_is_placed_above_or_below_the_api() -> None:
 @pytest.mark.parametrize("part", sorted(BELOW_API))
 def test_nothing_below_the_api_imports_it(part: str) -> None:
     assert importers_of("api", part) == {}
+
+
+@pytest.mark.parametrize("module", ["http_paths", "server_settings"])
+def test_the_api_side_leaves_import_nothing_from_service(module: str) -> None:
+    # The HTTP surface's path rules and the server's settings sit below `api` so that config and the
+    # packages may use them: leaves, so they cannot bring `api` (or torch) in with them.
+    assert package_imports(module) == {f"{module}.py": set()}
+    assert third_party_importers(module, {"torch", "fastapi", "starlette"}) == {}
 
 
 def test_upstream_imports_neither_torch_nor_fastapi() -> None:
