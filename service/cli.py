@@ -6,8 +6,9 @@ import dataclasses
 import enum
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperCommand
@@ -23,6 +24,13 @@ from service.purify.options import (
     ZipConfig,
 )  # light: enums and the knobs' defaults
 from service.purify.strength import Strength, apply_strength  # light: no torch
+
+if TYPE_CHECKING:  # for hints only: these import torch, which the commands load when they run
+    from PIL.Image import Image as PILImage
+
+    from service.defense_eval.runner import EvalOptions
+    from service.purify.models import EpsModel
+    from service.purify.presets import PurificationPreset
 
 app = typer.Typer(
     help="zipgate: ZIP backdoor purification in front of a black-box image model.",
@@ -162,6 +170,190 @@ def demo(
     _run_with_settings(config, lambda settings: run_demo(settings, keep_running))
 
 
+@dataclass(frozen=True)
+class PurifyArgs:
+    """The arguments of `zipgate purify` as typer parsed them (the fields are the command's parameters)."""
+
+    images: list[Path]
+    out: Path
+    model: Path
+    preset: str
+    transforms: str | None
+    steps: int | None
+    guidance_power: float | None
+    eta: float | None
+    method: Method | None
+    device: str
+    dtype: DType
+    seed: int | None
+    batch_size: int
+    save_degraded: bool
+    small_fit: SmallImageFit
+
+
+def _zip_purifier(args: PurifyArgs) -> tuple[PurificationPreset, ZipConfig, EpsModel, Callable[..., Any]]:
+    """The preset, its knobs with the flags given over them, the loaded ε-model and the purifier.
+
+    Raises:
+        typer.BadParameter: an unknown preset, a bad knob or a model that does not load.
+    """
+    from service.purify.local_restore import build_purifier
+    from service.purify.models import ModelLoadError, load_eps_model
+    from service.purify.presets import PRESETS, PresetName
+
+    try:
+        chosen = PRESETS[PresetName(args.preset)]
+        knobs: dict[str, Any] = {
+            "transforms": args.transforms,
+            "steps": args.steps,
+            "guidance_power": args.guidance_power,
+            "eta": args.eta,
+            "method": args.method,
+        }
+        config = dataclasses.replace(chosen.zip, **{name: value for name, value in knobs.items() if value is not None})
+        eps_model = load_eps_model(args.model, device=args.device, dtype=args.dtype)
+        purifier = build_purifier(eps_model, config)
+    except (ModelLoadError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return chosen, config, eps_model, purifier
+
+
+def _write_pngs(out: Path, paths: list[Path], purified: list[PILImage], degraded: list[PILImage] | None) -> None:
+    """`<stem>.png` per purified image, and `<stem>.degraded.png` where the degraded views were computed."""
+    for path, clean in zip(paths, purified, strict=True):
+        clean.save(out / f"{path.stem}.png")
+    if degraded is not None:  # computed only for --save-degraded
+        for path, blurred in zip(paths, degraded, strict=True):
+            blurred.save(out / f"{path.stem}.degraded.png")
+
+
+def _purify_images(args: PurifyArgs) -> None:
+    """`zipgate purify`: load the model, purify the images in batches with a progress bar, write PNGs."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from service.purify.pipeline import purify_pil_images
+
+    paths = _image_paths(args.images)
+    chosen, config, eps_model, purifier = _zip_purifier(args)
+    loaded = []
+    for path in paths:
+        with Image.open(path) as image:
+            loaded.append(image.copy())
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(loaded), desc="purify", unit="img") as bar:
+        purified, degraded = purify_pil_images(
+            purifier,
+            loaded,
+            eps_model.sample_size,
+            eps_model.channels,
+            config.transforms,
+            device=args.device,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            tile_small=chosen.tile_small_images,
+            small_fit=args.small_fit,
+            on_batch=lambda n: bar.update(min(n, bar.total - bar.n)),
+            with_degraded=args.save_degraded,
+        )
+        bar.update(bar.total - bar.n)
+    _write_pngs(args.out, paths, purified, degraded)
+    typer.echo(f"wrote {len(purified)} purified image(s) to {args.out}")
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """The arguments of `zipgate eval` as typer parsed them (the fields are the command's parameters)."""
+
+    vendor: str
+    defense: str
+    n: int
+    steps: int
+    transforms: str
+    guidance_power: float
+    eta: float
+    method: Method
+    polish_noise: float
+    votes: int
+    strength: Strength
+    mirror: bool
+    seed: int
+    batch_size: int
+    device: str
+    dtype: DType
+    model: Path
+    models_dir: Path
+    out: Path
+    gateway: str | None
+    sweep: str | None
+    threads: int | None
+    stream_shares: str
+
+
+def _eval_options(args: EvalArgs) -> EvalOptions:
+    """The evaluation the flags ask for: the --strength preset applied to the knobs, K votes, mirroring.
+
+    Raises:
+        ValueError: --strength other than balanced through a gateway, or a bad name or knob.
+    """
+    from service.defense_eval.defenses import DefenseSetting
+    from service.defense_eval.runner import EvalOptions, parse_defenses, parse_vendors
+
+    if args.gateway is not None and args.strength is not Strength.BALANCED:
+        raise ValueError(
+            "--strength applies to the in-process evaluation; through a gateway the evaluation asks for "
+            "strength=balanced (the gateway's configured knobs) with --votes"
+        )
+    knobs = ZipConfig(
+        args.transforms, args.steps, args.guidance_power, args.eta, method=args.method, polish_noise=args.polish_noise
+    )
+    choice = apply_strength(args.strength, knobs, args.votes)
+    return EvalOptions(
+        vendors=parse_vendors(args.vendor),
+        defenses=parse_defenses(args.defense),
+        n=args.n,
+        setting=DefenseSetting(**dataclasses.asdict(choice.config), votes=choice.votes, mirror=args.mirror),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        model_path=args.model,
+        models_dir=args.models_dir,
+        out_dir=args.out,
+        gateway_url=args.gateway,
+        sweep=args.sweep,
+        threads=args.threads,
+    )
+
+
+def _evaluate(args: EvalArgs) -> None:
+    """`zipgate eval`: run the evaluation, print its table, then the stream report where it applies.
+
+    Raises:
+        typer.Exit: code 2 on a bad option or a missing file (the message goes to stderr).
+    """
+    from service.backdoor.attacks import TARGET_LABEL
+    from service.defense_eval.defenses import Defense
+    from service.defense_eval.report import LABELS_FILE
+    from service.defense_eval.runner import run_eval
+    from service.defense_eval.stream import write_stream_report
+
+    try:
+        options = _eval_options(args)
+        shares = [float(share) for share in args.stream_shares.split(",") if share.strip()]
+        report = run_eval(options)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(report.files["table"].read_text())
+    written = [str(path) for path in report.files.values()]
+    if shares and args.sweep is None and {Defense.NONE, Defense.ZIP} <= set(options.defenses):
+        stream = write_stream_report(args.out / LABELS_FILE, TARGET_LABEL, shares)
+        typer.echo(stream.read_text())
+        written.append(str(stream))
+    typer.echo("wrote " + ", ".join(written))
+
+
 @app.command()
 def purify(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
@@ -190,56 +382,7 @@ def purify(
     ] = SmallImageFit.PAD,
 ) -> None:
     """Purify images with ZIP and write PNGs (and optionally the degraded A⁺A x beside them)."""
-    from PIL import Image
-    from tqdm import tqdm
-
-    from service.purify.local_restore import build_purifier
-    from service.purify.models import ModelLoadError, load_eps_model
-    from service.purify.pipeline import purify_pil_images
-    from service.purify.presets import PRESETS, PresetName
-
-    paths = _image_paths(images)
-    try:
-        chosen = PRESETS[PresetName(preset)]
-        knobs: dict[str, Any] = {
-            "transforms": transforms,
-            "steps": steps,
-            "guidance_power": guidance_power,
-            "eta": eta,
-            "method": method,
-        }
-        config = dataclasses.replace(chosen.zip, **{name: value for name, value in knobs.items() if value is not None})
-        eps_model = load_eps_model(model, device=device, dtype=dtype)
-        purifier = build_purifier(eps_model, config)
-    except (ModelLoadError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    loaded = []
-    for path in paths:
-        with Image.open(path) as image:
-            loaded.append(image.copy())
-    out.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(loaded), desc="purify", unit="img") as bar:
-        purified, degraded = purify_pil_images(
-            purifier,
-            loaded,
-            eps_model.sample_size,
-            eps_model.channels,
-            config.transforms,
-            device=device,
-            batch_size=batch_size,
-            seed=seed,
-            tile_small=chosen.tile_small_images,
-            small_fit=small_fit,
-            on_batch=lambda n: bar.update(min(n, bar.total - bar.n)),
-            with_degraded=save_degraded,
-        )
-        bar.update(bar.total - bar.n)
-    for path, clean in zip(paths, purified, strict=True):
-        clean.save(out / f"{path.stem}.png")
-    if degraded is not None:  # computed only for --save-degraded
-        for path, blurred in zip(paths, degraded, strict=True):
-            blurred.save(out / f"{path.stem}.degraded.png")
-    typer.echo(f"wrote {len(purified)} purified image(s) to {out}")
+    _purify_images(PurifyArgs(**locals()))  # the first statement: locals() holds exactly the parameters
 
 
 @app.command("eval")
@@ -293,48 +436,7 @@ def eval_command(
     ] = "0.01,0.1",
 ) -> None:
     """CA / ASR / PA of defenses on the shipped vendor models; writes results.json, results.md and grids."""
-    from service.backdoor.attacks import TARGET_LABEL
-    from service.defense_eval.defenses import Defense, DefenseSetting
-    from service.defense_eval.report import LABELS_FILE
-    from service.defense_eval.runner import EvalOptions, parse_defenses, parse_vendors, run_eval
-    from service.defense_eval.stream import write_stream_report
-
-    try:
-        if gateway is not None and strength is not Strength.BALANCED:
-            raise ValueError(
-                "--strength applies to the in-process evaluation; through a gateway the evaluation asks for "
-                "strength=balanced (the gateway's configured knobs) with --votes"
-            )
-        knobs = ZipConfig(transforms, steps, guidance_power, eta, method=method, polish_noise=polish_noise)
-        choice = apply_strength(strength, knobs, votes)
-        options = EvalOptions(
-            vendors=parse_vendors(vendor),
-            defenses=parse_defenses(defense),
-            n=n,
-            setting=DefenseSetting(**dataclasses.asdict(choice.config), votes=choice.votes, mirror=mirror),
-            seed=seed,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            model_path=model,
-            models_dir=models_dir,
-            out_dir=out,
-            gateway_url=gateway,
-            sweep=sweep,
-            threads=threads,
-        )
-        shares = [float(share) for share in stream_shares.split(",") if share.strip()]
-        report = run_eval(options)
-    except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    typer.echo(report.files["table"].read_text())
-    written = [str(path) for path in report.files.values()]
-    if shares and sweep is None and {Defense.NONE, Defense.ZIP} <= set(options.defenses):
-        stream = write_stream_report(out / LABELS_FILE, TARGET_LABEL, shares)
-        typer.echo(stream.read_text())
-        written.append(str(stream))
-    typer.echo("wrote " + ", ".join(written))
+    _evaluate(EvalArgs(**locals()))  # the first statement: locals() holds exactly the parameters
 
 
 @app.command("demo-vendor")
