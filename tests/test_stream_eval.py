@@ -127,3 +127,11 @@ def test_the_report_names_a_missing_row() -> None:
     labels = {"clean/true": clean.truth, "sig/triggered/true": triggered.truth, "sig/none/—/clean": clean.raw}
     with pytest.raises(ValueError, match="exactly one zip row"):
         labelled_sets(labels, "sig")
+
+
+def test_the_rules_are_the_callers_a_rule_that_cannot_fire_leaves_every_attack_through() -> None:
+    clean, triggered = _sets()
+    silent = (AlarmRule(min_count=10**9), BaselineRule(min_excess=2.0))
+    spec = StreamSpec(0.1, requests_per_minute=100, baseline_minutes=60, attack_minutes=60)
+    scores = simulate_stream(clean, triggered, TARGET, DefensePolicy.ON_ALARM, spec, rules=silent)
+    assert scores.detection_minutes is None and scores.attack_success_rate == 1.0

@@ -77,9 +77,15 @@ class StreamScores:
 
 
 def simulate_stream(
-    clean: LabelledSet, triggered: LabelledSet, target: int, policy: DefensePolicy, spec: StreamSpec
+    clean: LabelledSet,
+    triggered: LabelledSet,
+    target: int,
+    policy: DefensePolicy,
+    spec: StreamSpec,
+    rules: tuple[AlarmRule, BaselineRule] = (AlarmRule(), BaselineRule()),
 ) -> StreamScores:
-    """Replay one stream under `policy` (see the module docstring)."""
+    """Replay one stream under `policy` (see the module docstring); `rules`: the share and baseline rules
+    that name targets (the gateway's, by default)."""
     rng = np.random.default_rng(spec.seed)
     labels = int(max(clean.raw.max(), clean.purified.max(), triggered.raw.max(), triggered.purified.max())) + 1
     minutes = spec.baseline_minutes + spec.attack_minutes
@@ -104,7 +110,7 @@ def simulate_stream(
                 tally.add(
                     source is triggered, source.truth[picks], raw, answers, purified_for[raw], target, target in named
                 )
-        for label in _judge(disagreements, comparisons, minute) - named:
+        for label in _judge(disagreements, comparisons, minute, rules) - named:
             named.add(label)
             named_at[label] = minute
     detection = named_at.get(target)
@@ -158,7 +164,9 @@ class _Tally:
         return self.counts.get(numerator, 0.0) / total if total else float("nan")
 
 
-def _judge(disagreements: np.ndarray, comparisons: np.ndarray, minute: int) -> set[int]:
+def _judge(
+    disagreements: np.ndarray, comparisons: np.ndarray, minute: int, rules: tuple[AlarmRule, BaselineRule]
+) -> set[int]:
     """The labels the two rules name at the end of `minute`: the window is the last `WINDOW_S`, the baseline
     the `BASELINE_S` before it (as `ShadowHistory.windows` splits its buckets)."""
     window_from = max(0, minute + 1 - WINDOW_S // BUCKET_S)
@@ -166,8 +174,9 @@ def _judge(disagreements: np.ndarray, comparisons: np.ndarray, minute: int) -> s
     d, c = disagreements[window_from : minute + 1].sum(axis=0), comparisons[window_from : minute + 1].sum(axis=0)
     big_d = disagreements[baseline_from:window_from].sum(axis=0)
     big_c = comparisons[baseline_from:window_from].sum(axis=0)
-    found = set(np.flatnonzero(BaselineRule().fires(d, c, big_d, big_c)).tolist())
-    share = AlarmRule().suspected_target({str(label): float(count) for label, count in enumerate(d)})
+    share_rule, baseline_rule = rules
+    found = set(np.flatnonzero(baseline_rule.fires(d, c, big_d, big_c)).tolist())
+    share = share_rule.suspected_target({str(label): float(count) for label, count in enumerate(d)})
     if share is not None:
         found.add(int(share))
     return found
