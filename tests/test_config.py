@@ -325,3 +325,11 @@ def test_public_docs_defaults_to_private_when_a_key_is_set() -> None:
     assert load_settings(api_key="gateway-key-123").public_docs is False
     assert load_settings(api_key="gateway-key-123", public_docs=True).public_docs is True
     assert load_settings(public_docs=False).public_docs is False
+
+
+def test_suspected_targets_read_as_a_comma_list_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZIPGATE_SUSPECTED_TARGETS", "7, Shirt")
+    assert load_settings(upstream_url="http://vendor:8080").suspected_targets == ("7", "Shirt")
+    monkeypatch.setenv("ZIPGATE_SUSPECTED_TARGETS", "7,other")
+    with pytest.raises(ConfigError, match="other"):
+        load_settings(upstream_url="http://vendor:8080")

@@ -5,7 +5,7 @@
 by the routes that only relay a vendor's answer (the v1 and v2 health and metadata routes).
 
 Paths are checked before anything is read or forwarded: the vendor gets the path as the client
-sent it, so a model name must be a plain name (`config.MODEL_NAME_PATTERN`), neither a dot
+sent it, so a model name must be a plain name (`http_paths.MODEL_NAME_PATTERN`), neither a dot
 segment that httpx or the vendor resolves into another path (`/v2/models/../infer` is `/v2/infer`)
 nor percent-encoded (`%2e%2e`, `..%5C`, `%252e%252e` decode into those at some hop); and with
 `upstream_models` set, only those models are exposed.

@@ -7,9 +7,10 @@ A field mixin that `service.config.Settings` composes (env `ZIPGATE_<FIELD>`, se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import NoDecode
 
 from service.shadow.labels import OTHER_LABEL, LabelExtractor, bounded_label
 from service.shadow.policy import DefensePolicy
@@ -70,7 +71,7 @@ class ShadowFields(BaseModel):
         "its raw label is a named backdoor target), until_alarm (purified until a target is named, then as "
         "on_alarm). The loop policies purify every image and ask the vendor about the raw one too (2 calls).",
     )
-    suspected_targets: tuple[str, ...] = Field(
+    suspected_targets: Annotated[tuple[str, ...], NoDecode] = Field(  # the env form is 'a,b', not JSON
         (),
         description="Raw labels held as backdoor targets from the start (comma list), e.g. the label the "
         "Prometheus alert named; the gateway's own alarm and PUT /targets/{label} add more.",
