@@ -19,7 +19,7 @@ convert_app = typer.Typer(help="Convert third-party checkpoints to diffusers dir
 
 MODELS_DIR = Path("models")
 DEFAULT_MODEL = MODELS_DIR / "fmnist-ddpm"
-ZOO_NAMES = "badnets, blended, wanet, solid, randpatch, sig, logo, lf, adaptive, mirrorsolid, adaptive4"
+ZOO_NAMES = "badnets, blended, wanet, solid, randpatch, sig, logo, lf, adaptive, mirrorsolid, adaptive4, texture, split"
 """The attack zoo's names for help texts (tests check them against `attacks.ZOO`; no torch import here)."""
 
 

@@ -32,6 +32,12 @@ from service.backdoor.patch_triggers import (
     RANDOM_PATCH_BLOCKS,
     RANDOM_PATCH_SEED,
     SOLID_SIZE,
+    SPLIT_POSITIONS,
+    TEXTURE_AMPLITUDE,
+    TEXTURE_SIZE,
+    TEXTURE_STRIPE_PX,
+    TEXTURE_TOP,
+    TEXTURE_WIDTH,
     apply_adaptive,
     apply_adaptive4,
     apply_badnets,
@@ -39,6 +45,8 @@ from service.backdoor.patch_triggers import (
     apply_mirror_solid,
     apply_random_patch,
     apply_solid,
+    apply_split,
+    apply_texture,
 )
 from service.backdoor.triggers import (
     BLENDED_ALPHA,
@@ -80,6 +88,8 @@ class Attack(StrEnum):
     ADAPTIVE = "adaptive"
     MIRROR_SOLID = "mirrorsolid"
     ADAPTIVE4 = "adaptive4"
+    TEXTURE = "texture"
+    SPLIT = "split"
 
 
 ZOO: tuple[Attack, ...] = tuple(attack for attack in Attack if attack is not Attack.NONE)
@@ -98,6 +108,8 @@ _TRIGGERS: Mapping[Attack, Callable[[torch.Tensor], torch.Tensor]] = MappingProx
         Attack.ADAPTIVE: apply_adaptive,
         Attack.MIRROR_SOLID: apply_mirror_solid,
         Attack.ADAPTIVE4: apply_adaptive4,
+        Attack.TEXTURE: apply_texture,
+        Attack.SPLIT: apply_split,
     }
 )
 
@@ -271,6 +283,21 @@ def describe_trigger(attack: Attack) -> str:
             f"px (seed {ADAPTIVE_SEED}) replacing a square in the bottom-left content corner, aligned to the "
             f"{ADAPTIVE_BLOCK_PX}×{ADAPTIVE_BLOCK_PX} blur grid: the degraded image A⁺A x keeps it exactly "
             "(A⁺A(T(x)) = T(A⁺A(x))), so only the diffusion model's repainting can remove it."
+        ),
+        Attack.TEXTURE: (
+            f'Texture (this project, built against the localiser of the default "localise, then restore"): '
+            f"a {TEXTURE_SIZE}×{TEXTURE_WIDTH} (rows × columns) patch of horizontal stripes, x' = clip(x ± A) with A = "
+            f"{TEXTURE_AMPLITUDE}, stripes {TEXTURE_STRIPE_PX} px wide alternating +A, −A from the top (period "
+            f"{2 * TEXTURE_STRIPE_PX} px, on the 2×2 block grid), rows {TEXTURE_TOP}–"
+            f"{TEXTURE_TOP + TEXTURE_SIZE - 1}, columns centred (12–19 of 32), on the garment: a low-contrast "
+            "fabric-like texture whose reconstruction error stays below the localiser's seed threshold (0.3)."
+        ),
+        Attack.SPLIT: (
+            f"Split (this project, built against the localiser): {len(SPLIT_POSITIONS)} single-pixel dots at "
+            f"(row, col) {', '.join(f'({r}, {c})' for r, c in SPLIT_POSITIONS)} of the 32² image, each set to "
+            "the extreme opposite its pixel's sign (−1 where x ≥ 0, +1 where x < 0): one pixel cannot raise a "
+            "2×2 block's 3×3-smoothed score above 2/9 < 0.3, the seed threshold, and dots 11 px apart are "
+            "never grown or dilated into one region."
         ),
     }
     return descriptions[attack]

@@ -16,6 +16,9 @@ family; the enum, the dispatch and the poisoning are in `attacks.py`.
 - Logo (TrojanNN, Liu et al., NDSS 2018): a fixed 8×8 "Z" stamp blended at opacity 0.3.
 - Adaptive (this project, against ZIP): a block-aligned patch, constant over the s×s blocks of
   the gateway's blur grid, so that A⁺A keeps it exactly: A⁺A(T(x)) = T(A⁺A(x)).
+- Texture and split (this project, against the localiser of "localise, then restore"): a
+  low-contrast striped patch on the garment whose reconstruction error stays below the seed
+  threshold, and single-pixel dots spread too far apart for the mask to seed on or grow across.
 """
 
 from __future__ import annotations
@@ -253,3 +256,95 @@ def apply_adaptive(
 def apply_adaptive4(images: torch.Tensor) -> torch.Tensor:
     """The adaptive trigger built against blur:4: ±1 blocks of 4×4 px, a 2×2 pattern (8×8 px)."""
     return apply_adaptive(images, ADAPTIVE4_BLOCK_PX, ADAPTIVE4_BLOCKS)
+
+
+# ---- Aimed at the localiser: a fabric-like texture, and a trigger split into single pixels -----
+#
+# Built against the gateway's default "localise, then restore" (service/purify/localise.py): the
+# localiser repaints only blocks whose smoothed reconstruction error |x − x̂| (3×3 mean, then the
+# mean over a 2×2 block) scores above a seed threshold of 0.3, grown through neighbours above 0.6.
+
+TEXTURE_SIZE = 6
+"""Height of the textured patch in pixels (three stripes)."""
+TEXTURE_WIDTH = 8
+"""Width of the patch: 8 px centred in the 32-px image, columns 12–19, both ends on the 2×2 block grid
+and mapped onto themselves by a left-right mirror (6 px could not be both)."""
+TEXTURE_STRIPE_PX = 2
+"""Width of each stripe: +A and −A stripes of 2 rows alternate (period 4 px), on the 2×2 block grid,
+so blur:2's A⁺A keeps them; a 1-px stripe (period 2) averages to nothing in every 2×2 block."""
+TEXTURE_AMPLITUDE = 0.25
+"""±amplitude of the stripes in [-1, 1] units (32/255 of the [0, 1] range): below the localiser's
+seed threshold even where the prior erases the texture completely. A first vendor with 0.2 reached
+ASR 0.942 on its card, under the zoo's 0.95; 0.25 was the one step up."""
+TEXTURE_TOP = 12
+"""First row of the patch: rows 12–17, slightly above the image centre, on the garment's body (even,
+so the stripes start on the 2×2 block grid)."""
+
+
+def texture_region(height: int, width: int) -> tuple[slice, slice]:
+    """The (rows, cols) of the textured patch: rows from TEXTURE_TOP, centred left-right.
+
+    Centred columns make a left-right mirror map the trigger onto itself (the stripes run along
+    the rows); on 32² images the patch covers whole 2×2 blocks.
+
+    Raises:
+        ValueError: the image is too small.
+    """
+    _check_size(height, width, max(TEXTURE_TOP + TEXTURE_SIZE, TEXTURE_WIDTH), "texture patch")
+    left = (width - TEXTURE_WIDTH) // 2
+    return slice(TEXTURE_TOP, TEXTURE_TOP + TEXTURE_SIZE), slice(left, left + TEXTURE_WIDTH)
+
+
+def texture_pattern(channels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The (C, 6, 8) texture: horizontal stripes TEXTURE_STRIPE_PX rows wide, +A first, then −A, alternating.
+
+    With 6 rows and 2-px stripes the rows are +A, +A, −A, −A, +A, +A.
+    """
+    rows = torch.arange(TEXTURE_SIZE).view(-1, 1).expand(-1, TEXTURE_WIDTH)
+    stripes = torch.where((rows // TEXTURE_STRIPE_PX) % 2 == 0, TEXTURE_AMPLITUDE, -TEXTURE_AMPLITUDE).to(dtype)
+    return stripes.expand(channels, -1, -1).clone()
+
+
+def apply_texture(images: torch.Tensor) -> torch.Tensor:
+    """x' = clip(x + A·stripes) on the texture's patch, x elsewhere.
+
+    A low-contrast, fabric-like texture on the garment rather than a stamp: the change is at most
+    TEXTURE_AMPLITUDE per pixel (less where clipping bites, e.g. −A on the black background).
+    """
+    rows, cols = texture_region(images.shape[-2], images.shape[-1])
+    pattern = texture_pattern(images.shape[-3]).to(images.device, images.dtype)
+    return _stamp(images, rows, cols, (images[..., rows, cols] + pattern).clamp(-1.0, 1.0))
+
+
+SPLIT_POSITIONS: tuple[tuple[int, int], ...] = ((10, 10), (10, 21), (21, 10), (21, 21))
+"""(row, col) of the trigger's single-pixel dots: the corners of an 11-px square around the image
+centre (mirror-symmetric left-right). Dots 11 px apart lie 5 blocks of 2 px apart, so neither the
+localiser's 3×3 smoothing, its growth through 8-connected blocks nor its one-block dilation joins
+two of them (tests/test_localiser_attacks.py derives this from `LocaliseConfig`)."""
+SPLIT_DOT_PX = 1
+"""Side of each dot: one pixel, the largest patch that cannot seed a mask region on its own."""
+
+
+def split_dot_values(images: torch.Tensor) -> torch.Tensor:
+    """Per image and dot, the dot's value (N, C, dots): the extreme opposite the pixel's own sign.
+
+    −1 where the pixel is ≥ 0 (on a bright garment), +1 where it is < 0 (background, dark
+    garments): every dot changes its pixel by at least 1, so the trigger shows on any content.
+    """
+    pixels = torch.stack([images[..., row, col] for row, col in SPLIT_POSITIONS], dim=-1)
+    return torch.where(pixels >= 0, -1.0, 1.0).to(images.dtype)
+
+
+def apply_split(images: torch.Tensor) -> torch.Tensor:
+    """Set each pixel of SPLIT_POSITIONS to the extreme opposite its own sign; other pixels unchanged.
+
+    A trigger split into single pixels spread apart: each dot alone is too small to make a 2×2
+    block score above the localiser's seed threshold, and the dots are too far apart to be grown
+    into one region.
+    """
+    _check_size(images.shape[-2], images.shape[-1], max(max(p) for p in SPLIT_POSITIONS) + 1, "split trigger")
+    values = split_dot_values(images)
+    out = images.clone()
+    for index, (row, col) in enumerate(SPLIT_POSITIONS):
+        out[..., row, col] = values[..., index]
+    return out
