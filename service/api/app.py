@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,59 +70,93 @@ def create_app(
     pool_setup: tuple[PoolConfig, PurifierFactory] | None = None  # None: purification is off
     if settings.purification_enabled:
         pool_setup = (_pool_config(settings), purifier_factory or _zip_factory(settings))
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        torch.set_num_threads(settings.torch_threads)  # process-wide, so here and not per worker
-        client = make_http_client(
-            settings.upstream_connect_timeout_s, settings.upstream_timeout_s, settings.upstream_max_connections
-        )
-        pool = None if pool_setup is None else WorkerPool(*pool_setup, metrics)
-        starting: asyncio.Task[None] | None = None
-        gateway: Gateway | None = None
-        try:
-            gateway = Gateway(
-                settings,
-                metrics,
-                lifecycle,
-                pool,
-                _upstream(settings, client, settings.upstream_protocol),
-                {protocol: _upstream(settings, client, protocol) for protocol in UpstreamProtocol},
-            )
-            # The gauge's only writer: readiness as /readyz reports it (loading, draining, a dead worker),
-            # read at scrape time, since `Lifecycle` may not touch metrics from a signal handler.
-            metrics.ready.set_function(lambda: float(gateway.ready))
-            if pool is None:
-                lifecycle.mark_ready()
-            else:
-                starting = asyncio.create_task(_start_pool(pool, lifecycle), name="zipgate-pool-start")
-            yield {"gateway": gateway}
-        finally:
-            lifecycle.begin_drain()
-            if gateway is not None and gateway.shadow is not None:
-                await gateway.shadow.close()  # shadow calls are best effort: never held for a drain
-            if starting is not None and not starting.done():
-                starting.cancel()
-                await asyncio.gather(starting, return_exceptions=True)
-            if pool is not None:
-                await pool.drain(lifecycle.drain_time_left(settings.drain_timeout_s), began=lifecycle.drain_started)
-                await pool.close()
-            await client.aclose()
-            logger.info("gateway stopped")
-
     # FastAPI's own API pages load their scripts from a CDN: off, and routes_docs serves them from the package,
     # public or behind the key (none when private without a key).
     app = FastAPI(
         title="zipgate",
         version=__version__,
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=functools.partial(
+            _lifespan, settings=settings, metrics=metrics, lifecycle=lifecycle, pool_setup=pool_setup
+        ),
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
     app.state.lifecycle = lifecycle  # for the server's signal handler (drain before uvicorn stops)
     install_error_handlers(app)
+    _mount_routes(app, settings, metrics)
+    app.add_middleware(
+        GatewayMiddleware,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        max_request_bytes=settings.max_request_bytes,
+        body_read_timeout_s=settings.body_read_timeout_s,
+    )
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(
+    app: FastAPI,
+    *,
+    settings: Settings,
+    metrics: GatewayMetrics,
+    lifecycle: Lifecycle,
+    pool_setup: tuple[PoolConfig, PurifierFactory] | None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Open the vendor client and the pool, serve, then drain and close them (the one lifespan)."""
+    torch.set_num_threads(settings.torch_threads)  # process-wide, so here and not per worker
+    client = make_http_client(
+        settings.upstream_connect_timeout_s, settings.upstream_timeout_s, settings.upstream_max_connections
+    )
+    pool = None if pool_setup is None else WorkerPool(*pool_setup, metrics)
+    starting: asyncio.Task[None] | None = None
+    gateway: Gateway | None = None
+    try:
+        gateway = Gateway(
+            settings,
+            metrics,
+            lifecycle,
+            pool,
+            _upstream(settings, client, settings.upstream_protocol),
+            {protocol: _upstream(settings, client, protocol) for protocol in UpstreamProtocol},
+        )
+        # The gauge's only writer: readiness as /readyz reports it (loading, draining, a dead worker),
+        # read at scrape time, since `Lifecycle` may not touch metrics from a signal handler.
+        metrics.ready.set_function(lambda: float(gateway.ready))
+        if pool is None:
+            lifecycle.mark_ready()
+        else:
+            starting = asyncio.create_task(_start_pool(pool, lifecycle), name="zipgate-pool-start")
+        yield {"gateway": gateway}
+    finally:
+        await _stop(settings, lifecycle, gateway, starting, pool)
+        await client.aclose()
+        logger.info("gateway stopped")
+
+
+async def _stop(
+    settings: Settings,
+    lifecycle: Lifecycle,
+    gateway: Gateway | None,
+    starting: asyncio.Task[None] | None,
+    pool: WorkerPool | None,
+) -> None:
+    """The drain: shadow work first (best effort, never held for a drain), a pool still starting, then the pool."""
+    lifecycle.begin_drain()
+    if gateway is not None and gateway.shadow is not None:
+        await gateway.shadow.close()
+    if starting is not None and not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+    if pool is not None:
+        await pool.drain(lifecycle.drain_time_left(settings.drain_timeout_s), began=lifecycle.drain_started)
+        await pool.close()
+
+
+def _mount_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics) -> None:
+    """Every router, behind the API key where one is set; the API pages as `public_docs` says."""
     dependencies = [Depends(api_key_dependency(settings.api_key))] if settings.api_key is not None else []
     if settings.public_docs or dependencies:
         mount_docs(app, [] if settings.public_docs else dependencies)
@@ -133,14 +168,6 @@ def create_app(
     app.include_router(build_targets_router(dependencies))
     app.include_router(build_health_router(metrics))
     mount_ui(app, dependencies)
-    app.add_middleware(
-        GatewayMiddleware,
-        metrics=metrics,
-        lifecycle=lifecycle,
-        max_request_bytes=settings.max_request_bytes,
-        body_read_timeout_s=settings.body_read_timeout_s,
-    )
-    return app
 
 
 def _zip_factory(settings: Settings) -> PurifierFactory:

@@ -13,6 +13,8 @@ import secrets
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
+import torch
+
 from service.api.decode import ImageLimits, open_images
 from service.api.guard import guarded, time_left
 from service.api.lifecycle import Lifecycle
@@ -43,6 +45,7 @@ from service.errors import (
 )
 from service.metrics import GatewayMetrics, Stage
 from service.purify.local_restore import split_mask_channel
+from service.purify.pipeline import FittedBatch
 from service.purify.seeds import vote_canvas_seeds
 from service.purify.strength import StrengthChoice
 from service.shadow.history import ShadowHistory
@@ -216,19 +219,32 @@ class Gateway:
         )
         ctx.timings.add(Stage.QUEUE, result.queue_s)
         ctx.timings.add(Stage.PURIFY, result.purify_s)
+        return await self._encode(result.images, result.steps, fitted, ctx, include_degraded, mirror)
+
+    async def _encode(
+        self,
+        purified: torch.Tensor,
+        steps: int,
+        fitted: FittedBatch,
+        ctx: RequestContext,
+        include_degraded: bool,
+        mirror: bool,
+    ) -> PurifiedBatch:
+        """The pool's canvases (every vote's) back at the original sizes as PNG, with the masks a localising
+        engine hands back as one more channel (the first vote's)."""
+        count = fitted.canvases.shape[0]
         degrade = self.settings.transforms if include_degraded else None
-        # A localising engine hands its keep-mask back as one more channel: the masks are the first vote's.
-        images, keep = split_mask_channel(result.images, fitted.canvases.shape[1])
+        images, keep = split_mask_channel(purified, fitted.canvases.shape[1])
         with ctx.timings.measure(Stage.PURIFY):  # cutting back to the original sizes and PNG encoding
             pngs, degraded = await self._guarded(
                 asyncio.to_thread(finish_batch, fitted, images.split(count), degrade, mirror), ctx, "encoding"
             )
             masks = None if keep is None else await asyncio.to_thread(finish_masks, fitted, keep[:count])
         if masks is None:
-            return PurifiedBatch(votes=pngs, degraded_pngs=degraded, steps=result.steps)
+            return PurifiedBatch(votes=pngs, degraded_pngs=degraded, steps=steps)
         for fraction in masks[1]:
             self.metrics.masked_fraction.observe(fraction)
-        return PurifiedBatch(pngs, degraded, result.steps, mask_pngs=masks[0], masked_fraction=masks[1])
+        return PurifiedBatch(pngs, degraded, steps, mask_pngs=masks[0], masked_fraction=masks[1])
 
     async def require_model(
         self, adapter: Upstream, model: ModelRef, headers: Mapping[str, str], ctx: RequestContext
