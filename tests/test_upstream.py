@@ -20,11 +20,11 @@ import pytest
 from service.errors import UpstreamError, UpstreamRejected, UpstreamResponseTooLarge, UpstreamTimeout
 from service.upstream import (
     DEFAULT_MAX_RESPONSE_BYTES,
-    RawUpstream,
+    RawCodec,
     RetryPolicy,
-    TFServingUpstream,
+    TFServingCodec,
     UpstreamProtocol,
-    V2Upstream,
+    V2Codec,
     build_upstream,
     make_http_client,
     redact_url,
@@ -341,11 +341,11 @@ async def test_a_raw_failure_cancels_the_other_images_requests() -> None:
 # --- construction -----------------------------------------------------------------------------
 
 
-def test_build_upstream_picks_the_class_by_enum_or_value_and_validates(idle_client: httpx.AsyncClient) -> None:
+def test_build_upstream_picks_the_codec_by_enum_or_value_and_validates(idle_client: httpx.AsyncClient) -> None:
     client = idle_client
-    assert type(build_upstream("raw", client, BASE)) is RawUpstream
-    assert type(build_upstream(UpstreamProtocol.TFSERVING, client, BASE, "m")) is TFServingUpstream
-    assert type(build_upstream("v2", client, BASE + "/", "m")) is V2Upstream
+    assert type(build_upstream("raw", client, BASE).codec) is RawCodec
+    assert type(build_upstream(UpstreamProtocol.TFSERVING, client, BASE, "m").codec) is TFServingCodec
+    assert type(build_upstream("v2", client, BASE + "/", "m").codec) is V2Codec
     with pytest.raises(ValueError, match="raw, tfserving, v2"):
         build_upstream("grpc", client, BASE, "m")
     with pytest.raises(ValueError, match="model name"):

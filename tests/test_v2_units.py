@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
 
 import httpx
 import numpy as np
@@ -14,7 +13,7 @@ from PIL import Image
 
 from service.config import ConfigError, load_settings
 from service.errors import ModelNotFound
-from service.upstream import PixelLayout, TensorDatatype, UpstreamProtocol, V2Input, V2Upstream
+from service.upstream import PixelLayout, TensorDatatype, UpstreamProtocol, V2Codec, V2Input
 from service.upstream.catalog import ModelCatalog, ModelRef, status_path
 from tests.mock_vendor import RID, adapter, mock_client
 
@@ -109,45 +108,27 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-async def idle_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
-
-
-def test_bytes_input_is_named_by_the_setting(idle_client: httpx.AsyncClient) -> None:
+def test_bytes_input_is_named_by_the_setting() -> None:
     spec = V2Input(name="input_1")
-    upstream = V2Upstream(idle_client, "http://v", model_name="m", image_input=spec)
-    (tensor,) = upstream.encode_request([b"\x89PNG"], RID)["inputs"]
+    codec = V2Codec("m", spec)
+    (tensor,) = codec.encode_request([b"\x89PNG"], RID)["inputs"]
     assert tensor == {"name": "input_1", "shape": [1], "datatype": "BYTES", "data": ["iVBORw=="]}
 
 
-def test_pixel_inputs_in_both_layouts_and_datatypes(idle_client: httpx.AsyncClient) -> None:
+def test_pixel_inputs_in_both_layouts_and_datatypes() -> None:
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10  # H=2, W=3, RGB
     image = _png(rgb)
-    hwc = V2Upstream(
-        idle_client,
-        "http://v",
-        model_name="m",
-        image_input=V2Input("x", TensorDatatype.UINT8, (2, 3, 3), PixelLayout.HWC),
-    )
+    hwc = V2Codec("m", V2Input("x", TensorDatatype.UINT8, (2, 3, 3), PixelLayout.HWC))
     (tensor,) = hwc.encode_request([image, image], RID)["inputs"]
     assert tensor["shape"] == [2, 2, 3, 3] and tensor["datatype"] == "UINT8"
     assert tensor["data"] == np.stack([rgb, rgb]).ravel().tolist()
 
-    chw = V2Upstream(
-        idle_client,
-        "http://v",
-        model_name="m",
-        image_input=V2Input("x", TensorDatatype.FP32, (3, 2, 3), PixelLayout.CHW),
-    )
+    chw = V2Codec("m", V2Input("x", TensorDatatype.FP32, (3, 2, 3), PixelLayout.CHW))
     (tensor,) = chw.encode_request([image], RID)["inputs"]
     assert tensor["shape"] == [1, 3, 2, 3] and tensor["datatype"] == "FP32"
     np.testing.assert_allclose(tensor["data"], (rgb.transpose(2, 0, 1) / 255.0).ravel(), rtol=1e-6)
 
-    gray_small = V2Upstream(
-        idle_client, "http://v", model_name="m", image_input=V2Input("x", TensorDatatype.UINT8, (1, 4, 6))
-    )
+    gray_small = V2Codec("m", V2Input("x", TensorDatatype.UINT8, (1, 4, 6)))
     (tensor,) = gray_small.encode_request([image], RID)["inputs"]  # converted to gray, resized to 4×6
     assert tensor["shape"] == [1, 1, 4, 6] and len(tensor["data"]) == 24
 

@@ -1,4 +1,8 @@
-"""Adapters to the vendor's model API, one per wire protocol, built by `build_upstream`."""
+"""Adapters to the vendor's model API, one per wire protocol, built by `build_upstream`.
+
+Each adapter (`Upstream`) is a codec of its protocol (`RawCodec`, `TFServingCodec`, `V2Codec`: pure
+encoding) over a `VendorTransport` (the shared client, timeouts, resends, failure mapping).
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,33 @@ from typing import assert_never
 
 import httpx
 
-from service.upstream.base import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult, VendorBody
+from service.upstream.adapter import Upstream, UpstreamResult
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, make_http_client
+from service.upstream.codec import UpstreamProtocol, VendorBody, VendorCodec, WireRequest
 from service.upstream.failures import redact_url
-from service.upstream.raw import RawUpstream
-from service.upstream.tfserving import TFServingUpstream
-from service.upstream.v2 import V2Upstream
+from service.upstream.raw import RawCodec
+from service.upstream.tfserving import TFServingCodec
+from service.upstream.transport import RelayedResponse, VendorTransport
+from service.upstream.v2 import V2Codec
 from service.upstream.v2_input import PixelLayout, TensorDatatype, V2Input
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
-    "RawUpstream",
     "PixelLayout",
+    "RawCodec",
     "RelayedResponse",
     "RetryPolicy",
-    "TFServingUpstream",
+    "TFServingCodec",
     "TensorDatatype",
     "Upstream",
     "UpstreamProtocol",
     "UpstreamResult",
+    "V2Codec",
     "V2Input",
-    "V2Upstream",
     "VendorBody",
+    "VendorCodec",
+    "VendorTransport",
+    "WireRequest",
     "build_upstream",
     "make_http_client",
     "redact_url",
@@ -59,7 +68,7 @@ def build_upstream(
     total_timeout_s: float | None = None,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> Upstream:
-    """Create the adapter for a protocol.
+    """Create the adapter for a protocol: its codec over a transport to `base_url`.
 
     Args:
         protocol: the vendor's wire protocol (an `UpstreamProtocol` or its value, e.g. "v2").
@@ -80,23 +89,18 @@ def build_upstream(
         ValueError: an unknown protocol, or a setting the adapter rejects (the message says which).
     """
     protocol = _parse_protocol(protocol)
-    name, limit = model_name or "", max_response_bytes
+    transport = VendorTransport(
+        client, base_url, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=max_response_bytes
+    )
+    return Upstream(transport, _codec(protocol, model_name or "", raw_path, image_input))
+
+
+def _codec(protocol: UpstreamProtocol, model_name: str, raw_path: str, image_input: V2Input | None) -> VendorCodec:
+    """The codec of `protocol` (see `build_upstream` for the arguments)."""
     if protocol is UpstreamProtocol.RAW:
-        return RawUpstream(
-            client, base_url, path=raw_path, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=limit
-        )
+        return RawCodec(raw_path)
     if protocol is UpstreamProtocol.TFSERVING:
-        return TFServingUpstream(
-            client, base_url, model_name=name, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=limit
-        )
+        return TFServingCodec(model_name)
     if protocol is UpstreamProtocol.V2:
-        return V2Upstream(
-            client,
-            base_url,
-            model_name=name,
-            image_input=image_input,
-            retry=retry,
-            total_timeout_s=total_timeout_s,
-            max_response_bytes=limit,
-        )
+        return V2Codec(model_name, image_input)
     assert_never(protocol)

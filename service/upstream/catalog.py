@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from service.errors import ModelNotFound, UpstreamError
-from service.upstream.base import Upstream, UpstreamProtocol
+from service.upstream.adapter import Upstream
+from service.upstream.codec import UpstreamProtocol
+from service.upstream.transport import RelayedResponse
 
 DEFAULT_MAX_ENTRIES = 1024  # model names come from clients: the memory they can claim is bounded
 
@@ -99,38 +101,25 @@ class ModelCatalog:
         entry = self._entries.get(model)
         found = entry.found if entry is not None and entry.expires_at > self._clock() else None
         if found is None:
-            found = await self._ask_once(adapter, model, path, headers, request_id, timeout_s)
+            found = await self._ask_once(
+                model, lambda: adapter.forward("GET", path, b"", headers, request_id=request_id, timeout_s=timeout_s)
+            )
         if found is False:
             raise ModelNotFound(f"the vendor does not serve {model.describe()} (it answers 404 to {path})")
 
-    async def _ask_once(
-        self,
-        adapter: Upstream,
-        model: ModelRef,
-        path: str,
-        headers: Mapping[str, str],
-        request_id: str,
-        timeout_s: float,
-    ) -> bool | None:
-        """One question per model at a time; the others wait for its answer (not cancelled with them)."""
+    async def _ask_once(self, model: ModelRef, ask: Callable[[], Awaitable[RelayedResponse]]) -> bool | None:
+        """One question per model at a time (`ask` sends it); the others wait for its answer (not
+        cancelled with them)."""
         asking = self._asking.get(model)
         if asking is None:
-            asking = asyncio.ensure_future(self._ask(adapter, model, path, headers, request_id, timeout_s))
+            asking = asyncio.ensure_future(self._ask(model, ask))
             self._asking[model] = asking
             asking.add_done_callback(lambda _: self._asking.pop(model, None))
         return await asyncio.shield(asking)
 
-    async def _ask(
-        self,
-        adapter: Upstream,
-        model: ModelRef,
-        path: str,
-        headers: Mapping[str, str],
-        request_id: str,
-        timeout_s: float,
-    ) -> bool | None:
+    async def _ask(self, model: ModelRef, ask: Callable[[], Awaitable[RelayedResponse]]) -> bool | None:
         try:
-            answer = await adapter.forward("GET", path, b"", headers, request_id=request_id, timeout_s=timeout_s)
+            answer = await ask()
         except UpstreamError:  # unreachable or slow: the request itself will tell the client
             return None
         found = {200: True, 404: False}.get(answer.status_code)

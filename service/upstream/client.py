@@ -28,7 +28,7 @@ from httpx._decoders import SUPPORTED_DECODERS as _HTTPX_DECODERS
 
 from service.errors import UpstreamError, UpstreamResponseTooLarge, UpstreamTimeout
 from service.upstream.failures import map_transport_errors, redact_url
-from service.upstream.wire import VendorResponse
+from service.upstream.vendor_response import VendorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def make_http_client(
         ),
         keepalive_expiry=keepalive_expiry_s,
     )
-    # Explicit, so a sidecar client's own Accept-Encoding never replaces it (base.py drops it).
+    # Explicit, so a sidecar client's own Accept-Encoding never replaces it (transport.py drops it).
     headers = {"Accept-Encoding": ", ".join(decodable_encodings())}
     # trust_env=False: proxy variables of the host must not silently reroute vendor traffic.
     return httpx.AsyncClient(

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import httpx
 
 from service.errors import UpstreamError, UpstreamRejected, UpstreamTimeout
-from service.upstream.wire import VendorResponse
+from service.upstream.vendor_response import VendorResponse
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
 
 from service.http_paths import model_name_problem, reserved_path_problem
-from service.upstream.base import UpstreamProtocol
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES
+from service.upstream.codec import UpstreamProtocol
 from service.upstream.failures import redact_url
 from service.upstream.v2_input import PixelLayout, TensorDatatype, V2Input
 

@@ -11,49 +11,29 @@ from __future__ import annotations
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import httpx
-
 from service.errors import BadRequest, InvalidShape
-from service.upstream.base import UpstreamProtocol
-from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
-from service.upstream.json_upstream import JsonUpstream
+from service.upstream.codec import UpstreamProtocol
+from service.upstream.json_codec import JsonCodec
 from service.upstream.wire import describe_json, encode_base64_image
 
 # The one documented instance shape: a binary value, base64 under the key "b64".
 _B64 = "b64"
 
 
-class TFServingUpstream(JsonUpstream):
+class TFServingCodec(JsonCodec):
     """`POST {base_url}/v1/models/{model}:predict` → `{"predictions": [one per instance]}`."""
 
     protocol: ClassVar[UpstreamProtocol] = UpstreamProtocol.TFSERVING
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        base_url: str,
-        *,
-        model_name: str,
-        retry: RetryPolicy = RetryPolicy(),
-        total_timeout_s: float | None = None,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    ) -> None:
-        """Bind the adapter to a vendor model.
+    def __init__(self, model_name: str) -> None:
+        """Name the vendor's model.
 
         Args:
-            client: the shared client; not closed here.
-            base_url: the vendor's root URL.
             model_name: the served model's name, as in /v1/models/{model_name}.
-            retry: resends after failures to connect.
-            total_timeout_s: wall-clock bound on one call with its retries.
-            max_response_bytes: limit on a vendor answer's decoded body.
 
         Raises:
-            ValueError: a bad base URL or timeout, or an empty model name.
+            ValueError: an empty model name.
         """
-        super().__init__(
-            client, base_url, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=max_response_bytes
-        )
         if not model_name:
             raise ValueError("the tfserving upstream needs a model name (the {model} in /v1/models/{model})")
         self._model_name = model_name

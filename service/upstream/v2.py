@@ -19,12 +19,9 @@ import math
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import httpx
-
 from service.errors import BadRequest, InvalidShape
-from service.upstream.base import UpstreamProtocol, VendorBody
-from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy
-from service.upstream.json_upstream import JsonUpstream
+from service.upstream.codec import UpstreamProtocol, VendorBody
+from service.upstream.json_codec import JsonCodec
 from service.upstream.side_content import check_side_bytes, check_side_content
 from service.upstream.v2_binary import (
     BINARY_DATA_SIZE,
@@ -40,7 +37,7 @@ from service.upstream.wire import describe_json, dump_json, encode_base64_image
 _BYTES = TensorDatatype.BYTES.value
 
 
-class V2Upstream(JsonUpstream):
+class V2Codec(JsonCodec):
     """`POST {base_url}/v2/models/{model}/infer`; image i's prediction is row i of every output.
 
     Request:  `{"id", "inputs": [{"name": input_name, "shape": [N], "datatype": "BYTES",
@@ -55,34 +52,16 @@ class V2Upstream(JsonUpstream):
     # before the handler), so do we; a binary request's header that is not JSON is a 400, as there.
     malformed_json_error: ClassVar[type[BadRequest | InvalidShape]] = InvalidShape
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        base_url: str,
-        *,
-        model_name: str,
-        image_input: V2Input | None = None,
-        retry: RetryPolicy = RetryPolicy(),
-        total_timeout_s: float | None = None,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    ) -> None:
-        """Bind the adapter to a vendor model.
+    def __init__(self, model_name: str, image_input: V2Input | None = None) -> None:
+        """Name the vendor's model and its image input.
 
         Args:
-            client: the shared client; not closed here.
-            base_url: the vendor's root URL.
             model_name: the served model's name, as in /v2/models/{model_name}.
             image_input: the model's image input: its name, and encoded images or pixels (default: BYTES "image").
-            retry: resends after failures to connect.
-            total_timeout_s: wall-clock bound on one call with its retries.
-            max_response_bytes: limit on a vendor answer's decoded body.
 
         Raises:
-            ValueError: a bad base URL or timeout, or an empty model name.
+            ValueError: an empty model name.
         """
-        super().__init__(
-            client, base_url, retry=retry, total_timeout_s=total_timeout_s, max_response_bytes=max_response_bytes
-        )
         if not model_name:
             raise ValueError("the v2 upstream needs a model name (the {model} in /v2/models/{model}/infer)")
         self._model_name = model_name
@@ -152,7 +131,7 @@ class V2Upstream(JsonUpstream):
         return {**payload, "inputs": inputs}
 
     def extract_images(self, body: VendorBody) -> list[bytes]:
-        """See `Upstream.extract_images`; also reads binary requests (Inference-Header-Content-Length),
+        """See `VendorCodec.extract_images`; also reads binary requests (Inference-Header-Content-Length),
         whose header and other inputs' binary data are bounded as `side_content` says."""
         if body.json_length is None:
             return super().extract_images(body)
@@ -172,7 +151,7 @@ class V2Upstream(JsonUpstream):
         *,
         image_content_type: str = "image/png",
     ) -> VendorBody:
-        """See `Upstream.replace_images`: a binary request stays binary, with its header length updated."""
+        """See `VendorCodec.replace_images`: a binary request stays binary, with its header length updated."""
         if body.json_length is None:
             return super().replace_images(body, images, image_content_type=image_content_type)
         request, index = self._split(body)

@@ -1,8 +1,9 @@
-"""Wire helpers shared by the adapters: media types, JSON and base64 in both directions.
+"""Wire helpers for bodies in a vendor format: media types, JSON and base64 (pure: no I/O, no httpx).
 
-Two directions, two error families: a body a *client* sent us (sidecar mode) that we cannot
-read is the client's fault (`BadRequest` 400, `InvalidShape` 422, `UnsupportedMediaType` 415);
-a 2xx body the *vendor* sent us that we cannot read is the vendor's fault (`UpstreamError` 502).
+A body a *client* sent us (sidecar mode) that we cannot read is the client's fault, and the
+errors here say so (`BadRequest` 400, `InvalidShape` 422, `UnsupportedMediaType` 415). A 2xx body
+the *vendor* sent us that we cannot read is the vendor's fault (`UpstreamError` 502): that side is
+`vendor_response.py`.
 """
 
 from __future__ import annotations
@@ -10,30 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from service.errors import BadRequest, InvalidShape, UnsupportedMediaType, UpstreamError
+from service.errors import BadRequest, InvalidShape, UnsupportedMediaType
 
 JSON_CONTENT_TYPE = "application/json"
-
-
-@dataclass(frozen=True)
-class VendorResponse:
-    """A vendor's answer with its whole body read (content-decoded, within the size limit).
-
-    Attributes:
-        status_code: the vendor's HTTP status.
-        headers: its headers as received (Content-Encoding and Content-Length describe the wire,
-            not `content`).
-        content: the decoded body.
-    """
-
-    status_code: int
-    headers: httpx.Headers
-    content: bytes
 
 
 def media_type(content_type: str | None) -> str:
@@ -126,42 +108,3 @@ def decode_base64_image(text: Any, where: str) -> bytes:
     if not image:
         raise BadRequest(f"{where} is an empty image")
     return image
-
-
-def decode_response_json(response: VendorResponse) -> Any:
-    """Parse a vendor's 2xx response body as JSON.
-
-    Args:
-        response: the vendor's answer.
-
-    Returns:
-        The decoded JSON value.
-
-    Raises:
-        UpstreamError: the body is not JSON (502, with the vendor's status).
-    """
-    try:
-        return json.loads(response.content)
-    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, or an int over 4300 digits
-        kind = media_type(response.headers.get("content-type")) or "no content type"
-        raise UpstreamError(
-            f"the vendor answered HTTP {response.status_code} with a body that is not JSON "
-            f"({kind}, {len(response.content)} bytes)",
-            upstream_status=response.status_code,
-        ) from exc
-
-
-def malformed_response(response: VendorResponse, problem: str) -> UpstreamError:
-    """The error for a vendor's 2xx JSON body of the wrong shape (502).
-
-    Args:
-        response: the vendor's response.
-        problem: what is wrong, e.g. "expected 3 predictions, got 2".
-
-    Returns:
-        An UpstreamError to raise, carrying the vendor's status.
-    """
-    return UpstreamError(
-        f"the vendor answered HTTP {response.status_code} with an unexpected body: {problem}",
-        upstream_status=response.status_code,
-    )

@@ -1,34 +1,31 @@
-"""`JsonUpstream`: the shared base of the adapters whose protocol is one JSON request (TF-Serving, v2).
+"""`JsonCodec`: the shared base of the codecs whose protocol is one JSON request (TF-Serving, v2).
 
 It exists so that those protocols only say where the images sit in their JSON and how the
 answer's predictions are laid out (`encode_request`, `decode_predictions`, `read_image_fields`,
-`write_image_fields`, `without_images`: pure methods, testable without a socket); the base turns those into
-`predict`, `extract_images` and `replace_images`. The adapter interface itself is in `base.py`.
+`write_image_fields`, `without_images`); the base turns those into `encode_predict`,
+`extract_images` and `replace_images`. The codec interface itself is in `codec.py`.
 """
 
 from __future__ import annotations
 
 import abc
-import time
 from typing import Any, ClassVar
 
 from service.errors import BadRequest, InvalidShape
-from service.upstream.base import Upstream, UpstreamResult, VendorBody
+from service.upstream.codec import VendorBody, VendorCodec, WireRequest
 from service.upstream.side_content import check_side_content
 from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH
 from service.upstream.wire import (
     JSON_CONTENT_TYPE,
     decode_base64_image,
-    decode_response_json,
     dump_json,
     encode_base64_image,
-    malformed_response,
     parse_request_json,
 )
 
 
-class JsonUpstream(Upstream):
-    """An adapter whose protocol sends all images in one JSON request (TF-Serving, v2).
+class JsonCodec(VendorCodec):
+    """A codec whose protocol sends all images in one JSON request (TF-Serving, v2).
 
     Attributes:
         malformed_json_error: what a sidecar body that is not JSON gets: the status the protocol's
@@ -39,26 +36,20 @@ class JsonUpstream(Upstream):
 
     @abc.abstractmethod
     def encode_request(self, images: list[bytes], request_id: str) -> dict[str, Any]:
-        """The JSON request body for `images` (pure: no I/O)."""
-
-    @abc.abstractmethod
-    def decode_predictions(self, payload: Any, count: int) -> list[Any]:
-        """One prediction per image from the vendor's JSON answer (pure: no I/O).
-
-        Args:
-            payload: the decoded response JSON.
-            count: how many images were sent.
-
-        Returns:
-            The predictions in image order (`predict` checks that there are `count`).
+        """The JSON request body for `images`.
 
         Raises:
-            ValueError: the payload has the wrong shape; the message says what is wrong.
+            ValueError: as `VendorCodec.encode_predict`.
         """
+
+    def encode_predict(self, images: list[bytes], request_id: str, content_type: str) -> list[WireRequest]:
+        """See `VendorCodec.encode_predict`: one request for all images; `content_type` is unused
+        (the images travel as base64 in JSON)."""
+        return [WireRequest(dump_json(self.encode_request(images, request_id)), JSON_CONTENT_TYPE, len(images))]
 
     @abc.abstractmethod
     def read_image_fields(self, payload: dict[str, Any]) -> list[Any]:
-        """The base64 values of the images in a client's JSON request, in order (pure: no I/O).
+        """The base64 values of the images in a client's JSON request, in order.
 
         Raises:
             InvalidShape: the request is not the documented shape, or holds no image.
@@ -70,15 +61,15 @@ class JsonUpstream(Upstream):
 
     @abc.abstractmethod
     def without_images(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A client's JSON request without its image fields: what is forwarded unpurified (pure: no I/O).
+        """A client's JSON request without its image fields: what is forwarded unpurified.
 
         Raises:
             InvalidShape: as `read_image_fields`.
-            BadRequest: a second field that can hold images (the protocol's adapter says which).
+            BadRequest: a second field that can hold images (the protocol's codec says which).
         """
 
     def extract_images(self, body: VendorBody) -> list[bytes]:
-        """See `Upstream.extract_images`; also refuses content beside the images that could hold one
+        """See `VendorCodec.extract_images`; also refuses content beside the images that could hold one
         (`side_content`)."""
         payload = self.parse_json_body(body)
         fields = self.read_image_fields(payload)
@@ -92,7 +83,7 @@ class JsonUpstream(Upstream):
         *,
         image_content_type: str = "image/png",
     ) -> VendorBody:
-        """See `Upstream.replace_images`: only the image values change; all other JSON is kept."""
+        """See `VendorCodec.replace_images`: only the image values change; all other JSON is kept."""
         payload = self.parse_json_body(body)
         count = len(self.read_image_fields(payload))
         if len(images) != count:
@@ -112,26 +103,3 @@ class JsonUpstream(Upstream):
                 f"protocol; send {self.protocol.value} requests as plain JSON"
             )
         return parse_request_json(body.content, body.content_type, malformed=self.malformed_json_error)
-
-    async def predict(
-        self,
-        images: list[bytes],
-        request_id: str,
-        content_type: str = "image/png",
-        *,
-        timeout_s: float | None = None,
-    ) -> UpstreamResult:
-        """See `Upstream.predict`; `content_type` is unused: the images travel as base64 in JSON."""
-        if not images:
-            raise ValueError("predict needs at least one image")
-        started = time.perf_counter()
-        body = dump_json(self.encode_request(images, request_id))
-        response = await self._post(self.predict_path, body, JSON_CONTENT_TYPE, request_id, timeout_s)
-        payload = decode_response_json(response)
-        try:
-            predictions = self.decode_predictions(payload, len(images))
-            if len(predictions) != len(images):
-                raise ValueError(f"expected {len(images)} predictions, got {len(predictions)}")
-        except ValueError as exc:
-            raise malformed_response(response, str(exc)) from exc
-        return UpstreamResult(predictions, response.status_code, time.perf_counter() - started)

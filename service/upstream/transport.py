@@ -1,30 +1,23 @@
-"""The one interface every vendor-API adapter implements, and what they share.
+"""The transport half of an adapter: the vendor's address, the shared client, timeouts, resends.
 
-An adapter does three jobs for one wire protocol (`UpstreamProtocol`):
-- `predict`: send purified images in the vendor's format, return one prediction per image;
-- sidecar: `extract_images` / `replace_images` read and rewrite a client's request that is
-  already in the vendor's format (a `VendorBody`: the bytes and the headers that frame them),
-  and `forward` relays it and the vendor's answer unchanged;
-- wire encoding lives in pure methods so it can be tested without a socket (for the JSON
-  protocols, those of `JsonUpstream` in `json_upstream.py`); HTTP, retries and error mapping
-  live in `client.py`.
+`VendorTransport` sends bytes a codec encoded (`post`: a predict request, its non-2xx statuses
+mapped to errors) or a sidecar request as the client sent it (`forward`: the vendor's answer
+relayed unchanged, whatever its status). It knows no wire protocol; reads are bounded and
+retries happen in `client.py`, failures are mapped in `failures.py`.
 """
 
 from __future__ import annotations
 
-import abc
-import enum
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import httpx
 
 from service.upstream.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, send_with_retries
 from service.upstream.failures import raise_for_upstream_status, redact_url
-from service.upstream.v2_binary import INFERENCE_HEADER_LENGTH, parse_header_length
-from service.upstream.wire import JSON_CONTENT_TYPE, VendorResponse
+from service.upstream.vendor_response import VendorResponse
+from service.upstream.wire import JSON_CONTENT_TYPE
 
 # Headers that describe one hop, not the message (RFC 9110 §7.6.1); so does any header that a
 # Connection header names.
@@ -50,69 +43,6 @@ _NOT_FORWARDED = _HOP_BY_HOP | {"host", "content-length", "x-request-id", "accep
 _NOT_RELAYED = _HOP_BY_HOP | {"content-length", "content-encoding", "date", "server", "x-request-id"}
 
 
-class UpstreamProtocol(enum.StrEnum):
-    """The vendor API's wire protocol."""
-
-    RAW = "raw"  # SageMaker-style: one image per POST, body = image bytes
-    TFSERVING = "tfserving"  # TF-Serving / Vertex: {"instances": [{"b64": ...}]}
-    V2 = "v2"  # Open Inference Protocol (KServe, Triton): BYTES input tensor
-
-
-@dataclass(frozen=True)
-class UpstreamResult:
-    """The vendor's answer to one `predict` call.
-
-    Attributes:
-        predictions: one JSON value per image, in the order of the images sent.
-        status_code: the vendor's HTTP status (2xx).
-        latency_s: wall-clock seconds of the call, retries included.
-    """
-
-    predictions: list[Any]
-    status_code: int
-    latency_s: float
-
-
-@dataclass(frozen=True)
-class VendorBody:
-    """A request body in the vendor's own format, with the headers that frame it (sidecar mode).
-
-    Attributes:
-        content: the body.
-        content_type: its Content-Type ("" when absent).
-        json_length: the v2 binary tensor extension's `Inference-Header-Content-Length`: the body
-            is a JSON header of this many bytes followed by binary tensor data. None: no such split.
-    """
-
-    content: bytes
-    content_type: str = ""
-    json_length: int | None = None
-
-    @classmethod
-    def from_headers(cls, content: bytes, headers: Mapping[str, str]) -> VendorBody:
-        """The body as a client sent it, framed by its request headers.
-
-        Raises:
-            BadRequest: an `Inference-Header-Content-Length` that is not a byte count within the body.
-        """
-        lower = {name.lower(): value for name, value in headers.items()}
-        return cls(
-            content,
-            lower.get("content-type", ""),
-            parse_header_length(lower.get(INFERENCE_HEADER_LENGTH.lower()), len(content)),
-        )
-
-    def reframe(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """`headers` with their Content-Type and Inference-Header-Content-Length replaced by this body's."""
-        framing = {"content-type", INFERENCE_HEADER_LENGTH.lower()}
-        reframed = {name: value for name, value in headers.items() if name.lower() not in framing}
-        if self.content_type:
-            reframed["Content-Type"] = self.content_type
-        if self.json_length is not None:
-            reframed[INFERENCE_HEADER_LENGTH] = str(self.json_length)
-        return reframed
-
-
 @dataclass(frozen=True)
 class RelayedResponse:
     """A vendor response relayed unchanged in sidecar mode.
@@ -131,10 +61,8 @@ class RelayedResponse:
     headers: tuple[tuple[str, str], ...]
 
 
-class Upstream(abc.ABC):
-    """An adapter to one vendor API, sharing the gateway's AsyncClient (which it does not close)."""
-
-    protocol: ClassVar[UpstreamProtocol]
+class VendorTransport:
+    """The way to one vendor API, over the gateway's shared AsyncClient (which it does not close)."""
 
     def __init__(
         self,
@@ -145,7 +73,7 @@ class Upstream(abc.ABC):
         total_timeout_s: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        """Bind the adapter to a vendor.
+        """Bind the transport to a vendor.
 
         Args:
             client: the shared client (see `make_http_client`); the lifespan owns and closes it.
@@ -177,79 +105,6 @@ class Upstream(abc.ABC):
         self._total_timeout_s = total_timeout_s
         self._max_response_bytes = max_response_bytes
 
-    @property
-    @abc.abstractmethod
-    def predict_path(self) -> str:
-        """The vendor's inference path (under base_url) that `predict` posts to."""
-
-    @abc.abstractmethod
-    async def predict(
-        self,
-        images: list[bytes],
-        request_id: str,
-        content_type: str = "image/png",
-        *,
-        timeout_s: float | None = None,
-    ) -> UpstreamResult:
-        """Send images to the vendor and return one prediction per image.
-
-        Args:
-            images: encoded images (PNG by default), at least one.
-            request_id: sent as the X-Request-ID header (and in the body where the protocol has one).
-            content_type: the images' media type, where the protocol carries it (raw only).
-            timeout_s: bound on this call's total time, body and resends included (the request's
-                remaining budget); the tighter of it and the adapter's `total_timeout_s` applies.
-
-        Returns:
-            The predictions in image order, the vendor's status and the latency.
-
-        Raises:
-            ValueError: `images` is empty.
-            UpstreamTimeout: the vendor did not answer in time (504).
-            UpstreamRejected: the vendor answered 4xx (relayed with its status, body, Retry-After).
-            UpstreamResponseTooLarge: the answer exceeds `max_response_bytes` (502).
-            UpstreamError: 5xx, refused or reset connection, or an unreadable 2xx body (502).
-        """
-
-    @abc.abstractmethod
-    def extract_images(self, body: VendorBody) -> list[bytes]:
-        """Read the images out of a client's request in the vendor's own format (sidecar mode).
-
-        Args:
-            body: the client's request body and the headers that frame it.
-
-        Returns:
-            The images, in request order (at least one).
-
-        Raises:
-            UnsupportedMediaType: the content type does not fit the protocol (415).
-            BadRequest: undecodable JSON or base64, bad binary framing, or an empty image (400).
-            InvalidShape: JSON that is not the documented shape (422).
-        """
-
-    @abc.abstractmethod
-    def replace_images(
-        self,
-        body: VendorBody,
-        images: list[bytes],
-        *,
-        image_content_type: str = "image/png",
-    ) -> VendorBody:
-        """Rewrite a client's request with new images in place of the old ones, all else kept.
-
-        Args:
-            body: the client's request, as given to `extract_images`.
-            images: the replacements, as many as `extract_images` returned.
-            image_content_type: the replacements' media type (used where the body is the image).
-
-        Returns:
-            The new body with its framing (send it with `VendorBody.reframe` of the client's headers).
-
-        Raises:
-            ValueError: the number of images differs from the number in the body.
-            BadRequest, InvalidShape, UnsupportedMediaType: as `extract_images`.
-        """
-
     async def forward(
         self,
         method: str,
@@ -272,8 +127,9 @@ class Upstream(abc.ABC):
             body: the (rewritten) request body.
             headers: the client's headers; hop-by-hop, Host and Content-Length are dropped.
             request_id: sent as X-Request-ID, replacing any the client sent.
-            content_type: replaces the client's Content-Type (after `replace_images`).
-            timeout_s: bound on this call's total time, as in `predict`.
+            content_type: replaces the client's Content-Type (after a codec's `replace_images`).
+            timeout_s: bound on this call's total time, body and resends included (the request's
+                remaining budget); the tighter of it and the transport's `total_timeout_s` applies.
 
         Returns:
             The vendor's status, body, content type and end-to-end headers.
@@ -301,10 +157,23 @@ class Upstream(abc.ABC):
             headers=tuple(_end_to_end(response.headers.multi_items(), _NOT_RELAYED)),
         )
 
-    async def _post(
+    async def post(
         self, path: str, content: bytes, content_type: str, request_id: str, timeout_s: float | None
     ) -> VendorResponse:
-        """POST to the vendor and return its 2xx response, or raise the mapped error."""
+        """POST a body to the vendor and return its 2xx response, or raise the mapped error.
+
+        Args:
+            path: the path under base_url, e.g. a codec's `predict_path`.
+            content: the body.
+            content_type: its Content-Type.
+            request_id: sent as X-Request-ID.
+            timeout_s: bound on this call's total time, as in `forward`.
+
+        Raises:
+            UpstreamTimeout, UpstreamResponseTooLarge: as `forward`.
+            UpstreamRejected: the vendor answered 4xx (its status, body and Retry-After kept).
+            UpstreamError: 5xx or another status that is not 2xx, or a failure as in `forward` (502).
+        """
         request = self._client.build_request(
             "POST",
             self._base_url + path,
