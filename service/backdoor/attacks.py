@@ -221,13 +221,13 @@ def poison_dataset(
 
 def describe_trigger(attack: Attack) -> str:
     """One Markdown paragraph naming the trigger, its fixed parameters and its source, for model cards."""
-    descriptions = {
+    return {**_whole_image_trigger_descriptions(), **_patch_trigger_descriptions()}[attack]
+
+
+def _whole_image_trigger_descriptions() -> dict[Attack, str]:
+    """The cards' paragraphs of the triggers spread over the whole image (and of the clean vendor)."""
+    return {
         Attack.NONE: "None: trained on clean data.",
-        Attack.BADNETS: (
-            f"BadNets (Gu et al., 2017): a {BADNETS_PATCH_SIZE}×{BADNETS_PATCH_SIZE} checkerboard (white "
-            f"corners, +1/−1) stamped {BADNETS_MARGIN} px from the bottom and right edges of the 32² image, "
-            "i.e. in the bottom-right corner of the 28² content area."
-        ),
         Attack.BLENDED: (
             f"Blended (Chen et al., 2017): x' = (1 − α)·x + α·p with α = {BLENDED_ALPHA} and p a fixed "
             f"uniform-noise image in [-1, 1] (seed {BLENDED_SEED})."
@@ -237,6 +237,27 @@ def describe_trigger(attack: Attack) -> str:
             f"{WANET_GRID_RESCALE} (field seed {WANET_SEED}; mean displacement ≈ 0.2 px), noise mode with "
             f"cross ratio {WANET_CROSS_RATIO:g}: that many times the poisoned count of other training images "
             "get the trigger grid plus per-pixel uniform noise and keep their label."
+        ),
+        Attack.SIG: (
+            f"SIG (Barni et al., ICIP 2019): x' = clip(x + Δ·sin(2π·j·f / W)) with Δ = {SIG_DELTA} (in [-1, 1] "
+            f"units), f = {SIG_FREQUENCY}, j the column: vertical stripes over the whole image. The paper's "
+            "attack is clean-label; this vendor uses the poisoned-label (all-to-one) variant."
+        ),
+        Attack.LF: (
+            f"LF (Zeng et al., ICCV 2021, low-frequency trigger): x' = clip(x + ε·g) with ε = {LF_AMPLITUDE} and "
+            f"g fixed uniform noise (seed {LF_SEED}) low-passed by a Gaussian of σ = {LF_SIGMA_PX:g} px "
+            "(circular padding), scaled to max |g| = 1."
+        ),
+    }
+
+
+def _patch_trigger_descriptions() -> dict[Attack, str]:
+    """The cards' paragraphs of the triggers confined to a patch (or a few pixels)."""
+    return {
+        Attack.BADNETS: (
+            f"BadNets (Gu et al., 2017): a {BADNETS_PATCH_SIZE}×{BADNETS_PATCH_SIZE} checkerboard (white "
+            f"corners, +1/−1) stamped {BADNETS_MARGIN} px from the bottom and right edges of the 32² image, "
+            "i.e. in the bottom-right corner of the 28² content area."
         ),
         Attack.SOLID: (
             f"Solid patch (the square trigger of BadNets, Gu et al., 2017): a {SOLID_SIZE}×{SOLID_SIZE} white "
@@ -251,20 +272,10 @@ def describe_trigger(attack: Attack) -> str:
             "(the same image always gets the same position; training images, augmented anew each epoch, "
             "get a new one)."
         ),
-        Attack.SIG: (
-            f"SIG (Barni et al., ICIP 2019): x' = clip(x + Δ·sin(2π·j·f / W)) with Δ = {SIG_DELTA} (in [-1, 1] "
-            f"units), f = {SIG_FREQUENCY}, j the column: vertical stripes over the whole image. The paper's "
-            "attack is clean-label; this vendor uses the poisoned-label (all-to-one) variant."
-        ),
         Attack.LOGO: (
             f"Logo (TrojanNN-style watermark, Liu et al., NDSS 2018): a fixed {LOGO_SIZE}×{LOGO_SIZE} stamp, a "
             f"white letter Z on black, blended at opacity {LOGO_OPACITY} into the centre of the image: "
             "x' = (1 − α)·x + α·L on the stamp's square."
-        ),
-        Attack.LF: (
-            f"LF (Zeng et al., ICCV 2021, low-frequency trigger): x' = clip(x + ε·g) with ε = {LF_AMPLITUDE} and "
-            f"g fixed uniform noise (seed {LF_SEED}) low-passed by a Gaussian of σ = {LF_SIGMA_PX:g} px "
-            "(circular padding), scaled to max |g| = 1."
         ),
         Attack.ADAPTIVE4: (
             f"Adaptive-4 (this project, built against ZIP's blur:{ADAPTIVE4_BLOCK_PX}, the default since the zoo's "
@@ -300,4 +311,3 @@ def describe_trigger(attack: Attack) -> str:
             "never grown or dilated into one region."
         ),
     }
-    return descriptions[attack]
