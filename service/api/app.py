@@ -84,8 +84,9 @@ def create_app(
         openapi_url=None,
     )
     app.state.lifecycle = lifecycle  # for the server's signal handler (drain before uvicorn stops)
+    app.state.metrics = metrics  # /metrics reads it, also before the lifespan has built the gateway
     install_error_handlers(app)
-    _mount_routes(app, settings, metrics)
+    _mount_routes(app, settings)
     app.add_middleware(
         GatewayMiddleware,
         metrics=metrics,
@@ -155,7 +156,7 @@ async def _stop(
         await pool.close()
 
 
-def _mount_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics) -> None:
+def _mount_routes(app: FastAPI, settings: Settings) -> None:
     """Every router, behind the API key where one is set; the API pages as `public_docs` says."""
     dependencies = [Depends(api_key_dependency(settings.api_key))] if settings.api_key is not None else []
     if settings.public_docs or dependencies:
@@ -166,7 +167,7 @@ def _mount_routes(app: FastAPI, settings: Settings, metrics: GatewayMetrics) -> 
     app.include_router(build_v1_router(dependencies))
     app.include_router(build_v2_router(dependencies))
     app.include_router(build_targets_router(dependencies))
-    app.include_router(build_health_router(metrics))
+    app.include_router(build_health_router())
     mount_ui(app, dependencies)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -11,44 +11,44 @@ from service.api.schemas import HealthResponse, Readiness, ReadyResponse
 from service.metrics import GatewayMetrics
 
 
-def build_health_router(metrics: GatewayMetrics) -> APIRouter:
-    """The probe routes; `/metrics` reads the app's own registry.
+async def healthz() -> HealthResponse:
+    """Liveness: the process serves HTTP (also while starting and draining)."""
+    return HealthResponse()
 
-    Args:
-        metrics: the app's collectors.
 
-    Returns:
-        The router.
-    """
+async def readyz(gateway: GatewayDep) -> JSONResponse:
+    """Readiness: 200 once the model is loaded and the workers run; 503 while starting, draining or failed."""
+    ready = gateway.ready
+    status = gateway.lifecycle.state
+    if not ready and status is Readiness.READY:
+        status = Readiness.FAILED  # started fine, but a worker died since
+    body = ReadyResponse(
+        status=status,
+        detail="" if ready else gateway.not_ready_reason(),
+        purification_enabled=gateway.pool is not None,
+        queue_depth=gateway.pool.queue_depth if gateway.pool is not None else 0,
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
+
+
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus metrics of this process (see the README for each metric)."""
+    metrics: GatewayMetrics = request.app.state.metrics  # the app's own registry, there before the lifespan
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_health_router() -> APIRouter:
+    """The probe routes; `/metrics` reads the registry the app holds in `app.state.metrics`."""
     router = APIRouter(tags=["operations"])
-
-    @router.get("/healthz", response_model=HealthResponse)
-    async def healthz() -> HealthResponse:
-        """Liveness: the process serves HTTP (also while starting and draining)."""
-        return HealthResponse()
-
-    @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
-    async def readyz(gateway: GatewayDep) -> JSONResponse:
-        """Readiness: 200 once the model is loaded and the workers run; 503 while starting, draining or failed."""
-        ready = gateway.ready
-        status = gateway.lifecycle.state
-        if not ready and status is Readiness.READY:
-            status = Readiness.FAILED  # started fine, but a worker died since
-        body = ReadyResponse(
-            status=status,
-            detail="" if ready else gateway.not_ready_reason(),
-            purification_enabled=gateway.pool is not None,
-            queue_depth=gateway.pool.queue_depth if gateway.pool is not None else 0,
-        )
-        return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
-
-    @router.get(
+    router.add_api_route("/healthz", healthz, methods=["GET"], response_model=HealthResponse)
+    router.add_api_route(
+        "/readyz", readyz, methods=["GET"], response_model=ReadyResponse, responses={503: {"model": ReadyResponse}}
+    )
+    router.add_api_route(
         "/metrics",
+        prometheus_metrics,
+        methods=["GET"],
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
     )
-    async def prometheus_metrics() -> Response:
-        """Prometheus metrics of this process (see the README for each metric)."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     return router
