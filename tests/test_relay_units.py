@@ -14,12 +14,12 @@ from starlette.requests import Request
 
 from service.api import relay as relay_module
 from service.api import routes_sidecar, routes_v2
+from service.api.openapi_bodies import inline_json_schema
 from service.api.routes_sidecar import (
     RAW_BODY_OPENAPI,
     TFSERVING_BODY_OPENAPI,
     V2_BODY_OPENAPI,
     build_sidecar_router,
-    inline_json_schema,
 )
 from service.api.routes_v2 import build_v2_router
 from service.errors import BadRequest, InvalidShape, ModelNotFound

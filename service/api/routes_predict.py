@@ -8,11 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
+from typing_extensions import TypedDict  # pydantic needs it (not typing.TypedDict) before Python 3.12
 
 from service.api.closed_loop import LoopAnswer, answer_by_policy, shadow_job
 from service.api.deps import ERROR_RESPONSES, PLAIN_INTEGER, ContextDep, GatewayDep
 from service.api.gateway import Gateway
 from service.api.inputs import InputKind, input_kind, read_images
+from service.api.openapi_bodies import request_body
 from service.api.relay import RELAYED_RESPONSE, relay
 from service.api.schemas import (
     EXAMPLE_PNG_B64,
@@ -28,25 +30,18 @@ from service.shadow.monitor import SHADOW_HEADER
 from service.upstream import UpstreamProtocol
 from service.workers import check_queue_room
 
-_IMAGES_OPENAPI: dict[str, Any] = {
-    "multipart/form-data": {
-        "schema": {
-            "type": "object",
-            "required": ["image"],
-            "properties": {
-                "image": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {"type": "string", "format": "binary"},
-                    "description": "One part per image, all named 'image'.",
-                }
-            },
-        }
-    },
-    # Inline: the body is read by hand (not a FastAPI body parameter), so no component would hold a $ref.
-    "application/json": {"schema": PredictJsonRequest.model_json_schema(), "example": {"images": [EXAMPLE_PNG_B64]}},
-}
-_RAW_IMAGE_OPENAPI: dict[str, Any] = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+
+class ImagesForm(TypedDict):
+    """A multipart body: one part per image, all named 'image'."""
+
+    image: Annotated[list[bytes], Field(min_length=1, description="One part per image, all named 'image'.")]
+
+
+# The body is read by hand (`read_images`): its schema comes from these types, inlined (no component $ref).
+_IMAGES_BODY = request_body(
+    {"multipart/form-data": ImagesForm, "application/json": PredictJsonRequest, "image/png": bytes},
+    {"images": [EXAMPLE_PNG_B64]},
+)
 PURIFY_STEPS_HEADER = "X-Purification-Steps"
 RAW_SIDECAR_ON_PREDICT = "/predict"  # a raw path of /predict: image bodies there are sidecar requests
 VotesQuery = Annotated[
@@ -201,14 +196,13 @@ def build_predict_router(
         if raw_on_predict
         else "an image body (image/*) is one image"
     )
-    body = {"requestBody": {"required": True, "content": {**_IMAGES_OPENAPI, **_RAW_IMAGE_OPENAPI}}}
     router.add_api_route(
         "/predict",
         predict,
         methods=["POST"],
         response_model=None,
         responses=_predict_responses(raw_on_predict),
-        openapi_extra=body,
+        openapi_extra=_IMAGES_BODY,
         description=f"Purify each image, send it to the vendor, return its predictions. Multipart 'image' "
         f"parts or JSON base64 images; {raw_description}.",
     )
@@ -218,7 +212,7 @@ def build_predict_router(
             purify,
             methods=["POST"],
             response_model=PurifyResponse,
-            openapi_extra=body,
+            openapi_extra=_IMAGES_BODY,
             responses=_PURIFY_RESPONSES,
         )
     return router

@@ -28,10 +28,11 @@ from typing import Annotated, Any, Literal, NotRequired
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import Field, TypeAdapter
+from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it (not typing.TypedDict) before Python 3.12
 
 from service.api.deps import ERROR_RESPONSES, PROTOCOL_ERROR_RESPONSES, ContextDep, GatewayDep
+from service.api.openapi_bodies import request_body
 from service.api.relay import (
     MODEL_NOT_EXPOSED_RESPONSE,
     RELAYED_RESPONSE,
@@ -87,38 +88,6 @@ V2BinaryBody = Annotated[
         )
     ),
 ]
-
-
-def inline_json_schema(type_: Any) -> dict[str, Any]:
-    """`type_`'s JSON Schema with its definitions written in place of their references.
-
-    An operation's `openapi_extra` is copied into the document as it is, where a `#/$defs/...`
-    reference would point nowhere; the body types are not recursive, so inlining ends.
-    """
-    schema = TypeAdapter(type_).json_schema()
-    definitions: dict[str, Any] = schema.pop("$defs", {})
-    return _inline_refs(schema, definitions)
-
-
-def _inline_refs(node: Any, definitions: dict[str, Any]) -> Any:
-    if isinstance(node, dict):
-        if "$ref" in node:
-            rest = {key: value for key, value in node.items() if key != "$ref"}
-            return _inline_refs({**definitions[node["$ref"].removeprefix("#/$defs/")], **rest}, definitions)
-        return {key: _inline_refs(value, definitions) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_inline_refs(item, definitions) for item in node]
-    return node
-
-
-def request_body(content: dict[str, Any], example: Any = None) -> dict[str, Any]:
-    """The `openapi_extra` of a route whose body is read by hand: media type → body type (and a JSON example)."""
-    media: dict[str, dict[str, Any]] = {}
-    for media_type, type_ in content.items():
-        media[media_type] = {"schema": inline_json_schema(type_)}
-        if example is not None and media_type == "application/json":
-            media[media_type]["example"] = example
-    return {"requestBody": {"required": True, "content": media}}
 
 
 RAW_BODY_OPENAPI = request_body(
