@@ -26,6 +26,8 @@ from service.api.schemas import LatencyMs, PurificationInfo
 from service.metrics import GatewayMetrics
 from service.shadow.capture import CaptureRing, FlaggedImage
 from service.shadow.history import BASELINE_S, BUCKET_S, WINDOW_S, ShadowHistory
+from service.shadow.policy import DefensePolicy
+from service.shadow.targets import TargetBoard
 from service.ui.routes import PACKAGE_DIR
 from service.ui.shadow_view import PAGE_SIZE, shadow_page
 from service.ui.tryout import TriedImage, TryResult
@@ -240,6 +242,7 @@ def test_captures_show_counts_alarms_and_records_newest_first_with_paging(
             r"<tr><td>0</td><td class=\"num\">2</td><td class=\"num\">2</td>\s*<td class=\"num\">2</td>", html
         )
         assert html.count('<div class="alarm silent">') == 2  # 2 disagreements: under both rules' minimum counts
+        assert "POLICY=always" in html and "None named." in html
         assert html.count('<article class="capture">') == PAGE_SIZE
         request_ids = re.findall(r"request <code>([\w-]+)</code>", html)
         assert request_ids[:2] == ["rq-new", "rq-new"] and request_ids[2] == f"old{PAGE_SIZE}"  # newest first
@@ -269,10 +272,12 @@ class Clock:
 
 
 def alarms_for(history: ShadowHistory) -> dict[str, list[str]]:
+    metrics = GatewayMetrics()
     gateway: Any = SimpleNamespace(
-        settings=SimpleNamespace(shadow_capture_dir=None),
-        metrics=GatewayMetrics(),
+        settings=SimpleNamespace(shadow_capture_dir=None, policy=DefensePolicy.ALWAYS),
+        metrics=metrics,
         shadow=SimpleNamespace(history=history),
+        targets=TargetBoard(metrics.registry),
     )
     return {alarm.alert: alarm.named for alarm in shadow_page(gateway, 1).alarms}
 
@@ -302,3 +307,12 @@ def test_the_baseline_rule_names_a_label_far_above_its_own_day() -> None:
     assert alarms_for(history)["ZipgateDisagreementAboveBaseline"] == ["0"]
     clock.now += BASELINE_S + 2 * WINDOW_S  # all forgotten
     assert alarms_for(history)["ZipgateDisagreementAboveBaseline"] == []
+
+
+def test_captures_show_the_named_targets_and_who_named_them(models: tuple[Path, Path], tmp_path: Path) -> None:
+    settings = gateway_settings(models[0], "http://127.0.0.1:9", policy="until_alarm", suspected_targets="7")
+    with running_gateway(settings) as url:
+        assert get(f"{url}/ui/captures").status_code == 200
+        html = get(f"{url}/ui/captures").text
+    assert "POLICY=until_alarm" in html
+    assert re.search(r"<tr><td>7</td><td>setting</td><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td><td>–</td></tr>", html)

@@ -9,6 +9,7 @@ elsewhere, and no script runs at all.
 from __future__ import annotations
 
 import mimetypes
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,6 +106,11 @@ async def capture_image(name: str, filename: str, gateway: GatewayDep) -> Respon
     return FileResponse(path, media_type=media_type, headers=SECURITY_HEADERS)
 
 
+def _utc(seconds: float) -> str:
+    """Unix seconds as the pages show times: ISO 8601 in UTC, to the second."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def mount_ui(app: FastAPI, dependencies: list[Any]) -> None:
     """Serve `/ui` on `app`, its pages guarded by `dependencies` (the API key check, when configured).
 
@@ -112,7 +118,9 @@ def mount_ui(app: FastAPI, dependencies: list[Any]) -> None:
         app: the gateway app.
         dependencies: route dependencies of the pages (not of the stylesheet).
     """
-    app.state.ui_templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
+    templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
+    templates.env.filters["utc"] = _utc
+    app.state.ui_templates = templates
     router = APIRouter(prefix=UI_PREFIX, include_in_schema=False, dependencies=dependencies)
     router.add_api_route("", ui_home, methods=["GET"])
     router.add_api_route("/try", try_form, methods=["GET"])

@@ -20,6 +20,8 @@ from service.api.gateway import Gateway
 from service.shadow.alarm import AlarmRule, BaselineRule, comparisons_by_raw_label, disagreements_by_raw_label
 from service.shadow.capture import CapturedRecord, captured_records, read_record
 from service.shadow.history import BASELINE_S, WINDOW_S
+from service.shadow.policy import DefensePolicy
+from service.shadow.targets import NamedTarget
 
 PAGE_SIZE = 10
 
@@ -59,6 +61,8 @@ class ShadowPage:
     page: int
     pages: int
     total_records: int
+    policy: DefensePolicy = DefensePolicy.ALWAYS  # the closed loop: which answer /predict returns
+    named_targets: list[NamedTarget] = dataclasses.field(default_factory=list)  # oldest first
 
 
 def shadow_page(gateway: Gateway, page: int) -> ShadowPage:
@@ -84,6 +88,8 @@ def shadow_page(gateway: Gateway, page: int) -> ShadowPage:
         page=page,
         pages=pages,
         total_records=len(names),
+        policy=gateway.settings.policy,
+        named_targets=sorted(gateway.targets.named.values(), key=lambda target: target.since),
     )
 
 
