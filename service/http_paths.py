@@ -23,6 +23,8 @@ RESERVED_PATHS = (
     "/v1/",
     "/v2/",
     "/targets",
+    "/ui",  # the built-in pages (service/ui)
+    "/docs-assets",  # the API pages' scripts and styles
 )
 # A vendor model name as a path segment: nothing a server or proxy could decode or resolve into
 # another path (no "/", backslash or "%", no dot segments); see api/routes_sidecar.py.

@@ -113,6 +113,8 @@ def test_bad_config_files_say_what_is_wrong(tmp_path: Path, name: str, content: 
         ({"upstream_url": "vendor:8080"}, "absolute http(s) URL"),
         ({"upstream_protocol": "grpc"}, "upstream_protocol"),
         ({"upstream_raw_path": "/metrics"}, "served by the gateway itself"),
+        ({"upstream_raw_path": "/ui/try"}, "served by the gateway itself"),
+        ({"upstream_raw_path": "/targets/7"}, "served by the gateway itself"),
         ({"upstream_raw_path": "predict"}, "must be a path"),
         ({"request_timeout_s": 100, "max_request_timeout_s": 10}, "raise the maximum or lower the default"),
         ({"adaptive_steps_min": 30}, "lower bound"),
