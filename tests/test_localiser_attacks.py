@@ -30,14 +30,12 @@ from service.backdoor.patch_triggers import (
     texture_pattern,
     texture_region,
 )
-from service.purify.localise import LocaliseConfig, block_scores, suspicious_blocks
+from service.purify.localise import SMOOTH_PX, LocaliseConfig, block_scores, smooth_map, suspicious_blocks
 from service.purify.transforms import Blur, project
 
 CONFIG = LocaliseConfig()
 MAX_RESIDUAL = 2.0
 """|x − x̂| for images and restorations in [-1, 1]."""
-SMOOTH_PX = 3
-"""The suspicion map's smoothing window (localise.suspicion_map: a 3×3 mean)."""
 SIDE = 32
 
 
@@ -46,14 +44,9 @@ def fmnist_like(n: int = 8, channels: int = 1, seed: int = 0) -> torch.Tensor:
     return F.pad(content, (CONTENT_MARGIN,) * 4, value=-1.0)
 
 
-def smoothed(residual: torch.Tensor) -> torch.Tensor:
-    """The localiser's smoothing of a per-pixel residual map (N, 1, H, W), as in `suspicion_map`."""
-    return F.avg_pool2d(residual, SMOOTH_PX, stride=1, padding=SMOOTH_PX // 2, count_include_pad=False)
-
-
 def mask_of(residual: torch.Tensor) -> torch.Tensor:
     """The localiser's block mask (True = repaint) for a given residual map."""
-    return suspicious_blocks(block_scores(smoothed(residual), CONFIG.block), CONFIG)
+    return suspicious_blocks(block_scores(smooth_map(residual), CONFIG.block), CONFIG)
 
 
 def test_the_new_attacks_are_in_the_zoo_and_dispatched() -> None:
@@ -153,7 +146,7 @@ def test_each_split_dot_is_below_the_smallest_patch_that_can_seed_a_region() -> 
         assert SMOOTH_PX // 2 <= row < SIDE - SMOOTH_PX // 2 and SMOOTH_PX // 2 <= col < SIDE - SMOOTH_PX // 2
     # the same through the localiser's own functions, every dot at the largest possible residual
     residual = torch.where(_dot_mask(), MAX_RESIDUAL, 0.0).view(1, 1, SIDE, SIDE)
-    assert block_scores(smoothed(residual), CONFIG.block).max() <= MAX_RESIDUAL * SPLIT_DOT_PX**2 / window + 1e-6
+    assert block_scores(smooth_map(residual), CONFIG.block).max() <= MAX_RESIDUAL * SPLIT_DOT_PX**2 / window + 1e-6
     assert not mask_of(residual).any()
 
 

@@ -37,7 +37,7 @@ class Clock:
     ],
 )
 def test_which_answer_an_image_gets(policy: DefensePolicy, label: str | None, named: set[str], expected: bool) -> None:
-    assert answer_purified(policy, label, named, bool(named)) is expected
+    assert answer_purified(policy, label, named) is expected
 
 
 def test_only_the_loop_policies_ask_about_the_raw_image() -> None:

@@ -67,8 +67,7 @@ async def answer_by_policy(
     named = gateway.targets.named  # after the comparisons: a target the alarm named just now counts already
     policy = gateway.settings.policy
     answers = [
-        AnswerSource.PURIFIED if answer_purified(policy, label, named, bool(named)) else AnswerSource.RAW
-        for label in raw_labels
+        AnswerSource.PURIFIED if answer_purified(policy, label, named) else AnswerSource.RAW for label in raw_labels
     ]
     for answer in answers:
         gateway.metrics.answers.labels(answer.value).inc()

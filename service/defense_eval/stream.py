@@ -99,7 +99,7 @@ def simulate_stream(
         is_triggered = rng.random(spec.requests_per_minute) < (spec.attack_share if attacking else 0.0)
         # The policy's answer per raw label, for the names of this minute (the same rule the gateway applies).
         named_text = {str(label) for label in named}
-        purified_for = np.array([answer_purified(policy, str(r), named_text, bool(named)) for r in range(labels)])
+        purified_for = np.array([answer_purified(policy, str(r), named_text) for r in range(labels)])
         for source, mask in ((clean, ~is_triggered), (triggered, is_triggered)):
             picks = rng.integers(0, len(source.truth), int(mask.sum()))
             raw, purified = source.raw[picks], source.purified[picks]

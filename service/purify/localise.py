@@ -101,7 +101,16 @@ def suspicion_map(
     for _ in range(config.draws):
         restored = restore_from(eps, x.float(), draw(), alpha_bars, config.noise_level, config.steps)
         total += (x.float() - restored).abs().mean(dim=1, keepdim=True)
-    return F.avg_pool2d(total / config.draws, 3, stride=1, padding=1, count_include_pad=False)
+    return smooth_map(total / config.draws)
+
+
+SMOOTH_PX = 3
+"""The suspicion map's smoothing window: one stray pixel of residual cannot seed a block alone."""
+
+
+def smooth_map(pixel_map: torch.Tensor) -> torch.Tensor:
+    """The `SMOOTH_PX`² mean of a per-pixel map (N, 1, H, W), the same size (edges average what they have)."""
+    return F.avg_pool2d(pixel_map, SMOOTH_PX, stride=1, padding=SMOOTH_PX // 2, count_include_pad=False)
 
 
 def block_scores(pixel_map: torch.Tensor, block: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ whether the attack failed for it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Container
+from collections.abc import Collection
 
 
 class DefensePolicy(enum.StrEnum):
@@ -42,17 +42,16 @@ class AnswerSource(enum.StrEnum):
     RAW = "raw"
 
 
-def answer_purified(policy: DefensePolicy, raw_label: str | None, named: Container[str], any_named: bool) -> bool:
+def answer_purified(policy: DefensePolicy, raw_label: str | None, named: Collection[str]) -> bool:
     """Whether an image whose vendor label on the raw image is `raw_label` gets the purified answer.
 
     Args:
         policy: the gateway's policy.
         raw_label: the raw answer's label as the shadow counters name it (bounded, capped); None: unreadable.
         named: the targets named now (same naming).
-        any_named: whether any target is named (`named` may be a view that cannot say so cheaply).
     """
     if policy is DefensePolicy.ALWAYS or raw_label is None:
         return True
     if raw_label in named:
         return True
-    return policy is DefensePolicy.UNTIL_ALARM and not any_named
+    return policy is DefensePolicy.UNTIL_ALARM and not named

@@ -140,6 +140,7 @@ class TargetBoard:
         for label in self._baseline_rule.suspected_targets(windows.window, windows.baseline):
             found.setdefault(label, "disagreement rate above its baseline")
         known = self.named
-        return [
-            label for label, rule in found.items() if label not in known and self.name(label, TargetSource.ALARM, rule)
-        ]
+        new = [label for label in found if label not in known]
+        for label in new:
+            self.name(label, TargetSource.ALARM, found[label])
+        return new
