@@ -274,6 +274,8 @@ class EvalArgs:
     eta: float
     method: Method
     polish_noise: float
+    polish_steps: int
+    polish_eta: float
     votes: int
     strength: Strength
     mirror: bool
@@ -305,7 +307,14 @@ def _eval_options(args: EvalArgs) -> EvalOptions:
             "strength=balanced (the gateway's configured knobs) with --votes"
         )
     knobs = ZipConfig(
-        args.transforms, args.steps, args.guidance_power, args.eta, method=args.method, polish_noise=args.polish_noise
+        args.transforms,
+        args.steps,
+        args.guidance_power,
+        args.eta,
+        method=args.method,
+        polish_noise=args.polish_noise,
+        polish_steps=args.polish_steps,
+        polish_eta=args.polish_eta,
     )
     choice = apply_strength(args.strength, knobs, args.votes)
     return EvalOptions(
@@ -405,6 +414,12 @@ def eval_command(
     polish_noise: Annotated[
         float, typer.Option(help="method=local: t/T of the DiffPure pass (0 skips it).")
     ] = ZipConfig.polish_noise,
+    polish_steps: Annotated[
+        int, typer.Option(min=1, help="method=local: steps of the DiffPure pass.")
+    ] = ZipConfig.polish_steps,
+    polish_eta: Annotated[
+        float, typer.Option(help="method=local: η of the DiffPure pass, in [0, 1] (0: deterministic).")
+    ] = ZipConfig.polish_eta,
     votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,
     strength: Annotated[
         Strength,

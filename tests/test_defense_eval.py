@@ -494,3 +494,17 @@ def test_zip_with_method_local_runs_the_gateways_local_engine() -> None:
     assert isinstance(local, LocalRestorer) and local.config == LocalRestoreConfig(steps=10, polish_noise=0.2)
     with pytest.raises(ValueError, match="global or local"):
         sweep_settings(DefenseSetting(), "method=regional")
+
+
+def test_the_polish_pass_knobs_sweep_into_the_local_engine_and_its_label() -> None:
+    grid = sweep_settings(DefenseSetting(), "polish-steps=6,12 polish_eta=1,0")
+    assert [(s.polish_steps, s.polish_eta) for s in grid] == [(6, 1.0), (6, 0.0), (12, 1.0), (12, 0.0)]
+    assert "S_polish" not in grid[0].describe() and grid[3].describe().endswith("S_polish=12 η_polish=0")
+    assert len({s.output_key(Defense.ZIP) for s in grid}) == 4, "each pass is its own purification"
+    defender = InProcessDefender(lambda x, t: torch.zeros_like(x))  # type: ignore[arg-type]
+    local = defender.purifier(grid[3])
+    assert isinstance(local, LocalRestorer)
+    assert (local.config.polish_steps, local.config.polish_eta) == (12, 0.0)
+    assert (local.config.polish_config().steps, local.config.polish_config().eta) == (12, 0.0)
+    with pytest.raises(ValueError, match="integer"):
+        sweep_settings(DefenseSetting(), "polish_steps=1.5")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 
 import pytest
@@ -155,6 +157,33 @@ def test_the_polish_pass_and_diffpure_change_the_whole_image(unet) -> None:
     assert out.shape == x.shape and (out - x).abs().mean() > 0.01
     with pytest.raises(ValueError, match="outside_blur"):
         LocalRestoreConfig(outside_blur=3)
+
+
+def test_a_deterministic_polish_pass_is_the_ddim_walk_from_the_noised_image(unet) -> None:
+    """POLISH_ETA = 0: x_t₀ = √ᾱ₀ x + √(1−ᾱ₀) z, then DDIM's eq. 12 with σ = 0 at every step. The pass
+    still draws one z per step (the noise contract) but multiplies it by zero, so only the first draw
+    shapes the output; η = 1 adds those draws and lands elsewhere."""
+    x = _images()
+    walk = LocalRestoreConfig.from_zip(ZipConfig(polish_noise=0.3, polish_eta=0.0)).polish_config()
+    assert (walk.eta, walk.noise_start, walk.guidance_power) == (0.0, 0.3, INF)
+    out = diffpure(unet, x, walk, torch.Generator().manual_seed(7))
+
+    alpha_bars = alphas_cumprod(linear_betas())
+    span = round(0.3 * alpha_bars.shape[0])
+    visits = [span * i // walk.steps for i in range(walk.steps - 1, -1, -1)] + [-1]  # t = t₀·i/S, then ᾱ(−1) = 1
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    x_t = math.sqrt(alpha_bar(alpha_bars, visits[0])) * x + math.sqrt(1 - alpha_bar(alpha_bars, visits[0])) * noise
+    with torch.inference_mode():
+        for t, t_next in itertools.pairwise(visits):
+            a_t, a_next = alpha_bar(alpha_bars, t), alpha_bar(alpha_bars, t_next)
+            eps = unet(x_t, torch.full((3,), t)).sample
+            x0 = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            x_t = math.sqrt(a_next) * x0 + math.sqrt(1 - a_next) * eps
+    # The same operations in the same order, so equal but for fp32 rounding: under 1e-5 is ~100 ulps of
+    # values in [-1, 1], more than 6 steps of a handful of ops each can add.
+    torch.testing.assert_close(out, x_t.clamp(-1, 1), rtol=0, atol=1e-5)
+    stochastic = diffpure(unet, x, dataclasses.replace(walk, eta=1.0), torch.Generator().manual_seed(7))
+    assert (stochastic - out).abs().max() > 1e-2
 
 
 def test_shrink_pad_shrinks_into_a_black_frame_at_a_seeded_offset() -> None:

@@ -110,6 +110,8 @@ class DefenseSetting(ZipConfig):
         """A short label, e.g. "blur:2 S=20 λ=0.25 η=1 K=1"."""
         if self.method is Method.LOCAL:  # the transforms, λ, t*, L and R do not apply
             label = f"local polish={self.polish_noise:g} S={self.steps} η={self.eta:g} K={self.votes}"
+            if (self.polish_steps, self.polish_eta) != (ZipConfig.polish_steps, ZipConfig.polish_eta):
+                label += f" S_polish={self.polish_steps} η_polish={self.polish_eta:g}"
         else:
             power = "∞" if math.isinf(self.guidance_power) else f"{self.guidance_power:g}"
             label = f"{self.transforms} S={self.steps} λ={power} η={self.eta:g} K={self.votes}"

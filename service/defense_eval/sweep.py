@@ -36,6 +36,8 @@ class SweepKnob(StrEnum):
     SHRINK_PX = "shrink_px"
     METHOD = "method"
     POLISH_NOISE = "polish_noise"
+    POLISH_STEPS = "polish_steps"
+    POLISH_ETA = "polish_eta"
 
     @property
     def integer(self) -> bool:
@@ -46,6 +48,7 @@ class SweepKnob(StrEnum):
             SweepKnob.TRAVEL_LENGTH,
             SweepKnob.TRAVEL_REPEAT,
             SweepKnob.SHRINK_PX,
+            SweepKnob.POLISH_STEPS,
         )
 
     def parse_value(self, text: str) -> str | int | float:
@@ -89,6 +92,8 @@ class SweepKnob(StrEnum):
             SweepKnob.DIFFPURE_NOISE: "t_dp",
             SweepKnob.SHRINK_PX: "shrink",
             SweepKnob.POLISH_NOISE: "polish",
+            SweepKnob.POLISH_STEPS: "S_polish",
+            SweepKnob.POLISH_ETA: "η_polish",
         }[self]
         shown = "∞" if isinstance(value, float) and math.isinf(value) else f"{value:g}"
         return f"{symbol}={shown}"
@@ -108,6 +113,9 @@ _ALIASES = {
     "t_dp": SweepKnob.DIFFPURE_NOISE,
     "diffpure-noise": SweepKnob.DIFFPURE_NOISE,
     "shrink": SweepKnob.SHRINK_PX,
+    "polish-eta": SweepKnob.POLISH_ETA,
+    "polish-steps": SweepKnob.POLISH_STEPS,
+    "polish-noise": SweepKnob.POLISH_NOISE,
 }
 
 

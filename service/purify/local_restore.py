@@ -45,6 +45,7 @@ class LocalRestoreConfig:
         eta: η of the restore.
         polish_noise: t/T of the DiffPure pass over the whole restored image; None skips it.
         polish_steps: its steps (ε-model forwards).
+        polish_eta: η of its DDIM steps (1: fresh noise at every step; 0: the deterministic path).
     """
 
     localise: LocaliseConfig = LocaliseConfig()
@@ -53,7 +54,8 @@ class LocalRestoreConfig:
     guidance_power: float = float("inf")
     eta: float = 1.0
     polish_noise: float | None = None
-    polish_steps: int = 6
+    polish_steps: int = ZipConfig.polish_steps
+    polish_eta: float = ZipConfig.polish_eta
 
     def __post_init__(self) -> None:
         ZipConfig(steps=self.steps, guidance_power=self.guidance_power, eta=self.eta)  # validates the knobs
@@ -67,7 +69,13 @@ class LocalRestoreConfig:
     @classmethod
     def from_zip(cls, config: ZipConfig) -> LocalRestoreConfig:
         """The restore a `Method.LOCAL` ZipConfig asks for: its S and η, its polish pass (0: none)."""
-        return cls(steps=config.steps, eta=config.eta, polish_noise=config.polish_noise or None)
+        return cls(
+            steps=config.steps,
+            eta=config.eta,
+            polish_noise=config.polish_noise or None,
+            polish_steps=config.polish_steps,
+            polish_eta=config.polish_eta,
+        )
 
     def zip_config(self) -> ZipConfig:
         """The restoring run's ZIP knobs (its transform is the per-image mask, not a spec)."""
@@ -82,7 +90,11 @@ class LocalRestoreConfig:
         if self.polish_noise is None:
             raise ValueError("no polish pass: set polish_noise")
         return ZipConfig(
-            steps=self.polish_steps, guidance_power=math.inf, noise_start=self.polish_noise, method=Method.GLOBAL
+            steps=self.polish_steps,
+            guidance_power=math.inf,
+            eta=self.polish_eta,
+            noise_start=self.polish_noise,
+            method=Method.GLOBAL,
         )
 
 

@@ -144,6 +144,9 @@ class ZipConfig:
         method: GLOBAL runs ZIP over the whole image; LOCAL localises the trigger and repaints only
             those blocks, keeping every other pixel (λ = ∞; the transforms, λ, t*, L and R unused).
         polish_noise: t/T of the DiffPure pass after a LOCAL restore (0 skips it).
+        polish_steps: that pass's steps (ε-model forwards), spread evenly over [0, polish_noise·T).
+        polish_eta: η of that pass's DDIM steps: 1 draws fresh noise at every step, 0 walks the
+            deterministic DDIM path from the noised image (keeps more texture, lets more through).
 
     Raises:
         ValueError: a bad value; the message names the knob and its valid range.
@@ -158,12 +161,16 @@ class ZipConfig:
     travel_repeat: int = 1
     method: Method = Method.LOCAL
     polish_noise: float = 0.2
+    polish_steps: int = 6
+    polish_eta: float = 1.0
 
     def __post_init__(self) -> None:
         check_transforms(self.transforms)
         check_steps(self.steps)
         check_guidance_power(self.guidance_power)
         check_eta(self.eta)
+        check_steps(self.polish_steps)
+        check_eta(self.polish_eta)
         if not 0.0 < self.noise_start <= 1.0:
             raise ValueError(f"noise_start must be in (0, 1] (1 = start from pure noise), got {self.noise_start}")
         if not 0.0 <= self.polish_noise < 1.0:

@@ -70,6 +70,18 @@ class PurifyFields(BaseModel):
         lt=1.0,
         description="method=local: t/T of the DiffPure pass over the restored image (0 skips it).",
     )
+    polish_steps: int = Field(
+        ZipConfig.polish_steps,
+        ge=1,
+        description="method=local: steps of the DiffPure pass (ε-model forwards per image).",
+    )
+    polish_eta: float = Field(
+        ZipConfig.polish_eta,
+        ge=0.0,
+        le=1.0,
+        description="method=local: η of the DiffPure pass (1: fresh noise every step; 0: the deterministic DDIM "
+        "path, more clean accuracy and more attacks through; docs/defense.md).",
+    )
     strength: Strength = Field(
         Strength.BALANCED,
         description="Strength preset of requests that do not send ?strength=: light (λ ≥ 0.5, t* ≤ 0.6), "
