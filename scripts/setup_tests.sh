@@ -3,6 +3,7 @@
 # scripts/demo.sh does not (the KServe venv alone takes half of a first set-up's time and 1.5 GB).
 #
 # Debian's Chromium with chromedriver, headless, for the /ui browser test (tests/test_ui_browser.py).
+# Debian's Alertmanager, delivering the backdoor-target alert to a gateway (tests/test_alertmanager_targets.py).
 #
 # KServe's real ModelServer, for the protocol-conformance tests (tests/test_kserve_upstream.py), in a venv
 # of its own, .venv-kserve:
@@ -18,6 +19,12 @@ if command -v chromedriver >/dev/null 2>&1; then
   step "Debian packages (Chromium, chromedriver): present"
 else
   apt_install chromium chromium-driver
+fi
+
+if command -v prometheus-alertmanager >/dev/null 2>&1; then
+  step "Debian package prometheus-alertmanager: present"
+else
+  apt_install prometheus-alertmanager
 fi
 
 KSERVE_REQUIREMENT="kserve==0.21.0"

@@ -23,6 +23,7 @@ from service.api.errors import install_error_handlers
 from service.api.gateway import Gateway
 from service.api.lifecycle import Lifecycle
 from service.api.middleware import GatewayMiddleware
+from service.api.routes_alerts import build_alerts_router
 from service.api.routes_docs import mount_docs
 from service.api.routes_health import build_health_router
 from service.api.routes_predict import RAW_SIDECAR_ON_PREDICT, build_predict_router
@@ -166,6 +167,7 @@ def _mount_routes(app: FastAPI, settings: Settings) -> None:
     app.include_router(build_sidecar_router(dependencies, None if raw_on_predict else settings.upstream_raw_path))
     app.include_router(build_v1_router(dependencies))
     app.include_router(build_v2_router(dependencies))
+    app.include_router(build_alerts_router(dependencies))  # before /targets/{label}, which also matches its path
     app.include_router(build_targets_router(dependencies))
     app.include_router(build_health_router())
     mount_ui(app, dependencies)

@@ -4,6 +4,8 @@
 - `PUT /targets/{label}`: hold a raw label as a target (an operator acting on the Prometheus alert,
   on this replica; `SUSPECTED_TARGETS` names one on every replica at start-up).
 - `DELETE /targets/{label}`: stop holding it (404 when it is not named).
+- `POST /targets/alerts` (`service.api.routes_alerts`): Alertmanager's webhook names what the Prometheus
+  alert found over every replica.
 
 Behind the API key, like every route that changes what clients get (docs/design.md, "The closed loop").
 """

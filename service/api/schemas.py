@@ -237,9 +237,13 @@ class NamedTargetInfo(BaseModel):
     """One raw label held as a backdoor target."""
 
     label: str = Field(description="The raw label, as the shadow metrics name it (bounded, capped).")
-    source: TargetSource = Field(description="Who named it: setting (SUSPECTED_TARGETS), alarm, operator.")
+    source: TargetSource = Field(
+        description="Who named it: setting (SUSPECTED_TARGETS), alarm, operator, alertmanager (POST /targets/alerts)."
+    )
     since: float = Field(description="When it was named, Unix seconds.")
-    rule: str | None = Field(None, description="source=alarm: the rule that named it.")
+    rule: str | None = Field(
+        None, description="source=alarm: the rule that named it; source=alertmanager: the alert's alertname."
+    )
 
 
 class TargetsResponse(BaseModel):
@@ -247,3 +251,12 @@ class TargetsResponse(BaseModel):
 
     policy: DefensePolicy = Field(description="The POLICY setting.")
     targets: list[NamedTargetInfo] = Field(description="The named targets, oldest first.")
+
+
+class AlertsResponse(TargetsResponse):
+    """The closed loop's state after an Alertmanager notification, and the labels that notification named."""
+
+    named: list[str] = Field(
+        description="The raw labels this notification named (bounded), in its order; a label named before keeps "
+        "its first source and is not listed."
+    )

@@ -1,13 +1,15 @@
-"""The backdoor targets this gateway holds as named: by a setting, by its own alarm, or by an operator.
+"""The backdoor targets this gateway holds as named: by a setting, its own alarm, an operator or Alertmanager.
 
 The closed-loop policies (`service.shadow.policy`) purify the answers of images whose raw label is
-a named target. A target is named three ways:
+a named target. A target is named four ways:
 
 - `SETTING`: `SUSPECTED_TARGETS` at start-up (what an operator paged by the Prometheus alert rolls
   out to every replica);
 - `ALARM`: the gateway's own copy of the two alarm rules (`service.shadow.alarm`) over its
   shadow history, judged as comparisons arrive (at most once per `JUDGE_EVERY_S`);
-- `OPERATOR`: `PUT /targets/{label}` on one replica.
+- `OPERATOR`: `PUT /targets/{label}` on one replica;
+- `ALERTMANAGER`: the Prometheus alert over every replica's counters, delivered by Alertmanager's
+  webhook to `POST /targets/alerts` (`service.api.routes_alerts`).
 
 A name holds until an operator clears it (`DELETE /targets/{label}`) or the gateway restarts:
 an alarm that cleared itself when the attacker paused would hand the attacker back the raw
@@ -40,11 +42,12 @@ class TargetSource(enum.StrEnum):
     SETTING = "setting"
     ALARM = "alarm"
     OPERATOR = "operator"
+    ALERTMANAGER = "alertmanager"
 
 
 @dataclass(frozen=True)
 class NamedTarget:
-    """One named target: the raw label, who named it, when (Unix seconds), and the rule when an alarm did."""
+    """One named target: the raw label, who named it, when (Unix seconds), and the rule when an alarm or alert did."""
 
     label: str
     source: TargetSource

@@ -1,0 +1,191 @@
+"""`POST /targets/alerts`: Alertmanager's webhook names the backdoor targets the Prometheus alert found.
+
+The alert `ZipgateSuspectedBackdoorTarget` (docker/alerts.yml) judges the shadow counters of every
+replica together and carries the suspected label as `raw_label`. Alertmanager delivers it here
+(docker/alertmanager.yml, k8s/components/monitoring/alertmanager/) as its webhook payload, version 4
+(`{"version": "4", "status", "alerts": [{"status", "labels", "annotations", "startsAt", ...}], ...}`).
+Every alert in it whose own status is `firing` and that has a `raw_label` label names that label
+(`bounded_label`) with source `alertmanager` and rule = its `alertname` (bounded); `other` (the
+bucket of labels past the cap) and an empty label are skipped, not refused.
+
+Names latch: a resolved alert names nothing and clears nothing. A name holds until
+`DELETE /targets/{label}` or a restart, as for every source (`service.shadow.targets`); Alertmanager's
+`repeat_interval` names it again on a restarted replica while the alert still fires.
+
+Everything the sender controls is bounded: the body (`MAX_ALERTS_BODY_BYTES`, 413), the alerts in
+one notification (`MAX_ALERTS`, 413: set the receiver's `max_alerts` at or below it), and each label
+(`bounded_label`). Behind the API key, like the other /targets routes.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, ValidationError
+
+from service.api.deps import ERROR_RESPONSES, GatewayDep
+from service.api.openapi_bodies import request_body
+from service.api.routes_targets import targets_state
+from service.api.schemas import AlertsResponse, ErrorResponse
+from service.errors import InvalidShape, PayloadTooLarge
+from service.shadow.labels import OTHER_LABEL, bounded_label
+from service.shadow.targets import TargetBoard, TargetSource
+from service.upstream.wire import parse_request_json
+
+logger = logging.getLogger(__name__)
+
+ALERTS_PATH = "/targets/alerts"
+MAX_ALERTS_BODY_BYTES = 1024 * 1024  # a notification of MAX_ALERTS alerts is about half of it
+MAX_ALERTS = 1000
+RAW_LABEL = "raw_label"  # the alert's label that names the suspected target (docker/alerts.yml)
+ALERT_NAME = "alertname"
+
+
+class AlertStatus(enum.StrEnum):
+    """An alert's state as Alertmanager reports it."""
+
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class WebhookAlert(BaseModel):
+    """One alert of a notification: the fields read (annotations, startsAt, fingerprint, ... are ignored)."""
+
+    status: AlertStatus = Field(description="This alert's own state; only a firing alert names a target.")
+    labels: dict[str, str] = Field(description="Its labels: `raw_label` is the suspected target, `alertname` the rule.")
+
+
+class AlertmanagerWebhook(BaseModel):
+    """Alertmanager's webhook payload (version 4): the fields read; the others (groupKey, receiver, ...) are ignored."""
+
+    version: str = Field("4", description="The payload's version; Alertmanager sends 4.")
+    alerts: list[WebhookAlert] = Field(
+        description=f"The notification's alerts, at most {MAX_ALERTS} (413 beyond).",
+        json_schema_extra={"maxItems": MAX_ALERTS},
+    )
+
+
+_EXAMPLE = {
+    "version": "4",
+    "status": "firing",
+    "receiver": "zipgate-targets",
+    "groupKey": '{}/{alertname="ZipgateSuspectedBackdoorTarget"}:{raw_label="7"}',
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "ZipgateSuspectedBackdoorTarget", "raw_label": "7", "severity": "critical"},
+            "annotations": {"summary": "suspected backdoor target: label 7"},
+            "startsAt": "2026-12-07T02:00:00Z",
+        }
+    ],
+}
+
+
+async def read_capped_body(request: Request, limit_bytes: int) -> bytes:
+    """The request body, read only while it is within `limit_bytes`.
+
+    Raises:
+        PayloadTooLarge: the declared or the streamed body is over `limit_bytes` (413).
+    """
+    declared = request.headers.get("content-length", "")
+    too_large = f"the body is over {limit_bytes} bytes, the limit of {ALERTS_PATH}: set the receiver's max_alerts"
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise PayloadTooLarge(too_large)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            # The rest is not read: the connection cannot carry another request.
+            raise PayloadTooLarge(too_large, headers={"Connection": "close"})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_webhook(body: bytes, content_type: str | None) -> AlertmanagerWebhook:
+    """An Alertmanager notification out of a request body.
+
+    Raises:
+        UnsupportedMediaType: a Content-Type that is not JSON (415).
+        BadRequest: the body is not JSON (400).
+        InvalidShape: JSON that is not a webhook payload (422).
+        PayloadTooLarge: more than `MAX_ALERTS` alerts (413).
+    """
+    payload = parse_request_json(body, content_type)
+    try:
+        webhook = AlertmanagerWebhook.model_validate(payload)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:3])
+        raise InvalidShape(f"expected Alertmanager's webhook payload (version 4): {problems}") from exc
+    if len(webhook.alerts) > MAX_ALERTS:
+        raise PayloadTooLarge(
+            f"{len(webhook.alerts)} alerts in one notification; the limit is {MAX_ALERTS}: "
+            f"set the receiver's max_alerts to {MAX_ALERTS} or fewer"
+        )
+    return webhook
+
+
+def name_alerted_targets(board: TargetBoard, alerts: list[WebhookAlert]) -> list[str]:
+    """Name the `raw_label` of every firing alert on `board` (source alertmanager, rule its alertname).
+
+    Returns:
+        The labels newly named, in the alerts' order (one named before keeps its first source).
+    """
+    before = board.named
+    named: list[str] = []
+    for alert in alerts:
+        raw_label = alert.labels.get(RAW_LABEL)
+        if alert.status is not AlertStatus.FIRING or raw_label is None:
+            continue  # resolved: names latch until DELETE /targets/{label}
+        label = bounded_label(raw_label)
+        if label in ("", OTHER_LABEL) or label in before or label in named:
+            continue  # "other" is the bucket of labels past the cap (no one class); a named label keeps its source
+        alert_name = alert.labels.get(ALERT_NAME)
+        rule = bounded_label(alert_name) if alert_name else None
+        board.name(label, TargetSource.ALERTMANAGER, rule)
+        named.append(label)
+        logger.info("Alertmanager named a backdoor target", extra={"raw_label": label, "alertname": rule})
+    return named
+
+
+async def post_alerts(request: Request, gateway: GatewayDep) -> AlertsResponse:
+    """Name the raw label of every firing alert in an Alertmanager notification as a backdoor target.
+
+    Resolved alerts clear nothing: a name holds until `DELETE /targets/{label}` (or a restart).
+    """
+    body = await read_capped_body(request, MAX_ALERTS_BODY_BYTES)
+    webhook = parse_webhook(body, request.headers.get("content-type"))
+    named = name_alerted_targets(gateway.targets, webhook.alerts)
+    state = targets_state(gateway)
+    return AlertsResponse(policy=state.policy, targets=state.targets, named=named)
+
+
+_ALERTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not JSON."},
+    401: ERROR_RESPONSES[401],
+    413: {"model": ErrorResponse, "description": f"Over {MAX_ALERTS_BODY_BYTES} bytes or {MAX_ALERTS} alerts."},
+    415: {"model": ErrorResponse, "description": "A Content-Type that is not JSON."},
+    422: {"model": ErrorResponse, "description": "JSON that is not Alertmanager's webhook payload."},
+}
+
+
+def build_alerts_router(gateway_dependencies: list[Any]) -> APIRouter:
+    """`POST /targets/alerts`, behind `gateway_dependencies` (the API key check, when configured).
+
+    Include it before the targets router: /targets/alerts is also a /targets/{label} (PUT and DELETE of a
+    label "alerts" still reach theirs), and a 405 on it should list POST, as its schema does.
+    """
+    router = APIRouter(tags=["closed loop"], dependencies=gateway_dependencies)
+    router.add_api_route(
+        ALERTS_PATH,
+        post_alerts,
+        methods=["POST"],
+        response_model=AlertsResponse,
+        responses=_ALERTS_RESPONSES,
+        openapi_extra=request_body({"application/json": AlertmanagerWebhook}, example=_EXAMPLE),
+    )
+    return router
