@@ -6,6 +6,7 @@
     ├── ModelNotFound (404, model_not_found)     a model this server does not expose or serve
     ├── TargetNotNamed (404, target_not_named)   clearing a backdoor target that is not named
     ├── RequestTimeout (408, request_timeout)    the body did not arrive within body_read_timeout_s
+    ├── TargetsFull (409, targets_full)          naming a backdoor target when the most are named
     ├── PayloadTooLarge (413, payload_too_large) bytes, pixels or images over a limit
     ├── UnsupportedMediaType (415, unsupported_media_type)
     ├── InvalidShape (422, invalid_request)      JSON of the wrong shape
@@ -98,6 +99,13 @@ class TargetNotNamed(GatewayError):
 
     status_code = 404
     code = "target_not_named"
+
+
+class TargetsFull(GatewayError):
+    """`PUT /targets/{label}` of a new label while the gateway holds its most named targets (`SHADOW_MAX_LABELS`)."""
+
+    status_code = 409
+    code = "targets_full"
 
 
 class RequestTimeout(GatewayError):

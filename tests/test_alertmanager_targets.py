@@ -63,6 +63,11 @@ def post_alerts(url: str, **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{url}/targets/alerts", timeout=10.0, **kwargs)
 
 
+def named_series(metrics: str) -> list[str]:
+    """The `zipgate_named_target` series in a /metrics page."""
+    return [line for line in metrics.splitlines() if line.startswith("zipgate_named_target{")]
+
+
 def test_firing_alerts_name_their_raw_labels_and_nothing_else_does(caplog: pytest.LogCaptureFixture) -> None:
     long_label = "x" * 500
     sent = notification(
@@ -82,7 +87,7 @@ def test_firing_alerts_name_their_raw_labels_and_nothing_else_does(caplog: pytes
         state = httpx.get(f"{url}/targets", timeout=10.0).json()
         metrics = httpx.get(f"{url}/metrics", timeout=10.0).text
     assert answer.status_code == 200, answer.text
-    assert answer.json()["named"] == ["7", "5", bounded_label(long_label)]
+    assert answer.json()["named"] == ["7", "5", bounded_label(long_label)] and answer.json()["not_named"] == []
     assert answer.json()["targets"] == state["targets"]  # the second notification named nothing
     # A label named before keeps its first source; a resolved alert clears nothing (names latch).
     assert again.status_code == 200 and again.json()["named"] == []
@@ -97,6 +102,24 @@ def test_firing_alerts_name_their_raw_labels_and_nothing_else_does(caplog: pytes
     lines = [r for r in caplog.records if r.name == "service.api.routes_alerts" and r.levelno == logging.INFO]
     assert [getattr(r, "raw_label", None) for r in lines] == answer.json()["named"]
     assert {getattr(r, "request_id", None) for r in lines} == {answer.headers["x-request-id"]}
+
+
+def test_a_full_board_names_no_more_and_the_answer_says_which_were_not_named(caplog: pytest.LogCaptureFixture) -> None:
+    sent = notification(alert("9"), alert("7"), alert("5"), alert("4"), alert("5", name="AnotherRule"))
+    with gateway(shadow_max_labels=2, suspected_targets="9") as url, caplog.at_level(logging.WARNING):
+        answer = post_alerts(url, json=sent)
+        httpx.delete(f"{url}/targets/9", timeout=10.0)
+        freed = post_alerts(url, json=sent)
+        metrics = httpx.get(f"{url}/metrics", timeout=10.0).text
+    assert answer.status_code == 200, answer.text  # not a 4xx: Alertmanager would retry it forever
+    assert answer.json()["named"] == ["7"] and answer.json()["not_named"] == ["5", "4"]
+    assert [t["label"] for t in answer.json()["targets"]] == ["9", "7"]
+    # One WARNING per notification that dropped some, naming what it dropped.
+    warnings = [r for r in caplog.records if r.name == "service.api.routes_alerts" and r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "2 labels" in warnings[0].getMessage()
+    assert [getattr(r, "not_named", None) for r in warnings] == [["5", "4"]] * 2
+    assert freed.json()["named"] == ["9"] and freed.json()["not_named"] == ["5", "4"]  # "9" cleared: named again
+    assert len(named_series(metrics)) == 2
 
 
 def test_an_alertmanager_name_holds_until_an_operator_clears_it() -> None:
@@ -149,7 +172,7 @@ def test_limits_on_what_the_sender_controls() -> None:
     for answer in (declared, streamed, counted):
         assert answer.status_code == 413 and answer.json()["error"]["code"] == "payload_too_large", answer.text
     assert "max_alerts" in counted.json()["error"]["message"]
-    assert at_limit.status_code == 200 and at_limit.json()["named"] == []
+    assert at_limit.status_code == 200 and at_limit.json()["named"] == at_limit.json()["not_named"] == []
 
 
 def test_the_api_key_guards_the_webhook() -> None:

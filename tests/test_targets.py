@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from service.errors import TargetsFull
 from service.shadow.alarm import AlarmRule
 from service.shadow.history import ShadowHistory
 from service.shadow.policy import DefensePolicy, answer_purified
-from service.shadow.targets import JUDGE_EVERY_S, TargetBoard, TargetSource
+from service.shadow.targets import DEFAULT_MAX_TARGETS, JUDGE_EVERY_S, TargetBoard, TargetSource
 
 
 class Clock:
@@ -86,3 +88,44 @@ def test_the_alarm_does_not_name_a_label_whose_share_of_disagreements_is_a_minor
     for label in itertools.islice(itertools.cycle(["1", "2", "3"]), 90):  # 30 each: a third of the disagreements
         history.count(label, disagreed=True)
     assert board.judge() == [] and board.named == {}
+
+
+def named_series(registry: CollectorRegistry) -> set[tuple[str, str]]:
+    """The (raw_label, source) of every `zipgate_named_target` series in `registry`."""
+    (family,) = [f for f in registry.collect() if f.name == "zipgate_named_target"]
+    return {(sample.labels["raw_label"], sample.labels["source"]) for sample in family.samples}
+
+
+def test_the_board_holds_at_most_max_targets_names_and_a_clear_frees_a_slot() -> None:
+    registry = CollectorRegistry()
+    board = TargetBoard(registry, ["1"], max_targets=3)
+    board.name("2", TargetSource.OPERATOR)
+    board.name("3", TargetSource.ALERTMANAGER, "rule")
+    with pytest.raises(TargetsFull, match=r"'4' cannot be named: the gateway holds 3 named targets") as refused:
+        board.name("4", TargetSource.OPERATOR)
+    assert "DELETE /targets/{label}" in refused.value.message and refused.value.status_code == 409
+    assert board.name("2", TargetSource.ALERTMANAGER).source is TargetSource.OPERATOR  # named already: a no-op
+    assert set(board.named) == {"1", "2", "3"} and len(named_series(registry)) == 3
+    assert board.clear("1")
+    assert board.name("4", TargetSource.OPERATOR).source is TargetSource.OPERATOR
+    assert named_series(registry) == {("2", "operator"), ("3", "alertmanager"), ("4", "operator")}
+
+
+def test_the_default_cap_is_the_shadow_counters_and_a_cap_below_one_is_refused() -> None:
+    assert TargetBoard(CollectorRegistry()).max_targets == DEFAULT_MAX_TARGETS == 100  # SHADOW_MAX_LABELS' default
+    with pytest.raises(ValueError, match="at least 1"):
+        TargetBoard(CollectorRegistry(), max_targets=0)
+    with pytest.raises(TargetsFull):  # the setting is validated first (tests/test_closed_loop_gateway.py)
+        TargetBoard(CollectorRegistry(), ["1", "2"], max_targets=1)
+
+
+def test_the_alarm_on_a_full_board_warns_and_names_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    history = ShadowHistory(clock=clock)
+    board = TargetBoard(CollectorRegistry(), ["1"], history, max_targets=1, clock=clock)
+    for _ in range(int(AlarmRule().min_count)):
+        history.count("7", disagreed=True)
+    with caplog.at_level(logging.WARNING, logger="service.shadow.targets"):
+        assert board.judge() == []
+    assert set(board.named) == {"1"}
+    assert any("'7'" in r.getMessage() and "full" in r.getMessage() for r in caplog.records)

@@ -104,7 +104,9 @@ class Gateway:
         self.policy = RequestPolicy(settings, self.zip_config, purifying=pool is not None)  # what a request runs
         history = ShadowHistory()
         # The backdoor targets named so far; the closed-loop policies purify their answers.
-        self.targets = TargetBoard(metrics.registry, settings.suspected_targets, history)
+        self.targets = TargetBoard(
+            metrics.registry, settings.suspected_targets, history, max_targets=settings.shadow_max_labels
+        )
         self.shadow = build_shadow_monitor(
             settings, upstream, metrics.shadow, pool, self.vote_label, history=history, on_counted=self.targets.judge
         )

@@ -6,7 +6,9 @@ replica together and carries the suspected label as `raw_label`. Alertmanager de
 (`{"version": "4", "status", "alerts": [{"status", "labels", "annotations", "startsAt", ...}], ...}`).
 Every alert in it whose own status is `firing` and that has a `raw_label` label names that label
 (`bounded_label`) with source `alertmanager` and rule = its `alertname` (bounded); `other` (the
-bucket of labels past the cap) and an empty label are skipped, not refused.
+bucket of labels past the cap) and an empty label are skipped, not refused. A new label while the
+board is full (`SHADOW_MAX_LABELS` named) is skipped too, listed in the answer's `not_named` and in
+one WARNING per notification; the answer stays 200, so Alertmanager does not retry it forever.
 
 Names latch: a resolved alert names nothing and clears nothing. A name holds until
 `DELETE /targets/{label}` or a restart, as for every source (`service.shadow.targets`); Alertmanager's
@@ -30,7 +32,7 @@ from service.api.deps import ERROR_RESPONSES, GatewayDep
 from service.api.openapi_bodies import request_body
 from service.api.routes_targets import targets_state
 from service.api.schemas import AlertsResponse, ErrorResponse
-from service.errors import InvalidShape, PayloadTooLarge
+from service.errors import InvalidShape, PayloadTooLarge, TargetsFull
 from service.shadow.labels import OTHER_LABEL, bounded_label
 from service.shadow.targets import TargetBoard, TargetSource
 from service.upstream.wire import parse_request_json
@@ -42,6 +44,7 @@ MAX_ALERTS_BODY_BYTES = 1024 * 1024  # a notification of MAX_ALERTS alerts is ab
 MAX_ALERTS = 1000
 RAW_LABEL = "raw_label"  # the alert's label that names the suspected target (docker/alerts.yml)
 ALERT_NAME = "alertname"
+LOGGED_NOT_NAMED = 10  # labels a warning quotes of those not named (a notification may hold 1,000)
 
 
 class AlertStatus(enum.StrEnum):
@@ -129,27 +132,40 @@ def parse_webhook(body: bytes, content_type: str | None) -> AlertmanagerWebhook:
     return webhook
 
 
-def name_alerted_targets(board: TargetBoard, alerts: list[WebhookAlert]) -> list[str]:
+def name_alerted_targets(board: TargetBoard, alerts: list[WebhookAlert]) -> tuple[list[str], list[str]]:
     """Name the `raw_label` of every firing alert on `board` (source alertmanager, rule its alertname).
 
     Returns:
-        The labels newly named, in the alerts' order (one named before keeps its first source).
+        The labels newly named, and those not named because the board was full, each in the alerts'
+        order (one named before keeps its first source, and is in neither).
     """
     before = board.named
     named: list[str] = []
+    not_named: list[str] = []
     for alert in alerts:
         raw_label = alert.labels.get(RAW_LABEL)
         if alert.status is not AlertStatus.FIRING or raw_label is None:
             continue  # resolved: names latch until DELETE /targets/{label}
         label = bounded_label(raw_label)
-        if label in ("", OTHER_LABEL) or label in before or label in named:
+        if label in ("", OTHER_LABEL) or label in before or label in named or label in not_named:
             continue  # "other" is the bucket of labels past the cap (no one class); a named label keeps its source
         alert_name = alert.labels.get(ALERT_NAME)
         rule = bounded_label(alert_name) if alert_name else None
-        board.name(label, TargetSource.ALERTMANAGER, rule)
+        try:
+            board.name(label, TargetSource.ALERTMANAGER, rule)
+        except TargetsFull:
+            not_named.append(label)
+            continue
         named.append(label)
         logger.info("Alertmanager named a backdoor target", extra={"raw_label": label, "alertname": rule})
-    return named
+    if not_named:
+        logger.warning(
+            "%d labels of Alertmanager's notification not named: the gateway holds its most named targets (%d)",
+            len(not_named),
+            board.max_targets,
+            extra={"not_named": not_named[:LOGGED_NOT_NAMED]},  # the answer lists them all
+        )
+    return named, not_named
 
 
 async def post_alerts(request: Request, gateway: GatewayDep) -> AlertsResponse:
@@ -159,9 +175,9 @@ async def post_alerts(request: Request, gateway: GatewayDep) -> AlertsResponse:
     """
     body = await read_capped_body(request, MAX_ALERTS_BODY_BYTES)
     webhook = parse_webhook(body, request.headers.get("content-type"))
-    named = name_alerted_targets(gateway.targets, webhook.alerts)
+    named, not_named = name_alerted_targets(gateway.targets, webhook.alerts)
     state = targets_state(gateway)
-    return AlertsResponse(policy=state.policy, targets=state.targets, named=named)
+    return AlertsResponse(policy=state.policy, targets=state.targets, named=named, not_named=not_named)
 
 
 _ALERTS_RESPONSES: dict[int | str, dict[str, Any]] = {

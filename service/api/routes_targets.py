@@ -2,7 +2,8 @@
 
 - `GET /targets`: the policy and the named targets (who named each, when, by which rule).
 - `PUT /targets/{label}`: hold a raw label as a target (an operator acting on the Prometheus alert,
-  on this replica; `SUSPECTED_TARGETS` names one on every replica at start-up).
+  on this replica; `SUSPECTED_TARGETS` names one on every replica at start-up); 409 (`targets_full`)
+  when it is new and `SHADOW_MAX_LABELS` labels are named already.
 - `DELETE /targets/{label}`: stop holding it (404 when it is not named).
 - `POST /targets/alerts` (`service.api.routes_alerts`): Alertmanager's webhook names what the Prometheus
   alert found over every replica.
@@ -41,7 +42,10 @@ async def get_targets(gateway: GatewayDep) -> TargetsResponse:
 
 
 async def put_target(label: str, gateway: GatewayDep) -> TargetsResponse:
-    """Hold `label` (the vendor's raw label, as it answers it) as a backdoor target."""
+    """Hold `label` (the vendor's raw label, as it answers it) as a backdoor target.
+
+    A label named already is a no-op; a new one while `SHADOW_MAX_LABELS` are named is 409 (`targets_full`).
+    """
     try:
         gateway.targets.name(bounded_label(label), TargetSource.OPERATOR)
     except ValueError as exc:
@@ -74,6 +78,12 @@ _CHANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: ERROR_RESPONSES[401],
     404: {"model": ErrorResponse, "description": "DELETE: the label is not a named target (target_not_named)."},
 }
+_PUT_RESPONSES: dict[int | str, dict[str, Any]] = _CHANGE_RESPONSES | {
+    409: {
+        "model": ErrorResponse,
+        "description": "The label is not named and SHADOW_MAX_LABELS labels are: DELETE one first (targets_full).",
+    },
+}
 
 
 def build_targets_router(gateway_dependencies: list[Any]) -> APIRouter:
@@ -82,13 +92,16 @@ def build_targets_router(gateway_dependencies: list[Any]) -> APIRouter:
     router.add_api_route(
         "/targets", get_targets, methods=["GET"], response_model=TargetsResponse, responses={401: ERROR_RESPONSES[401]}
     )
-    for method, handler in (("PUT", put_target), ("DELETE", delete_target)):
+    for method, handler, responses in (
+        ("PUT", put_target, _PUT_RESPONSES),
+        ("DELETE", delete_target, _CHANGE_RESPONSES),
+    ):
         router.add_api_route(
             "/targets/{label:path}",
             handler,
             methods=[method],
             response_model=TargetsResponse,
-            responses=_CHANGE_RESPONSES,
+            responses=responses,
             route_class_override=_OneTargetRoute,
         )
     return router

@@ -260,3 +260,7 @@ class AlertsResponse(TargetsResponse):
         description="The raw labels this notification named (bounded), in its order; a label named before keeps "
         "its first source and is not listed."
     )
+    not_named: list[str] = Field(
+        description="The raw labels (bounded) this notification would have named but the gateway holds its most "
+        "named targets (SHADOW_MAX_LABELS): DELETE /targets/{label} frees a slot."
+    )

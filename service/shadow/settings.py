@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from service.shadow.labels import OTHER_LABEL, LabelExtractor, bounded_label
@@ -93,7 +93,14 @@ class ShadowFields(BaseModel):
 
     @field_validator("suspected_targets")
     @classmethod
-    def _check_targets(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+    def _check_targets(cls, labels: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         if OTHER_LABEL in labels:
             raise ValueError(f"'{OTHER_LABEL}' is the bucket of labels past shadow_max_labels, not one vendor label")
-        return tuple(bounded_label(label) for label in labels)  # as the shadow counters name labels
+        bounded = tuple(bounded_label(label) for label in labels)  # as the shadow counters name labels
+        max_labels = info.data.get("shadow_max_labels")  # absent when it is invalid itself (reported apart)
+        if max_labels is not None and len(set(bounded)) > max_labels:
+            raise ValueError(
+                f"{len(set(bounded))} labels, more than shadow_max_labels ({max_labels}), the most named targets "
+                "the gateway holds; name fewer or raise shadow_max_labels"
+            )
+        return bounded

@@ -14,6 +14,11 @@ a named target. A target is named four ways:
 A name holds until an operator clears it (`DELETE /targets/{label}`) or the gateway restarts:
 an alarm that cleared itself when the attacker paused would hand the attacker back the raw
 answers. Labels are as the shadow counters name them (bounded, capped), never "other".
+
+The board holds at most `max_targets` names (`SHADOW_MAX_LABELS`, the counters' cap on distinct
+labels: the names are vendor labels, so the same number bounds them), however many an operator or
+Alertmanager sends: naming a new label on a full board raises `TargetsFull`; a label named already
+is still a no-op, and `DELETE /targets/{label}` frees a slot.
 """
 
 from __future__ import annotations
@@ -27,13 +32,17 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from service.errors import TargetsFull
 from service.shadow.alarm import AlarmRule, BaselineRule
 from service.shadow.history import ShadowHistory
 from service.shadow.labels import OTHER_LABEL
+from service.shadow.settings import ShadowFields
 
 logger = logging.getLogger(__name__)
 
 JUDGE_EVERY_S = 0.25  # the rules sum the whole history (up to a day of minutes): not on every comparison
+# SHADOW_MAX_LABELS' default (the gateway passes the setting): the counters' cap on distinct labels.
+DEFAULT_MAX_TARGETS: int = ShadowFields.model_fields["shadow_max_labels"].default
 
 
 class TargetSource(enum.StrEnum):
@@ -60,8 +69,9 @@ class TargetBoard:
 
     Args:
         registry: where `zipgate_named_target` is exported (1 per named label and source).
-        initial: labels named by the setting.
+        initial: labels named by the setting (at most `max_targets` distinct ones).
         history: the shadow history the alarm rules judge; None: no alarm (names come from outside).
+        max_targets: the most labels named at once (`SHADOW_MAX_LABELS`); the next new one raises `TargetsFull`.
         wall_clock: Unix seconds, for `since` (tests pass their own).
         clock: monotonic seconds, for the judging interval.
     """
@@ -72,9 +82,13 @@ class TargetBoard:
         initial: Iterable[str] = (),
         history: ShadowHistory | None = None,
         *,
+        max_targets: int = DEFAULT_MAX_TARGETS,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_targets < 1:
+            raise ValueError("max_targets must be at least 1")
+        self.max_targets = max_targets
         self._gauge = Gauge(
             "zipgate_named_target",
             "1 for each raw label held as a backdoor target (the closed loop purifies its answers), by who named it.",
@@ -102,6 +116,7 @@ class TargetBoard:
 
         Raises:
             ValueError: `label` is empty or "other" (the bucket of labels past the cap names no class).
+            TargetsFull: `label` is not named and `max_targets` labels are.
         """
         if not label or label == OTHER_LABEL:
             raise ValueError(f"{label!r} cannot be named a target: it is not one vendor label")
@@ -109,6 +124,11 @@ class TargetBoard:
             existing = self._named.get(label)
             if existing is not None:
                 return existing
+            if len(self._named) >= self.max_targets:
+                raise TargetsFull(
+                    f"{label!r} cannot be named: the gateway holds {self.max_targets} named targets, its most "
+                    "(SHADOW_MAX_LABELS); clear one with DELETE /targets/{label} first"
+                )
             target = NamedTarget(label, source, self._wall_clock(), rule)
             self._named[label] = target
         self._gauge.labels(label, source.value).set(1)
@@ -144,6 +164,12 @@ class TargetBoard:
             found.setdefault(label, "disagreement rate above its baseline")
         known = self.named
         new = [label for label in found if label not in known]
+        named: list[str] = []
         for label in new:
-            self.name(label, TargetSource.ALARM, found[label])
-        return new
+            try:
+                self.name(label, TargetSource.ALARM, found[label])
+            except TargetsFull:  # the counters' cap bounds the alarm's labels, but other sources fill the board too
+                logger.warning("the alarm points at raw label %r, but the target board is full: not named", label)
+                continue
+            named.append(label)
+        return named
