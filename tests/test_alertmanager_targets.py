@@ -22,6 +22,7 @@ from service.api.routes_alerts import MAX_ALERTS, MAX_ALERTS_BODY_BYTES
 from service.shadow.labels import bounded_label
 from tests.deploy_support import REPO, render
 from tests.gateway_servers import gateway_settings, metric_value, running_gateway
+from tests.processes import stop_process
 from tests.test_prometheus_scrape import free_port
 
 KEY = "alerts-key"
@@ -239,12 +240,7 @@ def running_alertmanager(config: dict[str, Any], workdir: Path) -> Iterator[str]
             poll(lambda: process.poll() is None and _answers(f"{url}/-/ready"), "Alertmanager ready", log_path)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def _answers(url: str) -> bool:

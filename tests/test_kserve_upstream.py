@@ -22,6 +22,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.gateway_servers import gateway_settings, get, png_bytes, post, running_gateway, tiny_ddpm_dir
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -83,12 +84,7 @@ def kserve_vendor(log_path: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, grace_s=20)
 
 
 @pytest.fixture(scope="module")

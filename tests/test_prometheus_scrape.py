@@ -31,6 +31,7 @@ from tests.gateway_servers import (
     tiny_ddpm_dir,
     tiny_vendor_dir,
 )
+from tests.processes import stop_process
 from tools.dashboard_snapshot import fetch_panels, plot
 
 pytestmark = pytest.mark.slow
@@ -106,12 +107,7 @@ def running_prometheus(config: dict[str, Any], port: int, workdir: Path) -> Iter
             _wait_ready(f"{url}/-/ready", process, log_path)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def _wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tests.processes import stop_process
+
 CHROMIUM = "chromium"
 CHROMEDRIVER = "chromedriver"
 ELEMENT_KEY = "element-6066-11e4-a52e-4f735466cecf"  # the W3C spec's name for an element reference
@@ -134,9 +136,4 @@ def browser(window: tuple[int, int] = (1280, 1000)) -> Iterator[Browser]:
             finally:
                 client.delete(f"/session/{session_id}")
     finally:
-        driver.terminate()
-        try:
-            driver.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            driver.kill()
-            driver.wait()
+        stop_process(driver)

@@ -183,6 +183,7 @@ async def post_alerts(request: Request, gateway: GatewayDep) -> AlertsResponse:
 _ALERTS_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "The body is not JSON."},
     401: ERROR_RESPONSES[401],
+    408: ERROR_RESPONSES[408],  # the middleware's body-read deadline, as on every route that reads a body
     413: {"model": ErrorResponse, "description": f"Over {MAX_ALERTS_BODY_BYTES} bytes or {MAX_ALERTS} alerts."},
     415: {"model": ErrorResponse, "description": "A Content-Type that is not JSON."},
     422: {"model": ErrorResponse, "description": "JSON that is not Alertmanager's webhook payload."},
