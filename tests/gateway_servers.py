@@ -173,6 +173,13 @@ def running_gateway(
 
 
 @contextlib.contextmanager
+def unpurified_gateway(**overrides: Any) -> Iterator[str]:
+    """A gateway without purification (the /targets routes need none) on a loopback port, ready."""
+    with running_gateway(gateway_settings(None, "http://127.0.0.1:9", **overrides)) as url:
+        yield url
+
+
+@contextlib.contextmanager
 def serving_gateway_server(
     settings: Settings,
     *,
@@ -258,6 +265,11 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
 def metric_sum(metrics_text: str, name: str) -> float:
     """The sum of every sample named `name` in Prometheus text format, whatever its labels (0 when absent)."""
     return sum(value for sample, _, value in _samples(metrics_text) if sample == name)
+
+
+def named_series(metrics_text: str) -> list[str]:
+    """The `zipgate_named_target` series in a /metrics page."""
+    return [line for line in metrics_text.splitlines() if line.startswith("zipgate_named_target{")]
 
 
 def wait_until(condition: Any, timeout_s: float = 10.0, what: str = "condition") -> None:

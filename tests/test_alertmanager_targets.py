@@ -21,22 +21,15 @@ from service.api.logging import RequestIdFilter
 from service.api.routes_alerts import MAX_ALERTS, MAX_ALERTS_BODY_BYTES
 from service.shadow.labels import bounded_label
 from tests.deploy_support import REPO, render
-from tests.gateway_servers import gateway_settings, metric_value, running_gateway
+from tests.gateway_servers import metric_value, named_series, unpurified_gateway
+from tests.ports import free_port
 from tests.processes import stop_process
-from tests.test_prometheus_scrape import free_port
 
 KEY = "alerts-key"
 ALERT = "ZipgateSuspectedBackdoorTarget"
 ALERTMANAGER_CONFIG = REPO / "docker" / "alertmanager.yml"
 ALERTMANAGER_BINARY = Path("/usr/bin/prometheus-alertmanager")
 DEADLINE_S = 60.0
-
-
-@contextlib.contextmanager
-def gateway(**overrides: Any) -> Iterator[str]:
-    """A gateway without purification (the /targets routes need none) on a loopback port."""
-    with running_gateway(gateway_settings(None, "http://127.0.0.1:9", **overrides)) as url:
-        yield url
 
 
 def alert(raw_label: str | None, status: str = "firing", name: str = ALERT) -> dict[str, Any]:
@@ -64,11 +57,6 @@ def post_alerts(url: str, **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{url}/targets/alerts", timeout=10.0, **kwargs)
 
 
-def named_series(metrics: str) -> list[str]:
-    """The `zipgate_named_target` series in a /metrics page."""
-    return [line for line in metrics.splitlines() if line.startswith("zipgate_named_target{")]
-
-
 def test_firing_alerts_name_their_raw_labels_and_nothing_else_does(caplog: pytest.LogCaptureFixture) -> None:
     long_label = "x" * 500
     sent = notification(
@@ -82,7 +70,10 @@ def test_firing_alerts_name_their_raw_labels_and_nothing_else_does(caplog: pytes
         alert(long_label),
     )
     caplog.handler.addFilter(RequestIdFilter())  # as the gateway's own handler: each line gets its request id
-    with gateway(suspected_targets="9") as url, caplog.at_level(logging.INFO, logger="service.api.routes_alerts"):
+    with (
+        unpurified_gateway(suspected_targets="9") as url,
+        caplog.at_level(logging.INFO, logger="service.api.routes_alerts"),
+    ):
         answer = post_alerts(url, json=sent)
         again = post_alerts(url, json=notification(alert("9"), alert("7", status="resolved")))
         state = httpx.get(f"{url}/targets", timeout=10.0).json()
@@ -107,7 +98,7 @@ def test_firing_alerts_name_their_raw_labels_and_nothing_else_does(caplog: pytes
 
 def test_a_full_board_names_no_more_and_the_answer_says_which_were_not_named(caplog: pytest.LogCaptureFixture) -> None:
     sent = notification(alert("9"), alert("7"), alert("5"), alert("4"), alert("5", name="AnotherRule"))
-    with gateway(shadow_max_labels=2, suspected_targets="9") as url, caplog.at_level(logging.WARNING):
+    with unpurified_gateway(shadow_max_labels=2, suspected_targets="9") as url, caplog.at_level(logging.WARNING):
         answer = post_alerts(url, json=sent)
         httpx.delete(f"{url}/targets/9", timeout=10.0)
         freed = post_alerts(url, json=sent)
@@ -124,7 +115,7 @@ def test_a_full_board_names_no_more_and_the_answer_says_which_were_not_named(cap
 
 
 def test_an_alertmanager_name_holds_until_an_operator_clears_it() -> None:
-    with gateway() as url:
+    with unpurified_gateway() as url:
         post_alerts(url, json=notification(alert("4")))
         cleared = httpx.delete(f"{url}/targets/4", timeout=10.0)
         renamed = post_alerts(url, json=notification(alert("4")))
@@ -148,7 +139,7 @@ def test_an_alertmanager_name_holds_until_an_operator_clears_it() -> None:
     ids=["not-json", "empty", "array", "no-alerts", "alerts-not-a-list", "bad-status", "int-label", "text", "deep"],
 )
 def test_a_malformed_notification_is_a_json_4xx(body: bytes, content_type: str, status: int, code: str) -> None:
-    with gateway() as url:
+    with unpurified_gateway() as url:
         answer = post_alerts(url, content=body, headers={"Content-Type": content_type})
         state = httpx.get(f"{url}/targets", timeout=10.0).json()
     assert answer.status_code == status, answer.text
@@ -165,7 +156,7 @@ def test_limits_on_what_the_sender_controls() -> None:
         yield over_size[: len(over_size) // 2]
         yield over_size[len(over_size) // 2 :]
 
-    with gateway() as url:
+    with unpurified_gateway() as url:
         declared = post_alerts(url, content=over_size, headers={"Content-Type": "application/json"})
         streamed = post_alerts(url, content=chunked(), headers={"Content-Type": "application/json"})
         counted = post_alerts(url, json=many)
@@ -177,7 +168,7 @@ def test_limits_on_what_the_sender_controls() -> None:
 
 
 def test_the_api_key_guards_the_webhook() -> None:
-    with gateway(api_key=KEY) as url:
+    with unpurified_gateway(api_key=KEY) as url:
         refused = post_alerts(url, json=notification(alert("7")))
         wrong = post_alerts(url, json=notification(alert("7")), headers={"Authorization": "Bearer nope"})
         state = httpx.get(f"{url}/targets", headers={"X-API-Key": KEY}, timeout=10.0).json()
@@ -188,7 +179,7 @@ def test_the_api_key_guards_the_webhook() -> None:
 
 
 def test_the_webhook_shares_its_path_with_put_and_delete_of_a_label_named_alerts() -> None:
-    with gateway() as url:
+    with unpurified_gateway() as url:
         wrong_method = httpx.get(f"{url}/targets/alerts", timeout=10.0)
         put = httpx.put(f"{url}/targets/alerts", timeout=10.0)
         schema = httpx.get(f"{url}/openapi.json", timeout=10.0).json()
@@ -267,7 +258,7 @@ def test_a_real_alertmanager_delivers_the_alert_and_the_gateway_names_its_label(
     key_file = tmp_path / "api-key"
     key_file.write_text(KEY)
     auth = {"X-API-Key": KEY}
-    with gateway(api_key=KEY) as gateway_url:
+    with unpurified_gateway(api_key=KEY) as gateway_url:
         config = loopback_alertmanager_config(gateway_url, key_file)
         with running_alertmanager(config, tmp_path) as alertmanager_url:
             posted = httpx.post(

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 
 from service import cli
 from tests.gateway_servers import wait_until
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 ZIPGATE = str(Path(sys.executable).with_name("zipgate"))  # the console script, as a user runs it
 # Purification off: no model to load, and nothing listens at the vendor URL (only probes are sent).
 NO_MODEL = ["--no-purification", "--upstream-url", "http://127.0.0.1:9"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**variables: str) -> dict[str, str]:

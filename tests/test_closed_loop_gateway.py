@@ -15,9 +15,7 @@ import pytest
 from service.loopback import serve_asgi
 from service.shadow.alarm import AlarmRule
 from tests.backdoored_vendor import CLEAN_LABEL, TARGET, BackdooredVendor, TriggerRemover, backdoor_png
-from tests.gateway_servers import gateway_settings, metric_value, running_gateway
-from tests.test_alertmanager_targets import gateway as targets_gateway
-from tests.test_alertmanager_targets import named_series
+from tests.gateway_servers import gateway_settings, metric_value, named_series, running_gateway, unpurified_gateway
 
 KEY = "loop-key"
 
@@ -105,7 +103,7 @@ def test_an_operator_names_and_clears_a_target_behind_the_api_key(tmp_path: Path
 
 
 def test_an_operator_names_at_most_shadow_max_labels_targets_and_a_delete_frees_a_slot() -> None:
-    with targets_gateway(shadow_max_labels=2, suspected_targets="1") as url:
+    with unpurified_gateway(shadow_max_labels=2, suspected_targets="1") as url:
         second = httpx.put(f"{url}/targets/2", timeout=10.0)
         full = httpx.put(f"{url}/targets/3", timeout=10.0)
         again = httpx.put(f"{url}/targets/2", timeout=10.0)  # named already: still a no-op, full or not

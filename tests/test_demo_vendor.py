@@ -381,15 +381,13 @@ def test_zipgate_demo_vendor_logs_json_lines_like_the_gateway(tmp_path: Path) ->
     import json
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
     from tests.gateway_servers import wait_until
+    from tests.ports import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     zipgate = str(Path(sys.executable).with_name("zipgate"))
     log = tmp_path / "vendor.log"
     with log.open("wb") as out:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.gateway_servers import gateway_settings, get, png_bytes, post, running_gateway, tiny_ddpm_dir
+from tests.ports import free_port
 from tests.processes import stop_process
 
 pytestmark = pytest.mark.slow
@@ -36,12 +36,6 @@ SEED = 45
 START_TIMEOUT_S = 180.0  # importing kserve and torch on a loaded 2-core machine
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def kserve_vendor(log_path: Path) -> Iterator[str]:
     """tests/kserve_vendor.py as a process, until its /v2/health/ready answers 200."""
@@ -50,7 +44,7 @@ def kserve_vendor(log_path: Path) -> Iterator[str]:
             f"the KServe venv ({KSERVE_PYTHON.parent.parent.name}) could not be built: scripts/setup_tests.sh "
             "printed why; rerun it to build it"
         )
-    port = _free_port()
+    port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [

@@ -7,14 +7,9 @@ random ε-model in front of a random-weight demo vendor, both under uvicorn on 1
 
 from __future__ import annotations
 
-import contextlib
 import math
-import shutil
-import socket
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.deploy_support import PROMETHEUS_CONFIG, dashboard_queries, load_dashboard, to_promql
+from tests.deploy_support import dashboard_queries, load_dashboard, to_promql
 from tests.gateway_servers import (
     gateway_settings,
     png_bytes,
@@ -31,15 +26,14 @@ from tests.gateway_servers import (
     tiny_ddpm_dir,
     tiny_vendor_dir,
 )
-from tests.processes import stop_process
+from tests.ports import free_port
+from tests.prometheus_server import loopback_config, poll, running_prometheus
 from tools.dashboard_snapshot import fetch_panels, plot
 
 pytestmark = pytest.mark.slow
 
-SCRAPE_INTERVAL = "1s"
 # Grafana's $__rate_interval for the test: long enough that rates stay non-zero while we poll.
 RATE_INTERVAL = "1m"
-DEADLINE_S = 30.0
 # Panels on recorded series that need history older than their 30-minute window (the baseline alarm's z,
 # judged against up to a day before it): no test waits for that. Their PromQL is checked by promtool on
 # synthetic history instead (tests/prometheus/alerts_test.yml).
@@ -62,84 +56,12 @@ def test_panels_left_out_for_history_are_unit_tested_with_promtool() -> None:
     assert all(any(name in expr for expr in tested) for name in NEEDS_HISTORY)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (Prometheus binds it itself)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def loopback_config(gateway_url: str, prometheus_port: int) -> dict[str, Any]:
-    """docker/prometheus.yml with its targets moved to loopback and a 1 s scrape interval."""
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    config["global"].update(scrape_interval=SCRAPE_INTERVAL, scrape_timeout=SCRAPE_INTERVAL)
-    targets = {"zipgate": gateway_url.removeprefix("http://"), "prometheus": f"127.0.0.1:{prometheus_port}"}
-    assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)
-    for job in config["scrape_configs"]:
-        for static in job["static_configs"]:
-            static["targets"] = [targets[job["job_name"]]]
-    return config
-
-
-@contextlib.contextmanager
-def running_prometheus(config: dict[str, Any], port: int, workdir: Path) -> Iterator[str]:
-    """Prometheus on 127.0.0.1:`port` with `config`, ready (GET /-/ready = 200); stopped after."""
-    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-    if not Path(binary).exists():
-        pytest.fail("prometheus is not installed; run scripts/setup.sh (Debian package 'prometheus')")
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    log_path = workdir / "prometheus.log"
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_path}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_ready(f"{url}/-/ready", process, log_path)
-            yield url
-        finally:
-            stop_process(process)
-
-
-def _wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"prometheus exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.05)
-    pytest.fail(f"prometheus not ready within {DEADLINE_S} s: {log_path.read_text()[-2000:]}")
-
-
 def instant_query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
     """Evaluate `promql` now; the result vector (an error from Prometheus fails the test)."""
     response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": promql}, timeout=5.0)
     body = response.json()
     assert response.status_code == 200 and body["status"] == "success", f"{promql}: {body}"
     return body["data"]["result"]
-
-
-def poll(what: str, condition: Any, timeout_s: float = DEADLINE_S) -> Any:
-    """Call `condition()` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not within {timeout_s} s (last: {value!r})")
-        time.sleep(0.2)
 
 
 class Traffic:

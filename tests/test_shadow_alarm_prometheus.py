@@ -14,7 +14,8 @@ from service.loopback import serve_asgi
 from tests.backdoored_vendor import TARGET, BackdooredVendor, TriggerRemover, backdoor_png
 from tests.deploy_support import ALERT_RULES
 from tests.gateway_servers import gateway_settings, metric_sum, running_gateway, wait_until
-from tests.test_prometheus_scrape import free_port, loopback_config, poll, running_prometheus
+from tests.ports import free_port
+from tests.prometheus_server import loopback_config, poll, running_prometheus
 
 pytestmark = pytest.mark.slow
 MIN_COUNT = 20  # the rule's minimum count of disagreements

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tests.ports import free_port
 from tests.processes import stop_process
 
 CHROMIUM = "chromium"
@@ -96,9 +96,7 @@ class Browser:
 @contextlib.contextmanager
 def browser(window: tuple[int, int] = (1280, 1000)) -> Iterator[Browser]:
     """A headless Chromium session; chromedriver runs on a free loopback port for the block's duration."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     driver = subprocess.Popen(
         [CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )  # fmt: skip
