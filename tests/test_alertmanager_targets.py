@@ -97,28 +97,32 @@ def test_firing_alerts_name_their_raw_labels_and_nothing_else_does(caplog: pytes
 
 
 def test_a_full_board_names_no_more_and_the_answer_says_which_were_not_named(caplog: pytest.LogCaptureFixture) -> None:
-    sent = notification(alert("9"), alert("7"), alert("5"), alert("4"), alert("5", name="AnotherRule"))
-    with unpurified_gateway(shadow_max_labels=2, suspected_targets="9") as url, caplog.at_level(logging.WARNING):
-        answer = post_alerts(url, json=sent)
-        httpx.delete(f"{url}/targets/9", timeout=10.0)
-        freed = post_alerts(url, json=sent)
+    sent = notification(alert("9"), alert("7"), alert("5"), alert("4"), alert("3"), alert("5", name="AnotherRule"))
+    auth = {"X-API-Key": KEY}
+    gateway = unpurified_gateway(api_key=KEY, shadow_max_labels=2, suspected_targets="9")
+    with gateway as url, caplog.at_level(logging.WARNING):
+        answer = post_alerts(url, json=sent, headers=auth)
+        httpx.delete(f"{url}/targets/7", headers=auth, timeout=10.0)
+        freed = post_alerts(url, json=sent, headers=auth)
         metrics = httpx.get(f"{url}/metrics", timeout=10.0).text
     assert answer.status_code == 200, answer.text  # not a 4xx: Alertmanager would retry it forever
-    assert answer.json()["named"] == ["7"] and answer.json()["not_named"] == ["5", "4"]
-    assert [t["label"] for t in answer.json()["targets"]] == ["9", "7"]
+    # The setting's "9" takes neither of the two slots that operators and Alertmanager share.
+    assert answer.json()["named"] == ["7", "5"] and answer.json()["not_named"] == ["4", "3"]
+    assert [t["label"] for t in answer.json()["targets"]] == ["9", "7", "5"]
     # One WARNING per notification that dropped some, naming what it dropped.
     warnings = [r for r in caplog.records if r.name == "service.api.routes_alerts" and r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "2 labels" in warnings[0].getMessage()
-    assert [getattr(r, "not_named", None) for r in warnings] == [["5", "4"]] * 2
-    assert freed.json()["named"] == ["9"] and freed.json()["not_named"] == ["5", "4"]  # "9" cleared: named again
-    assert len(named_series(metrics)) == 2
+    assert [getattr(r, "not_named", None) for r in warnings] == [["4", "3"]] * 2
+    assert freed.json()["named"] == ["7"] and freed.json()["not_named"] == ["4", "3"]  # "7" cleared: named again
+    assert len(named_series(metrics)) == 3
 
 
 def test_an_alertmanager_name_holds_until_an_operator_clears_it() -> None:
-    with unpurified_gateway() as url:
-        post_alerts(url, json=notification(alert("4")))
-        cleared = httpx.delete(f"{url}/targets/4", timeout=10.0)
-        renamed = post_alerts(url, json=notification(alert("4")))
+    auth = {"X-API-Key": KEY}  # un-naming needs the key (tests/test_targets_quota.py)
+    with unpurified_gateway(api_key=KEY) as url:
+        post_alerts(url, json=notification(alert("4")), headers=auth)
+        cleared = httpx.delete(f"{url}/targets/4", headers=auth, timeout=10.0)
+        renamed = post_alerts(url, json=notification(alert("4")), headers=auth)
     assert cleared.status_code == 200 and cleared.json()["targets"] == []
     assert renamed.json()["named"] == ["4"]
 

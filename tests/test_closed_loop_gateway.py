@@ -15,7 +15,7 @@ import pytest
 from service.loopback import serve_asgi
 from service.shadow.alarm import AlarmRule
 from tests.backdoored_vendor import CLEAN_LABEL, TARGET, BackdooredVendor, TriggerRemover, backdoor_png
-from tests.gateway_servers import gateway_settings, metric_value, named_series, running_gateway, unpurified_gateway
+from tests.gateway_servers import gateway_settings, metric_value, running_gateway
 
 KEY = "loop-key"
 
@@ -100,26 +100,6 @@ def test_an_operator_names_and_clears_a_target_behind_the_api_key(tmp_path: Path
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "DELETE, PUT"
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "target_not_named"
     assert other.status_code == 400 and "other" in other.json()["error"]["message"]
-
-
-def test_an_operator_names_at_most_shadow_max_labels_targets_and_a_delete_frees_a_slot() -> None:
-    with unpurified_gateway(shadow_max_labels=2, suspected_targets="1") as url:
-        second = httpx.put(f"{url}/targets/2", timeout=10.0)
-        full = httpx.put(f"{url}/targets/3", timeout=10.0)
-        again = httpx.put(f"{url}/targets/2", timeout=10.0)  # named already: still a no-op, full or not
-        state = httpx.get(f"{url}/targets", timeout=10.0).json()
-        metrics = httpx.get(f"{url}/metrics", timeout=10.0).text
-        assert httpx.delete(f"{url}/targets/1", timeout=10.0).status_code == 200
-        freed = httpx.put(f"{url}/targets/3", timeout=10.0)
-        schema = httpx.get(f"{url}/openapi.json", timeout=10.0).json()
-    assert second.status_code == 200 and again.status_code == 200, again.text
-    assert full.status_code == 409 and full.json()["error"]["code"] == "targets_full"
-    assert "'3' cannot be named" in full.json()["error"]["message"]
-    assert "holds 2 named targets" in full.json()["error"]["message"]
-    assert [t["label"] for t in state["targets"]] == ["1", "2"] and len(named_series(metrics)) == 2
-    assert freed.status_code == 200 and [t["label"] for t in freed.json()["targets"]] == ["2", "3"]
-    operations = schema["paths"]["/targets/{label}"]
-    assert "409" in operations["put"]["responses"] and "409" not in operations["delete"]["responses"]
 
 
 def test_more_suspected_targets_than_shadow_max_labels_is_a_configuration_error() -> None:

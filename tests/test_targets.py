@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import logging
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -96,36 +95,52 @@ def named_series(registry: CollectorRegistry) -> set[tuple[str, str]]:
     return {(sample.labels["raw_label"], sample.labels["source"]) for sample in family.samples}
 
 
-def test_the_board_holds_at_most_max_targets_names_and_a_clear_frees_a_slot() -> None:
+def test_operators_and_alertmanager_together_name_at_most_max_targets_and_a_clear_of_theirs_frees_a_slot() -> None:
     registry = CollectorRegistry()
-    board = TargetBoard(registry, ["1"], max_targets=3)
+    board = TargetBoard(registry, ["1"], max_targets=2)
     board.name("2", TargetSource.OPERATOR)
-    board.name("3", TargetSource.ALERTMANAGER, "rule")
-    with pytest.raises(TargetsFull, match=r"'4' cannot be named: the gateway holds 3 named targets") as refused:
-        board.name("4", TargetSource.OPERATOR)
-    assert "DELETE /targets/{label}" in refused.value.message and refused.value.status_code == 409
+    board.name("3", TargetSource.ALERTMANAGER, "rule")  # the setting's "1" takes no slot of theirs
+    for source in (TargetSource.OPERATOR, TargetSource.ALERTMANAGER):
+        with pytest.raises(TargetsFull, match=r"'4' cannot be named: the gateway holds 2 named targets") as refused:
+            board.name("4", source)
+    assert "DELETE /targets/{label}" in refused.value.message and "API_KEY" in refused.value.message
+    assert refused.value.status_code == 409
     assert board.name("2", TargetSource.ALERTMANAGER).source is TargetSource.OPERATOR  # named already: a no-op
     assert set(board.named) == {"1", "2", "3"} and len(named_series(registry)) == 3
-    assert board.clear("1")
+    assert board.clear("1")  # the setting's name held no slot of theirs: none is freed
+    with pytest.raises(TargetsFull):
+        board.name("4", TargetSource.OPERATOR)
+    assert board.clear("2")
     assert board.name("4", TargetSource.OPERATOR).source is TargetSource.OPERATOR
-    assert named_series(registry) == {("2", "operator"), ("3", "alertmanager"), ("4", "operator")}
+    assert named_series(registry) == {("3", "alertmanager"), ("4", "operator")}
 
 
 def test_the_default_cap_is_the_shadow_counters_and_a_cap_below_one_is_refused() -> None:
     assert TargetBoard(CollectorRegistry()).max_targets == DEFAULT_MAX_TARGETS == 100  # SHADOW_MAX_LABELS' default
     with pytest.raises(ValueError, match="at least 1"):
         TargetBoard(CollectorRegistry(), max_targets=0)
-    with pytest.raises(TargetsFull):  # the setting is validated first (tests/test_closed_loop_gateway.py)
+
+
+def test_the_setting_names_at_most_max_targets_labels() -> None:
+    # The configuration check refuses a longer SUSPECTED_TARGETS first (tests/test_closed_loop_gateway.py);
+    # the board's bound does not rest on it alone.
+    with pytest.raises(ValueError, match=r"2 labels named by the setting, more than max_targets \(1\)"):
         TargetBoard(CollectorRegistry(), ["1", "2"], max_targets=1)
+    assert set(TargetBoard(CollectorRegistry(), ["1", "1"], max_targets=1).named) == {"1"}  # counted once
 
 
-def test_the_alarm_on_a_full_board_warns_and_names_nothing(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_alarm_names_its_target_on_a_board_that_operators_and_alertmanager_filled() -> None:
     clock = Clock()
     history = ShadowHistory(clock=clock)
-    board = TargetBoard(CollectorRegistry(), ["1"], history, max_targets=1, clock=clock)
+    board = TargetBoard(CollectorRegistry(), ["1"], history, max_targets=2, clock=clock)
+    board.name("2", TargetSource.OPERATOR)
+    board.name("3", TargetSource.ALERTMANAGER)
+    with pytest.raises(TargetsFull):
+        board.name("4", TargetSource.OPERATOR)
     for _ in range(int(AlarmRule().min_count)):
         history.count("7", disagreed=True)
-    with caplog.at_level(logging.WARNING, logger="service.shadow.targets"):
-        assert board.judge() == []
-    assert set(board.named) == {"1"}
-    assert any("'7'" in r.getMessage() and "full" in r.getMessage() for r in caplog.records)
+    assert board.judge() == ["7"]
+    assert board.named["7"].source is TargetSource.ALARM
+    assert set(board.named) == {"1", "2", "3", "7"}  # over max_targets: the alarm is never refused
+    with pytest.raises(TargetsFull):  # and its name takes no slot of the outside sources
+        board.name("4", TargetSource.ALERTMANAGER)

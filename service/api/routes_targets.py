@@ -3,12 +3,16 @@
 - `GET /targets`: the policy and the named targets (who named each, when, by which rule).
 - `PUT /targets/{label}`: hold a raw label as a target (an operator acting on the Prometheus alert,
   on this replica; `SUSPECTED_TARGETS` names one on every replica at start-up); 409 (`targets_full`)
-  when it is new and `SHADOW_MAX_LABELS` labels are named already.
-- `DELETE /targets/{label}`: stop holding it (404 when it is not named).
+  when it is new and operators and Alertmanager have named `SHADOW_MAX_LABELS` labels already (the
+  setting's and the alarm's names do not count: `service.shadow.targets`).
+- `DELETE /targets/{label}`: stop holding it (404 when it is not named); 403 (`api_key_required`) when
+  the gateway has no API key.
 - `POST /targets/alerts` (`service.api.routes_alerts`): Alertmanager's webhook names what the Prometheus
   alert found over every replica.
 
 Behind the API key, like every route that changes what clients get (docs/design.md, "The closed loop").
+Without one, anyone may name a target (the cap on outside names bounds them, and naming only adds
+protection), but no one may un-name one: that lowers protection, so it is refused rather than anonymous.
 """
 
 from __future__ import annotations
@@ -22,9 +26,16 @@ from starlette.types import Receive, Scope, Send
 from service.api.deps import ERROR_RESPONSES, GatewayDep
 from service.api.gateway import Gateway
 from service.api.schemas import ErrorResponse, NamedTargetInfo, TargetsResponse
-from service.errors import BadRequest, TargetNotNamed
+from service.errors import BadRequest, GatewayError, TargetNotNamed
 from service.shadow.labels import bounded_label
 from service.shadow.targets import TargetSource
+
+
+class ApiKeyRequired(GatewayError):
+    """`DELETE /targets/{label}` on a gateway without an API key: un-naming lowers protection, never anonymously."""
+
+    status_code = 403
+    code = "api_key_required"
 
 
 def targets_state(gateway: Gateway) -> TargetsResponse:
@@ -44,7 +55,8 @@ async def get_targets(gateway: GatewayDep) -> TargetsResponse:
 async def put_target(label: str, gateway: GatewayDep) -> TargetsResponse:
     """Hold `label` (the vendor's raw label, as it answers it) as a backdoor target.
 
-    A label named already is a no-op; a new one while `SHADOW_MAX_LABELS` are named is 409 (`targets_full`).
+    A label named already is a no-op; a new one while operators and Alertmanager have named `SHADOW_MAX_LABELS`
+    is 409 (`targets_full`).
     """
     try:
         gateway.targets.name(bounded_label(label), TargetSource.OPERATOR)
@@ -54,7 +66,12 @@ async def put_target(label: str, gateway: GatewayDep) -> TargetsResponse:
 
 
 async def delete_target(label: str, gateway: GatewayDep) -> TargetsResponse:
-    """Stop holding `label` as a backdoor target."""
+    """Stop holding `label` as a backdoor target (only behind an API key: 403 `api_key_required` without one)."""
+    if gateway.settings.api_key is None:  # checked first: an anonymous caller learns nothing, not even 404
+        raise ApiKeyRequired(
+            "un-naming a target lowers protection, so it needs the API key: set API_KEY to un-name targets "
+            "(or restart the gateway to clear every name but SUSPECTED_TARGETS)"
+        )
     if not gateway.targets.clear(bounded_label(label)):
         raise TargetNotNamed(f"{bounded_label(label)!r} is not a named target")
     return targets_state(gateway)
@@ -76,13 +93,22 @@ _ONE_TARGET_METHODS = frozenset({"PUT", "DELETE"})
 _CHANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "The label is 'other' (the bucket of labels past the cap)."},
     401: ERROR_RESPONSES[401],
-    404: {"model": ErrorResponse, "description": "DELETE: the label is not a named target (target_not_named)."},
 }
 _PUT_RESPONSES: dict[int | str, dict[str, Any]] = _CHANGE_RESPONSES | {
     409: {
         "model": ErrorResponse,
-        "description": "The label is not named and SHADOW_MAX_LABELS labels are: DELETE one first (targets_full).",
+        "description": (
+            "The label is not named and operators and Alertmanager have named SHADOW_MAX_LABELS labels: "
+            "DELETE one of theirs first (targets_full)."
+        ),
     },
+}
+_DELETE_RESPONSES: dict[int | str, dict[str, Any]] = _CHANGE_RESPONSES | {
+    403: {
+        "model": ErrorResponse,
+        "description": "The gateway has no API key: un-naming needs one (api_key_required); nothing changed.",
+    },
+    404: {"model": ErrorResponse, "description": "The label is not a named target (target_not_named)."},
 }
 
 
@@ -94,7 +120,7 @@ def build_targets_router(gateway_dependencies: list[Any]) -> APIRouter:
     )
     for method, handler, responses in (
         ("PUT", put_target, _PUT_RESPONSES),
-        ("DELETE", delete_target, _CHANGE_RESPONSES),
+        ("DELETE", delete_target, _DELETE_RESPONSES),
     ):
         router.add_api_route(
             "/targets/{label:path}",

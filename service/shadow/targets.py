@@ -15,10 +15,16 @@ A name holds until an operator clears it (`DELETE /targets/{label}`) or the gate
 an alarm that cleared itself when the attacker paused would hand the attacker back the raw
 answers. Labels are as the shadow counters name them (bounded, capped), never "other".
 
-The board holds at most `max_targets` names (`SHADOW_MAX_LABELS`, the counters' cap on distinct
-labels: the names are vendor labels, so the same number bounds them), however many an operator or
-Alertmanager sends: naming a new label on a full board raises `TargetsFull`; a label named already
-is still a no-op, and `DELETE /targets/{label}` frees a slot.
+The cap, `max_targets` (`SHADOW_MAX_LABELS`, the counters' cap on distinct labels: the names are
+vendor labels, so the same number bounds them), applies to the sources outside the gateway
+(`OUTSIDE_SOURCES`: an operator and Alertmanager together, over HTTP): a new label from them while
+they hold `max_targets` names raises `TargetsFull`; a label named already is still a no-op, and
+`DELETE /targets/{label}` of one of theirs frees a slot. The setting and the alarm are never
+refused, so names sent from outside (without an API key, by anyone) cannot crowd out the alarm's
+target: both are bounded before they reach the board, the setting by the configuration check (and
+this constructor) at `max_targets` labels, the alarm by the counters' label cap, the same number
+(its rules judge the capped labels and never name "other"). The board holds at most
+3 × `max_targets` names.
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ class TargetSource(enum.StrEnum):
     ALERTMANAGER = "alertmanager"
 
 
+# The sources that reach the board over HTTP, and so are capped together; the setting and the alarm are bounded
+# before they reach it.
+OUTSIDE_SOURCES = frozenset({TargetSource.OPERATOR, TargetSource.ALERTMANAGER})
+
+
 @dataclass(frozen=True)
 class NamedTarget:
     """One named target: the raw label, who named it, when (Unix seconds), and the rule when an alarm or alert did."""
@@ -70,8 +81,9 @@ class TargetBoard:
     Args:
         registry: where `zipgate_named_target` is exported (1 per named label and source).
         initial: labels named by the setting (at most `max_targets` distinct ones).
-        history: the shadow history the alarm rules judge; None: no alarm (names come from outside).
-        max_targets: the most labels named at once (`SHADOW_MAX_LABELS`); the next new one raises `TargetsFull`.
+        history: the shadow history the alarm rules judge, of capped labels; None: no alarm.
+        max_targets: the most labels the outside sources name together (`SHADOW_MAX_LABELS`), and the most
+            distinct labels `initial` may hold.
         wall_clock: Unix seconds, for `since` (tests pass their own).
         clock: monotonic seconds, for the judging interval.
     """
@@ -88,6 +100,9 @@ class TargetBoard:
     ) -> None:
         if max_targets < 1:
             raise ValueError("max_targets must be at least 1")
+        initial = list(dict.fromkeys(initial))  # a label set twice counts once
+        if len(initial) > max_targets:  # the configuration check refuses it first; the board's bound relies on it
+            raise ValueError(f"{len(initial)} labels named by the setting, more than max_targets ({max_targets})")
         self.max_targets = max_targets
         self._gauge = Gauge(
             "zipgate_named_target",
@@ -116,7 +131,8 @@ class TargetBoard:
 
         Raises:
             ValueError: `label` is empty or "other" (the bucket of labels past the cap names no class).
-            TargetsFull: `label` is not named and `max_targets` labels are.
+            TargetsFull: `label` is not named, `source` is an outside one, and the outside sources hold
+                `max_targets` names. The setting and the alarm are never refused (see the module's docstring).
         """
         if not label or label == OTHER_LABEL:
             raise ValueError(f"{label!r} cannot be named a target: it is not one vendor label")
@@ -124,16 +140,24 @@ class TargetBoard:
             existing = self._named.get(label)
             if existing is not None:
                 return existing
-            if len(self._named) >= self.max_targets:
-                raise TargetsFull(
-                    f"{label!r} cannot be named: the gateway holds {self.max_targets} named targets, its most "
-                    "(SHADOW_MAX_LABELS); clear one with DELETE /targets/{label} first"
-                )
+            if source in OUTSIDE_SOURCES and self._outside_count() >= self.max_targets:
+                raise self._full(label)
             target = NamedTarget(label, source, self._wall_clock(), rule)
             self._named[label] = target
         self._gauge.labels(label, source.value).set(1)
         logger.warning("backdoor target named: raw label %r by %s%s", label, source.value, f" ({rule})" if rule else "")
         return target
+
+    def _outside_count(self) -> int:
+        """Names held from the outside sources (under the lock; at most 3 × max_targets names to look at)."""
+        return sum(1 for target in self._named.values() if target.source in OUTSIDE_SOURCES)
+
+    def _full(self, label: str) -> TargetsFull:
+        return TargetsFull(
+            f"{label!r} cannot be named: the gateway holds {self.max_targets} named targets from operators and "
+            "Alertmanager, their most (SHADOW_MAX_LABELS); clear one with DELETE /targets/{label} first (it needs "
+            "API_KEY), or restart the gateway"
+        )
 
     def clear(self, label: str) -> bool:
         """Stop holding `label` as a target; False when it was not named."""
@@ -164,12 +188,6 @@ class TargetBoard:
             found.setdefault(label, "disagreement rate above its baseline")
         known = self.named
         new = [label for label in found if label not in known]
-        named: list[str] = []
         for label in new:
-            try:
-                self.name(label, TargetSource.ALARM, found[label])
-            except TargetsFull:  # the counters' cap bounds the alarm's labels, but other sources fill the board too
-                logger.warning("the alarm points at raw label %r, but the target board is full: not named", label)
-                continue
-            named.append(label)
-        return named
+            self.name(label, TargetSource.ALARM, found[label])  # never refused: names from outside cannot crowd it out
+        return new
