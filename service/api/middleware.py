@@ -4,9 +4,13 @@ Pure ASGI rather than Starlette's BaseHTTPMiddleware: handlers keep the server's
 so they can notice a client that hangs up while its images wait in the queue.
 
 The body is guarded here, in the `receive` handed to the app: its size (413) and its arrival
-time. uvicorn has no timeout on a body in progress, so without a deadline a client sending a
-byte every few seconds holds a connection and a handler for ever (408, and the connection is
-closed). A client that hangs up mid-body is counted as 499 and logged at info: nothing failed.
+time. The size limit is `max_request_bytes`, or a tighter one the matched route declares as its
+`body_limit` (a `BodyLimit`; e.g. `POST /targets/alerts`): one mechanism for every body cap, applied
+when the handler reads the body (the route is known by then, from the router's own match, so no
+path is matched twice). uvicorn has no timeout on a body in progress, so without a deadline a
+client sending a byte every few seconds holds a connection and a handler for ever (408, and the
+connection is closed). A client that hangs up mid-body is counted as 499 and logged at info:
+nothing failed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -47,6 +52,35 @@ UNMATCHED_ENDPOINT = "unmatched"  # one label for every unknown path: no label e
 TIMINGS_STATE_KEY = "zipgate_timings"
 
 
+@dataclass(frozen=True)
+class BodyLimit:
+    """A cap on a request body: at most `max_bytes`; the 413 names the limit (`name`) and how to stay under it.
+
+    The gateway's own is `max_request_bytes`. A route declares a tighter one as a `body_limit` attribute
+    (a class attribute of its route class), and `GatewayMiddleware` applies it to that route's body.
+    """
+
+    max_bytes: int
+    name: str
+    advice: str
+
+    def declared_too_large(self, declared: int) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"request body of {declared} bytes; the limit is {self.max_bytes} bytes ({self.name}): {self.advice}"
+        )
+
+    def streamed_too_large(self) -> PayloadTooLarge:
+        # No Connection: close: uvicorn discards the rest of the body itself, while closing with the client
+        # still sending would reset the connection, and the client could lose this answer.
+        return PayloadTooLarge(f"request body over the limit of {self.max_bytes} bytes ({self.name}): {self.advice}")
+
+
+def route_body_limit(scope: Scope) -> BodyLimit | None:
+    """The `body_limit` the matched route declares, if any (FastAPI sets the scope's route before its handler runs)."""
+    limit = getattr(scope.get("route"), "body_limit", None)
+    return limit if isinstance(limit, BodyLimit) else None
+
+
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-ID if it is a sane token, else a fresh uuid4 hex."""
     for name, value in headers:
@@ -66,7 +100,8 @@ def timings_of(scope: Scope) -> RequestTimings:
 
 class GatewayMiddleware:
     """Around every HTTP request: take or make X-Request-ID and log with it; refuse bodies over
-    `max_request_bytes` (declared or streamed) with 413 and bodies not complete within
+    `max_request_bytes`, or over the route's tighter `body_limit` (declared or streamed) with 413 and bodies
+    not complete within
     `body_read_timeout_s` of the request's arrival with 408; refuse work while draining with 503;
     add X-Request-ID and Server-Timing to the response; count it in the request metrics (499 for
     a client that hung up mid-body); end a request still unanswered when the drain budget is spent
@@ -85,7 +120,7 @@ class GatewayMiddleware:
         self.app = app
         self.metrics = metrics
         self.lifecycle = lifecycle
-        self.max_request_bytes = max_request_bytes
+        self.body_limit = BodyLimit(max_request_bytes, "max_request_bytes", "send fewer or smaller images")
         self.body_read_timeout_s = body_read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,15 +171,13 @@ class GatewayMiddleware:
             )
             return
         declared = _content_length(scope["headers"])
-        if declared is not None and declared > self.max_request_bytes:
-            error = PayloadTooLarge(
-                f"request body of {declared} bytes; the limit is {self.max_request_bytes} bytes "
-                "(max_request_bytes): send fewer or smaller images"
-            )
-            await gateway_error_response(error)(scope, receive, send)
+        if declared is not None and declared > self.body_limit.max_bytes:  # before any route: no work for it
+            await gateway_error_response(self.body_limit.declared_too_large(declared))(scope, receive, send)
             return
         deadline = asyncio.get_running_loop().time() + self.body_read_timeout_s  # from the request's arrival
-        guarded_receive = _guarded_receive(receive, self.max_request_bytes, deadline, self.body_read_timeout_s)
+        guarded_receive = _guarded_receive(
+            receive, scope, self.body_limit, declared, deadline=deadline, timeout_s=self.body_read_timeout_s
+        )
         await self._until_drain_stop(self.app(scope, guarded_receive, send), scope, receive, send, response_started)
 
     async def _until_drain_stop(
@@ -203,21 +236,37 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _guarded_receive(receive: Receive, limit_bytes: int, deadline: float, timeout_s: float) -> Receive:
-    """`receive` that raises PayloadTooLarge once the streamed body passes `limit_bytes` (a chunked
-    body has no Content-Length to check up front), and RequestTimeout when the body is still
-    incomplete at `deadline` (event-loop time; `timeout_s` names it in the message).
+def _tighter(default: BodyLimit, route: BodyLimit | None) -> BodyLimit:
+    """The route's own limit where it is tighter than the gateway's (or the same: its 413 says more)."""
+    return route if route is not None and route.max_bytes <= default.max_bytes else default
+
+
+def _guarded_receive(
+    receive: Receive, scope: Scope, default: BodyLimit, declared: int | None, *, deadline: float, timeout_s: float
+) -> Receive:
+    """`receive` that raises PayloadTooLarge for a body over its limit, and RequestTimeout when the body is
+    still incomplete at `deadline` (event-loop time; `timeout_s` names it in the message).
+
+    The limit is `default`, or the matched route's tighter `body_limit`, looked up at the first read (the
+    router has matched by then). A `declared` Content-Length over the route's limit is refused before
+    anything is read (the default's was checked before the app ran); the streamed bytes are counted
+    too, since a chunked body has no Content-Length to check up front.
 
     Once the body is complete the deadline no longer applies: what is left is `http.disconnect`,
     which handlers await while the images are purified, however long that takes.
     """
     received = 0
     body_complete = False
+    limit: BodyLimit | None = None
 
     async def wrapped() -> Message:
-        nonlocal received, body_complete
+        nonlocal received, body_complete, limit
         if body_complete:
             return await receive()
+        if limit is None:
+            limit = _tighter(default, route_body_limit(scope))
+            if declared is not None and declared > limit.max_bytes:
+                raise limit.declared_too_large(declared)
         try:
             async with asyncio.timeout_at(deadline):
                 message = await receive()
@@ -227,8 +276,8 @@ def _guarded_receive(receive: Receive, limit_bytes: int, deadline: float, timeou
             ) from None
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
-            if received > limit_bytes:
-                raise PayloadTooLarge(f"request body over the limit of {limit_bytes} bytes (max_request_bytes)")
+            if received > limit.max_bytes:
+                raise limit.streamed_too_large()
             body_complete = not message.get("more_body", False)
         return message
 

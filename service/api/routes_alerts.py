@@ -14,8 +14,10 @@ Names latch: a resolved alert names nothing and clears nothing. A name holds unt
 `DELETE /targets/{label}` or a restart, as for every source (`service.shadow.targets`); Alertmanager's
 `repeat_interval` names it again on a restarted replica while the alert still fires.
 
-Everything the sender controls is bounded: the body (`MAX_ALERTS_BODY_BYTES`, 413), the alerts in
-one notification (`MAX_ALERTS`, 413: set the receiver's `max_alerts` at or below it), and each label
+Everything the sender controls is bounded: the body (`MAX_ALERTS_BODY_BYTES`, 413: the route
+declares it as its `body_limit`, and the request middleware applies it as it applies
+`MAX_REQUEST_BYTES` to every route, `service.api.middleware`), the alerts in one notification
+(`MAX_ALERTS`, 413: set the receiver's `max_alerts` at or below it), and each label
 (`bounded_label`). Behind the API key, like the other /targets routes.
 """
 
@@ -26,9 +28,11 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
 
 from service.api.deps import ERROR_RESPONSES, GatewayDep
+from service.api.middleware import BodyLimit
 from service.api.openapi_bodies import request_body
 from service.api.routes_targets import targets_state
 from service.api.schemas import AlertsResponse, ErrorResponse
@@ -85,27 +89,6 @@ _EXAMPLE = {
         }
     ],
 }
-
-
-async def read_capped_body(request: Request, limit_bytes: int) -> bytes:
-    """The request body, read only while it is within `limit_bytes`.
-
-    Raises:
-        PayloadTooLarge: the declared or the streamed body is over `limit_bytes` (413).
-    """
-    declared = request.headers.get("content-length", "")
-    too_large = f"the body is over {limit_bytes} bytes, the limit of {ALERTS_PATH}: set the receiver's max_alerts"
-    if declared.isdigit() and int(declared) > limit_bytes:
-        raise PayloadTooLarge(too_large)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            # The rest is not read: the connection cannot carry another request.
-            raise PayloadTooLarge(too_large, headers={"Connection": "close"})
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_webhook(body: bytes, content_type: str | None) -> AlertmanagerWebhook:
@@ -173,7 +156,7 @@ async def post_alerts(request: Request, gateway: GatewayDep) -> AlertsResponse:
 
     Resolved alerts clear nothing: a name holds until `DELETE /targets/{label}` (or a restart).
     """
-    body = await read_capped_body(request, MAX_ALERTS_BODY_BYTES)
+    body = await request.body()  # within MAX_ALERTS_BODY_BYTES: the middleware applies the route's body_limit
     webhook = parse_webhook(body, request.headers.get("content-type"))
     named, not_named = name_alerted_targets(gateway.targets, webhook.alerts)
     state = targets_state(gateway)
@@ -190,6 +173,14 @@ _ALERTS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+class _AlertsRoute(APIRoute):
+    """The webhook's route: it declares its body limit, tighter than MAX_REQUEST_BYTES, for the middleware to apply."""
+
+    body_limit = BodyLimit(
+        MAX_ALERTS_BODY_BYTES, f"the limit of {ALERTS_PATH}", f"set the receiver's max_alerts to {MAX_ALERTS} or fewer"
+    )
+
+
 def build_alerts_router(gateway_dependencies: list[Any]) -> APIRouter:
     """`POST /targets/alerts`, behind `gateway_dependencies` (the API key check, when configured).
 
@@ -204,5 +195,6 @@ def build_alerts_router(gateway_dependencies: list[Any]) -> APIRouter:
         response_model=AlertsResponse,
         responses=_ALERTS_RESPONSES,
         openapi_extra=request_body({"application/json": AlertmanagerWebhook}, example=_EXAMPLE),
+        route_class_override=_AlertsRoute,
     )
     return router
