@@ -3,10 +3,11 @@
     GatewayError (500, internal)
     ├── BadRequest (400, bad_request)            undecodable/empty image, bad spec
     ├── Unauthorized (401, unauthorized)         missing or wrong API key
+    ├── ApiKeyRequired (403, api_key_required)   un-naming a backdoor target on a gateway without an API key
     ├── ModelNotFound (404, model_not_found)     a model this server does not expose or serve
     ├── TargetNotNamed (404, target_not_named)   clearing a backdoor target that is not named
     ├── RequestTimeout (408, request_timeout)    the body did not arrive within body_read_timeout_s
-    ├── TargetsFull (409, targets_full)          naming a backdoor target when the most are named
+    ├── TargetsFull (409, targets_full)          an operator or Alertmanager naming one past their cap
     ├── PayloadTooLarge (413, payload_too_large) bytes, pixels or images over a limit
     ├── UnsupportedMediaType (415, unsupported_media_type)
     ├── InvalidShape (422, invalid_request)      JSON of the wrong shape
@@ -87,6 +88,13 @@ class Unauthorized(GatewayError):
     code = "unauthorized"
 
 
+class ApiKeyRequired(GatewayError):
+    """`DELETE /targets/{label}` on a gateway without an API key: un-naming lowers protection, never anonymously."""
+
+    status_code = 403
+    code = "api_key_required"
+
+
 class ModelNotFound(GatewayError):
     """The model named in the path is not one this server exposes (`upstream_models`) or serves."""
 
@@ -102,7 +110,8 @@ class TargetNotNamed(GatewayError):
 
 
 class TargetsFull(GatewayError):
-    """`PUT /targets/{label}` of a new label while the gateway holds its most named targets (`SHADOW_MAX_LABELS`)."""
+    """A new label named from outside (`PUT /targets/{label}`, Alertmanager) while operators and Alertmanager
+    hold `SHADOW_MAX_LABELS` names; the setting's and the alarm's names do not count (never crowded out)."""
 
     status_code = 409
     code = "targets_full"

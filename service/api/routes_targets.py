@@ -26,16 +26,9 @@ from starlette.types import Receive, Scope, Send
 from service.api.deps import ERROR_RESPONSES, GatewayDep
 from service.api.gateway import Gateway
 from service.api.schemas import ErrorResponse, NamedTargetInfo, TargetsResponse
-from service.errors import BadRequest, GatewayError, TargetNotNamed
+from service.errors import ApiKeyRequired, BadRequest, TargetNotNamed
 from service.shadow.labels import bounded_label
 from service.shadow.targets import TargetSource
-
-
-class ApiKeyRequired(GatewayError):
-    """`DELETE /targets/{label}` on a gateway without an API key: un-naming lowers protection, never anonymously."""
-
-    status_code = 403
-    code = "api_key_required"
 
 
 def targets_state(gateway: Gateway) -> TargetsResponse:
@@ -90,11 +83,9 @@ class _OneTargetRoute(APIRoute):
 _ONE_TARGET_METHODS = frozenset({"PUT", "DELETE"})
 
 
-_CHANGE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "The label is 'other' (the bucket of labels past the cap)."},
-    401: ERROR_RESPONSES[401],
-}
+_CHANGE_RESPONSES: dict[int | str, dict[str, Any]] = {401: ERROR_RESPONSES[401]}
 _PUT_RESPONSES: dict[int | str, dict[str, Any]] = _CHANGE_RESPONSES | {
+    400: {"model": ErrorResponse, "description": "The label is 'other' (the bucket of labels past the cap)."},
     409: {
         "model": ErrorResponse,
         "description": (
