@@ -12,21 +12,98 @@ from PIL import Image
 _MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
 
 
+class UnreadablePixels(ValueError):
+    """An image whose pixel values cannot be read as intensities (e.g. a float image outside [0, 1])."""
+
+
+# Pillow's modes of more than 8 bits per sample (grayscale only: Pillow has no 16-bit colour mode).
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+_UINT16_MAX = 65535
+_TIFF_BITS_PER_SAMPLE = 258
+
+
+def _declared_bits(image: Image.Image) -> int | None:
+    """Bits per sample a TIFF declares (one value for a grayscale image), or None where not known."""
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(_TIFF_BITS_PER_SAMPLE) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return bits if isinstance(bits, int) else None
+
+
+def _high_depth_gray(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Gray in [0, 255] (float32, H×W) of a mode with more than 8 bits, and its alpha (tRNS) in [0, 1] or None.
+
+    `convert("L")` would clip these at 255 instead of scaling them, so each is scaled by its range:
+    - "I;16*": unsigned 16-bit, 65535 → 255;
+    - "I" (32-bit signed, how Pillow reads 16- and 32-bit integer TIFFs): by the declared bit depth
+      where it is at most 16, else read as 16-bit data (what such files hold in practice), and
+      refused where a value lies outside 0..65535 (no range to scale by);
+    - "F" (float TIFF): the float-image convention, [0, 1] → [0, 255]; refused outside [0, 1] or not finite.
+
+    Raises:
+        UnreadablePixels: values the mode's range cannot explain.
+    """
+    raw = np.asarray(image)
+    if image.mode == "F":
+        values = raw.astype(np.float64)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0):
+            raise UnreadablePixels(
+                "a floating-point image must hold values in [0, 1]; send an 8- or 16-bit PNG instead"
+            )
+        top = 1.0
+    else:
+        values = raw.astype(np.int64)
+        bits = _declared_bits(image) if image.mode == "I" else 16
+        top = float((1 << bits) - 1) if bits is not None and 1 <= bits <= 16 else float(_UINT16_MAX)
+        if values.size and (values.min() < 0 or values.max() > top):
+            raise UnreadablePixels(
+                f"{image.mode} pixels must lie in 0..{int(top)} to be read as {int(top).bit_length()}-bit "
+                "intensities; send an 8- or 16-bit PNG instead"
+            )
+    gray = (values * (255.0 / top)).astype(np.float32)
+    transparency = image.info.get("transparency")
+    alpha = (raw != transparency).astype(np.float32) if isinstance(transparency, int | float) else None
+    return gray, alpha
+
+
+def _colour_and_alpha(image: Image.Image, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image in `mode` (L or RGB) as float32 in [0, 255], and its alpha in [0, 1] where it has any."""
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        gray, alpha = _high_depth_gray(image)
+        return (gray if mode == "L" else np.repeat(gray[:, :, None], 3, axis=2)), alpha
+    if image.mode == "La":  # premultiplied: the L band is already composited onto black
+        gray = np.asarray(image.getchannel(0), dtype=np.float32)
+        return (gray if mode == "L" else np.repeat(gray[:, :, None], 3, axis=2)), None
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")  # Pillow reads tRNS and palette transparency into the alpha band
+        colour = np.asarray(rgba.convert(mode), dtype=np.float32)
+        return colour, np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+    return np.asarray(image.convert(mode), dtype=np.float32), None
+
+
 def pil_to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
     """A PIL image → float tensor (C, H, W) in [-1, 1]; converted to L (C = 1) or RGB (C = 3).
 
+    Images of more than 8 bits per sample (16-bit PNG and TIFF, integer and float TIFF) are scaled
+    by their range, not clipped (`_high_depth_gray`). Transparency (an alpha band, a palette's or a
+    tRNS transparent colour) is composited onto black, the models' background (Fashion-MNIST's, and
+    the zero of the canvas fill), on both the L and the RGB path: colour × alpha, so what the vendor
+    would not see does not become a colour the model must purify.
+
     Raises:
         ValueError: a channel count other than 1 or 3.
+        UnreadablePixels: pixel values the image's mode cannot explain (a ValueError).
     """
     mode = _MODE_FOR_CHANNELS.get(channels)
     if mode is None:
         raise ValueError(f"only 1- or 3-channel models are supported, got {channels}")
-    if image.mode in ("RGBA", "LA", "P") and mode == "RGB":
-        image = image.convert("RGBA")  # composite transparency on black, not on undefined colour
-    array = np.asarray(image.convert(mode), dtype=np.float32)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).div(127.5).sub(1.0)
+    colour, alpha = _colour_and_alpha(image, mode)
+    if alpha is not None:
+        colour = colour * (alpha[:, :, None] if colour.ndim == 3 else alpha)
+    if colour.ndim == 2:
+        colour = colour[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(colour, dtype=np.float32)).permute(2, 0, 1).div(127.5).sub(1.0)
 
 
 def check_batch(x: torch.Tensor, channels: int | None = None) -> None:
