@@ -476,6 +476,30 @@ def demo_vendor_command(
     run_demo_vendor(model_dir, host=host, port=port, model_name=model_name)
 
 
+@app.command()
+def sample(
+    attack: Annotated[
+        str, typer.Option(help=f"none (a clean image) or the attack whose trigger to apply: {ZOO_NAMES}.")
+    ] = "none",
+    index: Annotated[int, typer.Option(min=0, help="Which Fashion-MNIST test image (0-9999).")] = 0,
+    out: Annotated[Path, typer.Option("-o", "--out", help="The PNG to write.")] = Path("sample.png"),
+    padded: Annotated[
+        bool, typer.Option(help="32x32 with the black border the evaluation triggers, instead of the 28x28 image.")
+    ] = False,
+) -> None:
+    """Write one Fashion-MNIST test image as a PNG, clean or triggered, to send to the demo vendor or the gateway."""
+    from service.demo.sample_images import write_sample
+
+    try:
+        lines = write_sample(attack, index, out, padded=padded)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo("\n".join(lines))
+
+
 def main() -> None:
     """Entry point for `python -m service.cli`."""
     app()
