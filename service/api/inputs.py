@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -110,10 +111,68 @@ def _json_images(body: bytes, max_images: int, max_image_bytes: int) -> list[byt
     check_image_count(len(parsed.images), max_images)
     images = []
     for i, text in enumerate(parsed.images):
-        if math.ceil(len(text) / 4) * 3 > max_image_bytes + 2:  # decoded size ≈ 3/4 of the text, checked first
-            raise PayloadTooLarge(f"images[{i}] decodes to more than {max_image_bytes} bytes (max_image_bytes)")
-        images.append(decode_base64_image(text, f"images[{i}]"))
+        where = f"images[{i}]"
+        plain = standard_base64(text, where)
+        if math.ceil(len(plain) / 4) * 3 > max_image_bytes + 2:  # decoded size ≈ 3/4 of the text, checked first
+            raise PayloadTooLarge(f"{where} decodes to more than {max_image_bytes} bytes (max_image_bytes)")
+        images.append(decode_base64_image(plain, where))  # its exact size is checked again on the bytes
     return images
+
+
+# The forms clients send base64 in besides the plain standard alphabet: a browser's data URL of an image
+# (FileReader.readAsDataURL, canvas.toDataURL), text broken into lines (`base64` and Python's
+# encodebytes wrap at 76), and the URL-safe alphabet (RFC 4648 §5), often unpadded.
+_DATA_URL = re.compile(r"data:(?P<type>[^,;]*)(?P<params>(?:;[^,;]*)*?);base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(r"[ \t\r\n\f\v]+")
+_STANDARD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_URL_SAFE = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/_=-]")
+_URL_SAFE_TO_STANDARD = str.maketrans("-_", "+/")
+_DATA_URL_HEAD_MAX = 256  # a data URL's "data:<type>;<params>;base64," is looked for this far only
+_ACCEPTED_FORMS = (
+    "send standard base64 (A-Z a-z 0-9 + /, '=' padding) or URL-safe base64 (- _ instead of + /), "
+    "optionally wrapped in lines or after a data:image/...;base64, prefix"
+)
+
+
+def standard_base64(text: str, where: str) -> str:
+    """A client's base64 image text in the one form `decode_base64_image` reads: the standard alphabet, padded.
+
+    Accepted besides it: a `data:image/<type>;base64,` prefix, ASCII whitespace anywhere (line-wrapped
+    base64), the URL-safe alphabet, and missing '=' padding. Nothing is guessed beyond that: a character
+    outside both alphabets, both alphabets mixed, or a length no base64 has is refused, naming the cause.
+
+    Raises:
+        BadRequest: a data URL of another media type, or text that is not base64 in any accepted form (400).
+    """
+    text = text.lstrip()
+    if match := _DATA_URL.match(text[:_DATA_URL_HEAD_MAX]):
+        media = match["type"].strip().lower()
+        if not media.startswith("image/"):
+            raise BadRequest(f"{where} is a data URL of {media or 'no media type'!r}; send an image (data:image/...)")
+        text = text[match.end() :]
+    elif text[:5].lower() == "data:":
+        raise BadRequest(f"{where} starts like a data URL but not data:image/<type>;base64,; {_ACCEPTED_FORMS}")
+    plain = _WHITESPACE.sub("", text)
+    if not _STANDARD.fullmatch(plain):
+        if not _URL_SAFE.fullmatch(plain):
+            bad = _NOT_BASE64.search(plain)
+            body = plain.rstrip("=")
+            if bad is not None:
+                cause = f"{bad.group()!r} at position {bad.start()} is not a base64 character"
+            elif "=" in body:
+                cause = f"'=' at position {body.index('=')} (padding goes only at the end)"
+            elif len(plain) - len(body) > 2:
+                cause = "more than two '=' of padding"
+            else:
+                cause = "it mixes the standard (+ /) and URL-safe (- _) alphabets"
+            raise BadRequest(f"{where} is not valid base64: {cause}; {_ACCEPTED_FORMS}")
+        plain = plain.translate(_URL_SAFE_TO_STANDARD)
+    if len(plain) % 4 == 1:
+        raise BadRequest(f"{where} is not valid base64: {len(plain)} characters is no base64 length (cut short?)")
+    if "=" not in plain and len(plain) % 4:
+        plain += "=" * (-len(plain) % 4)  # unpadded (common with URL-safe base64)
+    return plain
 
 
 def check_image_count(count: int, max_images: int) -> None:
