@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import torch
 from fastapi import Depends, FastAPI
 
@@ -113,6 +114,8 @@ async def _lifespan(
         settings.upstream_connect_timeout_s, settings.upstream_timeout_s, settings.upstream_max_connections
     )
     pool = None if pool_setup is None else WorkerPool(*pool_setup, metrics)
+    # The peers' own client: a peer that hangs never takes a connection the vendor calls need.
+    peer_client = _peer_client(settings) if settings.target_peers else None
     starting: asyncio.Task[None] | None = None
     gateway: Gateway | None = None
     try:
@@ -123,6 +126,7 @@ async def _lifespan(
             pool,
             _upstream(settings, client, settings.upstream_protocol),
             {protocol: _upstream(settings, client, protocol) for protocol in UpstreamProtocol},
+            peer_client=peer_client,
         )
         # The gauge's only writer: readiness as /readyz reports it (loading, draining, a dead worker),
         # read at scrape time, since `Lifecycle` may not touch metrics from a signal handler.
@@ -135,6 +139,8 @@ async def _lifespan(
     finally:
         await _stop(settings, lifecycle, gateway, starting, pool)
         await client.aclose()
+        if peer_client is not None:
+            await peer_client.aclose()
         logger.info("gateway stopped")
 
 
@@ -147,6 +153,8 @@ async def _stop(
 ) -> None:
     """The drain: shadow work first (best effort, never held for a drain), a pool still starting, then the pool."""
     lifecycle.begin_drain()
+    if gateway is not None and gateway.peers is not None:
+        await gateway.peers.close()  # best effort, like the shadow work
     if gateway is not None and gateway.shadow is not None:
         await gateway.shadow.close()
     if starting is not None and not starting.done():
@@ -200,6 +208,16 @@ def _pool_config(settings: Settings) -> PoolConfig:
         default_steps=settings.steps,
         adaptive_steps_min=settings.adaptive_steps_min,
         adaptive_target_wait_ms=settings.adaptive_target_wait_ms,
+    )
+
+
+def _peer_client(settings: Settings) -> httpx.AsyncClient:
+    """The client that relays named targets: each call is bounded by target_peer_timeout_s (the relay bounds
+    the whole call too), connections by target_peer_max_inflight."""
+    return make_http_client(
+        min(settings.upstream_connect_timeout_s, settings.target_peer_timeout_s),
+        settings.target_peer_timeout_s,
+        settings.target_peer_max_inflight,
     )
 
 

@@ -13,11 +13,13 @@ import secrets
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
+import httpx
 import torch
 
 from service.api.decode import ImageLimits, open_images
 from service.api.guard import guarded, time_left
 from service.api.lifecycle import Lifecycle
+from service.api.logging import REQUEST_ID
 from service.api.probes import PROBE_CACHE_TTL_S, PROBE_TIMEOUT_S, VendorProbes
 from service.api.request_policy import RequestPolicy
 from service.api.schemas import Readiness
@@ -51,7 +53,9 @@ from service.purify.strength import StrengthChoice
 from service.shadow.history import ShadowHistory
 from service.shadow.labels import LabelExtractor
 from service.shadow.monitor import build_shadow_monitor
-from service.shadow.targets import TargetBoard
+from service.shadow.peer_urls import parse_peer
+from service.shadow.peers import RelayMetrics, TargetRelay
+from service.shadow.targets import NamedTarget, TargetBoard
 from service.upstream import RelayedResponse, Upstream, UpstreamProtocol, UpstreamResult
 from service.upstream.catalog import ModelCatalog, ModelRef
 from service.workers import WorkerPool
@@ -61,6 +65,20 @@ T = TypeVar("T")
 # thread, which under GIL contention costs up to the 5 ms switch interval. Larger ones go to a thread.
 INLINE_DECODE_MAX_PIXELS = 256 * 256
 RAW_REQUEST_SUFFIX = "-raw"  # the vendor's logs tell the closed loop's raw call from the purified one
+
+
+def _target_relay(settings: Settings, client: httpx.AsyncClient | None, metrics: RelayMetrics) -> TargetRelay | None:
+    """The relay of named targets to `target_peers`; None without peers or without a client."""
+    if not settings.target_peers or client is None:
+        return None
+    return TargetRelay(
+        client,
+        tuple(parse_peer(peer) for peer in settings.target_peers),
+        metrics,
+        api_key=None if settings.api_key is None else settings.api_key.get_secret_value(),
+        timeout_s=settings.target_peer_timeout_s,
+        max_inflight=settings.target_peer_max_inflight,
+    )
 
 
 def purification_disabled() -> NotReady:
@@ -78,6 +96,7 @@ class Gateway:
         pool: the worker pool (None when purification is off).
         upstream: the adapter `POST /predict` sends to (the configured protocol).
         sidecars: one adapter per protocol for the sidecar routes (same vendor and client).
+        peer_client: the client that relays named targets to `target_peers` (None: no relay).
     """
 
     def __init__(
@@ -88,6 +107,7 @@ class Gateway:
         pool: WorkerPool | None,
         upstream: Upstream,
         sidecars: Mapping[UpstreamProtocol, Upstream],
+        peer_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -103,14 +123,25 @@ class Gateway:
         self.zip_config = settings.zip_config  # built (and validated) once, not per request
         self.policy = RequestPolicy(settings, self.zip_config, purifying=pool is not None)  # what a request runs
         history = ShadowHistory()
+        self.relay_metrics = RelayMetrics(metrics.registry)  # received relays are counted on every gateway
+        self.peers = _target_relay(settings, peer_client, self.relay_metrics)
         # The backdoor targets named so far; the closed-loop policies purify their answers.
         self.targets = TargetBoard(
-            metrics.registry, settings.suspected_targets, history, max_targets=settings.shadow_max_labels
+            metrics.registry,
+            settings.suspected_targets,
+            history,
+            max_targets=settings.shadow_max_labels,
+            on_named=None if self.peers is None else self._relay_name,
         )
         self.shadow = build_shadow_monitor(
             settings, upstream, metrics.shadow, pool, self.vote_label, history=history, on_counted=self.targets.judge
         )
         self._engine: EngineInfo | None = None
+
+    def _relay_name(self, target: NamedTarget) -> None:
+        """A new name goes to the peers with the id of the request that caused it (the alarm's: a comparison's)."""
+        if self.peers is not None:
+            self.peers.named(target, REQUEST_ID.get())
 
     @property
     def ready(self) -> bool:

@@ -10,6 +10,10 @@
 - `POST /targets/alerts` (`service.api.routes_alerts`): Alertmanager's webhook names what the Prometheus
   alert found over every replica.
 
+With `TARGET_PEERS`, a new name and an operator's DELETE are relayed to the other replicas as the same calls
+(`service.shadow.peers`); a call marked relayed (`X-Zipgate-Relayed-By`) is counted, named with source `peer`,
+and not relayed again.
+
 Behind the API key, like every route that changes what clients get (docs/design.md, "The closed loop").
 Without one, anyone may name a target (the cap on outside names bounds them, and naming only adds
 protection), but no one may un-name one: that lowers protection, so it is refused rather than anonymous.
@@ -19,15 +23,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
 from service.api.deps import ERROR_RESPONSES, GatewayDep
 from service.api.gateway import Gateway
+from service.api.logging import REQUEST_ID
 from service.api.schemas import ErrorResponse, NamedTargetInfo, TargetsResponse
 from service.errors import ApiKeyRequired, BadRequest, TargetNotNamed
 from service.shadow.labels import bounded_label
+from service.shadow.peers import RelayedBy, RelayMethod, relayed_by
 from service.shadow.targets import TargetSource
 
 
@@ -45,28 +51,55 @@ async def get_targets(gateway: GatewayDep) -> TargetsResponse:
     return targets_state(gateway)
 
 
-async def put_target(label: str, gateway: GatewayDep) -> TargetsResponse:
+def _relayed(request: Request, gateway: Gateway, method: RelayMethod) -> RelayedBy | None:
+    """The call's relay headers, counted when present (None: an operator's own call)."""
+    relayed = relayed_by(request.headers)
+    if relayed is not None:
+        gateway.relay_metrics.received.labels(method.value).inc()
+    return relayed
+
+
+def _from_self(gateway: Gateway, relayed: RelayedBy | None) -> bool:
+    """A relayed call this process sent itself (its own address was not skipped): it changes nothing."""
+    return relayed is not None and gateway.peers is not None and relayed.instance == gateway.peers.instance
+
+
+async def put_target(label: str, request: Request, gateway: GatewayDep) -> TargetsResponse:
     """Hold `label` (the vendor's raw label, as it answers it) as a backdoor target.
 
-    A label named already is a no-op; a new one while operators and Alertmanager have named `SHADOW_MAX_LABELS`
-    is 409 (`targets_full`).
+    A label named already is a no-op; a new one while operators, Alertmanager and peers have named
+    `SHADOW_MAX_LABELS` is 409 (`targets_full`). A new name is relayed to `TARGET_PEERS` unless this call was.
     """
+    relayed = _relayed(request, gateway, RelayMethod.PUT)
+    if _from_self(gateway, relayed):
+        return targets_state(gateway)
+    source, rule = (TargetSource.OPERATOR, None) if relayed is None else (TargetSource.PEER, relayed.source)
     try:
-        gateway.targets.name(bounded_label(label), TargetSource.OPERATOR)
+        gateway.targets.name(bounded_label(label), source, None if rule is None else rule.value)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return targets_state(gateway)
 
 
-async def delete_target(label: str, gateway: GatewayDep) -> TargetsResponse:
-    """Stop holding `label` as a backdoor target (only behind an API key: 403 `api_key_required` without one)."""
+async def delete_target(label: str, request: Request, gateway: GatewayDep) -> TargetsResponse:
+    """Stop holding `label` as a backdoor target (only behind an API key: 403 `api_key_required` without one).
+
+    Relayed to `TARGET_PEERS` (unless this call was), also when this replica did not hold it (404): others may.
+    """
     if gateway.settings.api_key is None:  # checked first: an anonymous caller learns nothing, not even 404
         raise ApiKeyRequired(
             "un-naming a target lowers protection, so it needs the API key: set API_KEY to un-name targets "
             "(or restart the gateway to clear every name but SUSPECTED_TARGETS)"
         )
-    if not gateway.targets.clear(bounded_label(label)):
-        raise TargetNotNamed(f"{bounded_label(label)!r} is not a named target")
+    relayed = _relayed(request, gateway, RelayMethod.DELETE)
+    if _from_self(gateway, relayed):
+        return targets_state(gateway)
+    bounded = bounded_label(label)
+    cleared = gateway.targets.clear(bounded)
+    if relayed is None and gateway.peers is not None:
+        gateway.peers.cleared(bounded, REQUEST_ID.get())
+    if not cleared:
+        raise TargetNotNamed(f"{bounded!r} is not a named target")
     return targets_state(gateway)
 
 

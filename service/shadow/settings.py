@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from service.shadow.labels import OTHER_LABEL, LabelExtractor, bounded_label
+from service.shadow.peer_urls import parse_peer
 from service.shadow.policy import DefensePolicy
 
 
@@ -76,6 +77,16 @@ class ShadowFields(BaseModel):
         description="Raw labels held as backdoor targets from the start (comma list), e.g. the label the "
         "Prometheus alert named; the gateway's own alarm and PUT /targets/{label} add more.",
     )
+    target_peers: Annotated[tuple[str, ...], NoDecode] = Field(  # the env form is 'a,b', not JSON
+        (),
+        description="The other replicas to relay named targets to (comma list of base URLs, "
+        "'http://host:port'; 'dns+http://name:port' is every A/AAAA record of name, resolved at each relay, "
+        "this pod's own addresses skipped: a headless Service). Empty: no relay.",
+    )
+    target_peer_timeout_s: float = Field(
+        2.0, gt=0, description="Bound on one relay call to a peer, connecting and its answer together."
+    )
+    target_peer_max_inflight: int = Field(8, ge=1, description="Relay calls to peers at once; more wait their turn.")
 
     @field_validator("vote_label")
     @classmethod
@@ -90,6 +101,20 @@ class ShadowFields(BaseModel):
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
+
+    @field_validator("target_peers", mode="before")
+    @classmethod
+    def _split_peers(cls, value: Any) -> Any:
+        if isinstance(value, str):  # as suspected_targets: "a,b" in the env, a list in a file
+            return tuple(peer.strip() for peer in value.split(",") if peer.strip())
+        return value
+
+    @field_validator("target_peers")
+    @classmethod
+    def _check_peers(cls, peers: tuple[str, ...]) -> tuple[str, ...]:
+        for peer in peers:
+            parse_peer(peer)  # raises ValueError naming what is wrong with it
+        return peers
 
     @field_validator("suspected_targets")
     @classmethod

@@ -1,7 +1,7 @@
-"""The backdoor targets this gateway holds as named: by a setting, its own alarm, an operator or Alertmanager.
+"""The backdoor targets this gateway holds as named: by a setting, its own alarm, an operator, Alertmanager or a peer.
 
 The closed-loop policies (`service.shadow.policy`) purify the answers of images whose raw label is
-a named target. A target is named four ways:
+a named target. A target is named five ways:
 
 - `SETTING`: `SUSPECTED_TARGETS` at start-up (what an operator paged by the Prometheus alert rolls
   out to every replica);
@@ -10,6 +10,8 @@ a named target. A target is named four ways:
 - `OPERATOR`: `PUT /targets/{label}` on one replica;
 - `ALERTMANAGER`: the Prometheus alert over every replica's counters, delivered by Alertmanager's
   webhook to `POST /targets/alerts` (`service.api.routes_alerts`).
+- `PEER`: another replica relayed a name it took from one of the three above (`TARGET_PEERS`,
+  `service.shadow.peers`); `rule` says which. A relayed name is an outside name like an operator's.
 
 A name holds until an operator clears it (`DELETE /targets/{label}`) or the gateway restarts:
 an alarm that cleared itself when the attacker paused would hand the attacker back the raw
@@ -17,7 +19,7 @@ answers. Labels are as the shadow counters name them (bounded, capped), never "o
 
 The cap, `max_targets` (`SHADOW_MAX_LABELS`, the counters' cap on distinct labels: the names are
 vendor labels, so the same number bounds them), applies to the sources outside the gateway
-(`OUTSIDE_SOURCES`: an operator and Alertmanager together, over HTTP): a new label from them while
+(`OUTSIDE_SOURCES`: an operator, Alertmanager and peers together, over HTTP): a new label from them while
 they hold `max_targets` names raises `TargetsFull`; a label named already is still a no-op, and
 `DELETE /targets/{label}` of one of theirs frees a slot. The setting and the alarm are never
 refused, so names sent from outside (without an API key, by anyone) cannot crowd out the alarm's
@@ -58,16 +60,18 @@ class TargetSource(enum.StrEnum):
     ALARM = "alarm"
     OPERATOR = "operator"
     ALERTMANAGER = "alertmanager"
+    PEER = "peer"  # relayed by another replica (the request said so: it is a PUT like any other)
 
 
 # The sources that reach the board over HTTP, and so are capped together; the setting and the alarm are bounded
 # before they reach it.
-OUTSIDE_SOURCES = frozenset({TargetSource.OPERATOR, TargetSource.ALERTMANAGER})
+OUTSIDE_SOURCES = frozenset({TargetSource.OPERATOR, TargetSource.ALERTMANAGER, TargetSource.PEER})
 
 
 @dataclass(frozen=True)
 class NamedTarget:
-    """One named target: the raw label, who named it, when (Unix seconds), and the rule when an alarm or alert did."""
+    """One named target: the raw label, who named it, when (Unix seconds), and the rule when an alarm or alert did
+    (for a peer's name: the source that named it on that peer)."""
 
     label: str
     source: TargetSource
@@ -86,6 +90,8 @@ class TargetBoard:
             distinct labels `initial` may hold.
         wall_clock: Unix seconds, for `since` (tests pass their own).
         clock: monotonic seconds, for the judging interval.
+        on_named: called with each new name (not with one held already), outside the lock; what it raises is
+            logged, never the naming's failure (the peer relay, `service.shadow.peers`).
     """
 
     def __init__(
@@ -97,6 +103,7 @@ class TargetBoard:
         max_targets: int = DEFAULT_MAX_TARGETS,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        on_named: Callable[[NamedTarget], object] | None = None,
     ) -> None:
         if max_targets < 1:
             raise ValueError("max_targets must be at least 1")
@@ -113,6 +120,7 @@ class TargetBoard:
         self._history = history
         self._wall_clock = wall_clock
         self._clock = clock
+        self._on_named = on_named
         self._lock = threading.Lock()
         self._named: dict[str, NamedTarget] = {}
         self._judged_at: float | None = None
@@ -146,6 +154,11 @@ class TargetBoard:
             self._named[label] = target
         self._gauge.labels(label, source.value).set(1)
         logger.warning("backdoor target named: raw label %r by %s%s", label, source.value, f" ({rule})" if rule else "")
+        if self._on_named is not None:
+            try:
+                self._on_named(target)
+            except Exception:  # the name holds whatever its listener does
+                logger.exception("the listener of a new backdoor target failed")
         return target
 
     def _outside_count(self) -> int:

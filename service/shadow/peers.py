@@ -1,0 +1,264 @@
+"""Relay of named targets to the other replicas (`TARGET_PEERS`), so that a name taken on one holds on all.
+
+Behind a Service with N replicas, an operator's `PUT /targets/{label}` or an Alertmanager
+notification reaches one pod, and each pod's alarm sees 1/N of the traffic. So each change this
+gateway makes to its board is sent on to every peer as the same HTTP call an operator would make:
+
+- a new name by the alarm, an operator or Alertmanager → `PUT /targets/{label}` (a name from the
+  setting is on every replica already; one from a peer is not relayed again);
+- an operator's `DELETE /targets/{label}` (whether or not this replica held the label: the others may)
+  → `DELETE /targets/{label}`.
+
+Each call carries the gateway's own API key (peers behind the same key accept it) and
+`X-Zipgate-Relayed-By: <this process's id>`, which tells the peer not to relay it again (no loops,
+no storms: one change makes at most one call per peer), and `X-Zipgate-Relayed-Source` (who named
+it here). The peer names it with source `peer` and that source as its `rule`: a relayed PUT is a
+PUT like any other, under the peer's own cap (409 `targets_full`) and rules; a relayed DELETE needs
+the key like any DELETE (a gateway without API_KEY refuses every DELETE, so it relays none).
+
+Best effort, never in the way of the request that caused it: each change is a background task (at
+most `MAX_PENDING_CHANGES`; more are dropped), the calls run at most `max_inflight` at once, each
+bounded by `timeout_s` as a whole, and only the status of an answer is read. Every call's outcome
+is counted in `zipgate_target_relay_total{outcome}`, and failures are logged with the request id of
+the change. Names are not re-sent: a replica that restarts later holds only `SUSPECTED_TARGETS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+
+from service.shadow.peer_urls import PeerSpec, Resolver, own_addresses, peer_urls, resolve_addresses
+from service.shadow.targets import NamedTarget, TargetSource
+
+logger = logging.getLogger(__name__)
+
+RELAYED_BY_HEADER = "X-Zipgate-Relayed-By"  # the relaying process's id: the call is not relayed again
+RELAYED_SOURCE_HEADER = "X-Zipgate-Relayed-Source"  # who named the label on the relaying gateway
+API_KEY_HEADER = "X-API-Key"  # the gateway's own header (service.api.security)
+# New names from these are relayed: the setting's are on every replica already, a peer's came relayed.
+RELAYED_SOURCES = frozenset({TargetSource.ALARM, TargetSource.OPERATOR, TargetSource.ALERTMANAGER})
+MAX_PENDING_CHANGES = 256  # changes being relayed at once; more are dropped (counted)
+MAX_INSTANCE_CHARS = 64  # a received relayed-by id longer than this is cut before it is compared or logged
+
+
+class RelayMethod(enum.StrEnum):
+    """The change: a name (PUT) or an un-naming (DELETE)."""
+
+    PUT = "PUT"
+    DELETE = "DELETE"
+
+
+class RelayOutcome(enum.StrEnum):
+    """How one relay call (or, for `unresolved` and `dropped`, one change) ended."""
+
+    OK = "ok"  # 2xx: the peer holds the name (or no longer does)
+    NOT_NAMED = "not_named"  # 404 to a DELETE: the peer did not hold it
+    TARGETS_FULL = "targets_full"  # 409 to a PUT: the peer's outside names are at their cap
+    REJECTED = "rejected"  # any other status (401 wrong key, 403 a peer without API_KEY, 5xx, ...)
+    TIMEOUT = "timeout"  # no answer within timeout_s
+    UNREACHABLE = "unreachable"  # refused, reset, not HTTP
+    UNRESOLVED = "unresolved"  # a dns+http entry did not resolve (per entry and change)
+    DROPPED = "dropped"  # MAX_PENDING_CHANGES were pending, or the gateway was stopping (per change)
+
+
+class RelayMetrics:
+    """The relay's counters, out and in (exported whether or not this gateway relays: it may receive)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sent = Counter(
+            "zipgate_target_relay",
+            "Named-target changes relayed to peers (TARGET_PEERS), by outcome: one per call, or per change "
+            "for unresolved and dropped.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.received = Counter(
+            "zipgate_target_relay_received",
+            "Relayed PUT and DELETE /targets/{label} calls received from peers (not relayed again).",
+            ["method"],
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True)
+class RelayedBy:
+    """What a relayed call says about itself: the relaying process and who named the label there."""
+
+    instance: str
+    source: TargetSource | None  # None on a DELETE, or a source this gateway does not relay
+
+
+def relayed_by(headers: Mapping[str, str]) -> RelayedBy | None:
+    """The relay headers of a request (None: not relayed). The values are the caller's word, bounded."""
+    instance = headers.get(RELAYED_BY_HEADER)
+    if instance is None:
+        return None
+    source_text = headers.get(RELAYED_SOURCE_HEADER, "")
+    source = next((s for s in RELAYED_SOURCES if s.value == source_text), None)
+    return RelayedBy(instance[:MAX_INSTANCE_CHARS], source)
+
+
+@dataclass(frozen=True)
+class TargetChange:
+    """One change to relay."""
+
+    method: RelayMethod
+    label: str
+    source: TargetSource | None  # who named it here (PUT)
+    request_id: str
+
+
+class TargetRelay:
+    """Relays this gateway's changes to its named targets to its peers, in the background.
+
+    Args:
+        client: the HTTP client for the calls (the caller opens and closes it).
+        peers: the parsed `TARGET_PEERS`.
+        metrics: where outcomes are counted.
+        api_key: the gateway's own key, sent on every call; None: sent without (a peer without a key takes
+            PUTs; every gateway refuses a DELETE without one).
+        timeout_s: the bound on one call (and on one DNS resolution).
+        max_inflight: calls at once.
+        resolver: host, port → addresses (default: the system's, A and AAAA).
+        own: this process's addresses, skipped in DNS answers (default: its host name's).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        peers: tuple[PeerSpec, ...],
+        metrics: RelayMetrics,
+        *,
+        api_key: str | None,
+        timeout_s: float,
+        max_inflight: int,
+        resolver: Resolver = resolve_addresses,
+        own: frozenset[str] | None = None,
+    ) -> None:
+        self.instance = secrets.token_hex(8)  # a received call with this id came from this process: ignored
+        self._client = client
+        self._peers = peers
+        self._metrics = metrics
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._resolver = resolver
+        self._own = own
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def named(self, target: NamedTarget, request_id: str | None) -> None:
+        """Relay a new name (the board's `on_named`); names from the setting or a peer are not relayed."""
+        if target.source in RELAYED_SOURCES:
+            self._submit(TargetChange(RelayMethod.PUT, target.label, target.source, _request_id(request_id)))
+
+    def cleared(self, label: str, request_id: str | None) -> None:
+        """Relay an operator's DELETE of `label`."""
+        self._submit(TargetChange(RelayMethod.DELETE, label, None, _request_id(request_id)))
+
+    def _submit(self, change: TargetChange) -> None:
+        """Start relaying `change` in the background, or drop it (counted) when too many are pending."""
+        reason = "stopping" if self._closed else "busy" if len(self._tasks) >= MAX_PENDING_CHANGES else None
+        if reason is None:
+            try:
+                task = asyncio.get_running_loop().create_task(self._relay(change), name=f"relay-{change.request_id}")
+            except RuntimeError:  # not on the event loop (the board is only changed there today)
+                reason = "off the event loop"
+            else:
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+        self._metrics.sent.labels(RelayOutcome.DROPPED.value).inc()
+        logger.warning(
+            "%s of target %r not relayed to peers (%s)",
+            change.method.value,
+            change.label,
+            reason,
+            extra={"request_id": change.request_id},
+        )
+
+    async def _relay(self, change: TargetChange) -> None:
+        if self._own is None and any(spec.dns for spec in self._peers):  # only DNS answers may hold this pod
+            self._own = await own_addresses()
+        own = self._own or frozenset()
+        urls, unresolved = await peer_urls(self._peers, self._resolver, own, self._timeout_s)
+        for spec in unresolved:
+            self._metrics.sent.labels(RelayOutcome.UNRESOLVED.value).inc()
+            logger.warning(
+                "target peers %r did not resolve; %s of target %r not relayed to them",
+                spec.host,
+                change.method.value,
+                change.label,
+                extra={"request_id": change.request_id},
+            )
+        await asyncio.gather(*(self._call(url, change) for url in urls))
+
+    async def _call(self, base_url: str, change: TargetChange) -> None:
+        async with self._slots:  # the timeout starts once a slot is free: it bounds the call, not the wait
+            outcome = await self._send(base_url, change)
+        self._metrics.sent.labels(outcome.value).inc()
+        log = logger.info if outcome in (RelayOutcome.OK, RelayOutcome.NOT_NAMED) else logger.warning
+        log(
+            "%s of target %r relayed to %s: %s",
+            change.method.value,
+            change.label,
+            base_url,
+            outcome.value,
+            extra={"request_id": change.request_id},
+        )
+
+    async def _send(self, base_url: str, change: TargetChange) -> RelayOutcome:
+        """One call; only the answer's status is read (whatever a peer sends, its body is never read)."""
+        headers = {RELAYED_BY_HEADER: self.instance, "X-Request-ID": change.request_id}
+        if change.source is not None:
+            headers[RELAYED_SOURCE_HEADER] = change.source.value
+        if self._api_key is not None:
+            headers[API_KEY_HEADER] = self._api_key
+        url = f"{base_url}/targets/{quote(change.label, safe='')}"
+        try:
+            async with asyncio.timeout(self._timeout_s):  # as a whole: a peer that answers byte by byte too
+                async with self._client.stream(change.method.value, url, headers=headers) as response:
+                    status = response.status_code
+        except (TimeoutError, httpx.TimeoutException):
+            return RelayOutcome.TIMEOUT
+        except (httpx.HTTPError, OSError):
+            return RelayOutcome.UNREACHABLE
+        return _outcome(change.method, status)
+
+    async def wait_idle(self) -> None:
+        """Wait until every change pending has been relayed (tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop relaying: changes still pending are cancelled (best effort, never held for a drain)."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _outcome(method: RelayMethod, status: int) -> RelayOutcome:
+    if 200 <= status < 300:
+        return RelayOutcome.OK
+    if method is RelayMethod.DELETE and status == 404:
+        return RelayOutcome.NOT_NAMED
+    if method is RelayMethod.PUT and status == 409:
+        return RelayOutcome.TARGETS_FULL
+    return RelayOutcome.REJECTED
+
+
+def _request_id(request_id: str | None) -> str:
+    """The id the change's logs and calls carry: the request's that caused it (a fresh one outside a request)."""
+    return request_id or uuid.uuid4().hex
