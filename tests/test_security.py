@@ -9,6 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from service.api.security import headers_for_vendor
+from service.shadow.peers import RELAYED_BY_HEADER, RELAYED_SOURCE_HEADER
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import gateway_settings, png_bytes, running_gateway
 from tests.raw_http import raw_post, tfserving_body
@@ -46,6 +47,11 @@ def test_proxy_authorization_holding_the_gateway_key_is_stripped() -> None:
     assert "Proxy-Authorization" not in headers_for_vendor({"Proxy-Authorization": "Basic gateway-key-123"}, key)
     kept = headers_for_vendor({"Proxy-Authorization": "Basic other"}, key)
     assert kept == {"Proxy-Authorization": "Basic other"}  # not the gateway's (the adapter drops it as hop-by-hop)
+
+
+def test_headers_between_replicas_are_not_forwarded_to_the_vendor() -> None:
+    relay = {RELAYED_BY_HEADER: "instance-1", RELAYED_SOURCE_HEADER.upper(): "alarm", "X-Custom": "1"}
+    assert headers_for_vendor(relay, None) == {"X-Custom": "1"}
 
 
 def test_a_tab_separated_bearer_key_is_not_forwarded_over_http() -> None:

@@ -23,7 +23,13 @@ class PredictJsonRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"images": [EXAMPLE_PNG_B64]}]})
 
-    images: list[str] = Field(min_length=1, description="Base64 (standard alphabet) of each encoded image.")
+    images: list[str] = Field(
+        min_length=1,
+        description=(
+            "Base64 of each encoded image: standard or URL-safe alphabet, padded or not, line breaks allowed, "
+            "optionally as a data:image/...;base64, URL."
+        ),
+    )
 
 
 class RelayedBody(RootModel[Any]):
@@ -238,11 +244,16 @@ class NamedTargetInfo(BaseModel):
 
     label: str = Field(description="The raw label, as the shadow metrics name it (bounded, capped).")
     source: TargetSource = Field(
-        description="Who named it: setting (SUSPECTED_TARGETS), alarm, operator, alertmanager (POST /targets/alerts)."
+        description=(
+            "Who named it: setting (SUSPECTED_TARGETS), alarm, operator, alertmanager (POST /targets/alerts), "
+            "peer (relayed by another replica, TARGET_PEERS)."
+        )
     )
     since: float = Field(description="When it was named, Unix seconds.")
     rule: str | None = Field(
-        None, description="source=alarm: the rule that named it; source=alertmanager: the alert's alertname."
+        None,
+        description="source=alarm: the rule that named it; source=alertmanager: the alert's alertname; "
+        "source=peer: who named it on the replica that relayed it.",
     )
 
 

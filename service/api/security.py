@@ -10,12 +10,16 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import SecretStr
 
 from service.errors import Unauthorized
+from service.shadow.peers import RELAYED_BY_HEADER, RELAYED_SOURCE_HEADER
 
 API_KEY_HEADER = "X-API-Key"
 # Headers the gateway itself reads; not forwarded to the vendor in sidecar mode.
-# The strength header is the sidecar's ?strength= (a vendor-format request has no query of ours).
+# The strength header is the sidecar's ?strength= (a vendor-format request has no query of ours);
+# the relay headers pass between replicas (TARGET_PEERS) and mean nothing to a vendor.
 STRENGTH_HEADER = "X-Zipgate-Strength"
-GATEWAY_ONLY_HEADERS = frozenset({"x-request-timeout", STRENGTH_HEADER.lower()})
+GATEWAY_ONLY_HEADERS = frozenset(
+    {"x-request-timeout", STRENGTH_HEADER.lower(), RELAYED_BY_HEADER.lower(), RELAYED_SOURCE_HEADER.lower()}
+)
 # Credential headers that may carry the gateway's key in some spelling (the adapter drops
 # Proxy-Authorization as hop-by-hop too; here it goes whatever the adapter does).
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization"})

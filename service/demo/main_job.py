@@ -261,6 +261,7 @@ def _print_alarm(reading: AlarmReading, burst: int, out: TextIO) -> None:
 
 def _print_usage(vendor_url: str, gateway_url: str, out: TextIO) -> None:
     print(f"\nvendor:  {vendor_url}   gateway: {gateway_url}  (docs: {gateway_url}/docs)", file=out)
+    print("image:   .venv/bin/zipgate sample --attack badnets -o some.png   (a triggered test image)", file=out)
     print(f"try:     curl -F image=@some.png {gateway_url}/predict", file=out)
     print("Ctrl+C stops both.", file=out, flush=True)
 
