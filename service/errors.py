@@ -7,7 +7,7 @@
     ├── ModelNotFound (404, model_not_found)     a model this server does not expose or serve
     ├── TargetNotNamed (404, target_not_named)   clearing a backdoor target that is not named
     ├── RequestTimeout (408, request_timeout)    the body did not arrive within body_read_timeout_s
-    ├── TargetsFull (409, targets_full)          an operator or Alertmanager naming one past their cap
+    ├── TargetsFull (409, targets_full)          an operator, Alertmanager or a peer past its cap
     ├── PayloadTooLarge (413, payload_too_large) bytes, pixels or images over a limit
     ├── UnsupportedMediaType (415, unsupported_media_type)
     ├── InvalidShape (422, invalid_request)      JSON of the wrong shape
@@ -110,8 +110,9 @@ class TargetNotNamed(GatewayError):
 
 
 class TargetsFull(GatewayError):
-    """A new label named from outside (`PUT /targets/{label}`, Alertmanager) while operators and Alertmanager
-    hold `SHADOW_MAX_LABELS` names; the setting's and the alarm's names do not count (never crowded out)."""
+    """A new label named from outside while its bucket holds `SHADOW_MAX_LABELS` names: operators and Alertmanager
+    together (`PUT /targets/{label}`, the webhook), or peers (a relayed PUT); the setting's and the alarm's names
+    do not count (never crowded out)."""
 
     status_code = 409
     code = "targets_full"

@@ -98,6 +98,7 @@ def serve_uvicorn(
     startup_timeout_s: float = 10.0,
     shutdown_timeout_s: float = 5.0,
     name: str = "uvicorn",
+    sock: socket.socket | None = None,
 ) -> Iterator[str]:
     """Run a configured uvicorn server (any subclass) on a free loopback port in a background thread.
 
@@ -109,6 +110,8 @@ def serve_uvicorn(
         shutdown_timeout_s: how long to wait for the thread to end after `should_exit` is set on
             leaving the block (the caller may have stopped it already, e.g. with `handle_exit`).
         name: the server's name in the thread name and in errors.
+        sock: a socket bound already (`bound_socket`), e.g. so that servers can be told each other's URLs before
+            any starts; None: a new one. Closed on leaving the block either way.
 
     Yields:
         The base URL, e.g. "http://127.0.0.1:43117" (no trailing slash).
@@ -117,7 +120,7 @@ def serve_uvicorn(
         RuntimeError: the server thread died during start-up, or had not stopped in time.
         TimeoutError: not ready before the deadline.
     """
-    sock = bound_socket()
+    sock = bound_socket() if sock is None else sock
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"{name}-server")
     thread.start()
     try:
@@ -135,7 +138,12 @@ def serve_uvicorn(
 
 @contextlib.contextmanager
 def serve_asgi(
-    app: Any, *, ready_path: str | None = None, startup_timeout_s: float = 10.0, shutdown_timeout_s: float = 5.0
+    app: Any,
+    *,
+    ready_path: str | None = None,
+    startup_timeout_s: float = 10.0,
+    shutdown_timeout_s: float = 5.0,
+    sock: socket.socket | None = None,
 ) -> Iterator[str]:
     """Run an ASGI app with uvicorn on a free loopback port in a background thread.
 
@@ -144,7 +152,7 @@ def serve_asgi(
 
     Args:
         app: the ASGI application (lifespan events are sent; an app without them is fine).
-        ready_path, startup_timeout_s, shutdown_timeout_s: as for `serve_uvicorn`.
+        ready_path, startup_timeout_s, shutdown_timeout_s, sock: as for `serve_uvicorn`.
 
     Yields:
         The base URL, e.g. "http://127.0.0.1:43117".
@@ -157,5 +165,6 @@ def serve_asgi(
         ready_path=ready_path,
         startup_timeout_s=startup_timeout_s,
         shutdown_timeout_s=shutdown_timeout_s,
+        sock=sock,
     ) as base_url:
         yield base_url

@@ -281,6 +281,45 @@ def wait_until(condition: Any, timeout_s: float = 10.0, what: str = "condition")
         time.sleep(0.01)
 
 
+TARGETS_TIMEOUT_S = 30.0  # the /targets routes answer at once; generous for a loaded 2-core machine
+
+
+def put_target(url: str, label: str, **headers: str) -> Any:
+    """`PUT /targets/{label}` (the label encoded as one path segment, dots too, as the relay sends it)."""
+    import httpx
+
+    from service.shadow.peers import label_path
+
+    return httpx.put(f"{url}/targets/{label_path(label)}", headers=headers, timeout=TARGETS_TIMEOUT_S)
+
+
+def delete_target(url: str, label: str, **headers: str) -> Any:
+    """`DELETE /targets/{label}` (encoded as `put_target` does)."""
+    import httpx
+
+    from service.shadow.peers import label_path
+
+    return httpx.delete(f"{url}/targets/{label_path(label)}", headers=headers, timeout=TARGETS_TIMEOUT_S)
+
+
+def alert_target(url: str, raw_label: str, alertname: str = "ZipgateSuspectedBackdoorTarget", **headers: str) -> Any:
+    """Alertmanager's webhook (`POST /targets/alerts`) with one firing alert naming `raw_label`."""
+    import httpx
+
+    alert = {"status": "firing", "labels": {"alertname": alertname, "raw_label": raw_label}}
+    body = {"version": "4", "alerts": [alert]}
+    return httpx.post(f"{url}/targets/alerts", json=body, headers=headers, timeout=TARGETS_TIMEOUT_S)
+
+
+def named_targets(url: str, **headers: str) -> dict[str, tuple[str, str | None]]:
+    """`GET /targets`: label → (source, rule)."""
+    import httpx
+
+    answer = httpx.get(f"{url}/targets", headers=headers, timeout=TARGETS_TIMEOUT_S)
+    assert answer.status_code == 200, answer.text
+    return {t["label"]: (t["source"], t["rule"]) for t in answer.json()["targets"]}
+
+
 HTTP_TIMEOUT_S = 60.0  # the first purification warms torch up: seconds on a loaded 2-core box
 
 

@@ -115,6 +115,23 @@ def test_operators_and_alertmanager_together_name_at_most_max_targets_and_a_clea
     assert named_series(registry) == {("3", "alertmanager"), ("4", "operator")}
 
 
+def test_peers_names_have_a_bucket_of_their_own_and_the_board_holds_at_most_four_times_max_targets() -> None:
+    board = TargetBoard(CollectorRegistry(), ["1"], max_targets=1)
+    board.name("2", TargetSource.OPERATOR)
+    board.name("3", TargetSource.PEER, "alarm")  # operators' slot is taken; peers' is not
+    with pytest.raises(TargetsFull, match=r"holds 1 named targets from peers,"):
+        board.name("4", TargetSource.PEER)
+    for source in (TargetSource.OPERATOR, TargetSource.ALERTMANAGER):
+        with pytest.raises(TargetsFull, match=r"holds 1 named targets from operators and Alertmanager,"):
+            board.name("4", source)
+    board.name("4", TargetSource.ALARM)  # never refused
+    assert len(board.named) == 4 * board.max_targets
+    assert board.clear("3")  # a peer's name frees a peer's slot, not an operator's
+    with pytest.raises(TargetsFull):
+        board.name("5", TargetSource.OPERATOR)
+    assert board.name("5", TargetSource.PEER).source is TargetSource.PEER
+
+
 def test_the_default_cap_is_the_shadow_counters_and_a_cap_below_one_is_refused() -> None:
     assert TargetBoard(CollectorRegistry()).max_targets == DEFAULT_MAX_TARGETS == 100  # SHADOW_MAX_LABELS' default
     with pytest.raises(ValueError, match="at least 1"):

@@ -6,9 +6,11 @@ replica together and carries the suspected label as `raw_label`. Alertmanager de
 (`{"version": "4", "status", "alerts": [{"status", "labels", "annotations", "startsAt", ...}], ...}`).
 Every alert in it whose own status is `firing` and that has a `raw_label` label names that label
 (`bounded_label`) with source `alertmanager` and rule = its `alertname` (bounded); `other` (the
-bucket of labels past the cap) and an empty label are skipped, not refused. A new label while the
-board is full (`SHADOW_MAX_LABELS` named) is skipped too, listed in the answer's `not_named` and in
-one WARNING per notification; the answer stays 200, so Alertmanager does not retry it forever.
+bucket of labels past the cap) and an empty label are skipped, not refused. A new label while
+operators and Alertmanager hold their most names (`SHADOW_MAX_LABELS`; the setting's, the alarm's and
+peers' names do not count, and clearing one of those frees no slot) is skipped too, listed in the
+answer's `not_named` and in one WARNING per notification; the answer stays 200, so Alertmanager does
+not retry it forever.
 
 Names latch: a resolved alert names nothing and clears nothing. A name holds until
 `DELETE /targets/{label}` or a restart, as for every source (`service.shadow.targets`); Alertmanager's
@@ -143,7 +145,8 @@ def name_alerted_targets(board: TargetBoard, alerts: list[WebhookAlert]) -> tupl
         logger.info("Alertmanager named a backdoor target", extra={"raw_label": label, "alertname": rule})
     if not_named:
         logger.warning(
-            "%d labels of Alertmanager's notification not named: the gateway holds its most named targets (%d)",
+            "%d labels of Alertmanager's notification not named: operators and Alertmanager hold their most "
+            "named targets (%d); DELETE /targets/{label} of one of theirs frees a slot",
             len(not_named),
             board.max_targets,
             extra={"not_named": not_named[:LOGGED_NOT_NAMED]},  # the answer lists them all

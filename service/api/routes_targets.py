@@ -2,8 +2,9 @@
 
 - `GET /targets`: the policy and the named targets (who named each, when, by which rule).
 - `PUT /targets/{label}`: hold a raw label as a target (an operator acting on the Prometheus alert,
-  on this replica; `SUSPECTED_TARGETS` names one on every replica at start-up); 409 (`targets_full`)
-  when it is new and operators and Alertmanager have named `SHADOW_MAX_LABELS` labels already (the
+  on this replica, and with `TARGET_PEERS` on the others; `SUSPECTED_TARGETS` names one on every replica
+  at start-up); 409 (`targets_full`) when it is new and operators and Alertmanager have named
+  `SHADOW_MAX_LABELS` labels already, or peers have, for a relayed one (each has a bucket of its own; the
   setting's and the alarm's names do not count: `service.shadow.targets`).
 - `DELETE /targets/{label}`: stop holding it (404 when it is not named); 403 (`api_key_required`) when
   the gateway has no API key.
@@ -67,8 +68,9 @@ def _from_self(gateway: Gateway, relayed: RelayedBy | None) -> bool:
 async def put_target(label: str, request: Request, gateway: GatewayDep) -> TargetsResponse:
     """Hold `label` (the vendor's raw label, as it answers it) as a backdoor target.
 
-    A label named already is a no-op; a new one while operators, Alertmanager and peers have named
-    `SHADOW_MAX_LABELS` is 409 (`targets_full`). A new name is relayed to `TARGET_PEERS` unless this call was.
+    A label named already is a no-op; a new one while its bucket holds `SHADOW_MAX_LABELS` names (operators and
+    Alertmanager together; peers, for a relayed call) is 409 (`targets_full`). A new name is relayed to
+    `TARGET_PEERS` unless this call was.
     """
     relayed = _relayed(request, gateway, RelayMethod.PUT)
     if _from_self(gateway, relayed):
@@ -122,8 +124,8 @@ _PUT_RESPONSES: dict[int | str, dict[str, Any]] = _CHANGE_RESPONSES | {
     409: {
         "model": ErrorResponse,
         "description": (
-            "The label is not named and operators and Alertmanager have named SHADOW_MAX_LABELS labels: "
-            "DELETE one of theirs first (targets_full)."
+            "The label is not named and operators and Alertmanager have named SHADOW_MAX_LABELS labels (peers, "
+            "for a relayed call: a bucket of their own): DELETE one of theirs first (targets_full)."
         ),
     },
 }

@@ -272,6 +272,7 @@ class AlertsResponse(TargetsResponse):
         "its first source and is not listed."
     )
     not_named: list[str] = Field(
-        description="The raw labels (bounded) this notification would have named but the gateway holds its most "
-        "named targets (SHADOW_MAX_LABELS): DELETE /targets/{label} frees a slot."
+        description="The raw labels (bounded) this notification would have named but operators and Alertmanager "
+        "hold their most named targets (SHADOW_MAX_LABELS; the setting's, the alarm's and peers' names do not "
+        "count): DELETE /targets/{label} of one of theirs frees a slot."
     )

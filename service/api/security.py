@@ -10,9 +10,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import SecretStr
 
 from service.errors import Unauthorized
-from service.shadow.peers import RELAYED_BY_HEADER, RELAYED_SOURCE_HEADER
+from service.shadow.relay_headers import API_KEY_HEADER, RELAYED_BY_HEADER, RELAYED_SOURCE_HEADER
 
-API_KEY_HEADER = "X-API-Key"
 # Headers the gateway itself reads; not forwarded to the vendor in sidecar mode.
 # The strength header is the sidecar's ?strength= (a vendor-format request has no query of ours);
 # the relay headers pass between replicas (TARGET_PEERS) and mean nothing to a vendor.

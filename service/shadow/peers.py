@@ -30,6 +30,7 @@ import enum
 import logging
 import secrets
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -37,17 +38,15 @@ from urllib.parse import quote
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from service.shadow.peer_urls import PeerSpec, Resolver, own_addresses, peer_urls, resolve_addresses
+from service.shadow.peer_urls import DnsResolver, Lookup, PeerSpec, system_lookup, urls_of
+from service.shadow.relay_headers import API_KEY_HEADER, RELAYED_BY_HEADER, RELAYED_SOURCE_HEADER
 from service.shadow.targets import NamedTarget, TargetSource
 
 logger = logging.getLogger(__name__)
 
-RELAYED_BY_HEADER = "X-Zipgate-Relayed-By"  # the relaying process's id: the call is not relayed again
-RELAYED_SOURCE_HEADER = "X-Zipgate-Relayed-Source"  # who named the label on the relaying gateway
-API_KEY_HEADER = "X-API-Key"  # the gateway's own header (service.api.security)
 # New names from these are relayed: the setting's are on every replica already, a peer's came relayed.
 RELAYED_SOURCES = frozenset({TargetSource.ALARM, TargetSource.OPERATOR, TargetSource.ALERTMANAGER})
-MAX_PENDING_CHANGES = 256  # changes being relayed at once; more are dropped (counted)
+MAX_PENDING_CHANGES = 256  # labels queued for one peer at once; more are dropped (counted)
 MAX_INSTANCE_CHARS = 64  # a received relayed-by id longer than this is cut before it is compared or logged
 
 
@@ -68,7 +67,8 @@ class RelayOutcome(enum.StrEnum):
     TIMEOUT = "timeout"  # no answer within timeout_s
     UNREACHABLE = "unreachable"  # refused, reset, not HTTP
     UNRESOLVED = "unresolved"  # a dns+http entry did not resolve (per entry and change)
-    DROPPED = "dropped"  # MAX_PENDING_CHANGES were pending, or the gateway was stopping (per change)
+    DROPPED = "dropped"  # MAX_PENDING_CHANGES labels were queued for the peer, or the gateway was stopping
+    ERROR = "error"  # the relay itself failed (a bug: logged with its traceback)
 
 
 class RelayMetrics:
@@ -118,8 +118,26 @@ class TargetChange:
     request_id: str
 
 
+class _PeerQueue:
+    """One `TARGET_PEERS` entry's changes waiting to be sent, in order, the latest per label (bounded)."""
+
+    def __init__(self, spec: PeerSpec) -> None:
+        self.spec = spec
+        self.pending: OrderedDict[str, TargetChange] = OrderedDict()
+        self.wake = asyncio.Event()  # set when a change is queued
+        self.idle = asyncio.Event()  # set while nothing is queued or being sent
+        self.idle.set()
+        self.sender: asyncio.Task[None] | None = None
+
+
 class TargetRelay:
     """Relays this gateway's changes to its named targets to its peers, in the background.
+
+    Each `TARGET_PEERS` entry has one sender that sends its changes one after the other, in the order
+    they were made, so a PUT and a DELETE of one label reach every peer in that order. Its queue holds
+    the latest change of each label (a later change replaces one not sent yet) and at most
+    `MAX_PENDING_CHANGES` labels (more are dropped, counted). A DNS entry is resolved by its sender, per
+    change, and the change goes to every address at once.
 
     Args:
         client: the HTTP client for the calls (the caller opens and closes it).
@@ -127,9 +145,10 @@ class TargetRelay:
         metrics: where outcomes are counted.
         api_key: the gateway's own key, sent on every call; None: sent without (a peer without a key takes
             PUTs; every gateway refuses a DELETE without one).
-        timeout_s: the bound on one call (and on one DNS resolution).
-        max_inflight: calls at once.
-        resolver: host, port → addresses (default: the system's, A and AAAA).
+        timeout_s: the bound on one call (and on one DNS lookup).
+        max_inflight: calls at once, over every peer (each peer gets one at a time; a DNS entry's addresses
+            are called together).
+        lookup: host, port → addresses, blocking, run on the relay's own DNS thread (default: the system's).
         own: this process's addresses, skipped in DNS answers (default: its host name's).
     """
 
@@ -142,19 +161,18 @@ class TargetRelay:
         api_key: str | None,
         timeout_s: float,
         max_inflight: int,
-        resolver: Resolver = resolve_addresses,
+        lookup: Lookup = system_lookup,
         own: frozenset[str] | None = None,
     ) -> None:
         self.instance = secrets.token_hex(8)  # a received call with this id came from this process: ignored
         self._client = client
-        self._peers = peers
         self._metrics = metrics
         self._api_key = api_key
         self._timeout_s = timeout_s
-        self._resolver = resolver
+        self._dns = DnsResolver(timeout_s, lookup)
         self._own = own
         self._slots = asyncio.Semaphore(max_inflight)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queues = [_PeerQueue(spec) for spec in peers]
         self._closed = False
 
     def named(self, target: NamedTarget, request_id: str | None) -> None:
@@ -167,40 +185,79 @@ class TargetRelay:
         self._submit(TargetChange(RelayMethod.DELETE, label, None, _request_id(request_id)))
 
     def _submit(self, change: TargetChange) -> None:
-        """Start relaying `change` in the background, or drop it (counted) when too many are pending."""
-        reason = "stopping" if self._closed else "busy" if len(self._tasks) >= MAX_PENDING_CHANGES else None
-        if reason is None:
-            try:
-                task = asyncio.get_running_loop().create_task(self._relay(change), name=f"relay-{change.request_id}")
-            except RuntimeError:  # not on the event loop (the board is only changed there today)
-                reason = "off the event loop"
-            else:
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                return
-        self._metrics.sent.labels(RelayOutcome.DROPPED.value).inc()
-        logger.warning(
-            "%s of target %r not relayed to peers (%s)",
-            change.method.value,
-            change.label,
-            reason,
-            extra={"request_id": change.request_id},
-        )
+        """Queue `change` for every peer (replacing an unsent change of its label), or drop it (counted)."""
+        for queue in self._queues:
+            reason = self._enqueue(queue, change)
+            if reason is not None:
+                self._metrics.sent.labels(RelayOutcome.DROPPED.value).inc()
+                logger.warning(
+                    "%s of target %r not relayed to %s (%s)",
+                    change.method.value,
+                    change.label,
+                    queue.spec.base_url(),
+                    reason,
+                    extra={"request_id": change.request_id},
+                )
 
-    async def _relay(self, change: TargetChange) -> None:
-        if self._own is None and any(spec.dns for spec in self._peers):  # only DNS answers may hold this pod
-            self._own = await own_addresses()
-        own = self._own or frozenset()
-        urls, unresolved = await peer_urls(self._peers, self._resolver, own, self._timeout_s)
-        for spec in unresolved:
-            self._metrics.sent.labels(RelayOutcome.UNRESOLVED.value).inc()
-            logger.warning(
-                "target peers %r did not resolve; %s of target %r not relayed to them",
-                spec.host,
-                change.method.value,
-                change.label,
-                extra={"request_id": change.request_id},
-            )
+    def _enqueue(self, queue: _PeerQueue, change: TargetChange) -> str | None:
+        """Queue `change` for one peer; the reason it was not, or None."""
+        if self._closed:
+            return "stopping"
+        if change.label not in queue.pending and len(queue.pending) >= MAX_PENDING_CHANGES:
+            return "busy"
+        if queue.sender is None:
+            try:
+                queue.sender = asyncio.get_running_loop().create_task(
+                    self._send_all(queue), name=f"relay-{queue.spec.base_url()}"
+                )
+            except RuntimeError:  # not on the event loop (the board is only changed there today)
+                return "off the event loop"
+        queue.pending.pop(change.label, None)  # a later change of a label replaces the unsent one
+        queue.pending[change.label] = change
+        queue.idle.clear()
+        queue.wake.set()
+        return None
+
+    async def _send_all(self, queue: _PeerQueue) -> None:
+        """One peer's sender: its changes, oldest first, one at a time (until the relay closes)."""
+        while True:
+            if not queue.pending:
+                queue.idle.set()
+                queue.wake.clear()
+                await queue.wake.wait()
+                continue
+            _, change = queue.pending.popitem(last=False)
+            try:
+                await self._relay(queue.spec, change)
+            except Exception:  # never the sender's end: log it, count it, go on with the next change
+                self._metrics.sent.labels(RelayOutcome.ERROR.value).inc()
+                logger.exception(
+                    "%s of target %r to %s failed",
+                    change.method.value,
+                    change.label,
+                    queue.spec.base_url(),
+                    extra={"request_id": change.request_id},
+                )
+
+    async def _relay(self, spec: PeerSpec, change: TargetChange) -> None:
+        """One change to one entry: its URL, or every address its DNS name resolves to now."""
+        if spec.dns:
+            own = self._own if self._own is not None else await self._dns.own_addresses()
+            try:
+                urls = await urls_of(spec, self._dns, own)
+            except (OSError, TimeoutError, UnicodeError) as exc:
+                self._metrics.sent.labels(RelayOutcome.UNRESOLVED.value).inc()
+                logger.warning(
+                    "target peers %r did not resolve (%s); %s of target %r not relayed to them",
+                    spec.host,
+                    exc or type(exc).__name__,
+                    change.method.value,
+                    change.label,
+                    extra={"request_id": change.request_id},
+                )
+                return
+        else:
+            urls = [spec.base_url()]
         await asyncio.gather(*(self._call(url, change) for url in urls))
 
     async def _call(self, base_url: str, change: TargetChange) -> None:
@@ -224,7 +281,7 @@ class TargetRelay:
             headers[RELAYED_SOURCE_HEADER] = change.source.value
         if self._api_key is not None:
             headers[API_KEY_HEADER] = self._api_key
-        url = f"{base_url}/targets/{quote(change.label, safe='')}"
+        url = f"{base_url}/targets/{label_path(change.label)}"
         try:
             async with asyncio.timeout(self._timeout_s):  # as a whole: a peer that answers byte by byte too
                 async with self._client.stream(change.method.value, url, headers=headers) as response:
@@ -236,17 +293,26 @@ class TargetRelay:
         return _outcome(change.method, status)
 
     async def wait_idle(self) -> None:
-        """Wait until every change pending has been relayed (tests)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Wait until every change queued has been relayed (tests)."""
+        while not all(queue.idle.is_set() for queue in self._queues):
+            for queue in self._queues:
+                await queue.idle.wait()
 
     async def close(self) -> None:
-        """Stop relaying: changes still pending are cancelled (best effort, never held for a drain)."""
+        """Stop relaying: changes still queued are dropped, calls under way cancelled (best effort, never
+        held for a drain), and the DNS thread ended."""
         self._closed = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        senders = [queue.sender for queue in self._queues if queue.sender is not None]
+        for sender in senders:
+            sender.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        self._dns.close()
+
+
+def label_path(label: str) -> str:
+    """`label` as one path segment: every reserved character percent-encoded, and the dots too, so that
+    `.` and `..` are not dot segments the client would remove (the peer's server decodes `%2E` back)."""
+    return quote(label, safe="").replace(".", "%2E")
 
 
 def _outcome(method: RelayMethod, status: int) -> RelayOutcome:

@@ -86,7 +86,12 @@ class ShadowFields(BaseModel):
     target_peer_timeout_s: float = Field(
         2.0, gt=0, description="Bound on one relay call to a peer, connecting and its answer together."
     )
-    target_peer_max_inflight: int = Field(8, ge=1, description="Relay calls to peers at once; more wait their turn.")
+    target_peer_max_inflight: int = Field(
+        8,
+        ge=1,
+        description="Relay calls at once over every peer; more wait their turn. Each peer gets its changes one at a "
+        "time, in order.",
+    )
 
     @field_validator("vote_label")
     @classmethod
@@ -94,19 +99,12 @@ class ShadowFields(BaseModel):
         LabelExtractor.parse(value)  # raises LabelSpecError (a ValueError) naming the bad segment
         return value
 
-    @field_validator("suspected_targets", mode="before")
+    @field_validator("suspected_targets", "target_peers", mode="before")
     @classmethod
-    def _split_targets(cls, value: Any) -> Any:
+    def _split_comma_list(cls, value: Any) -> Any:
         # The env form is "a,b" (pydantic-settings would expect JSON); a file may give a list.
         if isinstance(value, str):
-            return tuple(name.strip() for name in value.split(",") if name.strip())
-        return value
-
-    @field_validator("target_peers", mode="before")
-    @classmethod
-    def _split_peers(cls, value: Any) -> Any:
-        if isinstance(value, str):  # as suspected_targets: "a,b" in the env, a list in a file
-            return tuple(peer.strip() for peer in value.split(",") if peer.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
     @field_validator("target_peers")

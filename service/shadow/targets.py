@@ -11,22 +11,25 @@ a named target. A target is named five ways:
 - `ALERTMANAGER`: the Prometheus alert over every replica's counters, delivered by Alertmanager's
   webhook to `POST /targets/alerts` (`service.api.routes_alerts`).
 - `PEER`: another replica relayed a name it took from one of the three above (`TARGET_PEERS`,
-  `service.shadow.peers`); `rule` says which. A relayed name is an outside name like an operator's.
+  `service.shadow.peers`); `rule` says which. Relayed names are capped apart from the others (below).
 
 A name holds until an operator clears it (`DELETE /targets/{label}`) or the gateway restarts:
 an alarm that cleared itself when the attacker paused would hand the attacker back the raw
 answers. Labels are as the shadow counters name them (bounded, capped), never "other".
 
 The cap, `max_targets` (`SHADOW_MAX_LABELS`, the counters' cap on distinct labels: the names are
-vendor labels, so the same number bounds them), applies to the sources outside the gateway
-(`OUTSIDE_SOURCES`: an operator, Alertmanager and peers together, over HTTP): a new label from them while
-they hold `max_targets` names raises `TargetsFull`; a label named already is still a no-op, and
-`DELETE /targets/{label}` of one of theirs frees a slot. The setting and the alarm are never
-refused, so names sent from outside (without an API key, by anyone) cannot crowd out the alarm's
+vendor labels, so the same number bounds them), applies to the names that come over HTTP, in two
+buckets of `max_targets` each (`CAPPED_SOURCES`): operators and Alertmanager together, and peers. A
+new label from a bucket that holds `max_targets` names raises `TargetsFull`; a label named already is
+still a no-op, and `DELETE /targets/{label}` of one of the bucket's names frees a slot in it (clearing
+the setting's or the alarm's frees none). Peers have their own bucket so that junk named on one
+replica (by anyone, without an API key, or by a vendor steering its alarm) and relayed to every other
+cannot take the slots of that replica's operators and Alertmanager, and the other way round. The
+setting and the alarm are never refused, so names sent from outside cannot crowd out the alarm's
 target: both are bounded before they reach the board, the setting by the configuration check (and
 this constructor) at `max_targets` labels, the alarm by the counters' label cap, the same number
 (its rules judge the capped labels and never name "other"). The board holds at most
-3 × `max_targets` names.
+4 × `max_targets` names.
 """
 
 from __future__ import annotations
@@ -63,9 +66,14 @@ class TargetSource(enum.StrEnum):
     PEER = "peer"  # relayed by another replica (the request said so: it is a PUT like any other)
 
 
-# The sources that reach the board over HTTP, and so are capped together; the setting and the alarm are bounded
-# before they reach it.
-OUTSIDE_SOURCES = frozenset({TargetSource.OPERATOR, TargetSource.ALERTMANAGER, TargetSource.PEER})
+# The sources that reach the board over HTTP, by the bucket they are capped in (max_targets names each): operators
+# and Alertmanager together, peers apart. The setting and the alarm are bounded before they reach the board.
+CAPPED_SOURCES = {
+    TargetSource.OPERATOR: "operators and Alertmanager",
+    TargetSource.ALERTMANAGER: "operators and Alertmanager",
+    TargetSource.PEER: "peers",
+}
+OUTSIDE_SOURCES = frozenset(CAPPED_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,8 @@ class TargetBoard:
         registry: where `zipgate_named_target` is exported (1 per named label and source).
         initial: labels named by the setting (at most `max_targets` distinct ones).
         history: the shadow history the alarm rules judge, of capped labels; None: no alarm.
-        max_targets: the most labels the outside sources name together (`SHADOW_MAX_LABELS`), and the most
-            distinct labels `initial` may hold.
+        max_targets: the most labels each bucket of outside sources names (`SHADOW_MAX_LABELS`: operators and
+            Alertmanager together, peers apart), and the most distinct labels `initial` may hold.
         wall_clock: Unix seconds, for `since` (tests pass their own).
         clock: monotonic seconds, for the judging interval.
         on_named: called with each new name (not with one held already), outside the lock; what it raises is
@@ -139,8 +147,9 @@ class TargetBoard:
 
         Raises:
             ValueError: `label` is empty or "other" (the bucket of labels past the cap names no class).
-            TargetsFull: `label` is not named, `source` is an outside one, and the outside sources hold
-                `max_targets` names. The setting and the alarm are never refused (see the module's docstring).
+            TargetsFull: `label` is not named, `source` is an outside one, and its bucket (operators and
+                Alertmanager, or peers) holds `max_targets` names. The setting and the alarm are never refused
+                (see the module's docstring).
         """
         if not label or label == OTHER_LABEL:
             raise ValueError(f"{label!r} cannot be named a target: it is not one vendor label")
@@ -148,8 +157,9 @@ class TargetBoard:
             existing = self._named.get(label)
             if existing is not None:
                 return existing
-            if source in OUTSIDE_SOURCES and self._outside_count() >= self.max_targets:
-                raise self._full(label)
+            bucket = CAPPED_SOURCES.get(source)
+            if bucket is not None and self._count(bucket) >= self.max_targets:
+                raise self._full(label, bucket)
             target = NamedTarget(label, source, self._wall_clock(), rule)
             self._named[label] = target
         self._gauge.labels(label, source.value).set(1)
@@ -161,14 +171,14 @@ class TargetBoard:
                 logger.exception("the listener of a new backdoor target failed")
         return target
 
-    def _outside_count(self) -> int:
-        """Names held from the outside sources (under the lock; at most 3 × max_targets names to look at)."""
-        return sum(1 for target in self._named.values() if target.source in OUTSIDE_SOURCES)
+    def _count(self, bucket: str) -> int:
+        """Names held from `bucket`'s sources (under the lock; at most 4 × max_targets names to look at)."""
+        return sum(1 for target in self._named.values() if CAPPED_SOURCES.get(target.source) == bucket)
 
-    def _full(self, label: str) -> TargetsFull:
+    def _full(self, label: str, bucket: str) -> TargetsFull:
         return TargetsFull(
-            f"{label!r} cannot be named: the gateway holds {self.max_targets} named targets from operators and "
-            "Alertmanager, their most (SHADOW_MAX_LABELS); clear one with DELETE /targets/{label} first (it needs "
+            f"{label!r} cannot be named: the gateway holds {self.max_targets} named targets from {bucket}, "
+            "their most (SHADOW_MAX_LABELS); clear one of theirs with DELETE /targets/{label} first (it needs "
             "API_KEY), or restart the gateway"
         )
 
