@@ -13,14 +13,25 @@ Each call carries the gateway's own API key (peers behind the same key accept it
 `X-Zipgate-Relayed-By: <this process's id>`, which tells the peer not to relay it again (no loops,
 no storms: one change makes at most one call per peer), and `X-Zipgate-Relayed-Source` (who named
 it here). The peer names it with source `peer` and that source as its `rule`: a relayed PUT is a
-PUT like any other, under the peer's own cap (409 `targets_full`) and rules; a relayed DELETE needs
+PUT like any other, under the peer's cap for peers' names (409 `targets_full`; operators' and
+Alertmanager's names have a cap of their own) and rules; a relayed DELETE needs
 the key like any DELETE (a gateway without API_KEY refuses every DELETE, so it relays none).
 
-Best effort, never in the way of the request that caused it: each change is a background task (at
-most `MAX_PENDING_CHANGES`; more are dropped), the calls run at most `max_inflight` at once, each
-bounded by `timeout_s` as a whole, and only the status of an answer is read. Every call's outcome
-is counted in `zipgate_target_relay_total{outcome}`, and failures are logged with the request id of
-the change. Names are not re-sent: a replica that restarts later holds only `SUSPECTED_TARGETS`.
+Best effort, never in the way of the request that caused it. Each `TARGET_PEERS` entry has one
+sender in the background that sends its changes one at a time, in the order they were made, so a
+PUT and a DELETE of one label reach every peer in that order. Its queue keeps the latest change of
+each label (a later change replaces one not sent yet) and at most `MAX_PENDING_CHANGES` labels (more
+are dropped, counted). A DNS entry is resolved by its sender at each change (`service.shadow.peer_urls`:
+on a thread of the relay's own, one lookup at a time, the answer reused a few seconds) and the change
+goes to its addresses together. Calls run at most `max_inflight` at once over every peer, each bounded
+by `timeout_s` as a whole, and only the status of an answer is read. Every call's outcome is counted
+in `zipgate_target_relay_total{outcome}`, and failures are logged with the request id of the change.
+Names are not re-sent: a replica that restarts later holds only `SUSPECTED_TARGETS`.
+
+The label travels in the path, percent-encoded, dots too (`%2E`: `.` and `..` would otherwise be
+dot segments the client removes); the peer's server decodes it back. Static peers are called over
+the URL given: with `http://` (in a cluster) the API key travels in plain text, so keep those URLs
+inside the cluster's network (k8s/components/target-peers limits it to the gateway pods).
 """
 
 from __future__ import annotations
@@ -62,7 +73,7 @@ class RelayOutcome(enum.StrEnum):
 
     OK = "ok"  # 2xx: the peer holds the name (or no longer does)
     NOT_NAMED = "not_named"  # 404 to a DELETE: the peer did not hold it
-    TARGETS_FULL = "targets_full"  # 409 to a PUT: the peer's outside names are at their cap
+    TARGETS_FULL = "targets_full"  # 409 to a PUT: the peer holds its most names from peers
     REJECTED = "rejected"  # any other status (401 wrong key, 403 a peer without API_KEY, 5xx, ...)
     TIMEOUT = "timeout"  # no answer within timeout_s
     UNREACHABLE = "unreachable"  # refused, reset, not HTTP
@@ -77,8 +88,8 @@ class RelayMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.sent = Counter(
             "zipgate_target_relay",
-            "Named-target changes relayed to peers (TARGET_PEERS), by outcome: one per call, or per change "
-            "for unresolved and dropped.",
+            "Named-target changes relayed to peers (TARGET_PEERS), by outcome: one per call, or per change and "
+            "entry for unresolved, dropped and error.",
             ["outcome"],
             registry=registry,
         )
