@@ -67,14 +67,18 @@ def _high_depth_gray(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]
     return gray, alpha
 
 
+def _gray_as(gray: np.ndarray, mode: str) -> np.ndarray:
+    """A gray (H, W) array as `mode` wants it: itself for L, three equal bands (H, W, 3) for RGB."""
+    return gray if mode == "L" else np.repeat(gray[:, :, None], 3, axis=2)
+
+
 def _colour_and_alpha(image: Image.Image, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The image in `mode` (L or RGB) as float32 in [0, 255], and its alpha in [0, 1] where it has any."""
     if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
         gray, alpha = _high_depth_gray(image)
-        return (gray if mode == "L" else np.repeat(gray[:, :, None], 3, axis=2)), alpha
+        return _gray_as(gray, mode), alpha
     if image.mode == "La":  # premultiplied: the L band is already composited onto black
-        gray = np.asarray(image.getchannel(0), dtype=np.float32)
-        return (gray if mode == "L" else np.repeat(gray[:, :, None], 3, axis=2)), None
+        return _gray_as(np.asarray(image.getchannel(0), dtype=np.float32), mode), None
     if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")  # Pillow reads tRNS and palette transparency into the alpha band
         colour = np.asarray(rgba.convert(mode), dtype=np.float32)
