@@ -21,7 +21,7 @@ from service.api.logging import RequestIdFilter
 from service.api.routes_alerts import MAX_ALERTS, MAX_ALERTS_BODY_BYTES
 from service.shadow.labels import bounded_label
 from tests.deploy_support import REPO, render
-from tests.gateway_servers import metric_value, named_series, unpurified_gateway
+from tests.gateway_servers import delete_target, metric_value, named_series, put_target, unpurified_gateway
 from tests.ports import free_port
 from tests.processes import stop_process
 
@@ -102,7 +102,7 @@ def test_a_full_board_names_no_more_and_the_answer_says_which_were_not_named(cap
     gateway = unpurified_gateway(api_key=KEY, shadow_max_labels=2, suspected_targets="9")
     with gateway as url, caplog.at_level(logging.WARNING):
         answer = post_alerts(url, json=sent, headers=auth)
-        httpx.delete(f"{url}/targets/7", headers=auth, timeout=10.0)
+        delete_target(url, "7", **auth)
         freed = post_alerts(url, json=sent, headers=auth)
         metrics = httpx.get(f"{url}/metrics", timeout=10.0).text
     assert answer.status_code == 200, answer.text  # not a 4xx: Alertmanager would retry it forever
@@ -121,7 +121,7 @@ def test_an_alertmanager_name_holds_until_an_operator_clears_it() -> None:
     auth = {"X-API-Key": KEY}  # un-naming needs the key (tests/test_targets_quota.py)
     with unpurified_gateway(api_key=KEY) as url:
         post_alerts(url, json=notification(alert("4")), headers=auth)
-        cleared = httpx.delete(f"{url}/targets/4", headers=auth, timeout=10.0)
+        cleared = delete_target(url, "4", **auth)
         renamed = post_alerts(url, json=notification(alert("4")), headers=auth)
     assert cleared.status_code == 200 and cleared.json()["targets"] == []
     assert renamed.json()["named"] == ["4"]
@@ -185,7 +185,7 @@ def test_the_api_key_guards_the_webhook() -> None:
 def test_the_webhook_shares_its_path_with_put_and_delete_of_a_label_named_alerts() -> None:
     with unpurified_gateway() as url:
         wrong_method = httpx.get(f"{url}/targets/alerts", timeout=10.0)
-        put = httpx.put(f"{url}/targets/alerts", timeout=10.0)
+        put = put_target(url, "alerts")
         schema = httpx.get(f"{url}/openapi.json", timeout=10.0).json()
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"  # as the schema says
     assert put.status_code == 200 and put.json()["targets"][0]["label"] == "alerts"
