@@ -11,6 +11,12 @@ path is matched twice). uvicorn has no timeout on a body in progress, so without
 client sending a byte every few seconds holds a connection and a handler for ever (408, and the
 connection is closed). A client that hangs up mid-body is counted as 499 and logged at info:
 nothing failed.
+
+A body over its limit is not left to uvicorn to discard: it does so with no deadline, so a client that
+got its 413 and kept trickling bytes would hold the connection for ever. As nginx's "lingering close",
+the rest of the body is read and dropped first (`_drain_rest`: until it ends, the body's deadline, or a
+byte budget), then the 413 goes out with Connection: close. The client has normally finished sending by
+then, so the close is clean (FIN, not RST) and the 413 reaches it; one still sending is cut off.
 """
 
 from __future__ import annotations
@@ -40,6 +46,16 @@ from service.metrics import GatewayMetrics
 
 logger = logging.getLogger("zipgate.access")
 
+# How much of a refused (413) body is read and dropped before the connection closes: DRAIN_LIMIT_FACTOR × the
+# limit it broke, at least DRAIN_FLOOR_BYTES. Dropping costs no memory (each chunk goes as it arrives) and the
+# body's deadline bounds the time; this bounds the bytes, so a huge upload at full speed is cut off after
+# about 64 MiB (4 × the default MAX_REQUEST_BYTES) rather than read for ever. Within it, a body up to 5 × its
+# limit (a common mistake's size) still ends before the close and its client reliably reads the 413; the
+# floor does the same for a route's small limit (the Alertmanager webhook's 1 MiB). A body declared larger
+# than the budget is not read at all: it could not end before the close anyway.
+DRAIN_LIMIT_FACTOR = 4
+DRAIN_FLOOR_BYTES = 8 << 20
+
 REQUEST_ID_HEADER = "x-request-id"
 # Printable ASCII without spaces, bounded: safe to log, echo and forward upstream.
 _REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
@@ -64,15 +80,26 @@ class BodyLimit:
     name: str
     advice: str
 
+    @property
+    def drain_budget(self) -> int:
+        """At most this many bytes of a body over this limit are read (and dropped) before its 413 closes."""
+        return max(DRAIN_LIMIT_FACTOR * self.max_bytes, DRAIN_FLOOR_BYTES)
+
+    # Both with Connection: close, sent once the rest of the body is drained (`_drain_rest`): kept open,
+    # uvicorn would discard whatever the client sends next with no deadline.
     def declared_too_large(self, declared: int) -> PayloadTooLarge:
         return PayloadTooLarge(
-            f"request body of {declared} bytes; the limit is {self.max_bytes} bytes ({self.name}): {self.advice}"
+            f"request body of {declared} bytes; the limit is {self.max_bytes} bytes ({self.name}): {self.advice}",
+            headers=_CLOSE,
         )
 
     def streamed_too_large(self) -> PayloadTooLarge:
-        # No Connection: close: uvicorn discards the rest of the body itself, while closing with the client
-        # still sending would reset the connection, and the client could lose this answer.
-        return PayloadTooLarge(f"request body over the limit of {self.max_bytes} bytes ({self.name}): {self.advice}")
+        return PayloadTooLarge(
+            f"request body over the limit of {self.max_bytes} bytes ({self.name}): {self.advice}", headers=_CLOSE
+        )
+
+
+_CLOSE = {"Connection": "close"}
 
 
 def route_body_limit(scope: Scope) -> BodyLimit | None:
@@ -100,8 +127,8 @@ def timings_of(scope: Scope) -> RequestTimings:
 
 class GatewayMiddleware:
     """Around every HTTP request: take or make X-Request-ID and log with it; refuse bodies over
-    `max_request_bytes`, or over the route's tighter `body_limit` (declared or streamed) with 413 and bodies
-    not complete within
+    `max_request_bytes`, or over the route's tighter `body_limit` (declared or streamed) with 413 (the rest of
+    the body drained first, then the connection closed) and bodies not complete within
     `body_read_timeout_s` of the request's arrival with 408; refuse work while draining with 503;
     add X-Request-ID and Server-Timing to the response; count it in the request metrics (499 for
     a client that hung up mid-body); end a request still unanswered when the drain budget is spent
@@ -170,13 +197,20 @@ class GatewayMiddleware:
                 scope, receive, send
             )
             return
+        deadline = asyncio.get_running_loop().time() + self.body_read_timeout_s  # from the request's arrival
         declared = _content_length(scope["headers"])
         if declared is not None and declared > self.body_limit.max_bytes:  # before any route: no work for it
-            await gateway_error_response(self.body_limit.declared_too_large(declared))(scope, receive, send)
+            refusal = _refuse_declared(self.body_limit, declared, deadline=deadline)
+            await self._until_drain_stop(refusal(scope, receive, send), scope, receive, send, response_started)
             return
-        deadline = asyncio.get_running_loop().time() + self.body_read_timeout_s  # from the request's arrival
         guarded_receive = _guarded_receive(
-            receive, scope, self.body_limit, declared, deadline=deadline, timeout_s=self.body_read_timeout_s
+            receive,
+            scope,
+            self.body_limit,
+            declared,
+            deadline=deadline,
+            timeout_s=self.body_read_timeout_s,
+            response_started=response_started,
         )
         await self._until_drain_stop(self.app(scope, guarded_receive, send), scope, receive, send, response_started)
 
@@ -236,13 +270,66 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() == b"expect" and value.lower() == b"100-continue" for name, value in headers)
+
+
+async def _drain_rest(receive: Receive, *, received: int, budget: int, deadline: float) -> bool:
+    """Read and drop the rest of a body refused with 413, `received` bytes of which were read already, until
+    it ends, `deadline` (event-loop time) passes or more than `budget` bytes of it were read in all.
+
+    Returns whether it ended: the connection then closes cleanly after the 413. Otherwise the client is
+    still sending (a trickle past the deadline, or a huge upload), and is cut off. A client that hangs up
+    meanwhile raises ClientDisconnect, as Starlette does for one that hangs up mid-body (499).
+    """
+    logger.debug("draining a refused body, %d bytes of it read so far", received)
+    try:
+        async with asyncio.timeout_at(deadline):
+            while received <= budget:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnect()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return True
+    except TimeoutError:
+        pass
+    logger.info("closing the connection of a refused body still arriving after %d bytes", received)
+    return False
+
+
+async def _drain_declared(receive: Receive, scope: Scope, limit: BodyLimit, declared: int, deadline: float) -> None:
+    """Drain a body refused for its declared length, unless there is no point: the client waits for a
+    100 Continue before sending it (`receive` would invite it), or it is over the drain budget."""
+    if not _expects_continue(scope["headers"]) and declared <= limit.drain_budget:
+        await _drain_rest(receive, received=0, budget=limit.drain_budget, deadline=deadline)
+
+
+def _refuse_declared(limit: BodyLimit, declared: int, *, deadline: float) -> ASGIApp:
+    """The 413 for a body declared over the gateway's limit, before any route: drained, then answered."""
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        await _drain_declared(receive, scope, limit, declared, deadline)
+        await gateway_error_response(limit.declared_too_large(declared))(scope, receive, send)
+
+    return refuse
+
+
 def _tighter(default: BodyLimit, route: BodyLimit | None) -> BodyLimit:
     """The route's own limit where it is tighter than the gateway's (or the same: its 413 says more)."""
     return route if route is not None and route.max_bytes <= default.max_bytes else default
 
 
 def _guarded_receive(
-    receive: Receive, scope: Scope, default: BodyLimit, declared: int | None, *, deadline: float, timeout_s: float
+    receive: Receive,
+    scope: Scope,
+    default: BodyLimit,
+    declared: int | None,
+    *,
+    deadline: float,
+    timeout_s: float,
+    response_started: Callable[[], bool],
 ) -> Receive:
     """`receive` that raises PayloadTooLarge for a body over its limit, and RequestTimeout when the body is
     still incomplete at `deadline` (event-loop time; `timeout_s` names it in the message).
@@ -250,7 +337,8 @@ def _guarded_receive(
     The limit is `default`, or the matched route's tighter `body_limit`, looked up at the first read (the
     router has matched by then). A `declared` Content-Length over the route's limit is refused before
     anything is read (the default's was checked before the app ran); the streamed bytes are counted
-    too, since a chunked body has no Content-Length to check up front.
+    too, since a chunked body has no Content-Length to check up front. Before either 413 is raised, the
+    rest of the body is drained (`_drain_rest`), unless a response has started (nothing more to say then).
 
     Once the body is complete the deadline no longer applies: what is left is `http.disconnect`,
     which handlers await while the images are purified, however long that takes.
@@ -266,6 +354,8 @@ def _guarded_receive(
         if limit is None:
             limit = _tighter(default, route_body_limit(scope))
             if declared is not None and declared > limit.max_bytes:
+                if not response_started():
+                    await _drain_declared(receive, scope, limit, declared, deadline)
                 raise limit.declared_too_large(declared)
         try:
             async with asyncio.timeout_at(deadline):
@@ -277,6 +367,8 @@ def _guarded_receive(
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit.max_bytes:
+                if message.get("more_body", False) and not response_started():
+                    await _drain_rest(receive, received=received, budget=limit.drain_budget, deadline=deadline)
                 raise limit.streamed_too_large()
             body_complete = not message.get("more_body", False)
         return message
