@@ -497,8 +497,14 @@ def test_zip_with_method_local_runs_the_gateways_local_engine() -> None:
 
 
 def test_the_polish_pass_knobs_sweep_into_the_local_engine_and_its_label() -> None:
-    grid = sweep_settings(DefenseSetting(), "polish-steps=6,12 polish_eta=1,0")
-    assert [(s.polish_steps, s.polish_eta) for s in grid] == [(6, 1.0), (6, 0.0), (12, 1.0), (12, 0.0)]
+    default_steps = DefenseSetting().polish_steps  # the label names a pass's knobs only off their defaults
+    grid = sweep_settings(DefenseSetting(), f"polish-steps={default_steps},12 polish_eta=1,0")
+    assert [(s.polish_steps, s.polish_eta) for s in grid] == [
+        (default_steps, 1.0),
+        (default_steps, 0.0),
+        (12, 1.0),
+        (12, 0.0),
+    ]
     assert "S_polish" not in grid[0].describe() and grid[3].describe().endswith("S_polish=12 η_polish=0")
     assert len({s.output_key(Defense.ZIP) for s in grid}) == 4, "each pass is its own purification"
     defender = InProcessDefender(lambda x, t: torch.zeros_like(x))  # type: ignore[arg-type]
