@@ -12,6 +12,7 @@ Usage:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -141,6 +142,17 @@ class PanelQuery:
     panel: str
     ref_id: str
     expr: str
+
+
+def render_cpu_overlay_with(component: str, workdir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The cpu overlay rendered with one opt-in `k8s/components/<component>`, in namespace zipgate, by (kind, name)."""
+    overlay = workdir / "overlay"
+    overlay.mkdir()
+    k8s = os.path.relpath(REPO / "k8s", overlay)  # kustomize takes relative paths only
+    (overlay / "kustomization.yaml").write_text(
+        f"namespace: zipgate\nresources: [{k8s}/overlays/cpu]\ncomponents: [{k8s}/components/{component}]\n"
+    )
+    return {(o["kind"], o["metadata"]["name"]): o for o in render(overlay)}
 
 
 def load_dashboard(path: Path = DASHBOARD) -> dict:

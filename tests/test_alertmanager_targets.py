@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -20,7 +19,7 @@ import yaml
 from service.api.logging import RequestIdFilter
 from service.api.routes_alerts import MAX_ALERTS, MAX_ALERTS_BODY_BYTES
 from service.shadow.labels import bounded_label
-from tests.deploy_support import REPO, render
+from tests.deploy_support import REPO, render_cpu_overlay_with
 from tests.gateway_servers import delete_target, metric_value, named_series, put_target, unpurified_gateway
 from tests.ports import free_port
 from tests.processes import stop_process
@@ -324,13 +323,7 @@ def test_the_compose_alertmanager_config_is_valid_and_sends_the_alert_to_the_gat
 
 
 def test_the_k8s_alertmanager_config_reaches_the_service_with_the_gateways_key(tmp_path: Path) -> None:
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    k8s = os.path.relpath(REPO / "k8s", overlay)  # kustomize takes relative paths only
-    (overlay / "kustomization.yaml").write_text(
-        f"namespace: zipgate\nresources: [{k8s}/overlays/cpu]\ncomponents: [{k8s}/components/monitoring/alertmanager]\n"
-    )
-    objects = {(o["kind"], o["metadata"]["name"]): o for o in render(overlay)}
+    objects = render_cpu_overlay_with("monitoring/alertmanager", tmp_path)
     service = objects[("Service", "zipgate")]
     config = objects[("AlertmanagerConfig", "zipgate-targets")]
     (receiver,) = config["spec"]["receivers"]

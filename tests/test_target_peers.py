@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -31,7 +30,7 @@ from service.shadow.peers import MAX_PENDING_CHANGES, RelayMetrics, TargetRelay
 from service.shadow.relay_headers import RELAYED_BY_HEADER, RELAYED_SOURCE_HEADER
 from service.shadow.targets import NamedTarget, TargetSource
 from service.upstream import make_http_client
-from tests.deploy_support import REPO, render
+from tests.deploy_support import render_cpu_overlay_with
 from tests.gateway_servers import (
     alert_target,
     delete_target,
@@ -553,13 +552,7 @@ def test_the_env_form_is_a_comma_list() -> None:
 
 
 def test_the_k8s_component_lets_every_pod_find_and_reach_the_others(tmp_path: Path) -> None:
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    k8s = os.path.relpath(REPO / "k8s", overlay)  # kustomize takes relative paths only
-    (overlay / "kustomization.yaml").write_text(
-        f"namespace: zipgate\nresources: [{k8s}/overlays/cpu]\ncomponents: [{k8s}/components/target-peers]\n"
-    )
-    objects = {(o["kind"], o["metadata"]["name"]): o for o in render(overlay)}
+    objects = render_cpu_overlay_with("target-peers", tmp_path)
     peers, deployment = objects[("Service", "zipgate-peers")], objects[("Deployment", "zipgate")]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
