@@ -146,6 +146,59 @@ def test_local_restorer_keeps_every_unmasked_pixel_bit_for_bit_and_repeats_with_
     assert torch.equal(first.images, again.images) and torch.equal(first.keep, again.keep)
 
 
+def _counting(unet, calls: list[int]):
+    """The tiny UNet as an eps(x, t) callable that records each forward's batch size."""
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return unet(x, t).sample
+
+    return eps
+
+
+def _next_draws(generators) -> list[torch.Tensor]:
+    return [torch.randn(4, generator=g) for g in generators]
+
+
+def test_the_restore_runs_only_masked_images_and_leaves_every_generator_where_a_full_run_would(unet) -> None:
+    x, keep = _images(), _block_keep()
+    keep[1] = 1.0  # nothing to repaint in the middle image
+    config = LocalRestoreConfig(SIX_BLOCKS, steps=4)
+    calls: list[int] = []
+    skipping = seeded_generators([5, 6, 7], "cpu")
+    out = LocalRestorer(_counting(unet, calls), config).restore(x, keep, skipping)
+
+    assert sum(calls) == 2 * config.steps, "one forward per step for each masked image, none for the other"
+    assert torch.equal(out[1], x[1])
+    # The masked images are the run of those two alone, with their own generators.
+    alone = seeded_generators([5, 7], "cpu")
+    masked = ZipPurifier(unet, config.zip_config(), transforms=KeepMask(keep[[0, 2]]))(x[[0, 2]], alone)
+    assert torch.equal(out[[0, 2]], keep[[0, 2]] * x[[0, 2]] + (1 - keep[[0, 2]]) * masked)
+    # Every generator, the skipped one's included, stands where the whole batch's run leaves it.
+    whole = seeded_generators([5, 6, 7], "cpu")
+    ZipPurifier(unet, config.zip_config(), transforms=KeepMask(keep))(x, whole)
+    assert all(map(torch.equal, _next_draws(skipping), _next_draws(whole)))
+
+
+def test_a_shared_generator_skips_the_restore_only_when_no_image_has_a_mask(unet) -> None:
+    x, keep = _images(), _block_keep()
+    config = LocalRestoreConfig(SIX_BLOCKS, steps=4)
+    calls: list[int] = []
+    restorer = LocalRestorer(_counting(unet, calls), config)
+    partly = keep.clone()
+    partly[1] = 1.0
+    restorer.restore(x, partly, torch.Generator().manual_seed(3))
+    assert calls == [3] * config.steps, "one stream cannot be split: the whole batch runs"
+
+    calls.clear()
+    shared = torch.Generator().manual_seed(3)
+    assert torch.equal(restorer.restore(x, torch.ones_like(keep), shared), x)
+    assert calls == []
+    reference = torch.Generator().manual_seed(3)
+    ZipPurifier(unet, config.zip_config(), transforms=KeepMask(torch.ones_like(keep)))(x, reference)
+    assert torch.equal(torch.randn(4, generator=shared), torch.randn(4, generator=reference))
+
+
 def test_the_polish_pass_and_diffpure_change_the_whole_image(unet) -> None:
     x = _images()
     polished = LocalRestorer(unet, LocalRestoreConfig(SIX_BLOCKS, steps=4, polish_noise=0.3, polish_steps=3)).run(

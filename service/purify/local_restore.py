@@ -158,13 +158,34 @@ class LocalRestorer:
             suspicion, keep = localise(
                 self.eps, x, self.config.localise, self.alpha_bars, lambda: draw_noise(x.shape, generator, x.device)
             )
-        purifier = ZipPurifier(self.model, self.config.zip_config(), transforms=self._guide(keep), betas=self.betas)
-        restored = purifier(x, generator)
-        if self.config.outside_blur is None:
-            restored = keep * x + (1.0 - keep) * restored
+        restored = self.restore(x, keep, generator)
         if self.config.polish_noise is not None:
             restored = diffpure(self.model, restored, self.config.polish_config(), generator, self.betas)
         return LocalRestoreResult(restored, keep, suspicion)
+
+    def restore(self, x: torch.Tensor, keep: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+        """ZIP under each image's keep-mask `keep` (N, 1, H, W), the kept pixels pasted back.
+
+        An image with nothing masked comes back as it is, and most clean images have nothing masked
+        (docs/defense.md), so only the masked ones run the model. The others' generators draw the
+        run's noise unused: the output, and every later draw, is the full batch's run's.
+        """
+        if self.config.outside_blur is not None:  # the blur repaints every pixel: nothing to skip
+            return self._zip(keep)(x, generator)
+        masked = [bool(has_mask) for has_mask in (keep < 1).flatten(1).any(dim=1)]
+        if all(masked) or (any(masked) and not _per_image(generator)):  # one shared stream cannot be split
+            restored = self._zip(keep)(x, generator)
+        else:
+            restored = x.clone()
+            run = [i for i, has_mask in enumerate(masked) if has_mask]
+            idle = [i for i, has_mask in enumerate(masked) if not has_mask]
+            if run:
+                restored[run] = self._zip(keep[run])(x[run], _pick(generator, run))
+            self._zip(keep[idle]).skip(x[idle], _pick(generator, idle))
+        return keep * x + (1.0 - keep) * restored
+
+    def _zip(self, keep: torch.Tensor) -> ZipPurifier:
+        return ZipPurifier(self.model, self.config.zip_config(), transforms=self._guide(keep), betas=self.betas)
 
     def __call__(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """The restored images only (a `CanvasPurifier`, as `ZipPurifier` is)."""
@@ -175,6 +196,17 @@ class LocalRestorer:
         hands the mask back through the pool (`split_mask_channel` takes it off again)."""
         result = self.run(x, generator)
         return torch.cat([result.images, result.keep], dim=1)
+
+
+def _per_image(generator: Generators) -> bool:
+    return generator is not None and not isinstance(generator, torch.Generator)
+
+
+def _pick(generator: Generators, indices: list[int]) -> Generators:
+    """The generators of the images at `indices`: per-image ones are picked, a shared one is kept."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    return [generator[i] for i in indices]
 
 
 def split_mask_channel(batch: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:

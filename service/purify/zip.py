@@ -140,6 +140,17 @@ class ZipPurifier:
     def _check_input(self, x: torch.Tensor) -> None:
         check_batch(x, self.channels)
 
+    def skip(self, x: torch.Tensor, generator: Generators = None) -> None:
+        """Draw exactly the noise `__call__(x, generator)` would, and run no model.
+
+        A caller that leaves some images out of a run (nothing to repaint) keeps their generators
+        where the run would have left them, so what comes after draws the same noise either way.
+        """
+        self._check_input(x)
+        bind_transforms(self.transforms_for(x.shape[1]), x.shape[0], generator, x.device)
+        for _ in range(1 + len(self.pairs)):  # x_T, then one z per step
+            draw_noise(x.shape, generator, x.device)
+
     def __call__(self, x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Purify `x` (N, C, H, W) in [-1, 1]; returns a float32 batch of the same shape.
 
