@@ -83,6 +83,20 @@ def test_a_padded_compiled_batch_equals_the_plain_run_with_the_same_seeds(tiny_d
     assert compiled(x[:1], 3, None).shape == (1, 1, 16, 16)
 
 
+def test_a_compiled_model_restores_the_whole_batch_even_where_masks_are_empty(tiny_dir: Path) -> None:
+    from service.purify.local_restore import LocalRestoreConfig, LocalRestorer
+    from service.purify.models import load_unet
+
+    compiled_model = RecordingEps(load_unet(tiny_dir), "tiny", acceleration=EAGER_COMPILE)
+    assert compiled_model.static_batch and not load_eps_model(tiny_dir).static_batch
+    keep = torch.ones(4, 1, 16, 16)
+    keep[0, :, :4, :4] = 0.0  # one masked image among four
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    restorer = LocalRestorer(compiled_model, LocalRestoreConfig(steps=2))
+    restorer.restore(x, keep, seeded_generators([1, 2, 3, 4], "cpu"))
+    assert compiled_model.batch_sizes == [4, 4], "a batch of one would be a shape the warm-up never compiled"
+
+
 def test_the_factory_compiles_every_bucket_before_it_returns(tiny_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     factory = zip_purifier_factory(
         tiny_dir, ZipConfig("blur:2", steps=2, method=Method.GLOBAL), DType.FP32, EAGER_COMPILE, max_batch_size=4

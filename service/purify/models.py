@@ -104,6 +104,11 @@ class EpsModel:
             dtype=str(dtype).removeprefix("torch."),
         )
 
+    @property
+    def static_batch(self) -> bool:
+        """Whether the UNet is compiled for fixed batch sizes: callers must not split a batch into new ones."""
+        return self.acceleration.compile_mode is not CompileMode.OFF
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε for x (N, C, H, W) at integer timesteps t (N,); learned-σ channels are dropped."""
         x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=self._memory_format)
