@@ -276,6 +276,8 @@ class EvalArgs:
     polish_noise: float
     polish_steps: int
     polish_eta: float
+    mask_seed_threshold: float
+    mask_grow_threshold: float
     votes: int
     strength: Strength
     mirror: bool
@@ -315,6 +317,8 @@ def _eval_options(args: EvalArgs) -> EvalOptions:
         polish_noise=args.polish_noise,
         polish_steps=args.polish_steps,
         polish_eta=args.polish_eta,
+        mask_seed_threshold=args.mask_seed_threshold,
+        mask_grow_threshold=args.mask_grow_threshold,
     )
     choice = apply_strength(args.strength, knobs, args.votes)
     return EvalOptions(
@@ -420,6 +424,12 @@ def eval_command(
     polish_eta: Annotated[
         float, typer.Option(help="method=local: η of the DiffPure pass, in [0, 1] (0: deterministic).")
     ] = ZipConfig.polish_eta,
+    mask_seed_threshold: Annotated[
+        float, typer.Option(help="method=local: the suspicion-map score a block must pass to seed a mask (>= 0).")
+    ] = ZipConfig.mask_seed_threshold,
+    mask_grow_threshold: Annotated[
+        float, typer.Option(help="method=local: the suspicion-map score through which a mask region grows (>= 0).")
+    ] = ZipConfig.mask_grow_threshold,
     votes: Annotated[int, typer.Option(min=1, help="Purify K times, majority of the vendor's answers.")] = 1,
     strength: Annotated[
         Strength,

@@ -48,6 +48,27 @@ def test_defaults_run_the_shipped_model_against_the_demo_vendor() -> None:
     assert settings.api_key is None
 
 
+def test_the_mask_thresholds_default_to_zip_configs_and_come_from_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    defaults = (ZipConfig.mask_seed_threshold, ZipConfig.mask_grow_threshold)
+    assert (settings.mask_seed_threshold, settings.mask_grow_threshold) == defaults
+    assert settings.zip_config == ZipConfig()
+    monkeypatch.setenv("ZIPGATE_MASK_SEED_THRESHOLD", "0.3")
+    monkeypatch.setenv("ZIPGATE_MASK_GROW_THRESHOLD", "0.6")
+    knobs = load_settings().zip_config
+    assert (knobs.mask_seed_threshold, knobs.mask_grow_threshold) == (0.3, 0.6)
+
+
+@pytest.mark.parametrize("name", ["mask_seed_threshold", "mask_grow_threshold"])
+def test_a_negative_mask_threshold_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(f"ZIPGATE_{name.upper()}", "-0.1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert f"{name} (from env ZIPGATE_{name.upper()})" in str(caught.value)
+    with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+        ZipConfig(**{name: -0.1})
+
+
 def test_env_overrides_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZIPGATE_STEPS", "7")
     monkeypatch.setenv("ZIPGATE_UPSTREAM_PROTOCOL", "v2")

@@ -27,7 +27,7 @@ from service.defense_eval.defenses import Defense, DefenseSetting, InProcessDefe
 from service.defense_eval.gateway_client import GatewayClient, label_of
 from service.defense_eval.report import LABELS_FILE
 from service.defense_eval.runner import EvalOptions, parse_defenses, parse_vendors, run_eval
-from service.defense_eval.sweep import SweepKnob, parse_sweep, sweep_settings, varying_knobs
+from service.defense_eval.sweep import SweepKnob, parse_sweep, setting_label, sweep_settings, varying_knobs
 from service.errors import UpstreamError
 from service.purify.local_restore import LocalRestoreConfig, LocalRestorer
 from service.purify.models import load_eps_model
@@ -514,3 +514,23 @@ def test_the_polish_pass_knobs_sweep_into_the_local_engine_and_its_label() -> No
     assert (local.config.polish_config().steps, local.config.polish_config().eta) == (12, 0.0)
     with pytest.raises(ValueError, match="integer"):
         sweep_settings(DefenseSetting(), "polish_steps=1.5")
+
+
+def test_the_mask_thresholds_sweep_into_the_localiser_and_the_label_off_their_defaults() -> None:
+    seed, grow = DefenseSetting().mask_seed_threshold, DefenseSetting().mask_grow_threshold
+    grid = sweep_settings(DefenseSetting(), f"mask_seed_threshold=0.3,{seed:g} mask-grow-threshold={grow:g},0.6")
+    assert [(s.mask_seed_threshold, s.mask_grow_threshold) for s in grid] == [
+        (0.3, grow),
+        (0.3, 0.6),
+        (seed, grow),
+        (seed, 0.6),
+    ]
+    assert grid[1].describe().endswith(" mask=0.3/0.6") and grid[3].describe().endswith(f" mask={seed:g}/0.6")
+    assert "mask=" not in grid[2].describe(), "the defaults are not labelled"
+    assert setting_label(grid[0], varying_knobs(grid)) == f"mask_seed=0.3 mask_grow={grow:g}"
+    assert len({s.output_key(Defense.ZIP) for s in grid}) == 4, "each mask is its own purification"
+    local = InProcessDefender(lambda x, t: torch.zeros_like(x)).purifier(grid[1])  # type: ignore[arg-type]
+    assert isinstance(local, LocalRestorer)
+    assert (local.config.localise.seed_threshold, local.config.localise.grow_threshold) == (0.3, 0.6)
+    with pytest.raises(ValueError, match="mask_grow_threshold must be >= 0"):
+        sweep_settings(DefenseSetting(), "mask_grow_threshold=-1")

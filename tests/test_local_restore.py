@@ -239,6 +239,18 @@ def test_a_deterministic_polish_pass_is_the_ddim_walk_from_the_noised_image(unet
     assert (stochastic - out).abs().max() > 1e-2
 
 
+def test_from_zip_carries_the_mask_thresholds_into_the_localiser() -> None:
+    defaults = LocaliseConfig()  # one source of the defaults: ZipConfig's
+    assert (defaults.seed_threshold, defaults.grow_threshold) == (
+        ZipConfig.mask_seed_threshold,
+        ZipConfig.mask_grow_threshold,
+    )
+    assert LocalRestoreConfig.from_zip(ZipConfig()).localise == defaults
+    local = LocalRestoreConfig.from_zip(ZipConfig(mask_seed_threshold=0.3, mask_grow_threshold=0.6)).localise
+    assert (local.seed_threshold, local.grow_threshold) == (0.3, 0.6)
+    assert local == dataclasses.replace(LocaliseConfig(), seed_threshold=0.3, grow_threshold=0.6)  # the rest stay
+
+
 def test_shrink_pad_shrinks_into_a_black_frame_at_a_seeded_offset() -> None:
     x = torch.ones(2, 1, 16, 16)
     first = shrink_pad(x, 2, seeded_generators([1, 2], "cpu"))

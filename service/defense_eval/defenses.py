@@ -112,6 +112,11 @@ class DefenseSetting(ZipConfig):
             label = f"local polish={self.polish_noise:g} S={self.steps} η={self.eta:g} K={self.votes}"
             if (self.polish_steps, self.polish_eta) != (ZipConfig.polish_steps, ZipConfig.polish_eta):
                 label += f" S_polish={self.polish_steps} η_polish={self.polish_eta:g}"
+            if (self.mask_seed_threshold, self.mask_grow_threshold) != (
+                ZipConfig.mask_seed_threshold,
+                ZipConfig.mask_grow_threshold,
+            ):
+                label += f" mask={self.mask_seed_threshold:g}/{self.mask_grow_threshold:g}"
         else:
             power = "∞" if math.isinf(self.guidance_power) else f"{self.guidance_power:g}"
             label = f"{self.transforms} S={self.steps} λ={power} η={self.eta:g} K={self.votes}"

@@ -38,6 +38,8 @@ class SweepKnob(StrEnum):
     POLISH_NOISE = "polish_noise"
     POLISH_STEPS = "polish_steps"
     POLISH_ETA = "polish_eta"
+    MASK_SEED_THRESHOLD = "mask_seed_threshold"
+    MASK_GROW_THRESHOLD = "mask_grow_threshold"
 
     @property
     def integer(self) -> bool:
@@ -94,6 +96,8 @@ class SweepKnob(StrEnum):
             SweepKnob.POLISH_NOISE: "polish",
             SweepKnob.POLISH_STEPS: "S_polish",
             SweepKnob.POLISH_ETA: "η_polish",
+            SweepKnob.MASK_SEED_THRESHOLD: "mask_seed",
+            SweepKnob.MASK_GROW_THRESHOLD: "mask_grow",
         }[self]
         shown = "∞" if isinstance(value, float) and math.isinf(value) else f"{value:g}"
         return f"{symbol}={shown}"
@@ -116,6 +120,8 @@ _ALIASES = {
     "polish-eta": SweepKnob.POLISH_ETA,
     "polish-steps": SweepKnob.POLISH_STEPS,
     "polish-noise": SweepKnob.POLISH_NOISE,
+    "mask-seed-threshold": SweepKnob.MASK_SEED_THRESHOLD,
+    "mask-grow-threshold": SweepKnob.MASK_GROW_THRESHOLD,
 }
 
 

@@ -68,8 +68,11 @@ class LocalRestoreConfig:
 
     @classmethod
     def from_zip(cls, config: ZipConfig) -> LocalRestoreConfig:
-        """The restore a `Method.LOCAL` ZipConfig asks for: its S and η, its polish pass (0: none)."""
+        """The restore a `Method.LOCAL` ZipConfig asks for: its mask thresholds, S and η, its polish pass (0: none)."""
         return cls(
+            localise=LocaliseConfig(
+                seed_threshold=config.mask_seed_threshold, grow_threshold=config.mask_grow_threshold
+            ),
             steps=config.steps,
             eta=config.eta,
             polish_noise=config.polish_noise or None,

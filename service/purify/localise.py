@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from service.purify.options import ZipConfig
 from service.purify.schedule import alpha_bar, ddim_step, renoise
 
 EpsFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,8 +45,8 @@ class LocaliseConfig:
         draws: noise draws averaged into the map (forwards = steps · draws).
         block: mask block side in pixels (the image side must be a multiple of it).
         seed_blocks: at most this many of the highest-scoring blocks seed regions.
-        seed_threshold: a seed block must also score above it.
-        grow_threshold: a region grows through neighbouring blocks scoring above it.
+        seed_threshold: a seed block must also score above it (the setting MASK_SEED_THRESHOLD).
+        grow_threshold: a region grows through neighbouring blocks scoring above it (MASK_GROW_THRESHOLD).
         dilate: blocks added around each region.
 
     Raises:
@@ -57,8 +58,9 @@ class LocaliseConfig:
     draws: int = 2
     block: int = 2
     seed_blocks: int = 6
-    seed_threshold: float = 0.80
-    grow_threshold: float = 0.80
+    # The two thresholds are settings: their defaults are ZipConfig's (one source), the rest are fixed.
+    seed_threshold: float = ZipConfig.mask_seed_threshold
+    grow_threshold: float = ZipConfig.mask_grow_threshold
     dilate: int = 1
 
     def __post_init__(self) -> None:

@@ -111,6 +111,17 @@ def check_eta(value: float) -> float:
     return value
 
 
+def check_mask_threshold(name: str, value: float) -> float:
+    """A localiser threshold ≥ 0, in the suspicion map's unit (mean |x − x̂| in [-1, 1] pixel units).
+
+    Raises:
+        ValueError: a negative value (or NaN); the message names the knob.
+    """
+    if not value >= 0.0:  # written so that NaN fails too
+        raise ValueError(f"{name} must be >= 0 (a suspicion-map score), got {value}")
+    return value
+
+
 def check_transforms(spec: str) -> str:
     """The spec, stripped, once its syntax is valid (any channel count: "gray" alone on a 1-channel
     model is refused only when the model, and so its channel count, is known).
@@ -147,6 +158,9 @@ class ZipConfig:
         polish_steps: that pass's steps (ε-model forwards), spread evenly over [0, polish_noise·T).
         polish_eta: η of that pass's DDIM steps: 1 draws fresh noise at every step, 0 walks the
             deterministic DDIM path from the noised image (keeps more texture, lets more through).
+        mask_seed_threshold: the suspicion-map score a block must pass to seed a LOCAL mask region
+            (mean |x − x̂| in [-1, 1] units; lower masks more of every image, docs/design.md).
+        mask_grow_threshold: the score through which a seeded region grows to neighbouring blocks.
 
     Raises:
         ValueError: a bad value; the message names the knob and its valid range.
@@ -163,6 +177,8 @@ class ZipConfig:
     polish_noise: float = 0.3
     polish_steps: int = 10
     polish_eta: float = 1.0
+    mask_seed_threshold: float = 0.8
+    mask_grow_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         check_transforms(self.transforms)
@@ -171,6 +187,8 @@ class ZipConfig:
         check_eta(self.eta)
         check_steps(self.polish_steps)
         check_eta(self.polish_eta)
+        check_mask_threshold("mask_seed_threshold", self.mask_seed_threshold)
+        check_mask_threshold("mask_grow_threshold", self.mask_grow_threshold)
         if not 0.0 < self.noise_start <= 1.0:
             raise ValueError(f"noise_start must be in (0, 1] (1 = start from pure noise), got {self.noise_start}")
         if not 0.0 <= self.polish_noise < 1.0:

@@ -82,6 +82,19 @@ class PurifyFields(BaseModel):
         description="method=local: η of the DiffPure pass (1: fresh noise every step; 0: the deterministic DDIM "
         "path, more clean accuracy and more attacks through; docs/defense.md).",
     )
+    mask_seed_threshold: float = Field(
+        ZipConfig.mask_seed_threshold,
+        ge=0.0,
+        description="method=local: the suspicion-map score (mean |x − x̂| in [-1, 1] units) a block must pass to "
+        "seed a mask region; lower masks more of every image (0.3 with grow 0.6 was the first local default: "
+        "~15% of every clean image; docs/defense.md).",
+    )
+    mask_grow_threshold: float = Field(
+        ZipConfig.mask_grow_threshold,
+        ge=0.0,
+        description="method=local: the suspicion-map score through which a seeded mask region grows to its "
+        "8-connected neighbour blocks; lower grows regions along the garment's edges (docs/defense.md).",
+    )
     strength: Strength = Field(
         Strength.BALANCED,
         description="Strength preset of requests that do not send ?strength=: light (λ ≥ 0.5, t* ≤ 0.6), "
