@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.api.deps import PROTOCOL_ERROR_RESPONSES, GatewayDep
 from service.api.relay import MODEL_NOT_EXPOSED_RESPONSE, RELAYED_RESPONSE, check_vendor_path, relayed_response
+from service.api.routes_health import ProbeRoute
 from service.api.routes_v2 import ask_vendor, vendor_says_yes
 from service.upstream import UpstreamProtocol
 
@@ -68,7 +69,14 @@ def build_v1_router(gateway_dependencies: list[Any]) -> APIRouter:
         The router.
     """
     router = APIRouter(tags=["sidecar"])
-    router.add_api_route("/", v1_live, methods=["GET"], responses=_LIVE_RESPONSES, response_class=JSONResponse)
+    router.add_api_route(
+        "/",
+        v1_live,
+        methods=["GET"],
+        responses=_LIVE_RESPONSES,
+        response_class=JSONResponse,
+        route_class_override=ProbeRoute,  # HEAD too, as load balancers probe
+    )
     status = APIRouter(tags=["sidecar"], dependencies=gateway_dependencies)
     relayed = {**RELAYED_RESPONSE, **PROTOCOL_ERROR_RESPONSES, **MODEL_NOT_EXPOSED_RESPONSE}
     status.add_api_route(

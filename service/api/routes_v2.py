@@ -32,6 +32,7 @@ from service.api.relay import (
     relayed_response,
     vendor_path,
 )
+from service.api.routes_health import ProbeRoute
 from service.api.security import headers_for_vendor
 from service.upstream import RelayedResponse, UpstreamProtocol
 
@@ -146,6 +147,7 @@ def build_v2_router(gateway_dependencies: list[Any]) -> APIRouter:
         methods=["GET"],
         responses=_health_responses(V2LiveResponse),
         response_class=JSONResponse,
+        route_class_override=ProbeRoute,  # HEAD too, as load balancers probe
     )
     router.add_api_route(
         "/v2/health/ready",
@@ -153,6 +155,7 @@ def build_v2_router(gateway_dependencies: list[Any]) -> APIRouter:
         methods=["GET"],
         responses=_health_responses(V2ReadyResponse),
         response_class=JSONResponse,
+        route_class_override=ProbeRoute,
     )
     # The metadata routes relay the vendor's answer to the caller: behind the API key.
     metadata: dict[str, Any] = {"methods": ["GET"], "dependencies": gateway_dependencies, "response_class": Response}
