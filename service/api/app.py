@@ -84,6 +84,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # No 307 to the path with (or without) a trailing slash: an empty-bodied redirect of a POST that many
+        # clients do not follow. The 404 names the route instead (api/errors.py, `missing_route_message`).
+        redirect_slashes=False,
     )
     app.state.lifecycle = lifecycle  # for the server's signal handler (drain before uvicorn stops)
     app.state.metrics = metrics  # /metrics reads it, also before the lifespan has built the gateway

@@ -5,7 +5,8 @@ request id beside it: `service.errors.error_body`).
 GatewayError (service/errors.py)   → its own status, code and headers
 UpstreamRejected (vendor 4xx)      → the vendor's status; its body quoted in the message
 RequestValidationError (FastAPI)   → 422 invalid_request
-HTTPException (routing 404/405 …)  → its status, code from `HTTP_CODES`
+HTTPException (routing 404/405 …)  → its status, code from `HTTP_CODES`; a path no route matches is a
+                                     404 naming it, and the route it missed by a trailing slash, if any
 ClientDisconnected (a GatewayError) → 499, counted and logged only (nobody is listening)
 anything else                      → 500 internal (api/middleware.py; the trace goes to the log)
 """
@@ -22,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from service.api.logging import REQUEST_ID
 from service.errors import (
@@ -114,7 +116,28 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def on_http_exception(request: Request, exc: HTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code) or _phrase_code(exc.status_code)
-        return error_response(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+        message = str(exc.detail)
+        if exc.status_code == 404 and "endpoint" not in request.scope:  # the router's: no route matched
+            message = missing_route_message(request)
+        return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
+
+
+def missing_route_message(request: Request) -> str:
+    """The 404 message of a request no route matched: its method and path, and the route's own path where
+    only a trailing slash is in the way (`/predict/` for `/predict`, or the other way round).
+
+    The gateway does not redirect to that path (`redirect_slashes` is off): a 307 has no body to read, and a
+    client that does not follow it, or follows it without the body, sees nothing useful.
+    """
+    path = request.url.path
+    message = f"no route {request.method} {path}"
+    if path == "/":
+        return message
+    other = path.rstrip("/") if path.endswith("/") else f"{path}/"
+    other_scope = {**request.scope, "path": other}
+    if any(route.matches(other_scope)[0] is Match.FULL for route in request.app.router.routes):
+        message += f"; did you mean {other}?"
+    return message
 
 
 def _phrase_code(status: int) -> str:
