@@ -17,6 +17,11 @@ got its 413 and kept trickling bytes would hold the connection for ever. As ngin
 the rest of the body is read and dropped first (`_drain_rest`: until it ends, the body's deadline, or a
 byte budget), then the 413 goes out with Connection: close. The client has normally finished sending by
 then, so the close is clean (FIN, not RST) and the 413 reaches it; one still sending is cut off.
+
+A body with a content coding (`Content-Encoding: gzip`, ...) is refused the same way, drained and then
+answered, with 415 and `Accept-Encoding: identity` (RFC 9110 §15.5.16): the gateway reads images out
+of the bytes, and would otherwise fail on them as an undecodable image (a misleading 400). Decoding
+it here would put a decompressed size, not the bytes sent, under the body limits.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from service.api.errors import (
 from service.api.lifecycle import Lifecycle
 from service.api.logging import request_id_context
 from service.api.timing import RequestTimings
-from service.errors import DRAINING_RETRY_AFTER_S, NotReady, PayloadTooLarge, RequestTimeout
+from service.errors import DRAINING_RETRY_AFTER_S, NotReady, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from service.metrics import GatewayMetrics
 
 logger = logging.getLogger("zipgate.access")
@@ -199,6 +204,11 @@ class GatewayMiddleware:
             return
         deadline = asyncio.get_running_loop().time() + self.body_read_timeout_s  # from the request's arrival
         declared = _content_length(scope["headers"])
+        codings = _content_codings(scope["headers"]) if _has_body(scope["headers"], declared) else []
+        if codings:  # before any route: no route reads a coded body
+            refusal = _refuse_coded(self.body_limit, declared, codings, deadline=deadline)
+            await self._until_drain_stop(refusal(scope, receive, send), scope, receive, send, response_started)
+            return
         if declared is not None and declared > self.body_limit.max_bytes:  # before any route: no work for it
             refusal = _refuse_declared(self.body_limit, declared, deadline=deadline)
             await self._until_drain_stop(refusal(scope, receive, send), scope, receive, send, response_started)
@@ -270,6 +280,20 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def _has_body(headers: list[tuple[bytes, bytes]], declared: int | None) -> bool:
+    """Whether the request has a body (HTTP/1.1: a Content-Length above 0, or a Transfer-Encoding)."""
+    return bool(declared) or any(name.lower() == b"transfer-encoding" for name, _ in headers)
+
+
+def _content_codings(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    """The request body's content codings other than `identity` (which is no coding), from every Content-Encoding."""
+    codings = []
+    for name, value in headers:
+        if name.lower() == b"content-encoding":
+            codings += [coding.strip() for coding in value.decode("latin-1").split(",")]
+    return [coding for coding in codings if coding and coding.lower() != "identity"]
+
+
 def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
     return any(name.lower() == b"expect" and value.lower() == b"100-continue" for name, value in headers)
 
@@ -312,6 +336,24 @@ def _refuse_declared(limit: BodyLimit, declared: int, *, deadline: float) -> ASG
     async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
         await _drain_declared(receive, scope, limit, declared, deadline)
         await gateway_error_response(limit.declared_too_large(declared))(scope, receive, send)
+
+    return refuse
+
+
+def _refuse_coded(limit: BodyLimit, declared: int | None, codings: list[str], *, deadline: float) -> ASGIApp:
+    """The 415 for a body with a content coding, before any route: drained (as a refused body is), then answered."""
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        if declared is None:  # chunked: as much as the drain budget and the deadline allow
+            await _drain_rest(receive, received=0, budget=limit.drain_budget, deadline=deadline)
+        else:
+            await _drain_declared(receive, scope, limit, declared, deadline)
+        error = UnsupportedMediaType(
+            f"Content-Encoding {', '.join(codings)}: the gateway does not accept compressed request bodies; "
+            "send the body uncompressed (no Content-Encoding, or identity)",
+            headers={**_CLOSE, "Accept-Encoding": "identity"},
+        )
+        await gateway_error_response(error)(scope, receive, send)
 
     return refuse
 
