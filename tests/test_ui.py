@@ -28,7 +28,7 @@ from service.shadow.capture import CaptureRing, FlaggedImage
 from service.shadow.history import BASELINE_S, BUCKET_S, WINDOW_S, ShadowHistory
 from service.shadow.policy import DefensePolicy
 from service.shadow.targets import TargetBoard
-from service.ui.routes import PACKAGE_DIR
+from service.ui.routes import CONTENT_SECURITY_POLICY, PACKAGE_DIR
 from service.ui.shadow_view import PAGE_SIZE, shadow_page
 from service.ui.tryout import TriedImage, TryResult
 from service.upstream import UpstreamProtocol
@@ -117,8 +117,20 @@ def test_numbers_on_the_pages_follow_the_apis_rule(gateway_url: str) -> None:
         )
         assert response.status_code == 400 and "at least 1" in response.text, votes
     for page in ("1_0", "+1", "1.0"):
-        assert get(f"{gateway_url}/ui/captures", params={"page": page}).status_code == 422, page
+        assert get(f"{gateway_url}/ui/captures", params={"page": page}).status_code == 400, page
     assert get(f"{gateway_url}/ui/captures", params={"page": "1"}).status_code == 200
+
+
+def test_a_query_a_page_cannot_read_is_a_400_page_naming_the_parameter(gateway_url: str) -> None:
+    for page in ("abc", "0"):
+        response = get(f"{gateway_url}/ui/captures", params={"page": page})
+        assert response.status_code == 400, page
+        assert response.headers["content-type"].startswith("text/html")
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert '<section id="error"' in response.text and "query parameter page: " in response.text
+        assert '<a href="/ui/captures">' in response.text  # the page again, without the query
+    api = post(f"{gateway_url}/purify", params={"seed": "abc"}, files=[("image", ("x.png", png_bytes(), "image/png"))])
+    assert api.status_code == 422 and api.json()["error"]["code"] == "invalid_request"  # the API keeps its JSON
 
 
 def test_try_shows_a_hostile_vendors_labels_bounded(models: tuple[Path, Path]) -> None:

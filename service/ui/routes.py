@@ -3,18 +3,22 @@
 Behind the API key like the API when one is set (the page runs purifications and shows captured
 user images); the stylesheet and icon under `STATIC_URL` are public. Every page carries a Content
 Security Policy that allows only this origin and inline `data:` images: nothing can load from
-elsewhere, and no script runs at all.
+elsewhere, and no script runs at all. A query a page cannot read (`?page=abc`) is a 400 page that
+names the parameter (`PageRoute`), not the API's JSON 422: a browser shows it.
 """
 
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import Field
@@ -44,6 +48,35 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",  # captured user images and vendor answers: not for shared caches
 }
+
+
+class PageRoute(APIRoute):
+    """A /ui route: parameters it cannot read answer a 400 HTML page naming them, not the API's JSON 422."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return _bad_request_page(request, exc)
+
+        return page_handler
+
+
+def _bad_request_page(request: Request, exc: RequestValidationError) -> HTMLResponse:
+    """The 400 page: each parameter that could not be read (`query parameter page: ...`), and the page without them."""
+    problems = [
+        f"{error['loc'][0]} parameter {'.'.join(map(str, error['loc'][1:]))}: {error['msg']}"
+        if len(error.get("loc", ())) > 1
+        else str(error.get("msg", "invalid"))
+        for error in exc.errors()[:3]
+    ]
+    return _render(
+        request, request.state.gateway, "bad_request.html", title="Bad request", view=None, problems=problems,
+        page_path=request.url.path, status_code=400,
+    )  # fmt: skip
 
 
 async def ui_home() -> RedirectResponse:
@@ -121,7 +154,7 @@ def mount_ui(app: FastAPI, dependencies: list[Any]) -> None:
     templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
     templates.env.filters["utc"] = _utc
     app.state.ui_templates = templates
-    router = APIRouter(prefix=UI_PREFIX, include_in_schema=False, dependencies=dependencies)
+    router = APIRouter(prefix=UI_PREFIX, include_in_schema=False, dependencies=dependencies, route_class=PageRoute)
     router.add_api_route("", ui_home, methods=["GET"])
     router.add_api_route("/try", try_form, methods=["GET"])
     router.add_api_route("/try", try_submit, methods=["POST"])
