@@ -534,3 +534,12 @@ def test_the_mask_thresholds_sweep_into_the_localiser_and_the_label_off_their_de
     assert (local.config.localise.seed_threshold, local.config.localise.grow_threshold) == (0.3, 0.6)
     with pytest.raises(ValueError, match="mask_grow_threshold must be >= 0"):
         sweep_settings(DefenseSetting(), "mask_grow_threshold=-1")
+
+
+def test_the_mask_alone_defense_takes_the_setting_s_thresholds() -> None:
+    loose = DefenseSetting(mask_seed_threshold=0.3, mask_grow_threshold=0.6)
+    assert loose.output_key(Defense.LOCAL) != DefenseSetting().output_key(Defense.LOCAL)
+    defender = InProcessDefender(lambda x, t: torch.zeros_like(x))  # type: ignore[arg-type]
+    mask_alone = defender._canvas_purifier(Defense.LOCAL, loose)
+    assert isinstance(mask_alone, LocalRestorer) and mask_alone.config.polish_noise is None
+    assert (mask_alone.config.localise.seed_threshold, mask_alone.config.localise.grow_threshold) == (0.3, 0.6)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from service.purify.local_restore import LocalRestoreConfig, LocalRestorer, build_purifier, diffpure
+from service.purify.localise import LocaliseConfig
 from service.purify.models import EpsModel
 from service.purify.options import Method, ZipConfig
 from service.purify.pipeline import CanvasPurifier, degraded_images, fit_to_model, purify_canvases, restore_images
@@ -103,7 +104,7 @@ class DefenseSetting(ZipConfig):
         if defense is Defense.DIFFPURE:
             return (defense, self.diffpure_noise, self.steps, self.mirror)
         if defense is Defense.LOCAL:
-            return (defense, self.steps, self.mirror)
+            return (defense, self.steps, self.mask_seed_threshold, self.mask_grow_threshold, self.mirror)
         return (defense, *dataclasses.astuple(self.zip_config()), self.mirror)  # every ZIP knob, votes aside
 
     def describe(self) -> str:
@@ -208,7 +209,10 @@ class InProcessDefender:
         if self.model is None:
             raise ValueError(f"the {defense.value} defense needs a diffusion model: pass model_path")
         if defense is Defense.LOCAL:
-            local = LocalRestoreConfig(steps=setting.steps)
+            thresholds = LocaliseConfig(
+                seed_threshold=setting.mask_seed_threshold, grow_threshold=setting.mask_grow_threshold
+            )
+            local = LocalRestoreConfig(localise=thresholds, steps=setting.steps)
             if local not in self._local:
                 self._local[local] = LocalRestorer(self.model, local)
             return self._local[local]
