@@ -151,6 +151,24 @@ def test_a_malformed_notification_is_a_json_4xx(body: bytes, content_type: str, 
     assert state["targets"] == []
 
 
+def test_a_notification_of_another_payload_version_is_400_naming_both_versions() -> None:
+    with unpurified_gateway() as url:
+        answers = {
+            version: post_alerts(url, json={**notification(alert("7")), "version": version})
+            for version in ("3", "5", "")
+        }
+        unversioned = {key: value for key, value in notification(alert("7")).items() if key != "version"}
+        read_as_4 = post_alerts(url, json=unversioned)
+    for version, answer in answers.items():
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "bad_request"
+        assert error["message"] == (
+            f"Alertmanager webhook payload version {version!r} is not supported; this gateway reads version '4'"
+        )
+    assert read_as_4.status_code == 200 and read_as_4.json()["named"] == ["7"]  # nothing else named
+
+
 def test_limits_on_what_the_sender_controls() -> None:
     over_size = b'{"alerts": [], "pad": "' + b"x" * MAX_ALERTS_BODY_BYTES + b'"}'
     many = notification(*[alert(None, status="resolved")] * (MAX_ALERTS + 1))

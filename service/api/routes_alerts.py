@@ -3,7 +3,9 @@
 The alert `ZipgateSuspectedBackdoorTarget` (docker/alerts.yml) judges the shadow counters of every
 replica together and carries the suspected label as `raw_label`. Alertmanager delivers it here
 (docker/alertmanager.yml, k8s/components/monitoring/alertmanager/) as its webhook payload, version 4
-(`{"version": "4", "status", "alerts": [{"status", "labels", "annotations", "startsAt", ...}], ...}`).
+(`{"version": "4", "status", "alerts": [{"status", "labels", "annotations", "startsAt", ...}], ...}`);
+a payload of another version is refused (400: its fields may mean something else), one without a
+version is read as version 4.
 Every alert in it whose own status is `firing` and that has a `raw_label` label names that label
 (`bounded_label`) with source `alertmanager` and rule = its `alertname` (bounded); `other` (the
 bucket of labels past the cap) and an empty label are skipped, not refused. A new label while
@@ -38,7 +40,7 @@ from service.api.middleware import BodyLimit
 from service.api.openapi_bodies import request_body
 from service.api.routes_targets import targets_state
 from service.api.schemas import AlertsResponse, ErrorResponse
-from service.errors import InvalidShape, PayloadTooLarge, TargetsFull
+from service.errors import BadRequest, InvalidShape, PayloadTooLarge, TargetsFull
 from service.shadow.labels import OTHER_LABEL, bounded_label
 from service.shadow.targets import TargetBoard, TargetSource
 from service.upstream.wire import parse_request_json
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 ALERTS_PATH = "/targets/alerts"
 MAX_ALERTS_BODY_BYTES = 1024 * 1024  # a notification of MAX_ALERTS alerts is about half of it
 MAX_ALERTS = 1000
+WEBHOOK_VERSION = "4"  # Alertmanager's webhook payload version: the one whose fields this route reads
 RAW_LABEL = "raw_label"  # the alert's label that names the suspected target (docker/alerts.yml)
 ALERT_NAME = "alertname"
 LOGGED_NOT_NAMED = 10  # labels a warning quotes of those not named (a notification may hold 1,000)
@@ -70,7 +73,9 @@ class WebhookAlert(BaseModel):
 class AlertmanagerWebhook(BaseModel):
     """Alertmanager's webhook payload (version 4): the fields read; the others (groupKey, receiver, ...) are ignored."""
 
-    version: str = Field("4", description="The payload's version; Alertmanager sends 4.")
+    version: str = Field(
+        WEBHOOK_VERSION, description=f"The payload's version; Alertmanager sends {WEBHOOK_VERSION}, the only one read."
+    )
     alerts: list[WebhookAlert] = Field(
         description=f"The notification's alerts, at most {MAX_ALERTS} (413 beyond).",
         json_schema_extra={"maxItems": MAX_ALERTS},
@@ -98,11 +103,12 @@ def parse_webhook(body: bytes, content_type: str | None) -> AlertmanagerWebhook:
 
     Raises:
         UnsupportedMediaType: a Content-Type that is not JSON (415).
-        BadRequest: the body is not JSON (400).
+        BadRequest: the body is not JSON, or a payload version other than `WEBHOOK_VERSION` (400).
         InvalidShape: JSON that is not a webhook payload (422).
         PayloadTooLarge: more than `MAX_ALERTS` alerts (413).
     """
     payload = parse_request_json(body, content_type)
+    check_webhook_version(payload)
     try:
         webhook = AlertmanagerWebhook.model_validate(payload)
     except ValidationError as exc:
@@ -115,6 +121,21 @@ def parse_webhook(body: bytes, content_type: str | None) -> AlertmanagerWebhook:
             f"set the receiver's max_alerts to {MAX_ALERTS} or fewer"
         )
     return webhook
+
+
+def check_webhook_version(payload: Any) -> None:
+    """Refuse a payload whose `version` is a string other than `WEBHOOK_VERSION`; checked before its shape, since
+    another version's shape is not ours to judge. (A version that is not a string is a shape error, 422.)
+
+    Raises:
+        BadRequest: the version received, and the one read.
+    """
+    version = payload.get("version", WEBHOOK_VERSION) if isinstance(payload, dict) else WEBHOOK_VERSION
+    if isinstance(version, str) and version != WEBHOOK_VERSION:
+        raise BadRequest(
+            f"Alertmanager webhook payload version {version[:40]!r} is not supported; "
+            f"this gateway reads version {WEBHOOK_VERSION!r}"
+        )
 
 
 def name_alerted_targets(board: TargetBoard, alerts: list[WebhookAlert]) -> tuple[list[str], list[str]]:
@@ -167,7 +188,10 @@ async def post_alerts(request: Request, gateway: GatewayDep) -> AlertsResponse:
 
 
 _ALERTS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "The body is not JSON."},
+    400: {
+        "model": ErrorResponse,
+        "description": f"The body is not JSON, or the payload's version is not {WEBHOOK_VERSION}.",
+    },
     401: ERROR_RESPONSES[401],
     408: ERROR_RESPONSES[408],  # the middleware's body-read deadline, as on every route that reads a body
     413: {"model": ErrorResponse, "description": f"Over {MAX_ALERTS_BODY_BYTES} bytes or {MAX_ALERTS} alerts."},
