@@ -394,6 +394,7 @@ def test_404_is_documented_only_on_the_sidecar_model_routes() -> None:
         "/predict",
         "/purify",
         "/v1/models/{name}:predict",
+        "/v1/models/{name}/versions/{version}:predict",
         "/v2/models/{name}/infer",
         "/v2/models/{name}/versions/{version}/infer",
         "/invocations",

@@ -49,6 +49,7 @@ def _endpoints(routes: list[Any]) -> dict[str, Any]:
 def test_the_sidecar_routes_are_the_module_level_handlers() -> None:
     assert _endpoints(build_sidecar_router([], "/invocations").routes) == {
         "/v1/models/{name}:predict": routes_sidecar.tfserving_predict,
+        "/v1/models/{name}/versions/{version}:predict": routes_sidecar.tfserving_predict_version,
         "/v2/models/{name}/infer": routes_sidecar.v2_infer,
         "/v2/models/{name}/versions/{version}/infer": routes_sidecar.v2_infer_version,
         "/invocations": routes_sidecar.raw_predict,

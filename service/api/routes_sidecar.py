@@ -6,7 +6,9 @@ second field that could hold images is refused: `service.upstream.side_content`)
 to the same path (and query) upstream, and relays the vendor's answer unchanged: status, body,
 content type and end-to-end headers. Only the gateway's own failures (bad image, queue full,
 vendor unreachable) answer in the gateway's JSON error shape. The steps are `service.api.relay`'s;
-this module holds the routes and the OpenAPI of their bodies.
+this module holds the routes and the OpenAPI of their bodies. The TF-Serving and v2 routes also name
+a model version, as their protocols do (`/v1/models/{name}/versions/{v}:predict`,
+`/v2/models/{name}/versions/{v}/infer`); it is checked like the name, and relayed in the path.
 
 Routing of the raw protocol (the body is the image): `POST {upstream_raw_path}`. When that path
 is `/predict` (the default) it is shared with the gateway's own API, and the Content-Type
@@ -120,6 +122,14 @@ async def tfserving_predict(name: str, request: Request, gateway: GatewayDep, ct
     return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.TFSERVING], ctx)
 
 
+async def tfserving_predict_version(
+    name: str, version: str, request: Request, gateway: GatewayDep, ctx: ContextDep
+) -> Response:
+    """TF-Serving `:predict` of one model version (`/v1/models/{name}/versions/{version}:predict`): purified,
+    forwarded, relayed."""
+    return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.TFSERVING], ctx)
+
+
 async def v2_infer(name: str, request: Request, gateway: GatewayDep, ctx: ContextDep) -> Response:
     """Open Inference Protocol v2 inference (`INFER_V2_DESCRIPTION`)."""
     return await relay(request, gateway, gateway.sidecars[UpstreamProtocol.V2], ctx)
@@ -149,6 +159,14 @@ def build_sidecar_router(gateway_dependencies: list[Any], raw_path: str | None) 
     router.add_api_route(
         "/v1/models/{name}:predict",
         tfserving_predict,
+        methods=["POST"],
+        responses=MODEL_RESPONSES,
+        openapi_extra=TFSERVING_BODY_OPENAPI,
+        response_class=Response,
+    )
+    router.add_api_route(
+        "/v1/models/{name}/versions/{version}:predict",
+        tfserving_predict_version,
         methods=["POST"],
         responses=MODEL_RESPONSES,
         openapi_extra=TFSERVING_BODY_OPENAPI,

@@ -6,6 +6,10 @@
   of base64 images, plus the v2 health and metadata routes, and KServe v1's liveness `GET /` and
   model status `GET /v1/models/{name}`.
 
+The model has one version, `MODEL_VERSION` ("1", as its metadata and status list it): every model
+path also answers under `/versions/1` (`/v1/models/{name}/versions/1:predict`,
+`/v2/models/{name}/versions/1/infer`, ...), and another version is a 404 `model_not_found`.
+
 Errors are JSON `{"error": {"code", "message", "request_id"}}` (on /v1/ and /v2/ paths the
 protocols' `{"error": "<message>"}`, with the code and request id beside it) with a 4xx status for
 bad input, never a bare 500. `X-Request-ID` is taken from the request (or made), echoed and logged.
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")  # printable, no spaces: safe to log and echo
 _RAW_CONTENT_TYPES = ("image/", "application/octet-stream")
+MODEL_VERSION = "1"  # the model's one version, listed by its metadata and status, served under /versions/1
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
@@ -114,6 +119,14 @@ def _parse_json(body: bytes, schema: type[SchemaT]) -> SchemaT:
 def _check_name(name: str, predictor: VendorPredictor) -> None:
     if name != predictor.name:
         raise ModelNotFound(f"model {name!r} not found; this server serves {predictor.name!r}")
+
+
+def _check_version(name: str, version: str, predictor: VendorPredictor) -> None:
+    _check_name(name, predictor)
+    if version != MODEL_VERSION:
+        raise ModelNotFound(
+            f"model {name!r} version {version!r} not found; this server serves version {MODEL_VERSION!r}"
+        )
 
 
 def _to_wire(prediction: ImagePrediction) -> Prediction:
@@ -250,7 +263,7 @@ async def status_tf(name: str, request: Request) -> dict:
     _check_name(name, _predictor(request))
     return {
         "model_version_status": [
-            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            {"version": MODEL_VERSION, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
         ]
     }
 
@@ -263,7 +276,7 @@ async def infer_v2(name: str, request: Request) -> V2InferResponse:
     predictions = await _run(predictor, _v2_images(parsed, predictor.limits))
     return V2InferResponse(
         model_name=predictor.name,
-        model_version="1",
+        model_version=MODEL_VERSION,
         id=parsed.id or request.state.request_id,
         outputs=_v2_outputs(predictions),
     )
@@ -276,7 +289,7 @@ async def metadata_v2(name: str, request: Request) -> V2ModelMetadata:
     classes = len(predictor.class_names)
     return V2ModelMetadata(
         name=predictor.name,
-        versions=["1"],
+        versions=[MODEL_VERSION],
         platform="pytorch",
         inputs=[V2TensorMetadata(name="image", datatype="BYTES", shape=[-1])],
         outputs=[
@@ -315,6 +328,58 @@ async def healthz(request: Request) -> dict:
     return {"status": "ok", "model": predictor.name, "attack": predictor.attack}
 
 
+# A model version's paths: the version checked, then the model's own handler.
+async def predict_tf_version(name: str, version: str, request: Request) -> TFPredictResponse:
+    """TF-Serving / Vertex AI row format, of one model version."""
+    _check_version(name, version, _predictor(request))
+    return await predict_tf(name, request)
+
+
+async def status_tf_version(name: str, version: str, request: Request) -> dict:
+    """TF-Serving model status, of one model version."""
+    _check_version(name, version, _predictor(request))
+    return await status_tf(name, request)
+
+
+async def infer_v2_version(name: str, version: str, request: Request) -> V2InferResponse:
+    """Open Inference Protocol v2 inference, of one model version."""
+    _check_version(name, version, _predictor(request))
+    return await infer_v2(name, request)
+
+
+async def metadata_v2_version(name: str, version: str, request: Request) -> V2ModelMetadata:
+    """v2 model metadata, of one model version."""
+    _check_version(name, version, _predictor(request))
+    return await metadata_v2(name, request)
+
+
+async def model_ready_v2_version(name: str, version: str, request: Request) -> dict:
+    _check_version(name, version, _predictor(request))
+    return await model_ready_v2(name, request)
+
+
+def _install_version_routes(app: FastAPI) -> None:
+    """The model's paths under `/versions/{version}`, as TF-Serving and the v2 protocol name a version."""
+    app.add_api_route(
+        "/v1/models/{name}/versions/{version}:predict",
+        predict_tf_version,
+        methods=["POST"],
+        response_model=TFPredictResponse,
+    )
+    app.add_api_route("/v1/models/{name}/versions/{version}", status_tf_version, methods=["GET"])
+    app.add_api_route(
+        "/v2/models/{name}/versions/{version}/infer",
+        infer_v2_version,
+        methods=["POST"],
+        response_model=V2InferResponse,
+        response_model_exclude_none=True,
+    )
+    app.add_api_route(
+        "/v2/models/{name}/versions/{version}", metadata_v2_version, methods=["GET"], response_model=V2ModelMetadata
+    )
+    app.add_api_route("/v2/models/{name}/versions/{version}/ready", model_ready_v2_version, methods=["GET"])
+
+
 def _install_routes(app: FastAPI) -> None:
     """Register the three wire formats' routes and the health routes; the handlers find the model in `app.state`."""
     app.add_api_route("/predict", predict_raw, methods=["POST"], response_model=Prediction)
@@ -334,6 +399,7 @@ def _install_routes(app: FastAPI) -> None:
     app.add_api_route("/v2/health/live", live_v2, methods=["GET"])
     app.add_api_route("/", live_v1, methods=["GET"])
     app.add_api_route("/healthz", healthz, methods=["GET"])
+    _install_version_routes(app)
 
 
 def create_vendor_app(model_dir: Path, model_name: str = "fmnist", limits: InputLimits = InputLimits()) -> FastAPI:
