@@ -453,11 +453,7 @@ def eval_command(
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     stream_shares: Annotated[
-        str,
-        typer.Option(
-            help="With the none and zip rows (no sweep): the closed loop as a stream at these attack shares p "
-            "(stream.md; '' skips it)."
-        ),
+        str, typer.Option(help="With none and zip (no sweep): the closed loop as a stream at shares p ('' skips).")
     ] = "0.01,0.1",
 ) -> None:
     """CA / ASR / PA of defenses on the shipped vendor models; writes results.json, results.md and grids."""
