@@ -263,7 +263,7 @@ def measure_fmnist(plan: Plan, report: Report, model_path: Path) -> list[Row]:
         return rows
     fmnist_plan = dataclasses.replace(plan, forward_batches=plan.fmnist_batches, zip_batches=plan.fmnist_batches)
     # The shipped world's global ZIP at the benchmark's steps: the ε-model loop every method runs
-    # (METHOD=local adds the localiser's 10 forwards and the polish pass's 10 around a restore like it).
+    # (METHOD=local adds the localiser's 10 forwards and the polish pass's 8 around a restore like it).
     zip_config = ZipConfig(steps=plan.steps, method=Method.GLOBAL)
     for index, dtype in enumerate(plan.dtypes):
         torch.manual_seed(plan.seed)

@@ -38,7 +38,7 @@ def test_defaults_run_the_shipped_model_against_the_demo_vendor() -> None:
     settings = load_settings()
     assert settings.model_path == Path("models/fmnist-ddpm")
     assert (settings.method, settings.steps) == (Method.LOCAL, 10)
-    assert (settings.polish_noise, settings.polish_steps, settings.polish_eta) == (0.3, 10, 1.0)
+    assert (settings.polish_noise, settings.polish_steps, settings.polish_eta) == (0.25, 8, 1.0)
     assert (settings.transforms, settings.guidance_power, settings.eta) == ("jblur:4", 0.25, 1.0)
     assert (settings.devices, settings.dtype) == ("auto", DType.AUTO)
     assert settings.purification_enabled is True

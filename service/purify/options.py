@@ -142,7 +142,7 @@ class ZipConfig:
     The one source of the defaults: the gateway's settings, the CLI, the evaluation and
     `ZipPurifier` all start from these. The defaults are the shipped world's, chosen by the worst
     case over the attack zoo (docs/defense.md): `Method.LOCAL` with S = 10 restore steps (20 cost
-    5–8 points more clean accuracy) and a DiffPure pass of 10 steps from t = 0.3·T; for `Method.GLOBAL`, jblur:4
+    5–8 points more clean accuracy) and a DiffPure pass of 8 steps from t = 0.25·T; for `Method.GLOBAL`, jblur:4
     (blur:4 on a grid offset per image) and λ = 0.25, measured at S = 20: set steps=20 with it.
 
     Attributes:
@@ -174,8 +174,8 @@ class ZipConfig:
     travel_length: int = 1
     travel_repeat: int = 1
     method: Method = Method.LOCAL
-    polish_noise: float = 0.3
-    polish_steps: int = 10
+    polish_noise: float = 0.25
+    polish_steps: int = 8
     polish_eta: float = 1.0
     mask_seed_threshold: float = 0.8
     mask_grow_threshold: float = 0.8
