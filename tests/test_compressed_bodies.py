@@ -5,6 +5,7 @@ uncompressed, on every route and before any is read, instead of a 400 for an ima
 from __future__ import annotations
 
 import gzip
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import error_details, gateway_settings, get, png_bytes, post, running_gateway
-from tests.raw_http import v2_body
+from tests.raw_http import address, request_head, v2_body
 
 V2_INFER = "/v2/models/fmnist/infer"
 
@@ -85,3 +86,18 @@ def test_identity_is_no_coding(gateway: tuple[str, StaticApp]) -> None:
 def test_a_request_without_a_body_is_not_refused_for_the_header(gateway: tuple[str, StaticApp]) -> None:
     url, _ = gateway
     assert get(f"{url}/healthz", headers={"Content-Encoding": "gzip"}).status_code == 200
+
+
+def test_a_chunked_coded_body_waiting_for_100_continue_gets_its_415_without_sending_it(
+    gateway: tuple[str, StaticApp],
+) -> None:
+    url, _ = gateway
+    extra = "Transfer-Encoding: chunked\r\nContent-Encoding: gzip\r\nExpect: 100-continue\r\n"
+    with socket.create_connection(address(url), timeout=30) as sock:
+        sock.sendall(request_head("POST", V2_INFER, extra=extra))  # the head only: the body waits for a 100
+        sock.settimeout(30)
+        received = b""
+        while chunk := sock.recv(65536):  # the 415 closes the connection
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 415"), received[:300]
+    assert b"100 Continue" not in received, "a 100 Continue would invite the body the gateway refuses"

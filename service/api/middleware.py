@@ -344,8 +344,9 @@ def _refuse_coded(limit: BodyLimit, declared: int | None, codings: list[str], *,
     """The 415 for a body with a content coding, before any route: drained (as a refused body is), then answered."""
 
     async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-        if declared is None:  # chunked: as much as the drain budget and the deadline allow
-            await _drain_rest(receive, received=0, budget=limit.drain_budget, deadline=deadline)
+        if declared is None:  # chunked: as much as the drain budget and the deadline allow, unless not sent yet
+            if not _expects_continue(scope["headers"]):  # `receive` would send the 100 Continue that invites it
+                await _drain_rest(receive, received=0, budget=limit.drain_budget, deadline=deadline)
         else:
             await _drain_declared(receive, scope, limit, declared, deadline)
         error = UnsupportedMediaType(
