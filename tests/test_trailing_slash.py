@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from service.api.errors import MAX_PATH_IN_MESSAGE
 from tests.fault_servers import StaticApp, serve_asgi
 from tests.gateway_servers import gateway_settings, get, png_bytes, post, running_gateway
 from tests.raw_http import json_error, raw_post, v2_body
@@ -69,3 +70,12 @@ def test_a_get_a_slash_away_from_a_route_is_404_naming_it(gateway: tuple[str, St
     answer = get(f"{url}/healthz/", follow_redirects=False)
     assert answer.status_code == 404
     assert answer.json()["error"]["message"] == "no route GET /healthz/; did you mean /healthz?"
+
+
+def test_a_404_echoes_a_long_path_cut_short(gateway: tuple[str, StaticApp]) -> None:
+    url, _ = gateway
+    path = "/predict" + "x" * 5000 + "/"
+    status, _, body = raw_post(url, path, b"{}")
+    assert status == 404
+    message = json_error(body, path)["message"]
+    assert message == f"no route POST {path[:MAX_PATH_IN_MESSAGE]}…"

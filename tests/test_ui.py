@@ -159,9 +159,9 @@ def test_the_pages_need_the_key_but_the_stylesheet_does_not(models: tuple[Path, 
         running_vendor(models[1]) as vendor_url,
         running_gateway(gateway_settings(models[0], vendor_url, api_key=KEY)) as url,
     ):
-        for path in ("/ui", "/ui/try", "/ui/captures"):
+        for path in ("/ui", "/ui/", "/ui/try", "/ui/captures"):
             assert get(f"{url}{path}").status_code == 401, path
-            answer = get(f"{url}{path}", headers={"X-API-Key": KEY}, follow_redirects=True)  # /ui: to /ui/try
+            answer = get(f"{url}{path}", headers={"X-API-Key": KEY}, follow_redirects=True)  # /ui(/): to /ui/try
             assert answer.status_code == 200, path
         assert post(f"{url}/ui/try", files=[("image", png_bytes())]).status_code == 401
         page = get(f"{url}/ui/try", headers={"X-API-Key": KEY}).text

@@ -122,6 +122,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
 
 
+MAX_PATH_IN_MESSAGE = 200
+"""A 404 echoes at most this many characters of the path it could not route."""
+
+
 def missing_route_message(request: Request) -> str:
     """The 404 message of a request no route matched: its method and path, and the route's own path where
     only a trailing slash is in the way (`/predict/` for `/predict`, or the other way round).
@@ -130,8 +134,9 @@ def missing_route_message(request: Request) -> str:
     client that does not follow it, or follows it without the body, sees nothing useful.
     """
     path = request.url.path
-    message = f"no route {request.method} {path}"
-    if path == "/":
+    shown = path if len(path) <= MAX_PATH_IN_MESSAGE else f"{path[:MAX_PATH_IN_MESSAGE]}…"  # a client's text, bounded
+    message = f"no route {request.method} {shown}"
+    if path == "/" or len(path) > MAX_PATH_IN_MESSAGE:  # no route has a path that long
         return message
     other = path.rstrip("/") if path.endswith("/") else f"{path}/"
     other_scope = {**request.scope, "path": other}

@@ -80,7 +80,7 @@ def _bad_request_page(request: Request, exc: RequestValidationError) -> HTMLResp
 
 
 async def ui_home() -> RedirectResponse:
-    """`/ui` opens the first view."""
+    """`/ui` and `/ui/` open the first view (a browser's user types either; the gateway has no slash redirects)."""
     return RedirectResponse(f"{UI_PREFIX}/try", status_code=303)
 
 
@@ -156,6 +156,7 @@ def mount_ui(app: FastAPI, dependencies: list[Any]) -> None:
     app.state.ui_templates = templates
     router = APIRouter(prefix=UI_PREFIX, include_in_schema=False, dependencies=dependencies, route_class=PageRoute)
     router.add_api_route("", ui_home, methods=["GET"])
+    router.add_api_route("/", ui_home, methods=["GET"])
     router.add_api_route("/try", try_form, methods=["GET"])
     router.add_api_route("/try", try_submit, methods=["POST"])
     router.add_api_route("/captures", captures, methods=["GET"])
