@@ -171,12 +171,13 @@ class LocalRestorer:
 
         An image with nothing masked comes back as it is, and most clean images have nothing masked
         (docs/defense.md), so only the masked ones run the model. The others' generators draw the
-        run's noise unused: the output, and every later draw, is the full batch's run's. A model
+        run's noise unused: every later draw is the full batch's run's, and so is the output, up to
+        the float rounding a smaller batch gives the model's sums. A model
         compiled for fixed batch sizes (`EpsModel.static_batch`) always runs the whole batch.
         """
         if self.config.outside_blur is not None:  # the blur repaints every pixel: nothing to skip
             return self._zip(keep)(x, generator)
-        masked = [bool(has_mask) for has_mask in (keep < 1).flatten(1).any(dim=1)]
+        masked: list[bool] = (keep < 1).flatten(1).any(dim=1).tolist()  # one device sync, not one per image
         whole_batch = getattr(self.model, "static_batch", False) or not _per_image(generator)
         if all(masked) or (any(masked) and whole_batch):  # a compiled shape, or one stream: no split
             restored = self._zip(keep)(x, generator)
