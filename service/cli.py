@@ -406,7 +406,7 @@ def eval_command(
         typer.Option(
             help="Comma list: none, blur, shrinkpad, diffpure, zip (the gateway's engine), local (the mask alone)."
         ),
-    ] = "none,blur,zip",
+    ] = "none,blur,shrinkpad,diffpure,zip,local",
     n: Annotated[int, typer.Option(min=1, help="First n test images.")] = 1000,
     steps: Annotated[int, typer.Option(help="S, sampling steps.")] = ZipConfig.steps,
     transforms: Annotated[str, typer.Option()] = ZipConfig.transforms,

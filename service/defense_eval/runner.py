@@ -113,7 +113,7 @@ class EvalOptions:
     """
 
     vendors: tuple[Attack, ...] = ZOO
-    defenses: tuple[Defense, ...] = (Defense.NONE, Defense.BLUR, Defense.ZIP)
+    defenses: tuple[Defense, ...] = tuple(Defense)  # every baseline beside the engine, on the same images
     n: int = 1000
     setting: DefenseSetting = field(default_factory=DefenseSetting)
     seed: int = 0
