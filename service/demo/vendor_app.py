@@ -21,8 +21,9 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -329,55 +330,43 @@ async def healthz(request: Request) -> dict:
 
 
 # A model version's paths: the version checked, then the model's own handler.
-async def predict_tf_version(name: str, version: str, request: Request) -> TFPredictResponse:
-    """TF-Serving / Vertex AI row format, of one model version."""
-    _check_version(name, version, _predictor(request))
-    return await predict_tf(name, request)
+ModelHandler = Callable[[str, Request], Awaitable[Any]]
 
 
-async def status_tf_version(name: str, version: str, request: Request) -> dict:
-    """TF-Serving model status, of one model version."""
-    _check_version(name, version, _predictor(request))
-    return await status_tf(name, request)
+def _of_version(handler: ModelHandler) -> Callable[[str, str, Request], Awaitable[Any]]:
+    """`handler` under `/versions/{version}`: the version checked first (another is a 404 model_not_found)."""
 
+    async def versioned(name: str, version: str, request: Request) -> Any:
+        _check_version(name, version, _predictor(request))
+        return await handler(name, request)
 
-async def infer_v2_version(name: str, version: str, request: Request) -> V2InferResponse:
-    """Open Inference Protocol v2 inference, of one model version."""
-    _check_version(name, version, _predictor(request))
-    return await infer_v2(name, request)
-
-
-async def metadata_v2_version(name: str, version: str, request: Request) -> V2ModelMetadata:
-    """v2 model metadata, of one model version."""
-    _check_version(name, version, _predictor(request))
-    return await metadata_v2(name, request)
-
-
-async def model_ready_v2_version(name: str, version: str, request: Request) -> dict:
-    _check_version(name, version, _predictor(request))
-    return await model_ready_v2(name, request)
+    versioned.__doc__ = handler.__doc__  # the route's description, as on the model's own path
+    return versioned
 
 
 def _install_version_routes(app: FastAPI) -> None:
     """The model's paths under `/versions/{version}`, as TF-Serving and the v2 protocol name a version."""
     app.add_api_route(
         "/v1/models/{name}/versions/{version}:predict",
-        predict_tf_version,
+        _of_version(predict_tf),
         methods=["POST"],
         response_model=TFPredictResponse,
     )
-    app.add_api_route("/v1/models/{name}/versions/{version}", status_tf_version, methods=["GET"])
+    app.add_api_route("/v1/models/{name}/versions/{version}", _of_version(status_tf), methods=["GET"])
     app.add_api_route(
         "/v2/models/{name}/versions/{version}/infer",
-        infer_v2_version,
+        _of_version(infer_v2),
         methods=["POST"],
         response_model=V2InferResponse,
         response_model_exclude_none=True,
     )
     app.add_api_route(
-        "/v2/models/{name}/versions/{version}", metadata_v2_version, methods=["GET"], response_model=V2ModelMetadata
+        "/v2/models/{name}/versions/{version}",
+        _of_version(metadata_v2),
+        methods=["GET"],
+        response_model=V2ModelMetadata,
     )
-    app.add_api_route("/v2/models/{name}/versions/{version}/ready", model_ready_v2_version, methods=["GET"])
+    app.add_api_route("/v2/models/{name}/versions/{version}/ready", _of_version(model_ready_v2), methods=["GET"])
 
 
 def _install_routes(app: FastAPI) -> None:
