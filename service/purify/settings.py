@@ -93,7 +93,7 @@ class PurifyFields(BaseModel):
         ZipConfig.mask_grow_threshold,
         ge=0.0,
         description="method=local: the suspicion-map score through which a seeded mask region grows to its "
-        "8-connected neighbour blocks; lower grows regions along the garment's edges (docs/defense.md).",
+        "8-connected neighbour blocks; lower lets a region grow further from its seed (docs/defense.md).",
     )
     strength: Strength = Field(
         Strength.BALANCED,
