@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 
 import httpx
 
@@ -32,6 +33,51 @@ def request_head(
     return (
         f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: {content_type}\r\n{length}{extra}\r\n"
     ).encode()
+
+
+def chunked_framing(body: bytes, chunk_bytes: int = 64 * 1024) -> bytes:
+    """`body` in HTTP/1.1 chunked framing, terminating chunk included."""
+    pieces = [body[i : i + chunk_bytes] for i in range(0, len(body), chunk_bytes)]
+    return b"".join(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for piece in pieces) + b"0\r\n\r\n"
+
+
+def post_head(path: str, *, length: int | None, extra: str = "") -> bytes:
+    """A POST head declaring `length` bytes, or a chunked body where `length` is None."""
+    chunked = "Transfer-Encoding: chunked\r\n" if length is None else ""
+    return request_head("POST", path, content_length=length, extra=chunked + extra)
+
+
+def until_closed(sock: socket.socket, *, timeout_s: float = 30.0) -> bytes:
+    """Everything the server sends until it closes the connection (a reset fails the test: the answer
+    could have been lost to it). Raises TimeoutError if it is still open after `timeout_s`."""
+    sock.settimeout(timeout_s)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def trickle_until_closed(sock: socket.socket, byte: bytes, *, give_up_s: float = 60.0) -> tuple[bool, bytes]:
+    """Send `byte` whenever nothing came back for 0.5 s, until the server closes the connection or
+    `give_up_s` passes. Whether it closed, and what came back."""
+    received = b""
+    sock.settimeout(0.5)
+    give_up = time.monotonic() + give_up_s
+    while time.monotonic() < give_up:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:  # nothing in 0.5 s: one more byte
+            try:
+                sock.sendall(byte)
+            except (BrokenPipeError, ConnectionResetError):
+                return True, received
+            continue
+        except ConnectionResetError:  # cut off with a byte of ours unread
+            return True, received
+        if not chunk:
+            return True, received
+        received += chunk
+    return False, received
 
 
 def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +27,7 @@ from service.errors import PayloadTooLarge
 from service.loopback import serve_asgi
 from service.metrics import GatewayMetrics
 from tests.gateway_servers import gateway_settings, running_gateway, wait_until
-from tests.raw_http import address, request_head
+from tests.raw_http import address, chunked_framing, post_head, trickle_until_closed, until_closed
 
 GATEWAY_LIMIT = 1000
 TIGHT = BodyLimit(100, "the limit of /tight", "send less")
@@ -134,28 +133,6 @@ BIG_BODY_BYTES = 2 << 20
 PATHS = {"gateway": "/plain", "route": "/tight"}
 
 
-def _chunked(body: bytes, chunk_bytes: int = 64 * 1024) -> bytes:
-    """`body` in HTTP/1.1 chunked framing, terminating chunk included."""
-    pieces = [body[i : i + chunk_bytes] for i in range(0, len(body), chunk_bytes)]
-    return b"".join(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for piece in pieces) + b"0\r\n\r\n"
-
-
-def _head(path: str, *, length: int | None, extra: str = "") -> bytes:
-    """A POST head declaring `length` bytes, or a chunked body where `length` is None."""
-    chunked = "Transfer-Encoding: chunked\r\n" if length is None else ""
-    return request_head("POST", path, content_length=length, extra=chunked + extra)
-
-
-def _until_closed(sock: socket.socket, *, timeout_s: float = 30.0) -> bytes:
-    """Everything the server sends until it closes the connection (a reset fails the test: the answer
-    could have been lost to it). Raises TimeoutError if it is still open after `timeout_s`."""
-    sock.settimeout(timeout_s)
-    received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    return received
-
-
 def _closing_413(received: bytes) -> str:
     """The 413's message, after checking it closes the connection and has the JSON error shape."""
     head, _, body = received.partition(b"\r\n\r\n")
@@ -170,7 +147,9 @@ def _closing_413(received: bytes) -> str:
 @pytest.mark.parametrize("chunked", [False, True], ids=["declared", "streamed"])
 def test_a_body_over_the_limit_at_full_speed_reliably_gets_its_413_then_the_close(chunked: bool, where: str) -> None:
     body, path = b"x" * BIG_BODY_BYTES, PATHS[where]
-    request = _head(path, length=None) + _chunked(body) if chunked else _head(path, length=len(body)) + body
+    request = (
+        post_head(path, length=None) + chunked_framing(body) if chunked else post_head(path, length=len(body)) + body
+    )
     # For the route's limit to be the one broken, the gateway's is above the body.
     gateway_limit = GATEWAY_LIMIT if where == "gateway" else 2 * BIG_BODY_BYTES
     expected = "(the limit of /tight)" if where == "route" else f"{GATEWAY_LIMIT} bytes (max_request_bytes)"
@@ -178,31 +157,8 @@ def test_a_body_over_the_limit_at_full_speed_reliably_gets_its_413_then_the_clos
         for attempt in range(20):  # a reset racing the answer would lose it now and then, not every time
             with socket.create_connection(address(base_url), timeout=30) as sock:
                 sock.sendall(request)
-                message = _closing_413(_until_closed(sock))
+                message = _closing_413(until_closed(sock))
             assert expected in message, (attempt, message)
-
-
-def _trickle_until_closed(sock: socket.socket, byte: bytes, *, give_up_s: float = 60.0) -> tuple[bool, bytes]:
-    """Send `byte` whenever nothing came back for 0.5 s, until the server closes the connection or
-    `give_up_s` passes. Whether it closed, and what came back."""
-    received = b""
-    sock.settimeout(0.5)
-    give_up = time.monotonic() + give_up_s
-    while time.monotonic() < give_up:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:  # nothing in 0.5 s: one more byte
-            try:
-                sock.sendall(byte)
-            except (BrokenPipeError, ConnectionResetError):
-                return True, received
-            continue
-        except ConnectionResetError:  # cut off with a byte of ours unread
-            return True, received
-        if not chunk:
-            return True, received
-        received += chunk
-    return False, received
 
 
 @pytest.mark.parametrize("where", list(PATHS))
@@ -213,15 +169,18 @@ def test_a_client_trickling_after_its_body_went_over_the_limit_is_cut_off_at_the
     """Before the drain, uvicorn discarded the rest for ever: a byte every 0.5 s held the connection open."""
     over = b"x" * (GATEWAY_LIMIT + 1)
     if chunked:
-        request, byte = _head(PATHS[where], length=None) + _chunked(over)[: -len(b"0\r\n\r\n")], b"1\r\nx\r\n"
+        request, byte = (
+            post_head(PATHS[where], length=None) + chunked_framing(over)[: -len(b"0\r\n\r\n")],
+            b"1\r\nx\r\n",
+        )
     else:
-        request, byte = _head(PATHS[where], length=len(over) + 1000) + over, b"x"
+        request, byte = post_head(PATHS[where], length=len(over) + 1000) + over, b"x"
     with (
         serve_asgi(_app(body_read_timeout_s=2.0)) as base_url,
         socket.create_connection(address(base_url), timeout=30) as sock,
     ):
         sock.sendall(request)
-        closed, received = _trickle_until_closed(sock, byte)  # a minute: far past the 2 s deadline
+        closed, received = trickle_until_closed(sock, byte)  # a minute: far past the 2 s deadline
     assert closed, f"the connection was still open a minute on; received {received[:300]!r}"
     if received:  # a byte of ours in flight at the close resets it, and the 413 may be lost: fine here
         _closing_413(received)
@@ -229,16 +188,16 @@ def test_a_client_trickling_after_its_body_went_over_the_limit_is_cut_off_at_the
 
 def test_a_body_declared_past_the_drain_budget_is_refused_without_reading_it(url: str) -> None:
     with socket.create_connection(address(url), timeout=30) as sock:
-        sock.sendall(_head("/plain", length=10**12))  # nothing sent after the head: the close is clean
-        assert "of 1000000000000 bytes" in _closing_413(_until_closed(sock))
+        sock.sendall(post_head("/plain", length=10**12))  # nothing sent after the head: the close is clean
+        assert "of 1000000000000 bytes" in _closing_413(until_closed(sock))
 
 
 def test_a_body_waiting_for_100_continue_gets_its_413_instead() -> None:
     with serve_asgi(_app()) as base_url:
         for path in PATHS.values():
             with socket.create_connection(address(base_url), timeout=30) as sock:
-                sock.sendall(_head(path, length=GATEWAY_LIMIT + 1, extra="Expect: 100-continue\r\n"))
-                _closing_413(_until_closed(sock))  # no 100 Continue first: that would invite the body
+                sock.sendall(post_head(path, length=GATEWAY_LIMIT + 1, extra="Expect: 100-continue\r\n"))
+                _closing_413(until_closed(sock))  # no 100 Continue first: that would invite the body
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["declared", "streamed"])
@@ -247,10 +206,10 @@ def test_an_upload_past_the_drain_budget_at_full_speed_is_cut_off(url: str, chun
     sent = 0
     with socket.create_connection(address(url), timeout=30) as sock:
         if chunked:
-            sock.sendall(_head("/tight", length=None))
-            piece = _chunked(piece)[: -len(b"0\r\n\r\n")]
+            sock.sendall(post_head("/tight", length=None))
+            piece = chunked_framing(piece)[: -len(b"0\r\n\r\n")]
         else:
-            sock.sendall(_head("/tight", length=100 * DRAIN_FLOOR_BYTES))  # over the budget: not drained at all
+            sock.sendall(post_head("/tight", length=100 * DRAIN_FLOOR_BYTES))  # over the budget: not drained at all
         with pytest.raises(OSError):  # a reset or broken pipe once the server has closed
             while sent < 20 * DRAIN_FLOOR_BYTES:
                 sock.sendall(piece)
@@ -271,9 +230,9 @@ def test_a_client_that_hangs_up_while_its_body_is_drained_is_counted_499(
     with caplog.at_level(logging.DEBUG, logger="zipgate.access"), serve_asgi(_app(metrics=metrics)) as base_url:
         with socket.create_connection(address(base_url), timeout=30) as sock:
             if chunked:
-                sock.sendall(_head("/tight", length=None) + _chunked(b"x" * (TIGHT.max_bytes + 1))[:-5])
+                sock.sendall(post_head("/tight", length=None) + chunked_framing(b"x" * (TIGHT.max_bytes + 1))[:-5])
             else:
-                sock.sendall(_head("/plain", length=GATEWAY_LIMIT + 1) + b"x")
+                sock.sendall(post_head("/plain", length=GATEWAY_LIMIT + 1) + b"x")
             wait_until(
                 lambda: any("draining a refused body" in r.getMessage() for r in caplog.records),
                 timeout_s=30,

@@ -12,13 +12,21 @@ client sending a byte every few seconds holds a connection and a handler for eve
 connection is closed). A client that hangs up mid-body is counted as 499 and logged at info:
 nothing failed.
 
-A body over its limit is not left to uvicorn to discard: it does so with no deadline, so a client that
-got its 413 and kept trickling bytes would hold the connection for ever. As nginx's "lingering close",
-the rest of the body is read and dropped first (`_drain_rest`: until it ends, the body's deadline, or a
-byte budget), then the 413 goes out with Connection: close. The client has normally finished sending by
-then, so the close is clean (FIN, not RST) and the 413 reaches it; one still sending is cut off.
+An error answered before the body ended is not left to uvicorn either: it discards the unread rest with no
+deadline (httptools keeps reading it after the answer, so a client trickling bytes would hold the connection
+for ever), or closes with data unread (h11), which can reset the connection and lose the answer. So every
+error response (status >= 400) that starts while the body is incomplete - a 413, a 401 from the API key
+check, a 404, the 503 of a gateway shutting down, a route's error raised before it read the body - first
+drains the rest, as
+nginx's "lingering close" does (`_RequestBody.drain`: read and dropped until it ends, the body's deadline,
+or a byte budget). If the drain reached the end the connection stays open; otherwise the answer goes out
+with Connection: close, and a client still sending is cut off. The client has normally finished sending by
+then, so the close is clean (FIN, not RST) and the answer reaches it. A body that waits for a 100 Continue
+is not read (that would invite it), and one declared over the budget neither (it could not end in time).
+413s and 415s close the connection in any case. Only the 503 that ends a request still unanswered when the
+shutdown's drain budget is spent (`_until_drain_stop`) drains nothing: it goes out at once, with the close.
 
-A body with a content coding (`Content-Encoding: gzip`, ...) is refused the same way, drained and then
+A body with a content coding (`Content-Encoding: gzip`, ...) is refused before any route, drained and then
 answered, with 415 and `Accept-Encoding: identity` (RFC 9110 §15.5.16): the gateway reads images out
 of the bytes, and would otherwise fail on them as an undecodable image (a misleading 400). Decoding
 it here would put a decompressed size, not the bytes sent, under the body limits.
@@ -27,6 +35,7 @@ it here would put a decompressed size, not the bytes sent, under the body limits
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
@@ -51,13 +60,13 @@ from service.metrics import GatewayMetrics
 
 logger = logging.getLogger("zipgate.access")
 
-# How much of a refused (413) body is read and dropped before the connection closes: DRAIN_LIMIT_FACTOR × the
-# limit it broke, at least DRAIN_FLOOR_BYTES. Dropping costs no memory (each chunk goes as it arrives) and the
-# body's deadline bounds the time; this bounds the bytes, so a huge upload at full speed is cut off after
-# about 64 MiB (4 × the default MAX_REQUEST_BYTES) rather than read for ever. Within it, a body up to 5 × its
-# limit (a common mistake's size) still ends before the close and its client reliably reads the 413; the
-# floor does the same for a route's small limit (the Alertmanager webhook's 1 MiB). A body declared larger
-# than the budget is not read at all: it could not end before the close anyway.
+# How much of a refused body (a 413, or any error answered before the body ended) is read and dropped before
+# the answer: DRAIN_LIMIT_FACTOR × the body's limit, at least DRAIN_FLOOR_BYTES. Dropping costs no memory (each
+# chunk goes as it arrives) and the body's deadline bounds the time; this bounds the bytes, so a huge upload at
+# full speed is cut off after about 64 MiB (4 × the default MAX_REQUEST_BYTES) rather than read for ever.
+# Within it, a body up to 5 × its limit (a common mistake's size) still ends before the close and its client
+# reliably reads the 413; the floor does the same for a route's small limit (the Alertmanager webhook's 1 MiB).
+# A body declared larger than the budget is not read at all: it could not end before the close anyway.
 DRAIN_LIMIT_FACTOR = 4
 DRAIN_FLOOR_BYTES = 8 << 20
 
@@ -87,11 +96,12 @@ class BodyLimit:
 
     @property
     def drain_budget(self) -> int:
-        """At most this many bytes of a body over this limit are read (and dropped) before its 413 closes."""
+        """At most this many bytes of a body this limit applies to are read (and dropped) before an error answer
+        (its 413, or any other answered before the body ended)."""
         return max(DRAIN_LIMIT_FACTOR * self.max_bytes, DRAIN_FLOOR_BYTES)
 
-    # Both with Connection: close, sent once the rest of the body is drained (`_drain_rest`): kept open,
-    # uvicorn would discard whatever the client sends next with no deadline.
+    # Both with Connection: close, sent once the rest of the body is drained (`_RequestBody.drain`): kept
+    # open, uvicorn would discard whatever the client sends next with no deadline.
     def declared_too_large(self, declared: int) -> PayloadTooLarge:
         return PayloadTooLarge(
             f"request body of {declared} bytes; the limit is {self.max_bytes} bytes ({self.name}): {self.advice}",
@@ -132,9 +142,10 @@ def timings_of(scope: Scope) -> RequestTimings:
 
 class GatewayMiddleware:
     """Around every HTTP request: take or make X-Request-ID and log with it; refuse bodies over
-    `max_request_bytes`, or over the route's tighter `body_limit` (declared or streamed) with 413 (the rest of
-    the body drained first, then the connection closed) and bodies not complete within
-    `body_read_timeout_s` of the request's arrival with 408; refuse work while draining with 503;
+    `max_request_bytes`, or over the route's tighter `body_limit` (declared or streamed) with 413, and bodies
+    not complete within `body_read_timeout_s` of the request's arrival with 408; refuse work while draining
+    with 503; before any error answer (>= 400) that starts while the body is incomplete, drain its rest, and
+    close the connection after the answer unless the drain reached the body's end;
     add X-Request-ID and Server-Timing to the response; count it in the request metrics (499 for
     a client that hung up mid-body); end a request still unanswered when the drain budget is spent
     with 503 (`Lifecycle.stop_in_flight`); and turn any unexpected exception into a JSON 500.
@@ -164,10 +175,20 @@ class GatewayMiddleware:
         scope.setdefault("state", {})[TIMINGS_STATE_KEY] = timings
         status = 500
         started_response = False
+        body = _guarded_receive(
+            receive,
+            scope,
+            self.body_limit,
+            _content_length(scope["headers"]),
+            deadline=asyncio.get_running_loop().time() + self.body_read_timeout_s,  # from the request's arrival
+            timeout_s=self.body_read_timeout_s,
+            response_started=lambda: started_response,
+        )
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, started_response
             if message["type"] == "http.response.start":
+                message = await body.before_response(message)  # an error's: the rest of the body drained first
                 status, started_response = message["status"], True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
@@ -181,7 +202,7 @@ class GatewayMiddleware:
             if counted:
                 self.metrics.inflight.inc()
             try:
-                await self._handle(scope, receive, send_with_headers, lambda: started_response)
+                await self._handle(scope, body, send_with_headers, lambda: started_response)
             except ClientDisconnect:
                 # Starlette's, raised while the app reads the body: nobody is left to answer.
                 status = CLIENT_CLOSED_REQUEST
@@ -190,49 +211,44 @@ class GatewayMiddleware:
                 logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
                 if started_response:
                     raise  # too late for a JSON body; the server closes the connection
-                await internal_error_response()(scope, receive, send_with_headers)
+                with contextlib.suppress(ClientDisconnect):  # hung up while the rest of its body was drained
+                    await internal_error_response()(scope, body, send_with_headers)
             finally:
                 if counted:
                     self.metrics.inflight.dec()
                 self._record(scope, status, timings)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, response_started: Callable[[], bool]) -> None:
+    async def _handle(self, scope: Scope, body: _RequestBody, send: Send, response_started: Callable[[], bool]) -> None:
+        # Every error answered here (and by the app) before the body ended drains its rest first: `send` does.
         if self.lifecycle.draining and scope["path"] not in PROBE_PATHS:
             await gateway_error_response(NotReady(self.lifecycle.detail, retry_after_s=DRAINING_RETRY_AFTER_S))(
-                scope, receive, send
+                scope, body, send
             )
             return
-        deadline = asyncio.get_running_loop().time() + self.body_read_timeout_s  # from the request's arrival
-        declared = _content_length(scope["headers"])
-        codings = _content_codings(scope["headers"]) if _has_body(scope["headers"], declared) else []
+        declared = body.declared
+        codings = _content_codings(scope["headers"]) if body.has_body else []
+        app: ASGIApp = self.app
         if codings:  # before any route: no route reads a coded body
-            refusal = _refuse_coded(self.body_limit, declared, codings, deadline=deadline)
-            await self._until_drain_stop(refusal(scope, receive, send), scope, receive, send, response_started)
-            return
-        if declared is not None and declared > self.body_limit.max_bytes:  # before any route: no work for it
-            refusal = _refuse_declared(self.body_limit, declared, deadline=deadline)
-            await self._until_drain_stop(refusal(scope, receive, send), scope, receive, send, response_started)
-            return
-        guarded_receive = _guarded_receive(
-            receive,
-            scope,
-            self.body_limit,
-            declared,
-            deadline=deadline,
-            timeout_s=self.body_read_timeout_s,
-            response_started=response_started,
-        )
-        await self._until_drain_stop(self.app(scope, guarded_receive, send), scope, receive, send, response_started)
+            app = gateway_error_response(_coded(codings))
+        elif declared is not None and declared > self.body_limit.max_bytes:  # before any route: no work for it
+            app = gateway_error_response(self.body_limit.declared_too_large(declared))
+        await self._until_drain_stop(app(scope, body, send), scope, body, send, response_started)
 
     async def _until_drain_stop(
-        self, call: Awaitable[None], scope: Scope, receive: Receive, send: Send, response_started: Callable[[], bool]
+        self,
+        call: Awaitable[None],
+        scope: Scope,
+        body: _RequestBody,
+        send: Send,
+        response_started: Callable[[], bool],
     ) -> None:
         """Run the app's `call`, ending it with a 503 JSON if the drain budget is spent before it answered.
 
         The request stages end themselves at that moment (`service.api.guard`, whose cleanup runs as
         the call is cancelled); this covers everything outside them, e.g. a body still arriving, which
         uvicorn's graceful timeout would otherwise cancel into a plain-text 500 without a request id.
-        A response already under way is left to finish (uvicorn's timeout bounds it).
+        A response already under way is left to finish (uvicorn's timeout bounds it). The 503 drains
+        nothing of a body still arriving (the gateway is going away): it goes out at once, with Connection: close.
         """
         app_call = asyncio.ensure_future(call)
         stopped = self.lifecycle.in_flight_stopped()
@@ -253,7 +269,8 @@ class GatewayMiddleware:
             "the gateway shut down before this request was answered (drain_timeout_s spent); retry on another replica",
             retry_after_s=DRAINING_RETRY_AFTER_S,
         )
-        await gateway_error_response(error)(scope, receive, send)
+        body.skip_drain()
+        await gateway_error_response(error)(scope, body, send)
 
     def _record(self, scope: Scope, status: int, timings: RequestTimings) -> None:
         route: Any = scope.get("route")
@@ -299,12 +316,12 @@ def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 async def _drain_rest(receive: Receive, *, received: int, budget: int, deadline: float) -> bool:
-    """Read and drop the rest of a body refused with 413, `received` bytes of which were read already, until
-    it ends, `deadline` (event-loop time) passes or more than `budget` bytes of it were read in all.
+    """Read and drop the rest of a body refused with an error, `received` bytes of which were read already,
+    until it ends, `deadline` (event-loop time) passes or more than `budget` bytes of it were read in all.
 
-    Returns whether it ended: the connection then closes cleanly after the 413. Otherwise the client is
-    still sending (a trickle past the deadline, or a huge upload), and is cut off. A client that hangs up
-    meanwhile raises ClientDisconnect, as Starlette does for one that hangs up mid-body (499).
+    Returns whether it ended: the connection can then stay open, or close cleanly after the answer. Otherwise
+    the client is still sending (a trickle past the deadline, or a huge upload), and is cut off. A client that
+    hangs up meanwhile raises ClientDisconnect, as Starlette does for one that hangs up mid-body (499).
     """
     logger.debug("draining a refused body, %d bytes of it read so far", received)
     try:
@@ -323,45 +340,118 @@ async def _drain_rest(receive: Receive, *, received: int, budget: int, deadline:
     return False
 
 
-async def _drain_declared(receive: Receive, scope: Scope, limit: BodyLimit, declared: int, deadline: float) -> None:
-    """Drain a body refused for its declared length, unless there is no point: the client waits for a
-    100 Continue before sending it (`receive` would invite it), or it is over the drain budget."""
-    if not _expects_continue(scope["headers"]) and declared <= limit.drain_budget:
-        await _drain_rest(receive, received=0, budget=limit.drain_budget, deadline=deadline)
-
-
-def _refuse_declared(limit: BodyLimit, declared: int, *, deadline: float) -> ASGIApp:
-    """The 413 for a body declared over the gateway's limit, before any route: drained, then answered."""
-
-    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-        await _drain_declared(receive, scope, limit, declared, deadline)
-        await gateway_error_response(limit.declared_too_large(declared))(scope, receive, send)
-
-    return refuse
-
-
-def _refuse_coded(limit: BodyLimit, declared: int | None, codings: list[str], *, deadline: float) -> ASGIApp:
-    """The 415 for a body with a content coding, before any route: drained (as a refused body is), then answered."""
-
-    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-        if declared is None:  # chunked: as much as the drain budget and the deadline allow, unless not sent yet
-            if not _expects_continue(scope["headers"]):  # `receive` would send the 100 Continue that invites it
-                await _drain_rest(receive, received=0, budget=limit.drain_budget, deadline=deadline)
-        else:
-            await _drain_declared(receive, scope, limit, declared, deadline)
-        error = UnsupportedMediaType(
-            f"Content-Encoding {', '.join(codings)}: the gateway does not accept compressed request bodies; "
-            "send the body uncompressed (no Content-Encoding, or identity)",
-            headers={**_CLOSE, "Accept-Encoding": "identity"},
-        )
-        await gateway_error_response(error)(scope, receive, send)
-
-    return refuse
+def _coded(codings: list[str]) -> UnsupportedMediaType:
+    """The 415 for a body with a content coding (drained before it goes out, as any early error's body is)."""
+    return UnsupportedMediaType(
+        f"Content-Encoding {', '.join(codings)}: the gateway does not accept compressed request bodies; "
+        "send the body uncompressed (no Content-Encoding, or identity)",
+        headers={**_CLOSE, "Accept-Encoding": "identity"},
+    )
 
 
 def _tighter(default: BodyLimit, route: BodyLimit | None) -> BodyLimit:
     """The route's own limit where it is tighter than the gateway's (or the same: its 413 says more)."""
     return route if route is not None and route.max_bytes <= default.max_bytes else default
+
+
+def _with_close(message: Message) -> Message:
+    """A response start with Connection: close (in place of any other Connection header)."""
+    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+    return {**message, "headers": [*headers, (b"connection", b"close")]}
+
+
+class _RequestBody:
+    """The request body as the app reads it (`receive`, guarded: see `_guarded_receive`), and what became of
+    it: the bytes received, whether it is complete, and the drain of its rest before an early error answer.
+    """
+
+    def __init__(
+        self,
+        receive: Receive,
+        scope: Scope,
+        default: BodyLimit,
+        declared: int | None,
+        *,
+        deadline: float,
+        timeout_s: float,
+        response_started: Callable[[], bool],
+    ) -> None:
+        self._receive, self._scope, self._default = receive, scope, default
+        self.declared = declared
+        self.has_body = _has_body(scope.get("headers", []), declared)
+        self._deadline, self._timeout_s, self._response_started = deadline, timeout_s, response_started
+        self.received = 0
+        self.complete = False  # the last chunk was received (by the app, or by a drain)
+        self._read_started = False  # the server's `receive` was called: a 100 Continue went out, if expected
+        self._drained = False  # the drain ran (or was skipped): it runs at most once
+        self._limit: BodyLimit | None = None  # looked up at the first read, once the router has matched
+
+    @property
+    def ended(self) -> bool:
+        """No body is left to arrive: it is complete, or there was none."""
+        return self.complete or not self.has_body
+
+    def _current_limit(self) -> BodyLimit:
+        return self._limit or _tighter(self._default, route_body_limit(self._scope))
+
+    def skip_drain(self) -> None:
+        """No drain before the next error answer: it goes out at once (with Connection: close)."""
+        self._drained = True
+
+    async def drain(self) -> bool:
+        """Read and drop the rest of the body before an error answer (`_drain_rest`; at most once), bounded by
+        the body's deadline and its limit's drain budget. Whether the body ended.
+
+        Nothing is read of a body waiting for a 100 Continue (reading would send it and invite the body), nor
+        of one declared over the budget (it could not end before the close anyway).
+        """
+        if self.ended or self._drained:
+            return self.ended
+        self._drained = True
+        budget = self._current_limit().drain_budget
+        invites = not self._read_started and _expects_continue(self._scope["headers"])
+        if not invites and (self.declared is None or self.declared <= budget):
+            self.complete = await _drain_rest(
+                self._receive, received=self.received, budget=budget, deadline=self._deadline
+            )
+        return self.complete
+
+    async def before_response(self, message: Message) -> Message:
+        """The `http.response.start` `message`, once the rest of the body is drained if it is an error's (status
+        >= 400) and the body is incomplete; then with Connection: close unless the drain reached the body's end.
+        """
+        if message["status"] < 400 or self.ended:
+            return message
+        return message if await self.drain() else _with_close(message)
+
+    async def __call__(self) -> Message:
+        if self.complete:
+            return await self._receive()
+        if self._limit is None:
+            self._limit = _tighter(self._default, route_body_limit(self._scope))
+            if self.declared is not None and self.declared > self._limit.max_bytes:
+                await self._drain_unless_answering()
+                raise self._limit.declared_too_large(self.declared)
+        self._read_started = True
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                message = await self._receive()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self._timeout_s:g} s (body_read_timeout_s); send it in one go"
+            ) from None
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            self.complete = not message.get("more_body", False)
+            if self.received > self._limit.max_bytes:
+                await self._drain_unless_answering()
+                raise self._limit.streamed_too_large()
+        return message
+
+    async def _drain_unless_answering(self) -> None:
+        """Drain before a 413 (as its answer's start would), unless a response has started: nothing more to say."""
+        if not self._response_started():
+            await self.drain()
 
 
 def _guarded_receive(
@@ -373,7 +463,7 @@ def _guarded_receive(
     deadline: float,
     timeout_s: float,
     response_started: Callable[[], bool],
-) -> Receive:
+) -> _RequestBody:
     """`receive` that raises PayloadTooLarge for a body over its limit, and RequestTimeout when the body is
     still incomplete at `deadline` (event-loop time; `timeout_s` names it in the message).
 
@@ -381,39 +471,18 @@ def _guarded_receive(
     router has matched by then). A `declared` Content-Length over the route's limit is refused before
     anything is read (the default's was checked before the app ran); the streamed bytes are counted
     too, since a chunked body has no Content-Length to check up front. Before either 413 is raised, the
-    rest of the body is drained (`_drain_rest`), unless a response has started (nothing more to say then).
+    rest of the body is drained (`_RequestBody.drain`), unless a response has started (nothing more to say
+    then). The drain runs at most once: the 413's start finds it done.
 
     Once the body is complete the deadline no longer applies: what is left is `http.disconnect`,
     which handlers await while the images are purified, however long that takes.
     """
-    received = 0
-    body_complete = False
-    limit: BodyLimit | None = None
-
-    async def wrapped() -> Message:
-        nonlocal received, body_complete, limit
-        if body_complete:
-            return await receive()
-        if limit is None:
-            limit = _tighter(default, route_body_limit(scope))
-            if declared is not None and declared > limit.max_bytes:
-                if not response_started():
-                    await _drain_declared(receive, scope, limit, declared, deadline)
-                raise limit.declared_too_large(declared)
-        try:
-            async with asyncio.timeout_at(deadline):
-                message = await receive()
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the request body did not arrive within {timeout_s:g} s (body_read_timeout_s); send it in one go"
-            ) from None
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit.max_bytes:
-                if message.get("more_body", False) and not response_started():
-                    await _drain_rest(receive, received=received, budget=limit.drain_budget, deadline=deadline)
-                raise limit.streamed_too_large()
-            body_complete = not message.get("more_body", False)
-        return message
-
-    return wrapped
+    return _RequestBody(
+        receive,
+        scope,
+        default,
+        declared,
+        deadline=deadline,
+        timeout_s=timeout_s,
+        response_started=response_started,
+    )
