@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 
 from service.api.errors import install_error_handlers
 from service.api.lifecycle import Lifecycle
-from service.api.middleware import DRAIN_FLOOR_BYTES, BodyLimit, GatewayMiddleware, _guarded_receive
+from service.api.middleware import DRAIN_FLOOR_BYTES, BodyLimit, GatewayMiddleware, _RequestBody
 from service.api.routes_alerts import ALERTS_PATH, MAX_ALERTS_BODY_BYTES
 from service.errors import PayloadTooLarge
 from service.loopback import serve_asgi
@@ -251,6 +251,6 @@ async def test_the_drain_never_runs_once_a_response_has_started() -> None:
 
     limit = BodyLimit(GATEWAY_LIMIT, "max_request_bytes", "send less")
     deadline = asyncio.get_running_loop().time() + 30
-    guarded = _guarded_receive(receive, {}, limit, None, deadline=deadline, timeout_s=30, response_started=lambda: True)
+    guarded = _RequestBody(receive, {}, limit, None, deadline=deadline, timeout_s=30, response_started=lambda: True)
     with pytest.raises(PayloadTooLarge):
         await guarded()

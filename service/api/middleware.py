@@ -175,7 +175,7 @@ class GatewayMiddleware:
         scope.setdefault("state", {})[TIMINGS_STATE_KEY] = timings
         status = 500
         started_response = False
-        body = _guarded_receive(
+        body = _RequestBody(
             receive,
             scope,
             self.body_limit,
@@ -361,8 +361,21 @@ def _with_close(message: Message) -> Message:
 
 
 class _RequestBody:
-    """The request body as the app reads it (`receive`, guarded: see `_guarded_receive`), and what became of
-    it: the bytes received, whether it is complete, and the drain of its rest before an early error answer.
+    """The request body as the app reads it (a guarded `receive`), and what became of it: the bytes received,
+    whether it is complete, and the drain of its rest before an early error answer.
+
+    As `receive` it raises PayloadTooLarge for a body over its limit, and RequestTimeout when the body is
+    still incomplete at `deadline` (event-loop time; `timeout_s` names it in the message).
+
+    The limit is `default`, or the matched route's tighter `body_limit`, looked up at the first read (the
+    router has matched by then). A `declared` Content-Length over the route's limit is refused before
+    anything is read (the default's was checked before the app ran); the streamed bytes are counted
+    too, since a chunked body has no Content-Length to check up front. Before either 413 is raised, the
+    rest of the body is drained (`drain`), unless a response has started (nothing more to say
+    then). The drain runs at most once: the 413's start finds it done.
+
+    Once the body is complete the deadline no longer applies: what is left is `http.disconnect`,
+    which handlers await while the images are purified, however long that takes.
     """
 
     def __init__(
@@ -452,37 +465,3 @@ class _RequestBody:
         """Drain before a 413 (as its answer's start would), unless a response has started: nothing more to say."""
         if not self._response_started():
             await self.drain()
-
-
-def _guarded_receive(
-    receive: Receive,
-    scope: Scope,
-    default: BodyLimit,
-    declared: int | None,
-    *,
-    deadline: float,
-    timeout_s: float,
-    response_started: Callable[[], bool],
-) -> _RequestBody:
-    """`receive` that raises PayloadTooLarge for a body over its limit, and RequestTimeout when the body is
-    still incomplete at `deadline` (event-loop time; `timeout_s` names it in the message).
-
-    The limit is `default`, or the matched route's tighter `body_limit`, looked up at the first read (the
-    router has matched by then). A `declared` Content-Length over the route's limit is refused before
-    anything is read (the default's was checked before the app ran); the streamed bytes are counted
-    too, since a chunked body has no Content-Length to check up front. Before either 413 is raised, the
-    rest of the body is drained (`_RequestBody.drain`), unless a response has started (nothing more to say
-    then). The drain runs at most once: the 413's start finds it done.
-
-    Once the body is complete the deadline no longer applies: what is left is `http.disconnect`,
-    which handlers await while the images are purified, however long that takes.
-    """
-    return _RequestBody(
-        receive,
-        scope,
-        default,
-        declared,
-        deadline=deadline,
-        timeout_s=timeout_s,
-        response_started=response_started,
-    )
