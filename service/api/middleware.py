@@ -441,7 +441,7 @@ class _RequestBody:
         if self.complete:
             return await self._receive()
         if self._limit is None:
-            self._limit = _tighter(self._default, route_body_limit(self._scope))
+            self._limit = self._current_limit()
             if self.declared is not None and self.declared > self._limit.max_bytes:
                 await self._drain_unless_answering()
                 raise self._limit.declared_too_large(self.declared)

@@ -20,8 +20,9 @@ washes out fine whole-image patterns and keeps the garment.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import torch
 
@@ -204,15 +205,15 @@ class LocalRestorer:
         return torch.cat([result.images, result.keep], dim=1)
 
 
-def _per_image(generator: Generators) -> bool:
+def _per_image(generator: Generators) -> TypeGuard[Sequence[torch.Generator]]:
     return generator is not None and not isinstance(generator, torch.Generator)
 
 
 def _pick(generator: Generators, indices: list[int]) -> Generators:
     """The generators of the images at `indices`: per-image ones are picked, a shared one is kept."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    return [generator[i] for i in indices]
+    if _per_image(generator):
+        return [generator[i] for i in indices]
+    return generator
 
 
 def split_mask_channel(batch: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
